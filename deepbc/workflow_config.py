@@ -1,0 +1,106 @@
+"""Config checks and lookups shared by the Snakefile and the scripts.
+
+The JSON schema (config/schema.yaml) checks keys and types; this module checks what a schema cannot
+express (a class a dataset does not have, a fold beyond k) and answers the workflow's questions
+(which runs, which settings), so that the rules stay thin and the logic is tested.
+"""
+
+import copy
+
+from deepbc.errors import UserError
+
+BREAKHIS_LABELS = {
+    "tissue": ["benign", "malignant"],
+    "subtype": ["A", "F", "PT", "TA", "DC", "LC", "MC", "PC"],
+    "subtype_name": ["adenosis", "fibroadenoma", "phyllodes_tumor", "tubular_adenoma",
+                     "ductal_carcinoma", "lobular_carcinoma", "mucinous_carcinoma",
+                     "papillary_carcinoma"],
+    "magnification": ["40X", "100X", "200X", "400X"],
+}
+IMAGE_LEVEL_SUFFIX = "__image_level"
+
+
+def run_name(task: str, protocol: str) -> str:
+    """A run is a task under one protocol; the leaky image-level protocol is named as such."""
+    return task if protocol == "patient" else f"{task}{IMAGE_LEVEL_SUFFIX}"
+
+
+def parse_run(run: str) -> tuple[str, str]:
+    if run.endswith(IMAGE_LEVEL_SUFFIX):
+        return run[: -len(IMAGE_LEVEL_SUFFIX)], "image"
+    return run, "patient"
+
+
+def check(config: dict) -> None:
+    """Raise UserError on the first value the schema cannot catch, naming the key and what is allowed."""
+    datasets = config.get("datasets", {})
+    for name, task in config["tasks"].items():
+        where = f"config key tasks.{name}"
+        if "__" in name:
+            raise UserError(f"task name {name!r} contains '__', which is reserved for run names",
+                            where, "rename the task")
+        ds = task["dataset"]
+        if ds not in datasets:
+            raise UserError(f"task uses dataset {ds!r}, which is not configured under datasets",
+                            f"{where}.dataset", f"add datasets.{ds} or use one of {sorted(datasets)}")
+        kind = datasets[ds]["kind"]
+        if kind == "breakhis":
+            _check_breakhis_task(task, where)
+        else:
+            allowed = datasets[ds].get("classes")
+            if task["label"] != "label":
+                raise UserError(f"folder datasets have one label column, 'label', not {task['label']!r}",
+                                f"{where}.label", "set label: label")
+            if allowed:
+                _check_values(task["classes"], allowed, f"{where}.classes")
+            if task.get("magnification", "all") != "all":
+                raise UserError("folder datasets have no magnification", f"{where}.magnification",
+                                "set magnification: all")
+    k = config.get("splits", {}).get("k", 5)
+    for fold in config.get("folds", []) or []:
+        if fold >= k:
+            raise UserError(f"fold {fold} does not exist with k={k}", "config key folds",
+                            f"use fold indices 0..{k - 1}")
+
+
+def _check_breakhis_task(task: dict, where: str) -> None:
+    label = task["label"]
+    if label not in BREAKHIS_LABELS:
+        raise UserError(f"BreakHis has no label column {label!r}", f"{where}.label",
+                        f"use one of {sorted(BREAKHIS_LABELS)}")
+    _check_values(task["classes"], BREAKHIS_LABELS[label], f"{where}.classes")
+    for column, values in (task.get("filter") or {}).items():
+        if column not in BREAKHIS_LABELS:
+            raise UserError(f"BreakHis has no column {column!r} to filter on", f"{where}.filter",
+                            f"filter on one of {sorted(BREAKHIS_LABELS)}")
+        _check_values(values if isinstance(values, list) else [values], BREAKHIS_LABELS[column],
+                      f"{where}.filter.{column}")
+
+
+def _check_values(values, allowed, where: str) -> None:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise UserError(f"unknown value(s) {unknown}", where, f"allowed values: {list(allowed)}")
+
+
+def runs(config: dict) -> list[str]:
+    return [run_name(task, protocol)
+            for task, spec in config["tasks"].items()
+            for protocol in spec.get("protocols", ["patient"])]
+
+
+def folds(config: dict) -> list[int]:
+    return list(config.get("folds") or range(config.get("splits", {}).get("k", 5)))
+
+
+def train_settings(config: dict, task: str, arch: str) -> dict:
+    """Training settings for one task and architecture: defaults < per_architecture < per_task."""
+    train = config["train"]
+    settings = copy.deepcopy(train["defaults"])
+    for layer in (train.get("per_architecture", {}).get(arch), train.get("per_task", {}).get(task)):
+        for key, value in (layer or {}).items():
+            if isinstance(value, dict):
+                settings[key] = {**settings.get(key, {}), **value}
+            else:
+                settings[key] = value
+    return settings

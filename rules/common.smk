@@ -1,0 +1,93 @@
+import json
+import os
+import shlex
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# Make the deepbc package importable in every job (plain venv, conda env or SLURM node).
+sys.path.insert(0, workflow.basedir)
+from deepbc import workflow_config as wc  # noqa: E402
+from deepbc.errors import UserError  # noqa: E402
+
+validate(config, schema="../config/schema.yaml")
+try:
+    wc.check(config)
+except UserError as err:
+    raise WorkflowError(f"invalid configuration:\n{err}") from None
+
+SCRIPTS = shlex.quote(os.path.join(workflow.basedir, "workflow_scripts"))
+# Doubled braces: Snakemake formats the prefix like a shell command.
+shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+RUNS = wc.runs(config)
+FOLDS = wc.folds(config)
+ARCHS = config["architectures"]
+SPLITS = ["train", "val", "test"]
+DATASETS = sorted({spec["dataset"] for spec in config["tasks"].values()})
+RES = config.get("resources", {})
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    run="[A-Za-z0-9_]+",
+    arch="[A-Za-z0-9_]+",
+    fold=r"\d+",
+
+
+def dataset_root(dataset):
+    return config["breakhis_dir"] if dataset == "breakhis" else config["tma_dir"]
+
+
+def demo_inputs(wildcards):
+    """In demo mode the dataset roots are made by the make_demo rule; otherwise they are user data."""
+    if not config.get("demo"):
+        return []
+    return {"breakhis": config["breakhis_dir"], "tma": config["tma_dir"]}[wildcards.dataset]
+
+
+def run_task(run):
+    return wc.parse_run(run)[0]
+
+
+def run_protocol(run):
+    return wc.parse_run(run)[1]
+
+
+def run_dataset(run):
+    return config["tasks"][run_task(run)]["dataset"]
+
+
+def task_json(wildcards):
+    return json.dumps(config["tasks"][run_task(wildcards.run)], sort_keys=True)
+
+
+def manifest_of_run(wildcards):
+    return f"results/manifest/{run_dataset(wildcards.run)}.parquet"
+
+
+def root_of_run(wildcards):
+    return dataset_root(run_dataset(wildcards.run))
+
+
+def shard_indexes(run, fold):
+    return expand("results/tfrecords/{run}/fold{fold}/{split}.json", run=run, fold=fold, split=SPLITS)
+
+
+def all_shards():
+    return [f for run in RUNS for fold in FOLDS for f in shard_indexes(run, fold)]
+
+
+def dataset_options(dataset):
+    """Command-line options of check_dataset.py for one dataset, each value shell-quoted."""
+    spec = config["datasets"][dataset]
+    args = ["--kind", spec["kind"]]
+    if spec["kind"] == "folder":
+        args += ["--classes", *spec["classes"]]
+        if dataset == "tma" and config.get("tma_patients_csv"):
+            args += ["--patients-csv", config["tma_patients_csv"]]
+    if spec.get("url"):
+        args += ["--url", spec["url"], "--sha256", spec["sha256"], "--download-dir", "downloads"]
+        if spec.get("allow_download"):
+            args.append("--allow-download")
+    return " ".join(shlex.quote(a) for a in args)

@@ -1,0 +1,27 @@
+"""The conda environments in envs/ pin exactly what requirements.txt pins."""
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _requirements():
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    return {l.strip() for l in lines if l.strip() and not l.startswith("#") and not l.startswith("pytest")}
+
+
+def _pip_section(name):
+    env = yaml.safe_load((ROOT / "envs" / name).read_text())
+    return {d for dep in env["dependencies"] if isinstance(dep, dict) for d in dep["pip"]}
+
+
+def test_cpu_env_matches_requirements():
+    assert _pip_section("cpu.yaml") == _requirements()
+
+
+def test_gpu_env_matches_requirements_with_cuda_tensorflow():
+    expected = {r.replace("tensorflow==", "tensorflow[and-cuda]==") if r.startswith("tensorflow==") else r
+                for r in _requirements()}
+    assert _pip_section("gpu.yaml") == expected
