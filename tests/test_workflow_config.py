@@ -1,0 +1,53 @@
+"""Config checks beyond the schema, and the workflow's lookups."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deepbc import workflow_config as wc
+from deepbc.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def demo_config():
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_demo_config_passes(demo_config):
+    wc.check(demo_config)
+
+
+def test_runs_name_the_image_level_protocol(demo_config):
+    runs = wc.runs(demo_config)
+    assert "benign_vs_malignant" in runs and "benign_vs_malignant__image_level" in runs
+    assert wc.parse_run("benign_vs_malignant__image_level") == ("benign_vs_malignant", "image")
+    assert wc.parse_run("cancer_types") == ("cancer_types", "patient")
+
+
+@pytest.mark.parametrize("mutate, key, allowed", [
+    (lambda c: c["tasks"]["benign_subtypes"].update(classes=["A", "XX"]), "tasks.benign_subtypes.classes", "PT"),
+    (lambda c: c["tasks"]["benign_subtypes"].update(label="grade"), "tasks.benign_subtypes.label", "subtype"),
+    (lambda c: c["tasks"]["benign_subtypes"].update(filter={"tissue": "cancerous"}),
+     "tasks.benign_subtypes.filter.tissue", "malignant"),
+    (lambda c: c.update(folds=[7]), "folds", "0..2"),
+    (lambda c: c["tasks"]["cancer_types"].update(classes=["breast", "colon"]), "tasks.cancer_types.classes", "lymphoma"),
+])
+def test_bad_values_name_the_key_and_allowed_values(demo_config, mutate, key, allowed):
+    config = copy.deepcopy(demo_config)
+    mutate(config)
+    with pytest.raises(UserError) as err:
+        wc.check(config)
+    assert key in str(err.value) and allowed in str(err.value)
+
+
+def test_train_settings_layering(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["train"]["per_architecture"] = {"resnet_small": {"batch_size": 8, "augment": {"flip": False}}}
+    config["train"]["per_task"] = {"cancer_types": {"batch_size": 4}}
+    s = wc.train_settings(config, "cancer_types", "resnet_small")
+    assert s["batch_size"] == 4 and s["augment"]["flip"] is False and s["augment"]["rotate"] is True
+    assert wc.train_settings(config, "benign_subtypes", "resnet_small")["batch_size"] == 8
