@@ -6,6 +6,7 @@ configfile: "config/config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/train.smk"
 
 
 rule all:
@@ -27,3 +28,8 @@ rule splits:
 rule shards:
     input:
         all_shards(),
+
+
+rule models:
+    input:
+        all_models(),

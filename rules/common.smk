@@ -27,6 +27,8 @@ ARCHS = config["architectures"]
 SPLITS = ["train", "val", "test"]
 DATASETS = sorted({spec["dataset"] for spec in config["tasks"].values()})
 RES = config.get("resources", {})
+# GPU jobs get the CUDA build of TensorFlow only where GPUs are requested.
+GPU_ENV = "../envs/gpu.yaml" if RES.get("gpu", 1) > 0 else "../envs/cpu.yaml"
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
@@ -91,3 +93,26 @@ def dataset_options(dataset):
         if spec.get("allow_download"):
             args.append("--allow-download")
     return " ".join(shlex.quote(a) for a in args)
+
+
+def train_settings_json(wildcards):
+    return json.dumps(wc.train_settings(config, run_task(wildcards.run), wildcards.arch), sort_keys=True)
+
+
+def uses_imagenet(run, arch):
+    return wc.train_settings(config, run_task(run), arch)["init"] == "imagenet"
+
+
+def checkpoint_input(wildcards):
+    """The ImageNet checkpoint record, only for models that start from ImageNet weights."""
+    if uses_imagenet(wildcards.run, wildcards.arch):
+        return f"results/checkpoints/{wildcards.arch}.json"
+    return []
+
+
+def model_dir(run, arch, fold):
+    return f"results/models/{run}/{arch}/fold{fold}"
+
+
+def all_models():
+    return [f"{model_dir(run, arch, fold)}/settings.json" for run in RUNS for arch in ARCHS for fold in FOLDS]

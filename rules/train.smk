@@ -1,0 +1,49 @@
+rule get_checkpoint:
+    output:
+        "results/checkpoints/{arch}.json",
+    params:
+        checkpoint_dir=config["checkpoint_dir"],
+        allow_download="--allow-download" if config.get("allow_checkpoint_download") else "",
+    log:
+        "results/logs/get_checkpoint/{arch}.log",
+    benchmark:
+        "results/benchmarks/get_checkpoint/{arch}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python {SCRIPTS}/get_checkpoint.py --arch {wildcards.arch}"
+        " --checkpoint-dir {params.checkpoint_dir:q} {params.allow_download}"
+        " --out {output:q} --log {log:q}"
+
+
+rule train:
+    input:
+        shards=lambda wc: shard_indexes(wc.run, wc.fold)[:2],
+        checkpoint=checkpoint_input,
+    output:
+        model=multiext("results/models/{run}/{arch}/fold{fold}/model.ckpt", ".index", ".data-00000-of-00001"),
+        curve="results/models/{run}/{arch}/fold{fold}/training.csv",
+        settings="results/models/{run}/{arch}/fold{fold}/settings.json",
+    params:
+        shard_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
+        out_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        # Outside the declared outputs, so Snakemake does not delete it when a job is killed.
+        state_dir=lambda wc: f"results/train_state/{wc.run}/{wc.arch}/fold{wc.fold}",
+        settings=train_settings_json,
+        checkpoint=lambda wc, input: f"--checkpoint-json {input.checkpoint}" if input.checkpoint else "",
+        seed=config["seed"],
+    threads: 2
+    resources:
+        gpu=RES.get("gpu", 1),
+        mem_mb=RES.get("train_mem_mb", 16000),
+        runtime=RES.get("train_runtime", 720),
+    log:
+        "results/logs/train/{run}/{arch}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train/{run}/{arch}/fold{fold}.tsv"
+    conda:
+        GPU_ENV
+    shell:
+        "python {SCRIPTS}/train_model.py --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
+        " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
+        " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads} --log {log:q}"

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Fine-tune one network on one run's fold: TF-Slim style, two stages from ImageNet, resumable.
+
+Reads the fold's TFRecord shards (train.json, val.json), keeps its state in --state-dir so that a
+killed job rerun with the same command continues from its last saved step, and writes the kept
+checkpoint, training.csv and settings.json to --out-dir only at the end.
+"""
+
+import argparse
+import json
+import sys
+
+from deepbc import logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shard-dir", required=True, help="folder with train.json and val.json shard indexes")
+    p.add_argument("--arch", required=True, help="network name, e.g. resnet_v1_50 or resnet_small")
+    p.add_argument("--settings-json", required=True,
+                   help="training settings (the merged train.defaults/per_architecture/per_task config)")
+    p.add_argument("--checkpoint-json", default=None,
+                   help="ImageNet checkpoint record written by get_checkpoint.py (init: imagenet)")
+    p.add_argument("--out-dir", required=True, help="where the kept model, training.csv, settings.json go")
+    p.add_argument("--state-dir", required=True, help="resumable training state")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--log", default=None, help="log file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    from deepbc import train
+
+    checkpoint = None
+    if args.checkpoint_json:
+        with open(args.checkpoint_json) as fh:
+            checkpoint = json.load(fh)["checkpoint"]
+    train.train(args.shard_dir, args.out_dir, args.state_dir, args.arch, json.loads(args.settings_json),
+                seed=args.seed, checkpoint=checkpoint, threads=args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))
