@@ -28,6 +28,8 @@ SPLITS = ["train", "val", "test"]
 DATASETS = sorted({spec["dataset"] for spec in config["tasks"].values()})
 RES = config.get("resources", {})
 # GPU jobs get the CUDA build of TensorFlow only where GPUs are requested.
+# How many GPUs a job may lease from: none when GPU jobs are configured off, else config or nvidia-smi.
+GPU_DEVICES = 0 if RES.get("gpu", 1) == 0 else RES.get("gpu_devices", -1)
 GPU_ENV = "../envs/gpu.yaml" if RES.get("gpu", 1) > 0 else "../envs/cpu.yaml"
 
 wildcard_constraints:

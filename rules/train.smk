@@ -32,6 +32,8 @@ rule train:
         settings=train_settings_json,
         checkpoint=lambda wc, input: f"--checkpoint-json {input.checkpoint}" if input.checkpoint else "",
         seed=config["seed"],
+        gpus=GPU_DEVICES,
+        lock_dir=RES.get("gpu_lock_dir", ".gpu_leases"),
     threads: 2
     resources:
         gpu=RES.get("gpu", 1),
@@ -46,4 +48,5 @@ rule train:
     shell:
         "python {SCRIPTS}/train_model.py --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
         " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
-        " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads} --log {log:q}"
+        " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads}"
+        " --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q} --log {log:q}"

@@ -1,0 +1,79 @@
+"""One GPU per job on a workstation: a lease is an exclusive lock on one file per GPU index.
+
+Snakemake's ``--resources gpu=K`` caps how many GPU jobs run at once but does not say which GPU
+each should use. Each job therefore takes the first free lock ``gpu{i}.lock`` in a shared folder
+and sets CUDA_VISIBLE_DEVICES=i. The lock is an flock: the kernel releases it when the job ends
+or dies, so a killed job can never keep a GPU leased. Where a scheduler (SLURM) has already set
+CUDA_VISIBLE_DEVICES for the job, that choice is left alone.
+"""
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from deepbc.errors import UserError
+
+LOG = logging.getLogger("deepbc.gpu")
+
+
+def detect_gpu_count() -> int:
+    """GPUs listed by nvidia-smi; 0 where there is no driver."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def scheduler_assigned() -> bool:
+    return "CUDA_VISIBLE_DEVICES" in os.environ and any(
+        v in os.environ for v in ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID"))
+
+
+@contextlib.contextmanager
+def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, poll: float = 1.0):
+    """Hold one GPU for the duration of the block; yields its index, or None when running on CPU."""
+    if scheduler_assigned():
+        LOG.info("GPU set by the scheduler: CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
+        yield None
+        return
+    n = detect_gpu_count() if n_devices is None else n_devices
+    if n == 0:
+        LOG.info("no GPU found: running on the CPU")
+        yield None
+        return
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        for index in range(n):
+            handle = open(lock_dir / f"gpu{index}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+            LOG.info("leased GPU %d (lock %s)", index, handle.name)
+            try:
+                yield index
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        if time.monotonic() > deadline:
+            raise UserError(f"all {n} GPUs stayed leased for {timeout:.0f} s", str(lock_dir),
+                            "run with --resources gpu=K where K is at most the number of GPUs, "
+                            "or remove stale lock files only if no job is running")
+        time.sleep(poll)
