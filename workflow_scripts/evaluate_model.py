@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Predict a fold's test split with the kept checkpoint of a trained model.
+
+Writes one row per test image: path, patient, magnification, label, one probability column per
+class (prob_<class>), and the predicted class.
+"""
+
+import argparse
+import sys
+
+from deepbc import logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="results/models/{run}/{arch}/fold{k}")
+    p.add_argument("--shard-index", required=True, help="the split's index, e.g. .../fold0/test.json")
+    p.add_argument("--out", required=True, help="predictions parquet")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--gpus", type=int, default=-1, help="GPUs to lease one from (-1: nvidia-smi; 0: CPU)")
+    p.add_argument("--gpu-lock-dir", default=".gpu_leases", help="shared folder of per-GPU lock files")
+    p.add_argument("--log", default=None, help="log file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    from deepbc import gpu
+
+    with gpu.lease(args.gpu_lock_dir, None if args.gpus < 0 else args.gpus):
+        from deepbc import evaluate
+
+        evaluate.predict_shards(args.model_dir, args.shard_index, args.out, args.batch_size, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))

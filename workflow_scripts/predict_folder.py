@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Classify a folder of new images with a trained model.
+
+Example:
+  python workflow_scripts/predict_folder.py --model-dir results/models/benign_vs_malignant/resnet_v1_50/fold0 \\
+      --images /data/new_slides --out predictions.csv [--patients-csv patients.csv --out-patients per_patient.csv]
+
+Writes one row per image (path relative to --images, prob_<class> columns, predicted class); with a
+CSV mapping images to patients (columns path,patient), also one row per patient (mean probabilities).
+"""
+
+import argparse
+import sys
+
+from deepbc import logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="a trained model folder (holds settings.json, model.ckpt.*)")
+    p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF images (searched recursively)")
+    p.add_argument("--out", required=True, help="per-image CSV")
+    p.add_argument("--patients-csv", default=None, help="optional CSV with columns path,patient")
+    p.add_argument("--out-patients", default=None, help="per-patient CSV (needs --patients-csv)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--log", default=None, help="log file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    from deepbc import evaluate
+
+    evaluate.predict_folder(args.model_dir, args.images, args.out, args.patients_csv, args.out_patients,
+                            args.batch_size, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))
