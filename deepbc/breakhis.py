@@ -158,8 +158,12 @@ def resolve_root(path: str | Path) -> Path:
         raise _not_found(root, "this is a file, not a folder")
     for candidate in (root, root / "breast", root / "histology_slides" / "breast",
                       root / "BreaKHis_v1" / "histology_slides" / "breast"):
-        if _is_breast_dir(candidate):
+        present = [t for t in TISSUES if (candidate / t).is_dir()]
+        if len(present) == len(TISSUES):
             return candidate
+        if present:
+            absent = [t for t in TISSUES if t not in present]
+            raise _not_found(candidate, f"{present[0]}/ is there but {absent[0]}/ is not: the dataset is incomplete")
     for ancestor in root.resolve().parents:
         if _is_breast_dir(ancestor):
             raise UserError(

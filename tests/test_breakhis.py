@@ -170,7 +170,11 @@ def test_resolve_root_empty_and_unrelated_folders(tmp_path):
         resolve_root(tmp_path / "empty")
     other = tmp_path / "other"
     (other / "benign").mkdir(parents=True)  # half a dataset is not a dataset
-    with pytest.raises(UserError, match=r"no benign/ and malignant/ folders .*found: benign"):
+    with pytest.raises(UserError, match="benign/ is there but malignant/ is not: the dataset is incomplete"):
+        resolve_root(other)
+    (other / "benign").rmdir()
+    (other / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match=r"no benign/ and malignant/ folders .*found: notes.txt"):
         resolve_root(other)
 
 

@@ -1,0 +1,366 @@
+"""Scan a dataset root, verify every file, and split them into a manifest and rejects.
+
+Every file under the scanned folder (hidden ones too) ends in exactly one of the two tables:
+
+- manifest: one row per usable image, sorted by ``path`` (columns in ``BREAKHIS_COLUMNS`` /
+  ``FOLDER_COLUMNS``, see docs/DESIGN.md);
+- rejects: ``path, reason, detail`` with reason one of ``REJECT_REASONS``.
+
+``path`` is always relative to the root the user gave (``breakhis_dir``/``tma_dir``), so
+``Path(root) / path`` opens the image. For BreakHis only the resolved ``breast/`` folder is scanned
+(a download folder holding the archive is not part of the dataset).
+
+Checks, in order (the first failing one is the reason): not a readable regular file
+(``undecodable``), empty (``zero_bytes``), Pillow cannot identify it or it is not PNG/JPEG/TIFF
+(``not_an_image``), the full decode or the PNG chunk checksums fail (``truncated`` when the data
+ends early, ``undecodable`` otherwise), the path does not parse to labels (``unparsable_name``),
+identical bytes already kept under the same labels (``duplicate``). Identical bytes under
+*different* labels are all kept with ``label_conflict`` set, because neither copy can be trusted
+more than the other (BreakHis slide 14-13412 is filed under both ductal and lobular carcinoma).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import stat
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from deepbc import breakhis, folder_dataset
+from deepbc.atomic import write_csv, write_parquet
+from deepbc.breakhis import UnparsableName
+from deepbc.errors import UserError
+from deepbc.logs import Progress
+
+LOG = logging.getLogger(__name__)
+
+KINDS = ("breakhis", "folder")
+REJECT_REASONS = ("zero_bytes", "not_an_image", "undecodable", "truncated", "unparsable_name", "duplicate")
+REJECT_COLUMNS = ["path", "reason", "detail"]
+_COMMON = {"path": "str", "sha256": "str", "bytes": "int64", "width": "int64", "height": "int64", "format": "str"}
+_TAIL = {"slide": "str", "patient": "str", "magnification": "str", "label_conflict": "bool"}
+BREAKHIS_DTYPES = {**_COMMON, "tissue": "str", "subtype": "str", "subtype_name": "str", "year": "int64",
+                   "seq": "int64", **_TAIL}
+# patient_source: "csv" when the patients CSV gave the patient, "image" when each image is its own group.
+FOLDER_DTYPES = {**_COMMON, "label": "str", **_TAIL, "patient_source": "str"}
+BREAKHIS_COLUMNS = list(BREAKHIS_DTYPES)
+FOLDER_COLUMNS = list(FOLDER_DTYPES)
+# Pillow format name -> manifest format. MPO is how Pillow names some camera JPEGs.
+FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+               b"II+\x00": "TIFF", b"MM\x00+": "TIFF"}
+
+
+def inspect_file(path: str) -> dict:
+    """Read one file: bytes, sha256, and a full decode. Runs in pool workers, hence plain types.
+
+    Returns ``bytes``, ``sha256``, ``width``, ``height``, ``format``, and ``reason``/``detail``
+    (None when the file is a usable image).
+    """
+    out = {"bytes": 0, "sha256": "", "width": 0, "height": 0, "format": "", "reason": None, "detail": None}
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            out.update(reason="not_an_image", detail="not a regular file")
+            return out
+        data = Path(path).read_bytes()
+    except OSError as err:
+        out.update(reason="undecodable", detail=f"cannot be read: {err}")
+        return out
+    out.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    if not data:
+        out.update(reason="zero_bytes", detail="the file is empty")
+        return out
+    out.update(_decode(data))
+    return out
+
+
+def _decode(data: bytes) -> dict:
+    # Pillow would otherwise pad a truncated image with grey and report success.
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        # Pillow warns about e.g. corrupt EXIF; only pixel data matters here, and errors still raise.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _decode_strict(data)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _decode_strict(data: bytes) -> dict:
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        kind = next((k for sig, k in _SIGNATURES.items() if data.startswith(sig)), None)
+        if kind:
+            return {"reason": "undecodable", "detail": f"starts like a {kind} file but Pillow cannot read its header "
+                                                      f"(corrupted, or truncated before the image directory)"}
+        return {"reason": "not_an_image", "detail": f"not an image Pillow recognises (starts with {data[:8]!r})"}
+    except Exception as err:  # e.g. DecompressionBombError: the header is readable but not acceptable
+        return {"reason": "undecodable", "detail": f"{type(err).__name__}: {err}"}
+    with im:
+        fmt = FORMATS.get(im.format)
+        if fmt is None:
+            return {"reason": "not_an_image", "detail": f"a {im.format} image; accepted formats are PNG, JPEG, TIFF"}
+        width, height = im.size
+        try:
+            im.load()
+        except Exception as err:
+            return _load_failure(err)
+    if fmt == "png":
+        # load() stops at the last pixel row; verify() also checks every chunk's CRC and the IEND chunk.
+        try:
+            with Image.open(io.BytesIO(data)) as again:
+                again.verify()
+        except Exception as err:
+            return _load_failure(err)
+    return {"width": width, "height": height, "format": fmt}
+
+
+def _load_failure(err: Exception) -> dict:
+    text = f"{type(err).__name__}: {err}"
+    truncated = isinstance(err, EOFError) or "truncat" in str(err).lower()
+    return {"reason": "truncated" if truncated else "undecodable", "detail": text}
+
+
+def list_files(scan_root: Path) -> list[Path]:
+    """Every file under ``scan_root`` (hidden ones too), following folder links, sorted."""
+    files: list[Path] = []
+    seen: set[str] = set()
+
+    def failed(err: OSError):
+        raise UserError(f"cannot list a folder of the dataset: {err.strerror}", where=err.filename,
+                        fix="make the folder readable")
+
+    for dirpath, dirnames, filenames in os.walk(scan_root, onerror=failed, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            # A link back to a folder already scanned would loop forever.
+            LOG.warning("not scanning %s again: it links to %s, which is already scanned", dirpath, real)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        files.extend(Path(dirpath) / f for f in filenames)
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+def _inspect_all(paths: list[Path], workers: int) -> list[dict]:
+    progress = Progress(len(paths), "checking files", unit="files")
+    args = [str(p) for p in paths]
+    results = []
+    if workers <= 1 or len(args) < 2:
+        for a in args:
+            results.append(inspect_file(a))
+            progress.update()
+        return results
+    chunksize = max(1, min(64, len(args) // (workers * 8)))
+    with multiprocessing.Pool(workers) as pool:
+        # imap keeps the input order, so the result does not depend on scheduling.
+        for res in pool.imap(inspect_file, args, chunksize=chunksize):
+            results.append(res)
+            progress.update()
+    return results
+
+
+def build_manifest(root: str | Path, kind: str, classes=None, patients_csv: str | Path | None = None,
+                   workers: int = 1, dataset: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scan ``root`` and verify every file; return ``(manifest, rejects)``, both sorted by path.
+
+    kind: ``breakhis`` (official layout, labels from the path) or ``folder`` (one subfolder per
+    class in ``classes``, patients from ``patients_csv`` if given). ``workers`` > 1 decodes in a
+    process pool. Logs a summary (totals, reasons, conflicts, patients, per-label counts).
+    """
+    if kind not in KINDS:
+        raise UserError(f"unknown dataset kind {kind!r}", where="datasets.<name>.kind (--kind)",
+                        fix=f"use one of {', '.join(KINDS)}")
+    dataset = dataset or kind
+    root = Path(root)
+    patients_csv = Path(patients_csv) if patients_csv not in (None, "") else None
+    if kind == "breakhis":
+        if classes or patients_csv:
+            raise UserError("classes and a patients CSV apply to folder datasets only; BreakHis takes its labels "
+                            "and patients from the file paths", where="--classes / --patients-csv",
+                            fix="drop these options for a breakhis dataset")
+        scan_root = breakhis.resolve_root(root)
+        patient_map = None
+    else:
+        classes = folder_dataset.validate_classes(classes)
+        scan_root = folder_dataset.resolve_root(root, classes, dataset)
+        patient_map = folder_dataset.read_patients_csv(patients_csv) if patients_csv else None
+
+    files = list_files(scan_root)
+    LOG.info("%s: scanning %d files under %s%s", dataset, len(files), scan_root,
+             "" if scan_root == root else f" (resolved from {root}; paths are relative to {root})")
+    if not files:
+        raise UserError(f"no files under the {dataset} root", where=str(scan_root),
+                        fix="check the folder; see the dataset's documentation for its layout")
+
+    csv_real = os.path.realpath(patients_csv) if patients_csv else None
+    rel = [p.relative_to(root).as_posix() for p in files]
+    is_csv = [csv_real is not None and os.path.realpath(p) == csv_real for p in files]
+    if any(is_csv):
+        LOG.info("the patients CSV %s lies under the root: listed in the rejects as not_an_image", patients_csv)
+    checked = _inspect_all([p for p, c in zip(files, is_csv) if not c], workers)
+    checks = iter(checked)
+
+    rows, rejects = [], []
+    for path, csv in zip(rel, is_csv):
+        if csv:
+            rejects.append((path, "not_an_image", "the patients CSV (--patients-csv): patient metadata, not an image"))
+            continue
+        info = next(checks)
+        if info["reason"]:
+            rejects.append((path, info["reason"], info["detail"]))
+            continue
+        row = {"path": path, "sha256": info["sha256"], "bytes": info["bytes"], "width": info["width"],
+               "height": info["height"], "format": info["format"]}
+        try:
+            row.update(_labels(kind, path, classes, patient_map))
+        except UnparsableName as err:
+            rejects.append((path, "unparsable_name", err.reason))
+            continue
+        rows.append(row)
+
+    columns = BREAKHIS_DTYPES if kind == "breakhis" else FOLDER_DTYPES
+    label_keys = ["tissue", "subtype"] if kind == "breakhis" else ["label"]
+    if patient_map is not None:
+        _check_csv_coverage(rows, patient_map, rel, patients_csv)
+    rows, dup_rejects = _resolve_duplicates(rows, label_keys)
+    rejects.extend(dup_rejects)
+
+    manifest = pd.DataFrame(rows, columns=list(columns)).astype(columns)
+    manifest = manifest.sort_values("path", ignore_index=True)
+    rejects_df = pd.DataFrame(rejects, columns=REJECT_COLUMNS).astype("str")
+    rejects_df = rejects_df.sort_values("path", ignore_index=True)
+    assert len(manifest) + len(rejects_df) == len(files), "every file must land in exactly one table"
+    _summarise(dataset, kind, manifest, rejects_df, label_keys)
+    return manifest, rejects_df
+
+
+def _labels(kind: str, path: str, classes, patient_map) -> dict:
+    if kind == "breakhis":
+        rec = breakhis.parse_path(path)
+        return {"tissue": rec.tissue, "subtype": rec.subtype, "subtype_name": rec.subtype_name, "year": rec.year,
+                "seq": rec.seq, "slide": rec.slide_id, "patient": rec.patient, "magnification": rec.magnification}
+    label = folder_dataset.label_of(path, classes)
+    if patient_map is None:
+        patient, source = path, "image"
+    else:
+        patient, source = patient_map.get(path), "csv"
+    # Folder datasets know no slides: the patient is the finest grouping there is.
+    return {"label": label, "slide": patient, "patient": patient, "magnification": "NA", "patient_source": source}
+
+
+def _check_csv_coverage(rows: list[dict], patient_map: dict, rel: list[str], csv_path: Path) -> None:
+    """Images absent from the CSV are an error (their patient is unknown, so no split can be made
+    safe); CSV rows naming no file are reported and otherwise harmless."""
+    unlisted = [r["path"] for r in rows if r["patient"] is None]
+    if unlisted:
+        shown = ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
+        raise UserError(f"{len(unlisted)} image(s) under the root are not in the patients CSV ({shown}); "
+                        f"their patient is unknown, so a patient-wise split cannot place them safely",
+                        where=str(csv_path),
+                        fix="add a row (path relative to the root, patient) for each, or remove the images")
+    existing = set(rel)
+    stale = sorted(p for p in patient_map if p not in existing)
+    if stale:
+        LOG.warning("%d row(s) of the patients CSV %s name files that do not exist under the root; they are "
+                    "ignored: %s", len(stale), csv_path, ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else ""))
+
+
+def _resolve_duplicates(rows: list[dict], label_keys: list[str]) -> tuple[list[dict], list[tuple]]:
+    """Same bytes under the same labels: keep the first path (sorted order), reject the others.
+    Same bytes under different labels: keep one per label, all flagged ``label_conflict``."""
+    by_hash: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: r["path"]):
+        by_hash.setdefault(row["sha256"], []).append(row)
+    kept, rejects = [], []
+    for group in by_hash.values():
+        first_by_label: dict[tuple, dict] = {}
+        for row in group:
+            key = tuple(row[k] for k in label_keys)
+            if key in first_by_label:
+                rejects.append((row["path"], "duplicate", f"same bytes (sha256 {row['sha256'][:12]}...) and labels "
+                                                          f"as {first_by_label[key]['path']}"))
+            else:
+                first_by_label[key] = row
+        conflict = len(first_by_label) > 1
+        for row in first_by_label.values():
+            kept.append({**row, "label_conflict": conflict})
+    return kept, rejects
+
+
+def _summarise(dataset: str, kind: str, manifest: pd.DataFrame, rejects: pd.DataFrame, label_keys) -> None:
+    total = len(manifest) + len(rejects)
+    reasons = Counter(rejects["reason"])
+    LOG.info("%s: %d files scanned, %d usable, %d rejected (%s)", dataset, total, len(manifest), len(rejects),
+             ", ".join(f"{r}: {reasons.get(r, 0)}" for r in REJECT_REASONS))
+    for row in rejects.head(20).itertuples():
+        LOG.warning("rejected %s: %s (%s)", row.path, row.reason, row.detail)
+    if len(rejects) > 20:
+        LOG.warning("... and %d more rejects, listed in the rejects CSV", len(rejects) - 20)
+
+    conflicts = manifest[manifest["label_conflict"]]
+    LOG.info("%s: %d images whose bytes appear under another label (label_conflict)", dataset, len(conflicts))
+    if len(conflicts):
+        labels = conflicts.assign(labels=conflicts[label_keys].astype(str).agg("/".join, axis=1))
+        per_hash = labels.groupby("sha256").agg(labels=("labels", lambda s: " vs ".join(sorted(s))),
+                                                 slides=("slide", lambda s: ", ".join(sorted(set(s)))))
+        for (what, slides), n in per_hash.value_counts().sort_index().items():
+            LOG.warning("label conflict: %d distinct image(s) filed as %s (slide(s) %s)", n, what, slides)
+
+    LOG.info("%s: %d patients, %d slides", dataset, manifest["patient"].nunique(), manifest["slide"].nunique())
+    if kind == "breakhis":
+        orders = {"tissue": breakhis.TISSUES, "subtype": tuple(breakhis.SUBTYPES),
+                  "magnification": breakhis.MAGNIFICATIONS}
+    else:
+        orders = {"label": tuple(sorted(set(manifest["label"]))), "patient_source": ("csv", "image")}
+    for col, order in orders.items():
+        stats = manifest.groupby(col).agg(images=("path", "size"), patients=("patient", "nunique"))
+        LOG.info("%s per %s: %s", dataset, col, ", ".join(f"{k} {stats.loc[k, 'images']} images/"
+                                                          f"{stats.loc[k, 'patients']} patients"
+                                                          for k in order if k in stats.index))
+        absent = [k for k in order if k not in stats.index]
+        if kind == "breakhis" and absent:
+            LOG.warning("%s: no usable images for %s %s", dataset, col, ", ".join(absent))
+    if kind == "folder" and (manifest["patient_source"] == "image").any():
+        LOG.warning("%s: no patients CSV, so every image is its own patient group; if several images come "
+                    "from one patient a patient-wise split can leak. Give a CSV (path, patient) to fix this.",
+                    dataset)
+
+
+def check_dataset(dataset: str, kind: str, root: str | Path, manifest_path: str | Path, rejects_path: str | Path,
+                  classes=None, patients_csv: str | Path | None = None, workers: int = 1, url: str = "",
+                  sha256: str = "", allow_download: bool = False, download_dir: str | Path | None = None) -> None:
+    """Fetch the dataset if a URL is configured, build and write its manifest and rejects."""
+    root = Path(root)
+    if url:
+        from deepbc.download import ensure_root  # only needed, and only imported, for a configured download
+        if download_dir is None:
+            raise UserError("a dataset URL is set but no download folder", where="--download-dir",
+                            fix="give --download-dir")
+        ensure_root(root, url, sha256, allow_download, Path(download_dir))
+    manifest, rejects = build_manifest(root, kind, classes=classes, patients_csv=patients_csv, workers=workers,
+                                       dataset=dataset)
+    if manifest.empty:
+        raise UserError(f"no usable image in the {dataset} dataset ({len(rejects)} files, all rejected: see the "
+                        f"reasons logged above)", where=str(root), fix="check the dataset files and their layout")
+    if kind == "folder":
+        empty = [c for c in classes if c not in set(manifest["label"])]
+        if empty:
+            raise UserError(f"class(es) without any usable image in {dataset}: {', '.join(empty)}", where=str(root),
+                            fix="add images to these class folders (see the rejects logged above) or drop the "
+                                "classes from the config")
+    write_csv(rejects_path, rejects)
+    write_parquet(manifest_path, manifest)
+    LOG.info("%s: wrote %s (%d rows) and %s (%d rows)", dataset, manifest_path, len(manifest), rejects_path,
+             len(rejects))

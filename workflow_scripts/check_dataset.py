@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Verify every file of a dataset and write its manifest (usable images) and rejects.
+
+Each file under the root is decoded in full with Pillow, measured and hashed; each lands in
+exactly one of the manifest (parquet, sorted by path) and the rejects (CSV: path, reason, detail).
+With --url, the dataset is first fetched and extracted into the root if it is not there yet.
+"""
+
+import argparse
+import sys
+
+from deepbc import logs
+from deepbc.manifest import KINDS, check_dataset
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="dataset name from the config (used in messages)")
+    p.add_argument("--kind", required=True, choices=KINDS,
+                   help="breakhis: the official BreakHis layout; folder: one subfolder per class")
+    p.add_argument("--root", required=True,
+                   help="dataset folder (breakhis: the folder holding BreaKHis_v1/, or any folder down to "
+                        "BreaKHis_v1/histology_slides/breast); manifest paths are relative to it")
+    p.add_argument("--classes", nargs="+", default=None, help="class folder names (folder datasets only)")
+    p.add_argument("--patients-csv", default="",
+                   help="CSV with columns path (relative to the root) and patient (folder datasets only; "
+                        "empty: every image is its own patient)")
+    p.add_argument("--url", default="", help="download URL of the dataset archive (empty: no download)")
+    p.add_argument("--sha256", default="", help="expected sha256 of the archive")
+    p.add_argument("--allow-download", action="store_true", help="allow fetching --url if the root is missing")
+    p.add_argument("--download-dir", default=None, help="where the archive is downloaded (needed with --url)")
+    p.add_argument("--workers", type=int, default=1, help="processes decoding and hashing images (default 1)")
+    p.add_argument("--manifest", required=True, help="output manifest (.parquet)")
+    p.add_argument("--rejects", required=True, help="output rejects (.csv)")
+    p.add_argument("--log", default=None, help="log file (appended)")
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    check_dataset(args.dataset, args.kind, args.root, args.manifest, args.rejects, classes=args.classes,
+                  patients_csv=args.patients_csv, workers=args.workers, url=args.url, sha256=args.sha256,
+                  allow_download=args.allow_download, download_dir=args.download_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))
