@@ -166,8 +166,9 @@ def _download_into(fh, url: str, dest: Path, part: Path, progress: bool, timeout
         if expected is not None and done != expected:
             raise _interrupted(url, dest, part, done, expected, "the connection closed early")
         if bar:
-            LOG.info("downloaded %s: %.1f MB in %s", dest.name, done / 1e6,
-                     format_seconds(time.monotonic() - bar.start))
+            took = time.monotonic() - bar.start
+            LOG.info("downloaded %s: %.1f MB in %.1f s (%.2f MB/s)", dest.name,
+                     (done - offset) / 1e6, took, (done - offset) / 1e6 / max(took, 1e-9))
         return digest, resp.headers.get("Content-Type", "")
 
 
@@ -253,62 +254,78 @@ class _Member:
     problem: str | None
 
 
-def safe_extract(archive: Path, target: Path, *, expect: str | None = None) -> list[str]:
+@dataclass
+class _Checked:
+    """An open archive whose members all passed the safety checks."""
+    path: Path
+    kind: str  # "tar" or "zip"
+    handle: object  # TarFile or ZipFile
+    members: list[_Member]  # without the archive root entry ("./")
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+
+def safe_extract(archive: Path, target: Path) -> list[str]:
     """Extract a tar (.tar, .tar.gz, .tgz, also bz2/xz) or zip archive into ``target``.
 
     Every member is checked before anything is written. Refused, with a UserError listing them:
-    absolute paths, '..' components, symbolic and hard links (all of them: the datasets and
-    checkpoints fetched here contain only files and folders, and a link is the classic way to
-    write outside the target), device files, FIFOs and other special members. The archive is
-    extracted into a hidden temporary folder inside ``target``; each top-level entry is then
-    renamed into ``target``, so an interrupted extraction leaves no complete-looking entry (only
-    the hidden ``.<archive>.*.extracting`` folder, which may be deleted). An existing top-level
-    entry is only replaced when it is an empty folder; anything else is refused.
+    absolute paths, '..' components, backslashes, symbolic and hard links (all of them: the
+    datasets and checkpoints fetched here contain only files and folders, and a link is the
+    classic way to write outside the target), device files, FIFOs and other special members.
+    The archive is extracted into a hidden temporary folder inside ``target``; each top-level
+    entry is then renamed into ``target``, so an interrupted extraction leaves no complete-looking
+    entry (the temporary folder is removed; only a killed process can leave a hidden
+    ``.<archive>.*.extracting`` folder, which may be deleted). An existing top-level entry is only
+    replaced when it is an empty folder; anything else is refused.
 
-    ``expect``: a top-level entry the archive must contain; checked before writing anything.
-    Returns the extracted member names (normalised, in archive order).
+    Returns the extracted member names (normalised POSIX paths, in archive order).
     """
-    archive, target = Path(archive), Path(target)
+    with _open_checked(archive) as arc:
+        return _extract_checked(arc, Path(target))
+
+
+@contextlib.contextmanager
+def _open_checked(archive: Path):
+    """Open ``archive`` and check all its members; yield a _Checked.
+
+    Archive, decompression and disk errors, in the checks or in the caller's block, become a
+    UserError."""
+    archive = Path(archive)
     if not archive.is_file():
         raise UserError(f"archive {archive} does not exist", where=str(archive),
                         fix="download it first (or check the path)")
     try:
         with _open_archive(archive) as (kind, handle):
             members = _tar_members(handle) if kind == "tar" else _zip_members(handle)
-            _refuse_unsafe(archive, target, members)
-            keep = [m for m in members if m.name]
-            names = [m.name for m in keep]
-            tops = _top_level(keep)
-            if expect is not None and expect not in tops:
-                raise UserError(
-                    f"{archive} does not contain the expected top-level folder {expect!r}; its "
-                    f"top-level entries are: {', '.join(sorted(tops)) or '(none)'}",
-                    where=str(archive),
-                    fix="check that the URL is the right archive, or extract it yourself and "
-                        "point the config at the folder holding the data")
-            _refuse_conflicts(archive, target, tops)
-            _check_space(archive, target, sum(m.size for m in keep))
-            target.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".extracting",
-                                        dir=target))
-            try:
-                bar = Progress(len(keep), f"extracting {archive.name}", unit="members")
-                if kind == "tar":
-                    _extract_tar(handle, keep, tmp, bar)
-                else:
-                    _extract_zip(handle, keep, tmp, bar)
-                for top in sorted(tops):
-                    os.replace(tmp / top, target / top)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            _refuse_unsafe(archive, members)
+            yield _Checked(archive, kind, handle, [m for m in members if m.name])
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, RuntimeError) as err:
         # zlib/gzip/lzma errors, truncated archives, encrypted zips and disk errors end up here.
         raise UserError(f"could not extract {archive}: {err}", where=str(archive),
-                        fix=("if the archive is damaged, delete it and download it again; if the "
-                             "disk is full, free space; nothing was moved into "
-                             f"{target}")) from None
-    LOG.info("extracted %d members of %s into %s", len(names), archive, target)
-    return names
+                        fix="if the archive is damaged, delete it and download it again; if the "
+                            "disk is full, free some space; then run again") from None
+
+
+def _extract_checked(arc: _Checked, target: Path) -> list[str]:
+    tops = _top_level(arc.members)
+    _refuse_conflicts(arc.path, target, tops)
+    _check_space(arc.path, target, sum(m.size for m in arc.members))
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{arc.path.name}.", suffix=".extracting", dir=target))
+    try:
+        bar = Progress(len(arc.members), f"extracting {arc.path.name}", unit="members")
+        if arc.kind == "tar":
+            _extract_tar(arc.handle, arc.members, tmp, bar)
+        else:
+            _extract_zip(arc.handle, arc.members, tmp, bar)
+        for top in sorted(tops):
+            os.replace(tmp / top, target / top)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    LOG.info("extracted %d members of %s into %s", len(arc.members), arc.path, target)
+    return arc.names
 
 
 @contextlib.contextmanager
@@ -378,7 +395,7 @@ def _zip_members(zf: zipfile.ZipFile) -> list[_Member]:
     return out
 
 
-def _refuse_unsafe(archive: Path, target: Path, members: list[_Member]) -> None:
+def _refuse_unsafe(archive: Path, members: list[_Member]) -> None:
     bad = [m for m in members if m.problem]
     if not bad:
         return
@@ -386,8 +403,8 @@ def _refuse_unsafe(archive: Path, target: Path, members: list[_Member]) -> None:
     if len(bad) > MAX_LISTED:
         listed.append(f"  ... and {len(bad) - MAX_LISTED} more")
     raise UserError(
-        f"refusing to extract {archive}: {len(bad)} member(s) could write outside {target} or are "
-        "not plain files or folders:\n" + "\n".join(listed),
+        f"refusing to extract {archive}: {len(bad)} member(s) could write outside the target "
+        "folder or are not plain files or folders:\n" + "\n".join(listed),
         where=str(archive),
         fix=("nothing was extracted. Absolute paths, '..', links and special files are refused "
              "because a crafted archive can use them to overwrite files anywhere. Check that the "
@@ -480,12 +497,16 @@ def ensure_root(root: Path, url: str, sha256: str, allow_download: bool,
 
     - ``root`` exists and is non-empty: nothing happens.
     - ``url`` is set and ``allow_download`` is true: the archive (named after the URL's last
-      segment) is fetched into ``download_dir`` (kept there, so reruns need no download) and
-      verified against ``sha256`` (empty: not verified, the computed hash is logged), then
-      extracted into ``root.parent``. The archive must therefore hold a top-level folder named
-      like ``root``: for BreakHis, root ``/data/BreaKHis_v1`` and ``BreaKHis_v1.tar.gz`` holding
-      ``BreaKHis_v1/...``. If it does not, a UserError lists its top-level entries and nothing is
-      extracted.
+      segment) is fetched into ``download_dir`` (and kept there, so a rerun needs no download),
+      verified against ``sha256`` (empty: not verified, the computed hash is logged) and
+      extracted so that ``root`` appears:
+        * if ``root`` or one of its parents is named like a top-level folder of the archive, into
+          that folder's parent. BreakHis: root ``/data/BreaKHis_v1`` (or
+          ``/data/BreaKHis_v1/histology_slides/breast``) and ``BreaKHis_v1.tar.gz`` holding
+          ``BreaKHis_v1/...`` extract into ``/data``. If the archive then lacks the path down to
+          ``root``, a UserError lists its top-level entries and nothing is extracted.
+        * otherwise into ``root`` itself: the archive holds the dataset's contents (class
+          folders), or ``root`` is the folder meant to hold the archive's top-level folder.
     - otherwise nothing happens; the caller reports a still missing root in its own words.
 
     UserError is raised only for download and extraction problems.
@@ -496,9 +517,29 @@ def ensure_root(root: Path, url: str, sha256: str, allow_download: bool,
     if not url or not allow_download:
         return
     archive = fetch(url, download_dir / archive_name(url), sha256 or None)
-    LOG.info("extracting %s into %s (expecting %s/)", archive, root.parent, root.name)
-    safe_extract(archive, root.parent, expect=root.name)
+    with _open_checked(archive) as arc:
+        into = _extraction_folder(root, arc)
+        LOG.info("extracting %s into %s so that %s appears", archive, into, root)
+        _extract_checked(arc, into)
     if not root.is_dir():
-        raise UserError(f"{archive} has a top-level entry {root.name!r}, but it is a file, not a "
-                        "folder", where=str(root),
-                        fix="check that the URL is the right archive")
+        raise UserError(f"after extracting {archive}, {root} is a file, not a folder", where=str(root),
+                        fix="check that the URL is the right archive and the dataset folder setting")
+
+
+def _extraction_folder(root: Path, arc: _Checked) -> Path:
+    tops = _top_level(arc.members)
+    if not tops:
+        raise UserError(f"{arc.path} is empty", where=str(arc.path),
+                        fix="check the URL; delete the archive and download it again")
+    anchor = next((p for p in (root, *root.parents) if tops.get(p.name)), None)
+    if anchor is None:
+        return root
+    rel = root.relative_to(anchor.parent).as_posix()
+    if not any(n == rel or n.startswith(rel + "/") for n in arc.names):
+        raise UserError(
+            f"{arc.path} does not contain {rel}/, so extracting it into {anchor.parent} would not "
+            f"create {root}; its top-level entries are: {', '.join(sorted(tops))}",
+            where=str(root),
+            fix="nothing was extracted; check the URL, or set the dataset folder to where the data "
+                "lands in this archive")
+    return anchor.parent

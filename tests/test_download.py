@@ -1,5 +1,6 @@
 """deepbc.download against an HTTP server on loopback: fetch, checksums, resume, safe extraction."""
 
+import fcntl
 import hashlib
 import io
 import logging
@@ -45,7 +46,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         body = data[start:]
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
+        if self.path not in state.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.path in state.cut:
             state.cut.discard(self.path)
@@ -62,6 +64,7 @@ class _State:
         self.files: dict[str, tuple[bytes, str]] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.cut: set[str] = set()  # paths whose next answer stops halfway
+        self.no_length: set[str] = set()  # paths answered without Content-Length
         self.ranges = True
 
     def serve(self, path: str, data: bytes, ctype: str = "application/octet-stream") -> str:
@@ -143,8 +146,9 @@ def test_good_archive_downloaded_verified_extracted(server, tmp_path, caplog):
     # The archive is kept (verified), with no .part left beside it.
     assert _files(dl) == ["BreaKHis_v1.tar.gz"]
     assert sha256_file(dl / "BreaKHis_v1.tar.gz") == _sha(data)
-    progress = [r.getMessage() for r in caplog.records if "MB/s" in r.getMessage()]
-    assert progress and "downloading BreaKHis_v1.tar.gz" in progress[-1] and "(100%)" in progress[-1]
+    progress = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("downloading BreaKHis_v1.tar.gz:")]
+    assert progress and re.search(r"/0\.0 MB \(100%\), [\d.]+ MB/s", progress[-1])
     # Root present and non-empty: a second call neither downloads nor extracts.
     ensure_root(root, url, _sha(data), True, dl)
     assert server.count("/files/BreaKHis_v1.tar.gz") == 1
@@ -244,12 +248,41 @@ def test_empty_root_folder_is_replaced(server, tmp_path):
     assert (root / "README.txt").read_bytes() == b"readme"
 
 
-def test_archive_without_the_expected_folder_is_not_extracted(server, tmp_path):
-    data = _tar([("BreakHis/x.png", b"x"), ("notes.txt", b"n")])
+@pytest.mark.parametrize("root, expected", [
+    ("data/BreaKHis_v1/histology_slides/breast", "data/BreaKHis_v1/README.txt"),
+    ("data/breakhis", "data/breakhis/BreaKHis_v1/README.txt"),  # the folder holding BreaKHis_v1/
+])
+def test_root_below_or_above_the_archive_folder(server, tmp_path, root, expected):
+    data = _tar(GOOD)
     url = server.serve("/BreaKHis_v1.tar.gz", data)
-    root = tmp_path / "data" / "BreaKHis_v1"
-    with pytest.raises(UserError, match="expected top-level folder 'BreaKHis_v1'.*BreakHis, notes.txt"):
+    ensure_root(tmp_path / root, url, _sha(data), True, tmp_path / "dl")
+    assert (tmp_path / expected).read_bytes() == b"readme"
+    assert (tmp_path / root).is_dir()
+
+
+def test_archive_of_class_folders_extracts_into_root(server, tmp_path):
+    data = _zip([("breast/p1_a.png", b"a"), ("lung/p2_b.png", b"b")])
+    url = server.serve("/tma.zip", data)
+    root = tmp_path / "data" / "tma"
+    ensure_root(root, url, _sha(data), True, tmp_path / "dl")
+    assert _files(root) == ["breast", "breast/p1_a.png", "lung", "lung/p2_b.png"]
+
+
+def test_archive_without_the_path_to_root_is_not_extracted(server, tmp_path):
+    data = _tar([("BreaKHis_v1/README.txt", b"r"), ("notes.txt", b"n")])
+    url = server.serve("/BreaKHis_v1.tar.gz", data)
+    root = tmp_path / "data" / "BreaKHis_v1" / "histology_slides" / "breast"
+    with pytest.raises(UserError, match="does not contain BreaKHis_v1/histology_slides/breast/.*"
+                                        "top-level entries are: BreaKHis_v1, notes.txt"):
         ensure_root(root, url, _sha(data), True, tmp_path / "dl")
+    assert not (tmp_path / "data").exists()
+
+
+def test_empty_archive_is_an_error(server, tmp_path):
+    data = _tar([])
+    url = server.serve("/BreaKHis_v1.tar.gz", data)
+    with pytest.raises(UserError, match="is empty"):
+        ensure_root(tmp_path / "data" / "BreaKHis_v1", url, _sha(data), True, tmp_path / "dl")
     assert not (tmp_path / "data").exists()
 
 
@@ -321,6 +354,36 @@ def test_interrupted_download_resumes(server, tmp_path, ranges):
     fetch(url, dest, _sha(data), timeout=TIMEOUT)
     assert dest.read_bytes() == data and not part.exists()
     assert server.requests[-1] == ("/big.bin", f"bytes={len(data) // 2}-")
+
+
+def test_stale_partial_longer_than_the_file_restarts(server, tmp_path):
+    data = b"fresh" * 1000
+    url = server.serve("/f.bin", data)
+    (tmp_path / "f.bin.part").write_bytes(data + b"stale tail")
+    fetch(url, tmp_path / "f.bin", _sha(data), timeout=TIMEOUT)
+    assert (tmp_path / "f.bin").read_bytes() == data
+    assert [r for p, r in server.requests] == [f"bytes={len(data) + 10}-", None]  # 416, then all
+
+
+def test_concurrent_download_into_the_same_file_is_refused(server, tmp_path):
+    url = server.serve("/f.bin", b"data")
+    with open(tmp_path / "f.bin.part", "wb") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another process is already downloading"):
+            fetch(url, tmp_path / "f.bin", None, timeout=TIMEOUT)
+    assert server.requests == []
+
+
+def test_download_without_content_length(server, tmp_path, caplog):
+    data = b"unknown size" * 10000
+    url = server.serve("/f.bin", data)
+    server.no_length.add("/f.bin")
+    with caplog.at_level(logging.INFO):
+        fetch(url, tmp_path / "f.bin", _sha(data), timeout=TIMEOUT)
+    assert (tmp_path / "f.bin").read_bytes() == data
+    assert any(re.fullmatch(r"downloaded f\.bin: 0\.1 MB in [\d.]+ s \([\d.]+ MB/s\)", r.getMessage())
+               for r in caplog.records)
+    assert download._MBProgress(None, "x").line().startswith("x: 0.0 MB, ")
 
 
 def test_http_404_is_a_clear_error(server, tmp_path):
