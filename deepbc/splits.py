@@ -1,0 +1,197 @@
+"""Cross-validation splits: patient-wise (honest) and image-level (the preprint's, leaky).
+
+``make_splits`` returns the long table ``results/splits/{run}.parquet`` (one row per image and fold):
+``path, patient, slide, magnification, label, label_index, fold, split, protocol``, sorted by
+``fold, split, path``.
+
+Protocol ``patient``: scikit-learn ``StratifiedGroupKFold`` over patients gives each fold's test
+patients; the validation patients are the first split of a second ``StratifiedGroupKFold`` over
+the fold's training patients. ``assert_patient_safe`` then proves no patient is on two sides.
+
+Protocol ``image``: the preprint's image-level random split (``StratifiedKFold`` over images,
+validation drawn at random from the training images). It puts images of one patient on both
+sides, so its scores are inflated; it is run only to measure by how much.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from deepbc.errors import UserError
+
+LOG = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+COLUMNS = ["path", "patient", "slide", "magnification", "label", "label_index", "fold", "split", "protocol"]
+_INPUT_COLUMNS = COLUMNS[:6]
+
+
+def make_splits(df: pd.DataFrame, k: int, val_fraction: float, seed: int, protocol: str) -> pd.DataFrame:
+    """Split the labelled table of ``deepbc.tasks.select`` into k folds of train/val/test."""
+    missing = [c for c in _INPUT_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"the table to split has no column(s) {missing}", "make_splits input",
+                        "pass the output of deepbc.tasks.select on a manifest")
+    if protocol not in ("patient", "image"):
+        raise UserError(f"unknown protocol {protocol!r}", "make_splits protocol", "use 'patient' or 'image'")
+    if not isinstance(k, (int, np.integer)) or k < 2:
+        raise UserError(f"k must be an integer >= 2, got {k!r}", "config key splits.k", "set k to 2 or more")
+    if not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}",
+                        "config key splits.val_fraction", "use e.g. 0.2")
+    if df["path"].duplicated().any():
+        dup = df.loc[df["path"].duplicated(), "path"].iloc[0]
+        raise UserError(f"path {dup!r} appears twice in the table to split", "make_splits input",
+                        "rebuild the manifest: every path must be listed once")
+    # Splitting must not depend on the manifest's row order.
+    data = df[_INPUT_COLUMNS].astype({c: str for c in _INPUT_COLUMNS if c != "label_index"})
+    data = data.astype({"label_index": "int64"}).sort_values("path", kind="stable").reset_index(drop=True)
+
+    if protocol == "patient":
+        assignments = _patient_folds(data, k, val_fraction, seed)
+    else:
+        assignments = _image_folds(data, k, val_fraction, seed)
+
+    parts = []
+    for fold, split_of_row in enumerate(assignments):
+        parts.append(data.assign(fold=np.int64(fold), split=split_of_row, protocol=protocol))
+    out = pd.concat(parts, ignore_index=True)
+    out = out.astype({"fold": "int64"}).sort_values(["fold", "split", "path"], kind="stable")
+    out = out[COLUMNS].reset_index(drop=True)
+
+    _warn_missing_classes(out)
+    if protocol == "patient":
+        assert_patient_safe(out)
+    else:
+        report_leaks(out)
+    return out
+
+
+def _patient_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
+    y = data["label_index"].to_numpy()
+    groups = data["patient"].to_numpy()
+    n_patients = len(np.unique(groups))
+    n_val = max(2, int(round(1 / val_fraction)))
+    if n_patients < k:
+        raise UserError(f"{n_patients} patient(s) are too few for k={k} folds", "config key splits.k",
+                        "lower k or use a dataset with more patients")
+    per_class = data.groupby("label")["patient"].nunique()
+    for label, n in per_class.items():
+        if n < k:
+            LOG.warning("class %r has %d patient(s), fewer than k=%d: %d test fold(s) will have none of it",
+                        label, n, k, k - n)
+    outer = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    inner = StratifiedGroupKFold(n_splits=n_val, shuffle=True, random_state=seed)
+    result = []
+    for train_val, test in outer.split(np.zeros(len(y)), y, groups):
+        if len(np.unique(groups[train_val])) < n_val:
+            raise UserError(f"too few training patients ({len(np.unique(groups[train_val]))}) to draw a validation "
+                            f"share of {val_fraction} (1 in {n_val} patients)", "config key splits.val_fraction",
+                            "raise val_fraction or lower k")
+        _, val_in = next(inner.split(np.zeros(len(train_val)), y[train_val], groups[train_val]))
+        split = np.full(len(y), "train", dtype=object)
+        split[test] = "test"
+        split[train_val[val_in]] = "val"
+        result.append(split)
+    return result
+
+
+def _image_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
+    LOG.warning("IMAGE-LEVEL PROTOCOL: images are split at random, so the same patients (and slides) sit in "
+                "train and test. Its scores are inflated and are NOT an estimate of performance on new "
+                "patients; it reproduces the preprint's protocol only to measure the inflation.")
+    y = data["label_index"].to_numpy()
+    smallest = int(np.bincount(y).min())
+    if smallest < k:
+        raise UserError(f"a class has only {smallest} image(s), fewer than k={k}", "config key splits.k",
+                        "lower k or use a dataset with more images per class")
+    outer = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    result = []
+    for train_val, test in outer.split(np.zeros(len(y)), y):
+        _, val_idx = train_test_split(train_val, test_size=val_fraction, random_state=seed,
+                                      stratify=y[train_val])
+        split = np.full(len(y), "train", dtype=object)
+        split[test] = "test"
+        split[val_idx] = "val"
+        result.append(split)
+    return result
+
+
+def patient_leaks(splits: pd.DataFrame) -> pd.DataFrame:
+    """Patients on more than one side of a fold: columns fold, patient, sides (e.g. 'test+train')."""
+    sides = (splits.groupby(["fold", "patient"])["split"]
+             .agg(lambda s: "+".join(sorted(set(s)))).reset_index(name="sides"))
+    return sides[sides["sides"].str.contains("+", regex=False)].reset_index(drop=True)
+
+
+def assert_patient_safe(splits: pd.DataFrame) -> None:
+    """Raise UserError naming every patient that sits on two sides (train/val/test) of any fold."""
+    leaks = patient_leaks(splits)
+    if len(leaks):
+        shown = "; ".join(f"patient {r.patient} in fold {r.fold} on {r.sides}"
+                          for r in leaks.head(20).itertuples())
+        more = f" (and {len(leaks) - 20} more)" if len(leaks) > 20 else ""
+        raise UserError(f"patient leak: {len(leaks)} patient/fold pair(s) on more than one side: {shown}{more}",
+                        "the splits table",
+                        "split by patient (protocol patient) and check that the manifest's patient column "
+                        "identifies patients, not slides or images")
+
+
+def report_leaks(splits: pd.DataFrame) -> None:
+    """Log, per fold, how many test patients also have images in train (the image protocol's leak)."""
+    for fold, g in splits.groupby("fold"):
+        train = set(g.loc[g["split"] == "train", "patient"])
+        test = g[g["split"] == "test"]
+        test_patients = set(test["patient"])
+        shared = test_patients & train
+        LOG.warning("fold %d (image-level): %d of %d test patients also appear in train; %.1f%% of test images "
+                    "come from a patient seen in training", fold, len(shared), len(test_patients),
+                    100.0 * test["patient"].isin(train).mean())
+
+
+def _warn_missing_classes(splits: pd.DataFrame) -> None:
+    labels = sorted(splits["label"].unique())
+    for (fold, split), g in splits.groupby(["fold", "split"]):
+        if split == "train":
+            continue
+        absent = sorted(set(labels) - set(g["label"]))
+        if absent:
+            LOG.warning("fold %d %s has no image of class(es) %s: per-class metrics there are undefined",
+                        fold, split, absent)
+    LOG.info("split sizes (images):\n%s",
+             splits.groupby(["fold", "split"]).size().unstack("split").reindex(columns=list(SPLITS)).to_string())
+
+
+def read_table(path, what: str) -> pd.DataFrame:
+    """Read a parquet table written by an earlier rule, or say clearly why it cannot be read."""
+    import pyarrow
+
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError as err:
+        raise UserError(f"{what} not found", str(path), f"run the rule that writes the {what} first") from err
+    except (pyarrow.ArrowException, OSError) as err:
+        raise UserError(f"{what} is not a readable parquet file: {err}", str(path),
+                        f"delete it and rerun the rule that writes the {what}") from err
+
+
+def build_splits_file(manifest_path, task, protocol: str, k: int, val_fraction: float, seed: int,
+                      exclude_label_conflicts: bool, out_path) -> pd.DataFrame:
+    """Manifest parquet -> task selection -> splits parquet (atomic); returns the splits."""
+    from deepbc.atomic import write_parquet
+    from deepbc.tasks import select
+
+    if protocol not in task.protocols:
+        LOG.warning("protocol %r is not among the protocols of task %r (%s); splitting anyway",
+                    protocol, task.name, list(task.protocols))
+    manifest = read_table(manifest_path, "manifest")
+    LOG.info("manifest %s: %d images", manifest_path, len(manifest))
+    splits = make_splits(select(manifest, task, exclude_label_conflicts), k, val_fraction, seed, protocol)
+    write_parquet(out_path, splits)
+    LOG.info("wrote %s (%d rows: %d images x %d folds, protocol %s)", out_path, len(splits),
+             len(splits) // k, k, protocol)
+    return splits

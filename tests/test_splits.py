@@ -1,0 +1,224 @@
+"""Tasks and splits: patient safety on the real BreakHis listing, the guard, determinism, the image protocol."""
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from deepbc import splits as sp
+from deepbc import tasks
+from deepbc.atomic import write_parquet
+from deepbc.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+BREAKHIS_TASKS = ["benign_vs_malignant", "benign_subtypes", "malignant_subtypes"]
+CONFLICT_SLIDE = "14-13412"  # filed under DC and LC with byte-identical images (shared/breakhis/README.md)
+
+
+def _listing() -> Path | None:
+    shared = os.environ.get("DEEPBC_SHARED_DIR")
+    candidates = [Path(shared) / "breakhis"] if shared else []
+    candidates.append(REPO.parent / "shared" / "breakhis")
+    for folder in candidates:
+        if (folder / "BreaKHis_v1_filelist.txt").is_file():
+            return folder / "BreaKHis_v1_filelist.txt"
+    return None
+
+
+def _parse(path: str) -> dict:
+    try:
+        from deepbc.breakhis import parse_path
+    except ImportError:  # the parser module is written by another engineer; a minimal fallback
+        m = re.search(r"SOB_([BM])_([A-Z]+)-(\d\d)-((\d+)[A-Z]*)-(\d+)-\d+\.png$", path)
+        subtype_tissue = {"A": "benign", "F": "benign", "PT": "benign", "TA": "benign"}
+        return {"tissue": subtype_tissue.get(m[2], "malignant"), "subtype": m[2], "slide": f"{m[3]}-{m[4]}",
+                "patient": f"{m[3]}-{m[5]}", "magnification": f"{m[6]}X"}
+    r = parse_path(path)
+    return {"tissue": r.tissue, "subtype": r.subtype, "slide": r.slide_id, "patient": r.patient,
+            "magnification": r.magnification}
+
+
+@pytest.fixture(scope="module")
+def breakhis_manifest() -> pd.DataFrame:
+    listing = _listing()
+    if listing is None:
+        if os.environ.get("CI"):
+            pytest.fail("the BreakHis listing shared/breakhis/BreaKHis_v1_filelist.txt is missing in CI")
+        pytest.skip("BreakHis listing not found (set DEEPBC_SHARED_DIR)")
+    rows = [dict(path=p, **_parse(p)) for p in listing.read_text().split()]
+    df = pd.DataFrame(rows)
+    df["label_conflict"] = df["slide"] == CONFLICT_SLIDE
+    assert len(df) == 7909
+    return df
+
+
+def _task(name: str) -> tasks.Task:
+    return tasks.Task.from_config(name, CONFIG["tasks"][name])
+
+
+def _sides_disjoint(splits: pd.DataFrame) -> None:
+    """Independent of assert_patient_safe: per fold, the patient sets of train/val/test are disjoint."""
+    for fold, g in splits.groupby("fold"):
+        sets = {s: set(g.loc[g["split"] == s, "patient"]) for s in sp.SPLITS}
+        assert not sets["train"] & sets["test"], fold
+        assert not sets["train"] & sets["val"], fold
+        assert not sets["val"] & sets["test"], fold
+
+
+@pytest.mark.parametrize("name", BREAKHIS_TASKS)
+def test_real_breakhis_tasks_are_patient_safe(breakhis_manifest, name):
+    k = 5
+    selected = tasks.select(breakhis_manifest, _task(name))
+    assert CONFLICT_SLIDE not in set(selected["slide"])
+    splits = sp.make_splits(selected, k=k, val_fraction=0.2, seed=42, protocol="patient")
+    _sides_disjoint(splits)
+    sp.assert_patient_safe(splits)
+    assert (splits["protocol"] == "patient").all()
+    # Every image once per fold, and in exactly one test fold.
+    assert (splits.groupby("path")["fold"].nunique() == k).all()
+    assert len(splits) == k * len(selected)
+    assert (splits[splits["split"] == "test"].groupby("path").size() == 1).all()
+    assert set(splits.loc[splits["split"] == "test", "path"]) == set(selected["path"])
+    assert list(splits.columns) == sp.COLUMNS
+    assert splits.equals(splits.sort_values(["fold", "split", "path"]).reset_index(drop=True))
+    # Sibling slides of one numeric id (14-22549 AB/CD/G under adenosis) share a side.
+    if name != "malignant_subtypes":
+        sides = splits[splits["patient"] == "14-22549"].groupby("fold")["split"].nunique()
+        assert (sides == 1).all()
+
+
+def test_conflict_slide_stays_on_one_side_when_included(breakhis_manifest):
+    selected = tasks.select(breakhis_manifest, _task("malignant_subtypes"), exclude_label_conflicts=False)
+    assert set(selected.loc[selected["slide"] == CONFLICT_SLIDE, "label"]) == {"DC", "LC"}
+    splits = sp.make_splits(selected, k=5, val_fraction=0.2, seed=7, protocol="patient")
+    assert (splits[splits["patient"] == CONFLICT_SLIDE].groupby("fold")["split"].nunique() == 1).all()
+
+
+def test_few_patient_class_is_warned(breakhis_manifest, caplog):
+    caplog.set_level(logging.WARNING)
+    sp.make_splits(tasks.select(breakhis_manifest, _task("benign_subtypes")), k=5, val_fraction=0.2, seed=42,
+                   protocol="patient")
+    assert re.search(r"class 'PT' has 3 patient\(s\), fewer than k=5", caplog.text)
+    assert re.search(r"fold \d test has no image of class\(es\) \[.*'PT'", caplog.text)
+
+
+def test_image_protocol_is_labelled_and_leaky(breakhis_manifest, caplog):
+    caplog.set_level(logging.WARNING)
+    selected = tasks.select(breakhis_manifest, _task("benign_vs_malignant"))
+    splits = sp.make_splits(selected, k=5, val_fraction=0.2, seed=42, protocol="image")
+    assert (splits["protocol"] == "image").all()
+    leaks = sp.patient_leaks(splits)
+    assert set(leaks["fold"]) == set(range(5)) and len(leaks) > 100
+    with pytest.raises(UserError, match="patient leak"):
+        sp.assert_patient_safe(splits)
+    assert "IMAGE-LEVEL PROTOCOL" in caplog.text
+    assert re.search(r"fold 0 \(image-level\): \d+ of \d+ test patients also appear in train", caplog.text)
+    # Stratified over images: each test fold holds about a fifth of every class.
+    test = splits[splits["split"] == "test"].groupby(["fold", "label"]).size().unstack()
+    assert (test.max() - test.min() <= 1).all()
+
+
+def _tiny(n_patients=12, images_per_patient=4, classes=("benign", "malignant")) -> pd.DataFrame:
+    rows = []
+    for p in range(n_patients):
+        for i in range(images_per_patient):
+            rows.append({"path": f"p{p:02d}/img{i}.png", "patient": f"P{p:02d}", "slide": f"S{p:02d}",
+                         "magnification": "40X", "tissue": classes[p % len(classes)], "label_conflict": False})
+    return pd.DataFrame(rows)
+
+
+def _tiny_task(**over) -> tasks.Task:
+    spec = {"dataset": "breakhis", "label": "tissue", "classes": ["benign", "malignant"], **over}
+    return tasks.Task.from_config("t", spec)
+
+
+def test_guard_names_the_leaking_patient_fold_and_sides():
+    splits = sp.make_splits(tasks.select(_tiny(), _tiny_task()), k=3, val_fraction=0.25, seed=0, protocol="patient")
+    leaky = splits.copy()
+    row = leaky.index[(leaky["fold"] == 1) & (leaky["split"] == "test")][0]
+    victim = leaky.loc[row, "patient"]
+    other = leaky.index[(leaky["fold"] == 1) & (leaky["patient"] == victim) & (leaky.index != row)][0]
+    leaky.loc[other, "split"] = "train"
+    with pytest.raises(UserError) as err:
+        sp.assert_patient_safe(leaky)
+    assert f"patient {victim} in fold 1 on test+train" in str(err.value)
+    sp.assert_patient_safe(splits)
+
+
+def test_same_input_and_seed_give_byte_identical_parquet(tmp_path):
+    selected = tasks.select(_tiny(), _tiny_task())
+    a, b, c = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
+    write_parquet(a, sp.make_splits(selected, 3, 0.25, 5, "patient"))
+    # Row order of the input must not matter.
+    write_parquet(b, sp.make_splits(selected.sample(frac=1, random_state=1), 3, 0.25, 5, "patient"))
+    write_parquet(c, sp.make_splits(selected, 3, 0.25, 6, "patient"))
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_too_few_patients_is_a_user_error():
+    with pytest.raises(UserError, match="too few"):
+        sp.make_splits(tasks.select(_tiny(n_patients=2), _tiny_task()), 3, 0.25, 0, "patient")
+
+
+def test_select_filters_and_labels():
+    df = _tiny(n_patients=8, classes=("benign", "malignant"))
+    df.loc[df["patient"] == "P01", "magnification"] = "400X"
+    df.loc[df["path"] == "p00/img0.png", "label_conflict"] = True
+    out = tasks.select(df, _tiny_task(classes=["malignant", "benign"], magnification="40X"))
+    assert "p00/img0.png" not in set(out["path"]) and not (out["patient"] == "P01").any()
+    assert (out["label_index"] == (out["label"] == "benign").astype(int)).all()
+    kept = tasks.select(df, _tiny_task(), exclude_label_conflicts=False)
+    assert "p00/img0.png" in set(kept["path"])
+    only = tasks.select(df, _tiny_task(filter={"patient": ["P00", "P01", "P02", "P03"]}))
+    assert set(only["patient"]) == {"P00", "P01", "P02", "P03"}
+
+
+def test_unexpected_labels_are_listed():
+    df = _tiny()
+    df.loc[df["patient"] == "P03", "tissue"] = "borderline"
+    with pytest.raises(UserError) as err:
+        tasks.select(df, _tiny_task())
+    assert "'borderline': 4 image(s), e.g. p03/img0.png" in str(err.value)
+
+
+def test_empty_class_is_a_user_error():
+    df = _tiny(classes=("benign",))
+    with pytest.raises(UserError, match=r"class\(es\) \['malignant'\] have no images"):
+        tasks.select(df, _tiny_task())
+
+
+def test_task_config_errors():
+    with pytest.raises(UserError, match="magnification"):
+        _tiny_task(magnification="50X")
+    with pytest.raises(UserError, match="protocol"):
+        _tiny_task(protocols=["slide"])
+    assert tasks.run_name("bvm", "image") == "bvm__image_level"
+    assert tasks.parse_run("bvm__image_level") == ("bvm", "image")
+    assert tasks.parse_run(tasks.run_name("bvm", "patient")) == ("bvm", "patient")
+
+
+def test_make_splits_script(tmp_path):
+    manifest = tmp_path / "m.parquet"
+    write_parquet(manifest, _tiny())
+    out = tmp_path / "splits.parquet"
+    task_json = json.dumps(CONFIG["tasks"]["benign_vs_malignant"])
+    cmd = [sys.executable, str(REPO / "workflow_scripts" / "make_splits.py"), "--manifest", str(manifest),
+           "--task", "benign_vs_malignant", "--task-json", task_json, "--protocol", "patient", "--k", "3",
+           "--val-fraction", "0.25", "--seed", "1", "--out", str(out), "--log", str(tmp_path / "log")]
+    subprocess.run(cmd, check=True, capture_output=True)
+    splits = pd.read_parquet(out)
+    assert list(splits.columns) == sp.COLUMNS and len(splits) == 3 * 48
+    sp.assert_patient_safe(splits)
+    bad = subprocess.run(cmd[:-4] + ["--out", str(tmp_path / "x.parquet")] + ["--task-json", "{not json"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "--task-json is not valid JSON" in bad.stderr
+    assert not (tmp_path / "x.parquet").exists()
