@@ -263,6 +263,13 @@ def _labels(kind: str, path: str, classes, patient_map) -> dict:
 def _check_csv_coverage(rows: list[dict], patient_map: dict, rel: list[str], csv_path: Path) -> None:
     """Images absent from the CSV are an error (their patient is unknown, so no split can be made
     safe); CSV rows naming no file are reported and otherwise harmless."""
+    existing = set(rel)
+    stale = sorted(p for p in patient_map if p not in existing)
+    if stale:
+        # Logged before any error below: all rows stale usually means paths not relative to the root.
+        LOG.warning("%d of %d row(s) of the patients CSV %s name files that do not exist under the root; they are "
+                    "ignored: %s", len(stale), len(patient_map), csv_path,
+                    ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else ""))
     unlisted = [r["path"] for r in rows if r["patient"] is None]
     if unlisted:
         shown = ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
@@ -270,11 +277,6 @@ def _check_csv_coverage(rows: list[dict], patient_map: dict, rel: list[str], csv
                         f"their patient is unknown, so a patient-wise split cannot place them safely",
                         where=str(csv_path),
                         fix="add a row (path relative to the root, patient) for each, or remove the images")
-    existing = set(rel)
-    stale = sorted(p for p in patient_map if p not in existing)
-    if stale:
-        LOG.warning("%d row(s) of the patients CSV %s name files that do not exist under the root; they are "
-                    "ignored: %s", len(stale), csv_path, ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else ""))
 
 
 def _resolve_duplicates(rows: list[dict], label_keys: list[str]) -> tuple[list[dict], list[tuple]]:

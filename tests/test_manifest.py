@@ -117,6 +117,17 @@ def test_each_bad_file_lands_in_rejects_with_its_reason(breakhis_with_bad_files)
     assert set(manifest["patient"]) == {"14-22549", "14-14134", "14-13412", "15-190"}
 
 
+@pytest.mark.parametrize("given", [".", "BreaKHis_v1", "BreaKHis_v1/histology_slides/breast"])
+def test_paths_are_relative_to_the_root_given(tmp_path, given):
+    _image(tmp_path / "BreaKHis_v1" / _bh("A", "22549AB", 40, 1), 1)
+    _image(tmp_path / "BreaKHis_v1" / _bh("DC", "2523", 40, 1), 2)
+    _write(tmp_path / "BreaKHis_v1.tar.gz", b"not scanned: outside histology_slides/breast")
+    manifest, rejects = build_manifest(tmp_path / given, "breakhis")
+    assert rejects.empty and len(manifest) == 2
+    assert all((tmp_path / given / p).is_file() for p in manifest["path"])
+    assert manifest["path"].str.endswith("SOB_B_A-14-22549AB-40-001.png").any()
+
+
 def test_every_file_lands_in_exactly_one_table(breakhis_with_bad_files):
     root, _ = breakhis_with_bad_files
     manifest, rejects = build_manifest(root, "breakhis")
@@ -236,7 +247,7 @@ def test_folder_dataset_with_patient_csv(tma_tree, caplog):
     # The CSV under the root is listed, with a reason that says what it is, not silently skipped.
     assert rejects.values.tolist() == [["patients.csv", "not_an_image",
                                         "the patients CSV (--patients-csv): patient metadata, not an image"]]
-    assert "1 row(s) of the patients CSV" in caplog.text and "lung/gone.png" in caplog.text
+    assert "1 of 14 row(s) of the patients CSV" in caplog.text and "lung/gone.png" in caplog.text
 
 
 def test_folder_dataset_without_csv_makes_each_image_its_own_group(tma_tree, caplog):
@@ -358,3 +369,16 @@ def test_full_scale_breakhis_layout(tmp_path, caplog):
     assert manifest["tissue"].value_counts().to_dict() == {"malignant": 5429, "benign": 2480}
     assert "label conflict: 123 distinct image(s) filed as malignant/DC vs malignant/LC" in caplog.text
     print(f"scanned 7,909 files in {elapsed:.1f} s")
+
+
+def test_special_files_and_folder_links_are_handled_not_skipped(tma_tree, tmp_path):
+    root, patients = tma_tree
+    os.mkfifo(root / "lung" / "pipe.png")  # reading it would block forever
+    (root / "breast" / "loop").symlink_to(root / "breast")  # would be walked without end
+    outside = tmp_path / "elsewhere"
+    _image(outside / "linked.png", 77)
+    (root / "bladder" / "more").symlink_to(outside)
+    manifest, rejects = build_manifest(root, "folder", classes=TMA_CLASSES)
+    assert rejects.values.tolist() == [["lung/pipe.png", "not_an_image", "not a regular file"]]
+    assert "bladder/more/linked.png" in set(manifest["path"])
+    assert len(manifest) == len(patients) + 1
