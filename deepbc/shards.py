@@ -1,0 +1,391 @@
+"""TFRecord shards of one fold (atomic, balanced, deterministic), their index JSON, and the tf.data reader.
+
+Layout of ``out_dir`` (``results/tfrecords/{run}/fold{k}``)::
+
+    {split}-{i:05d}-of-{n:05d}.tfrecord   for split in train, val, test
+    {split}.json                          the index: count, count_per_class, class_names, shards, encoding
+
+Each record is a ``tf.train.Example`` with TF-Slim's keys (``image/encoded``, ``image/format``,
+``image/class/label``, ``image/height``, ``image/width``) plus ``image/filename`` (path relative to
+the dataset root), ``image/patient`` and ``image/magnification``.
+
+Encodings (``image/format``): ``jpeg`` (default; see docs/shards.md for the measurements), ``png``
+and ``raw`` (uint8 RGB pixels, row-major). An image already in the target format, 8-bit RGB and not
+resized is stored byte for byte; anything else is decoded and re-encoded with Pillow.
+
+TensorFlow is imported inside the functions that need it, so that the encoding workers (separate
+processes) start without it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deepbc.atomic import atomic_path, write_json
+from deepbc.errors import UserError
+from deepbc.logs import Progress
+
+LOG = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+FORMATS = ("jpeg", "png", "raw")
+INDEX_VERSION = 1
+# Images sent to a worker at a time: large enough to amortise inter-process overhead, small
+# enough to keep the memory of in-flight encoded images bounded.
+_CHUNK = 16
+
+
+def shard_name(split: str, i: int, n: int) -> str:
+    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding (runs in worker processes: Pillow only)
+# --------------------------------------------------------------------------------------------
+
+def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_side: int) -> tuple[bytes, int, int]:
+    """Read one image file and return (encoded bytes, height, width) in ``image_format``."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            source_format = (im.format or "").lower()
+            im.load()
+            image = im
+            width, height = im.size
+            scale = 1.0
+            if max_shorter_side and min(width, height) > max_shorter_side:
+                scale = max_shorter_side / min(width, height)
+            if scale == 1.0 and im.mode == "RGB" and source_format == image_format:
+                return data, height, width
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            if scale != 1.0:
+                # Round so the shorter side is exactly max_shorter_side.
+                size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                image = image.resize(size, Image.Resampling.LANCZOS)
+            width, height = image.size
+            out = io.BytesIO()
+            if image_format == "jpeg":
+                image.save(out, format="JPEG", quality=jpeg_quality)
+            elif image_format == "png":
+                image.save(out, format="PNG")
+            else:
+                out.write(np.asarray(image, dtype=np.uint8).tobytes())
+            return out.getvalue(), height, width
+    except (OSError, ValueError) as err:  # Pillow raises OSError/ValueError on unreadable data
+        raise UserError(f"cannot decode image: {err}", path,
+                        "rebuild the manifest (check_dataset verifies every file) and rerun") from err
+
+
+def _encode_star(args):
+    return encode_image(*args)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+def plan_shards(rows: pd.DataFrame, images_per_shard: int, seed: int, fold: int, split: str) -> list[pd.DataFrame]:
+    """Shuffle the split's rows deterministically and deal them round-robin into balanced shards.
+
+    The shuffle depends only on (seed, fold, split) and the rows sorted by path. Shard sizes differ
+    by at most one.
+    """
+    rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng([seed, fold, SPLITS.index(split)])
+    rows = rows.iloc[rng.permutation(len(rows))].reset_index(drop=True)
+    n = max(1, math.ceil(len(rows) / images_per_shard))
+    return [rows.iloc[i::n].reset_index(drop=True) for i in range(n)]
+
+
+def _example(encoded: bytes, image_format: str, row, height: int, width: int):
+    import tensorflow as tf
+
+    def b(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": b(encoded),
+        "image/format": b(image_format.encode()),
+        "image/class/label": i(row.label_index),
+        "image/height": i(height),
+        "image/width": i(width),
+        "image/filename": b(str(row.path).encode()),
+        "image/patient": b(str(row.patient).encode()),
+        "image/magnification": b(str(row.magnification).encode()),
+    })).SerializeToString()
+
+
+def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_shard: int = 256,
+                 image_format: str = "jpeg", jpeg_quality: int = 95, max_shorter_side: int = 0,
+                 seed: int = 42, workers: int = 1) -> dict[str, dict]:
+    """Write the train/val/test shards of ``fold`` and their index JSONs; return the indexes by split.
+
+    Every shard is written under a temporary name and renamed; the three index JSONs are written
+    last (after removing any old ones first), so an interrupted run leaves no index to trust.
+    """
+    import tensorflow as tf
+
+    root, out_dir = Path(root), Path(out_dir)
+    if image_format not in FORMATS:
+        raise UserError(f"unknown image format {image_format!r}", "config key shards.format",
+                        f"use one of {list(FORMATS)}")
+    if images_per_shard < 1:
+        raise UserError(f"images_per_shard must be >= 1, got {images_per_shard}", "config key shards.images_per_shard",
+                        "use e.g. 256")
+    if not 1 <= jpeg_quality <= 100:
+        raise UserError(f"jpeg_quality must be 1..100, got {jpeg_quality}", "config key shards.jpeg_quality",
+                        "use e.g. 95")
+    needed = ["path", "patient", "magnification", "label", "label_index", "fold", "split"]
+    missing = [c for c in needed if c not in splits_df.columns]
+    if missing:
+        raise UserError(f"the splits table has no column(s) {missing}", "write_shards input",
+                        "pass a splits parquet written by make_splits.py")
+    rows = splits_df[splits_df["fold"] == fold]
+    if rows.empty:
+        raise UserError(f"fold {fold} is not in the splits table (folds: {sorted(splits_df['fold'].unique())})",
+                        "write_shards --fold", "use one of the folds listed")
+    class_names = _class_names(splits_df)
+    for split in SPLITS:
+        if not (rows["split"] == split).any():
+            raise UserError(f"fold {fold} has no {split} images", "write_shards input",
+                            "remake the splits with more data or a smaller k")
+    absent = [p for p in sorted(rows["path"].unique()) if not (root / p).is_file()]
+    if absent:
+        raise UserError(f"{len(absent)} image(s) of the splits are missing under the dataset root, "
+                        f"e.g. {absent[:3]}", str(root),
+                        "point --root at the dataset the manifest was built from")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # An old index could otherwise describe a mix of old and new shards if this run dies midway.
+    for split in SPLITS:
+        (out_dir / f"{split}.json").unlink(missing_ok=True)
+
+    encoding = {"format": image_format, "jpeg_quality": int(jpeg_quality) if image_format == "jpeg" else None,
+                "max_shorter_side": int(max_shorter_side)}
+    plans = {split: plan_shards(rows[rows["split"] == split], images_per_shard, seed, fold, split)
+             for split in SPLITS}
+    total = len(rows)
+    LOG.info("fold %d: %d images (%s) -> %s as %s, %d per shard, %d worker(s)", fold, total,
+             ", ".join(f"{s} {sum(map(len, p))}" for s, p in plans.items()), out_dir, encoding,
+             images_per_shard, workers)
+    progress = Progress(total, f"fold {fold} shards", unit="images")
+    indexes = {}
+    with _pool(workers) as pool:
+        for split, shards in plans.items():
+            names = []
+            for i, shard in enumerate(shards):
+                name = shard_name(split, i, len(shards))
+                jobs = [(str(root / p), image_format, jpeg_quality, max_shorter_side) for p in shard["path"]]
+                results = pool.map(_encode_star, jobs, chunksize=_CHUNK) if pool else map(_encode_star, jobs)
+                with atomic_path(out_dir / name) as tmp:
+                    with tf.io.TFRecordWriter(str(tmp)) as writer:
+                        for row, (encoded, height, width) in zip(shard.itertuples(index=False), results):
+                            writer.write(_example(encoded, image_format, row, height, width))
+                            progress.update(1, split=split)
+                names.append(name)
+            split_rows = pd.concat(shards)
+            counts = split_rows["label"].value_counts()
+            indexes[split] = {
+                "version": INDEX_VERSION,
+                "split": split,
+                "fold": int(fold),
+                "protocol": str(split_rows["protocol"].iloc[0]) if "protocol" in split_rows else None,
+                "count": int(len(split_rows)),
+                "count_per_class": {c: int(counts.get(c, 0)) for c in class_names},
+                "class_names": class_names,
+                "num_classes": len(class_names),
+                "patients": int(split_rows["patient"].nunique()),
+                "shards": names,
+                "shard_sizes": [int(len(s)) for s in shards],
+                "encoding": encoding,
+                "images_per_shard": int(images_per_shard),
+                "seed": int(seed),
+            }
+    _remove_stale(out_dir, {n for idx in indexes.values() for n in idx["shards"]})
+    for split in SPLITS:
+        write_json(out_dir / f"{split}.json", indexes[split])
+    LOG.info("fold %d: wrote %s", fold, ", ".join(f"{s}: {idx['count']} images in {len(idx['shards'])} shard(s)"
+                                                   for s, idx in indexes.items()))
+    return indexes
+
+
+def write_shards_file(splits_path, fold: int, root, out_dir, **settings) -> dict[str, dict]:
+    """``write_shards`` on a splits parquet written by make_splits.py."""
+    from deepbc.splits import read_table
+
+    return write_shards(read_table(splits_path, "splits table"), fold, root, out_dir, **settings)
+
+
+class _NoPool:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _pool(workers: int):
+    if workers <= 1:
+        return _NoPool()
+    # spawn, not fork: the parent has TensorFlow loaded, whose threads do not survive a fork.
+    return concurrent.futures.ProcessPoolExecutor(max_workers=workers,
+                                                  mp_context=multiprocessing.get_context("spawn"))
+
+
+def _class_names(splits_df: pd.DataFrame) -> list[str]:
+    pairs = splits_df[["label_index", "label"]].drop_duplicates().sort_values("label_index")
+    if pairs["label_index"].duplicated().any() or pairs["label"].duplicated().any():
+        raise UserError("label and label_index do not correspond one to one in the splits table",
+                        "write_shards input", "remake the splits with make_splits.py")
+    names = pairs["label"].astype(str).tolist()
+    if pairs["label_index"].tolist() != list(range(len(names))):
+        raise UserError(f"label_index values {pairs['label_index'].tolist()} are not 0..{len(names) - 1}",
+                        "write_shards input", "remake the splits with make_splits.py")
+    return names
+
+
+def _remove_stale(out_dir: Path, keep: set[str]) -> None:
+    """Drop shard files of an earlier run (e.g. another images_per_shard or a killed one) that no index lists."""
+    leftovers = sorted(out_dir.glob(".*.tfrecord.*.tmp"))  # temporary files of a killed run
+    for path in sorted(out_dir.glob("*.tfrecord")) + leftovers:
+        if path.name not in keep:
+            LOG.info("removing stale shard %s", path)
+            path.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+def read_index(path) -> dict:
+    """Load a ``{split}.json`` index and check it; ``paths`` (absolute shard paths) is added."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("shard index not found", str(path), "run the workflow's write_shards rule for this run and fold")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"shard index is not valid JSON: {err}", str(path), "delete it and rerun write_shards") from err
+    keys = ["count", "count_per_class", "class_names", "shards", "encoding"]
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise UserError(f"shard index lacks key(s) {missing}", str(path), "delete it and rerun write_shards")
+    index["paths"] = [str(path.parent / name) for name in index["shards"]]
+    absent = [p for p in index["paths"] if not os.path.isfile(p)]
+    if absent:
+        raise UserError(f"{len(absent)} shard(s) listed in the index are missing, e.g. {absent[0]}", str(path),
+                        "delete the folder and rerun write_shards")
+    if index["encoding"]["format"] not in FORMATS:
+        raise UserError(f"unknown image format {index['encoding']['format']!r}", str(path),
+                        f"rewrite the shards with one of {list(FORMATS)}")
+    return index
+
+
+def _features():
+    import tensorflow as tf
+
+    return {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/format": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        "image/height": tf.io.FixedLenFeature([], tf.int64),
+        "image/width": tf.io.FixedLenFeature([], tf.int64),
+        "image/filename": tf.io.FixedLenFeature([], tf.string),
+        "image/patient": tf.io.FixedLenFeature([], tf.string),
+        "image/magnification": tf.io.FixedLenFeature([], tf.string),
+    }
+
+
+def parse_example(serialized):
+    """Parse one serialized Example into a dict of scalar tensors keyed as in the record."""
+    import tensorflow as tf
+
+    return tf.io.parse_single_example(serialized, _features())
+
+
+def decode(features: dict, image_format: str):
+    """The uint8 RGB image [height, width, 3] of parsed ``features`` stored as ``image_format``."""
+    import tensorflow as tf
+
+    encoded = features["image/encoded"]
+    if image_format == "jpeg":
+        image = tf.io.decode_jpeg(encoded, channels=3)
+    elif image_format == "png":
+        image = tf.io.decode_png(encoded, channels=3, dtype=tf.uint8)
+    else:
+        shape = tf.stack([features["image/height"], features["image/width"], 3])
+        image = tf.reshape(tf.io.decode_raw(encoded, tf.uint8), tf.cast(shape, tf.int32))
+    image.set_shape([None, None, 3])
+    return image
+
+
+def default_preprocess(image, height: int, width: int):
+    """Cast to float32 (0..255) and resize to (height, width); no cropping, no augmentation."""
+    import tensorflow as tf
+
+    return tf.image.resize(tf.cast(image, tf.float32), [height, width])
+
+
+def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess_fn=None, image_size: int = 224,
+                 shuffle_buffer: int = 1024, seed: int | None = None, num_parallel_calls=None,
+                 repeat: bool = False, with_metadata: bool = False):
+    """A tf.data pipeline over the shards of one index JSON.
+
+    Yields ``(images, labels)`` batches (float images from ``preprocess_fn(image_uint8, image_size,
+    image_size)``, int64 labels), or ``(images, labels, metadata)`` with ``with_metadata``, where
+    metadata is a dict of string tensors ``filename``, ``patient``, ``magnification``.
+    Training: shard order and records are shuffled (buffer ``shuffle_buffer``, reshuffled each
+    epoch) and the last partial batch is dropped. Evaluation: deterministic order, every image once
+    per pass. Works eagerly and in tf.compat.v1 graph mode (one-shot or initializable iterators).
+    """
+    import tensorflow as tf
+
+    index = read_index(index_json_path)
+    if index["count"] == 0:
+        raise UserError("the shard index lists no images", str(index_json_path), "remake the splits and shards")
+    autotune = tf.data.AUTOTUNE
+    calls = autotune if num_parallel_calls is None else num_parallel_calls
+    preprocess = preprocess_fn or default_preprocess
+    image_format = index["encoding"]["format"]
+
+    files = tf.data.Dataset.from_tensor_slices(index["paths"])
+    if is_training:
+        files = files.shuffle(len(index["paths"]), seed=seed, reshuffle_each_iteration=True)
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(index["paths"]), 8),
+                               num_parallel_calls=calls, deterministic=not is_training)
+    if is_training:
+        # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
+        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        records = records.repeat()
+
+    def load(serialized):
+        features = parse_example(serialized)
+        image = preprocess(decode(features, image_format), image_size, image_size)
+        label = features["image/class/label"]
+        if with_metadata:
+            return image, label, {"filename": features["image/filename"], "patient": features["image/patient"],
+                                  "magnification": features["image/magnification"]}
+        return image, label
+
+    dataset = records.map(load, num_parallel_calls=calls, deterministic=not is_training)
+    dataset = dataset.batch(batch_size, drop_remainder=is_training)
+    return dataset.prefetch(autotune)
+

@@ -1,0 +1,252 @@
+"""TFRecord shards: every feature read back (eager and graph mode), atomicity, balance, determinism."""
+
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deepbc import shards
+from deepbc.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["benign", "malignant"]
+
+
+def _splits(n_train=9, n_val=3, n_test=4) -> pd.DataFrame:
+    split = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    rows = []
+    for i, s in enumerate(split):
+        label = CLASSES[i % 2]
+        rows.append({"path": f"{label}/P{i % 5}/img{i:02d}.png", "patient": f"P{i % 5}", "slide": f"S{i % 5}",
+                     "magnification": ["40X", "100X", "200X", "400X"][i % 4], "label": label,
+                     "label_index": i % 2, "fold": 0, "split": s, "protocol": "patient"})
+    other_fold = [dict(r, fold=1) for r in rows]
+    return pd.DataFrame(rows + other_fold)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Small RGB PNGs (random sizes around 40x30) laid out as the splits table says."""
+    root = tmp_path_factory.mktemp("root")
+    rng = np.random.default_rng(0)
+    table = _splits()
+    for path in table["path"].unique():
+        h, w = int(rng.integers(24, 36)), int(rng.integers(36, 48))
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / path)
+    return root, table
+
+
+def _write(dataset, out, **settings):
+    root, table = dataset
+    options = dict(images_per_shard=2, image_format="jpeg", jpeg_quality=95, max_shorter_side=0, seed=3, workers=1)
+    options.update(settings)
+    return shards.write_shards(table, 0, root, out, **options)
+
+
+def _records(index_path):
+    index = shards.read_index(index_path)
+    return [shards.parse_example(r) for r in tf.data.TFRecordDataset(index["paths"])]
+
+
+def test_index_and_every_feature(dataset, tmp_path):
+    root, table = dataset
+    indexes = _write(dataset, tmp_path, image_format="png")
+    fold = table[table["fold"] == 0]
+    for split in shards.SPLITS:
+        index = json.loads((tmp_path / f"{split}.json").read_text())
+        assert index == {k: v for k, v in shards.read_index(tmp_path / f"{split}.json").items() if k != "paths"}
+        assert index == indexes[split]
+        rows = fold[fold["split"] == split].set_index("path")
+        assert index["count"] == len(rows) == sum(index["shard_sizes"])
+        assert index["class_names"] == CLASSES
+        assert index["count_per_class"] == {c: int((rows["label"] == c).sum()) for c in CLASSES}
+        assert index["encoding"] == {"format": "png", "jpeg_quality": None, "max_shorter_side": 0}
+        n = len(index["shards"])
+        assert index["shards"] == [f"{split}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)]
+        seen = []
+        for f in _records(tmp_path / f"{split}.json"):
+            name = f["image/filename"].numpy().decode()
+            seen.append(name)
+            row = rows.loc[name]
+            source = (root / name).read_bytes()
+            # PNG sources stored as PNG keep their bytes.
+            assert f["image/encoded"].numpy() == source
+            assert f["image/format"].numpy() == b"png"
+            assert f["image/class/label"].numpy() == row["label_index"]
+            assert f["image/patient"].numpy().decode() == row["patient"]
+            assert f["image/magnification"].numpy().decode() == row["magnification"]
+            w, h = Image.open(root / name).size
+            assert (f["image/height"].numpy(), f["image/width"].numpy()) == (h, w)
+        assert sorted(seen) == sorted(rows.index)
+
+
+def test_jpeg_resize_and_raw_pixels(dataset, tmp_path):
+    root, _ = dataset
+    _write(dataset, tmp_path / "jpeg", max_shorter_side=20, jpeg_quality=90)
+    for f in _records(tmp_path / "jpeg" / "val.json"):
+        h, w = int(f["image/height"]), int(f["image/width"])
+        assert min(h, w) == 20 and f["image/format"].numpy() == b"jpeg"
+        assert Image.open(io.BytesIO(f["image/encoded"].numpy())).format == "JPEG"
+        assert shards.decode(f, "jpeg").shape == (h, w, 3)
+    _write(dataset, tmp_path / "raw", image_format="raw")
+    for f in _records(tmp_path / "raw" / "test.json"):
+        source = np.asarray(Image.open(root / f["image/filename"].numpy().decode()).convert("RGB"))
+        np.testing.assert_array_equal(shards.decode(f, "raw").numpy(), source)
+
+
+def test_make_dataset_eager_with_metadata(dataset, tmp_path):
+    _, table = dataset
+    _write(dataset, tmp_path)
+    ds = shards.make_dataset(tmp_path / "test.json", batch_size=3, is_training=False, image_size=16,
+                             with_metadata=True)
+    batches = list(ds)
+    images = np.concatenate([b[0].numpy() for b in batches])
+    assert images.shape == (4, 16, 16, 3) and images.dtype == np.float32 and images.max() > 1
+    names = [n.decode() for b in batches for n in b[2]["filename"].numpy()]
+    test = table[(table["fold"] == 0) & (table["split"] == "test")].set_index("path")
+    assert sorted(names) == sorted(test.index)
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    assert list(labels) == [test.loc[n, "label_index"] for n in names]
+    patients = [p.decode() for b in batches for p in b[2]["patient"].numpy()]
+    assert patients == [test.loc[n, "patient"] for n in names]
+    mags = [m.decode() for b in batches for m in b[2]["magnification"].numpy()]
+    assert mags == [test.loc[n, "magnification"] for n in names]
+    # Evaluation order is deterministic.
+    again = [n.decode() for b in ds for n in b[2]["filename"].numpy()]
+    assert again == names
+
+
+def test_make_dataset_graph_mode_and_custom_preprocess(dataset, tmp_path):
+    _write(dataset, tmp_path)
+    calls = []
+
+    def preprocess(image, height, width):
+        calls.append((height, width))
+        return tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), [height, width]) - 0.5
+
+    with tf.Graph().as_default():
+        train = shards.make_dataset(tmp_path / "train.json", batch_size=4, is_training=True, preprocess_fn=preprocess,
+                                    image_size=8, shuffle_buffer=16, seed=1, repeat=True)
+        images, labels = tf.compat.v1.data.make_one_shot_iterator(train).get_next()
+        evaluation = shards.make_dataset(tmp_path / "val.json", batch_size=2, is_training=False, image_size=8,
+                                         with_metadata=True)
+        iterator = tf.compat.v1.data.make_initializable_iterator(evaluation)
+        eval_images, _, meta = iterator.get_next()
+        with tf.compat.v1.Session() as sess:
+            for _ in range(4):  # more batches than one epoch (9 images): repeat works
+                x, y = sess.run([images, labels])
+                assert x.shape == (4, 8, 8, 3) and -0.5 <= x.min() and x.max() <= 0.5
+                assert set(y) <= {0, 1}
+            for _ in range(2):  # an initializable iterator can be re-run for each evaluation
+                sess.run(iterator.initializer)
+                names = []
+                while True:
+                    try:
+                        _, m = sess.run([eval_images, meta])
+                    except tf.errors.OutOfRangeError:
+                        break
+                    names += list(m["filename"])
+                assert len(names) == 3
+    assert calls == [(8, 8)]
+
+
+def test_balanced_shards():
+    rows = pd.DataFrame({"path": [f"x{i:04d}" for i in range(1000)]})
+    plan = shards.plan_shards(rows, images_per_shard=256, seed=0, fold=0, split="train")
+    assert [len(s) for s in plan] == [250] * 4
+    plan = shards.plan_shards(rows.head(10), images_per_shard=3, seed=0, fold=0, split="train")
+    assert [len(s) for s in plan] == [3, 3, 2, 2]
+    assert sorted(pd.concat(plan)["path"]) == sorted(rows.head(10)["path"])
+    # The shuffle depends on the seed, not on the input order.
+    again = shards.plan_shards(rows.head(10).iloc[::-1], images_per_shard=3, seed=0, fold=0, split="train")
+    assert all(a["path"].tolist() == b["path"].tolist() for a, b in zip(plan, again))
+    other = shards.plan_shards(rows.head(10), images_per_shard=3, seed=1, fold=0, split="train")
+    assert any(a["path"].tolist() != b["path"].tolist() for a, b in zip(plan, other))
+
+
+def test_written_shard_sizes_are_balanced(dataset, tmp_path):
+    indexes = _write(dataset, tmp_path, images_per_shard=4)
+    train = indexes["train"]
+    assert len(train["shards"]) == math.ceil(9 / 4) and sorted(train["shard_sizes"]) == [3, 3, 3]
+    for name, size in zip(train["shards"], train["shard_sizes"]):
+        assert sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / name))) == size
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_rerun_is_byte_identical_with_any_worker_count(dataset, tmp_path):
+    _write(dataset, tmp_path / "a", workers=1, max_shorter_side=20)
+    _write(dataset, tmp_path / "b", workers=2, max_shorter_side=20)
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert a == b and len(a) == 3 + 5 + 2 + 2
+    _write(dataset, tmp_path / "c", seed=4, max_shorter_side=20)
+    assert _tree(tmp_path / "c") != a
+
+
+def test_failure_midway_leaves_nothing_that_looks_complete(dataset, tmp_path, monkeypatch):
+    _write(dataset, tmp_path, images_per_shard=4)  # an earlier complete run, with other shard names
+    real = shards._example
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 4:  # second image of the second train shard (2 per shard)
+            raise RuntimeError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(shards, "_example", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _write(dataset, tmp_path, images_per_shard=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert not any(n.endswith(".json") for n in names)
+    assert not any(n.endswith(".tmp") for n in names)
+    assert "train-00001-of-00005.tfrecord" not in names and "train-00000-of-00005.tfrecord" in names
+    # The next run completes and removes the shards no index lists.
+    monkeypatch.setattr(shards, "_example", real)
+    indexes = _write(dataset, tmp_path, images_per_shard=2)
+    listed = {n for idx in indexes.values() for n in idx["shards"]}
+    assert {p.name for p in tmp_path.glob("*.tfrecord")} == listed
+
+
+def test_bad_inputs_are_user_errors(dataset, tmp_path):
+    root, table = dataset
+    with pytest.raises(UserError, match="fold 7 is not in the splits table"):
+        shards.write_shards(table, 7, root, tmp_path)
+    with pytest.raises(UserError, match="missing under the dataset root"):
+        shards.write_shards(table, 0, tmp_path / "elsewhere", tmp_path / "out")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in table["path"].unique():
+        (broken / path).parent.mkdir(parents=True, exist_ok=True)
+        (broken / path).write_bytes(b"not an image")
+    with pytest.raises(UserError, match="cannot decode image"):
+        shards.write_shards(table, 0, broken, tmp_path / "out")
+    with pytest.raises(UserError, match="shard index not found"):
+        shards.read_index(tmp_path / "nope.json")
+
+
+def test_write_shards_script(dataset, tmp_path):
+    root, table = dataset
+    from deepbc.atomic import write_parquet
+
+    write_parquet(tmp_path / "s.parquet", table)
+    script = str(REPO / "workflow_scripts" / "write_shards.py")
+    assert "--images-per-shard" in subprocess.run([sys.executable, script, "--help"], check=True,
+                                                  capture_output=True, text=True).stdout
+    out = tmp_path / "fold1"
+    subprocess.run([sys.executable, script, "--splits", str(tmp_path / "s.parquet"), "--root", str(root),
+                    "--fold", "1", "--out-dir", str(out), "--images-per-shard", "4", "--format", "jpeg",
+                    "--jpeg-quality", "95", "--max-shorter-side", "0", "--seed", "1", "--workers", "1"],
+                   check=True, capture_output=True)
+    assert shards.read_index(out / "test.json")["count"] == 4
