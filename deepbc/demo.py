@@ -116,6 +116,12 @@ def make_tma_demo(out_root: Path, seed: int, image_size: tuple[int, int] = TMA_S
     return _generate(Path(out_root), seed, specs, workers, "TMA demo", extra_files={PATIENTS_CSV: csv_text})
 
 
+def make_demos(breakhis_out: Path, tma_out: Path, seed: int, workers: int = 1) -> dict[str, int]:
+    """Both demo datasets with their default sizes, as the workflow's make_demo rule writes them."""
+    return {"breakhis": make_breakhis_demo(breakhis_out, seed, workers=workers),
+            "tma": make_tma_demo(tma_out, seed, workers=workers)}
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     """One image to draw and the paths (relative to the dataset root) it is written to."""
