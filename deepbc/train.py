@@ -121,7 +121,8 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
 
         weights = None
         if settings.get("class_balance") == "loss_weights":
-            table = tf.constant(class_weights(train_index["count_per_class"]), tf.float32)
+            counts = [train_index["count_per_class"][c] for c in class_names]
+            table = tf.constant(class_weights(counts), tf.float32)
             weights = tf.gather(table, labels)
         xent = tf.compat.v1.losses.sparse_softmax_cross_entropy(
             labels, logits, weights=1.0 if weights is None else weights)

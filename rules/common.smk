@@ -37,6 +37,7 @@ wildcard_constraints:
     run="[A-Za-z0-9_]+",
     arch="[A-Za-z0-9_]+",
     fold=r"\d+",
+    folder="[^/]+",
 
 
 def dataset_root(dataset):
@@ -118,3 +119,12 @@ def model_dir(run, arch, fold):
 
 def all_models():
     return [f"{model_dir(run, arch, fold)}/settings.json" for run in RUNS for arch in ARCHS for fold in FOLDS]
+
+
+def predict_patient_options(wildcards):
+    """Per-patient output of predict_folder, when new_images/{folder}.patients.csv exists."""
+    csv = f"new_images/{wildcards.folder}.patients.csv"
+    if not os.path.exists(csv):
+        return ""
+    out = f"results/new_predictions/{wildcards.run}/{wildcards.arch}/fold{wildcards.fold}/{wildcards.folder}.patients.csv"
+    return f"--patients-csv {shlex.quote(csv)} --out-patients {shlex.quote(out)}"

@@ -1,0 +1,51 @@
+rule evaluate:
+    input:
+        model=rules.train.output.settings,
+        checkpoint=rules.train.output.model,
+        shards="results/tfrecords/{run}/fold{fold}/test.json",
+    output:
+        "results/predictions/{run}/{arch}/fold{fold}.parquet",
+    params:
+        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        gpus=GPU_DEVICES,
+        lock_dir=RES.get("gpu_lock_dir", ".gpu_leases"),
+    threads: 2
+    resources:
+        gpu=RES.get("gpu", 1),
+        mem_mb=RES.get("eval_mem_mb", 8000),
+        runtime=RES.get("eval_runtime", 60),
+    log:
+        "results/logs/evaluate/{run}/{arch}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{run}/{arch}/fold{fold}.tsv"
+    conda:
+        GPU_ENV
+    shell:
+        "python {SCRIPTS}/evaluate_model.py --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
+        " --out {output:q} --threads {threads} --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q}"
+        " --log {log:q}"
+
+
+rule predict_folder:
+    """Classify new images: snakemake --cores 2 results/new_predictions/{run}/{arch}/fold{fold}/{folder}.csv
+    with the images in new_images/{folder}/ (and optionally new_images/{folder}.patients.csv)."""
+    input:
+        model=rules.train.output.settings,
+        images="new_images/{folder}",
+    output:
+        "results/new_predictions/{run}/{arch}/fold{fold}/{folder}.csv",
+    params:
+        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        patients=predict_patient_options,
+    threads: 2
+    resources:
+        mem_mb=RES.get("eval_mem_mb", 8000),
+    log:
+        "results/logs/predict_folder/{run}/{arch}/fold{fold}/{folder}.log",
+    benchmark:
+        "results/benchmarks/predict_folder/{run}/{arch}/fold{fold}/{folder}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python {SCRIPTS}/predict_folder.py --model-dir {params.model_dir:q} --images {input.images:q}"
+        " --out {output:q} {params.patients} --threads {threads} --log {log:q}"
