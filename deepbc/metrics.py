@@ -1,0 +1,381 @@
+"""Image- and patient-level metrics of one test fold, with 95% bootstrap CIs over patients.
+
+Conventions (also written into every metrics JSON under ``conventions``):
+
+- Image level: one unit per image; the prediction is the ``pred`` column.
+- Patient level: one unit per patient and true class. BreakHis groups patients by the numeric slide
+  id, and two such patients (14-29960: A and F; 14-21998: F and PT) carry images of two classes, so
+  a single patient label would be wrong for some of their images; such a patient counts once per
+  class it has (``n_patients_with_several_classes`` says how many did).
+  - ``mean_probability``: the unit's class probabilities are the mean of its images'; the predicted
+    class is the arg-max (ties go to the class listed first).
+  - ``majority_vote``: the predicted class is the one most of the unit's images were predicted as;
+    a tie goes to the tied class with the highest mean probability, then to the class listed first.
+    Its AUC uses the vote shares (fraction of the unit's images predicted as each class) as scores.
+- FP and FN, as the preprint counts them: for two classes, the second class is the positive one
+  (malignant in benign_vs_malignant): FP = true first class predicted second, FN = the reverse. For
+  more classes, one-vs-rest per class: FP_c = predicted c but truly another class, FN_c = truly c
+  but predicted another; ``fp``/``fn`` are the sums over classes, which are equal (each error is an
+  FP of one class and an FN of another) and equal the number of misclassified units.
+- Specificity of class c: true negatives / all units not of class c (one-vs-rest).
+- ``sensitivity`` and ``specificity``: for two classes, those of the positive (second) class; for
+  more classes, the macro means (equal to ``macro_sensitivity`` and ``macro_specificity``).
+- Macro averages are over the classes present in the truth (balanced accuracy = macro sensitivity);
+  a value that is undefined (no unit of that kind) is None in the JSON.
+- ROC AUC: binary, the second class's probability as score. More classes: one-vs-rest AUC per class,
+  macro mean over the classes present in the truth; absent classes are listed in
+  ``auc_absent_classes``. With fewer than two classes present, AUC is None.
+- Bootstrap: ``n_boot`` draws of as many patients as the fold has, with replacement, each drawn
+  patient bringing all of its images (image level) or all of its units (patient level); a metric
+  undefined in a draw is left out of that metric's percentiles (``n_valid`` counts the rest). The
+  95% CI is the 2.5th and 97.5th percentile.
+"""
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+from deepbc import atomic
+from deepbc.errors import UserError
+from deepbc.logs import LOG
+from deepbc.workflow_config import parse_run
+
+CONFIDENCE = 0.95
+# Scalar metrics that get a bootstrap CI.
+CI_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_sensitivity",
+              "macro_specificity", "macro_precision", "macro_f1", "auc")
+# Softmax outputs sum to 1; mixed precision can be a little off, a wrong column far more.
+_PROB_SUM_TOLERANCE = 1e-2
+
+CONVENTIONS = {
+    "patient_unit": "one unit per (patient, true class); a patient with images of several classes "
+                    "counts once per class",
+    "mean_probability": "unit probabilities = mean of its images' probabilities; prediction = "
+                        "arg-max, ties to the class listed first",
+    "majority_vote": "prediction = most frequent image prediction; ties to the highest mean "
+                     "probability, then to the class listed first; AUC from vote shares",
+    "fp_fn": "binary: positive = second class; FP = first class predicted as second, FN = second "
+             "predicted as first. Multiclass: per class one-vs-rest, fp/fn = sums over classes "
+             "(equal, = misclassified units)",
+    "sensitivity_specificity": "binary: of the positive (second) class; multiclass: macro means",
+    "macro": "mean over classes present in the truth; undefined values are null",
+    "auc": "binary: score = probability of the second class; multiclass: one-vs-rest per class, "
+           "macro mean over classes present in the truth",
+    "bootstrap": "resample patients with replacement (all images/units of each drawn patient); "
+                 "percentile 95% CI over draws where the metric is defined",
+}
+
+
+def prob_column(cls: str) -> str:
+    return f"prob_{cls}"
+
+
+def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 1000,
+                    seed: int = 0, where: str = "predictions") -> dict:
+    """All metrics of one predictions table (see the module docstring for the conventions).
+
+    ``where`` names the input in error messages. Returns a JSON-serialisable dict.
+    """
+    y, pred, prob, patient_codes, patients = _validated(pred_df, list(classes), where)
+    classes = list(classes)
+    k = len(classes)
+    units = _patient_units(y, pred, prob, patient_codes, k)
+
+    image = _full_block(y, pred, prob, classes)
+    pat_mean = _full_block(units["y"], units["pred_mean"], units["prob_mean"], classes)
+    pat_vote = _full_block(units["y"], units["pred_vote"], units["vote_share"], classes)
+
+    boot = {"n_boot": int(n_boot), "seed": int(seed), "unit": "patient",
+            "confidence": CONFIDENCE, "method": "percentile"}
+    if n_boot > 0:
+        draws = draw_patients(np.random.default_rng(seed), len(patients), n_boot)
+        image["ci95"], image["ci_n_valid"] = _bootstrap(
+            draws, patient_codes, y, pred, prob, k)
+        pat_mean["ci95"], pat_mean["ci_n_valid"] = _bootstrap(
+            draws, units["patient"], units["y"], units["pred_mean"], units["prob_mean"], k)
+        pat_vote["ci95"], pat_vote["ci_n_valid"] = _bootstrap(
+            draws, units["patient"], units["y"], units["pred_vote"], units["vote_share"], k)
+
+    several = np.bincount(units["patient"], minlength=len(patients)) > 1
+    return {
+        "classes": classes,
+        "positive_class": classes[1] if k == 2 else None,
+        "n_images": int(len(y)),
+        "n_patients": int(len(patients)),
+        "n_patient_units": int(len(units["y"])),
+        "n_patients_with_several_classes": int(several.sum()),
+        "class_counts": {
+            "images": {c: int(n) for c, n in zip(classes, np.bincount(y, minlength=k))},
+            "patient_units": {c: int(n) for c, n in zip(classes, np.bincount(units["y"], minlength=k))},
+        },
+        "image_level": image,
+        "patient_level": {"mean_probability": pat_mean, "majority_vote": pat_vote},
+        "bootstrap": boot,
+        "conventions": CONVENTIONS,
+    }
+
+
+def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int,
+                 n_boot: int = 1000, seed: int = 0) -> dict:
+    """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
+
+    ``meta`` (run, task, protocol, arch, fold) lets the tables group files without parsing paths.
+    """
+    try:
+        df = pd.read_parquet(predictions)
+    except FileNotFoundError:
+        raise UserError("predictions file not found", str(predictions),
+                        "run the evaluate rule for this run, architecture and fold") from None
+    task, protocol = parse_run(run)
+    result = compute_metrics(df, classes, n_boot=n_boot, seed=seed, where=str(predictions))
+    result["meta"] = {"run": run, "task": task, "protocol": protocol, "arch": arch,
+                      "fold": int(fold), "predictions": str(predictions)}
+    atomic.write_json(out, result)
+    img, pat = result["image_level"], result["patient_level"]["mean_probability"]
+    LOG.info("%s %s fold %d: %d images, %d patients; accuracy image %.3f, patient %.3f; "
+             "balanced accuracy image %.3f, patient %.3f (%d bootstrap draws)", run, arch, fold,
+             result["n_images"], result["n_patients"], img["accuracy"], pat["accuracy"],
+             img["balanced_accuracy"], pat["balanced_accuracy"], n_boot)
+    return result
+
+
+def draw_patients(rng: np.random.Generator, n_patients: int, n_boot: int) -> np.ndarray:
+    """Bootstrap draws: an (n_boot, n_patients) array of patient indices, with replacement."""
+    return rng.integers(0, n_patients, size=(n_boot, n_patients))
+
+
+def patient_table(pred_df: pd.DataFrame, classes: list[str], where: str = "predictions") -> pd.DataFrame:
+    """One row per patient unit: patient, label, pred (mean probability), pred_vote, prob_<class>.
+
+    Used by the figures, so that their patient-level curves aggregate exactly as the metrics do.
+    """
+    y, pred, prob, codes, patients = _validated(pred_df, list(classes), where)
+    units = _patient_units(y, pred, prob, codes, len(classes))
+    out = pd.DataFrame({
+        "patient": np.asarray(patients)[units["patient"]],
+        "label": [classes[i] for i in units["y"]],
+        "pred": [classes[i] for i in units["pred_mean"]],
+        "pred_vote": [classes[i] for i in units["pred_vote"]],
+    })
+    for j, c in enumerate(classes):
+        out[prob_column(c)] = units["prob_mean"][:, j]
+    return out
+
+
+def _validated(df: pd.DataFrame, classes: list[str], where: str):
+    """Check the predictions table against the class list; return integer-coded arrays."""
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise UserError(f"need at least two distinct classes, got {classes}", where,
+                        "pass the task's classes list in order")
+    prob_cols = [prob_column(c) for c in classes]
+    missing = [c for c in ["patient", "label", "pred", *prob_cols] if c not in df.columns]
+    if missing:
+        have = [c for c in df.columns if c.startswith("prob_")]
+        raise UserError(f"predictions lack column(s) {missing} (probability columns present: {have})",
+                        where, "pass the task's classes in the order used for training, or "
+                               "regenerate the predictions")
+    if len(df) == 0:
+        raise UserError("the predictions table is empty", where,
+                        "check that the test split of this fold has images")
+    index = {c: i for i, c in enumerate(classes)}
+    codes = {}
+    for col in ("label", "pred"):
+        values = df[col].astype(str)
+        unknown = sorted(set(values) - set(classes))
+        if unknown:
+            raise UserError(f"column {col!r} has value(s) {unknown} not among the classes {classes}",
+                            where, "pass the task's classes list")
+        codes[col] = values.map(index).to_numpy(dtype=np.int64)
+        if f"{col}_index" in df.columns:
+            given = df[f"{col}_index"].to_numpy()
+            if not np.array_equal(given, codes[col]):
+                raise UserError(f"column {col}_index disagrees with the order of the classes {classes}",
+                                where, "pass the classes in the order used for training")
+    prob = df[prob_cols].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(prob).all(axis=1) | (prob < 0).any(axis=1) | (prob > 1).any(axis=1)
+    bad |= np.abs(prob.sum(axis=1) - 1.0) > _PROB_SUM_TOLERANCE
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{int(bad.sum())} row(s) have probabilities that are not a distribution "
+                        f"(first: row {row}, {prob[row].tolist()})", where,
+                        "regenerate the predictions; prob_* must be softmax outputs")
+    if df["patient"].isna().any():
+        raise UserError("column 'patient' has missing values", where,
+                        "every image needs a patient id (a folder dataset without a patient CSV "
+                        "uses the image itself)")
+    patient_codes, patients = pd.factorize(df["patient"].astype(str), sort=True)
+    return codes["label"], codes["pred"], prob, patient_codes.astype(np.int64), list(patients)
+
+
+def _patient_units(y, pred, prob, patient, k):
+    """Aggregate images into (patient, true class) units, in sorted (patient, class) order."""
+    unit_key = patient * k + y
+    keys, unit_of_image = np.unique(unit_key, return_inverse=True)
+    n_units = len(keys)
+    counts = np.bincount(unit_of_image, minlength=n_units).astype(np.float64)
+    prob_mean = np.zeros((n_units, k))
+    np.add.at(prob_mean, unit_of_image, prob)
+    prob_mean /= counts[:, None]
+    votes = np.zeros((n_units, k))
+    np.add.at(votes, (unit_of_image, pred), 1.0)
+    vote_share = votes / counts[:, None]
+    # Lexicographic (votes, mean probability, earlier class): lexsort's last key is the primary one.
+    pred_vote = np.empty(n_units, dtype=np.int64)
+    for u in range(n_units):
+        order = np.lexsort((-np.arange(k), prob_mean[u], votes[u]))
+        pred_vote[u] = order[-1]
+    return {
+        "patient": keys // k, "y": keys % k,
+        "prob_mean": prob_mean, "pred_mean": np.argmax(prob_mean, axis=1),
+        "vote_share": vote_share, "pred_vote": pred_vote,
+    }
+
+
+def _none_if_nan(x):
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _scalars(cm: np.ndarray, auc: np.ndarray) -> tuple[dict, dict]:
+    """Scalar metrics from a (weighted) confusion matrix and per-class AUCs, plus per-class parts."""
+    k = len(cm)
+    total = cm.sum()
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    tp = np.diag(cm)
+    fn = support - tp
+    fp = predicted - tp
+    tn = total - tp - fn - fp
+    present = support > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sens = np.where(present, tp / support, np.nan)
+        spec = np.where(total - support > 0, tn / (total - support), np.nan)
+        prec = np.where(predicted > 0, tp / predicted, np.nan)
+        f1 = np.where(present & (predicted > 0), 2 * tp / (support + predicted), np.nan)
+    macro = {
+        "accuracy": tp.sum() / total,
+        "balanced_accuracy": np.nanmean(sens),
+        # Binary: of the positive (second) class, as usual; more classes: the macro means.
+        "sensitivity": sens[1] if k == 2 else np.nanmean(sens),
+        "specificity": spec[1] if k == 2 else _nanmean(spec),
+        "macro_sensitivity": np.nanmean(sens),
+        "macro_specificity": _nanmean(spec),
+        "macro_precision": _nanmean(prec[present]),
+        "macro_f1": _nanmean(f1[present]),
+        "auc": auc[1] if k == 2 else _nanmean(auc),
+    }
+    if k == 2:
+        fp_total, fn_total = cm[0, 1], cm[1, 0]
+    else:
+        fp_total, fn_total = fp.sum(), fn.sum()
+    parts = {"sens": sens, "spec": spec, "prec": prec, "f1": f1, "support": support,
+             "fp": fp, "fn": fn, "auc": auc, "fp_total": fp_total, "fn_total": fn_total,
+             "present": present}
+    return macro, parts
+
+
+def _auc_classes(k: int) -> list[int]:
+    """Classes whose one-vs-rest AUC is computed: only the positive class when binary."""
+    return list(range(k)) if k > 2 else [1]
+
+
+def _sklearn_auc(y, score, k) -> np.ndarray:
+    auc = np.full(k, np.nan)
+    present = np.bincount(y, minlength=k) > 0
+    if present.sum() >= 2:
+        for c in _auc_classes(k):
+            if present[c]:
+                auc[c] = roc_auc_score(y == c, score[:, c])
+    return auc
+
+
+class _WeightedAuc:
+    """One-vs-rest ROC AUC under integer unit weights, for the bootstrap.
+
+    Equal to scikit-learn's roc_auc_score with sample_weight (ties count one half), but the scores
+    are ranked once, so a draw costs a few bincounts instead of a sort.
+    """
+
+    def __init__(self, y, score, k):
+        self.y, self.k = y, k
+        self.groups = {}
+        for c in _auc_classes(k):
+            _, inverse = np.unique(score[:, c], return_inverse=True)
+            self.groups[c] = (inverse, int(inverse.max()) + 1)
+
+    def __call__(self, w) -> np.ndarray:
+        auc = np.full(self.k, np.nan)
+        present = np.bincount(self.y, weights=w, minlength=self.k) > 0
+        if present.sum() < 2:
+            return auc
+        for c, (inverse, n_groups) in self.groups.items():
+            if not present[c]:
+                continue
+            is_pos = self.y == c
+            pos = np.bincount(inverse, weights=w * is_pos, minlength=n_groups)
+            neg = np.bincount(inverse, weights=w * ~is_pos, minlength=n_groups)
+            neg_below = np.cumsum(neg) - neg
+            auc[c] = (pos * (neg_below + 0.5 * neg)).sum() / (pos.sum() * neg.sum())
+        return auc
+
+
+def _nanmean(a):
+    a = np.asarray(a, dtype=np.float64)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else np.nan
+
+
+def _full_block(y, pred, score, classes) -> dict:
+    k = len(classes)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    macro, parts = _scalars(cm, _sklearn_auc(y, score, k))
+    per_class = {}
+    for j, c in enumerate(classes):
+        per_class[c] = {
+            "support": int(parts["support"][j]),
+            "sensitivity": _none_if_nan(parts["sens"][j]),
+            "specificity": _none_if_nan(parts["spec"][j]),
+            "precision": _none_if_nan(parts["prec"][j]),
+            "f1": _none_if_nan(parts["f1"][j]),
+            "fp": int(parts["fp"][j]),
+            "fn": int(parts["fn"][j]),
+            "auc": _none_if_nan(parts["auc"][j]) if k > 2 else None,
+        }
+    present = parts["present"]
+    auc_classes = [c for j, c in enumerate(classes) if present[j]] if present.sum() >= 2 else []
+    block = {"n": int(len(y))}
+    block.update({m: _none_if_nan(v) for m, v in macro.items()})
+    block.update({
+        "fp": int(parts["fp_total"]),
+        "fn": int(parts["fn_total"]),
+        "auc_classes": auc_classes,
+        "auc_absent_classes": [c for j, c in enumerate(classes) if not present[j]],
+        "per_class": per_class,
+        "confusion_matrix": {"rows": "true", "columns": "predicted", "classes": list(classes),
+                             "matrix": cm.astype(int).tolist()},
+        "ci95": None,
+        "ci_n_valid": None,
+    })
+    return block
+
+
+def _bootstrap(draws, owner, y, pred, score, k):
+    """Percentile CIs of CI_METRICS; ``owner[i]`` is the patient index of unit/image i."""
+    n_patients = draws.shape[1]
+    weighted_auc = _WeightedAuc(y, score, k)
+    cell = y * k + pred
+    values = {m: [] for m in CI_METRICS}
+    for draw in draws:
+        # A patient drawn m times brings each of its images (units) m times.
+        w = np.bincount(draw, minlength=n_patients)[owner].astype(np.float64)
+        cm = np.bincount(cell, weights=w, minlength=k * k).reshape(k, k)
+        macro, _ = _scalars(cm, weighted_auc(w))
+        for m in CI_METRICS:
+            values[m].append(macro[m])
+    ci, n_valid = {}, {}
+    alpha = (1 - CONFIDENCE) / 2 * 100
+    for m, vals in values.items():
+        v = np.asarray(vals, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        n_valid[m] = int(len(v))
+        ci[m] = ([float(np.percentile(v, alpha)), float(np.percentile(v, 100 - alpha))]
+                 if len(v) >= 2 else None)
+    return ci, n_valid

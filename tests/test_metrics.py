@@ -1,0 +1,211 @@
+"""deepbc.metrics against cases computed by hand, and the patient bootstrap."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from deepbc import metrics
+from deepbc.errors import UserError
+
+BM = ["benign", "malignant"]
+
+
+def frame(rows, classes):
+    """rows: (patient, label, [probabilities]); pred = arg-max, as deepbc.evaluate writes it."""
+    out = pd.DataFrame({
+        "path": [f"img{i}.png" for i in range(len(rows))],
+        "patient": [r[0] for r in rows],
+        "label": [r[1] for r in rows],
+    })
+    prob = np.array([r[2] for r in rows], dtype=float)
+    for j, c in enumerate(classes):
+        out[f"prob_{c}"] = prob[:, j]
+    out["label_index"] = [classes.index(r[1]) for r in rows]
+    out["pred_index"] = prob.argmax(axis=1)
+    out["pred"] = [classes[i] for i in out["pred_index"]]
+    return out
+
+
+def binary_case():
+    # P(malignant) per image; benign patients P1, P4, malignant P2, P3.
+    rows = [("P1", "benign", 0.2), ("P1", "benign", 0.3), ("P1", "benign", 0.9),
+            ("P2", "malignant", 0.8), ("P2", "malignant", 0.4),
+            ("P3", "malignant", 0.6),
+            ("P4", "benign", 0.7), ("P4", "benign", 0.6)]
+    return frame([(p, lab, [1 - m, m]) for p, lab, m in rows], BM)
+
+
+def test_binary_image_level_by_hand():
+    m = metrics.compute_metrics(binary_case(), BM, n_boot=0)
+    img = m["image_level"]
+    # True benign: 2 right (0.2, 0.3), 3 called malignant; true malignant: 2 right, 1 (0.4) missed.
+    assert img["confusion_matrix"]["matrix"] == [[2, 3], [1, 2]]
+    assert img["accuracy"] == pytest.approx(4 / 8)
+    assert img["sensitivity"] == pytest.approx(2 / 3)
+    assert img["specificity"] == pytest.approx(2 / 5)
+    assert img["balanced_accuracy"] == pytest.approx((2 / 3 + 2 / 5) / 2)
+    assert (img["fp"], img["fn"]) == (3, 1)
+    assert img["per_class"]["malignant"]["precision"] == pytest.approx(2 / 5)
+    assert img["per_class"]["malignant"]["f1"] == pytest.approx(0.5)
+    # Pairs (malignant, benign) ranked right: 0.8 beats 4, 0.4 beats 2, 0.6 beats 2 and ties 1.
+    assert img["auc"] == pytest.approx(8.5 / 15)
+    assert m["positive_class"] == "malignant"
+    assert (m["n_images"], m["n_patients"]) == (8, 4)
+    assert m["class_counts"]["images"] == {"benign": 5, "malignant": 3}
+
+
+def test_binary_patient_level_differs_from_image_level():
+    m = metrics.compute_metrics(binary_case(), BM, n_boot=0)
+    mean = m["patient_level"]["mean_probability"]
+    # Mean P(malignant): P1 0.467 (benign, right), P2 0.6, P3 0.6 (right), P4 0.65 (wrong: FP).
+    assert mean["confusion_matrix"]["matrix"] == [[1, 1], [0, 2]]
+    assert mean["accuracy"] == pytest.approx(0.75) != m["image_level"]["accuracy"]
+    assert (mean["fp"], mean["fn"]) == (1, 0)
+    assert mean["auc"] == pytest.approx(0.5)
+    vote = m["patient_level"]["majority_vote"]
+    # P2 has one vote each: the tie goes to the higher mean probability, malignant (0.6).
+    assert vote["confusion_matrix"]["matrix"] == [[1, 1], [0, 2]]
+    # Vote shares of malignant: P1 1/3, P2 1/2 | P3 1, P4 1 -> 2.5 of 4 pairs ranked right.
+    assert vote["auc"] == pytest.approx(2.5 / 4)
+
+
+def test_vote_tie_with_equal_mean_goes_to_first_class():
+    df = frame([("P1", "malignant", [0.25, 0.75]), ("P1", "malignant", [0.75, 0.25]),
+                ("P2", "benign", [0.9, 0.1])], BM)
+    m = metrics.compute_metrics(df, BM, n_boot=0)
+    table = metrics.patient_table(df, BM)
+    assert table.set_index("patient").loc["P1", "pred_vote"] == "benign"
+    assert table.set_index("patient").loc["P1", "pred"] == "benign"  # arg-max tie: first class
+    assert m["patient_level"]["majority_vote"]["fn"] == 1
+
+
+ABC = ["a", "b", "c"]
+
+
+def three_class_case():
+    return frame([("Q1", "a", [0.6, 0.3, 0.1]), ("Q1", "a", [0.2, 0.5, 0.3]),
+                  ("Q2", "b", [0.1, 0.8, 0.1]), ("Q2", "b", [0.3, 0.4, 0.3]),
+                  ("Q3", "c", [0.5, 0.2, 0.3]), ("Q3", "c", [0.1, 0.2, 0.7])], ABC)
+
+
+def test_three_classes_by_hand():
+    m = metrics.compute_metrics(three_class_case(), ABC, n_boot=0)
+    img = m["image_level"]
+    assert img["confusion_matrix"]["matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert img["accuracy"] == pytest.approx(4 / 6)
+    assert img["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    spec = {c: img["per_class"][c]["specificity"] for c in ABC}
+    assert spec == pytest.approx({"a": 3 / 4, "b": 3 / 4, "c": 1.0})
+    assert img["specificity"] == pytest.approx(2.5 / 3)
+    # One-vs-rest: each error is an FP of one class and an FN of another.
+    assert [img["per_class"][c]["fp"] for c in ABC] == [1, 1, 0]
+    assert [img["per_class"][c]["fn"] for c in ABC] == [1, 0, 1]
+    assert (img["fp"], img["fn"]) == (2, 2)
+    assert img["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    aucs = {c: img["per_class"][c]["auc"] for c in ABC}
+    assert aucs == pytest.approx({"a": 6 / 8, "b": 7 / 8, "c": 7 / 8})
+    assert img["auc"] == pytest.approx(2.5 / 3)
+    assert img["auc_absent_classes"] == []
+    # Patient means: Q1 (0.4, 0.4, 0.2) -> a, Q2 -> b, Q3 (0.3, 0.2, 0.5) -> c: all right.
+    pat = m["patient_level"]["mean_probability"]
+    assert pat["accuracy"] == pytest.approx(1.0)
+    assert pat["auc"] == pytest.approx(1.0)
+
+
+def test_absent_class_auc_over_present_classes():
+    df = three_class_case()
+    df = df[df["label"] != "c"]
+    m = metrics.compute_metrics(df, ABC, n_boot=0)
+    img = m["image_level"]
+    assert img["auc_classes"] == ["a", "b"]
+    assert img["auc_absent_classes"] == ["c"]
+    assert img["per_class"]["c"]["sensitivity"] is None
+    expected = np.mean([roc_auc_score(df["label"] == c, df[f"prob_{c}"]) for c in ("a", "b")])
+    assert img["auc"] == pytest.approx(expected)
+
+
+def test_patient_with_two_classes_counts_once_per_class():
+    # BreakHis 14-29960 carries adenosis and fibroadenoma slides under one numeric id.
+    df = frame([("14-29960", "a", [0.8, 0.1, 0.1]), ("14-29960", "b", [0.1, 0.8, 0.1]),
+                ("X", "c", [0.1, 0.1, 0.8])], ABC)
+    m = metrics.compute_metrics(df, ABC, n_boot=50, seed=1)
+    assert (m["n_patients"], m["n_patient_units"], m["n_patients_with_several_classes"]) == (2, 3, 1)
+    assert m["patient_level"]["mean_probability"]["accuracy"] == 1.0
+
+
+def test_bootstrap_moves_in_patient_sized_steps(monkeypatch):
+    # A: three images, all right; B: one image, wrong. Resampling patients, a draw's image-level
+    # accuracy can only be 1 (A, A), 3/4 (A, B) or 0 (B, B).
+    df = frame([("A", "benign", [0.9, 0.1])] * 3 + [("B", "malignant", [0.8, 0.2])], BM)
+    seen = []
+
+    def fixed_draws(rng, n_patients, n_boot):
+        seen.append((n_patients, n_boot))
+        return np.array([[0, 0], [0, 1], [1, 1]])
+
+    monkeypatch.setattr(metrics, "draw_patients", fixed_draws)
+    m = metrics.compute_metrics(df, BM, n_boot=3, seed=0)
+    assert seen == [(2, 3)]  # patients are drawn, not the four images
+    # Percentiles 2.5 and 97.5 of {0, 0.75, 1}, linearly interpolated.
+    assert m["image_level"]["ci95"]["accuracy"] == pytest.approx([0.0375, 0.9875])
+    assert m["patient_level"]["mean_probability"]["ci95"]["accuracy"] == pytest.approx(
+        [0.025, 0.975])
+    assert m["bootstrap"]["n_boot"] == 3
+
+
+def test_bootstrap_with_the_real_generator_resamples_patients():
+    df = frame([("A", "benign", [0.9, 0.1])] * 3 + [("B", "malignant", [0.8, 0.2])], BM)
+    m = metrics.compute_metrics(df, BM, n_boot=400, seed=3)
+    img = m["image_level"]
+    # Both (B, B) and (A, A) are drawn a quarter of the time: the CI spans [0, 1]. Resampling
+    # images instead would almost never draw four times the one wrong image.
+    assert img["ci95"]["accuracy"] == [0.0, 1.0]
+    # AUC is defined only in draws holding both patients (about half of them).
+    assert 120 < img["ci_n_valid"]["auc"] < 280
+    assert m["bootstrap"] == {"n_boot": 400, "seed": 3, "unit": "patient", "confidence": 0.95,
+                              "method": "percentile"}
+
+
+def test_weighted_auc_matches_scikit_learn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    score = np.round(rng.random((60, 3)), 1)  # rounded: many ties
+    w = rng.integers(0, 4, 60).astype(float)
+    auc = metrics._WeightedAuc(y, score, 3)(w)
+    for c in range(3):
+        assert auc[c] == pytest.approx(roc_auc_score(y == c, score[:, c], sample_weight=w))
+
+
+def test_same_seed_same_json_and_strict_json():
+    df = binary_case()
+    a = json.dumps(metrics.compute_metrics(df, BM, n_boot=100, seed=5), sort_keys=True)
+    b = json.dumps(metrics.compute_metrics(df, BM, n_boot=100, seed=5), sort_keys=True)
+    c = json.dumps(metrics.compute_metrics(df, BM, n_boot=100, seed=6), sort_keys=True)
+    assert a == b != c
+    json.loads(a, parse_constant=lambda name: pytest.fail(f"{name} in metrics JSON"))
+
+
+def test_metrics_file_records_meta(tmp_path):
+    pred = tmp_path / "fold1.parquet"
+    binary_case().to_parquet(pred)
+    out = tmp_path / "m" / "fold1.json"
+    metrics.metrics_file(pred, BM, out, "benign_vs_malignant__image_level", "resnet_small", 1,
+                         n_boot=20, seed=0)
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["task"] == "benign_vs_malignant" and meta["protocol"] == "image"
+    assert (meta["arch"], meta["fold"]) == ("resnet_small", 1)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.drop(columns=["prob_malignant"]), "lack column"),
+    (lambda d: d.assign(label="lobular"), "not among the classes"),
+    (lambda d: d.assign(label_index=1 - d["label_index"]), "order of the classes"),
+    (lambda d: d.assign(prob_benign=0.9), "not a distribution"),
+    (lambda d: d.iloc[:0], "empty"),
+])
+def test_bad_predictions_are_user_errors(change, message):
+    with pytest.raises(UserError, match=message):
+        metrics.compute_metrics(change(binary_case()), BM, n_boot=0, where="p.parquet")

@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Metrics of one fold's test predictions: image and patient level, bootstrap CIs over patients.
+
+Writes a JSON with accuracy, balanced accuracy, per-class sensitivity, specificity, precision, F1,
+FP/FN, ROC AUC, confusion matrices and 95% CIs from resampling patients, plus ``meta`` (run, task,
+protocol, arch, fold) for the tables. Conventions: see deepbc/metrics.py.
+"""
+
+import argparse
+import sys
+
+from deepbc import logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="results/predictions/{run}/{arch}/fold{k}.parquet")
+    p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
+    p.add_argument("--run", required=True, help="run name: {task} or {task}__image_level")
+    p.add_argument("--arch", required=True, help="architecture name")
+    p.add_argument("--fold", required=True, type=int, help="fold index")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of patients (0: no CIs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
+    p.add_argument("--out", required=True, help="metrics JSON")
+    p.add_argument("--log", default=None, help="log file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    from deepbc import metrics
+
+    metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, args.fold,
+                         n_boot=args.n_boot, seed=args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))
