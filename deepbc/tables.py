@@ -1,0 +1,356 @@
+"""Result tables from per-fold metrics JSONs: one per task, a summary, and the leakage table.
+
+Every metrics JSON carries ``meta`` (run, task, protocol, arch, fold; see deepbc.metrics.metrics_file). The
+tables average over folds: mean and sample standard deviation (ddof=1; none with one fold).
+"Patient level" is the mean-probability aggregation of deepbc.metrics; "image level" counts images.
+Sensitivity and specificity are those of the positive (second) class for two classes, and macro
+means over classes for more (deepbc.metrics).
+"""
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from deepbc import atomic
+from deepbc.errors import UserError
+
+LOG = logging.getLogger("deepbc")
+
+PREPRINT_FILE = Path(__file__).parent / "data" / "preprint.yaml"
+TABLE_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "fp", "fn")
+# FP/FN counts scale with the test-set size, so the leakage table compares rates only.
+LEAKAGE_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
+PREPRINT_METRICS = ("accuracy", "sensitivity", "auc")
+LEVELS = ("patient", "image")
+PROTOCOL_LABELS = {"patient": "patient-wise", "image": "image-level (preprint's split)"}
+PREPRINT_ONLY = "preprint only (not run here)"
+LABELS = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "sensitivity": "sens.",
+          "specificity": "spec.", "auc": "AUC", "fp": "FP", "fn": "FN"}
+COUNT_METRICS = ("fp", "fn")
+
+
+def load_metrics(items) -> list[dict]:
+    """Metrics dicts from JSON paths or already-loaded dicts; checks meta and duplicates."""
+    out, seen = [], {}
+    for item in items:
+        if isinstance(item, dict):
+            where, m = "metrics passed in memory", item
+        else:
+            where = str(item)
+            try:
+                m = json.loads(Path(item).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise UserError("metrics file not found", where,
+                                "run compute_metrics.py for this run, architecture and fold") from None
+            except json.JSONDecodeError as err:
+                raise UserError(f"metrics file is not valid JSON ({err})", where,
+                                "delete it and let the workflow recompute it") from None
+        meta = m.get("meta") or {}
+        missing = [k for k in ("run", "task", "protocol", "arch", "fold") if k not in meta]
+        if missing or "image_level" not in m or "patient_level" not in m:
+            raise UserError(f"not a metrics JSON of deepbc.metrics (meta lacks {missing})", where,
+                            "recompute it with workflow_scripts/compute_metrics.py")
+        key = (meta["task"], meta["protocol"], meta["arch"], meta["fold"])
+        if key in seen:
+            raise UserError(f"two metrics files for task {key[0]}, protocol {key[1]}, "
+                            f"arch {key[2]}, fold {key[3]}", f"{seen[key]} and {where}",
+                            "pass each fold's metrics once")
+        seen[key] = where
+        out.append(m)
+    if not out:
+        raise UserError("no metrics files given", "command line", "pass at least one metrics JSON")
+    return out
+
+
+def load_preprint(path=PREPRINT_FILE) -> dict:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def fold_frame(metrics: list[dict]) -> pd.DataFrame:
+    """One row per (task, protocol, arch, fold): ``{level}_{metric}`` columns, None as NaN."""
+    rows = []
+    for m in metrics:
+        row = dict(m["meta"])
+        blocks = {"patient": m["patient_level"]["mean_probability"], "image": m["image_level"]}
+        for level, block in blocks.items():
+            for metric in TABLE_METRICS:
+                value = block.get(metric)
+                row[f"{level}_{metric}"] = math.nan if value is None else float(value)
+        row["n_patients"] = m["n_patients"]
+        row["n_images"] = m["n_images"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _aggregate(folds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean and sd over folds of every ``{level}_{metric}`` column, per group of ``keys``."""
+    value_cols = [f"{lv}_{m}" for lv in LEVELS for m in TABLE_METRICS]
+    grouped = folds.groupby(keys, sort=True)
+    out = grouped.size().rename("n_folds").reset_index()
+    out["n_patients"] = grouped["n_patients"].sum().to_numpy()
+    out["n_images"] = grouped["n_images"].sum().to_numpy()
+    mean = grouped[value_cols].mean().reset_index(drop=True)
+    sd = grouped[value_cols].std(ddof=1).reset_index(drop=True)
+    for col in value_cols:
+        out[f"{col}_mean"] = mean[col].to_numpy()
+        out[f"{col}_sd"] = sd[col].to_numpy()
+    return out
+
+
+def _preprint_figures(preprint: dict, task: str) -> dict:
+    """{arch: {metric: figure}} of the preprint's figures for one task."""
+    out: dict = {}
+    for fig in preprint.get("figures", []):
+        if fig["task"] == task:
+            out.setdefault(fig["architecture"], {})[fig["metric"]] = fig
+    return out
+
+
+def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame:
+    """One row per architecture and protocol of ``task``; the preprint's figures beside ours.
+
+    Columns: architecture, protocol, run, n_folds, n_patients and n_images (summed over the test
+    folds), ``{patient,image}_{metric}_{mean,sd}``, ``preprint_{metric}`` and ``preprint_note``.
+    An architecture the preprint reported for this task but that did not run here gets a row of
+    its own, labelled ``preprint only (not run here)``.
+    """
+    metrics = load_metrics(metrics)
+    preprint = load_preprint() if preprint is None else preprint
+    folds = fold_frame(metrics)
+    folds = folds[folds["task"] == task]
+    if folds.empty:
+        tasks = sorted({m["meta"]["task"] for m in metrics})
+        raise UserError(f"no metrics of task {task!r} among the files given (tasks: {tasks})",
+                        "--metrics", f"pass the metrics JSONs of task {task}")
+    table = _aggregate(folds, ["arch", "protocol", "run"]).rename(columns={"arch": "architecture"})
+    figures = _preprint_figures(preprint, task)
+    for arch in sorted(set(figures) - set(table["architecture"])):
+        table.loc[len(table), ["architecture", "protocol", "run", "n_folds"]] = [
+            arch, PREPRINT_ONLY, "", None]
+    # Patient-wise first, then the image-level protocol, then preprint-only rows.
+    order = {"patient": 0, "image": 1, PREPRINT_ONLY: 2}
+    table = table.sort_values(["architecture", "protocol"],
+                              key=lambda s: s.map(order) if s.name == "protocol" else s)
+    for metric in PREPRINT_METRICS:
+        table[f"preprint_{metric}"] = [
+            figures.get(a, {}).get(metric, {}).get("value") for a in table["architecture"]]
+    table["preprint_note"] = [
+        " ".join(dict.fromkeys(f["note"] for f in figures.get(a, {}).values() if f.get("note")))
+        for a in table["architecture"]]
+    table["protocol"] = table["protocol"].map(lambda p: PROTOCOL_LABELS.get(p, p))
+    table.insert(0, "task", task)
+    for col in ("n_folds", "n_patients", "n_images"):
+        table[col] = table[col].astype("Int64")
+    return table.reset_index(drop=True)
+
+
+def _fmt(mean, sd, count: bool) -> str:
+    if mean is None or pd.isna(mean):
+        return "–"
+    digits = 1 if count else 3
+    text = f"{mean:.{digits}f}"
+    return text if pd.isna(sd) else f"{text} ± {sd:.{digits}f}"
+
+
+def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, formatted cells and footnotes shared by the Markdown and LaTeX writers."""
+    header = ["architecture", "protocol", "folds"]
+    header += [f"{lv} {LABELS[m]}" for lv in LEVELS for m in TABLE_METRICS]
+    header += [f"preprint {LABELS[m]}" for m in PREPRINT_METRICS]
+    notes: list[str] = []
+    rows = []
+    for _, r in table.iterrows():
+        cells = [r["architecture"], r["protocol"], "" if pd.isna(r["n_folds"]) else str(r["n_folds"])]
+        for lv in LEVELS:
+            for m in TABLE_METRICS:
+                cells.append(_fmt(r[f"{lv}_{m}_mean"], r[f"{lv}_{m}_sd"], m in COUNT_METRICS))
+        marker = ""
+        if r["preprint_note"]:
+            if r["preprint_note"] not in notes:
+                notes.append(r["preprint_note"])
+            marker = f" [{notes.index(r['preprint_note']) + 1}]"
+        for m in PREPRINT_METRICS:
+            v = r[f"preprint_{m}"]
+            cells.append("" if v is None or pd.isna(v) else f"{v:.3f}{marker}")
+        rows.append(cells)
+    ranges = preprint.get("ranges", [])
+    general = [
+        "Mean ± sample sd over test folds. Patient level: a patient's probabilities are the mean of "
+        "its images'. Two classes: sensitivity and specificity of the second (positive) class, FP "
+        "= first class predicted as second, FN = the reverse; more classes: macro means, and FP/FN "
+        "sums of the one-vs-rest counts.",
+        "Preprint: " + " ".join(preprint["source"]["protocol_note"].split()),
+    ]
+    if ranges:
+        counts = " and ".join(f"{r['metric'].upper()} {r['min']} to {r['max']}" for r in ranges)
+        range_notes = " ".join(dict.fromkeys(" ".join(r["note"].split()) for r in ranges))
+        general.append(f"Preprint, all tasks together: {counts} images. {range_notes}")
+    footnotes = [f"[{i + 1}] {' '.join(n.split())}" for i, n in enumerate(notes)] + general
+    return header, rows, footnotes
+
+
+def to_markdown(header: list[str], rows: list[list[str]], footnotes: list[str], title: str) -> str:
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
+             "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    if footnotes:
+        lines += [""] + [f"- {f}" for f in footnotes]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
+                 ("#", r"\#"), ("±", r"$\pm$"), ("–", "--")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(header: list[str], rows: list[list[str]], footnotes: list[str], caption: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}) with the footnotes under it."""
+    esc = _tex_escape
+    lines = [r"\begin{table}", r"\centering", rf"\caption{{{esc(caption)}}}",
+             r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}", r"\toprule",
+             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\par\smallskip\footnotesize " + esc(f) for f in footnotes]
+    lines += [r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_task_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None,
+                     preprint: dict | None = None) -> None:
+    """Write the task table as CSV (numbers), Markdown and LaTeX (formatted, with footnotes)."""
+    preprint = load_preprint() if preprint is None else preprint
+    task = table["task"].iloc[0]
+    header, rows, footnotes = _display(table, preprint)
+    title = f"Results: {task}"
+    if out_csv:
+        atomic.write_csv(out_csv, table)
+    if out_md:
+        atomic.write_text(out_md, to_markdown(header, rows, footnotes, title))
+    if out_tex:
+        atomic.write_text(out_tex, to_latex(header, rows, footnotes, title))
+
+
+def summary_table(metrics, preprint: dict | None = None) -> pd.DataFrame:
+    """One row per task: the best architecture's patient-wise figures.
+
+    Best = highest patient-level balanced accuracy (mean over folds) among patient-wise runs; ties
+    go to the higher patient-level AUC, then to the architecture name. The preprint's accuracy for
+    the task is shown for context.
+    """
+    metrics = load_metrics(metrics)
+    preprint = load_preprint() if preprint is None else preprint
+    folds = fold_frame(metrics)
+    patient = folds[folds["protocol"] == "patient"]
+    for task in sorted(set(folds["task"]) - set(patient["task"])):
+        LOG.warning("task %s ran only the image-level protocol: left out of the summary", task)
+    if patient.empty:
+        raise UserError("no patient-wise metrics among the files given", "--metrics",
+                        "pass the metrics JSONs of the patient-wise runs")
+    agg = _aggregate(patient, ["task", "arch"])
+    agg["_auc"] = agg["patient_auc_mean"].fillna(-1.0)
+    agg["_bacc"] = agg["patient_balanced_accuracy_mean"].fillna(-1.0)
+    agg = agg.sort_values(["task", "_bacc", "_auc", "arch"], ascending=[True, False, False, True])
+    best = agg.groupby("task", sort=True).head(1).drop(columns=["_auc", "_bacc"])
+    best = best.rename(columns={"arch": "best_architecture"})
+    best.insert(2, "selected_by", "highest patient-level balanced accuracy (mean over folds)")
+    best.insert(3, "architectures_compared", [
+        int((agg["task"] == t).sum()) for t in best["task"]])
+    keep = ["task", "best_architecture", "selected_by", "architectures_compared", "n_folds",
+            "n_patients", "n_images"]
+    keep += [f"patient_{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
+    best = best[keep].reset_index(drop=True)
+    acc = {f["task"]: f for f in preprint.get("figures", []) if f["metric"] == "accuracy"}
+    best["preprint_accuracy"] = [acc.get(t, {}).get("value") for t in best["task"]]
+    best["preprint_architecture"] = [acc.get(t, {}).get("architecture") for t in best["task"]]
+    return best
+
+
+def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
+    header = ["task", "best architecture", "folds"] + [f"patient {LABELS[m]}" for m in TABLE_METRICS]
+    header += ["preprint acc. (image-level, leaky)"]
+    rows = []
+    for _, r in table.iterrows():
+        cells = [r["task"], r["best_architecture"], str(r["n_folds"])]
+        cells += [_fmt(r[f"patient_{m}_mean"], r[f"patient_{m}_sd"], m in COUNT_METRICS)
+                  for m in TABLE_METRICS]
+        v = r["preprint_accuracy"]
+        cells.append("" if v is None or pd.isna(v) else f"{v:.3f} ({r['preprint_architecture']})")
+        rows.append(cells)
+    footnotes = [
+        "Best architecture per task = highest patient-level balanced accuracy (mean over folds) "
+        "among patient-wise runs; ties go to the higher patient-level AUC.",
+        "Patient level: a patient's probabilities are the mean of its images'. Mean ± sample sd "
+        "over test folds.",
+        "The preprint's figures are image-level accuracies under an image-level split with "
+        "leakage, not comparable with patient-wise figures; see results/tables/leakage.md.",
+    ]
+    if out_csv:
+        atomic.write_csv(out_csv, table)
+    if out_md:
+        atomic.write_text(out_md, to_markdown(header, rows, footnotes,
+                                              "Summary: best architecture per task, patient-wise"))
+
+
+def leakage_table(metrics) -> pd.DataFrame:
+    """How much the image-level protocol inflates each metric, per task and architecture.
+
+    Only tasks and architectures that ran both protocols. Per metric and level, the means over
+    folds under each protocol, the difference (image-level protocol minus patient-wise) and the
+    ratio (image-level protocol / patient-wise; empty when the patient-wise value is 0).
+    """
+    folds = fold_frame(load_metrics(metrics))
+    agg = _aggregate(folds, ["task", "arch", "protocol"])
+    rows = []
+    for (task, arch), group in agg.groupby(["task", "arch"], sort=True):
+        by_protocol = {r["protocol"]: r for _, r in group.iterrows()}
+        if not {"patient", "image"} <= set(by_protocol):
+            continue
+        leaky, honest = by_protocol["image"], by_protocol["patient"]
+        for level in LEVELS:
+            for metric in LEAKAGE_METRICS:
+                col = f"{level}_{metric}_mean"
+                a, b = leaky[col], honest[col]
+                rows.append({
+                    "task": task, "architecture": arch, "level": level, "metric": metric,
+                    "image_level_protocol": a, "patient_wise": b,
+                    "difference": a - b,
+                    "ratio": a / b if b and not pd.isna(b) else math.nan,
+                    "n_folds_image_level_protocol": int(leaky["n_folds"]),
+                    "n_folds_patient_wise": int(honest["n_folds"]),
+                })
+    columns = ["task", "architecture", "level", "metric", "image_level_protocol", "patient_wise",
+               "difference", "ratio", "n_folds_image_level_protocol", "n_folds_patient_wise"]
+    if not rows:
+        LOG.warning("no task ran both protocols: the leakage table is empty")
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
+    header = ["task", "architecture", "level", "metric", "image-level protocol", "patient-wise",
+              "difference", "ratio"]
+
+    def num(v, digits=3):
+        return "–" if pd.isna(v) else f"{v:.{digits}f}"
+
+    rows = [[r["task"], r["architecture"], r["level"], r["metric"], num(r["image_level_protocol"]),
+             num(r["patient_wise"]), f"{r['difference']:+.3f}" if not pd.isna(r["difference"]) else "–",
+             num(r["ratio"], 2)] for _, r in table.iterrows()]
+    footnotes = [
+        "Means over test folds. Image-level protocol: the preprint's random split of images, with "
+        "patients on both sides; patient-wise: no patient in two splits. Difference = image-level "
+        "protocol minus patient-wise; ratio = image-level protocol / patient-wise.",
+    ]
+    if table.empty:
+        footnotes.insert(0, "No task ran both protocols (set protocols: [patient, image] for a task).")
+    if out_csv:
+        atomic.write_csv(out_csv, table)
+    if out_md:
+        atomic.write_text(out_md, to_markdown(header, rows, footnotes,
+                                              "Leakage: image-level protocol vs patient-wise"))

@@ -1,0 +1,132 @@
+"""deepbc.tables: task tables with the preprint's figures, summary, leakage arithmetic."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from deepbc import tables
+from deepbc.errors import UserError
+
+
+def fake(task, protocol, arch, fold, patient=None, image=None):
+    """A minimal metrics dict: every table metric 0.5 unless given."""
+    def block(values):
+        b = {m: 0.5 for m in tables.TABLE_METRICS}
+        b.update({"fp": 1, "fn": 2})
+        b.update(values or {})
+        return b
+
+    run = task if protocol == "patient" else f"{task}__image_level"
+    return {"meta": {"run": run, "task": task, "protocol": protocol, "arch": arch, "fold": fold},
+            "image_level": block(image),
+            "patient_level": {"mean_probability": block(patient), "majority_vote": block(patient)},
+            "n_patients": 10, "n_images": 100}
+
+
+def bvm_metrics():
+    out = []
+    for arch, accs in (("resnet_small", (0.8, 0.9)), ("resnet_v1_152", (0.6, 0.7))):
+        for fold, acc in enumerate(accs):
+            out.append(fake("benign_vs_malignant", "patient", arch, fold,
+                            patient={"accuracy": acc, "balanced_accuracy": acc}))
+            out.append(fake("benign_vs_malignant", "image", arch, fold,
+                            patient={"accuracy": 0.9, "balanced_accuracy": 0.9},
+                            image={"accuracy": 0.99, "auc": 0.999}))
+    return out
+
+
+def test_task_table_rows_folds_and_preprint_column():
+    t = tables.task_table(bvm_metrics(), "benign_vs_malignant")
+    assert list(zip(t["architecture"], t["protocol"])) == [
+        ("resnet_small", "patient-wise"), ("resnet_small", "image-level (preprint's split)"),
+        ("resnet_v1_152", "patient-wise"), ("resnet_v1_152", "image-level (preprint's split)")]
+    row = t.iloc[0]
+    assert row["n_folds"] == 2 and row["n_patients"] == 20
+    assert row["patient_accuracy_mean"] == pytest.approx(0.85)
+    assert row["patient_accuracy_sd"] == pytest.approx(0.0707107, abs=1e-6)
+    assert row["patient_fn_mean"] == 2
+    # The preprint reported 98.7% for ResNet V1 152 on this task, and nothing for resnet_small.
+    assert pd.isna(row["preprint_accuracy"])
+    assert list(t.loc[t["architecture"] == "resnet_v1_152", "preprint_accuracy"]) == [0.987, 0.987]
+    assert t.loc[t["architecture"] == "resnet_v1_152", "preprint_auc"].isna().all()
+
+
+def test_preprint_only_row_and_footnote(tmp_path):
+    ms = [fake("benign_subtypes", "patient", "resnet_small", f) for f in range(3)]
+    t = tables.task_table(ms, "benign_subtypes")
+    extra = t[t["protocol"] == tables.PREPRINT_ONLY]
+    assert list(extra["architecture"]) == ["resnet_v1_50"]
+    assert extra.iloc[0]["preprint_accuracy"] == 0.948
+    assert extra.iloc[0]["preprint_sensitivity"] == 0.993
+    assert "Respectively" in extra.iloc[0]["preprint_note"]
+    tables.write_task_table(t, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.tex")
+    md = (tmp_path / "t.md").read_text()
+    assert "| resnet_v1_50 | preprint only (not run here) |" in md
+    assert "0.948 [1]" in md and "- [1] \"Respectively\"" in md
+    assert "0.500 ± 0.000" in md
+    assert "image-level metrics under that leakage" in md
+    tex = (tmp_path / "t.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"0.500 $\pm$ 0.000" in tex and r"resnet\_v1\_50" in tex
+    back = pd.read_csv(tmp_path / "t.csv")
+    assert len(back) == 2 and "preprint_note" in back.columns
+
+
+def test_task_table_is_byte_stable(tmp_path):
+    for name in ("a", "b"):
+        t = tables.task_table(bvm_metrics(), "benign_vs_malignant")
+        tables.write_task_table(t, tmp_path / f"{name}.csv", tmp_path / f"{name}.md")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert (tmp_path / "a.md").read_bytes() == (tmp_path / "b.md").read_bytes()
+
+
+def test_summary_picks_best_patient_balanced_accuracy(tmp_path):
+    ms = bvm_metrics() + [
+        fake("cancer_types", "patient", "inception_v3", 0, patient={"balanced_accuracy": 0.7, "auc": 0.8}),
+        fake("cancer_types", "patient", "resnet_v1_50", 0, patient={"balanced_accuracy": 0.7, "auc": 0.9}),
+    ]
+    s = tables.summary_table(ms)
+    assert list(s["task"]) == ["benign_vs_malignant", "cancer_types"]
+    # The image-level protocol's higher figures never count; tie on cancer_types broken by AUC.
+    assert list(s["best_architecture"]) == ["resnet_small", "resnet_v1_50"]
+    assert s.iloc[0]["patient_balanced_accuracy_mean"] == pytest.approx(0.85)
+    assert list(s["preprint_accuracy"]) == [0.987, 0.998]
+    tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
+    assert "balanced accuracy" in (tmp_path / "s.md").read_text()
+
+
+def test_leakage_arithmetic(tmp_path):
+    t = tables.leakage_table(bvm_metrics())
+    row = t[(t["architecture"] == "resnet_v1_152") & (t["level"] == "patient")
+            & (t["metric"] == "accuracy")].iloc[0]
+    assert row["image_level_protocol"] == pytest.approx(0.9)
+    assert row["patient_wise"] == pytest.approx(0.65)
+    assert row["difference"] == pytest.approx(0.25)
+    assert row["ratio"] == pytest.approx(0.9 / 0.65)
+    img = t[(t["architecture"] == "resnet_small") & (t["level"] == "image") & (t["metric"] == "auc")]
+    assert img.iloc[0]["difference"] == pytest.approx(0.499)
+    assert len(t) == 2 * 2 * len(tables.LEAKAGE_METRICS)
+    tables.write_leakage(t, tmp_path / "l.csv", tmp_path / "l.md")
+    assert "+0.250" in (tmp_path / "l.md").read_text()
+
+
+def test_leakage_without_both_protocols_is_empty(tmp_path):
+    t = tables.leakage_table([fake("cancer_types", "patient", "resnet_small", 0)])
+    assert t.empty
+    tables.write_leakage(t, tmp_path / "l.csv", tmp_path / "l.md")
+    assert "No task ran both protocols" in (tmp_path / "l.md").read_text()
+    assert (tmp_path / "l.csv").read_text().startswith("task,architecture,level,metric")
+
+
+def test_bad_metrics_inputs(tmp_path):
+    dup = [fake("cancer_types", "patient", "resnet_small", 0)] * 2
+    with pytest.raises(UserError, match="two metrics files"):
+        tables.task_table(dup, "cancer_types")
+    with pytest.raises(UserError, match="no metrics of task"):
+        tables.task_table(bvm_metrics(), "cancer_types")
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"image_level": {}}))
+    with pytest.raises(UserError, match="not a metrics JSON"):
+        tables.load_metrics([path])
+    with pytest.raises(UserError, match="not found"):
+        tables.load_metrics([tmp_path / "missing.json"])

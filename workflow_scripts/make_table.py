@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Result table of one task: one row per architecture and protocol, mean ± sd over folds.
+
+Patient- and image-level accuracy, balanced accuracy, macro sensitivity and specificity, AUC, FP
+and FN, with the preprint's own figures (deepbc/data/preprint.yaml) beside ours and its
+ambiguities as footnotes. CSV holds the numbers; Markdown and LaTeX are formatted.
+"""
+
+import argparse
+import sys
+
+from deepbc import logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, help="task name")
+    p.add_argument("--metrics", required=True, nargs="+",
+                   help="metrics JSONs of the task's runs (all architectures, protocols and folds)")
+    p.add_argument("--out-csv", required=True, help="results/tables/{task}.csv")
+    p.add_argument("--out-md", help="results/tables/{task}.md")
+    p.add_argument("--out-tex", help="results/tables/{task}.tex")
+    p.add_argument("--log", default=None, help="log file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    from deepbc import tables
+
+    tables.write_task_table(tables.task_table(args.metrics, args.task),
+                            args.out_csv, args.out_md, args.out_tex)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))
