@@ -1,0 +1,105 @@
+"""deepbc.figures: ROC, confusion and training figures written as non-empty, stable PNG and PDF."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepbc import figures
+from deepbc.errors import UserError
+
+BM = ["benign", "malignant"]
+ABC = ["a", "b", "c"]
+
+
+def write_predictions(root, run, arch, fold, classes, n=40, seed=0):
+    rng = np.random.default_rng(seed + fold)
+    patients = rng.integers(0, 6, n)
+    y = patients % len(classes)
+    logits = rng.normal(size=(n, len(classes)))
+    logits[np.arange(n), y] += 1.5
+    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    df = pd.DataFrame({"path": [f"i{i}.png" for i in range(n)],
+                       "patient": [f"f{fold}p{p}" for p in patients],
+                       "label": [classes[i] for i in y]})
+    for j, c in enumerate(classes):
+        df[f"prob_{c}"] = prob[:, j]
+    df["pred"] = [classes[i] for i in prob.argmax(axis=1)]
+    path = root / "predictions" / run / arch / f"fold{fold}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path)
+    return path
+
+
+def assert_images(png, pdf):
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
+
+
+def test_roc_binary_both_protocols_is_stable(tmp_path):
+    paths = [write_predictions(tmp_path, run, "resnet_small", f, BM)
+             for run in ("benign_vs_malignant", "benign_vs_malignant__image_level") for f in range(2)]
+    outs = []
+    for name in ("a", "b"):
+        png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
+        fig = figures.plot_roc(paths, BM, "benign_vs_malignant", png, pdf)
+        outs.append((png, pdf))
+    assert_images(*outs[0])
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("image-level split" in t for t in labels) and any("patient-wise" in t for t in labels)
+    assert outs[0][0].read_bytes() == outs[1][0].read_bytes()
+    assert outs[0][1].read_bytes() == outs[1][1].read_bytes()
+
+
+def test_roc_multiclass(tmp_path):
+    paths = [write_predictions(tmp_path, "benign_subtypes", arch, 0, ABC)
+             for arch in ("resnet_small", "resnet_v1_50")]
+    fig = figures.plot_roc(paths, ABC, "benign_subtypes", tmp_path / "r.png", tmp_path / "r.pdf")
+    assert_images(tmp_path / "r.png", tmp_path / "r.pdf")
+    assert len(fig.axes[1].get_legend().get_texts()) == 2
+
+
+def test_roc_refuses_another_tasks_predictions(tmp_path):
+    path = write_predictions(tmp_path, "cancer_types", "resnet_small", 0, ABC)
+    with pytest.raises(UserError, match="other task"):
+        figures.plot_roc([path], ABC, "benign_subtypes", tmp_path / "r.png")
+
+
+def test_confusion(tmp_path):
+    paths = [write_predictions(tmp_path, "cancer_types", "resnet_small", f, ABC) for f in range(2)]
+    fig = figures.plot_confusion(paths, ABC, tmp_path / "c.png", tmp_path / "c.pdf")
+    assert_images(tmp_path / "c.png", tmp_path / "c.pdf")
+    # Top-left panel: image counts pooled over both folds (40 images each).
+    counts = [int(t.get_text()) for t in fig.axes[0].texts]
+    assert sum(counts) == 80
+    other = write_predictions(tmp_path, "cancer_types", "resnet_v1_50", 0, ABC)
+    with pytest.raises(UserError, match="several runs"):
+        figures.plot_confusion(paths + [other], ABC, tmp_path / "x.png")
+
+
+def test_training_curves(tmp_path):
+    paths = []
+    for fold in range(2):
+        steps = np.arange(1, 41)
+        df = pd.DataFrame({"step": steps, "stage": np.where(steps <= 20, "logits", "all"),
+                           "loss": 1 / steps, "accuracy": 1 - 1 / steps, "learning_rate": 0.01,
+                           "images_per_sec": 10.0})
+        df["val_loss"] = np.where(steps % 10 == 0, df["loss"] + 0.1, np.nan)
+        df["val_accuracy"] = np.where(steps % 10 == 0, df["accuracy"] - 0.1, np.nan)
+        path = tmp_path / "models" / "run" / "arch" / f"fold{fold}" / "training.csv"
+        path.parent.mkdir(parents=True)
+        df.to_csv(path, index=False)
+        paths.append(path)
+    fig = figures.plot_training(paths, "run / arch", tmp_path / "t.png", tmp_path / "t.pdf")
+    assert_images(tmp_path / "t.png", tmp_path / "t.pdf")
+    # Two folds x (train, validation) per panel, and one stage boundary per fold.
+    assert len(fig.axes[0].get_lines()) == 2 * 2 + 2
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(UserError, match="fold"):
+        figures.parse_prediction_path(tmp_path / "preds.parquet")
+    bad = tmp_path / "fold0" / "training.csv"
+    bad.parent.mkdir()
+    pd.DataFrame({"step": [1], "loss": [1.0]}).to_csv(bad, index=False)
+    with pytest.raises(UserError, match="lacks column"):
+        figures.plot_training([bad], "t", tmp_path / "t.png")

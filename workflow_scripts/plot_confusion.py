@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Confusion matrices of one run and architecture, pooled over folds: image and patient level,
+counts and row-normalised (rows true class, columns predicted class).
+"""
+
+import argparse
+import sys
+
+from deepbc import logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
+    p.add_argument("--predictions", required=True, nargs="+",
+                   help="results/predictions/{run}/{arch}/fold{k}.parquet, all folds of one model")
+    p.add_argument("--out-png", required=True, help="PNG output")
+    p.add_argument("--out-pdf", help="PDF output")
+    p.add_argument("--log", default=None, help="log file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    from deepbc import figures
+
+    figures.plot_confusion(args.predictions, args.classes, args.out_png, args.out_pdf)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""ROC curves of one task: patient level and image level, one curve per architecture and
+protocol, test predictions pooled over folds (macro one-vs-rest for more than two classes).
+"""
+
+import argparse
+import sys
+
+from deepbc import logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, help="task name")
+    p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
+    p.add_argument("--predictions", required=True, nargs="+",
+                   help="results/predictions/{run}/{arch}/fold{k}.parquet of the task's runs")
+    p.add_argument("--out-png", required=True, help="PNG output")
+    p.add_argument("--out-pdf", help="PDF output")
+    p.add_argument("--log", default=None, help="log file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    from deepbc import figures
+
+    figures.plot_roc(args.predictions, args.classes, args.task, args.out_png, args.out_pdf)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))
