@@ -7,11 +7,14 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/results.smk"
 
 
 rule all:
     input:
-        all_shards(),
+        all_tables(),
+        all_figures(),
     default_target: True
 
 
@@ -33,3 +36,13 @@ rule shards:
 rule models:
     input:
         all_models(),
+
+
+rule tables:
+    input:
+        all_tables(),
+
+
+rule figures:
+    input:
+        all_figures(),

@@ -128,3 +128,35 @@ def predict_patient_options(wildcards):
         return ""
     out = f"results/new_predictions/{wildcards.run}/{wildcards.arch}/fold{wildcards.fold}/{wildcards.folder}.patients.csv"
     return f"--patients-csv {shlex.quote(csv)} --out-patients {shlex.quote(out)}"
+
+
+def task_classes(task):
+    return config["tasks"][task]["classes"]
+
+
+def runs_of_task(task):
+    return [r for r in RUNS if run_task(r) == task]
+
+
+def metrics_files(runs):
+    return expand("results/metrics/{run}/{arch}/fold{fold}.json", run=runs, arch=ARCHS, fold=FOLDS)
+
+
+def has_both_protocols():
+    return any(len(set(spec.get("protocols", ["patient"]))) > 1 for spec in config["tasks"].values())
+
+
+def all_tables():
+    files = expand("results/tables/{task}.{ext}", task=list(config["tasks"]), ext=["csv", "md", "tex"])
+    files += expand("results/tables/summary.{ext}", ext=["csv", "md"])
+    if has_both_protocols():
+        files += expand("results/tables/leakage.{ext}", ext=["csv", "md"])
+    return files
+
+
+def all_figures():
+    files = expand("results/figures/roc/{task}.{ext}", task=list(config["tasks"]), ext=["png", "pdf"])
+    for kind in ("confusion", "training"):
+        files += expand("results/figures/{kind}/{run}/{arch}.{ext}", kind=kind, run=RUNS, arch=ARCHS,
+                        ext=["png", "pdf"])
+    return files
