@@ -1,0 +1,134 @@
+"""VGG- and Inception-style preprocessing and the training augmentation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deepbc.errors import UserError
+from deepbc.preprocessing import AUGMENT_DEFAULTS, VGG_MEANS, check_augment, get_preprocessing
+
+RNG = np.random.default_rng(0)
+# A histology-sized, asymmetric image: a gradient plus noise, so every flip/rotation differs.
+IMAGE = np.clip(np.linspace(0, 200, 700)[None, :, None] + np.linspace(0, 50, 460)[:, None, None]
+                + RNG.integers(0, 6, (460, 700, 3)), 0, 255).astype(np.uint8)
+NO_AUG = {key: False for key in AUGMENT_DEFAULTS}
+
+
+def run(style, is_training, image=IMAGE, size=(64, 64), augment=None, seed=(1, 2)):
+    fn = get_preprocessing(style, is_training, augment)
+    return fn(tf.constant(image), *size, seed=tf.constant(seed, tf.int64)).numpy()
+
+
+@pytest.mark.parametrize("style", ["vgg", "inception"])
+@pytest.mark.parametrize("size", [(64, 64), (299, 299), (48, 80)])
+@pytest.mark.parametrize("in_shape", [(460, 700), (30, 20)])
+def test_shapes_and_ranges(style, size, in_shape):
+    image = IMAGE[:in_shape[0], :in_shape[1]]
+    for is_training, augment in [(False, None), (True, None),
+                                 (True, {"random_crop": True, "color_jitter": True})]:
+        out = run(style, is_training, image, size, augment)
+        assert out.shape == (*size, 3) and out.dtype == np.float32
+        if style == "inception":
+            assert -1.0 <= out.min() and out.max() <= 1.0
+        else:
+            assert (out >= -np.array(VGG_MEANS) - 1e-3).all() and (out <= 255 - np.array(VGG_MEANS) + 1e-3).all()
+
+
+def test_normalisation_values():
+    grey = np.full((100, 150, 3), 128, np.uint8)
+    np.testing.assert_allclose(run("vgg", False, grey), np.broadcast_to(128 - np.array(VGG_MEANS), (64, 64, 3)),
+                               atol=1e-3)
+    np.testing.assert_allclose(run("inception", False, np.full((50, 50, 3), 255, np.uint8)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(run("inception", False, np.zeros((50, 50, 3), np.uint8)), -1.0, atol=1e-6)
+
+
+def framed(width: int) -> np.ndarray:
+    image = np.full((224, 224, 3), 255, np.uint8)
+    image[width:-width, width:-width] = 0
+    return image
+
+
+def test_eval_crops_the_centre():
+    # Both styles keep the central 87.5% of each side (VGG: resize to 256/224, crop 224), so a
+    # bright frame 7 px wide around a dark centre is cut away, and one 28 px wide is not.
+    assert run("inception", False, framed(7), (224, 224)).max() == -1.0
+    assert run("vgg", False, framed(7), (224, 224)).max() < -100
+    assert run("inception", False, framed(28), (224, 224)).max() == 1.0
+    assert run("vgg", False, framed(28), (224, 224)).max() > 100
+
+
+def dihedral(image):
+    """The 8 symmetries of a square image."""
+    rots = [np.rot90(image, k) for k in range(4)]
+    return rots + [np.fliplr(r) for r in rots]
+
+
+@pytest.mark.parametrize("style", ["vgg", "inception"])
+def test_rotations_and_flips_give_the_symmetries_of_the_eval_image(style):
+    reference = run(style, False)
+    seen = set()
+    for i in range(24):
+        out = run(style, True, augment=None, seed=(i, 7))
+        matches = [k for k, d in enumerate(dihedral(reference)) if np.allclose(out, d, atol=1e-4)]
+        assert matches, "training output is not a flip/rotation of the evaluation output"
+        seen.add(matches[0])
+    assert len(seen) >= 6  # 24 draws over 8 equally likely symmetries
+
+
+def test_non_square_outputs_rotate_by_half_turns_only():
+    reference = run("inception", False, size=(48, 80))
+    allowed = [reference, np.fliplr(reference), np.flipud(reference), np.rot90(reference, 2)]
+    for i in range(8):
+        out = run("inception", True, size=(48, 80), seed=(i, 3))
+        assert any(np.allclose(out, a, atol=1e-4) for a in allowed)
+
+
+def test_augmentations_switch_off_and_never_apply_at_eval():
+    reference = run("vgg", False)
+    np.testing.assert_allclose(run("vgg", True, augment=NO_AUG), reference, atol=1e-4)
+    everything = {key: True for key in AUGMENT_DEFAULTS}
+    np.testing.assert_array_equal(run("vgg", False, augment=everything), reference)
+
+
+@pytest.mark.parametrize("key", ["random_crop", "color_jitter"])
+def test_random_crop_and_colour_jitter(key):
+    augment = dict(NO_AUG, **{key: True})
+    reference = run("inception", False)
+    outs = [run("inception", True, augment=augment, seed=(i, 0)) for i in range(4)]
+    assert all(not np.allclose(o, reference, atol=1e-3) for o in outs)
+    assert len({o.tobytes() for o in outs}) == 4
+    if key == "color_jitter":  # mild: the image stays close to the original
+        assert max(np.abs(o - reference).mean() for o in outs) < 0.3
+
+
+def test_same_seed_same_output():
+    augment = {"random_crop": True, "color_jitter": True}
+    a = run("vgg", True, augment=augment, seed=(5, 5))
+    np.testing.assert_array_equal(a, run("vgg", True, augment=augment, seed=(5, 5)))
+    assert not np.array_equal(a, run("vgg", True, augment=augment, seed=(5, 6)))
+
+
+def test_runs_in_a_tf_data_map_inside_a_graph():
+    fn = get_preprocessing("inception", True, {"random_crop": True, "color_jitter": True})
+    with tf.Graph().as_default():
+        images = tf.data.Dataset.from_tensor_slices(np.stack([IMAGE[:100, :120]] * 6))
+        ds = images.enumerate().map(lambda i, x: fn(x, 32, 32, seed=tf.stack([i, i])),
+                                    num_parallel_calls=2).batch(3)
+        batch = tf.compat.v1.data.make_one_shot_iterator(ds).get_next()
+        assert batch.shape.as_list() == [None, 32, 32, 3]
+        with tf.compat.v1.Session() as sess:
+            first, second = sess.run(batch), sess.run(batch)
+    assert first.shape == second.shape == (3, 32, 32, 3)
+
+
+def test_bad_input_is_clear():
+    with pytest.raises(UserError, match="unknown preprocessing 'resnet'"):
+        get_preprocessing("resnet", True)
+    with pytest.raises(UserError, match="unknown augmentation 'rotation'"):
+        check_augment({"rotation": True})
+    with pytest.raises(UserError, match="true or false"):
+        check_augment({"flip": "yes"})
+    assert check_augment(None) == AUGMENT_DEFAULTS == {"rotate": True, "flip": True, "random_crop": False,
+                                                       "color_jitter": False}
+    with pytest.raises(ValueError, match="uint8"):
+        get_preprocessing("vgg", False)(tf.zeros([10, 10, 3]), 8, 8)
