@@ -322,8 +322,8 @@ def _stain(seed: int, patient: str) -> _Stain:
     h_vector, e_vector = vector(_H_VECTOR), vector(_E_VECTOR)
     brightness = 245.0 * math.exp(rng.normal(0.0, 0.05))
     background = np.clip(brightness + rng.normal(0.0, 4.0, 3), 170.0, 255.0)
-    return _Stain(h_vector, e_vector, h_amount=math.exp(rng.normal(0.0, 0.3)),
-                  e_amount=math.exp(rng.normal(0.0, 0.35)), background=background)
+    return _Stain(h_vector, e_vector, h_amount=math.exp(rng.normal(0.0, 0.25)),
+                  e_amount=math.exp(rng.normal(0.0, 0.3)), background=background)
 
 
 def _patient_morphology(seed: int, patient: str) -> dict:
@@ -613,7 +613,7 @@ def _phyllodes(c: _Canvas):
 def _tubular_adenoma(c: _Canvas):
     """Uniform round tubules with open lumens, packed back to back."""
     c.stroma(0.24, fibre=0.3)
-    _glands(c, spacing=8.4, radius=3.5, lumen=0.42, elong=1.1, r_nuc=0.95)
+    _glands(c, spacing=9.0, radius=4.0, lumen=0.5, elong=1.1, r_nuc=0.95)
 
 
 def _nests(c: _Canvas, cell, threshold, spacing, r, cv, elong, irregular, dark, cyto_e, holes, hole_r):
@@ -642,7 +642,7 @@ def _ductal(c: _Canvas):
     c.stroma(0.32, fibre=0.6)
     c.chromatin = 0.45
     _spindles(c, 90, r=0.8, elong=3.0)
-    _nests(c, cell=9, threshold=-0.15, spacing=3.3, r=1.65, cv=0.28, elong=1.35, irregular=0.13, dark=1.1,
+    _nests(c, cell=10, threshold=-0.3, spacing=3.5, r=1.8, cv=0.28, elong=1.35, irregular=0.13, dark=1.1,
            cyto_e=0.16, holes=500, hole_r=1.6)
 
 
@@ -651,19 +651,19 @@ def _lobular(c: _Canvas):
     c.stroma(0.34, fibre=0.8)
     c.chromatin = 0.35
     base = c.rng.uniform(0, math.pi)
-    n_cords = int(math.hypot(c.w, c.h) / (4.2 * c.u)) + 2
+    n_cords = int(math.hypot(c.w, c.h) / (6.0 * c.u)) + 2
     normal = np.array([-math.sin(base), math.cos(base)])
     for i in range(n_cords):
-        centre = np.array([c.w / 2, c.h / 2]) + normal * (i - n_cords / 2) * 4.2 * c.u
+        centre = np.array([c.w / 2, c.h / 2]) + normal * (i - n_cords / 2) * 6.0 * c.u
         pts, ang = c.curve(int(math.hypot(c.w, c.h) / c.u) + 10, turn=0.05, start=(0.0, 0.0),
                            angle=base + c.rng.normal(0, 0.15))
         pts = pts - pts[len(pts) // 2] + centre
         x, y, a = c.along(pts, ang, 2.5, 0.0)
         keep = c.rng.random(x.size) > 0.15
         c.nuclei(x[keep] + c.rng.normal(0, 0.3 * c.u, keep.sum()), y[keep] + c.rng.normal(0, 0.3 * c.u, keep.sum()),
-                 1.15, cv=0.14, elong=1.2, dark=1.0, irregular=0.06, cyto=(1.5, 0.18))
-    x, y = c.uniform_points(70)
-    c.nuclei(x, y, 1.15, cv=0.14, elong=1.2, dark=1.0, irregular=0.06, cyto=(1.5, 0.18))
+                 1.05, cv=0.14, elong=1.2, dark=1.0, irregular=0.06, cyto=(1.5, 0.18))
+    x, y = c.uniform_points(120)
+    c.nuclei(x, y, 1.05, cv=0.14, elong=1.2, dark=1.0, irregular=0.06, cyto=(1.5, 0.18))
 
 
 def _mucinous(c: _Canvas):
@@ -720,7 +720,7 @@ def _tma_breast(c: _Canvas):
     c.chromatin = 0.4
     _spindles(c, 80)
     _nests(c, cell=5, threshold=0.3, spacing=3.0, r=1.4, cv=0.22, elong=1.3, irregular=0.1, dark=1.0,
-           cyto_e=0.2, holes=150, hole_r=1.3)
+           cyto_e=0.2, holes=60, hole_r=1.3)
 
 
 def _tma_bladder(c: _Canvas):

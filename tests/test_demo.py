@@ -289,8 +289,11 @@ def test_classes_are_learnable_patient_wise_but_not_by_colour(data):
     for name, (acc, acc_colour, chance) in results.items():
         print(f"  {name}: {acc:.3f}  {acc_colour:.3f}  {chance:.3f}")
 
+    # Measured with seeds 1, 7, 42: 0.85-0.90 for benign vs malignant (chance 0.55), 0.86-0.99 for
+    # the 4-class tasks (chance 0.25-0.29); mean colour alone 0.30-0.69.
+    floor = {"benign_vs_malignant": 0.8, "benign_subtypes": 0.75, "malignant_subtypes": 0.75, "cancer_types": 0.75}
     for name, (acc, acc_colour, chance) in results.items():
-        assert acc >= chance + 0.3, (name, acc, chance)
+        assert acc >= floor[name], (name, acc, chance)
         assert acc >= acc_colour + 0.2, (name, acc, acc_colour)
     # Benign and malignant have the same colour: stain varies more between patients than classes.
     assert results["benign_vs_malignant"][1] < results["benign_vs_malignant"][2] + 0.15
