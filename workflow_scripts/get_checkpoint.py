@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Provide the ImageNet checkpoint of one TF-Slim network and record it for the training rules.
+
+Looks for the official TF-Slim checkpoint of --arch (e.g. resnet_v1_50.ckpt) in --checkpoint-dir
+(or its <arch>/ subfolder); with --allow-download, fetches and safely extracts the official archive
+when it is missing. The checkpoint is then checked against the network built in a graph: every
+variable but the logits must be present with the right shape, else the job fails listing what does
+not match. Writes --out (JSON, atomically): arch, checkpoint prefix, variable counts, excluded
+scopes and the checkpoint's number of classes.
+"""
+
+import argparse
+import sys
+
+from deepbc import logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", required=True, help="TF-Slim network name, e.g. resnet_v1_50, inception_v3")
+    p.add_argument("--checkpoint-dir", required=True, help="folder holding (or to receive) the checkpoints")
+    p.add_argument("--allow-download", action="store_true",
+                   help="download the official TF-Slim archive if the checkpoint is missing")
+    p.add_argument("--out", required=True, help="JSON record to write, e.g. results/checkpoints/ARCH.json")
+    p.add_argument("--log", default=None, help="log file (appended)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    from deepbc.checkpoints import prepare_checkpoint
+
+    prepare_checkpoint(args.arch, args.checkpoint_dir, args.allow_download, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))
