@@ -521,8 +521,8 @@ def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
 # --------------------------------------------------------------------------- architectures
 # Lengths are in units (about one benign nuclear radius); the canvas converts them to pixels.
 
-def _glands(c: _Canvas, spacing, radius, lumen, elong, r_nuc, gland_mask=None, myo=True, cyto_e=0.2):
-    """Round or compressed glands: a ring of epithelial nuclei around a lumen, optional myoepithelium."""
+def _glands(c: _Canvas, spacing, radius, lumen, elong, r_nuc, gland_mask=None):
+    """Round or compressed glands: a ring of epithelial nuclei around a lumen, and myoepithelium outside."""
     gx, gy = c.hex_points(spacing, jitter=0.18)
     if gland_mask is not None:
         keep = c.sample(gland_mask, gx, gy)
@@ -533,12 +533,11 @@ def _glands(c: _Canvas, spacing, radius, lumen, elong, r_nuc, gland_mask=None, m
         size = radius * math.exp(c.rng.normal(0, 0.1))
         rx, ry = size * math.sqrt(e) * c.u, size / math.sqrt(e) * c.u
         c.ellipses(c.cyto, np.array([x0]), np.array([y0]), np.array([rx * 1.15]), np.array([ry * 1.15]),
-                   np.array([a]), cyto_e)
+                   np.array([a]), 0.2)
         if lumen > 0:
             c.ellipses(c.space, np.array([x0]), np.array([y0]), np.array([rx * lumen]), np.array([ry * lumen]),
                        np.array([a]), 1.0)
-        for ring, (rn, el, tangential, step) in ((0.72, (r_nuc, 1.5, False, 2.1)),
-                                                  *(((1.12, (0.7, 2.6, True, 3.0)),) if myo else ())):
+        for ring, rn, el, tangential, step in ((0.72, r_nuc, 1.5, False, 2.1), (1.12, 0.7, 2.6, True, 3.0)):
             perimeter = math.pi * (rx + ry) * ring
             n = max(int(perimeter / (step * c.u)), 4)
             t = np.linspace(0, 2 * math.pi, n, endpoint=False) + c.rng.uniform(0, 2 * math.pi)
@@ -550,13 +549,13 @@ def _glands(c: _Canvas, spacing, radius, lumen, elong, r_nuc, gland_mask=None, m
                      dark=0.85)
 
 
-def _spindles(c: _Canvas, per_area, r=0.8, elong=3.0, angle_field=None, dark=0.8, avoid=None):
+def _spindles(c: _Canvas, per_area, r=0.8, elong=3.0, dark=0.8, avoid=None):
+    """Scattered stromal cells (fibroblasts) of random orientation, kept out of ``avoid`` (> 0.5)."""
     x, y = c.uniform_points(per_area)
     if avoid is not None:
         keep = c.sample(avoid, x, y) < 0.5
         x, y = x[keep], y[keep]
-    theta = None if angle_field is None else c.sample(angle_field, x, y)
-    c.nuclei(x, y, r, cv=0.12, elong=elong, elong_cv=0.2, theta=theta, dark=dark)
+    c.nuclei(x, y, r, cv=0.12, elong=elong, elong_cv=0.2, dark=dark)
 
 
 def _epithelial_lining(c: _Canvas, pts, ang, offsets, spacing, r, elong, dark, cv=0.1, irregular=0.05):
