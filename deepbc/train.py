@@ -111,10 +111,10 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
         val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
         val_images, val_labels = val_iter.get_next()
 
-        train_net = nets.get_network_fn(arch, num_classes, weight_decay=settings["weight_decay"],
-                                        is_training=True)
-        eval_net = nets.get_network_fn(arch, num_classes, weight_decay=settings["weight_decay"],
-                                       is_training=False)
+        net_kwargs = {"weight_decay": settings["weight_decay"],
+                      "batch_norm_decay": settings.get("batch_norm_decay")}
+        train_net = nets.get_network_fn(arch, num_classes, is_training=True, **net_kwargs)
+        eval_net = nets.get_network_fn(arch, num_classes, is_training=False, **net_kwargs)
         logits, _ = train_net(images)
         with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(), reuse=True):
             val_logits, _ = eval_net(val_images)

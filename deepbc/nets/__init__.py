@@ -11,6 +11,7 @@ preprocessing at 299 px (footnote of that table), so their specs say so.
 """
 
 import functools
+import inspect
 import importlib
 from dataclasses import dataclass, field
 
@@ -131,7 +132,8 @@ def get_spec(name: str) -> NetSpec:
                         fix=f"use one of: {', '.join(sorted(NETWORKS))}") from None
 
 
-def get_network_fn(name: str, num_classes: int, weight_decay: float = 4e-5, is_training: bool = False):
+def get_network_fn(name: str, num_classes: int, weight_decay: float = 4e-5, is_training: bool = False,
+                   batch_norm_decay: float | None = None):
     """Return ``network_fn(images) -> (logits, end_points)`` as TF-Slim's nets_factory does.
 
     ``images``: float32 [batch, height, width, 3], already preprocessed. ``logits``: [batch,
@@ -139,12 +141,20 @@ def get_network_fn(name: str, num_classes: int, weight_decay: float = 4e-5, is_t
     is larger than the network's native size). Must be called inside ``tf.Graph().as_default()``.
     ``end_points`` holds ``AuxLogits`` for Inception V3/V4 (an auxiliary loss may use it).
     The returned function carries ``.default_image_size`` and ``.spec``.
+    ``batch_norm_decay``: the moving-average decay of batch norm (None: the arg scope's default,
+    0.997 for ResNet). Short runs need a lower one, or inference-mode statistics lag training.
     """
     spec = get_spec(name)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise UserError(f"num_classes must be an integer >= 2, got {num_classes!r}",
                         where=f"network {name}", fix="give the number of classes of the task")
     func, arg_scope_fn = spec.network_fn, spec.arg_scope_fn
+    scope_kwargs = {"weight_decay": weight_decay}
+    if batch_norm_decay is not None:
+        if "batch_norm_decay" not in inspect.signature(arg_scope_fn).parameters:
+            raise UserError(f"network {name} has no batch norm, so batch_norm_decay does not apply",
+                            where="train settings batch_norm_decay", fix="remove batch_norm_decay for this network")
+        scope_kwargs["batch_norm_decay"] = batch_norm_decay
 
     @functools.wraps(func)
     def network_fn(images):
@@ -155,7 +165,7 @@ def get_network_fn(name: str, num_classes: int, weight_decay: float = 4e-5, is_t
         require_graph_mode(f"network {name}")
         _check_size(spec, images)
         slim = import_slim()
-        with slim.arg_scope(arg_scope_fn(weight_decay=weight_decay)):
+        with slim.arg_scope(arg_scope_fn(**scope_kwargs)):
             logits, end_points = func(images, num_classes, is_training=is_training, **spec.extra_kwargs)
         if logits.shape.rank == 4:
             if tuple(logits.shape[1:3]) == (1, 1):
