@@ -1,0 +1,52 @@
+"""Tiny two-class shards for training and evaluation tests: learnable in a few dozen steps."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from deepbc import shards
+
+CLASSES = ["benign", "malignant"]
+
+
+def draw(rng, label: int, size: int = 40) -> np.ndarray:
+    """Benign: few small dark dots; malignant: many large ones, on the same pink background."""
+    img = np.full((size, size, 3), (230, 170, 200), np.float64) + rng.normal(0, 12, (size, size, 3))
+    yy, xx = np.mgrid[:size, :size]
+    n, r = (3, 2.0) if label == 0 else (12, 4.0)
+    for _ in range(n):
+        cy, cx = rng.uniform(0, size, 2)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (90, 40, 130)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_shards(root: Path, out_dir: Path, per_split=(64, 32, 32), seed: int = 0) -> Path:
+    """Write PNGs under root and shards of fold 0 under out_dir; returns out_dir."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, n in zip(("train", "val", "test"), per_split):
+        for i in range(n):
+            label = i % 2
+            rel = f"{CLASSES[label]}/{split}_{i:03d}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(draw(rng, label)).save(root / rel)
+            rows.append({"path": rel, "patient": f"{split}-p{i // 4}", "slide": f"{split}-p{i // 4}",
+                         "magnification": "NA", "label": CLASSES[label], "label_index": label,
+                         "fold": 0, "split": split, "protocol": "patient"})
+    shards.write_shards(pd.DataFrame(rows), 0, root, out_dir, images_per_shard=32, image_format="png",
+                        jpeg_quality=95, max_shorter_side=0, seed=seed, workers=1)
+    return out_dir
+
+
+def settings(**overrides) -> dict:
+    base = {"init": "scratch", "image_size": 32, "batch_size": 16, "optimizer": "rmsprop",
+            "rmsprop_decay": 0.9, "rmsprop_momentum": 0.9, "opt_epsilon": 1.0, "learning_rate": 0.01,
+            "stage2_learning_rate": 0.001, "learning_rate_decay_factor": 0.94, "num_epochs_per_decay": 2.0,
+            "weight_decay": 4e-5, "batch_norm_decay": 0.9, "max_number_of_steps": 60, "stage2_steps": 0,
+            "augment": {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False},
+            "class_balance": "none", "keep_best_by": "val_loss", "early_stopping_patience": 0,
+            "eval_every_steps": 20, "save_every_steps": 20}
+    base.update(overrides)
+    return base
