@@ -103,6 +103,7 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     """Class probabilities for every image under ``folder``; per patient too when a CSV maps them."""
     import tensorflow as tf
 
+    class_names = load_model_settings(model_dir)["class_names"]
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError("the folder of images to predict does not exist", str(folder),
@@ -112,7 +113,6 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     if not paths:
         raise UserError("no images found (looked for .png, .jpg, .jpeg, .tif, .tiff)", str(folder),
                         "put the images to classify in this folder or its subfolders")
-    class_names = load_model_settings(model_dir)["class_names"]
 
     def decode(rel):
         data = tf.io.read_file(tf.strings.join([str(folder) + "/", rel]))
