@@ -17,9 +17,15 @@ try:
 except UserError as err:
     raise WorkflowError(f"invalid configuration:\n{err}") from None
 
-SCRIPTS = shlex.quote(os.path.join(workflow.basedir, "workflow_scripts"))
 # Doubled braces: Snakemake formats the prefix like a shell command.
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+
+
+def script(name):
+    """A workflow script, as a rule param (so provenance records it)."""
+    return os.path.join(workflow.basedir, "workflow_scripts", name)
+
 
 RUNS = wc.runs(config)
 FOLDS = wc.folds(config)

@@ -3,6 +3,7 @@ rule make_demo:
         breakhis=directory("results/demo/BreaKHis_v1"),
         tma=directory("results/demo/tma"),
     params:
+        script=script("make_demo.py"),
         seed=config["seed"],
     threads: RES.get("data_threads", 2)
     log:
@@ -12,7 +13,7 @@ rule make_demo:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/make_demo.py --breakhis-out {output.breakhis:q} --tma-out {output.tma:q}"
+        "python {params.script:q} --breakhis-out {output.breakhis:q} --tma-out {output.tma:q}"
         " --seed {params.seed} --workers {threads} --log {log:q}"
 
 
@@ -23,6 +24,7 @@ rule check_dataset:
         manifest="results/manifest/{dataset}.parquet",
         rejects="results/manifest/{dataset}.rejects.csv",
     params:
+        script=script("check_dataset.py"),
         root=lambda wc: dataset_root(wc.dataset),
         options=lambda wc: dataset_options(wc.dataset),
     threads: RES.get("data_threads", 2)
@@ -35,7 +37,7 @@ rule check_dataset:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/check_dataset.py --dataset {wildcards.dataset} --root {params.root:q}"
+        "python {params.script:q} --dataset {wildcards.dataset} --root {params.root:q}"
         " {params.options} --workers {threads}"
         " --manifest {output.manifest:q} --rejects {output.rejects:q} --log {log:q}"
 
@@ -46,6 +48,7 @@ rule make_splits:
     output:
         "results/splits/{run}.parquet",
     params:
+        script=script("make_splits.py"),
         task=lambda wc: run_task(wc.run),
         task_json=task_json,
         protocol=lambda wc: run_protocol(wc.run),
@@ -60,7 +63,7 @@ rule make_splits:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/make_splits.py --manifest {input.manifest:q} --task {params.task}"
+        "python {params.script:q} --manifest {input.manifest:q} --task {params.task}"
         " --task-json {params.task_json:q} --protocol {params.protocol} --k {params.k}"
         " --val-fraction {params.val_fraction} --seed {params.seed} {params.conflicts}"
         " --out {output:q} --log {log:q}"
@@ -72,6 +75,7 @@ rule write_shards:
     output:
         expand("results/tfrecords/{{run}}/fold{{fold}}/{split}.json", split=SPLITS),
     params:
+        script=script("write_shards.py"),
         root=root_of_run,
         out_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
         images_per_shard=config["shards"]["images_per_shard"],
@@ -89,7 +93,7 @@ rule write_shards:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/write_shards.py --splits {input.splits:q} --root {params.root:q}"
+        "python {params.script:q} --splits {input.splits:q} --root {params.root:q}"
         " --fold {wildcards.fold} --out-dir {params.out_dir:q}"
         " --images-per-shard {params.images_per_shard} --format {params.format}"
         " --jpeg-quality {params.jpeg_quality} --max-shorter-side {params.max_shorter_side}"

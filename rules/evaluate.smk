@@ -6,6 +6,7 @@ rule evaluate:
     output:
         "results/predictions/{run}/{arch}/fold{fold}.parquet",
     params:
+        script=script("evaluate_model.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         gpus=GPU_DEVICES,
         lock_dir=RES.get("gpu_lock_dir", ".gpu_leases"),
@@ -21,7 +22,7 @@ rule evaluate:
     conda:
         GPU_ENV
     shell:
-        "python {SCRIPTS}/evaluate_model.py --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
+        "python {params.script:q} --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
         " --out {output:q} --threads {threads} --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q}"
         " --log {log:q}"
 
@@ -35,6 +36,7 @@ rule predict_folder:
     output:
         "results/new_predictions/{run}/{arch}/fold{fold}/{folder}.csv",
     params:
+        script=script("predict_folder.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         patients=predict_patient_options,
     threads: 2
@@ -47,5 +49,5 @@ rule predict_folder:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/predict_folder.py --model-dir {params.model_dir:q} --images {input.images:q}"
+        "python {params.script:q} --model-dir {params.model_dir:q} --images {input.images:q}"
         " --out {output:q} {params.patients} --threads {threads} --log {log:q}"

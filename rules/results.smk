@@ -4,6 +4,7 @@ rule metrics:
     output:
         "results/metrics/{run}/{arch}/fold{fold}.json",
     params:
+        script=script("compute_metrics.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
         n_boot=config.get("evaluation", {}).get("n_bootstrap", 1000),
         seed=config["seed"],
@@ -14,7 +15,7 @@ rule metrics:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/compute_metrics.py --predictions {input:q} --classes {params.classes:q}"
+        "python {params.script:q} --predictions {input:q} --classes {params.classes:q}"
         " --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
         " --n-boot {params.n_boot} --seed {params.seed} --out {output:q} --log {log:q}"
 
@@ -26,6 +27,8 @@ rule task_table:
         csv=report("results/tables/{task}.csv", caption="../report/table_task.rst", category="Tables"),
         md="results/tables/{task}.md",
         tex="results/tables/{task}.tex",
+    params:
+        script=script("make_table.py"),
     log:
         "results/logs/tables/{task}.log",
     benchmark:
@@ -33,7 +36,7 @@ rule task_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/make_table.py --task {wildcards.task} --metrics {input:q}"
+        "python {params.script:q} --task {wildcards.task} --metrics {input:q}"
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 
@@ -43,6 +46,8 @@ rule summary_table:
     output:
         csv=report("results/tables/summary.csv", caption="../report/table_summary.rst", category="Tables"),
         md="results/tables/summary.md",
+    params:
+        script=script("make_summary.py"),
     log:
         "results/logs/tables/summary.log",
     benchmark:
@@ -50,7 +55,7 @@ rule summary_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/make_summary.py --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        "python {params.script:q} --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
         " --log {log:q}"
 
 
@@ -60,6 +65,8 @@ rule leakage_table:
     output:
         csv=report("results/tables/leakage.csv", caption="../report/table_leakage.rst", category="Tables"),
         md="results/tables/leakage.md",
+    params:
+        script=script("make_leakage.py"),
     log:
         "results/logs/tables/leakage.log",
     benchmark:
@@ -67,7 +74,7 @@ rule leakage_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/make_leakage.py --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        "python {params.script:q} --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
         " --log {log:q}"
 
 
@@ -79,6 +86,7 @@ rule roc_figure:
         png=report("results/figures/roc/{task}.png", caption="../report/roc.rst", category="ROC curves"),
         pdf="results/figures/roc/{task}.pdf",
     params:
+        script=script("plot_roc.py"),
         classes=lambda wc: task_classes(wc.task),
     log:
         "results/logs/figures/roc/{task}.log",
@@ -87,7 +95,7 @@ rule roc_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/plot_roc.py --task {wildcards.task} --classes {params.classes:q}"
+        "python {params.script:q} --task {wildcards.task} --classes {params.classes:q}"
         " --predictions {input:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
@@ -100,6 +108,7 @@ rule confusion_figure:
                    category="Confusion matrices"),
         pdf="results/figures/confusion/{run}/{arch}.pdf",
     params:
+        script=script("plot_confusion.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
     log:
         "results/logs/figures/confusion/{run}/{arch}.log",
@@ -108,7 +117,7 @@ rule confusion_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/plot_confusion.py --classes {params.classes:q} --predictions {input:q}"
+        "python {params.script:q} --classes {params.classes:q} --predictions {input:q}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
@@ -121,6 +130,7 @@ rule training_figure:
                    category="Training curves"),
         pdf="results/figures/training/{run}/{arch}.pdf",
     params:
+        script=script("plot_training.py"),
         title=lambda wc: f"{wc.run} / {wc.arch}",
     log:
         "results/logs/figures/training/{run}/{arch}.log",
@@ -129,5 +139,5 @@ rule training_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/plot_training.py --training {input:q} --title {params.title:q}"
+        "python {params.script:q} --training {input:q} --title {params.title:q}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"

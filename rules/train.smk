@@ -2,6 +2,7 @@ rule get_checkpoint:
     output:
         "results/checkpoints/{arch}.json",
     params:
+        script=script("get_checkpoint.py"),
         checkpoint_dir=config["checkpoint_dir"],
         allow_download="--allow-download" if config.get("allow_checkpoint_download") else "",
     log:
@@ -11,7 +12,7 @@ rule get_checkpoint:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {SCRIPTS}/get_checkpoint.py --arch {wildcards.arch}"
+        "python {params.script:q} --arch {wildcards.arch}"
         " --checkpoint-dir {params.checkpoint_dir:q} {params.allow_download}"
         " --out {output:q} --log {log:q}"
 
@@ -25,6 +26,7 @@ rule train:
         curve="results/models/{run}/{arch}/fold{fold}/training.csv",
         settings="results/models/{run}/{arch}/fold{fold}/settings.json",
     params:
+        script=script("train_model.py"),
         shard_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
         out_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         # Outside the declared outputs, so Snakemake does not delete it when a job is killed.
@@ -46,7 +48,7 @@ rule train:
     conda:
         GPU_ENV
     shell:
-        "python {SCRIPTS}/train_model.py --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
+        "python {params.script:q} --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
         " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
         " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads}"
         " --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q} --log {log:q}"
