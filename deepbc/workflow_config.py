@@ -34,8 +34,14 @@ def parse_run(run: str) -> tuple[str, str]:
 def check(config: dict) -> None:
     """Raise UserError on the first value the schema cannot catch, naming the key and what is allowed."""
     datasets = config.get("datasets", {})
-    for name, task in config["tasks"].items():
-        where = f"config key tasks.{name}"
+    defined = config["task_definitions"]
+    unknown = [t for t in config["tasks"] if t not in defined]
+    if unknown:
+        raise UserError(f"unknown task(s) {unknown}", "config key tasks",
+                        f"allowed values (task_definitions): {sorted(defined)}")
+    for name in config["tasks"]:
+        task = defined[name]
+        where = f"config key task_definitions.{name}"
         if "__" in name:
             raise UserError(f"task name {name!r} contains '__', which is reserved for run names",
                             where, "rename the task")
@@ -85,8 +91,13 @@ def _check_values(values, allowed, where: str) -> None:
 
 def runs(config: dict) -> list[str]:
     return [run_name(task, protocol)
-            for task, spec in config["tasks"].items()
+            for task, spec in selected_tasks(config).items()
             for protocol in spec.get("protocols", ["patient"])]
+
+
+def selected_tasks(config: dict) -> dict:
+    """The definitions of the tasks to run, in the order config["tasks"] lists them."""
+    return {name: config["task_definitions"][name] for name in config["tasks"]}
 
 
 def folds(config: dict) -> list[int]:

@@ -27,11 +27,12 @@ def script(name):
     return os.path.join(workflow.basedir, "workflow_scripts", name)
 
 
+TASKS = wc.selected_tasks(config)
 RUNS = wc.runs(config)
 FOLDS = wc.folds(config)
 ARCHS = config["architectures"]
 SPLITS = ["train", "val", "test"]
-DATASETS = sorted({spec["dataset"] for spec in config["tasks"].values()})
+DATASETS = sorted({spec["dataset"] for spec in TASKS.values()})
 RES = config.get("resources", {})
 # GPU jobs get the CUDA build of TensorFlow only where GPUs are requested.
 # How many GPUs a job may lease from: none when GPU jobs are configured off, else config or nvidia-smi.
@@ -66,11 +67,11 @@ def run_protocol(run):
 
 
 def run_dataset(run):
-    return config["tasks"][run_task(run)]["dataset"]
+    return TASKS[run_task(run)]["dataset"]
 
 
 def task_json(wildcards):
-    return json.dumps(config["tasks"][run_task(wildcards.run)], sort_keys=True)
+    return json.dumps(TASKS[run_task(wildcards.run)], sort_keys=True)
 
 
 def manifest_of_run(wildcards):
@@ -137,7 +138,7 @@ def predict_patient_options(wildcards):
 
 
 def task_classes(task):
-    return config["tasks"][task]["classes"]
+    return TASKS[task]["classes"]
 
 
 def runs_of_task(task):
@@ -149,11 +150,11 @@ def metrics_files(runs):
 
 
 def has_both_protocols():
-    return any(len(set(spec.get("protocols", ["patient"]))) > 1 for spec in config["tasks"].values())
+    return any(len(set(spec.get("protocols", ["patient"]))) > 1 for spec in TASKS.values())
 
 
 def all_tables():
-    files = expand("results/tables/{task}.{ext}", task=list(config["tasks"]), ext=["csv", "md", "tex"])
+    files = expand("results/tables/{task}.{ext}", task=list(TASKS), ext=["csv", "md", "tex"])
     files += expand("results/tables/summary.{ext}", ext=["csv", "md"])
     if has_both_protocols():
         files += expand("results/tables/leakage.{ext}", ext=["csv", "md"])
@@ -161,7 +162,7 @@ def all_tables():
 
 
 def all_figures():
-    files = expand("results/figures/roc/{task}.{ext}", task=list(config["tasks"]), ext=["png", "pdf"])
+    files = expand("results/figures/roc/{task}.{ext}", task=list(TASKS), ext=["png", "pdf"])
     for kind in ("confusion", "training"):
         files += expand("results/figures/{kind}/{run}/{arch}.{ext}", kind=kind, run=RUNS, arch=ARCHS,
                         ext=["png", "pdf"])

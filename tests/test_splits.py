@@ -61,7 +61,7 @@ def breakhis_manifest() -> pd.DataFrame:
 
 
 def _task(name: str) -> tasks.Task:
-    return tasks.Task.from_config(name, CONFIG["tasks"][name])
+    return tasks.Task.from_config(name, CONFIG["task_definitions"][name])
 
 
 def _sides_disjoint(splits: pd.DataFrame) -> None:
@@ -210,7 +210,7 @@ def test_make_splits_script(tmp_path):
     manifest = tmp_path / "m.parquet"
     write_parquet(manifest, _tiny())
     out = tmp_path / "splits.parquet"
-    task_json = json.dumps(CONFIG["tasks"]["benign_vs_malignant"])
+    task_json = json.dumps(CONFIG["task_definitions"]["benign_vs_malignant"])
     cmd = [sys.executable, str(REPO / "workflow_scripts" / "make_splits.py"), "--manifest", str(manifest),
            "--task", "benign_vs_malignant", "--task-json", task_json, "--protocol", "patient", "--k", "3",
            "--val-fraction", "0.25", "--seed", "1", "--out", str(out), "--log", str(tmp_path / "log")]

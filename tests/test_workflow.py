@@ -1,8 +1,15 @@
-"""The workflow itself, run by Snakemake on the embedded demo in a scratch directory."""
+"""The workflow itself, run by Snakemake on the embedded demo (one fold) in a scratch directory.
+
+One module-scoped run is interrupted mid-training and restarted with the same command; the other
+tests look at what it produced and at what Snakemake would rerun.
+"""
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -11,45 +18,100 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
              "--configfile", str(ROOT / "config" / "config.yaml")]
+ONE_FOLD = ["--config", "folds=[0]"]
+TASKS = ["cancer_types", "benign_vs_malignant", "benign_subtypes", "malignant_subtypes"]
+
+
+def _env():
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def snakemake(workdir, *args, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True,
-                          text=True, env=env)
+                          text=True, env=_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
 
 
+def planned_jobs(workdir, *args):
+    """Rule names of the jobs a dry run would execute."""
+    out = snakemake(workdir, "-n", *args).stdout
+    return re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("demo run")  # a space, on purpose
-    snakemake(workdir, "--cores", "2", "shards")
-    return workdir
+    """The default target on one fold, interrupted once mid-training, then rerun to completion."""
+    workdir = tmp_path_factory.mktemp("demo run")  # a space in the path, on purpose
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *ONE_FOLD]
+    first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = workdir / "results" / "train_state"
+    deadline = time.monotonic() + 600
+    while not list(state.glob("*/*/fold0/checkpoint")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGINT)  # what Ctrl-C does
+    first.wait(timeout=120)
+    interrupted = [p.parent for p in state.glob("*/*/fold0/checkpoint")
+                   if not (workdir / "results" / "models" / p.parent.relative_to(state) / "settings.json").exists()]
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True)
+    return workdir, interrupted
 
 
 @pytest.mark.slow
-def test_demo_reaches_shards(demo_run):
-    results = demo_run / "results"
-    for dataset in ("breakhis", "tma"):
-        manifest = pd.read_parquet(results / "manifest" / f"{dataset}.parquet")
-        assert len(manifest) > 0
-        assert (results / "manifest" / f"{dataset}.rejects.csv").exists()
-    for run in ("cancer_types", "benign_vs_malignant", "benign_vs_malignant__image_level",
-                "benign_subtypes", "malignant_subtypes"):
-        splits = pd.read_parquet(results / "splits" / f"{run}.parquet")
-        assert set(splits["split"]) == {"train", "val", "test"}
-        for fold in range(3):
-            for split in ("train", "val", "test"):
-                assert (results / "tfrecords" / run / f"fold{fold}" / f"{split}.json").exists()
-    assert (results / "logs" / "check_dataset" / "breakhis.log").read_text().strip()
+def test_default_target_ends_with_every_table_and_figure(demo_run):
+    workdir, _ = demo_run
+    results = workdir / "results"
+    for task in TASKS:
+        for ext in ("csv", "md", "tex"):
+            assert (results / "tables" / f"{task}.{ext}").stat().st_size > 0
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / "roc" / f"{task}.{ext}").stat().st_size > 0
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    assert sorted(summary["task"]) == sorted(TASKS)
+    assert (results / "tables" / "leakage.csv").stat().st_size > 0
+    rejects = pd.read_csv(results / "manifest" / "tma.rejects.csv")
+    assert list(rejects["reason"]) == ["not_an_image"]  # the patients CSV itself
 
 
 @pytest.mark.slow
-def test_rerun_has_nothing_to_do(demo_run):
-    proc = snakemake(demo_run, "--cores", "2", "shards", "-n")
+def test_interrupted_training_resumed_from_its_last_step(demo_run):
+    workdir, interrupted = demo_run
+    assert interrupted, "the run was not interrupted during training"
+    for state in interrupted:
+        run, arch = state.parts[-3], state.parts[-2]
+        log = (workdir / "results" / "logs" / "train" / run / arch / "fold0.log").read_text()
+        assert re.search(r"resuming from .* at step [1-9]\d*", log), log[-2000:]
+        curve = pd.read_csv(workdir / "results" / "models" / run / arch / "fold0" / "training.csv")
+        assert list(curve["step"]) == list(range(1, len(curve) + 1))
+
+
+@pytest.mark.slow
+def test_finished_run_has_nothing_to_do(demo_run):
+    workdir, _ = demo_run
+    proc = snakemake(workdir, "-n", *ONE_FOLD)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_one_table_regenerates_alone(demo_run):
+    workdir, _ = demo_run
+    (workdir / "results" / "tables" / "benign_vs_malignant.csv").unlink()
+    assert planned_jobs(workdir, *ONE_FOLD, "--", "results/tables/benign_vs_malignant.csv") == ["task_table"]
+    snakemake(workdir, "--cores", "1", *ONE_FOLD, "--", "results/tables/benign_vs_malignant.csv")
+    assert (workdir / "results" / "tables" / "benign_vs_malignant.csv").exists()
+
+
+@pytest.mark.slow
+def test_changed_predictions_rerun_only_what_uses_them(demo_run):
+    workdir, _ = demo_run
+    pred = workdir / "results" / "predictions" / "cancer_types" / "resnet_small" / "fold0.parquet"
+    os.utime(pred, (time.time() + 5, time.time() + 5))
+    jobs = planned_jobs(workdir, *ONE_FOLD)
+    assert "train" not in jobs and "evaluate" not in jobs
+    assert jobs.count("metrics") == 1 and jobs.count("task_table") == 1
+    assert {"roc_figure", "confusion_figure", "summary_table"} <= set(jobs)
+    assert "training_figure" not in jobs
 
 
 def test_invalid_config_fails_before_any_job(tmp_path):
@@ -58,6 +120,13 @@ def test_invalid_config_fails_before_any_job(tmp_path):
     out = proc.stdout + proc.stderr
     assert "'minimum': 2" in out and "['splits']['k']" in out
     assert not (tmp_path / "results").exists()
+
+
+def test_unknown_architecture_names_the_allowed_ones(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--config", "architectures=['resnet_v1_51']", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "resnet_v1_51" in out and "resnet_v1_50" in out
 
 
 def test_missing_dataset_root_names_the_path(tmp_path):

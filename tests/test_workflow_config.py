@@ -29,12 +29,13 @@ def test_runs_name_the_image_level_protocol(demo_config):
 
 
 @pytest.mark.parametrize("mutate, key, allowed", [
-    (lambda c: c["tasks"]["benign_subtypes"].update(classes=["A", "XX"]), "tasks.benign_subtypes.classes", "PT"),
-    (lambda c: c["tasks"]["benign_subtypes"].update(label="grade"), "tasks.benign_subtypes.label", "subtype"),
-    (lambda c: c["tasks"]["benign_subtypes"].update(filter={"tissue": "cancerous"}),
-     "tasks.benign_subtypes.filter.tissue", "malignant"),
+    (lambda c: c["task_definitions"]["benign_subtypes"].update(classes=["A", "XX"]), "task_definitions.benign_subtypes.classes", "PT"),
+    (lambda c: c["task_definitions"]["benign_subtypes"].update(label="grade"), "task_definitions.benign_subtypes.label", "subtype"),
+    (lambda c: c["task_definitions"]["benign_subtypes"].update(filter={"tissue": "cancerous"}),
+     "task_definitions.benign_subtypes.filter.tissue", "malignant"),
     (lambda c: c.update(folds=[7]), "folds", "0..2"),
-    (lambda c: c["tasks"]["cancer_types"].update(classes=["breast", "colon"]), "tasks.cancer_types.classes", "lymphoma"),
+    (lambda c: c.update(tasks=["benign_vs_malignent"]), "tasks", "benign_vs_malignant"),
+    (lambda c: c["task_definitions"]["cancer_types"].update(classes=["breast", "colon"]), "task_definitions.cancer_types.classes", "lymphoma"),
 ])
 def test_bad_values_name_the_key_and_allowed_values(demo_config, mutate, key, allowed):
     config = copy.deepcopy(demo_config)
