@@ -114,6 +114,23 @@ def test_changed_predictions_rerun_only_what_uses_them(demo_run):
     assert "training_figure" not in jobs
 
 
+@pytest.mark.slow
+def test_report_holds_tables_and_figures_with_captions(demo_run):
+    workdir, _ = demo_run
+    snakemake(workdir, *ONE_FOLD, "--report", "report.zip")
+    import zipfile
+
+    with zipfile.ZipFile(workdir / "report.zip") as report:
+        names = report.namelist()
+    assert any(n.endswith("summary.csv") for n in names)
+    assert any(n.endswith("roc/cancer_types.png") for n in names)
+
+
+def test_lint_is_clean(tmp_path):
+    proc = snakemake(tmp_path, "--lint", check=False)
+    assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
 def test_invalid_config_fails_before_any_job(tmp_path):
     proc = snakemake(tmp_path, "-n", "--config", "splits={'k': 1}", check=False)
     assert proc.returncode != 0
@@ -131,8 +148,10 @@ def test_unknown_architecture_names_the_allowed_ones(tmp_path):
 
 def test_missing_dataset_root_names_the_path(tmp_path):
     missing = tmp_path / "no such dir"
-    proc = snakemake(tmp_path, "--cores", "1", "manifests", "--config", "demo=False",
+    proc = snakemake(tmp_path, "--cores", "1", "--keep-going", "manifests", "--config", "demo=False",
                      f"breakhis_dir={missing}", f"tma_dir={missing}", "tma_patients_csv=", check=False)
     assert proc.returncode != 0
     log = (tmp_path / "results" / "logs" / "check_dataset" / "breakhis.log").read_text()
-    assert str(missing) in log and "BreaKHis" in log
+    assert str(missing) in log and "BreaKHis" in log and "web.inf.ufpr.br" in log
+    log = (tmp_path / "results" / "logs" / "check_dataset" / "tma.log").read_text()
+    assert str(missing) in log and "breast" in log
