@@ -1,7 +1,11 @@
 # DeepBreastCancer: patient-safe fine-tuning of TF-Slim networks on BreakHis and TMA images.
 # Run: snakemake --cores N --resources gpu=K   (config/config.yaml is the embedded demo)
 
-configfile: "config/config.yaml"
+import os
+
+
+# The demo config, found next to this Snakefile whatever the working directory.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"

@@ -34,7 +34,8 @@ def test_profile_runs_jobs_through_sbatch(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(tmp_path), "--profile", str(ROOT / "profiles" / "slurm"),
            # A CPU-only cluster without accounting: GPU requests off by override, not by editing the profile.
-           "--config", "resources={'gpu': 0}", "--set-resources", "train:gpu=0", "evaluate:gpu=0",
+           "--configfile", str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "cpu_only.yaml"),
+           "--set-resources", "train:gpu=0", "evaluate:gpu=0",
            "--slurm-status-command", "squeue", "--slurm-no-account",
            "--slurm-init-seconds-before-status-checks", "1",
            "results/splits/cancer_types.parquet"]

@@ -132,10 +132,13 @@ def test_lint_is_clean(tmp_path):
 
 
 def test_invalid_config_fails_before_any_job(tmp_path):
-    proc = snakemake(tmp_path, "-n", "--config", "splits={'k': 1}", check=False)
+    overlay = tmp_path / "k1.yaml"
+    overlay.write_text("splits: {k: 1, val_fraction: 0.2, exclude_label_conflicts: true}\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay),
+                     check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert "'minimum': 2" in out and "['splits']['k']" in out
+    assert "1 is less than the minimum of 2" in out and "['splits']['k']" in out
     assert not (tmp_path / "results").exists()
 
 
