@@ -176,7 +176,7 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
             LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
                      " starting at step %d", arch, shard_dir, num_classes, train_index["count"],
                      val_index["count"], total_steps, len(stages), start_step)
-            step, t_last, images_seen, t_start = start_step, time.monotonic(), 0, time.monotonic()
+            step, images_seen, t_start = start_step, 0, time.monotonic()
             while step < total_steps:
                 stage_idx = _stage_of(step, stages)
                 fetches = [train_ops[stage_idx], loss, accuracy, lr_tensors[stage_idx], summaries]

@@ -1,11 +1,12 @@
 """The BreakHis parser against the real 7,909-path listing, its cross-checks, and root resolution."""
 
 import csv
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+
+from tests import shared_data
 
 from deepbc import breakhis
 from deepbc.breakhis import UnparsableName, parse_path, resolve_root
@@ -18,16 +19,7 @@ GOOD = ("BreaKHis_v1/histology_slides/breast/malignant/SOB/ductal_carcinoma/SOB_
 
 @pytest.fixture(scope="module")
 def breakhis_reference_dir() -> Path:
-    """shared/breakhis beside the repo (CI clones the repo next to a copy of shared/), or
-    $DEEPBC_SHARED_DIR/breakhis. Missing: a failure in CI, a skip elsewhere."""
-    shared = Path(os.environ["DEEPBC_SHARED_DIR"]) if os.environ.get("DEEPBC_SHARED_DIR") else REPO.parent / "shared"
-    ref = shared / "breakhis"
-    if not (ref / "BreaKHis_v1_filelist.txt").is_file():
-        msg = f"BreakHis reference listing not found in {ref} (set DEEPBC_SHARED_DIR to the shared/ folder)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return ref
+    return shared_data.breakhis_reference_dir()
 
 
 @pytest.fixture(scope="module")

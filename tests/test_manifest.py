@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests import shared_data
 from PIL import Image
 
 from deepbc.breakhis import SUBTYPES
@@ -344,11 +346,7 @@ def test_cli_writes_outputs_and_reports_a_missing_root_without_traceback(tma_tre
 
 def test_full_scale_breakhis_layout(tmp_path, caplog):
     """All 7,909 real paths as tiny PNGs (slide 14-13412 byte-identical under DC and LC)."""
-    listing = REPO.parent / "shared" / "breakhis" / "BreaKHis_v1_filelist.txt"
-    if os.environ.get("DEEPBC_SHARED_DIR"):
-        listing = Path(os.environ["DEEPBC_SHARED_DIR"]) / "breakhis" / "BreaKHis_v1_filelist.txt"
-    if not listing.is_file():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no BreakHis listing at {listing}")
+    listing = shared_data.breakhis_listing()
     encoded: dict[str, bytes] = {}
     for i, line in enumerate(listing.read_text().split()):
         key = line.split("/")[-1].replace("SOB_M_LC-14-13412", "SOB_M_DC-14-13412")

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -10,6 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from deepbc.breakhis import parse_path
+from tests import shared_data
 import yaml
 
 from deepbc import splits as sp
@@ -23,24 +25,7 @@ BREAKHIS_TASKS = ["benign_vs_malignant", "benign_subtypes", "malignant_subtypes"
 CONFLICT_SLIDE = "14-13412"  # filed under DC and LC with byte-identical images (shared/breakhis/README.md)
 
 
-def _listing() -> Path | None:
-    shared = os.environ.get("DEEPBC_SHARED_DIR")
-    candidates = [Path(shared) / "breakhis"] if shared else []
-    candidates.append(REPO.parent / "shared" / "breakhis")
-    for folder in candidates:
-        if (folder / "BreaKHis_v1_filelist.txt").is_file():
-            return folder / "BreaKHis_v1_filelist.txt"
-    return None
-
-
 def _parse(path: str) -> dict:
-    try:
-        from deepbc.breakhis import parse_path
-    except ImportError:  # the parser module is written by another engineer; a minimal fallback
-        m = re.search(r"SOB_([BM])_([A-Z]+)-(\d\d)-((\d+)[A-Z]*)-(\d+)-\d+\.png$", path)
-        subtype_tissue = {"A": "benign", "F": "benign", "PT": "benign", "TA": "benign"}
-        return {"tissue": subtype_tissue.get(m[2], "malignant"), "subtype": m[2], "slide": f"{m[3]}-{m[4]}",
-                "patient": f"{m[3]}-{m[5]}", "magnification": f"{m[6]}X"}
     r = parse_path(path)
     return {"tissue": r.tissue, "subtype": r.subtype, "slide": r.slide_id, "patient": r.patient,
             "magnification": r.magnification}
@@ -48,11 +33,7 @@ def _parse(path: str) -> dict:
 
 @pytest.fixture(scope="module")
 def breakhis_manifest() -> pd.DataFrame:
-    listing = _listing()
-    if listing is None:
-        if os.environ.get("CI"):
-            pytest.fail("the BreakHis listing shared/breakhis/BreaKHis_v1_filelist.txt is missing in CI")
-        pytest.skip("BreakHis listing not found (set DEEPBC_SHARED_DIR)")
+    listing = shared_data.breakhis_listing()
     rows = [dict(path=p, **_parse(p)) for p in listing.read_text().split()]
     df = pd.DataFrame(rows)
     df["label_conflict"] = df["slide"] == CONFLICT_SLIDE
