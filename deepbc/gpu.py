@@ -77,3 +77,14 @@ def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, po
                             "run with --resources gpu=K where K is at most the number of GPUs, "
                             "or remove stale lock files only if no job is running")
         time.sleep(poll)
+
+
+def add_arguments(parser) -> None:
+    """The command-line options of a GPU job's script."""
+    parser.add_argument("--gpus", type=int, default=-1,
+                        help="GPUs on this host to lease one from (-1: count them with nvidia-smi; 0: CPU)")
+    parser.add_argument("--gpu-lock-dir", default=".gpu_leases", help="shared folder of per-GPU lock files")
+
+
+def lease_from_args(args):
+    return lease(args.gpu_lock_dir, None if args.gpus < 0 else args.gpus)

@@ -8,7 +8,7 @@ class (prob_<class>), and the predicted class.
 import argparse
 import sys
 
-from deepbc import logs
+from deepbc import gpu, logs
 
 
 def parse_args(argv=None):
@@ -18,8 +18,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="predictions parquet")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
-    p.add_argument("--gpus", type=int, default=-1, help="GPUs to lease one from (-1: nvidia-smi; 0: CPU)")
-    p.add_argument("--gpu-lock-dir", default=".gpu_leases", help="shared folder of per-GPU lock files")
+    gpu.add_arguments(p)
     p.add_argument("--log", default=None, help="log file")
     return p.parse_args(argv)
 
@@ -27,9 +26,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logs.setup(args.log)
-    from deepbc import gpu
 
-    with gpu.lease(args.gpu_lock_dir, None if args.gpus < 0 else args.gpus):
+    with gpu.lease_from_args(args):
         from deepbc import evaluate
 
         evaluate.predict_shards(args.model_dir, args.shard_index, args.out, args.batch_size, args.threads)

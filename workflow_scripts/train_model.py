@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from deepbc import logs
+from deepbc import gpu, logs
 
 
 def parse_args(argv=None):
@@ -25,9 +25,7 @@ def parse_args(argv=None):
     p.add_argument("--state-dir", required=True, help="resumable training state")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
-    p.add_argument("--gpus", type=int, default=-1,
-                   help="GPUs on this host to lease one from (-1: count them with nvidia-smi; 0: CPU)")
-    p.add_argument("--gpu-lock-dir", default=".gpu_leases", help="shared folder of per-GPU lock files")
+    gpu.add_arguments(p)
     p.add_argument("--log", default=None, help="log file")
     return p.parse_args(argv)
 
@@ -35,14 +33,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logs.setup(args.log)
-    from deepbc import gpu
 
     checkpoint = None
     if args.checkpoint_json:
         with open(args.checkpoint_json) as fh:
             checkpoint = json.load(fh)["checkpoint"]
     # The lease sets CUDA_VISIBLE_DEVICES, so TensorFlow is imported only inside it.
-    with gpu.lease(args.gpu_lock_dir, None if args.gpus < 0 else args.gpus):
+    with gpu.lease_from_args(args):
         from deepbc import train
 
         train.train(args.shard_dir, args.out_dir, args.state_dir, args.arch, json.loads(args.settings_json),
