@@ -63,7 +63,7 @@ def check(config: dict) -> None:
                 raise UserError("folder datasets have no magnification", f"{where}.magnification",
                                 "set magnification: all")
     k = config.get("splits", {}).get("k", 5)
-    for fold in config.get("folds", []) or []:
+    for fold in folds(config):
         if fold >= k:
             raise UserError(f"fold {fold} does not exist with k={k}", "config key folds",
                             f"use fold indices 0..{k - 1}")
@@ -101,7 +101,8 @@ def selected_tasks(config: dict) -> dict:
 
 
 def folds(config: dict) -> list[int]:
-    return list(config.get("folds") or range(config.get("splits", {}).get("k", 5)))
+    """The folds to run; values given on the command line arrive as strings."""
+    return [int(f) for f in (config.get("folds") or range(config.get("splits", {}).get("k", 5)))]
 
 
 def train_settings(config: dict, task: str, arch: str) -> dict:

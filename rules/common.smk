@@ -55,7 +55,7 @@ def demo_inputs(wildcards):
     """In demo mode the dataset roots are made by the make_demo rule; otherwise they are user data."""
     if not config.get("demo"):
         return []
-    return {"breakhis": config["breakhis_dir"], "tma": config["tma_dir"]}[wildcards.dataset]
+    return {"breakhis": "results/demo/breakhis", "tma": "results/demo/tma"}[wildcards.dataset]
 
 
 def run_task(run):

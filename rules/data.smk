@@ -1,6 +1,8 @@
 rule make_demo:
     output:
-        breakhis=directory("results/demo/BreaKHis_v1"),
+        # Snakemake marks directory outputs with a .snakemake_timestamp file: keep it outside the
+        # dataset roots, which must hold only dataset files.
+        breakhis=directory("results/demo/breakhis"),
         tma=directory("results/demo/tma"),
     params:
         script=script("make_demo.py"),
@@ -13,7 +15,7 @@ rule make_demo:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --breakhis-out {output.breakhis:q} --tma-out {output.tma:q}"
+        "python {params.script:q} --breakhis-out {output.breakhis:q}/BreaKHis_v1 --tma-out {output.tma:q}/images"
         " --seed {params.seed} --workers {threads} --log {log:q}"
 
 

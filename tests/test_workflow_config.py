@@ -45,6 +45,11 @@ def test_bad_values_name_the_key_and_allowed_values(demo_config, mutate, key, al
     assert key in str(err.value) and allowed in str(err.value)
 
 
+def test_folds_from_the_command_line_are_numbers(demo_config):
+    assert wc.folds({**demo_config, "folds": ["0", "2"]}) == [0, 2]
+    assert wc.folds(demo_config) == [0, 1, 2]
+
+
 def test_train_settings_layering(demo_config):
     config = copy.deepcopy(demo_config)
     config["train"]["per_architecture"] = {"resnet_small": {"batch_size": 8, "augment": {"flip": False}}}
