@@ -9,8 +9,9 @@ Modelled on research/slim/preprocessing/{vgg,inception}_preprocessing.py of tens
 - ``inception`` (Inception, ResNet V2): central crop of 87.5% of the area and resize (training with
   ``random_crop``: a random box of 25-100% of the area, aspect 3/4..4/3, resized), scaled to [-1, 1].
 
-Differences from TF-Slim, on purpose: resizing is antialiased, because histology images of
-700x460 px are shrunk up to 10x here and plain bilinear would alias the texture; random crops keep
+Differences from TF-Slim, on purpose: resizing is antialiased (area averaging when shrinking),
+because histology images of 700x460 px are shrunk up to 10x here and plain bilinear would alias
+the texture; random crops keep
 at least 25% of the area (TF-Slim: 5%) because magnification carries class information in
 histopathology.
 
@@ -93,8 +94,12 @@ def get_preprocessing(name: str, is_training: bool, augment: dict | None = None)
 
 
 def _resize(image, size):
-    """uint8 in, float32 0..255 out."""
-    return tf.image.resize(image, size, method="bilinear", antialias=True)
+    """uint8 in, float32 0..255 out. Shrinking averages the source pixels under each output pixel
+    (area: antialiased, and ~1.8x faster than antialiased bilinear, BENCHMARKS.md); enlarging is bilinear."""
+    size = tf.convert_to_tensor(size, tf.int32)
+    shrinking = tf.reduce_all(size <= tf.shape(image)[:2])
+    return tf.cond(shrinking, lambda: tf.image.resize(image, size, method="area"),
+                   lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
 
 
 def _vgg_crop(image, height, width, random_crop, seeds):
