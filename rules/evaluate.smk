@@ -10,7 +10,7 @@ rule evaluate:
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         gpus=GPU_DEVICES,
         lock_dir=RES.get("gpu_lock_dir", ".gpu_leases"),
-    threads: 2
+    threads: RES.get("eval_threads", 2)
     resources:
         gpu=RES.get("gpu", 1),
         mem_mb=RES.get("eval_mem_mb", 8000),
@@ -39,7 +39,7 @@ rule predict_folder:
         script=script("predict_folder.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         patients=predict_patient_options,
-    threads: 2
+    threads: RES.get("eval_threads", 2)
     resources:
         mem_mb=RES.get("eval_mem_mb", 8000),
     log:

@@ -36,7 +36,7 @@ rule train:
         seed=config["seed"],
         gpus=GPU_DEVICES,
         lock_dir=RES.get("gpu_lock_dir", ".gpu_leases"),
-    threads: 2
+    threads: RES.get("train_threads", 2)
     resources:
         gpu=RES.get("gpu", 1),
         mem_mb=RES.get("train_mem_mb", 16000),
