@@ -116,10 +116,13 @@ def make_tma_demo(out_root: Path, seed: int, image_size: tuple[int, int] = TMA_S
     return _generate(Path(out_root), seed, specs, workers, "TMA demo", extra_files={PATIENTS_CSV: csv_text})
 
 
-def make_demos(breakhis_out: Path, tma_out: Path, seed: int, workers: int = 1) -> dict[str, int]:
-    """Both demo datasets with their default sizes, as the workflow's make_demo rule writes them."""
-    return {"breakhis": make_breakhis_demo(breakhis_out, seed, workers=workers),
-            "tma": make_tma_demo(tma_out, seed, workers=workers)}
+def make_demos(breakhis_out: Path, tma_out: Path, seed: int, scale: int = 1, workers: int = 1) -> dict[str, int]:
+    """Both demo datasets as the workflow's make_demo rule writes them: the default sizes, with
+    ``scale`` times the images of every slide and magnification and of every TMA patient (the
+    patients stay the same)."""
+    _check_count("scale", scale, 1, 16)
+    return {"breakhis": make_breakhis_demo(breakhis_out, seed, images_per_magnification=3 * scale, workers=workers),
+            "tma": make_tma_demo(tma_out, seed, images_per_patient=4 * scale, workers=workers)}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ rule make_demo:
     params:
         script=script("make_demo.py"),
         seed=config["seed"],
+        scale=config["demo_scale"],
     threads: RES.get("data_threads", 2)
     log:
         "results/logs/make_demo.log",
@@ -16,7 +17,7 @@ rule make_demo:
         "../envs/cpu.yaml"
     shell:
         "python {params.script:q} --breakhis-out {output.breakhis:q}/BreaKHis_v1 --tma-out {output.tma:q}/images"
-        " --seed {params.seed} --workers {threads} --log {log:q}"
+        " --seed {params.seed} --scale {params.scale} --workers {threads} --log {log:q}"
 
 
 rule check_dataset:

@@ -22,6 +22,8 @@ def parse_args(argv=None):
                         help="the BreakHis demo folder to write (named BreaKHis_v1, e.g. results/demo/BreaKHis_v1)")
     parser.add_argument("--tma-out", required=True, help="the TMA demo folder to write (e.g. results/demo/tma)")
     parser.add_argument("--seed", type=int, required=True, help="random seed (non-negative integer)")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="multiply the images per slide and magnification and per TMA patient (default 1)")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing images (default: 1)")
     parser.add_argument("--log", help="log file (appended)")
     return parser.parse_args(argv)
@@ -32,7 +34,7 @@ def main(argv=None):
     logs.setup(args.log)
     from deepbc.demo import make_demos
 
-    make_demos(args.breakhis_out, args.tma_out, args.seed, workers=args.workers)
+    make_demos(args.breakhis_out, args.tma_out, args.seed, scale=args.scale, workers=args.workers)
 
 
 if __name__ == "__main__":
