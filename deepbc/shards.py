@@ -368,8 +368,11 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
     files = tf.data.Dataset.from_tensor_slices(index["paths"])
     if is_training:
         files = files.shuffle(len(index["paths"]), seed=seed, reshuffle_each_iteration=True)
-    records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(index["paths"]), 8),
-                               num_parallel_calls=calls, deterministic=not is_training)
+    cycle = min(len(index["paths"]), 8)
+    # tf.data refuses more parallel calls than the cycle length (e.g. 2 threads over 1 shard).
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle,
+                               num_parallel_calls=calls if calls == autotune else min(calls, cycle),
+                               deterministic=not is_training)
     if is_training:
         # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
         records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

@@ -125,6 +125,14 @@ def test_make_dataset_eager_with_metadata(dataset, tmp_path):
     assert again == names
 
 
+def test_make_dataset_with_more_threads_than_shards(dataset, tmp_path):
+    _write(dataset, tmp_path)  # one shard per split
+    for is_training in (True, False):
+        ds = shards.make_dataset(tmp_path / "val.json", batch_size=3, is_training=is_training, image_size=8,
+                                 num_parallel_calls=4)
+        assert sum(int(b[0].shape[0]) for b in ds) == 3
+
+
 def test_make_dataset_graph_mode_and_custom_preprocess(dataset, tmp_path):
     _write(dataset, tmp_path)
     calls = []
