@@ -12,7 +12,6 @@ per wall-second, bytes per image on disk and the pixel error against the source.
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,58 +28,11 @@ VARIANTS = {
 }
 
 
-def smooth_field(rng, h, w, cell):
-    """Low-frequency noise in [0, 1]: coarse random grid upsampled bicubically."""
-    from PIL import Image
-
-    coarse = rng.random((h // cell + 2, w // cell + 2)).astype(np.float32)
-    up = Image.fromarray(coarse, mode="F").resize((w + 2 * cell, h + 2 * cell), Image.Resampling.BICUBIC)
-    return np.asarray(up, dtype=np.float32)[cell:cell + h, cell:cell + w]
-
-
-def he_image(rng, h=460, w=700):
-    """An H&E-like micrograph: eosin stroma with fibres and lumina, haematoxylin nuclei, camera noise."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    eosin = np.array([236, 160, 196], np.float32)
-    haem = np.array([84, 48, 128], np.float32)
-    white = np.array([246, 238, 244], np.float32)
-    # Stroma density, fibres along a random direction, and clear lumina.
-    density = 0.55 * smooth_field(rng, h, w, 60) + 0.45 * smooth_field(rng, h, w, 12)
-    angle = rng.uniform(0, np.pi)
-    fibres = 0.5 + 0.5 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / rng.uniform(3, 7)
-                                + 6 * smooth_field(rng, h, w, 30))
-    stroma = np.clip(0.35 + 0.5 * density + 0.25 * fibres * density, 0, 1)
-    lumen = np.clip((smooth_field(rng, h, w, 80) - 0.72) * 8, 0, 1)
-    img = white + (eosin - white) * stroma[..., None]
-    img = img * (1 - lumen[..., None]) + white * lumen[..., None]
-    # Nuclei: soft-edged ellipses with chromatin texture, clustered where the stroma is dense.
-    nuclei = np.zeros((h, w), np.float32)
-    n = int(rng.integers(250, 500))
-    cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
-    for y0, x0 in zip(cy, cx):
-        a, b = rng.uniform(3, 11), rng.uniform(3, 8)
-        t = rng.uniform(0, np.pi)
-        y1, y2, x1, x2 = max(0, y0 - 12), min(h, y0 + 13), max(0, x0 - 12), min(w, x0 + 13)
-        dy, dx = yy[y1:y2, x1:x2] - y0, xx[y1:y2, x1:x2] - x0
-        u, v = dx * np.cos(t) + dy * np.sin(t), -dx * np.sin(t) + dy * np.cos(t)
-        r = (u / a) ** 2 + (v / b) ** 2
-        nuclei[y1:y2, x1:x2] = np.maximum(nuclei[y1:y2, x1:x2], np.clip(1.5 - r, 0, 1) * rng.uniform(0.6, 1))
-    chromatin = 0.75 + 0.25 * rng.random((h, w)).astype(np.float32)
-    nuclei *= chromatin
-    img = img * (1 - nuclei[..., None]) + haem * nuclei[..., None]
-    img += rng.normal(0, 3.0, img.shape).astype(np.float32)  # sensor noise
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
-
-
 def make_images(folder: Path, count: int, seed: int) -> list[str]:
-    from PIL import Image
+    from deepbc.bench.common import write_he_images
 
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        rel = f"img{i:04d}.png"
-        Image.fromarray(he_image(rng)).save(folder / rel, format="PNG")
-        paths.append(rel)
+    paths = [f"img{i:04d}.png" for i in range(count)]
+    write_he_images(folder, paths, seed)
     return paths
 
 
@@ -182,9 +134,11 @@ def main(argv=None) -> int:
             result.update(format=fmt, jpeg_quality=quality if fmt == "jpeg" else None, max_shorter_side=side)
             results[name] = result
             print(f"{name}: {result}", file=sys.stderr)
-    print(json.dumps({"bench": "shard_encoding", "image_size": args.image_size, "images": args.images,
-                      "source_png_bytes_per_image": int(source_bytes), "tensorflow": tf.__version__,
-                      "variants": results}, sort_keys=True))
+    from deepbc.bench.common import emit
+
+    emit("shard_encoding", {"image_size": args.image_size, "images": args.images,
+                            "source_png_bytes_per_image": int(source_bytes), "tensorflow": tf.__version__,
+                            "variants": results})
     return 0
 
 

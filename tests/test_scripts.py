@@ -1,4 +1,4 @@
-"""Every workflow script runs alone, from anywhere, with --help."""
+"""Every workflow script and benchmark runs alone, from anywhere, with --help."""
 
 import os
 import subprocess
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "workflow_scripts").glob("*.py"))
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "workflow_scripts").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS, ids=[f"{s.parent.name}/{s.name}" for s in SCRIPTS])
 def test_script_help(script, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, env=env,

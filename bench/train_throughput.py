@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Training images/s of the project's trainer (TFRecord shards through its own input pipeline)
+against plain Keras ``model.fit`` of ``keras.applications.ResNet50(weights=None)`` and against the
+project's network fed from in-memory arrays (its upper bound), on the same images, image size and
+batch. Prints one JSON line; progress goes to stderr.
+
+    .venv/bin/python bench/train_throughput.py --arch resnet_v1_50 --image-size 128 --batch-size 16
+"""
+
+import argparse
+import logging
+import sys
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="resnet_v1_50", help="network of the registry (default resnet_v1_50)")
+    parser.add_argument("--keras-model", default="ResNet50", help="keras.applications model (default ResNet50)")
+    parser.add_argument("--image-size", type=int, default=128, help="network input size (default 128)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per variant (default 30)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps (default 5)")
+    parser.add_argument("--images", type=int, default=64, help="distinct 700x460 training images (default 64)")
+    parser.add_argument("--threads", type=int, default=2, help="TensorFlow threads, as rule train gives (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="where temporary shards go (default: the system's temp folder)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    from deepbc.bench import common, training
+
+    result = training.run(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
+                          warmup=args.warmup, images=args.images, threads=args.threads, seed=args.seed,
+                          keras_model=args.keras_model, workdir=args.workdir)
+    common.emit("train_throughput", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""What the benchmarks share: synthetic BreakHis-sized images, the result line, memory sampling."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BREAKHIS_HEIGHT, BREAKHIS_WIDTH = 460, 700
+
+
+def machine() -> dict:
+    """Where a result was measured, recorded with it."""
+    import psutil
+
+    return {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(terse=True)}
+
+
+def emit(bench: str, result: dict, stream=None) -> str:
+    """Print the benchmark's single machine-readable line (JSON, sorted keys) and return it."""
+    line = json.dumps({"bench": bench, **result, "machine": machine()}, sort_keys=True)
+    print(line, file=stream or sys.stdout, flush=True)
+    return line
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 3) if denominator else None
+
+
+# --------------------------------------------------------------------------- synthetic images
+
+def smooth_field(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
+    """Low-frequency noise in [0, 1]: a coarse random grid upsampled bicubically."""
+    from PIL import Image
+
+    coarse = rng.random((h // cell + 2, w // cell + 2)).astype(np.float32)
+    up = Image.fromarray(coarse, mode="F").resize((w + 2 * cell, h + 2 * cell), Image.Resampling.BICUBIC)
+    return np.asarray(up, dtype=np.float32)[cell:cell + h, cell:cell + w]
+
+
+def he_image(rng: np.random.Generator, h: int = BREAKHIS_HEIGHT, w: int = BREAKHIS_WIDTH) -> np.ndarray:
+    """An H&E-like micrograph (uint8 RGB): eosin stroma with fibres and lumina, haematoxylin nuclei,
+    camera noise. Its PNG is ~0.5-0.6 MB at 700x460, like BreakHis', not a flat image that
+    compresses to nothing and would flatter every reader."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    eosin = np.array([236, 160, 196], np.float32)
+    haem = np.array([84, 48, 128], np.float32)
+    white = np.array([246, 238, 244], np.float32)
+    density = 0.55 * smooth_field(rng, h, w, 60) + 0.45 * smooth_field(rng, h, w, 12)
+    angle = rng.uniform(0, np.pi)
+    fibres = 0.5 + 0.5 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / rng.uniform(3, 7)
+                                + 6 * smooth_field(rng, h, w, 30))
+    stroma = np.clip(0.35 + 0.5 * density + 0.25 * fibres * density, 0, 1)
+    lumen = np.clip((smooth_field(rng, h, w, 80) - 0.72) * 8, 0, 1)
+    img = white + (eosin - white) * stroma[..., None]
+    img = img * (1 - lumen[..., None]) + white * lumen[..., None]
+    nuclei = np.zeros((h, w), np.float32)
+    n = int(rng.integers(250, 500) * h * w / (BREAKHIS_HEIGHT * BREAKHIS_WIDTH)) + 1
+    cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
+    for y0, x0 in zip(cy, cx):
+        a, b = rng.uniform(3, 11), rng.uniform(3, 8)
+        t = rng.uniform(0, np.pi)
+        y1, y2, x1, x2 = max(0, y0 - 12), min(h, y0 + 13), max(0, x0 - 12), min(w, x0 + 13)
+        dy, dx = yy[y1:y2, x1:x2] - y0, xx[y1:y2, x1:x2] - x0
+        u, v = dx * np.cos(t) + dy * np.sin(t), -dx * np.sin(t) + dy * np.cos(t)
+        r = (u / a) ** 2 + (v / b) ** 2
+        nuclei[y1:y2, x1:x2] = np.maximum(nuclei[y1:y2, x1:x2], np.clip(1.5 - r, 0, 1) * rng.uniform(0.6, 1))
+    nuclei *= 0.75 + 0.25 * rng.random((h, w)).astype(np.float32)  # chromatin texture
+    img = img * (1 - nuclei[..., None]) + haem * nuclei[..., None]
+    img += rng.normal(0, 3.0, img.shape).astype(np.float32)  # sensor noise
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_he_images(root: Path, rel_paths: list[str], seed: int, size: tuple[int, int] = (BREAKHIS_HEIGHT, BREAKHIS_WIDTH),
+                    workers: int = 1, same_as: dict[str, str] | None = None) -> int:
+    """Write one synthetic PNG per relative path under ``root``; return the bytes written.
+
+    ``same_as`` maps a path to another whose bytes it must repeat (BreakHis files one slide under
+    two subtypes with byte-identical images). Image i is drawn from (seed, i): any worker count
+    gives the same files.
+    """
+    import concurrent.futures
+
+    same_as = same_as or {}
+    drawn = [p for p in rel_paths if p not in same_as]
+    jobs = [(str(root / p), seed, i, size) for i, p in enumerate(drawn)]
+    if workers > 1:
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_one, jobs, chunksize=8))
+    else:
+        for job in jobs:
+            _write_one(job)
+    for path, original in same_as.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes((root / original).read_bytes())
+    return sum((root / p).stat().st_size for p in rel_paths)
+
+
+def _write_one(job) -> None:
+    from PIL import Image
+
+    path, seed, i, (h, w) = job
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(he_image(np.random.default_rng([seed, i]), h, w)).save(path, format="PNG")
+
+
+# --------------------------------------------------------------------------- processes and memory
+
+class PeakMemory:
+    """Samples the summed resident memory of a process and all its descendants; keeps the peak.
+
+    Summing RSS counts shared pages once per process, so the peak is an upper bound.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        self.pid, self.interval = pid, interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+    def _run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [root] + root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                break
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            self._stop.wait(self.interval)
+
+
+def timed_command(cmd: list[str], cwd=None, env=None, log_path: Path | None = None) -> dict:
+    """Run ``cmd``; return its wall seconds, the peak memory of its process tree and its exit code.
+
+    Output goes to ``log_path`` (or is discarded); a failure raises with the log's tail.
+    """
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    try:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        with PeakMemory(proc.pid) as memory:
+            code = proc.wait()
+        wall = time.perf_counter() - start
+    finally:
+        if log_path:
+            out.close()
+    if code != 0:
+        tail = Path(log_path).read_text(errors="replace")[-3000:] if log_path else ""
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed with exit code {code}:\n{tail}")
+    return {"seconds": round(wall, 2), "peak_rss_mb": round(memory.peak_bytes / 2**20, 1)}
+
+
+def script_command(name: str, *args) -> list[str]:
+    """The command line of a workflow script, run with this interpreter as the rules run it."""
+    script = Path(__file__).resolve().parents[2] / "workflow_scripts" / name
+    return [sys.executable, str(script), *map(str, args)]

@@ -1,0 +1,92 @@
+"""Input pipeline: shard read + parse + decode + preprocess + batch against its limit, and against what
+the trainer consumes.
+
+- ``shards``: ``shards.make_dataset`` in training mode (shard shuffle, record shuffle, repeat), with
+  the network's training preprocessing and augmentation, as the trainer builds it;
+- ``memory``: the same encoded bytes already in memory, decoded and preprocessed by the same
+  functions with the same parallelism: the limit, with no file reading or record parsing;
+- ``trainer``: what the project's network consumes when training on this CPU (its in-memory
+  bound from the training benchmark), at the same image and batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from deepbc.bench import common, training
+
+LOG = logging.getLogger("deepbc.bench.input_pipeline")
+
+
+def run(images: int = 128, batches: int = 40, batch_size: int = 32, image_size: int = 224, parallel: int = 2,
+        arch: str = "resnet_v1_50", trainer_steps: int = 4, trainer_batch_size: int = 16, seed: int = 0,
+        workdir: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        shard_dir, arrays = training.prepare_data(tmp, arch, images, image_size, seed)
+        rates = training.in_fresh_process(_pipeline_rates, shard_dir / "train.json", arch, batch_size, image_size,
+                                          parallel, batches, seed)
+        if trainer_steps:
+            settings = dict(training.SETTINGS, image_size=image_size, batch_size=trainer_batch_size,
+                            max_number_of_steps=trainer_steps + 1)
+            LOG.info("measuring what %s consumes in training", arch)
+            rates["trainer"] = training.in_fresh_process(training.in_memory_rate, arrays, arch, settings, seed,
+                                                         parallel, 1)["images_per_s"]
+        encoding = json.loads((shard_dir / "train.json").read_text())["encoding"]
+    result = {"arch": arch, "image_size": image_size, "batch_size": batch_size, "parallel": parallel,
+              "batches": batches, "images": images, "source_size": [common.BREAKHIS_HEIGHT, common.BREAKHIS_WIDTH],
+              "shard_encoding": encoding,
+              "images_per_s": {k: round(v, 1) for k, v in rates.items()},
+              "shards_vs_memory": common.ratio(rates["shards"], rates["memory"]),
+              "goals": {"shards_vs_memory": 0.9, "shards_vs_trainer": 10}}
+    if "trainer" in rates:
+        result["shards_vs_trainer"] = common.ratio(rates["shards"], rates["trainer"])
+    return result
+
+
+def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: int, parallel: int, batches: int,
+                    seed: int) -> dict:
+    import tensorflow as tf
+
+    from deepbc import nets, preprocessing, shards
+
+    index = shards.read_index(index_json)
+    image_format = index["encoding"]["format"]
+    pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=True,
+                                          augment=training.SETTINGS["augment"])
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = parallel  # both pipelines get the same threads
+
+    from_shards = shards.make_dataset(index_json, batch_size=batch_size, is_training=True, preprocess_fn=pre,
+                                      image_size=image_size, seed=seed, num_parallel_calls=parallel, repeat=True)
+    encoded, labels = [], []
+    for record in tf.data.TFRecordDataset(index["paths"]):
+        features = shards.parse_example(record)
+        encoded.append(features["image/encoded"].numpy())
+        labels.append(int(features["image/class/label"]))
+
+    def decode_in_memory(data, label):
+        return pre(shards.decode({"image/encoded": data}, image_format), image_size, image_size), label
+
+    from_memory = (tf.data.Dataset.from_tensor_slices((encoded, labels)).repeat()
+                   .map(decode_in_memory, num_parallel_calls=parallel).batch(batch_size, drop_remainder=True)
+                   .prefetch(tf.data.AUTOTUNE))
+    rates = {}
+    for name, dataset in (("memory", from_memory), ("shards", from_shards)):
+        rates[name] = _images_per_s(dataset.with_options(options), batches, batch_size)
+        LOG.info("%s: %.1f images/s", name, rates[name])
+    return rates
+
+
+def _images_per_s(dataset, batches: int, batch_size: int) -> float:
+    iterator = iter(dataset)
+    for _ in range(min(3, batches)):  # warm-up: thread pools, page cache, kernels
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)

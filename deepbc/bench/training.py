@@ -1,0 +1,195 @@
+"""Training throughput: the project's trainer against plain Keras and against its own in-memory bound.
+
+Three variants train on the same images, at the same image size and batch size, each in a fresh
+process (so that threading settings and graph state do not leak between them):
+
+- ``trainer``: ``deepbc.train.train`` reading the TFRecord shards through ``shards.make_dataset``
+  with the network's preprocessing and augmentation: what ``rule train`` runs;
+- ``in_memory``: the same TF-Slim network, loss and optimizer fed from preprocessed arrays already
+  in memory: the trainer's upper bound, with no input pipeline at all;
+- ``keras``: ``keras.applications.ResNet50(weights=None)`` compiled with the same optimizer and
+  trained with ``model.fit`` on the same preprocessed arrays: what a user would write instead.
+
+Throughput is images per second over the steps after ``warmup`` (graph optimisation, first
+allocation and the trainer's validation pass fall outside it).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deepbc.bench import common
+
+LOG = logging.getLogger("deepbc.bench.training")
+
+SETTINGS = {  # the preprint's optimiser (config/paper.yaml), from scratch: every layer trains
+    "init": "scratch", "optimizer": "rmsprop", "rmsprop_decay": 0.9, "rmsprop_momentum": 0.9, "opt_epsilon": 1.0,
+    "learning_rate": 0.01, "stage2_learning_rate": 0.001, "learning_rate_decay_factor": 0.94,
+    "num_epochs_per_decay": 2.0, "weight_decay": 4e-5, "stage2_steps": 0,
+    "augment": {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False},
+    "class_balance": "none", "keep_best_by": "last", "early_stopping_patience": 0,
+}
+
+
+def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16, steps: int = 30,
+        warmup: int = 5, images: int = 64, threads: int = 2, seed: int = 0, keras_model: str = "ResNet50",
+        workdir: str | None = None) -> dict:
+    """Measure the three variants; return images/s of each and the two ratios of the issue."""
+    if steps < 2 or warmup < 1:
+        raise ValueError("need steps >= 2 and warmup >= 1")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        shard_dir, arrays = prepare_data(tmp, arch, images, image_size, seed)
+        settings = dict(SETTINGS, image_size=image_size, batch_size=batch_size,
+                        max_number_of_steps=warmup + steps, eval_every_steps=10**9, save_every_steps=10**9)
+        jobs = {
+            "trainer": (trainer_rate, shard_dir, tmp, arch, settings, seed, threads, warmup),
+            "in_memory": (in_memory_rate, arrays, arch, settings, seed, threads, warmup),
+            "keras": (keras_rate, arrays, keras_model, settings, seed, threads, warmup),
+        }
+        results = {}
+        for name, (func, *args) in jobs.items():
+            LOG.info("measuring %s", name)
+            results[name] = in_fresh_process(func, *args)
+            LOG.info("%s: %.2f images/s", name, results[name]["images_per_s"])
+    rates = {name: r["images_per_s"] for name, r in results.items()}
+    return {
+        "arch": arch, "keras_model": keras_model, "image_size": image_size, "batch_size": batch_size,
+        "steps": steps, "warmup": warmup, "threads": threads, "images": images,
+        "images_per_s": {k: round(v, 2) for k, v in rates.items()}, "keras_jit_compile": results["keras"]["jit_compile"],
+        "trainer_vs_keras": common.ratio(rates["trainer"], rates["keras"]),
+        "trainer_vs_in_memory": common.ratio(rates["trainer"], rates["in_memory"]),
+        "in_memory_vs_keras": common.ratio(rates["in_memory"], rates["keras"]),
+        "goals": {"trainer_vs_keras": 1.3, "trainer_vs_in_memory": 0.9},
+    }
+
+
+def in_fresh_process(func, *args):
+    # spawn: a fork would inherit this process's TensorFlow state and threads.
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_log_to_stderr) as pool:
+        return pool.submit(func, *args).result()
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+
+def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int) -> tuple[Path, Path]:
+    """BreakHis-sized PNGs -> the workflow's JPEG shards, and the same images preprocessed into an .npz."""
+    import pandas as pd
+
+    from deepbc import shards
+
+    root = tmp / "images"
+    val_test = 2 * max(2, images // 8)
+    rels = [f"img{i:04d}.png" for i in range(images + val_test)]
+    common.write_he_images(root, rels, seed)
+    split = ["train"] * images + ["val", "test"] * (val_test // 2)
+    labels = [i % 2 for i in range(len(rels))]
+    table = pd.DataFrame({"path": rels, "patient": [f"p{i}" for i in range(len(rels))], "magnification": "200X",
+                          "label": [["benign", "malignant"][k] for k in labels], "label_index": labels,
+                          "fold": 0, "split": split, "protocol": "patient"})
+    shard_dir = tmp / "shards"
+    shards.write_shards(table, 0, root, shard_dir, images_per_shard=32, seed=seed)
+    arrays = tmp / "arrays.npz"
+    in_fresh_process(_preprocess_to_npz, shard_dir / "train.json", arch, image_size, arrays)
+    return shard_dir, arrays
+
+
+def _preprocess_to_npz(index_json: Path, arch: str, image_size: int, out: Path) -> None:
+    """The training images decoded and preprocessed as the network expects them (no augmentation)."""
+    from deepbc import nets, preprocessing, shards
+
+    pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=False)
+    batches = list(shards.make_dataset(index_json, batch_size=64, is_training=False, preprocess_fn=pre,
+                                       image_size=image_size))
+    np.savez(out, x=np.concatenate([b[0].numpy() for b in batches]),
+             y=np.concatenate([b[1].numpy() for b in batches]).astype(np.int32))
+
+
+def steady_rate(step_ends: list[float], batch_size: int, warmup: int) -> float:
+    """Images/s between the end of step ``warmup`` and the end of the last step."""
+    measured = len(step_ends) - warmup
+    return measured * batch_size / (step_ends[-1] - step_ends[warmup - 1])
+
+
+def trainer_rate(shard_dir: Path, tmp: Path, arch: str, settings: dict, seed: int, threads: int,
+                 warmup: int) -> dict:
+    import csv
+
+    from deepbc import train
+
+    out = tmp / "trainer_model"
+    train.train(shard_dir, out, tmp / "trainer_state", arch, settings, seed, threads=threads, log_every=1)
+    with (out / "training.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    # The trainer logs cumulative images/s since its first step: elapsed = images seen / rate.
+    batch = settings["batch_size"]
+    ends = [int(r["step"]) * batch / float(r["images_per_sec"]) for r in rows]
+    return {"images_per_s": steady_rate(ends, batch, warmup)}
+
+
+def in_memory_rate(arrays: Path, arch: str, settings: dict, seed: int, threads: int, warmup: int) -> dict:
+    import tensorflow as tf
+
+    from deepbc import nets
+
+    data = np.load(arrays)
+    x, y = data["x"], data["y"]
+    batch, steps = settings["batch_size"], settings["max_number_of_steps"]
+    num_classes = int(y.max()) + 1
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(seed)
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch).prefetch(2)
+        images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        network = nets.get_network_fn(arch, max(2, num_classes), weight_decay=settings["weight_decay"],
+                                      is_training=True)
+        logits, _ = network(images)
+        loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits) + tf.add_n(
+            [tf.constant(0.0)] + tf.compat.v1.losses.get_regularization_losses())
+        optimizer = tf.compat.v1.train.RMSPropOptimizer(settings["learning_rate"], decay=settings["rmsprop_decay"],
+                                                        momentum=settings["rmsprop_momentum"],
+                                                        epsilon=settings["opt_epsilon"])
+        with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+            train_op = optimizer.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step())
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+        with tf.compat.v1.Session(graph=graph, config=config) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            ends = []
+            for _ in range(steps):
+                sess.run([train_op, loss])
+                ends.append(time.perf_counter())
+    return {"images_per_s": steady_rate(ends, batch, warmup)}
+
+
+def keras_rate(arrays: Path, model_name: str, settings: dict, seed: int, threads: int, warmup: int) -> dict:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    data = np.load(arrays)
+    batch, steps = settings["batch_size"], settings["max_number_of_steps"]
+    reps = -(-steps * batch // len(data["x"]))
+    x, y = np.concatenate([data["x"]] * reps), np.concatenate([data["y"]] * reps)
+    model = getattr(keras.applications, model_name)(weights=None, input_shape=x.shape[1:],
+                                                    classes=max(2, int(y.max()) + 1))
+    model.compile(optimizer=keras.optimizers.RMSprop(settings["learning_rate"], rho=settings["rmsprop_decay"],
+                                                     momentum=settings["rmsprop_momentum"],
+                                                     epsilon=settings["opt_epsilon"]),
+                  loss="sparse_categorical_crossentropy")
+    ends: list[float] = []
+    timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: ends.append(time.perf_counter()))
+    model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[timer])
+    return {"images_per_s": steady_rate(ends, batch, warmup), "jit_compile": bool(model.jit_compile)}

@@ -1,0 +1,110 @@
+"""Every benchmark runs at a tiny size and prints its one result line. No timing is asserted: these
+check that the measurements are made and reported, not how fast anything is."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepbc.bench import common, end_to_end, sharding
+from tests.shared_data import breakhis_listing
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+# A workflow run of a few seconds: one task, one fold, a handful of steps.
+TINY_CONFIG = ["tasks=[cancer_types]", "folds=[0]"]
+TINY_STEPS = "train:\n  defaults: {max_number_of_steps: 4, eval_every_steps: 2, save_every_steps: 2}\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_steps(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("overlay") / "tiny_steps.yaml"
+    path.write_text(TINY_STEPS)
+    return path
+
+
+def run_bench(script: str, *args, tmp_path: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args), "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout  # one machine-readable line, nothing else on stdout
+    result = json.loads(lines[0])
+    assert result["bench"] == script.removesuffix(".py")
+    assert result["machine"]["cpus"] >= 1
+    assert list(tmp_path.iterdir()) == [], "a benchmark left files behind"
+    return result
+
+
+def positive(*values) -> bool:
+    return all(isinstance(v, (int, float)) and v > 0 for v in values)
+
+
+def test_train_throughput_tiny(tmp_path):
+    r = run_bench("train_throughput.py", "--arch", "resnet_small", "--image-size", 32, "--batch-size", 2,
+                  "--steps", 2, "--warmup", 1, "--images", 4, "--threads", 1, tmp_path=tmp_path)
+    assert set(r["images_per_s"]) == {"trainer", "in_memory", "keras"}
+    assert positive(*r["images_per_s"].values())
+    assert r["trainer_vs_keras"] == pytest.approx(r["images_per_s"]["trainer"] / r["images_per_s"]["keras"], rel=0.01)
+    assert r["trainer_vs_in_memory"] == pytest.approx(
+        r["images_per_s"]["trainer"] / r["images_per_s"]["in_memory"], rel=0.01)
+
+
+def test_input_pipeline_tiny(tmp_path):
+    r = run_bench("input_pipeline.py", "--images", 4, "--batches", 2, "--batch-size", 2, "--image-size", 32,
+                  "--arch", "resnet_small", "--trainer-steps", 1, "--trainer-batch-size", 2, tmp_path=tmp_path)
+    assert set(r["images_per_s"]) == {"shards", "memory", "trainer"}
+    assert positive(*r["images_per_s"].values(), r["shards_vs_memory"], r["shards_vs_trainer"])
+    assert r["shard_encoding"]["format"] == "jpeg"
+
+
+def test_sharding_tiny(tmp_path):
+    r = run_bench("sharding.py", "--filelist", breakhis_listing(), "--every", 150, "--read-images", 16,
+                  "--image-size", 32, tmp_path=tmp_path)
+    assert r["images"] == len(sharding.listing(breakhis_listing(), 150)[0])
+    assert set(r["steps"]) == {"copy", "check_dataset", "make_splits", "write_shards_jpeg", "write_shards_png"}
+    assert positive(*(s["seconds"] for s in r["steps"].values()), r["pipeline_vs_copy"])
+    disk = r["bytes_on_disk_mb"]
+    assert disk["shards_jpeg95"] < disk["source_png"]  # re-encoding to JPEG shrinks BreakHis-like PNGs
+
+
+def test_sharding_listing_pairs_the_duplicated_slide():
+    rels, same_as = sharding.listing(breakhis_listing())
+    assert len(rels) == 7909
+    assert len(same_as) == 123  # slide 14-13412: every lobular copy repeats its ductal original
+    assert all("SOB_M_LC" in k and "SOB_M_DC" in v and v in rels for k, v in same_as.items())
+
+
+def test_synthetic_images_repeat_their_original(tmp_path):
+    size = common.write_he_images(tmp_path, ["a.png", "b/c.png", "d.png"], seed=1, size=(46, 70),
+                                  same_as={"d.png": "b/c.png"})
+    assert (tmp_path / "d.png").read_bytes() == (tmp_path / "b/c.png").read_bytes()
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b/c.png").read_bytes()
+    assert size == sum((tmp_path / p).stat().st_size for p in ["a.png", "b/c.png", "d.png"])
+
+
+def test_end_to_end_tiny(tmp_path, tiny_steps):
+    r = run_bench("end_to_end.py", "--config", *TINY_CONFIG, "--configfile", tiny_steps, tmp_path=tmp_path)
+    assert positive(r["seconds"], r["peak_rss_mb"], r["noop_seconds"])
+    assert r["jobs"] == sum(rule["jobs"] for rule in r["job_seconds_by_rule"].values())
+    assert {"make_demo", "check_dataset", "write_shards", "train", "evaluate"} <= set(r["job_seconds_by_rule"])
+    assert r["images"] == {"tma": 96}
+
+
+def test_scaling_tiny(tmp_path, tiny_steps):
+    r = run_bench("scaling.py", "--scales", 1, 2, "--config", *TINY_CONFIG, "--configfile", tiny_steps,
+                  tmp_path=tmp_path)
+    assert r["images"] == {"1": 96, "2": 192}  # JSON keys are strings
+    assert r["images_vs_base"]["2"] == 2.0
+    assert set(r["exponent"]) == {"2"}
+
+
+def test_rule_seconds_sums_benchmark_files(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, s, rss in [("train/a/fold0.tsv", 2.5, 300), ("train/b/fold0.tsv", 1.5, 500), ("make_demo.tsv", 4, "NA")]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(header + f"{s}\t0:00:0{int(s)}\t{rss}\t1\t1\t1\t0\t0\t50\t1\n")
+    assert end_to_end.rule_seconds(tmp_path) == {
+        "train": {"jobs": 2, "seconds": 4.0, "max_rss_mb": 500.0},
+        "make_demo": {"jobs": 1, "seconds": 4.0, "max_rss_mb": 0.0}}
