@@ -11,7 +11,8 @@ the dataset root), ``image/patient`` and ``image/magnification``.
 
 Encodings (``image/format``): ``jpeg`` (default; see docs/shards.md for the measurements), ``png``
 and ``raw`` (uint8 RGB pixels, row-major). An image already in the target format, 8-bit RGB and not
-resized is stored byte for byte; anything else is decoded and re-encoded with Pillow.
+resized is stored byte for byte, without decoding; anything else is decoded and re-encoded with
+Pillow. When the splits table carries the manifest's ``sha256``, every file is checked against it.
 
 TensorFlow is imported inside the functions that need it, so that the encoding workers (separate
 processes) start without it.
@@ -20,6 +21,7 @@ processes) start without it.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import io
 import json
 import logging
@@ -53,16 +55,23 @@ def shard_name(split: str, i: int, n: int) -> str:
 # Encoding (runs in worker processes: Pillow only)
 # --------------------------------------------------------------------------------------------
 
-def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_side: int) -> tuple[bytes, int, int]:
-    """Read one image file and return (encoded bytes, height, width) in ``image_format``."""
+def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_side: int,
+                 sha256: str | None = None) -> tuple[bytes, int, int]:
+    """Read one image file and return (encoded bytes, height, width) in ``image_format``.
+
+    ``sha256``: the manifest's hash of the file; a file that no longer matches it is an error.
+    An image stored as it is is not decoded: check_dataset decoded exactly these bytes.
+    """
     from PIL import Image
 
     with open(path, "rb") as f:
         data = f.read()
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise UserError("the file changed after the manifest was built (its sha256 differs)", path,
+                        "rerun check_dataset (delete results/manifest/) so the file is verified again")
     try:
         with Image.open(io.BytesIO(data)) as im:
             source_format = (im.format or "").lower()
-            im.load()
             image = im
             width, height = im.size
             scale = 1.0
@@ -70,6 +79,7 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
                 scale = max_shorter_side / min(width, height)
             if scale == 1.0 and im.mode == "RGB" and source_format == image_format:
                 return data, height, width
+            im.load()
             if image.mode != "RGB":
                 image = image.convert("RGB")
             if scale != 1.0:
@@ -192,7 +202,9 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
             names = []
             for i, shard in enumerate(shards):
                 name = shard_name(split, i, len(shards))
-                jobs = [(str(root / p), image_format, jpeg_quality, max_shorter_side) for p in shard["path"]]
+                hashes = shard["sha256"] if "sha256" in shard else [None] * len(shard)
+                jobs = [(str(root / p), image_format, jpeg_quality, max_shorter_side, h)
+                        for p, h in zip(shard["path"], hashes)]
                 results = pool.map(_encode_star, jobs, chunksize=_CHUNK) if pool else map(_encode_star, jobs)
                 with atomic_path(out_dir / name) as tmp:
                     with tf.io.TFRecordWriter(str(tmp)) as writer:

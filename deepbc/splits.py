@@ -28,6 +28,9 @@ LOG = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 COLUMNS = ["path", "patient", "slide", "magnification", "label", "label_index", "fold", "split", "protocol"]
 _INPUT_COLUMNS = COLUMNS[:6]
+# Carried from the manifest when present, so that write_shards can check that each file is still
+# the one check_dataset verified.
+OPTIONAL_COLUMNS = ["sha256"]
 
 
 def make_splits(df: pd.DataFrame, k: int, val_fraction: float, seed: int, protocol: str) -> pd.DataFrame:
@@ -48,7 +51,8 @@ def make_splits(df: pd.DataFrame, k: int, val_fraction: float, seed: int, protoc
         raise UserError(f"path {dup!r} appears twice in the table to split", "make_splits input",
                         "rebuild the manifest: every path must be listed once")
     # Splitting must not depend on the manifest's row order.
-    data = df[_INPUT_COLUMNS].astype({c: str for c in _INPUT_COLUMNS if c != "label_index"})
+    carried = [c for c in OPTIONAL_COLUMNS if c in df.columns]
+    data = df[_INPUT_COLUMNS + carried].astype({c: str for c in _INPUT_COLUMNS + carried if c != "label_index"})
     data = data.astype({"label_index": "int64"}).sort_values("path", kind="stable").reset_index(drop=True)
 
     if protocol == "patient":
@@ -61,7 +65,7 @@ def make_splits(df: pd.DataFrame, k: int, val_fraction: float, seed: int, protoc
         parts.append(data.assign(fold=np.int64(fold), split=split_of_row, protocol=protocol))
     out = pd.concat(parts, ignore_index=True)
     out = out.astype({"fold": "int64"}).sort_values(["fold", "split", "path"], kind="stable")
-    out = out[COLUMNS].reset_index(drop=True)
+    out = out[COLUMNS + carried].reset_index(drop=True)
 
     _warn_missing_classes(out)
     if protocol == "patient":

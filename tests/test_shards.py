@@ -1,8 +1,10 @@
 """TFRecord shards: every feature read back (eager and graph mode), atomicity, balance, determinism."""
 
+import hashlib
 import io
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageFile
 
 from deepbc import shards
 from deepbc.errors import UserError
@@ -225,6 +227,36 @@ def test_failure_midway_leaves_nothing_that_looks_complete(dataset, tmp_path, mo
     indexes = _write(dataset, tmp_path, images_per_shard=2)
     listed = {n for idx in indexes.values() for n in idx["shards"]}
     assert {p.name for p in tmp_path.glob("*.tfrecord")} == listed
+
+
+def _hashed(root, table):
+    return table.assign(sha256=[hashlib.sha256((root / p).read_bytes()).hexdigest() for p in table["path"]])
+
+
+def test_a_file_changed_since_the_manifest_is_an_error(dataset, tmp_path):
+    root, table = dataset
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    hashed = _hashed(copy, table)
+    shards.write_shards(hashed, 0, copy, tmp_path / "ok", images_per_shard=4, workers=1)
+    victim = hashed.loc[hashed["split"] == "val", "path"].iloc[0]
+    Image.new("RGB", (40, 30), "white").save(copy / victim)  # still a valid image, but not the checked one
+    with pytest.raises(UserError, match="changed after the manifest") as err:
+        shards.write_shards(hashed, 0, copy, tmp_path / "bad", images_per_shard=4, workers=1)
+    assert victim in str(err.value)
+
+
+def test_images_stored_as_they_are_are_not_decoded(dataset, tmp_path, monkeypatch):
+    root, table = dataset
+
+    def no_decoding(self):
+        raise AssertionError("decoded an image that is stored as it is")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    shards.write_shards(_hashed(root, table), 0, root, tmp_path, images_per_shard=4, image_format="png", workers=1)
+    stored = {r["image/filename"].numpy().decode(): r["image/encoded"].numpy() for r in _records(tmp_path / "train.json")}
+    assert all(data == (root / path).read_bytes() for path, data in stored.items())
 
 
 def test_bad_inputs_are_user_errors(dataset, tmp_path):

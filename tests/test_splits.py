@@ -187,6 +187,14 @@ def test_task_config_errors():
     assert tasks.parse_run(tasks.run_name("bvm", "patient")) == ("bvm", "patient")
 
 
+def test_splits_carry_the_manifest_hash():
+    manifest = _tiny().assign(sha256=lambda d: [f"{i:064x}" for i in range(len(d))])
+    splits = sp.make_splits(tasks.select(manifest, _tiny_task()), 3, 0.25, 5, "patient")
+    assert list(splits.columns) == sp.COLUMNS + ["sha256"]
+    by_path = dict(zip(manifest["path"], manifest["sha256"]))
+    assert (splits["sha256"] == splits["path"].map(by_path)).all()
+
+
 def test_make_splits_script(tmp_path):
     manifest = tmp_path / "m.parquet"
     write_parquet(manifest, _tiny())
