@@ -22,6 +22,8 @@ def parse_args(argv=None):
     parser.add_argument("--image-size", type=int, default=224, help="network input size when reading (default 224)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="where the images and shards go (default: the system's temp folder)")
+    parser.add_argument("--images-dir", type=Path,
+                        help="keep the synthetic images here and reuse them next time (default: drawn each run)")
     return parser.parse_args(argv)
 
 
@@ -33,7 +35,8 @@ def main(argv=None) -> int:
     if not args.filelist.is_file():
         sys.exit(f"error: {args.filelist}: file list not found; pass the shared BreakHis listing with --filelist")
     result = sharding.run(args.filelist, every=args.every, workers=args.workers, read_images=args.read_images,
-                          image_size=args.image_size, seed=args.seed, workdir=args.workdir)
+                          image_size=args.image_size, seed=args.seed, workdir=args.workdir,
+                          images_dir=args.images_dir)
     common.emit("sharding", result)
     return 0
 
