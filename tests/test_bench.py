@@ -41,6 +41,7 @@ def positive(*values) -> bool:
     return all(isinstance(v, (int, float)) and v > 0 for v in values)
 
 
+@pytest.mark.slow
 def test_train_throughput_tiny(tmp_path):
     r = run_bench("train_throughput.py", "--arch", "resnet_small", "--image-size", 32, "--batch-size", 2,
                   "--steps", 2, "--warmup", 1, "--images", 4, "--threads", 1, tmp_path=tmp_path)
@@ -51,6 +52,7 @@ def test_train_throughput_tiny(tmp_path):
         r["images_per_s"]["trainer"] / r["images_per_s"]["in_memory"], rel=0.01)
 
 
+@pytest.mark.slow
 def test_input_pipeline_tiny(tmp_path):
     r = run_bench("input_pipeline.py", "--images", 4, "--batches", 2, "--batch-size", 2, "--image-size", 32,
                   "--arch", "resnet_small", "--trainer-steps", 1, "--trainer-batch-size", 2, tmp_path=tmp_path)
@@ -59,6 +61,7 @@ def test_input_pipeline_tiny(tmp_path):
     assert r["shard_encoding"]["format"] == "jpeg"
 
 
+@pytest.mark.slow
 def test_sharding_tiny(tmp_path):
     r = run_bench("sharding.py", "--filelist", breakhis_listing(), "--every", 150, "--read-images", 16,
                   "--image-size", 32, tmp_path=tmp_path)
@@ -84,6 +87,7 @@ def test_synthetic_images_repeat_their_original(tmp_path):
     assert size == sum((tmp_path / p).stat().st_size for p in ["a.png", "b/c.png", "d.png"])
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny(tmp_path, tiny_steps):
     r = run_bench("end_to_end.py", "--config", *TINY_CONFIG, "--configfile", tiny_steps, tmp_path=tmp_path)
     assert positive(r["seconds"], r["peak_rss_mb"], r["noop_seconds"])
@@ -92,6 +96,7 @@ def test_end_to_end_tiny(tmp_path, tiny_steps):
     assert r["images"] == {"tma": 96}
 
 
+@pytest.mark.slow
 def test_scaling_tiny(tmp_path, tiny_steps):
     r = run_bench("scaling.py", "--scales", 1, 2, "--config", *TINY_CONFIG, "--configfile", tiny_steps,
                   tmp_path=tmp_path)
