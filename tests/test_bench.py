@@ -72,6 +72,17 @@ def test_sharding_tiny(tmp_path):
     assert disk["shards_jpeg95"] < disk["source_png"]  # re-encoding to JPEG shrinks BreakHis-like PNGs
 
 
+def test_shard_encoding_tiny():
+    proc = subprocess.run([sys.executable, str(BENCH / "shard_encoding.py"), "--images", "2", "--passes", "1",
+                           "--image-size", "32", "--batch-size", "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["bench"] == "shard_encoding"
+    assert set(result["variants"]) == {"png_original", "jpeg95_full", "jpeg95_256", "raw_full"}
+    assert positive(*(v["images_per_cpu_s"] for v in result["variants"].values()))
+    assert result["variants"]["png_original"]["mean_abs_pixel_error"] == 0
+
+
 def test_sharding_listing_pairs_the_duplicated_slide():
     rels, same_as = sharding.listing(breakhis_listing())
     assert len(rels) == 7909
