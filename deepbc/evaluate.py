@@ -103,6 +103,8 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     """Class probabilities for every image under ``folder``; per patient too when a CSV maps them."""
     import tensorflow as tf
 
+    from deepbc import shards
+
     class_names = load_model_settings(model_dir)["class_names"]
     folder = Path(folder)
     if not folder.is_dir():
@@ -114,13 +116,18 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
         raise UserError("no images found (looked for .png, .jpg, .jpeg, .tif, .tiff)", str(folder),
                         "put the images to classify in this folder or its subfolders")
 
-    def decode(rel):
+    def decode(rel, min_side):
         data = tf.io.read_file(tf.strings.join([str(folder) + "/", rel]))
-        return tf.io.decode_image(data, channels=3, expand_animations=False)
+        # JPEGs are decoded as the shard reader decodes them, so a folder's predictions match the test split's.
+        image = tf.cond(tf.io.is_jpeg(data), lambda: shards.decode_jpeg(data, min_side),
+                        lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+        image.set_shape([None, None, 3])
+        return image
 
     def inputs(preprocess, image_size, batch):
+        min_side = preprocess.min_source_side(image_size, image_size)
         ds = tf.data.Dataset.from_tensor_slices(paths)
-        ds = ds.map(lambda rel: (preprocess(decode(rel), image_size, image_size), {"path": rel}),
+        ds = ds.map(lambda rel: (preprocess(decode(rel, min_side), image_size, image_size), {"path": rel}),
                     num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 

@@ -25,6 +25,8 @@ passes per-element seeds is reproducible whatever its parallelism. Only graph-sa
 the functions run inside ``tf.data.Dataset.map``.
 """
 
+import math
+
 import tensorflow as tf
 
 from deepbc.errors import UserError
@@ -90,7 +92,22 @@ def get_preprocessing(name: str, is_training: bool, augment: dict | None = None)
                 return image * 255.0 - tf.constant(VGG_MEANS, tf.float32)
             return (image - 0.5) * 2.0
 
+    preprocess.min_source_side = lambda height, width: min_source_side(name, aug["random_crop"], height, width)
     return preprocess
+
+
+def min_source_side(name: str, random_crop: bool, height: int, width: int) -> int | None:
+    """The shorter side a source image needs so that preprocessing to (height, width) only shrinks it.
+
+    Readers may decode a JPEG at a reduced scale down to this size (``shards.decode_jpeg``) without
+    changing what the network sees beyond resampling. None: the full image is needed (random
+    crops may take a small part of it).
+    """
+    if random_crop:
+        return None
+    if name == "vgg":
+        return round(min(height, width) * 256 / 224)
+    return math.ceil(max(height, width) / INCEPTION_CENTRAL_FRACTION)
 
 
 def _resize(image, size):

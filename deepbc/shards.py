@@ -332,13 +332,34 @@ def parse_example(serialized):
     return tf.io.parse_single_example(serialized, _features())
 
 
-def decode(features: dict, image_format: str):
-    """The uint8 RGB image [height, width, 3] of parsed ``features`` stored as ``image_format``."""
+def decode_jpeg(data, min_side: int | None = None):
+    """Decode a JPEG to uint8 RGB, at the smallest of libjpeg's scales (1, 1/2, 1/4, 1/8) whose
+    shorter side is still at least ``min_side`` (None: full size).
+
+    Scaling happens inside the inverse DCT, so a reduced decode costs a fraction of a full one; for
+    a network input much smaller than the stored image this is most of the reading time.
+    """
+    import tensorflow as tf
+
+    if not min_side:
+        return tf.io.decode_jpeg(data, channels=3)
+    shape = tf.image.extract_jpeg_shape(data)
+    shorter = tf.minimum(shape[0], shape[1])
+    # libjpeg rounds scaled sizes up; the conditions hold for a prefix of the ratios.
+    halvings = tf.add_n([tf.cast((shorter + r - 1) // r >= min_side, tf.int32) for r in (2, 4, 8)])
+    return tf.switch_case(halvings, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r) for r in (1, 2, 4, 8)])
+
+
+def decode(features: dict, image_format: str, min_side: int | None = None):
+    """The uint8 RGB image [height, width, 3] of parsed ``features`` stored as ``image_format``.
+
+    ``min_side``: a JPEG may be decoded at a reduced scale, keeping its shorter side >= min_side.
+    """
     import tensorflow as tf
 
     encoded = features["image/encoded"]
     if image_format == "jpeg":
-        image = tf.io.decode_jpeg(encoded, channels=3)
+        image = decode_jpeg(encoded, min_side)
     elif image_format == "png":
         image = tf.io.decode_png(encoded, channels=3, dtype=tf.uint8)
     else:
@@ -376,6 +397,9 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
     calls = autotune if num_parallel_calls is None else num_parallel_calls
     preprocess = preprocess_fn or default_preprocess
     image_format = index["encoding"]["format"]
+    # A preprocessing that says how large a source it needs lets JPEGs decode at a reduced scale.
+    needs = getattr(preprocess, "min_source_side", None)
+    min_side = needs(image_size, image_size) if needs else None
 
     files = tf.data.Dataset.from_tensor_slices(index["paths"])
     if is_training:
@@ -393,7 +417,7 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
 
     def load(serialized):
         features = parse_example(serialized)
-        image = preprocess(decode(features, image_format), image_size, image_size)
+        image = preprocess(decode(features, image_format, min_side), image_size, image_size)
         label = features["image/class/label"]
         if with_metadata:
             return image, label, {"filename": features["image/filename"], "patient": features["image/patient"],

@@ -3,9 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from PIL import Image
 
-from deepbc import evaluate, train
+from deepbc import evaluate, shards, train
 from deepbc.errors import UserError
 from tests import trainkit
 
@@ -49,6 +50,21 @@ def test_predicts_a_folder_with_patients(model, tmp_path):
     per_patient = pd.read_csv(tmp_path / "per_patient.csv")
     assert list(per_patient["patient"]) == ["P0", "P1"] and list(per_patient["n_images"]) == [3, 3]
     assert list(per_patient["pred"]) == ["benign", "malignant"]
+
+
+@pytest.mark.slow
+def test_a_folder_of_the_test_images_gets_their_test_predictions(model, tmp_path):
+    by_shards = evaluate.predict_shards(model / "model", model / "shards" / "test.json", tmp_path / "p.parquet")
+    index = shards.read_index(model / "shards" / "test.json")
+    for record in tf.data.TFRecordDataset(index["paths"]):  # the very bytes the shards hold
+        features = shards.parse_example(record)
+        path = tmp_path / "folder" / features["image/filename"].numpy().decode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(features["image/encoded"].numpy())
+    by_folder = evaluate.predict_folder(model / "model", tmp_path / "folder", tmp_path / "f.csv")
+    both = by_shards.merge(by_folder, on="path", suffixes=("", "_folder"))
+    assert len(both) == len(by_shards) == 32
+    np.testing.assert_allclose(both["prob_malignant"], both["prob_malignant_folder"], atol=1e-5)
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

@@ -132,3 +132,12 @@ def test_bad_input_is_clear():
                                                        "color_jitter": False}
     with pytest.raises(ValueError, match="uint8"):
         get_preprocessing("vgg", False)(tf.zeros([10, 10, 3]), 8, 8)
+
+
+def test_min_source_side_is_what_the_crop_needs_before_shrinking():
+    vgg = get_preprocessing("vgg", is_training=False)
+    assert vgg.min_source_side(224, 224) == 256 and vgg.min_source_side(128, 128) == 146
+    inception = get_preprocessing("inception", is_training=True, augment={"random_crop": False})
+    assert inception.min_source_side(299, 299) == 342  # 87.5% central crop of 342 px covers 299
+    cropping = get_preprocessing("vgg", is_training=True, augment={"random_crop": True})
+    assert cropping.min_source_side(224, 224) is None  # a random crop may take a small part: full size

@@ -127,6 +127,44 @@ def test_make_dataset_eager_with_metadata(dataset, tmp_path):
     assert again == names
 
 
+def _jpeg(height, width) -> bytes:
+    """A smooth JPEG (a colour gradient), whose downscaled versions barely depend on the method."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    pixels = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 127 // (height + width)], -1)
+    out = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+def test_decode_jpeg_at_the_smallest_scale_that_keeps_min_side():
+    data = tf.constant(_jpeg(300, 400))
+    full = shards.decode_jpeg(data)
+    assert full.shape == (300, 400, 3)
+    for min_side, shape in [(301, (300, 400)), (151, (300, 400)), (140, (150, 200)), (75, (75, 100)),
+                            (10, (38, 50))]:
+        assert shards.decode_jpeg(data, min_side).shape == (*shape, 3), min_side
+    half = tf.cast(shards.decode_jpeg(data, 140), tf.float32)
+    area = tf.image.resize(full, [150, 200], method="area")
+    assert float(tf.reduce_mean(tf.abs(half - area))) < 2.0  # the same picture, resampled
+
+
+def test_make_dataset_decodes_only_as_much_as_the_preprocessing_needs(tmp_path):
+    table = _splits(1, 1, 1).query("fold == 0")
+    table = table.assign(path=[f"i{i}.jpg" for i in range(len(table))])
+    for p in table["path"]:
+        (tmp_path / p).write_bytes(_jpeg(460, 700))
+    shards.write_shards(table, 0, tmp_path, tmp_path / "shards", workers=1)
+
+    def decoded_height(image, height, width):  # the "preprocessed" image holds the decoded height
+        return tf.fill([height, width, 3], tf.cast(tf.shape(image)[0], tf.float32))
+
+    for min_side, expected in [(100, 115), (200, 230), (None, 460)]:
+        decoded_height.min_source_side = lambda h, w, m=min_side: m
+        images, _ = next(iter(shards.make_dataset(tmp_path / "shards" / "test.json", 1, False, decoded_height,
+                                                  image_size=8)))
+        assert float(images[0, 0, 0, 0]) == expected, min_side
+
+
 def test_make_dataset_with_more_threads_than_shards(dataset, tmp_path):
     _write(dataset, tmp_path)  # one shard per split
     for is_training in (True, False):
