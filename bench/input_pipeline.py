@@ -3,7 +3,7 @@
 decoding the same encoded images from memory with the same parallelism (the limit), and against
 what the project's network consumes in training on this CPU. Prints one JSON line.
 
-    .venv/bin/python bench/input_pipeline.py --images 128 --batches 40 --image-size 224
+    .venv/bin/python bench/input_pipeline.py --images 128 --batches 150 --image-size 224
 """
 
 import argparse
@@ -14,7 +14,7 @@ import sys
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=128, help="distinct 700x460 images in the shards (default 128)")
-    parser.add_argument("--batches", type=int, default=40, help="timed batches per pipeline (default 40)")
+    parser.add_argument("--batches", type=int, default=150, help="timed batches per pipeline (default 150)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224, help="network input size (default 224)")
     parser.add_argument("--parallel", type=int, default=2, help="threads of both pipelines (default 2)")

@@ -22,7 +22,7 @@ from deepbc.bench import common, training
 LOG = logging.getLogger("deepbc.bench.input_pipeline")
 
 
-def run(images: int = 128, batches: int = 40, batch_size: int = 32, image_size: int = 224, parallel: int = 2,
+def run(images: int = 128, batches: int = 150, batch_size: int = 32, image_size: int = 224, parallel: int = 2,
         arch: str = "resnet_v1_50", trainer_steps: int = 4, trainer_batch_size: int = 16, seed: int = 0,
         workdir: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -69,8 +69,10 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
         encoded.append(features["image/encoded"].numpy())
         labels.append(int(features["image/class/label"]))
 
+    min_side = pre.min_source_side(image_size, image_size)
+
     def decode_in_memory(data, label):
-        return pre(shards.decode({"image/encoded": data}, image_format), image_size, image_size), label
+        return pre(shards.decode({"image/encoded": data}, image_format, min_side), image_size, image_size), label
 
     from_memory = (tf.data.Dataset.from_tensor_slices((encoded, labels)).repeat()
                    .map(decode_in_memory, num_parallel_calls=parallel).batch(batch_size, drop_remainder=True)
