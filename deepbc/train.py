@@ -209,16 +209,13 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
                              format_seconds(eta),
                              f" val_loss={row['val_loss']:.4f} val_acc={row['val_accuracy']:.3f}"
                              if is_eval else "")
-                if step % settings["save_every_steps"] == 0 or step == total_steps:
-                    state_saver.save(sess, str(state_dir / "state.ckpt"), global_step=step,
-                                     write_meta_graph=False)
-                    _write_history(state_dir / "training.csv", history)
-                if patience and evals_since_best >= patience:
+                stop_early = patience and evals_since_best >= patience
+                if stop_early:
                     LOG.info("early stopping at step %d: no validation improvement in %d evaluations",
                              step, patience)
-                    state_saver.save(sess, str(state_dir / "state.ckpt"), global_step=step,
-                                     write_meta_graph=False)
-                    _write_history(state_dir / "training.csv", history)
+                if stop_early or step % settings["save_every_steps"] == 0 or step == total_steps:
+                    _save_state(sess, state_saver, state_dir, step, history)
+                if stop_early:
                     break
             writer.close()
             if settings["keep_best_by"] == "last":
@@ -232,6 +229,13 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
                "tensorflow": tf.__version__}
     _publish(state_dir, out_dir, history, summary)
     return summary
+
+
+def _save_state(sess, state_saver, state_dir: Path, step: int, history: list[dict]) -> None:
+    """The curve first, then the checkpoint: a kill between the two leaves a curve that reaches
+    past the newest checkpoint, which resuming trims, never one that stops short of it."""
+    _write_history(state_dir / "training.csv", history)
+    state_saver.save(sess, str(state_dir / "state.ckpt"), global_step=step, write_meta_graph=False)
 
 
 def _initialise(sess, tf, state_saver, state_dir: Path, restore_init) -> int:

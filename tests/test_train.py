@@ -72,6 +72,24 @@ def test_killed_run_resumes_at_its_last_saved_step(shard_dir, tmp_path):
     assert json.loads((out / "settings.json").read_text())["steps"] == saved + 20
 
 
+def test_dying_while_saving_state_loses_no_curve_rows(shard_dir, tmp_path, monkeypatch):
+    out, state = tmp_path / "model", tmp_path / "state"
+    settings = trainkit.settings(max_number_of_steps=30, save_every_steps=10, eval_every_steps=30)
+    write_history = train._write_history
+
+    def dies_at_step_20(path, history):
+        if path.parent == state and len(history) == 20:
+            raise KeyboardInterrupt("killed while saving the state of step 20")
+        write_history(path, history)
+
+    monkeypatch.setattr(train, "_write_history", dies_at_step_20)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+    monkeypatch.setattr(train, "_write_history", write_history)
+    train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+    assert list(pd.read_csv(out / "training.csv")["step"]) == list(range(1, 31))
+
+
 @pytest.mark.slow
 def test_imagenet_init_restores_then_trains_two_stages(shard_dir, tmp_path):
     import tensorflow as tf
