@@ -8,7 +8,6 @@ the rules' benchmark files, summed per rule. Prints one JSON line.
 """
 
 import argparse
-import logging
 import sys
 
 
@@ -26,8 +25,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     from deepbc.bench import common, end_to_end
+
+    common.log_to_stderr()
 
     common.emit("end_to_end", end_to_end.run(cores=args.cores, config=args.config, configfiles=args.configfile,
                                              workdir=args.workdir,

@@ -7,7 +7,6 @@ what the project's network consumes in training on this CPU. Prints one JSON lin
 """
 
 import argparse
-import logging
 import sys
 
 
@@ -29,8 +28,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     from deepbc.bench import common, input_pipeline
+
+    common.log_to_stderr()
 
     result = input_pipeline.run(images=args.images, batches=args.batches, batch_size=args.batch_size,
                                 image_size=args.image_size, parallel=args.parallel, arch=args.arch,

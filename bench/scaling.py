@@ -6,7 +6,6 @@ the growth exponent of time in images (at most 1: no faster than linear). Prints
 """
 
 import argparse
-import logging
 import sys
 
 
@@ -26,8 +25,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if len(args.scales) < 2 or sorted(set(args.scales)) != args.scales:
         sys.exit("error: --scales needs at least two increasing values, e.g. 1 2 4")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     from deepbc.bench import common, end_to_end
+
+    common.log_to_stderr()
 
     common.emit("scaling", end_to_end.scaling(args.scales, cores=args.cores, config=args.config,
                                               configfiles=args.configfile, workdir=args.workdir))

@@ -8,7 +8,6 @@ one JSON line. The full run writes ~4 GB of PNGs into --workdir.
 """
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -29,8 +28,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     from deepbc.bench import common, sharding
+
+    common.log_to_stderr()
 
     if not args.filelist.is_file():
         sys.exit(f"error: {args.filelist}: file list not found; pass the shared BreakHis listing with --filelist")

@@ -8,7 +8,6 @@ batch. Prints one JSON line; progress goes to stderr.
 """
 
 import argparse
-import logging
 import sys
 
 
@@ -29,8 +28,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     from deepbc.bench import common, training
+
+    common.log_to_stderr()
 
     result = training.run(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
                           warmup=args.warmup, images=args.images, threads=args.threads, seed=args.seed,

@@ -11,9 +11,8 @@ Modelled on research/slim/preprocessing/{vgg,inception}_preprocessing.py of tens
 
 Differences from TF-Slim, on purpose: resizing is antialiased (area averaging when shrinking),
 because histology images of 700x460 px are shrunk up to 10x here and plain bilinear would alias
-the texture; random crops keep
-at least 25% of the area (TF-Slim: 5%) because magnification carries class information in
-histopathology.
+the texture; random crops keep at least 25% of the area (TF-Slim: 5%) because magnification
+carries class information in histopathology.
 
 Training augmentation (never at evaluation): ``rotate`` (multiples of 90 degrees; 0/180 only when
 the output is not square) and ``flip`` (left-right and up-down) together give all 8 symmetries of

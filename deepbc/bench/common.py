@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import logging
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -30,6 +33,19 @@ def emit(bench: str, result: dict, stream=None) -> str:
     line = json.dumps({"bench": bench, **result, "machine": machine()}, sort_keys=True)
     print(line, file=stream or sys.stdout, flush=True)
     return line
+
+
+def log_to_stderr() -> None:
+    """Progress of a benchmark (and of the project code it runs) on stderr; stdout keeps the result line."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+
+
+def in_fresh_process(func, *args):
+    """``func(*args)`` in a new interpreter: TensorFlow's threading settings and graph state start clean."""
+    # spawn: a fork would inherit this process's TensorFlow state and threads.
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=log_to_stderr) as pool:
+        return pool.submit(func, *args).result()
 
 
 def ratio(numerator: float, denominator: float) -> float | None:

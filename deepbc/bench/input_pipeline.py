@@ -28,13 +28,13 @@ def run(images: int = 128, batches: int = 150, batch_size: int = 32, image_size:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         shard_dir, arrays = training.prepare_data(tmp, arch, images, image_size, seed)
-        rates = training.in_fresh_process(_pipeline_rates, shard_dir / "train.json", arch, batch_size, image_size,
+        rates = common.in_fresh_process(_pipeline_rates, shard_dir / "train.json", arch, batch_size, image_size,
                                           parallel, batches, seed)
         if trainer_steps:
             settings = dict(training.SETTINGS, image_size=image_size, batch_size=trainer_batch_size,
                             max_number_of_steps=trainer_steps + 1)
             LOG.info("measuring what %s consumes in training", arch)
-            rates["trainer"] = training.in_fresh_process(training.in_memory_rate, arrays, arch, settings, seed,
+            rates["trainer"] = common.in_fresh_process(training.in_memory_rate, arrays, arch, settings, seed,
                                                          parallel, 1)["images_per_s"]
         encoding = json.loads((shard_dir / "train.json").read_text())["encoding"]
     result = {"arch": arch, "image_size": image_size, "batch_size": batch_size, "parallel": parallel,

@@ -126,9 +126,7 @@ def measure_steps(tmp: Path, root: Path, count: int, source_bytes: int, workers:
 
 
 def read_rates(tmp: Path, images: int, image_size: int, parallel: int) -> dict:
-    from deepbc.bench.training import in_fresh_process
-
-    return {name: in_fresh_process(_read_rate, tmp / f"shards_{fmt}" / "train.json", images, image_size, parallel)
+    return {name: common.in_fresh_process(_read_rate, tmp / f"shards_{fmt}" / "train.json", images, image_size, parallel)
             for name, fmt in (("jpeg95", "jpeg"), ("png", "png"))}
 
 

@@ -16,9 +16,7 @@ allocation and the trainer's validation pass fall outside it).
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -57,7 +55,7 @@ def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16,
         results = {}
         for name, (func, *args) in jobs.items():
             LOG.info("measuring %s", name)
-            results[name] = in_fresh_process(func, *args)
+            results[name] = common.in_fresh_process(func, *args)
             LOG.info("%s: %.2f images/s", name, results[name]["images_per_s"])
     rates = {name: r["images_per_s"] for name, r in results.items()}
     return {
@@ -69,17 +67,6 @@ def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16,
         "in_memory_vs_keras": common.ratio(rates["in_memory"], rates["keras"]),
         "goals": {"trainer_vs_keras": 1.3, "trainer_vs_in_memory": 0.9},
     }
-
-
-def in_fresh_process(func, *args):
-    # spawn: a fork would inherit this process's TensorFlow state and threads.
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_log_to_stderr) as pool:
-        return pool.submit(func, *args).result()
-
-
-def _log_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 
 def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int) -> tuple[Path, Path]:
@@ -100,7 +87,7 @@ def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int) 
     shard_dir = tmp / "shards"
     shards.write_shards(table, 0, root, shard_dir, images_per_shard=32, seed=seed)
     arrays = tmp / "arrays.npz"
-    in_fresh_process(_preprocess_to_npz, shard_dir / "train.json", arch, image_size, arrays)
+    common.in_fresh_process(_preprocess_to_npz, shard_dir / "train.json", arch, image_size, arrays)
     return shard_dir, arrays
 
 
