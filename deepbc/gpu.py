@@ -5,31 +5,50 @@ each should use. Each job therefore takes the first free lock ``gpu{i}.lock`` in
 and sets CUDA_VISIBLE_DEVICES=i. The lock is an flock: the kernel releases it when the job ends
 or dies, so a killed job can never keep a GPU leased. Where a scheduler (SLURM) has already set
 CUDA_VISIBLE_DEVICES for the job, that choice is left alone.
+
+A job that holds a GPU (leased or given by the scheduler) checks that TensorFlow sees it before
+it starts, and otherwise stops with the likely cause: without that check it would silently train
+on the CPU, weeks instead of a day.
 """
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from deepbc.errors import UserError
 
 LOG = logging.getLogger("deepbc.gpu")
+ROOT = Path(__file__).resolve().parents[1]
+# The trainer and evaluator compute in float32; mixed precision does not exist yet.
+PRECISION = "fp32"
+# CUDA_VISIBLE_DEVICES values that hide every GPU ("NoDevFiles": older SLURM without a GPU).
+NO_DEVICES = {"", "-1", "NoDevFiles"}
+CPU_ON_PURPOSE = ("to run on the CPU on purpose, set resources.gpu: 0 (e.g. --configfile ... "
+                  "config/cpu_only.yaml), or --gpus 0 for a script run alone")
 
 
 def detect_gpu_count() -> int:
     """GPUs listed by nvidia-smi; 0 where there is no driver."""
+    return sum(1 for line in (_nvidia_smi("-L") or "").splitlines() if line.startswith("GPU "))
+
+
+def _nvidia_smi(*args: str) -> str | None:
+    """nvidia-smi's output, or None where it is missing or fails."""
     if shutil.which("nvidia-smi") is None:
-        return 0
+        return None
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+        return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout
     except (subprocess.SubprocessError, OSError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        return None
 
 
 def scheduler_assigned() -> bool:
@@ -64,6 +83,8 @@ def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, po
             handle.truncate()
             handle.write(f"{os.getpid()}\n")
             handle.flush()
+            # PCI order makes index i the GPU that nvidia-smi calls i (CUDA's default is fastest first).
+            os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
             LOG.info("leased GPU %d (lock %s)", index, handle.name)
             try:
@@ -79,6 +100,110 @@ def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, po
         time.sleep(poll)
 
 
+def install_line() -> str:
+    """README's GPU install line, with requirements.txt's TensorFlow pin."""
+    pin = re.search(r"^tensorflow==(\S+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE).group(1)
+    return f'pip install -r requirements.txt "tensorflow[and-cuda]=={pin}" -e .'
+
+
+def _install_fix() -> str:
+    return f"install TensorFlow with its CUDA libraries (from the repository): {install_line()}"
+
+
+def driver_cuda_version() -> str | None:
+    """The newest CUDA the NVIDIA driver supports ("CUDA Version" in nvidia-smi's header)."""
+    match = re.search(r"CUDA Version:\s*([0-9.]+)", _nvidia_smi() or "")
+    return match.group(1) if match else None
+
+
+def _library_found(name: str) -> bool:
+    """Loadable from the system's library path, or shipped by an nvidia-* pip package (TensorFlow's wheel
+    looks in site-packages/nvidia/*/lib)."""
+    try:
+        ctypes.CDLL(name)
+        return True
+    except OSError:
+        return any(any(Path(p, "nvidia").glob(f"*/lib/{name}")) for p in sys.path if p)
+
+
+def missing_cuda_libraries(build_info) -> list[str]:
+    """The CUDA runtime and cuDNN libraries this TensorFlow was built against that cannot be found."""
+    names = [f"libcudart.so.{build_info['cuda_version'].split('.')[0]}",
+             f"libcudnn.so.{build_info['cudnn_version'].split('.')[0]}"]
+    return [name for name in names if not _library_found(name)]
+
+
+def diagnose() -> list[tuple[str, str]]:
+    """Why TensorFlow sees no GPU: (cause, fix) pairs, the most likely first."""
+    import tensorflow as tf
+
+    causes = []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in NO_DEVICES:
+        causes.append((f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU from this job",
+                       "ask the scheduler for a GPU (sbatch --gpus=1; gpu: 1 in the SLURM profile)"))
+    if not tf.test.is_built_with_cuda():
+        causes.append((f"TensorFlow {tf.__version__} was built without CUDA", _install_fix()))
+        return causes
+    info = tf.sysconfig.get_build_info()
+    missing = missing_cuda_libraries(info)
+    if missing:
+        causes.append((f"the CUDA libraries TensorFlow {tf.__version__} was built against are missing: "
+                       f"{', '.join(missing)} (TensorFlow installed without its [and-cuda] extra?)",
+                       _install_fix()))
+    driver = driver_cuda_version()
+    if driver and int(driver.split(".")[0]) < int(info["cuda_version"].split(".")[0]):
+        causes.append((f"the NVIDIA driver is too old: it supports CUDA up to {driver}, TensorFlow "
+                       f"{tf.__version__} needs CUDA {info['cuda_version']}",
+                       f"update the NVIDIA driver to one that supports CUDA {info['cuda_version']} "
+                       "(nvidia-smi shows the newest it supports)"))
+    if not causes:
+        causes.append(("none of the usual causes (CUDA build, CUDA libraries, driver version, "
+                       "CUDA_VISIBLE_DEVICES)", "read TensorFlow's own messages above (e.g. 'Cannot dlopen "
+                       "some GPU libraries') and run nvidia-smi in the same environment"))
+    return causes
+
+
+def require_gpu(held: str) -> None:
+    """Fail before the job starts unless TensorFlow sees a GPU; ``held`` says which GPU the job holds."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return
+    causes = diagnose()
+    raise UserError(
+        f"this job holds {held}, but TensorFlow sees no GPU: it would run on the CPU, many times slower. "
+        "Likely cause(s):\n" + "\n".join(f"    - {cause}" for cause, _ in causes),
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, TensorFlow at {Path(tf.__file__).parent}",
+        "; ".join(dict.fromkeys(fix for _, fix in causes)) + f"; or {CPU_ON_PURPOSE}")
+
+
+def _gpu_memory_mib() -> int | None:
+    """Total memory of the first visible GPU, from nvidia-smi (TensorFlow does not report it)."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    out = _nvidia_smi("--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", first)
+    try:
+        return int(float(out.strip().splitlines()[0]))
+    except (AttributeError, IndexError, ValueError):
+        return None
+
+
+def describe_device(threads: int = 0) -> dict:
+    """The device TensorFlow runs this process's graphs on (the first GPU, else the CPU), and precision."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        name, memory = details.get("device_name", gpus[0].name), _gpu_memory_mib()
+        return {"type": "GPU", "name": name, "memory_mib": memory,
+                "compute_capability": details.get("compute_capability"), "precision": PRECISION,
+                "description": f"GPU {name}" + (f", {memory} MiB" if memory else "") + f", {PRECISION}"}
+    # TensorFlow's 0 means one thread per core this process may run on.
+    n = threads or len(os.sched_getaffinity(0))
+    return {"type": "CPU", "threads": n, "precision": PRECISION, "description": f"CPU, {n} threads, {PRECISION}"}
+
+
 def add_arguments(parser) -> None:
     """The command-line options of a GPU job's script."""
     parser.add_argument("--gpus", type=int, default=-1,
@@ -86,5 +211,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gpu-lock-dir", default=".gpu_leases", help="shared folder of per-GPU lock files")
 
 
+@contextlib.contextmanager
 def lease_from_args(args):
-    return lease(args.gpu_lock_dir, None if args.gpus < 0 else args.gpus)
+    """A GPU job's device, as its script's options say: lease a GPU and check that TensorFlow sees it
+    (or, with --gpus 0, hide every GPU and run on the CPU); logs and yields describe_device()."""
+    if args.gpus == 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # on purpose: not even an unleased GPU
+        LOG.info("--gpus 0 (resources.gpu: 0): running on the CPU")
+        held = contextlib.nullcontext()
+    else:
+        held = lease(args.gpu_lock_dir, None if args.gpus < 0 else args.gpus)
+    with held as index:
+        if index is not None:
+            require_gpu(f"GPU {index} (leased in {args.gpu_lock_dir})")
+        elif args.gpus != 0 and scheduler_assigned():
+            require_gpu(f"the GPU(s) its scheduler assigned (CUDA_VISIBLE_DEVICES="
+                        f"{os.environ['CUDA_VISIBLE_DEVICES']!r})")
+        device = describe_device(args.threads)
+        LOG.info("device: %s", device["description"])
+        yield device

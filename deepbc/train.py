@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepbc import atomic
+from deepbc import atomic, gpu
 from deepbc.logs import format_seconds
 
 LOG = logging.getLogger("deepbc.train")
@@ -226,7 +226,9 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
                "seed": seed, "steps": step, "stages": stages, "kept": settings["keep_best_by"],
                "best_step": _best_step(history, settings["keep_best_by"]),
                "train_images": train_index["count"], "val_images": val_index["count"],
-               "tensorflow": tf.__version__}
+               "tensorflow": tf.__version__,
+               # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
+               "device": gpu.describe_device(threads)}
     _publish(state_dir, out_dir, history, summary)
     return summary
 

@@ -1,5 +1,6 @@
 """GPU leases with simulated GPU indices: concurrent jobs get different devices; death frees one."""
 
+import json
 import os
 import signal
 import subprocess
@@ -81,3 +82,145 @@ def test_all_leased_times_out_with_advice(tmp_path):
         with pytest.raises(UserError, match="gpu=K"):
             with gpu.lease(tmp_path, n_devices=1, timeout=0.2, poll=0.05):
                 pass
+
+
+# A GPU job whose TensorFlow cannot see its GPU (this machine has none, so TensorFlow sees none).
+
+SCRIPTS = ROOT / "workflow_scripts"
+FAKE_SMI = """#!/bin/sh
+case "$1" in
+  -L) echo "GPU 0: NVIDIA Fake (UUID: GPU-00000000)" ;;
+  --query-gpu=*) echo "16384" ;;
+  *) echo "| NVIDIA-SMI 470.57.02   Driver Version: 470.57.02   CUDA Version: {cuda}   |" ;;
+esac
+"""
+
+
+@pytest.fixture(autouse=True)
+def restore_process_state(monkeypatch):
+    """The scripts' main set CUDA_* variables and the root logger's handlers; undo both."""
+    import logging
+
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    handlers = list(logging.getLogger().handlers)
+    yield
+    logging.getLogger().handlers[:] = handlers
+
+
+def _fake_nvidia_smi(tmp_path, monkeypatch, cuda="11.4"):
+    """One GPU on PATH whose driver supports CUDA up to ``cuda``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_SMI.format(cuda=cuda))
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+def _script_main(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _job_args(name, tmp_path):
+    """Arguments naming inputs that do not exist: the GPU check must fail before any is read."""
+    missing = str(tmp_path / "missing")
+    return {"train_model": ["--shard-dir", missing, "--arch", "resnet_small", "--settings-json", "{}",
+                            "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")],
+            "evaluate_model": ["--model-dir", missing, "--shard-index", missing, "--out", str(tmp_path / "out")],
+            "predict_folder": ["--model-dir", missing, "--images", missing, "--out", str(tmp_path / "out")]}[name]
+
+
+@pytest.mark.parametrize("name", ["train_model", "evaluate_model", "predict_folder"])
+def test_leased_gpu_that_tensorflow_cannot_see_stops_the_job_with_its_cause(name, tmp_path, monkeypatch):
+    from deepbc.logs import run_main
+
+    _fake_nvidia_smi(tmp_path, monkeypatch, cuda="11.4")
+    log, locks = tmp_path / "job.log", tmp_path / "locks"
+    code = run_main(_script_main(name), _job_args(name, tmp_path) + ["--gpu-lock-dir", str(locks), "--log", str(log)])
+    text = log.read_text()
+    assert code == 1 and not (tmp_path / "out").exists()
+    assert "holds GPU 0 (leased" in text and "TensorFlow sees no GPU" in text
+    assert "driver is too old: it supports CUDA up to 11.4" in text
+    assert gpu.install_line() in text and "resources.gpu: 0" in text
+    with gpu.lease(locks, n_devices=1, timeout=0) as index:  # the failed job released its GPU
+        assert index == 0
+
+
+def test_scheduler_assigned_gpu_that_tensorflow_cannot_see_stops_the_job(tmp_path, monkeypatch):
+    from deepbc.logs import run_main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: only the scheduler says there is a GPU
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    log = tmp_path / "job.log"
+    code = run_main(_script_main("evaluate_model"), _job_args("evaluate_model", tmp_path) + ["--log", str(log)])
+    text = log.read_text()
+    assert code == 1 and "its scheduler assigned (CUDA_VISIBLE_DEVICES='0')" in text
+    assert "TensorFlow sees no GPU" in text and gpu.install_line() in text
+
+
+def test_scheduler_that_assigned_no_gpu_is_named_as_the_cause(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES='' hides every GPU"):
+        gpu.require_gpu("a test's GPU")
+
+
+def test_tensorflow_built_without_cuda_is_named_as_the_cause(monkeypatch):
+    import tensorflow as tf
+
+    monkeypatch.setattr(tf.test, "is_built_with_cuda", lambda: False)
+    cause, fix = gpu.diagnose()[0]
+    assert "built without CUDA" in cause and gpu.install_line() in fix
+
+
+@pytest.mark.parametrize("driver_cuda, too_old", [("11.4", True), ("12.8", False)])
+def test_driver_is_too_old_only_below_tensorflows_cuda_major(driver_cuda, too_old, tmp_path, monkeypatch):
+    _fake_nvidia_smi(tmp_path, monkeypatch, cuda=driver_cuda)
+    assert gpu.driver_cuda_version() == driver_cuda
+    assert any("driver is too old" in cause for cause, _ in gpu.diagnose()) == too_old
+
+
+def test_cuda_library_of_an_nvidia_pip_package_counts_as_found(tmp_path, monkeypatch):
+    lib = tmp_path / "nvidia" / "cuda_runtime" / "lib"
+    lib.mkdir(parents=True)
+    (lib / "libcudart.so.99").write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert gpu.missing_cuda_libraries({"cuda_version": "99.1.0", "cudnn_version": "98"}) == ["libcudnn.so.98"]
+
+
+def test_no_gpu_anywhere_runs_on_the_cpu_as_before(tmp_path, monkeypatch, caplog):
+    import argparse
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    args = argparse.Namespace(gpus=-1, gpu_lock_dir=str(tmp_path / "locks"), threads=3)
+    with caplog.at_level("INFO"), gpu.lease_from_args(args) as device:
+        assert device == {"type": "CPU", "threads": 3, "precision": "fp32", "description": "CPU, 3 threads, fp32"}
+    assert "no GPU found: running on the CPU" in caplog.text
+
+
+@pytest.mark.slow
+def test_gpus_0_trains_on_the_cpu_without_complaint_and_records_it(tmp_path, monkeypatch):
+    """Even where nvidia-smi and the scheduler both say there is a GPU."""
+    from deepbc.logs import run_main
+    from tests import trainkit
+
+    shard_dir = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", per_split=(16, 8, 8))
+    _fake_nvidia_smi(tmp_path, monkeypatch)
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    settings = trainkit.settings(max_number_of_steps=2, eval_every_steps=2, save_every_steps=2)
+    log, out = tmp_path / "train.log", tmp_path / "model"
+    code = run_main(_script_main("train_model"), [
+        "--shard-dir", str(shard_dir), "--arch", "resnet_small", "--settings-json", json.dumps(settings),
+        "--out-dir", str(out), "--state-dir", str(tmp_path / "state"), "--threads", "1", "--gpus", "0",
+        "--log", str(log)])
+    text = log.read_text()
+    complaints = [line for line in text.splitlines() if " ERROR " in line or (" WARNING " in line and "GPU" in line)]
+    assert code == 0 and not complaints
+    assert "device: CPU, 1 threads, fp32" in text
+    device = json.loads((out / "settings.json").read_text())["device"]
+    assert (device["type"], device["threads"], device["precision"]) == ("CPU", 1, "fp32")

@@ -12,7 +12,7 @@ CSV mapping images to patients (columns path,patient), also one row per patient 
 import argparse
 import sys
 
-from deepbc import logs
+from deepbc import gpu, logs
 
 
 def parse_args(argv=None):
@@ -24,6 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--out-patients", default=None, help="per-patient CSV (needs --patients-csv)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0)
+    gpu.add_arguments(p)
     p.add_argument("--log", default=None, help="log file")
     return p.parse_args(argv)
 
@@ -31,10 +32,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logs.setup(args.log)
-    from deepbc import evaluate
 
-    evaluate.predict_folder(args.model_dir, args.images, args.out, args.patients_csv, args.out_patients,
-                            args.batch_size, args.threads)
+    with gpu.lease_from_args(args):
+        from deepbc import evaluate
+
+        evaluate.predict_folder(args.model_dir, args.images, args.out, args.patients_csv, args.out_patients,
+                                args.batch_size, args.threads)
 
 
 if __name__ == "__main__":
