@@ -25,3 +25,12 @@ def test_gpu_env_matches_requirements_with_cuda_tensorflow():
     expected = {r.replace("tensorflow==", "tensorflow[and-cuda]==") if r.startswith("tensorflow==") else r
                 for r in _requirements()}
     assert _pip_section("gpu.yaml") == expected
+
+
+def test_readme_gpu_install_line_has_the_requirements_pin():
+    """The line README gives and the line a GPU job's error gives are one, with requirements.txt's pin."""
+    from deepbc import gpu
+
+    pin = next(r for r in _requirements() if r.startswith("tensorflow=="))
+    assert f'"tensorflow[and-cuda]=={pin.split("==")[1]}"' in gpu.install_line()
+    assert gpu.install_line() in (ROOT / "README.md").read_text()
