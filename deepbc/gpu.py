@@ -174,7 +174,8 @@ def require_gpu(held: str) -> None:
     raise UserError(
         f"this job holds {held}, but TensorFlow sees no GPU: it would run on the CPU, many times slower. "
         "Likely cause(s):\n" + "\n".join(f"    - {cause}" for cause, _ in causes),
-        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, TensorFlow at {Path(tf.__file__).parent}",
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+        f"TensorFlow at {Path(tf.__file__).parent}",
         "; ".join(dict.fromkeys(fix for _, fix in causes)) + f"; or {CPU_ON_PURPOSE}")
 
 
@@ -201,13 +202,15 @@ def describe_device(threads: int = 0) -> dict:
                 "description": f"GPU {name}" + (f", {memory} MiB" if memory else "") + f", {PRECISION}"}
     # TensorFlow's 0 means one thread per core this process may run on.
     n = threads or len(os.sched_getaffinity(0))
-    return {"type": "CPU", "threads": n, "precision": PRECISION, "description": f"CPU, {n} threads, {PRECISION}"}
+    return {"type": "CPU", "threads": n, "precision": PRECISION,
+            "description": f"CPU, {n} threads, {PRECISION}"}
 
 
 def add_arguments(parser) -> None:
     """The command-line options of a GPU job's script."""
     parser.add_argument("--gpus", type=int, default=-1,
-                        help="GPUs on this host to lease one from (-1: count them with nvidia-smi; 0: CPU)")
+                        help="GPUs on this host to lease one from "
+                             "(-1: count them with nvidia-smi; 0: run on the CPU, GPUs hidden)")
     parser.add_argument("--gpu-lock-dir", default=".gpu_leases", help="shared folder of per-GPU lock files")
 
 

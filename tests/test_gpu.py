@@ -202,6 +202,18 @@ def test_no_gpu_anywhere_runs_on_the_cpu_as_before(tmp_path, monkeypatch, caplog
     assert "no GPU found: running on the CPU" in caplog.text
 
 
+def test_gpus_0_hides_every_gpu_even_one_the_scheduler_assigned(tmp_path, monkeypatch):
+    import argparse
+
+    _fake_nvidia_smi(tmp_path, monkeypatch)
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    args = argparse.Namespace(gpus=0, gpu_lock_dir=str(tmp_path / "locks"), threads=1)
+    with gpu.lease_from_args(args) as device:
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "-1" and device["type"] == "CPU"
+    assert not (tmp_path / "locks").exists()
+
+
 @pytest.mark.slow
 def test_gpus_0_trains_on_the_cpu_without_complaint_and_records_it(tmp_path, monkeypatch):
     """Even where nvidia-smi and the scheduler both say there is a GPU."""
