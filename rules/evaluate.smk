@@ -39,15 +39,19 @@ rule predict_folder:
         script=script("predict_folder.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         patients=predict_patient_options,
+        gpus=GPU_DEVICES,
+        lock_dir=RES.get("gpu_lock_dir", ".gpu_leases"),
     threads: RES.get("eval_threads", 2)
     resources:
+        gpu=RES.get("gpu", 1),
         mem_mb=RES.get("eval_mem_mb", 8000),
     log:
         "results/logs/predict_folder/{run}/{arch}/fold{fold}/{folder}.log",
     benchmark:
         "results/benchmarks/predict_folder/{run}/{arch}/fold{fold}/{folder}.tsv"
     conda:
-        "../envs/cpu.yaml"
+        GPU_ENV
     shell:
         "python {params.script:q} --model-dir {params.model_dir:q} --images {input.images:q}"
-        " --out {output:q} {params.patients} --threads {threads} --log {log:q}"
+        " --out {output:q} {params.patients} --threads {threads} --gpus {params.gpus}"
+        " --gpu-lock-dir {params.lock_dir:q} --log {log:q}"
