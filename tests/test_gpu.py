@@ -1,4 +1,5 @@
-"""GPU leases with simulated GPU indices: concurrent jobs get different devices; death frees one."""
+"""GPU leases with simulated GPU indices: concurrent jobs get different devices; death frees one.
+A job holding a GPU that TensorFlow cannot see stops with the cause; --gpus 0 runs on the CPU."""
 
 import json
 import os
