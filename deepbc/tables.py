@@ -10,6 +10,7 @@ means over classes for more (deepbc.metrics).
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ import yaml
 
 from deepbc import atomic
 from deepbc.errors import UserError
+from deepbc.workflow_config import parse_run
 
 LOG = logging.getLogger("deepbc")
 
@@ -237,12 +239,81 @@ def write_task_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=Non
         atomic.write_text(out_tex, to_latex(header, rows, footnotes, title))
 
 
-def summary_table(metrics, preprint: dict | None = None) -> pd.DataFrame:
-    """One row per task: the best architecture's patient-wise figures.
+_MODEL_PATH = re.compile(r"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>\d+)/settings\.json$")
+# Validation metrics a choice can rest on, as (column, lower is better).
+VALIDATION_METRICS = {"val_loss": True, "val_accuracy": False}
+VALIDATION_LABELS = {"val_loss": "val. loss", "val_accuracy": "val. acc."}
 
-    Best = highest patient-level balanced accuracy (mean over folds) among patient-wise runs; ties
-    go to the higher patient-level AUC, then to the architecture name. The preprint's accuracy for
-    the task is shown for context.
+
+def validation_figures(settings_paths) -> pd.DataFrame:
+    """Validation figures of each kept checkpoint: one row per ``{run}/{arch}/fold{k}/settings.json``.
+
+    Columns run, task, protocol, arch, fold, kept (the model's keep_best_by), kept_step, val_loss
+    and val_accuracy: the training.csv row (beside settings.json) of the kept step; for ``last``,
+    the last evaluated row. NaN when no validation ran (an empty validation split).
+    """
+    rows = []
+    for path in settings_paths:
+        path = Path(path)
+        match = _MODEL_PATH.search(path.as_posix())
+        if not match:
+            raise UserError("model settings path does not end in {run}/{arch}/fold{k}/settings.json",
+                            str(path), "pass files from results/models/{run}/{arch}/fold{k}/")
+        curve_path = path.with_name("training.csv")
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+            curve = pd.read_csv(curve_path)
+        except FileNotFoundError as err:
+            raise UserError(f"model file not found ({Path(err.filename).name})", str(err.filename),
+                            "run the train rule for this run, architecture and fold") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"settings.json is not valid JSON ({err})", str(path),
+                            "delete the model folder and let the workflow retrain it") from None
+        missing = [c for c in ("step", "val_loss", "val_accuracy") if c not in curve.columns]
+        if missing or "kept" not in settings or "best_step" not in settings:
+            raise UserError(f"training.csv lacks {missing} or settings.json lacks kept/best_step",
+                            str(path.parent), "retrain this model with the train rule")
+        evaluated = curve.dropna(subset=["val_loss"])
+        kept = settings["kept"]
+        if kept == "last":
+            row = evaluated.iloc[-1] if len(evaluated) else None
+        else:
+            at_step = evaluated[evaluated["step"] == settings["best_step"]]
+            if evaluated.empty:
+                row = None
+            elif at_step.empty:
+                raise UserError(f"the kept step {settings['best_step']} has no validation row in "
+                                "training.csv", str(curve_path), "retrain this model with the train rule")
+            else:
+                row = at_step.iloc[0]
+        task, protocol = parse_run(match["run"])
+        rows.append({"run": match["run"], "task": task, "protocol": protocol, "arch": match["arch"],
+                     "fold": int(match["fold"]), "kept": kept,
+                     "kept_step": int(row["step"]) if row is not None else None,
+                     "val_loss": math.nan if row is None else float(row["val_loss"]),
+                     "val_accuracy": math.nan if row is None else float(row["val_accuracy"])})
+    return pd.DataFrame(rows, columns=["run", "task", "protocol", "arch", "fold", "kept", "kept_step",
+                                       "val_loss", "val_accuracy"])
+
+
+def _selection_metric(kept: set, task: str) -> str:
+    """The task's models' own keep_best_by when they share one; else the validation loss."""
+    if len(kept) == 1 and next(iter(kept)) in VALIDATION_METRICS:
+        return next(iter(kept))
+    LOG.info("task %s: models kept by %s; the architecture is chosen on the validation loss of the "
+             "kept checkpoints", task, sorted(kept))
+    return "val_loss"
+
+
+def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame:
+    """One row per task: the architecture chosen on validation data, with its patient-wise test figures.
+
+    ``models``: the settings.json of every patient-wise (run, arch, fold) in ``metrics``. The choice
+    uses only validation data (see ``validation_figures``): the models' keep_best_by metric (lower
+    val_loss or higher val_accuracy; val_loss when the models of a task differ or keep the last
+    step), mean over folds; ties go to the other validation metric, then to the architecture name.
+    The test metrics never enter the choice, so the reported test figures are not inflated by it.
+    The preprint's accuracy for the task is shown for context.
     """
     metrics = load_metrics(metrics)
     preprint = load_preprint() if preprint is None else preprint
@@ -253,19 +324,47 @@ def summary_table(metrics, preprint: dict | None = None) -> pd.DataFrame:
     if patient.empty:
         raise UserError("no patient-wise metrics among the files given", "--metrics",
                         "pass the metrics JSONs of the patient-wise runs")
-    agg = _aggregate(patient, ["task", "arch"])
-    agg["_auc"] = agg["patient_auc_mean"].fillna(-1.0)
-    agg["_bacc"] = agg["patient_balanced_accuracy_mean"].fillna(-1.0)
-    agg = agg.sort_values(["task", "_bacc", "_auc", "arch"], ascending=[True, False, False, True])
-    best = agg.groupby("task", sort=True).head(1).drop(columns=["_auc", "_bacc"])
-    best = best.rename(columns={"arch": "best_architecture"})
-    best.insert(2, "selected_by", "highest patient-level balanced accuracy (mean over folds)")
-    best.insert(3, "architectures_compared", [
-        int((agg["task"] == t).sum()) for t in best["task"]])
-    keep = ["task", "best_architecture", "selected_by", "architectures_compared", "n_folds",
-            "n_patients", "n_images"]
+    keys = ["task", "arch", "fold"]
+    val = validation_figures(models)
+    val = patient[keys].merge(val[val["protocol"] == "patient"], on=keys, how="left", indicator=True)
+    lacking = val[val["_merge"] == "left_only"]
+    if len(lacking):
+        shown = ", ".join(f"{r.task}/{r.arch}/fold{r.fold}" for r in lacking.head(5).itertuples())
+        raise UserError(f"no model settings for {len(lacking)} patient-wise metrics file(s) ({shown})",
+                        "--models", "pass results/models/{run}/{arch}/fold{k}/settings.json of "
+                                    "every run, architecture and fold in --metrics")
+    grouped = val.groupby(["task", "arch"], sort=True)
+    choice = grouped[["val_loss", "val_accuracy"]].mean()
+    choice_sd = grouped[["val_loss", "val_accuracy"]].std(ddof=1)
+    kept = grouped["kept"].agg(set)
+
+    agg = _aggregate(patient, ["task", "arch"]).set_index(["task", "arch"])
+    rows = []
+    for task, task_rows in choice.groupby(level="task", sort=True):
+        metric = _selection_metric(set().union(*kept.loc[task]), task)
+        other = next(m for m in VALIDATION_METRICS if m != metric)
+        # Lower is better after the sign flip; a missing figure never wins.
+        order = task_rows.reset_index().assign(
+            _primary=lambda d: (d[metric] if VALIDATION_METRICS[metric] else -d[metric]).fillna(math.inf),
+            _secondary=lambda d: (d[other] if VALIDATION_METRICS[other] else -d[other]).fillna(math.inf),
+        ).sort_values(["_primary", "_secondary", "arch"])
+        arch = order.iloc[0]["arch"]
+        n_archs = len(order)
+        word = "lowest" if VALIDATION_METRICS[metric] else "highest"
+        name = "loss" if metric == "val_loss" else "accuracy"
+        chosen_by = (f"{word} validation {name} of the kept checkpoints (mean over folds)"
+                     if n_archs > 1 else "the only architecture run")
+        row = {"task": task, "chosen_architecture": arch, "chosen_by": chosen_by,
+               "architectures_compared": n_archs, "validation_metric": metric,
+               "validation_mean": choice.loc[(task, arch), metric],
+               "validation_sd": choice_sd.loc[(task, arch), metric]}
+        row.update(agg.loc[(task, arch)].to_dict())
+        rows.append(row)
+    best = pd.DataFrame(rows)
+    keep = ["task", "chosen_architecture", "chosen_by", "architectures_compared", "validation_metric",
+            "validation_mean", "validation_sd", "n_folds", "n_patients", "n_images"]
     keep += [f"patient_{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
-    best = best[keep].reset_index(drop=True)
+    best = best[keep].astype({"n_folds": "int64", "n_patients": "int64", "n_images": "int64"})
     acc = {f["task"]: f for f in preprint.get("figures", []) if f["metric"] == "accuracy"}
     best["preprint_accuracy"] = [acc.get(t, {}).get("value") for t in best["task"]]
     best["preprint_architecture"] = [acc.get(t, {}).get("architecture") for t in best["task"]]
@@ -273,19 +372,25 @@ def summary_table(metrics, preprint: dict | None = None) -> pd.DataFrame:
 
 
 def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
-    header = ["task", "best architecture", "folds"] + [f"patient {LABELS[m]}" for m in TABLE_METRICS]
+    header = ["task", "architecture", "chosen by", "validation (chosen on)", "folds"]
+    header += [f"patient {LABELS[m]}" for m in TABLE_METRICS]
     header += ["preprint acc. (image-level, leaky)"]
     rows = []
     for _, r in table.iterrows():
-        cells = [r["task"], r["best_architecture"], str(r["n_folds"])]
+        validation = (f"{VALIDATION_LABELS[r['validation_metric']]} "
+                      f"{_fmt(r['validation_mean'], r['validation_sd'], False)}")
+        cells = [r["task"], r["chosen_architecture"], r["chosen_by"], validation, str(r["n_folds"])]
         cells += [_fmt(r[f"patient_{m}_mean"], r[f"patient_{m}_sd"], m in COUNT_METRICS)
                   for m in TABLE_METRICS]
         v = r["preprint_accuracy"]
         cells.append("" if v is None or pd.isna(v) else f"{v:.3f} ({r['preprint_architecture']})")
         rows.append(cells)
     footnotes = [
-        "Best architecture per task = highest patient-level balanced accuracy (mean over folds) "
-        "among patient-wise runs; ties go to the higher patient-level AUC.",
+        "Chosen on validation data, never on the test folds: per architecture, the validation "
+        "metric of each fold's kept checkpoint (the models' keep_best_by: lowest validation loss "
+        "or highest validation accuracy; the validation loss when they differ or keep the last "
+        "step), mean over folds. The test figures shown played no part in the choice; "
+        "results/tables/{task}.md shows every architecture's test figures.",
         "Patient level: a patient's probabilities are the mean of its images'. Mean ± sample sd "
         "over test folds.",
         "The preprint's figures are image-level accuracies under an image-level split with "
@@ -294,8 +399,9 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:
-        atomic.write_text(out_md, to_markdown(header, rows, footnotes,
-                                              "Summary: best architecture per task, patient-wise"))
+        atomic.write_text(out_md, to_markdown(
+            header, rows, footnotes,
+            "Summary: per task, the architecture chosen on validation data, and its test figures"))
 
 
 def leakage_table(metrics) -> pd.DataFrame:

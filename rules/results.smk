@@ -42,7 +42,10 @@ rule task_table:
 
 rule summary_table:
     input:
-        metrics_files(RUNS),
+        metrics=metrics_files(RUNS),
+        # The architecture is chosen on the kept checkpoints' validation figures.
+        models=patient_model_files("settings.json"),
+        curves=patient_model_files("training.csv"),
     output:
         csv=report("results/tables/summary.csv", caption="../report/table_summary.rst", category="Tables"),
         md="results/tables/summary.md",
@@ -55,8 +58,8 @@ rule summary_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
-        " --log {log:q}"
+        "python {params.script:q} --metrics {input.metrics:q} --models {input.models:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} --log {log:q}"
 
 
 rule leakage_table:

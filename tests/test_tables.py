@@ -80,19 +80,77 @@ def test_task_table_is_byte_stable(tmp_path):
     assert (tmp_path / "a.md").read_bytes() == (tmp_path / "b.md").read_bytes()
 
 
-def test_summary_picks_best_patient_balanced_accuracy(tmp_path):
-    ms = bvm_metrics() + [
-        fake("cancer_types", "patient", "inception_v3", 0, patient={"balanced_accuracy": 0.7, "auc": 0.8}),
-        fake("cancer_types", "patient", "resnet_v1_50", 0, patient={"balanced_accuracy": 0.7, "auc": 0.9}),
-    ]
-    s = tables.summary_table(ms)
-    assert list(s["task"]) == ["benign_vs_malignant", "cancer_types"]
-    # The image-level protocol's higher figures never count; tie on cancer_types broken by AUC.
-    assert list(s["best_architecture"]) == ["resnet_small", "resnet_v1_50"]
-    assert s.iloc[0]["patient_balanced_accuracy_mean"] == pytest.approx(0.85)
-    assert list(s["preprint_accuracy"]) == [0.987, 0.998]
+def write_model(root, run, arch, fold, val_loss, val_accuracy, kept="val_loss", best_step=20):
+    """settings.json and training.csv of one kept model: evaluations at steps 10, 20 and 30, the
+    figures given at ``best_step`` and worse ones elsewhere."""
+    folder = root / "models" / run / arch / f"fold{fold}"
+    folder.mkdir(parents=True)
+    rows = []
+    for step in range(1, 31):
+        evaluated = step % 10 == 0
+        at_best = step == best_step
+        rows.append({"step": step, "stage": "all_layers", "loss": 1.0, "accuracy": 0.5,
+                     "val_loss": (val_loss if at_best else val_loss + 1) if evaluated else None,
+                     "val_accuracy": (val_accuracy if at_best else val_accuracy / 2) if evaluated else None})
+    pd.DataFrame(rows).to_csv(folder / "training.csv", index=False)
+    (folder / "settings.json").write_text(json.dumps({"kept": kept, "best_step": best_step}))
+    return folder / "settings.json"
+
+
+def test_summary_chooses_on_validation_not_test(tmp_path):
+    # resnet_v1_152 has the better test figures, resnet_small the better validation loss: the
+    # summary must report resnet_small's test figures (the old code chose on the test folds).
+    task = "benign_vs_malignant"
+    ms = [fake(task, "patient", "resnet_small", f, patient={"balanced_accuracy": 0.6, "auc": 0.6})
+          for f in range(2)]
+    ms += [fake(task, "patient", "resnet_v1_152", f, patient={"balanced_accuracy": 0.9, "auc": 0.9})
+           for f in range(2)]
+    models = [write_model(tmp_path, task, "resnet_small", f, 0.40 + f / 10, 0.7) for f in range(2)]
+    models += [write_model(tmp_path, task, "resnet_v1_152", f, 0.55, 0.8) for f in range(2)]
+    s = tables.summary_table(ms, models)
+    row = s.iloc[0]
+    assert row["chosen_architecture"] == "resnet_small"
+    assert row["patient_balanced_accuracy_mean"] == pytest.approx(0.6)
+    assert row["validation_metric"] == "val_loss"
+    assert row["validation_mean"] == pytest.approx(0.45)  # the kept steps' losses, not the others
+    assert row["chosen_by"].startswith("lowest validation loss")
+    assert row["architectures_compared"] == 2
     tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
-    assert "balanced accuracy" in (tmp_path / "s.md").read_text()
+    md = (tmp_path / "s.md").read_text()
+    assert "chosen on validation data" in md and "val. loss 0.450 ± 0.071" in md
+
+
+def test_summary_follows_keep_best_by_and_last(tmp_path):
+    task = "benign_vs_malignant"
+    ms = [fake(task, "patient", a, 0) for a in ("resnet_small", "resnet_v1_152")]
+    # Kept by validation accuracy: the higher one wins although its loss is worse.
+    models = [write_model(tmp_path / "acc", task, "resnet_small", 0, 0.3, 0.7, kept="val_accuracy"),
+              write_model(tmp_path / "acc", task, "resnet_v1_152", 0, 0.5, 0.8, kept="val_accuracy")]
+    s = tables.summary_table(ms, models)
+    assert (s.iloc[0]["chosen_architecture"], s.iloc[0]["validation_metric"]) == (
+        "resnet_v1_152", "val_accuracy")
+    # Kept at the last step: the last evaluated row's validation loss counts (step 30 here).
+    models = [write_model(tmp_path / "last", task, "resnet_small", 0, 0.3, 0.7, kept="last", best_step=30),
+              write_model(tmp_path / "last", task, "resnet_v1_152", 0, 0.5, 0.8, kept="last", best_step=10)]
+    s = tables.summary_table(ms, models)
+    assert s.iloc[0]["chosen_architecture"] == "resnet_small"
+    assert s.iloc[0]["validation_mean"] == pytest.approx(0.3)
+
+
+def test_summary_leaves_out_image_level_runs_and_needs_every_model(tmp_path):
+    ms = bvm_metrics() + [fake("cancer_types", "patient", "resnet_small", 0)]
+    models = [write_model(tmp_path, "benign_vs_malignant", a, f, 0.5, 0.5)
+              for a in ("resnet_small", "resnet_v1_152") for f in range(2)]
+    with pytest.raises(UserError, match="no model settings for 1 patient-wise") as err:
+        tables.summary_table(ms, models)
+    assert "cancer_types/resnet_small/fold0" in str(err.value)
+    models.append(write_model(tmp_path, "cancer_types", "resnet_small", 0, 0.5, 0.5))
+    s = tables.summary_table(ms, models)
+    assert list(s["task"]) == ["benign_vs_malignant", "cancer_types"]
+    # Equal validation loss and accuracy: the architecture name decides, never the test figures.
+    assert list(s["chosen_architecture"]) == ["resnet_small", "resnet_small"]
+    assert s.iloc[1]["chosen_by"] == "the only architecture run"
+    assert list(s["preprint_accuracy"]) == [0.987, 0.998]
 
 
 def test_leakage_arithmetic(tmp_path):
