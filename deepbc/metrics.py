@@ -29,6 +29,11 @@ Conventions (also written into every metrics JSON under ``conventions``):
   patient bringing all of its images (image level) or all of its units (patient level); a metric
   undefined in a draw is left out of that metric's percentiles (``n_valid`` counts the rest). The
   95% CI is the 2.5th and 97.5th percentile.
+- Grouping (``meta.grouping``): ``patient`` when the dataset maps images to patients (BreakHis, or a
+  folder dataset with a patients CSV), ``image`` when each image is its own group (a folder dataset
+  without one; manifest column ``patient_source``). An ``image``-grouped run is never called
+  patient-wise: its "patient level" is the image level, and its split may put one patient's images
+  on both sides.
 """
 
 import numpy as np
@@ -46,6 +51,10 @@ CI_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ma
               "macro_specificity", "macro_precision", "macro_f1", "auc")
 # Softmax outputs sum to 1; mixed precision can be a little off, a wrong column far more.
 _PROB_SUM_TOLERANCE = 1e-2
+
+# How results name a run's grouping; a patient-protocol run without a patient mapping is not
+# patient-wise.
+GROUPING_LABELS = {"patient": "patient-wise", "image": "image-grouped (no patient mapping)"}
 
 CONVENTIONS = {
     "patient_unit": "one unit per (patient, true class); a patient with images of several classes "
@@ -115,11 +124,23 @@ def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 100
     }
 
 
-def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int,
+def grouping_of(manifest) -> str:
+    """``image`` if the manifest has images that are their own group (``patient_source`` image), else
+    ``patient``. A folder dataset's CSV must list every image, so a manifest is never mixed."""
+    from deepbc.splits import read_table
+
+    table = read_table(manifest, "manifest")
+    if "patient_source" in table.columns and (table["patient_source"] == "image").any():
+        return "image"
+    return "patient"
+
+
+def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
                  n_boot: int = 1000, seed: int = 0) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
-    ``meta`` (run, task, protocol, arch, fold) lets the tables group files without parsing paths.
+    ``meta`` (run, task, protocol, grouping, arch, fold) lets the tables group files without parsing
+    paths; ``grouping`` comes from the dataset's ``manifest`` (see ``grouping_of``).
     """
     try:
         df = pd.read_parquet(predictions)
@@ -127,9 +148,13 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
         raise UserError("predictions file not found", str(predictions),
                         "run the evaluate rule for this run, architecture and fold") from None
     task, protocol = parse_run(run)
+    grouping = grouping_of(manifest)
+    if grouping == "image":
+        LOG.warning("%s: the dataset has no patient mapping, so each image is its own group; the "
+                    "results are labelled %r, not patient-wise", run, GROUPING_LABELS["image"])
     result = compute_metrics(df, classes, n_boot=n_boot, seed=seed, where=str(predictions))
-    result["meta"] = {"run": run, "task": task, "protocol": protocol, "arch": arch,
-                      "fold": int(fold), "predictions": str(predictions)}
+    result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
+                      "arch": arch, "fold": int(fold), "predictions": str(predictions)}
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]
     LOG.info("%s %s fold %d: %d images, %d patients; accuracy image %.3f, patient %.3f; "

@@ -1,7 +1,10 @@
 """Result tables from per-fold metrics JSONs: one per task, a summary, and the leakage table.
 
-Every metrics JSON carries ``meta`` (run, task, protocol, arch, fold; see deepbc.metrics.metrics_file). The
-tables average over folds: mean and sample standard deviation (ddof=1; none with one fold).
+Every metrics JSON carries ``meta`` (run, task, protocol, grouping, arch, fold; see
+deepbc.metrics.metrics_file). A patient-protocol run whose groups are single images (no patient
+mapping) is labelled "image-grouped (no patient mapping)", never patient-wise, and is left out of
+the leakage table (both of its protocols can split a patient's images). The tables average over
+folds: mean and sample standard deviation (ddof=1; none with one fold).
 "Patient level" is the mean-probability aggregation of deepbc.metrics; "image level" counts images.
 Sensitivity and specificity are those of the positive (second) class for two classes, and macro
 means over classes for more (deepbc.metrics).
@@ -18,6 +21,7 @@ import yaml
 
 from deepbc import atomic
 from deepbc.errors import UserError
+from deepbc.metrics import GROUPING_LABELS
 from deepbc.workflow_config import parse_run
 
 LOG = logging.getLogger("deepbc")
@@ -29,6 +33,11 @@ LEAKAGE_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity"
 PREPRINT_METRICS = ("accuracy", "sensitivity", "auc")
 LEVELS = ("patient", "image")
 PROTOCOL_LABELS = {"patient": "patient-wise", "image": "image-level (preprint's split)"}
+IMAGE_GROUPED = GROUPING_LABELS["image"]
+IMAGE_GROUPED_NOTE = (
+    f"{IMAGE_GROUPED}: the dataset maps no image to a patient, so each image is its own group: "
+    "its patient-level figures are image-level ones, and images of one patient may sit on both "
+    "sides of the split. Give the dataset a patients CSV (path, patient) to make it patient-wise.")
 PREPRINT_ONLY = "preprint only (not run here)"
 LABELS = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "sensitivity": "sens.",
           "specificity": "spec.", "auc": "AUC", "fp": "FP", "fn": "FN"}
@@ -52,7 +61,7 @@ def load_metrics(items) -> list[dict]:
                 raise UserError(f"metrics file is not valid JSON ({err})", where,
                                 "delete it and let the workflow recompute it") from None
         meta = m.get("meta") or {}
-        missing = [k for k in ("run", "task", "protocol", "arch", "fold") if k not in meta]
+        missing = [k for k in ("run", "task", "protocol", "grouping", "arch", "fold") if k not in meta]
         if missing or "image_level" not in m or "patient_level" not in m:
             raise UserError(f"not a metrics JSON of deepbc.metrics (meta lacks {missing})", where,
                             "recompute it with workflow_scripts/compute_metrics.py")
@@ -70,6 +79,13 @@ def load_metrics(items) -> list[dict]:
 
 def load_preprint(path=PREPRINT_FILE) -> dict:
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def protocol_label(protocol: str, grouping: str) -> str:
+    """What a run's split is: patient-wise only when images map to patients."""
+    if protocol == "patient" and grouping == "image":
+        return IMAGE_GROUPED
+    return PROTOCOL_LABELS.get(protocol, protocol)
 
 
 def fold_frame(metrics: list[dict]) -> pd.DataFrame:
@@ -128,7 +144,8 @@ def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame
         tasks = sorted({m["meta"]["task"] for m in metrics})
         raise UserError(f"no metrics of task {task!r} among the files given (tasks: {tasks})",
                         "--metrics", f"pass the metrics JSONs of task {task}")
-    table = _aggregate(folds, ["arch", "protocol", "run"]).rename(columns={"arch": "architecture"})
+    table = _aggregate(folds, ["arch", "protocol", "run", "grouping"]).rename(
+        columns={"arch": "architecture"})
     figures = _preprint_figures(preprint, task)
     for arch in sorted(set(figures) - set(table["architecture"])):
         table.loc[len(table), ["architecture", "protocol", "run", "n_folds"]] = [
@@ -143,7 +160,8 @@ def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame
     table["preprint_note"] = [
         " ".join(dict.fromkeys(f["note"] for f in figures.get(a, {}).values() if f.get("note")))
         for a in table["architecture"]]
-    table["protocol"] = table["protocol"].map(lambda p: PROTOCOL_LABELS.get(p, p))
+    table["protocol"] = [protocol_label(p, g) for p, g in zip(table["protocol"], table["grouping"])]
+    table = table.drop(columns="grouping")
     table.insert(0, "task", task)
     for col in ("n_folds", "n_patients", "n_images"):
         table[col] = table[col].astype("Int64")
@@ -187,6 +205,8 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
         "sums of the one-vs-rest counts.",
         "Preprint: " + " ".join(preprint["source"]["protocol_note"].split()),
     ]
+    if (table["protocol"] == IMAGE_GROUPED).any():
+        general.insert(0, IMAGE_GROUPED_NOTE)
     if ranges:
         counts = " and ".join(f"{r['metric'].upper()} {r['min']} to {r['max']}" for r in ranges)
         range_notes = " ".join(dict.fromkeys(" ".join(r["note"].split()) for r in ranges))
@@ -306,7 +326,7 @@ def _selection_metric(kept: set, task: str) -> str:
 
 
 def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame:
-    """One row per task: the architecture chosen on validation data, with its patient-wise test figures.
+    """One row per task: the architecture chosen on validation data, with its patient-protocol test figures.
 
     ``models``: the settings.json of every patient-wise (run, arch, fold) in ``metrics``. The choice
     uses only validation data (see ``validation_figures``): the models' keep_best_by metric (lower
@@ -338,7 +358,7 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
     choice_sd = grouped[["val_loss", "val_accuracy"]].std(ddof=1)
     kept = grouped["kept"].agg(set)
 
-    agg = _aggregate(patient, ["task", "arch"]).set_index(["task", "arch"])
+    agg = _aggregate(patient, ["task", "arch", "grouping"]).set_index(["task", "arch"])
     rows = []
     for task, task_rows in choice.groupby(level="task", sort=True):
         metric = _selection_metric(set().union(*kept.loc[task]), task)
@@ -354,15 +374,16 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
         name = "loss" if metric == "val_loss" else "accuracy"
         chosen_by = (f"{word} validation {name} of the kept checkpoints (mean over folds)"
                      if n_archs > 1 else "the only architecture run")
-        row = {"task": task, "chosen_architecture": arch, "chosen_by": chosen_by,
+        row = {"task": task, "split": protocol_label("patient", agg.loc[(task, arch), "grouping"]),
+               "chosen_architecture": arch, "chosen_by": chosen_by,
                "architectures_compared": n_archs, "validation_metric": metric,
                "validation_mean": choice.loc[(task, arch), metric],
                "validation_sd": choice_sd.loc[(task, arch), metric]}
         row.update(agg.loc[(task, arch)].to_dict())
         rows.append(row)
     best = pd.DataFrame(rows)
-    keep = ["task", "chosen_architecture", "chosen_by", "architectures_compared", "validation_metric",
-            "validation_mean", "validation_sd", "n_folds", "n_patients", "n_images"]
+    keep = ["task", "split", "chosen_architecture", "chosen_by", "architectures_compared",
+            "validation_metric", "validation_mean", "validation_sd", "n_folds", "n_patients", "n_images"]
     keep += [f"patient_{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
     best = best[keep].astype({"n_folds": "int64", "n_patients": "int64", "n_images": "int64"})
     acc = {f["task"]: f for f in preprint.get("figures", []) if f["metric"] == "accuracy"}
@@ -372,14 +393,15 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
 
 
 def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
-    header = ["task", "architecture", "chosen by", "validation (chosen on)", "folds"]
+    header = ["task", "split", "architecture", "chosen by", "validation (chosen on)", "folds"]
     header += [f"patient {LABELS[m]}" for m in TABLE_METRICS]
     header += ["preprint acc. (image-level, leaky)"]
     rows = []
     for _, r in table.iterrows():
         validation = (f"{VALIDATION_LABELS[r['validation_metric']]} "
                       f"{_fmt(r['validation_mean'], r['validation_sd'], False)}")
-        cells = [r["task"], r["chosen_architecture"], r["chosen_by"], validation, str(r["n_folds"])]
+        cells = [r["task"], r["split"], r["chosen_architecture"], r["chosen_by"], validation,
+                 str(r["n_folds"])]
         cells += [_fmt(r[f"patient_{m}_mean"], r[f"patient_{m}_sd"], m in COUNT_METRICS)
                   for m in TABLE_METRICS]
         v = r["preprint_accuracy"]
@@ -396,6 +418,8 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         "The preprint's figures are image-level accuracies under an image-level split with "
         "leakage, not comparable with patient-wise figures; see results/tables/leakage.md.",
     ]
+    if (table["split"] == IMAGE_GROUPED).any():
+        footnotes.insert(1, IMAGE_GROUPED_NOTE)
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:
@@ -407,11 +431,19 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
 def leakage_table(metrics) -> pd.DataFrame:
     """How much the image-level protocol inflates each metric, per task and architecture.
 
-    Only tasks and architectures that ran both protocols. Per metric and level, the means over
-    folds under each protocol, the difference (image-level protocol minus patient-wise) and the
-    ratio (image-level protocol / patient-wise; empty when the patient-wise value is 0).
+    Only tasks and architectures that ran both protocols, and only tasks whose groups are patients:
+    without a patient mapping both protocols can split a patient's images, so their difference is
+    no measure of leakage (such tasks are logged and listed in ``attrs["left_out"]``). Per metric
+    and level, the means over folds under each protocol, the difference (image-level protocol minus
+    patient-wise) and the ratio (image-level protocol / patient-wise; empty when the patient-wise
+    value is 0).
     """
     folds = fold_frame(load_metrics(metrics))
+    left_out = sorted(set(folds.loc[folds["grouping"] == "image", "task"]))
+    for task in left_out:
+        LOG.warning("task %s left out of the leakage table: its dataset has no patient mapping, so "
+                    "both protocols can put one patient's images on both sides of the split", task)
+    folds = folds[~folds["task"].isin(left_out)]
     agg = _aggregate(folds, ["task", "arch", "protocol"])
     rows = []
     for (task, arch), group in agg.groupby(["task", "arch"], sort=True):
@@ -434,8 +466,10 @@ def leakage_table(metrics) -> pd.DataFrame:
     columns = ["task", "architecture", "level", "metric", "image_level_protocol", "patient_wise",
                "difference", "ratio", "n_folds_image_level_protocol", "n_folds_patient_wise"]
     if not rows:
-        LOG.warning("no task ran both protocols: the leakage table is empty")
-    return pd.DataFrame(rows, columns=columns)
+        LOG.warning("no task with a patient mapping ran both protocols: the leakage table is empty")
+    table = pd.DataFrame(rows, columns=columns)
+    table.attrs["left_out"] = left_out
+    return table
 
 
 def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
@@ -453,8 +487,14 @@ def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         "patients on both sides; patient-wise: no patient in two splits. Difference = image-level "
         "protocol minus patient-wise; ratio = image-level protocol / patient-wise.",
     ]
+    left_out = table.attrs.get("left_out", [])
+    if left_out:
+        footnotes.append(f"Left out: {', '.join(left_out)}, whose dataset has no patient mapping "
+                         f"({IMAGE_GROUPED}): both protocols can put one patient's images on both "
+                         "sides, so their difference measures no leakage.")
     if table.empty:
-        footnotes.insert(0, "No task ran both protocols (set protocols: [patient, image] for a task).")
+        footnotes.insert(0, "No task with a patient mapping ran both protocols (set protocols: "
+                            "[patient, image] for a task).")
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:

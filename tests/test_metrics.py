@@ -188,15 +188,24 @@ def test_same_seed_same_json_and_strict_json():
     json.loads(a, parse_constant=lambda name: pytest.fail(f"{name} in metrics JSON"))
 
 
-def test_metrics_file_records_meta(tmp_path):
+@pytest.mark.parametrize("sources, grouping", [
+    (None, "patient"),  # BreakHis manifests have no patient_source column
+    (["csv", "csv"], "patient"),
+    (["image", "image"], "image"),  # a folder dataset without a patients CSV
+])
+def test_metrics_file_records_meta_and_grouping(tmp_path, sources, grouping):
     pred = tmp_path / "fold1.parquet"
     binary_case().to_parquet(pred)
+    manifest = pd.DataFrame({"path": ["a.png", "b.png"], "patient": ["a", "b"]})
+    if sources:
+        manifest["patient_source"] = sources
+    manifest.to_parquet(tmp_path / "manifest.parquet")
     out = tmp_path / "m" / "fold1.json"
     metrics.metrics_file(pred, BM, out, "benign_vs_malignant__image_level", "resnet_small", 1,
-                         n_boot=20, seed=0)
+                         tmp_path / "manifest.parquet", n_boot=20, seed=0)
     meta = json.loads(out.read_text())["meta"]
     assert meta["task"] == "benign_vs_malignant" and meta["protocol"] == "image"
-    assert (meta["arch"], meta["fold"]) == ("resnet_small", 1)
+    assert (meta["arch"], meta["fold"], meta["grouping"]) == ("resnet_small", 1, grouping)
 
 
 @pytest.mark.parametrize("change, message", [

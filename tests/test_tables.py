@@ -9,7 +9,7 @@ from deepbc import tables
 from deepbc.errors import UserError
 
 
-def fake(task, protocol, arch, fold, patient=None, image=None):
+def fake(task, protocol, arch, fold, patient=None, image=None, grouping="patient"):
     """A minimal metrics dict: every table metric 0.5 unless given."""
     def block(values):
         b = {m: 0.5 for m in tables.TABLE_METRICS}
@@ -18,7 +18,8 @@ def fake(task, protocol, arch, fold, patient=None, image=None):
         return b
 
     run = task if protocol == "patient" else f"{task}__image_level"
-    return {"meta": {"run": run, "task": task, "protocol": protocol, "arch": arch, "fold": fold},
+    return {"meta": {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
+                     "arch": arch, "fold": fold},
             "image_level": block(image),
             "patient_level": {"mean_probability": block(patient), "majority_vote": block(patient)},
             "n_patients": 10, "n_images": 100}
@@ -172,8 +173,37 @@ def test_leakage_without_both_protocols_is_empty(tmp_path):
     t = tables.leakage_table([fake("cancer_types", "patient", "resnet_small", 0)])
     assert t.empty
     tables.write_leakage(t, tmp_path / "l.csv", tmp_path / "l.md")
-    assert "No task ran both protocols" in (tmp_path / "l.md").read_text()
+    assert "No task with a patient mapping ran both protocols" in (tmp_path / "l.md").read_text()
     assert (tmp_path / "l.csv").read_text().startswith("task,architecture,level,metric")
+
+
+def test_image_grouped_runs_are_never_called_patient_wise(tmp_path, caplog):
+    # cancer_types on a folder dataset without a patients CSV: each image is its own group.
+    grouped = [fake("cancer_types", protocol, "resnet_small", f, grouping="image")
+               for protocol in ("patient", "image") for f in range(2)]
+    t = tables.task_table(grouped, "cancer_types")
+    assert list(t["protocol"][:2]) == ["image-grouped (no patient mapping)",
+                                       "image-level (preprint's split)"]
+    tables.write_task_table(t, tmp_path / "t.csv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    assert "patient-wise" not in md.split("- ")[0]  # not in the rows
+    assert "| image-grouped (no patient mapping) |" in md and "patients CSV" in md
+
+    models = [write_model(tmp_path, "cancer_types", "resnet_small", f, 0.5, 0.5) for f in range(2)]
+    s = tables.summary_table(grouped + bvm_metrics(), models + [
+        write_model(tmp_path, "benign_vs_malignant", a, f, 0.5, 0.5)
+        for a in ("resnet_small", "resnet_v1_152") for f in range(2)])
+    assert list(s["split"]) == ["patient-wise", "image-grouped (no patient mapping)"]
+    tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
+    assert "| cancer_types | image-grouped (no patient mapping) |" in (tmp_path / "s.md").read_text()
+
+    # Both of its protocols can leak, so the leakage table leaves the task out, saying why.
+    leak = tables.leakage_table(grouped + bvm_metrics())
+    assert set(leak["task"]) == {"benign_vs_malignant"}
+    assert "task cancer_types left out of the leakage table" in caplog.text
+    tables.write_leakage(leak, tmp_path / "l.csv", tmp_path / "l.md")
+    assert "Left out: cancer_types" in (tmp_path / "l.md").read_text()
+    assert tables.leakage_table(grouped).empty
 
 
 def test_bad_metrics_inputs(tmp_path):
