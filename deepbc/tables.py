@@ -326,9 +326,9 @@ def _selection_metric(kept: set, task: str) -> str:
 
 
 def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame:
-    """One row per task: the architecture chosen on validation data, with its patient-protocol test figures.
+    """One row per task: the architecture chosen on validation data, and its test figures.
 
-    ``models``: the settings.json of every patient-wise (run, arch, fold) in ``metrics``. The choice
+    ``models``: the settings.json of every patient-protocol (run, arch, fold) in ``metrics``. The choice
     uses only validation data (see ``validation_figures``): the models' keep_best_by metric (lower
     val_loss or higher val_accuracy; val_loss when the models of a task differ or keep the last
     step), mean over folds; ties go to the other validation metric, then to the architecture name.
