@@ -84,9 +84,9 @@ def _protocol_label(protocol: str, grouping: str) -> str:
     return GROUPING_LABELS[grouping] if protocol == "patient" else "image-level split"
 
 
-def _level_title(level: str, grouping: str) -> str:
+def _level_title(level: str, grouping: str, detail: bool = False) -> str:
     if level == "patient" and grouping == "image":
-        return "per group: one image each (no patient mapping)"
+        return "one-image groups (no patient mapping)" if detail else "one-image groups"
     return f"{level} level"
 
 
@@ -140,7 +140,7 @@ def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, 
                           f"per-fold mean {fold_mean}")
         ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",
                xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
-               title=_level_title(level, grouping))
+               title=_level_title(level, grouping, detail=True))
         ax.legend(loc="lower right", fontsize=6)
     fig.suptitle(f"ROC, {task} ({kind}): test predictions of all folds pooled")
     fig.tight_layout()
@@ -181,13 +181,13 @@ def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_p
     axes = fig.subplots(2, 2)
     for row, (level, df) in enumerate((("image", images), ("patient", patients))):
         cm = confusion_matrix(df["label"], df["pred"], labels=classes)
-        unit = "images" if level == "image" else ("groups" if grouping == "image" else "patients")
         title = _level_title(level, grouping)
-        _draw_matrix(axes[row, 0], cm, classes, f"{title}, {unit} (n={cm.sum()})", False)
+        unit = {"image": ", images", "patient": ", patients"}[level] if title.endswith("level") else ""
+        _draw_matrix(axes[row, 0], cm, classes, f"{title}{unit} (n={cm.sum()})", False)
         _draw_matrix(axes[row, 1], cm, classes, f"{title}, row-normalised", True)
     folds = sorted(images["fold"].unique())
     protocol = parse_run(run)[1]
-    fig.suptitle(f"{run} / {arch} ({_protocol_label(protocol, grouping)}), "
+    fig.suptitle(f"{run} / {arch}: {_protocol_label(protocol, grouping)}, "
                  f"folds {', '.join(map(str, folds))} pooled")
     fig.tight_layout()
     save_figure(fig, out_png, out_pdf)

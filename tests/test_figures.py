@@ -88,10 +88,11 @@ def test_image_grouped_run_is_not_called_patient_wise(tmp_path):
     fig = figures.plot_roc(paths, ABC, "cancer_types", manifest)
     texts = legend(fig.axes[0]) + [fig.axes[0].get_title()]
     assert "image-grouped (no patient mapping)" in texts[0]
-    assert not any("patient-wise" in t or t == "patient level" for t in texts)
+    assert texts[-1] == "one-image groups (no patient mapping)"
+    assert not any("patient-wise" in t or "patient level" in t for t in texts)
     fig = figures.plot_confusion(paths, ABC, manifest)
     assert "image-grouped (no patient mapping)" in fig.texts[0].get_text()  # the suptitle
-    assert fig.axes[2].get_title().startswith("per group: one image each (no patient mapping), groups")
+    assert fig.axes[2].get_title().startswith("one-image groups (n=")
 
 
 def test_roc_multiclass(tmp_path):
