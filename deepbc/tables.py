@@ -6,6 +6,8 @@ mapping) is labelled "image-grouped (no patient mapping)", never patient-wise, a
 the leakage table (both of its protocols can split a patient's images). The tables average over
 folds: mean and sample standard deviation (ddof=1; none with one fold).
 "Patient level" is the mean-probability aggregation of deepbc.metrics; "image level" counts images.
+The headline metrics (INTERVAL_METRICS) also get a 95% interval of their mean over folds, from the
+bootstrap draws the metrics JSONs keep (see ``_interval``).
 Sensitivity and specificity are those of the positive (second) class for two classes, and macro
 means over classes for more (deepbc.metrics).
 """
@@ -14,14 +16,16 @@ import json
 import logging
 import math
 import re
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from deepbc import atomic
 from deepbc.errors import UserError
-from deepbc.metrics import GROUPING_LABELS
+from deepbc.metrics import CONFIDENCE, GROUPING_LABELS, KEPT_DRAWS
 from deepbc.workflow_config import parse_run
 
 LOG = logging.getLogger("deepbc")
@@ -42,6 +46,13 @@ PREPRINT_ONLY = "preprint only (not run here)"
 LABELS = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "sensitivity": "sens.",
           "specificity": "spec.", "auc": "AUC", "fp": "FP", "fn": "FN"}
 COUNT_METRICS = ("fp", "fn")
+INTERVAL_METRICS = KEPT_DRAWS
+INTERVAL_NOTE = (
+    "[low, high]: 95 % interval of the mean over folds. Each of the metrics' bootstrap draws "
+    "resamples every test fold's patients with replacement (a drawn patient brings all its "
+    "images), recomputes each fold's figure and averages the folds (a fold whose figure is "
+    "undefined in a draw is left out of that draw's mean); the interval spans the 2.5th to 97.5th "
+    "percentiles of these means.")
 
 
 def load_metrics(items) -> list[dict]:
@@ -98,6 +109,11 @@ def fold_frame(metrics: list[dict]) -> pd.DataFrame:
             for metric in TABLE_METRICS:
                 value = block.get(metric)
                 row[f"{level}_{metric}"] = math.nan if value is None else float(value)
+            draws = block.get("bootstrap_values") or {}
+            for metric in INTERVAL_METRICS:
+                values = draws.get(metric)
+                row[f"{level}_{metric}_draws"] = (
+                    None if values is None else np.array(values, dtype=np.float64))
         row["n_patients"] = m["n_patients"]
         row["n_images"] = m["n_images"]
         rows.append(row)
@@ -116,7 +132,31 @@ def _aggregate(folds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for col in value_cols:
         out[f"{col}_mean"] = mean[col].to_numpy()
         out[f"{col}_sd"] = sd[col].to_numpy()
+    for col in (f"{lv}_{m}" for lv in LEVELS for m in INTERVAL_METRICS):
+        bounds = [_interval(list(g[f"{col}_draws"])) for _, g in grouped]
+        out[f"{col}_ci_low"] = [b[0] for b in bounds]
+        out[f"{col}_ci_high"] = [b[1] for b in bounds]
     return out
+
+
+def _interval(draws: list) -> tuple[float, float]:
+    """Percentile interval of the mean over folds, from each fold's bootstrap draws.
+
+    Draw b of every fold resamples that fold's patients independently (deepbc.metrics draws each
+    fold from its own stream), so averaging the folds' draw b gives one draw of the mean over
+    folds. NaN when a fold has no draws (metrics computed without a bootstrap).
+    """
+    if any(d is None for d in draws) or len({len(d) for d in draws}) != 1:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # draws undefined in every fold
+        means = np.nanmean(np.vstack(draws), axis=0)
+    means = means[np.isfinite(means)]
+    if len(means) < 2:
+        return math.nan, math.nan
+    alpha = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(means, [alpha, 100 - alpha])
+    return float(low), float(high)
 
 
 def _preprint_figures(preprint: dict, task: str) -> dict:
@@ -168,12 +208,24 @@ def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame
     return table.reset_index(drop=True)
 
 
-def _fmt(mean, sd, count: bool) -> str:
+def _fmt(mean, sd, count: bool, low=math.nan, high=math.nan) -> str:
     if mean is None or pd.isna(mean):
         return "–"
     digits = 1 if count else 3
     text = f"{mean:.{digits}f}"
-    return text if pd.isna(sd) else f"{text} ± {sd:.{digits}f}"
+    text = text if pd.isna(sd) else f"{text} ± {sd:.{digits}f}"
+    return text if pd.isna(low) else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _cell(r, level: str, metric: str) -> str:
+    """mean ± sd [interval] of one metric of a table row."""
+    ci = (r[f"{level}_{metric}_ci_low"], r[f"{level}_{metric}_ci_high"]) if (
+        metric in INTERVAL_METRICS) else (math.nan, math.nan)
+    return _fmt(r[f"{level}_{metric}_mean"], r[f"{level}_{metric}_sd"], metric in COUNT_METRICS, *ci)
+
+
+def _has_intervals(table: pd.DataFrame, levels=LEVELS) -> bool:
+    return any(table[f"{lv}_{m}_ci_low"].notna().any() for lv in levels for m in INTERVAL_METRICS)
 
 
 def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[str]], list[str]]:
@@ -187,7 +239,7 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
         cells = [r["architecture"], r["protocol"], "" if pd.isna(r["n_folds"]) else str(r["n_folds"])]
         for lv in LEVELS:
             for m in TABLE_METRICS:
-                cells.append(_fmt(r[f"{lv}_{m}_mean"], r[f"{lv}_{m}_sd"], m in COUNT_METRICS))
+                cells.append(_cell(r, lv, m))
         marker = ""
         if r["preprint_note"]:
             if r["preprint_note"] not in notes:
@@ -207,6 +259,8 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
     ]
     if (table["protocol"] == IMAGE_GROUPED).any():
         general.insert(0, IMAGE_GROUPED_NOTE)
+    if _has_intervals(table):
+        general.insert(1, INTERVAL_NOTE)
     if ranges:
         counts = " and ".join(f"{r['metric'].upper()} {r['min']} to {r['max']}" for r in ranges)
         range_notes = " ".join(dict.fromkeys(" ".join(r["note"].split()) for r in ranges))
@@ -385,6 +439,7 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
     keep = ["task", "split", "chosen_architecture", "chosen_by", "architectures_compared",
             "validation_metric", "validation_mean", "validation_sd", "n_folds", "n_patients", "n_images"]
     keep += [f"patient_{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
+    keep += [f"patient_{m}_{s}" for m in INTERVAL_METRICS for s in ("ci_low", "ci_high")]
     best = best[keep].astype({"n_folds": "int64", "n_patients": "int64", "n_images": "int64"})
     acc = {f["task"]: f for f in preprint.get("figures", []) if f["metric"] == "accuracy"}
     best["preprint_accuracy"] = [acc.get(t, {}).get("value") for t in best["task"]]
@@ -402,8 +457,7 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
                       f"{_fmt(r['validation_mean'], r['validation_sd'], False)}")
         cells = [r["task"], r["split"], r["chosen_architecture"], r["chosen_by"], validation,
                  str(r["n_folds"])]
-        cells += [_fmt(r[f"patient_{m}_mean"], r[f"patient_{m}_sd"], m in COUNT_METRICS)
-                  for m in TABLE_METRICS]
+        cells += [_cell(r, "patient", m) for m in TABLE_METRICS]
         v = r["preprint_accuracy"]
         cells.append("" if v is None or pd.isna(v) else f"{v:.3f} ({r['preprint_architecture']})")
         rows.append(cells)
@@ -420,6 +474,8 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
     ]
     if (table["split"] == IMAGE_GROUPED).any():
         footnotes.insert(1, IMAGE_GROUPED_NOTE)
+    if _has_intervals(table, ["patient"]):
+        footnotes.insert(-1, INTERVAL_NOTE)
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:

@@ -165,8 +165,21 @@ def test_bootstrap_with_the_real_generator_resamples_patients():
     assert img["ci95"]["accuracy"] == [0.0, 1.0]
     # AUC is defined only in draws holding both patients (about half of them).
     assert 120 < img["ci_n_valid"]["auc"] < 280
-    assert m["bootstrap"] == {"n_boot": 400, "seed": 3, "unit": "patient", "confidence": 0.95,
-                              "method": "percentile"}
+    assert m["bootstrap"] == {"n_boot": 400, "seed": 3, "stream": 0, "unit": "patient",
+                              "confidence": 0.95, "method": "percentile"}
+
+
+def test_kept_draws_give_the_ci_and_folds_draw_independently():
+    df = binary_case()
+    m = metrics.compute_metrics(df, BM, n_boot=200, seed=5)
+    draws = m["patient_level"]["mean_probability"]["bootstrap_values"]
+    assert set(draws) == set(metrics.KEPT_DRAWS) and len(draws["accuracy"]) == 200
+    acc = np.array(draws["accuracy"])
+    assert m["patient_level"]["mean_probability"]["ci95"]["accuracy"] == pytest.approx(
+        list(np.percentile(acc, [2.5, 97.5])), abs=1e-6)
+    # Same seed, another fold: other draws (one shared stream would pair the folds' patients).
+    other = metrics.compute_metrics(df, BM, n_boot=200, seed=5, stream=1)
+    assert other["image_level"]["bootstrap_values"] != m["image_level"]["bootstrap_values"]
 
 
 def test_weighted_auc_matches_scikit_learn():

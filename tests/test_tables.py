@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -204,6 +205,51 @@ def test_image_grouped_runs_are_never_called_patient_wise(tmp_path, caplog):
     tables.write_leakage(leak, tmp_path / "l.csv", tmp_path / "l.md")
     assert "Left out: cancer_types" in (tmp_path / "l.md").read_text()
     assert tables.leakage_table(grouped).empty
+
+
+def real_metrics(task, arch, fold, n_boot=200):
+    """Metrics of a small random predictions table, with their bootstrap draws."""
+    from deepbc import metrics
+
+    rng = np.random.default_rng(fold)
+    patients = np.repeat(np.arange(12), 3)
+    label = patients % 2
+    p_malignant = np.clip(0.5 + (label - 0.5) * 0.3 + rng.normal(0, 0.3, len(label)), 0.01, 0.99)
+    classes = ["benign", "malignant"]
+    df = pd.DataFrame({"patient": [f"f{fold}p{p}" for p in patients],
+                       "label": [classes[i] for i in label],
+                       "prob_benign": 1 - p_malignant, "prob_malignant": p_malignant})
+    df["pred"] = np.where(p_malignant > 0.5, "malignant", "benign")
+    m = metrics.compute_metrics(df, classes, n_boot=n_boot, seed=1, stream=fold)
+    m["meta"] = {"run": task, "task": task, "protocol": "patient", "grouping": "patient",
+                 "arch": arch, "fold": fold}
+    return m
+
+
+def test_tables_show_the_interval_of_the_mean_over_folds(tmp_path):
+    ms = [real_metrics("benign_vs_malignant", "resnet_small", f) for f in range(3)]
+    t = tables.task_table(ms, "benign_vs_malignant")
+    row = t.iloc[0]
+    # Draw b of each fold resamples that fold's patients; their mean is one draw of the mean.
+    draws = np.array([m["patient_level"]["mean_probability"]["bootstrap_values"]["accuracy"]
+                      for m in ms], dtype=float)
+    expected = np.percentile(draws.mean(axis=0), [2.5, 97.5])
+    assert [row["patient_accuracy_ci_low"], row["patient_accuracy_ci_high"]] == pytest.approx(expected)
+    assert row["patient_accuracy_ci_low"] <= row["patient_accuracy_mean"] <= row["patient_accuracy_ci_high"]
+    # The mean over folds varies less than one fold: its interval is narrower than a fold's CI.
+    widths = [np.diff(m["patient_level"]["mean_probability"]["ci95"]["accuracy"])[0] for m in ms]
+    assert row["patient_accuracy_ci_high"] - row["patient_accuracy_ci_low"] < np.mean(widths)
+    assert "patient_fp_ci_low" not in t.columns  # counts scale with the fold: no interval
+    tables.write_task_table(t, tmp_path / "t.csv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    low, high = row["image_auc_ci_low"], row["image_auc_ci_high"]
+    assert f"[{low:.3f}, {high:.3f}]" in md and "95 % interval of the mean over folds" in md
+
+    models = [write_model(tmp_path, "benign_vs_malignant", "resnet_small", f, 0.5, 0.5) for f in range(3)]
+    s = tables.summary_table(ms, models)
+    tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
+    assert s.iloc[0]["patient_auc_ci_low"] == row["patient_auc_ci_low"]
+    assert "95 % interval of the mean over folds" in (tmp_path / "s.md").read_text()
 
 
 def test_bad_metrics_inputs(tmp_path):
