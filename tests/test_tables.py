@@ -207,7 +207,7 @@ def test_image_grouped_runs_are_never_called_patient_wise(tmp_path, caplog):
     assert tables.leakage_table(grouped).empty
 
 
-def real_metrics(task, arch, fold, n_boot=200):
+def real_metrics(task, arch, fold, n_boot=100):
     """Metrics of a small random predictions table, with their bootstrap draws."""
     from deepbc import metrics
 
