@@ -5,8 +5,12 @@ architecture (each image is in one test fold, so the pool covers the whole datas
 patient level aggregates within each fold exactly as deepbc.metrics does (mean probability), then
 pools the folds' patients. For more than two classes the ROC curve is the macro average of the
 one-vs-rest curves (true positive rates averaged on the union of their false positive rates), and
-the legend's AUC is the mean of the per-class pooled AUCs. The tables' figures are per-fold means
-instead, so the two can differ slightly.
+an AUC is the mean of the per-class AUCs. The ROC legend gives both the AUC of the pooled curve
+("pooled AUC over k folds") and the mean of the per-fold AUCs, which is what the tables show.
+
+A run whose dataset maps no image to a patient (deepbc.metrics.grouping_of) is labelled
+"image-grouped (no patient mapping)", never patient-wise, and its patient level is named for what
+it is: one image per group.
 
 Files are byte-identical for equal inputs: figures are built without pyplot, and the PNG
 ``Software`` and PDF ``CreationDate`` metadata are left out.
@@ -25,10 +29,10 @@ from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve  # noqa: 
 
 from deepbc import atomic  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
-from deepbc.metrics import patient_table, prob_column  # noqa: E402
+from deepbc.metrics import GROUPING_LABELS, grouping_of, patient_table, prob_column  # noqa: E402
 from deepbc.workflow_config import parse_run  # noqa: E402
 
-PROTOCOL_STYLE = {"patient": ("-", "patient-wise"), "image": ("--", "image-level split")}
+PROTOCOL_STYLE = {"patient": "-", "image": "--"}
 _PRED_PATH = re.compile(r"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>\d+)\.parquet$")
 _TRAIN_PATH = re.compile(r"fold(?P<fold>\d+)/training\.csv$")
 TRAINING_COLUMNS = ["step", "stage", "loss", "accuracy", "val_loss", "val_accuracy"]
@@ -76,6 +80,16 @@ def load_predictions(paths, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFr
     return pd.concat(images, ignore_index=True), pd.concat(patients, ignore_index=True)
 
 
+def _protocol_label(protocol: str, grouping: str) -> str:
+    return GROUPING_LABELS[grouping] if protocol == "patient" else "image-level split"
+
+
+def _level_title(level: str, grouping: str, detail: bool = False) -> str:
+    if level == "patient" and grouping == "image":
+        return "one-image groups (no patient mapping)" if detail else "one-image groups"
+    return f"{level} level"
+
+
 def _roc(df: pd.DataFrame, classes: list[str]):
     """(fpr, tpr, auc) pooled over ``df``; macro average of one-vs-rest curves for >2 classes."""
     y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
@@ -93,15 +107,17 @@ def _roc(df: pd.DataFrame, classes: list[str]):
     return grid, tpr, auc
 
 
-def plot_roc(pred_paths, classes: list[str], task: str, out_png=None, out_pdf=None) -> Figure:
+def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, out_pdf=None) -> Figure:
     """ROC curves of one task: patient level (left) and image level (right), one curve per
-    architecture and protocol, pooled over folds."""
+    architecture and protocol, pooled over folds; the legend gives the pooled AUC and the mean of
+    the per-fold AUCs. ``manifest``: the task's dataset manifest, for the grouping."""
+    grouping = grouping_of(manifest)
     images, patients = load_predictions(pred_paths, classes)
     other = sorted(set(images["task"]) - {task})
     if other:
         raise UserError(f"predictions of other task(s) {other} given for the ROC of {task}",
                         "--predictions", f"pass only predictions of runs of task {task}")
-    fig = Figure(figsize=(10, 4.8))
+    fig = Figure(figsize=(10, 5.2))
     kind = "binary, positive: " + classes[1] if len(classes) == 2 else "macro one-vs-rest"
     archs = sorted(images["arch"].unique())
     colors = {a: f"C{i % 10}" for i, a in enumerate(archs)}
@@ -109,19 +125,24 @@ def plot_roc(pred_paths, classes: list[str], task: str, out_png=None, out_pdf=No
         ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls=":")
         for (arch, protocol), group in df.groupby(["arch", "protocol"], sort=True):
             roc = _roc(group, classes)
-            style, label = PROTOCOL_STYLE[protocol]
+            style, label = PROTOCOL_STYLE[protocol], _protocol_label(protocol, grouping)
             if roc is None:
                 ax.plot([], [], color=colors[arch], ls=style,
                         label=f"{arch}, {label}: AUC undefined (one class)")
                 continue
             fpr, tpr, auc = roc
+            n_folds = group["fold"].nunique()
+            # The tables average the folds' AUCs (folds with one class have none).
+            per_fold = [r[2] for _, d in group.groupby("fold") if (r := _roc(d, classes)) is not None]
+            fold_mean = f"{np.mean(per_fold):.3f}" if per_fold else "undefined"
             ax.plot(fpr, tpr, color=colors[arch], ls=style, lw=1.5,
-                    label=f"{arch}, {label} (AUC {auc:.3f})")
+                    label=f"{arch}, {label}\npooled AUC {auc:.3f} over {n_folds} folds, "
+                          f"per-fold mean {fold_mean}")
         ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",
                xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
-               title=f"{level} level")
-        ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle(f"ROC, {task} ({kind}), pooled over folds")
+               title=_level_title(level, grouping, detail=True))
+        ax.legend(loc="lower right", fontsize=6)
+    fig.suptitle(f"ROC, {task} ({kind}): test predictions of all folds pooled")
     fig.tight_layout()
     save_figure(fig, out_png, out_pdf)
     return fig
@@ -144,9 +165,11 @@ def _draw_matrix(ax, cm: np.ndarray, classes: list[str], title: str, normalised:
                     color="white" if np.isfinite(v) and v > 0.6 * top else "black")
 
 
-def plot_confusion(pred_paths, classes: list[str], out_png=None, out_pdf=None) -> Figure:
+def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_pdf=None) -> Figure:
     """Confusion matrices of one run and architecture pooled over folds: image level (top) and
-    patient level (bottom), counts (left) and row-normalised (right). Rows true, columns predicted."""
+    patient level (bottom), counts (left) and row-normalised (right). Rows true, columns predicted.
+    ``manifest``: the run's dataset manifest, for the grouping."""
+    grouping = grouping_of(manifest)
     images, patients = load_predictions(pred_paths, classes)
     groups = images[["run", "arch"]].drop_duplicates()
     if len(groups) != 1:
@@ -158,11 +181,14 @@ def plot_confusion(pred_paths, classes: list[str], out_png=None, out_pdf=None) -
     axes = fig.subplots(2, 2)
     for row, (level, df) in enumerate((("image", images), ("patient", patients))):
         cm = confusion_matrix(df["label"], df["pred"], labels=classes)
-        unit = "images" if level == "image" else "patients"
-        _draw_matrix(axes[row, 0], cm, classes, f"{level} level, {unit} (n={cm.sum()})", False)
-        _draw_matrix(axes[row, 1], cm, classes, f"{level} level, row-normalised", True)
+        title = _level_title(level, grouping)
+        unit = {"image": ", images", "patient": ", patients"}[level] if title.endswith("level") else ""
+        _draw_matrix(axes[row, 0], cm, classes, f"{title}{unit} (n={cm.sum()})", False)
+        _draw_matrix(axes[row, 1], cm, classes, f"{title}, row-normalised", True)
     folds = sorted(images["fold"].unique())
-    fig.suptitle(f"{run} / {arch}, folds {', '.join(map(str, folds))} pooled")
+    protocol = parse_run(run)[1]
+    fig.suptitle(f"{run} / {arch}: {_protocol_label(protocol, grouping)}, "
+                 f"folds {', '.join(map(str, folds))} pooled")
     fig.tight_layout()
     save_figure(fig, out_png, out_pdf)
     return fig

@@ -28,7 +28,15 @@ Conventions (also written into every metrics JSON under ``conventions``):
 - Bootstrap: ``n_boot`` draws of as many patients as the fold has, with replacement, each drawn
   patient bringing all of its images (image level) or all of its units (patient level); a metric
   undefined in a draw is left out of that metric's percentiles (``n_valid`` counts the rest). The
-  95% CI is the 2.5th and 97.5th percentile.
+  95% CI is the 2.5th and 97.5th percentile. Each fold draws from its own random stream (seed,
+  fold), so the folds' draws are independent; the image and mean-probability blocks keep their
+  draws of the headline metrics (``bootstrap_values``), from which the tables build the interval
+  of the mean over folds.
+- Grouping (``meta.grouping``): ``patient`` when the dataset maps images to patients (BreakHis, or a
+  folder dataset with a patients CSV), ``image`` when each image is its own group (a folder dataset
+  without one; manifest column ``patient_source``). An ``image``-grouped run is never called
+  patient-wise: its "patient level" is the image level, and its split may put one patient's images
+  on both sides.
 """
 
 import numpy as np
@@ -44,8 +52,14 @@ CONFIDENCE = 0.95
 # Scalar metrics that get a bootstrap CI.
 CI_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "macro_sensitivity",
               "macro_specificity", "macro_precision", "macro_f1", "auc")
+# Headline metrics whose bootstrap draws are kept, for the tables' intervals over folds.
+KEPT_DRAWS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
 # Softmax outputs sum to 1; mixed precision can be a little off, a wrong column far more.
 _PROB_SUM_TOLERANCE = 1e-2
+
+# How results name a run's grouping; a patient-protocol run without a patient mapping is not
+# patient-wise.
+GROUPING_LABELS = {"patient": "patient-wise", "image": "image-grouped (no patient mapping)"}
 
 CONVENTIONS = {
     "patient_unit": "one unit per (patient, true class); a patient with images of several classes "
@@ -71,10 +85,11 @@ def prob_column(cls: str) -> str:
 
 
 def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 1000,
-                    seed: int = 0, where: str = "predictions") -> dict:
+                    seed: int = 0, where: str = "predictions", stream: int = 0) -> dict:
     """All metrics of one predictions table (see the module docstring for the conventions).
 
-    ``where`` names the input in error messages. Returns a JSON-serialisable dict.
+    ``where`` names the input in error messages; ``stream`` (the fold) gives each fold its own
+    independent bootstrap draws under one seed. Returns a JSON-serialisable dict.
     """
     y, pred, prob, patient_codes, patients = _validated(pred_df, list(classes), where)
     classes = list(classes)
@@ -85,15 +100,17 @@ def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 100
     pat_mean = _full_block(units["y"], units["pred_mean"], units["prob_mean"], classes)
     pat_vote = _full_block(units["y"], units["pred_vote"], units["vote_share"], classes)
 
-    boot = {"n_boot": int(n_boot), "seed": int(seed), "unit": "patient",
+    boot = {"n_boot": int(n_boot), "seed": int(seed), "stream": int(stream), "unit": "patient",
             "confidence": CONFIDENCE, "method": "percentile"}
     if n_boot > 0:
-        draws = draw_patients(np.random.default_rng(seed), len(patients), n_boot)
-        image["ci95"], image["ci_n_valid"] = _bootstrap(
+        draws = draw_patients(np.random.default_rng([seed, stream]), len(patients), n_boot)
+        image["ci95"], image["ci_n_valid"], values = _bootstrap(
             draws, patient_codes, y, pred, prob, k)
-        pat_mean["ci95"], pat_mean["ci_n_valid"] = _bootstrap(
+        image["bootstrap_values"] = _kept_draws(values)
+        pat_mean["ci95"], pat_mean["ci_n_valid"], values = _bootstrap(
             draws, units["patient"], units["y"], units["pred_mean"], units["prob_mean"], k)
-        pat_vote["ci95"], pat_vote["ci_n_valid"] = _bootstrap(
+        pat_mean["bootstrap_values"] = _kept_draws(values)
+        pat_vote["ci95"], pat_vote["ci_n_valid"], _ = _bootstrap(
             draws, units["patient"], units["y"], units["pred_vote"], units["vote_share"], k)
 
     several = np.bincount(units["patient"], minlength=len(patients)) > 1
@@ -115,11 +132,23 @@ def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 100
     }
 
 
-def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int,
+def grouping_of(manifest) -> str:
+    """``image`` if the manifest has images that are their own group (``patient_source`` image), else
+    ``patient``. A folder dataset's CSV must list every image, so a manifest is never mixed."""
+    from deepbc.splits import read_table
+
+    table = read_table(manifest, "manifest")
+    if "patient_source" in table.columns and (table["patient_source"] == "image").any():
+        return "image"
+    return "patient"
+
+
+def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
                  n_boot: int = 1000, seed: int = 0) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
-    ``meta`` (run, task, protocol, arch, fold) lets the tables group files without parsing paths.
+    ``meta`` (run, task, protocol, grouping, arch, fold) lets the tables group files without parsing
+    paths; ``grouping`` comes from the dataset's ``manifest`` (see ``grouping_of``).
     """
     try:
         df = pd.read_parquet(predictions)
@@ -127,9 +156,14 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
         raise UserError("predictions file not found", str(predictions),
                         "run the evaluate rule for this run, architecture and fold") from None
     task, protocol = parse_run(run)
-    result = compute_metrics(df, classes, n_boot=n_boot, seed=seed, where=str(predictions))
-    result["meta"] = {"run": run, "task": task, "protocol": protocol, "arch": arch,
-                      "fold": int(fold), "predictions": str(predictions)}
+    grouping = grouping_of(manifest)
+    if grouping == "image":
+        LOG.warning("%s: the dataset has no patient mapping, so each image is its own group; the "
+                    "results are labelled %r, not patient-wise", run, GROUPING_LABELS["image"])
+    result = compute_metrics(df, classes, n_boot=n_boot, seed=seed, where=str(predictions),
+                             stream=int(fold))
+    result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
+                      "arch": arch, "fold": int(fold), "predictions": str(predictions)}
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]
     LOG.info("%s %s fold %d: %d images, %d patients; accuracy image %.3f, patient %.3f; "
@@ -357,8 +391,15 @@ def _full_block(y, pred, score, classes) -> dict:
     return block
 
 
+def _kept_draws(values: dict) -> dict:
+    """The draws of KEPT_DRAWS, rounded (a 1000-draw JSON stays small), undefined ones as None."""
+    return {m: [None if not np.isfinite(v) else round(float(v), 6) for v in values[m]]
+            for m in KEPT_DRAWS}
+
+
 def _bootstrap(draws, owner, y, pred, score, k):
-    """Percentile CIs of CI_METRICS; ``owner[i]`` is the patient index of unit/image i."""
+    """Percentile CIs of CI_METRICS, their numbers of defined draws, and the draws themselves;
+    ``owner[i]`` is the patient index of unit/image i."""
     n_patients = draws.shape[1]
     weighted_auc = _WeightedAuc(y, score, k)
     cell = y * k + pred
@@ -378,4 +419,4 @@ def _bootstrap(draws, owner, y, pred, score, k):
         n_valid[m] = int(len(v))
         ci[m] = ([float(np.percentile(v, alpha)), float(np.percentile(v, 100 - alpha))]
                  if len(v) >= 2 else None)
-    return ci, n_valid
+    return ci, n_valid, values

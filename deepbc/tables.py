@@ -1,8 +1,13 @@
 """Result tables from per-fold metrics JSONs: one per task, a summary, and the leakage table.
 
-Every metrics JSON carries ``meta`` (run, task, protocol, arch, fold; see deepbc.metrics.metrics_file). The
-tables average over folds: mean and sample standard deviation (ddof=1; none with one fold).
+Every metrics JSON carries ``meta`` (run, task, protocol, grouping, arch, fold; see
+deepbc.metrics.metrics_file). A patient-protocol run whose groups are single images (no patient
+mapping) is labelled "image-grouped (no patient mapping)", never patient-wise, and is left out of
+the leakage table (both of its protocols can split a patient's images). The tables average over
+folds: mean and sample standard deviation (ddof=1; none with one fold).
 "Patient level" is the mean-probability aggregation of deepbc.metrics; "image level" counts images.
+The headline metrics (INTERVAL_METRICS) also get a 95% interval of their mean over folds, from the
+bootstrap draws the metrics JSONs keep (see ``_interval``).
 Sensitivity and specificity are those of the positive (second) class for two classes, and macro
 means over classes for more (deepbc.metrics).
 """
@@ -10,13 +15,18 @@ means over classes for more (deepbc.metrics).
 import json
 import logging
 import math
+import re
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from deepbc import atomic
 from deepbc.errors import UserError
+from deepbc.metrics import CONFIDENCE, GROUPING_LABELS, KEPT_DRAWS
+from deepbc.workflow_config import parse_run
 
 LOG = logging.getLogger("deepbc")
 
@@ -27,10 +37,22 @@ LEAKAGE_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity"
 PREPRINT_METRICS = ("accuracy", "sensitivity", "auc")
 LEVELS = ("patient", "image")
 PROTOCOL_LABELS = {"patient": "patient-wise", "image": "image-level (preprint's split)"}
+IMAGE_GROUPED = GROUPING_LABELS["image"]
+IMAGE_GROUPED_NOTE = (
+    f"{IMAGE_GROUPED}: the dataset maps no image to a patient, so each image is its own group: "
+    "its patient-level figures are image-level ones, and images of one patient may sit on both "
+    "sides of the split. Give the dataset a patients CSV (path, patient) to make it patient-wise.")
 PREPRINT_ONLY = "preprint only (not run here)"
 LABELS = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "sensitivity": "sens.",
           "specificity": "spec.", "auc": "AUC", "fp": "FP", "fn": "FN"}
 COUNT_METRICS = ("fp", "fn")
+INTERVAL_METRICS = KEPT_DRAWS
+INTERVAL_NOTE = (
+    "[low, high]: 95 % interval of the mean over folds. Each of the metrics' bootstrap draws "
+    "resamples every test fold's patients with replacement (a drawn patient brings all its "
+    "images), recomputes each fold's figure and averages the folds (a fold whose figure is "
+    "undefined in a draw is left out of that draw's mean); the interval spans the 2.5th to 97.5th "
+    "percentiles of these means.")
 
 
 def load_metrics(items) -> list[dict]:
@@ -50,7 +72,7 @@ def load_metrics(items) -> list[dict]:
                 raise UserError(f"metrics file is not valid JSON ({err})", where,
                                 "delete it and let the workflow recompute it") from None
         meta = m.get("meta") or {}
-        missing = [k for k in ("run", "task", "protocol", "arch", "fold") if k not in meta]
+        missing = [k for k in ("run", "task", "protocol", "grouping", "arch", "fold") if k not in meta]
         if missing or "image_level" not in m or "patient_level" not in m:
             raise UserError(f"not a metrics JSON of deepbc.metrics (meta lacks {missing})", where,
                             "recompute it with workflow_scripts/compute_metrics.py")
@@ -70,6 +92,13 @@ def load_preprint(path=PREPRINT_FILE) -> dict:
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
 
+def protocol_label(protocol: str, grouping: str) -> str:
+    """What a run's split is: patient-wise only when images map to patients."""
+    if protocol == "patient" and grouping == "image":
+        return IMAGE_GROUPED
+    return PROTOCOL_LABELS.get(protocol, protocol)
+
+
 def fold_frame(metrics: list[dict]) -> pd.DataFrame:
     """One row per (task, protocol, arch, fold): ``{level}_{metric}`` columns, None as NaN."""
     rows = []
@@ -80,6 +109,11 @@ def fold_frame(metrics: list[dict]) -> pd.DataFrame:
             for metric in TABLE_METRICS:
                 value = block.get(metric)
                 row[f"{level}_{metric}"] = math.nan if value is None else float(value)
+            draws = block.get("bootstrap_values") or {}
+            for metric in INTERVAL_METRICS:
+                values = draws.get(metric)
+                row[f"{level}_{metric}_draws"] = (
+                    None if values is None else np.array(values, dtype=np.float64))
         row["n_patients"] = m["n_patients"]
         row["n_images"] = m["n_images"]
         rows.append(row)
@@ -98,7 +132,31 @@ def _aggregate(folds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for col in value_cols:
         out[f"{col}_mean"] = mean[col].to_numpy()
         out[f"{col}_sd"] = sd[col].to_numpy()
+    for col in (f"{lv}_{m}" for lv in LEVELS for m in INTERVAL_METRICS):
+        bounds = [_interval(list(g[f"{col}_draws"])) for _, g in grouped]
+        out[f"{col}_ci_low"] = [b[0] for b in bounds]
+        out[f"{col}_ci_high"] = [b[1] for b in bounds]
     return out
+
+
+def _interval(draws: list) -> tuple[float, float]:
+    """Percentile interval of the mean over folds, from each fold's bootstrap draws.
+
+    Draw b of every fold resamples that fold's patients independently (deepbc.metrics draws each
+    fold from its own stream), so averaging the folds' draw b gives one draw of the mean over
+    folds. NaN when a fold has no draws (metrics computed without a bootstrap).
+    """
+    if any(d is None for d in draws) or len({len(d) for d in draws}) != 1:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # draws undefined in every fold
+        means = np.nanmean(np.vstack(draws), axis=0)
+    means = means[np.isfinite(means)]
+    if len(means) < 2:
+        return math.nan, math.nan
+    alpha = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(means, [alpha, 100 - alpha])
+    return float(low), float(high)
 
 
 def _preprint_figures(preprint: dict, task: str) -> dict:
@@ -126,7 +184,8 @@ def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame
         tasks = sorted({m["meta"]["task"] for m in metrics})
         raise UserError(f"no metrics of task {task!r} among the files given (tasks: {tasks})",
                         "--metrics", f"pass the metrics JSONs of task {task}")
-    table = _aggregate(folds, ["arch", "protocol", "run"]).rename(columns={"arch": "architecture"})
+    table = _aggregate(folds, ["arch", "protocol", "run", "grouping"]).rename(
+        columns={"arch": "architecture"})
     figures = _preprint_figures(preprint, task)
     for arch in sorted(set(figures) - set(table["architecture"])):
         table.loc[len(table), ["architecture", "protocol", "run", "n_folds"]] = [
@@ -141,19 +200,32 @@ def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame
     table["preprint_note"] = [
         " ".join(dict.fromkeys(f["note"] for f in figures.get(a, {}).values() if f.get("note")))
         for a in table["architecture"]]
-    table["protocol"] = table["protocol"].map(lambda p: PROTOCOL_LABELS.get(p, p))
+    table["protocol"] = [protocol_label(p, g) for p, g in zip(table["protocol"], table["grouping"])]
+    table = table.drop(columns="grouping")
     table.insert(0, "task", task)
     for col in ("n_folds", "n_patients", "n_images"):
         table[col] = table[col].astype("Int64")
     return table.reset_index(drop=True)
 
 
-def _fmt(mean, sd, count: bool) -> str:
+def _fmt(mean, sd, count: bool, low=math.nan, high=math.nan) -> str:
     if mean is None or pd.isna(mean):
         return "–"
     digits = 1 if count else 3
     text = f"{mean:.{digits}f}"
-    return text if pd.isna(sd) else f"{text} ± {sd:.{digits}f}"
+    text = text if pd.isna(sd) else f"{text} ± {sd:.{digits}f}"
+    return text if pd.isna(low) else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _cell(r, level: str, metric: str) -> str:
+    """mean ± sd [interval] of one metric of a table row."""
+    ci = (r[f"{level}_{metric}_ci_low"], r[f"{level}_{metric}_ci_high"]) if (
+        metric in INTERVAL_METRICS) else (math.nan, math.nan)
+    return _fmt(r[f"{level}_{metric}_mean"], r[f"{level}_{metric}_sd"], metric in COUNT_METRICS, *ci)
+
+
+def _has_intervals(table: pd.DataFrame, levels=LEVELS) -> bool:
+    return any(table[f"{lv}_{m}_ci_low"].notna().any() for lv in levels for m in INTERVAL_METRICS)
 
 
 def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[str]], list[str]]:
@@ -167,7 +239,7 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
         cells = [r["architecture"], r["protocol"], "" if pd.isna(r["n_folds"]) else str(r["n_folds"])]
         for lv in LEVELS:
             for m in TABLE_METRICS:
-                cells.append(_fmt(r[f"{lv}_{m}_mean"], r[f"{lv}_{m}_sd"], m in COUNT_METRICS))
+                cells.append(_cell(r, lv, m))
         marker = ""
         if r["preprint_note"]:
             if r["preprint_note"] not in notes:
@@ -185,6 +257,10 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
         "sums of the one-vs-rest counts.",
         "Preprint: " + " ".join(preprint["source"]["protocol_note"].split()),
     ]
+    if (table["protocol"] == IMAGE_GROUPED).any():
+        general.insert(0, IMAGE_GROUPED_NOTE)
+    if _has_intervals(table):
+        general.insert(1, INTERVAL_NOTE)
     if ranges:
         counts = " and ".join(f"{r['metric'].upper()} {r['min']} to {r['max']}" for r in ranges)
         range_notes = " ".join(dict.fromkeys(" ".join(r["note"].split()) for r in ranges))
@@ -237,12 +313,81 @@ def write_task_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=Non
         atomic.write_text(out_tex, to_latex(header, rows, footnotes, title))
 
 
-def summary_table(metrics, preprint: dict | None = None) -> pd.DataFrame:
-    """One row per task: the best architecture's patient-wise figures.
+_MODEL_PATH = re.compile(r"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>\d+)/settings\.json$")
+# Validation metrics a choice can rest on, as (column, lower is better).
+VALIDATION_METRICS = {"val_loss": True, "val_accuracy": False}
+VALIDATION_LABELS = {"val_loss": "val. loss", "val_accuracy": "val. acc."}
 
-    Best = highest patient-level balanced accuracy (mean over folds) among patient-wise runs; ties
-    go to the higher patient-level AUC, then to the architecture name. The preprint's accuracy for
-    the task is shown for context.
+
+def validation_figures(settings_paths) -> pd.DataFrame:
+    """Validation figures of each kept checkpoint: one row per ``{run}/{arch}/fold{k}/settings.json``.
+
+    Columns run, task, protocol, arch, fold, kept (the model's keep_best_by), kept_step, val_loss
+    and val_accuracy: the training.csv row (beside settings.json) of the kept step; for ``last``,
+    the last evaluated row. NaN when no validation ran (an empty validation split).
+    """
+    rows = []
+    for path in settings_paths:
+        path = Path(path)
+        match = _MODEL_PATH.search(path.as_posix())
+        if not match:
+            raise UserError("model settings path does not end in {run}/{arch}/fold{k}/settings.json",
+                            str(path), "pass files from results/models/{run}/{arch}/fold{k}/")
+        curve_path = path.with_name("training.csv")
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+            curve = pd.read_csv(curve_path)
+        except FileNotFoundError as err:
+            raise UserError(f"model file not found ({Path(err.filename).name})", str(err.filename),
+                            "run the train rule for this run, architecture and fold") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"settings.json is not valid JSON ({err})", str(path),
+                            "delete the model folder and let the workflow retrain it") from None
+        missing = [c for c in ("step", "val_loss", "val_accuracy") if c not in curve.columns]
+        if missing or "kept" not in settings or "best_step" not in settings:
+            raise UserError(f"training.csv lacks {missing} or settings.json lacks kept/best_step",
+                            str(path.parent), "retrain this model with the train rule")
+        evaluated = curve.dropna(subset=["val_loss"])
+        kept = settings["kept"]
+        if kept == "last":
+            row = evaluated.iloc[-1] if len(evaluated) else None
+        else:
+            at_step = evaluated[evaluated["step"] == settings["best_step"]]
+            if evaluated.empty:
+                row = None
+            elif at_step.empty:
+                raise UserError(f"the kept step {settings['best_step']} has no validation row in "
+                                "training.csv", str(curve_path), "retrain this model with the train rule")
+            else:
+                row = at_step.iloc[0]
+        task, protocol = parse_run(match["run"])
+        rows.append({"run": match["run"], "task": task, "protocol": protocol, "arch": match["arch"],
+                     "fold": int(match["fold"]), "kept": kept,
+                     "kept_step": int(row["step"]) if row is not None else None,
+                     "val_loss": math.nan if row is None else float(row["val_loss"]),
+                     "val_accuracy": math.nan if row is None else float(row["val_accuracy"])})
+    return pd.DataFrame(rows, columns=["run", "task", "protocol", "arch", "fold", "kept", "kept_step",
+                                       "val_loss", "val_accuracy"])
+
+
+def _selection_metric(kept: set, task: str) -> str:
+    """The task's models' own keep_best_by when they share one; else the validation loss."""
+    if len(kept) == 1 and next(iter(kept)) in VALIDATION_METRICS:
+        return next(iter(kept))
+    LOG.info("task %s: models kept by %s; the architecture is chosen on the validation loss of the "
+             "kept checkpoints", task, sorted(kept))
+    return "val_loss"
+
+
+def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame:
+    """One row per task: the architecture chosen on validation data, and its test figures.
+
+    ``models``: the settings.json of every patient-protocol (run, arch, fold) in ``metrics``. The choice
+    uses only validation data (see ``validation_figures``): the models' keep_best_by metric (lower
+    val_loss or higher val_accuracy; val_loss when the models of a task differ or keep the last
+    step), mean over folds; ties go to the other validation metric, then to the architecture name.
+    The test metrics never enter the choice, so the reported test figures are not inflated by it.
+    The preprint's accuracy for the task is shown for context.
     """
     metrics = load_metrics(metrics)
     preprint = load_preprint() if preprint is None else preprint
@@ -253,19 +398,49 @@ def summary_table(metrics, preprint: dict | None = None) -> pd.DataFrame:
     if patient.empty:
         raise UserError("no patient-wise metrics among the files given", "--metrics",
                         "pass the metrics JSONs of the patient-wise runs")
-    agg = _aggregate(patient, ["task", "arch"])
-    agg["_auc"] = agg["patient_auc_mean"].fillna(-1.0)
-    agg["_bacc"] = agg["patient_balanced_accuracy_mean"].fillna(-1.0)
-    agg = agg.sort_values(["task", "_bacc", "_auc", "arch"], ascending=[True, False, False, True])
-    best = agg.groupby("task", sort=True).head(1).drop(columns=["_auc", "_bacc"])
-    best = best.rename(columns={"arch": "best_architecture"})
-    best.insert(2, "selected_by", "highest patient-level balanced accuracy (mean over folds)")
-    best.insert(3, "architectures_compared", [
-        int((agg["task"] == t).sum()) for t in best["task"]])
-    keep = ["task", "best_architecture", "selected_by", "architectures_compared", "n_folds",
-            "n_patients", "n_images"]
+    keys = ["task", "arch", "fold"]
+    val = validation_figures(models)
+    val = patient[keys].merge(val[val["protocol"] == "patient"], on=keys, how="left", indicator=True)
+    lacking = val[val["_merge"] == "left_only"]
+    if len(lacking):
+        shown = ", ".join(f"{r.task}/{r.arch}/fold{r.fold}" for r in lacking.head(5).itertuples())
+        raise UserError(f"no model settings for {len(lacking)} patient-wise metrics file(s) ({shown})",
+                        "--models", "pass results/models/{run}/{arch}/fold{k}/settings.json of "
+                                    "every run, architecture and fold in --metrics")
+    grouped = val.groupby(["task", "arch"], sort=True)
+    choice = grouped[["val_loss", "val_accuracy"]].mean()
+    choice_sd = grouped[["val_loss", "val_accuracy"]].std(ddof=1)
+    kept = grouped["kept"].agg(set)
+
+    agg = _aggregate(patient, ["task", "arch", "grouping"]).set_index(["task", "arch"])
+    rows = []
+    for task, task_rows in choice.groupby(level="task", sort=True):
+        metric = _selection_metric(set().union(*kept.loc[task]), task)
+        other = next(m for m in VALIDATION_METRICS if m != metric)
+        # Lower is better after the sign flip; a missing figure never wins.
+        order = task_rows.reset_index().assign(
+            _primary=lambda d: (d[metric] if VALIDATION_METRICS[metric] else -d[metric]).fillna(math.inf),
+            _secondary=lambda d: (d[other] if VALIDATION_METRICS[other] else -d[other]).fillna(math.inf),
+        ).sort_values(["_primary", "_secondary", "arch"])
+        arch = order.iloc[0]["arch"]
+        n_archs = len(order)
+        word = "lowest" if VALIDATION_METRICS[metric] else "highest"
+        name = "loss" if metric == "val_loss" else "accuracy"
+        chosen_by = (f"{word} validation {name} of the kept checkpoints (mean over folds)"
+                     if n_archs > 1 else "the only architecture run")
+        row = {"task": task, "split": protocol_label("patient", agg.loc[(task, arch), "grouping"]),
+               "chosen_architecture": arch, "chosen_by": chosen_by,
+               "architectures_compared": n_archs, "validation_metric": metric,
+               "validation_mean": choice.loc[(task, arch), metric],
+               "validation_sd": choice_sd.loc[(task, arch), metric]}
+        row.update(agg.loc[(task, arch)].to_dict())
+        rows.append(row)
+    best = pd.DataFrame(rows)
+    keep = ["task", "split", "chosen_architecture", "chosen_by", "architectures_compared",
+            "validation_metric", "validation_mean", "validation_sd", "n_folds", "n_patients", "n_images"]
     keep += [f"patient_{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
-    best = best[keep].reset_index(drop=True)
+    keep += [f"patient_{m}_{s}" for m in INTERVAL_METRICS for s in ("ci_low", "ci_high")]
+    best = best[keep].astype({"n_folds": "int64", "n_patients": "int64", "n_images": "int64"})
     acc = {f["task"]: f for f in preprint.get("figures", []) if f["metric"] == "accuracy"}
     best["preprint_accuracy"] = [acc.get(t, {}).get("value") for t in best["task"]]
     best["preprint_architecture"] = [acc.get(t, {}).get("architecture") for t in best["task"]]
@@ -273,39 +448,58 @@ def summary_table(metrics, preprint: dict | None = None) -> pd.DataFrame:
 
 
 def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
-    header = ["task", "best architecture", "folds"] + [f"patient {LABELS[m]}" for m in TABLE_METRICS]
+    header = ["task", "split", "architecture", "chosen by", "validation (chosen on)", "folds"]
+    header += [f"patient {LABELS[m]}" for m in TABLE_METRICS]
     header += ["preprint acc. (image-level, leaky)"]
     rows = []
     for _, r in table.iterrows():
-        cells = [r["task"], r["best_architecture"], str(r["n_folds"])]
-        cells += [_fmt(r[f"patient_{m}_mean"], r[f"patient_{m}_sd"], m in COUNT_METRICS)
-                  for m in TABLE_METRICS]
+        validation = (f"{VALIDATION_LABELS[r['validation_metric']]} "
+                      f"{_fmt(r['validation_mean'], r['validation_sd'], False)}")
+        cells = [r["task"], r["split"], r["chosen_architecture"], r["chosen_by"], validation,
+                 str(r["n_folds"])]
+        cells += [_cell(r, "patient", m) for m in TABLE_METRICS]
         v = r["preprint_accuracy"]
         cells.append("" if v is None or pd.isna(v) else f"{v:.3f} ({r['preprint_architecture']})")
         rows.append(cells)
     footnotes = [
-        "Best architecture per task = highest patient-level balanced accuracy (mean over folds) "
-        "among patient-wise runs; ties go to the higher patient-level AUC.",
+        "Chosen on validation data, never on the test folds: per architecture, the validation "
+        "metric of each fold's kept checkpoint (the models' keep_best_by: lowest validation loss "
+        "or highest validation accuracy; the validation loss when they differ or keep the last "
+        "step), mean over folds. The test figures shown played no part in the choice; "
+        "results/tables/{task}.md shows every architecture's test figures.",
         "Patient level: a patient's probabilities are the mean of its images'. Mean ± sample sd "
         "over test folds.",
         "The preprint's figures are image-level accuracies under an image-level split with "
         "leakage, not comparable with patient-wise figures; see results/tables/leakage.md.",
     ]
+    if (table["split"] == IMAGE_GROUPED).any():
+        footnotes.insert(1, IMAGE_GROUPED_NOTE)
+    if _has_intervals(table, ["patient"]):
+        footnotes.insert(-1, INTERVAL_NOTE)
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:
-        atomic.write_text(out_md, to_markdown(header, rows, footnotes,
-                                              "Summary: best architecture per task, patient-wise"))
+        atomic.write_text(out_md, to_markdown(
+            header, rows, footnotes,
+            "Summary: per task, the architecture chosen on validation data, and its test figures"))
 
 
 def leakage_table(metrics) -> pd.DataFrame:
     """How much the image-level protocol inflates each metric, per task and architecture.
 
-    Only tasks and architectures that ran both protocols. Per metric and level, the means over
-    folds under each protocol, the difference (image-level protocol minus patient-wise) and the
-    ratio (image-level protocol / patient-wise; empty when the patient-wise value is 0).
+    Only tasks and architectures that ran both protocols, and only tasks whose groups are patients:
+    without a patient mapping both protocols can split a patient's images, so their difference is
+    no measure of leakage (such tasks are logged and listed in ``attrs["left_out"]``). Per metric
+    and level, the means over folds under each protocol, the difference (image-level protocol minus
+    patient-wise) and the ratio (image-level protocol / patient-wise; empty when the patient-wise
+    value is 0).
     """
     folds = fold_frame(load_metrics(metrics))
+    left_out = sorted(set(folds.loc[folds["grouping"] == "image", "task"]))
+    for task in left_out:
+        LOG.warning("task %s left out of the leakage table: its dataset has no patient mapping, so "
+                    "both protocols can put one patient's images on both sides of the split", task)
+    folds = folds[~folds["task"].isin(left_out)]
     agg = _aggregate(folds, ["task", "arch", "protocol"])
     rows = []
     for (task, arch), group in agg.groupby(["task", "arch"], sort=True):
@@ -328,8 +522,10 @@ def leakage_table(metrics) -> pd.DataFrame:
     columns = ["task", "architecture", "level", "metric", "image_level_protocol", "patient_wise",
                "difference", "ratio", "n_folds_image_level_protocol", "n_folds_patient_wise"]
     if not rows:
-        LOG.warning("no task ran both protocols: the leakage table is empty")
-    return pd.DataFrame(rows, columns=columns)
+        LOG.warning("no task with a patient mapping ran both protocols: the leakage table is empty")
+    table = pd.DataFrame(rows, columns=columns)
+    table.attrs["left_out"] = left_out
+    return table
 
 
 def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
@@ -347,8 +543,14 @@ def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         "patients on both sides; patient-wise: no patient in two splits. Difference = image-level "
         "protocol minus patient-wise; ratio = image-level protocol / patient-wise.",
     ]
+    left_out = table.attrs.get("left_out", [])
+    if left_out:
+        footnotes.append(f"Left out: {', '.join(left_out)}, whose dataset has no patient mapping "
+                         f"({IMAGE_GROUPED}): both protocols can put one patient's images on both "
+                         "sides, so their difference measures no leakage.")
     if table.empty:
-        footnotes.insert(0, "No task ran both protocols (set protocols: [patient, image] for a task).")
+        footnotes.insert(0, "No task with a patient mapping ran both protocols (set protocols: "
+                            "[patient, image] for a task).")
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:

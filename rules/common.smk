@@ -149,6 +149,12 @@ def metrics_files(runs):
     return expand("results/metrics/{run}/{arch}/fold{fold}.json", run=runs, arch=ARCHS, fold=FOLDS)
 
 
+def patient_model_files(name):
+    """A file of every model of the patient-wise runs (name: settings.json or training.csv)."""
+    runs = [r for r in RUNS if run_protocol(r) == "patient"]
+    return [f"{model_dir(run, arch, fold)}/{name}" for run in runs for arch in ARCHS for fold in FOLDS]
+
+
 def has_both_protocols():
     return any(len(set(spec.get("protocols", ["patient"]))) > 1 for spec in TASKS.values())
 

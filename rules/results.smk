@@ -1,6 +1,8 @@
 rule metrics:
     input:
-        "results/predictions/{run}/{arch}/fold{fold}.parquet",
+        predictions="results/predictions/{run}/{arch}/fold{fold}.parquet",
+        # Whether the dataset maps images to patients (the results' grouping).
+        manifest=manifest_of_run,
     output:
         "results/metrics/{run}/{arch}/fold{fold}.json",
     params:
@@ -15,9 +17,10 @@ rule metrics:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --predictions {input:q} --classes {params.classes:q}"
+        "python {params.script:q} --predictions {input.predictions:q} --classes {params.classes:q}"
         " --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
-        " --n-boot {params.n_boot} --seed {params.seed} --out {output:q} --log {log:q}"
+        " --manifest {input.manifest:q} --n-boot {params.n_boot} --seed {params.seed}"
+        " --out {output:q} --log {log:q}"
 
 
 rule task_table:
@@ -42,7 +45,10 @@ rule task_table:
 
 rule summary_table:
     input:
-        metrics_files(RUNS),
+        metrics=metrics_files(RUNS),
+        # The architecture is chosen on the kept checkpoints' validation figures.
+        models=patient_model_files("settings.json"),
+        curves=patient_model_files("training.csv"),
     output:
         csv=report("results/tables/summary.csv", caption="../report/table_summary.rst", category="Tables"),
         md="results/tables/summary.md",
@@ -55,8 +61,8 @@ rule summary_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
-        " --log {log:q}"
+        "python {params.script:q} --metrics {input.metrics:q} --models {input.models:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} --log {log:q}"
 
 
 rule leakage_table:
@@ -80,8 +86,9 @@ rule leakage_table:
 
 rule roc_figure:
     input:
-        lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
-                          run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
+        predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
+                                      run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
+        manifest=lambda wc: f"results/manifest/{TASKS[wc.task]['dataset']}.parquet",
     output:
         png=report("results/figures/roc/{task}.png", caption="../report/roc.rst", category="ROC curves"),
         pdf="results/figures/roc/{task}.pdf",
@@ -96,13 +103,15 @@ rule roc_figure:
         "../envs/cpu.yaml"
     shell:
         "python {params.script:q} --task {wildcards.task} --classes {params.classes:q}"
-        " --predictions {input:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
+        " --predictions {input.predictions:q} --manifest {input.manifest:q}"
+        " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
 rule confusion_figure:
     input:
-        lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
-                          run=wc.run, arch=wc.arch, fold=FOLDS),
+        predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
+                                      run=wc.run, arch=wc.arch, fold=FOLDS),
+        manifest=manifest_of_run,
     output:
         png=report("results/figures/confusion/{run}/{arch}.png", caption="../report/confusion.rst",
                    category="Confusion matrices"),
@@ -117,8 +126,8 @@ rule confusion_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --classes {params.classes:q} --predictions {input:q}"
-        " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
+        "python {params.script:q} --classes {params.classes:q} --predictions {input.predictions:q}"
+        " --manifest {input.manifest:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
 rule training_figure:

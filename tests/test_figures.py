@@ -3,8 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from deepbc import figures
+from deepbc import figures, metrics
 from deepbc.errors import UserError
 
 BM = ["benign", "malignant"]
@@ -30,6 +31,20 @@ def write_predictions(root, run, arch, fold, classes, n=40, seed=0):
     return path
 
 
+def write_manifest(root, patient_source=None):
+    """A dataset manifest: BreakHis-like (no patient_source column) or a folder dataset's."""
+    df = pd.DataFrame({"path": ["a.png", "b.png"], "patient": ["a", "b"]})
+    if patient_source:
+        df["patient_source"] = patient_source
+    path = root / f"manifest_{patient_source or 'breakhis'}.parquet"
+    df.to_parquet(path)
+    return path
+
+
+def legend(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
 def assert_images(png, pdf):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
@@ -41,7 +56,7 @@ def test_roc_binary_both_protocols_is_stable(tmp_path):
     outs = []
     for name in ("a", "b"):
         png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
-        fig = figures.plot_roc(paths, BM, "benign_vs_malignant", png, pdf)
+        fig = figures.plot_roc(paths, BM, "benign_vs_malignant", write_manifest(tmp_path), png, pdf)
         outs.append((png, pdf))
     assert_images(*outs[0])
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
@@ -50,10 +65,41 @@ def test_roc_binary_both_protocols_is_stable(tmp_path):
     assert outs[0][1].read_bytes() == outs[1][1].read_bytes()
 
 
+def test_roc_legend_gives_pooled_and_per_fold_mean_auc(tmp_path):
+    # The tables show the mean of the folds' AUCs; the pooled curve's AUC differs and is named so.
+    paths = [write_predictions(tmp_path, "cancer_types", "resnet_small", f, ABC, seed=7) for f in range(3)]
+    fig = figures.plot_roc(paths, ABC, "cancer_types", write_manifest(tmp_path, "csv"))
+    per_fold = [metrics.compute_metrics(pd.read_parquet(p), ABC, n_boot=0) for p in paths]
+    for ax, level in zip(fig.axes, ("patient", "image")):
+        [text] = legend(ax)
+        assert text.startswith("resnet_small, patient-wise\npooled AUC ") and "over 3 folds" in text
+        block = [m["patient_level"]["mean_probability"] if level == "patient" else m["image_level"]
+                 for m in per_fold]
+        assert f"per-fold mean {np.mean([b['auc'] for b in block]):.3f}" in text
+    # The pooled figure is the AUC of all folds' images together (macro one-vs-rest).
+    pooled = pd.concat([pd.read_parquet(p) for p in paths])
+    auc = np.mean([roc_auc_score(pooled["label"] == c, pooled[f"prob_{c}"]) for c in ABC])
+    assert f"pooled AUC {auc:.3f} over 3 folds" in text
+
+
+def test_image_grouped_run_is_not_called_patient_wise(tmp_path):
+    paths = [write_predictions(tmp_path, "cancer_types", "resnet_small", f, ABC) for f in range(2)]
+    manifest = write_manifest(tmp_path, "image")
+    fig = figures.plot_roc(paths, ABC, "cancer_types", manifest)
+    texts = legend(fig.axes[0]) + [fig.axes[0].get_title()]
+    assert "image-grouped (no patient mapping)" in texts[0]
+    assert texts[-1] == "one-image groups (no patient mapping)"
+    assert not any("patient-wise" in t or "patient level" in t for t in texts)
+    fig = figures.plot_confusion(paths, ABC, manifest)
+    assert "image-grouped (no patient mapping)" in fig.texts[0].get_text()  # the suptitle
+    assert fig.axes[2].get_title().startswith("one-image groups (n=")
+
+
 def test_roc_multiclass(tmp_path):
     paths = [write_predictions(tmp_path, "benign_subtypes", arch, 0, ABC)
              for arch in ("resnet_small", "resnet_v1_50")]
-    fig = figures.plot_roc(paths, ABC, "benign_subtypes", tmp_path / "r.png", tmp_path / "r.pdf")
+    fig = figures.plot_roc(paths, ABC, "benign_subtypes", write_manifest(tmp_path),
+                           tmp_path / "r.png", tmp_path / "r.pdf")
     assert_images(tmp_path / "r.png", tmp_path / "r.pdf")
     assert len(fig.axes[1].get_legend().get_texts()) == 2
 
@@ -61,19 +107,20 @@ def test_roc_multiclass(tmp_path):
 def test_roc_refuses_another_tasks_predictions(tmp_path):
     path = write_predictions(tmp_path, "cancer_types", "resnet_small", 0, ABC)
     with pytest.raises(UserError, match="other task"):
-        figures.plot_roc([path], ABC, "benign_subtypes", tmp_path / "r.png")
+        figures.plot_roc([path], ABC, "benign_subtypes", write_manifest(tmp_path), tmp_path / "r.png")
 
 
 def test_confusion(tmp_path):
     paths = [write_predictions(tmp_path, "cancer_types", "resnet_small", f, ABC) for f in range(2)]
-    fig = figures.plot_confusion(paths, ABC, tmp_path / "c.png", tmp_path / "c.pdf")
+    fig = figures.plot_confusion(paths, ABC, write_manifest(tmp_path), tmp_path / "c.png",
+                                 tmp_path / "c.pdf")
     assert_images(tmp_path / "c.png", tmp_path / "c.pdf")
     # Top-left panel: image counts pooled over both folds (40 images each).
     counts = [int(t.get_text()) for t in fig.axes[0].texts]
     assert sum(counts) == 80
     other = write_predictions(tmp_path, "cancer_types", "resnet_v1_50", 0, ABC)
     with pytest.raises(UserError, match="several runs"):
-        figures.plot_confusion(paths + [other], ABC, tmp_path / "x.png")
+        figures.plot_confusion(paths + [other], ABC, write_manifest(tmp_path), tmp_path / "x.png")
 
 
 def test_training_curves(tmp_path):

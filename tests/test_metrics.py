@@ -165,8 +165,21 @@ def test_bootstrap_with_the_real_generator_resamples_patients():
     assert img["ci95"]["accuracy"] == [0.0, 1.0]
     # AUC is defined only in draws holding both patients (about half of them).
     assert 120 < img["ci_n_valid"]["auc"] < 280
-    assert m["bootstrap"] == {"n_boot": 400, "seed": 3, "unit": "patient", "confidence": 0.95,
-                              "method": "percentile"}
+    assert m["bootstrap"] == {"n_boot": 400, "seed": 3, "stream": 0, "unit": "patient",
+                              "confidence": 0.95, "method": "percentile"}
+
+
+def test_kept_draws_give_the_ci_and_folds_draw_independently():
+    df = binary_case()
+    m = metrics.compute_metrics(df, BM, n_boot=200, seed=5)
+    draws = m["patient_level"]["mean_probability"]["bootstrap_values"]
+    assert set(draws) == set(metrics.KEPT_DRAWS) and len(draws["accuracy"]) == 200
+    acc = np.array(draws["accuracy"])
+    assert m["patient_level"]["mean_probability"]["ci95"]["accuracy"] == pytest.approx(
+        list(np.percentile(acc, [2.5, 97.5])), abs=1e-6)
+    # Same seed, another fold: other draws (one shared stream would pair the folds' patients).
+    other = metrics.compute_metrics(df, BM, n_boot=200, seed=5, stream=1)
+    assert other["image_level"]["bootstrap_values"] != m["image_level"]["bootstrap_values"]
 
 
 def test_weighted_auc_matches_scikit_learn():
@@ -188,15 +201,24 @@ def test_same_seed_same_json_and_strict_json():
     json.loads(a, parse_constant=lambda name: pytest.fail(f"{name} in metrics JSON"))
 
 
-def test_metrics_file_records_meta(tmp_path):
+@pytest.mark.parametrize("sources, grouping", [
+    (None, "patient"),  # BreakHis manifests have no patient_source column
+    (["csv", "csv"], "patient"),
+    (["image", "image"], "image"),  # a folder dataset without a patients CSV
+])
+def test_metrics_file_records_meta_and_grouping(tmp_path, sources, grouping):
     pred = tmp_path / "fold1.parquet"
     binary_case().to_parquet(pred)
+    manifest = pd.DataFrame({"path": ["a.png", "b.png"], "patient": ["a", "b"]})
+    if sources:
+        manifest["patient_source"] = sources
+    manifest.to_parquet(tmp_path / "manifest.parquet")
     out = tmp_path / "m" / "fold1.json"
     metrics.metrics_file(pred, BM, out, "benign_vs_malignant__image_level", "resnet_small", 1,
-                         n_boot=20, seed=0)
+                         tmp_path / "manifest.parquet", n_boot=20, seed=0)
     meta = json.loads(out.read_text())["meta"]
     assert meta["task"] == "benign_vs_malignant" and meta["protocol"] == "image"
-    assert (meta["arch"], meta["fold"]) == ("resnet_small", 1)
+    assert (meta["arch"], meta["fold"], meta["grouping"]) == ("resnet_small", 1, grouping)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -9,7 +10,7 @@ from deepbc import tables
 from deepbc.errors import UserError
 
 
-def fake(task, protocol, arch, fold, patient=None, image=None):
+def fake(task, protocol, arch, fold, patient=None, image=None, grouping="patient"):
     """A minimal metrics dict: every table metric 0.5 unless given."""
     def block(values):
         b = {m: 0.5 for m in tables.TABLE_METRICS}
@@ -18,7 +19,8 @@ def fake(task, protocol, arch, fold, patient=None, image=None):
         return b
 
     run = task if protocol == "patient" else f"{task}__image_level"
-    return {"meta": {"run": run, "task": task, "protocol": protocol, "arch": arch, "fold": fold},
+    return {"meta": {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
+                     "arch": arch, "fold": fold},
             "image_level": block(image),
             "patient_level": {"mean_probability": block(patient), "majority_vote": block(patient)},
             "n_patients": 10, "n_images": 100}
@@ -80,19 +82,77 @@ def test_task_table_is_byte_stable(tmp_path):
     assert (tmp_path / "a.md").read_bytes() == (tmp_path / "b.md").read_bytes()
 
 
-def test_summary_picks_best_patient_balanced_accuracy(tmp_path):
-    ms = bvm_metrics() + [
-        fake("cancer_types", "patient", "inception_v3", 0, patient={"balanced_accuracy": 0.7, "auc": 0.8}),
-        fake("cancer_types", "patient", "resnet_v1_50", 0, patient={"balanced_accuracy": 0.7, "auc": 0.9}),
-    ]
-    s = tables.summary_table(ms)
-    assert list(s["task"]) == ["benign_vs_malignant", "cancer_types"]
-    # The image-level protocol's higher figures never count; tie on cancer_types broken by AUC.
-    assert list(s["best_architecture"]) == ["resnet_small", "resnet_v1_50"]
-    assert s.iloc[0]["patient_balanced_accuracy_mean"] == pytest.approx(0.85)
-    assert list(s["preprint_accuracy"]) == [0.987, 0.998]
+def write_model(root, run, arch, fold, val_loss, val_accuracy, kept="val_loss", best_step=20):
+    """settings.json and training.csv of one kept model: evaluations at steps 10, 20 and 30, the
+    figures given at ``best_step`` and worse ones elsewhere."""
+    folder = root / "models" / run / arch / f"fold{fold}"
+    folder.mkdir(parents=True)
+    rows = []
+    for step in range(1, 31):
+        evaluated = step % 10 == 0
+        at_best = step == best_step
+        rows.append({"step": step, "stage": "all_layers", "loss": 1.0, "accuracy": 0.5,
+                     "val_loss": (val_loss if at_best else val_loss + 1) if evaluated else None,
+                     "val_accuracy": (val_accuracy if at_best else val_accuracy / 2) if evaluated else None})
+    pd.DataFrame(rows).to_csv(folder / "training.csv", index=False)
+    (folder / "settings.json").write_text(json.dumps({"kept": kept, "best_step": best_step}))
+    return folder / "settings.json"
+
+
+def test_summary_chooses_on_validation_not_test(tmp_path):
+    # resnet_v1_152 has the better test figures, resnet_small the better validation loss: the
+    # summary must report resnet_small's test figures (the old code chose on the test folds).
+    task = "benign_vs_malignant"
+    ms = [fake(task, "patient", "resnet_small", f, patient={"balanced_accuracy": 0.6, "auc": 0.6})
+          for f in range(2)]
+    ms += [fake(task, "patient", "resnet_v1_152", f, patient={"balanced_accuracy": 0.9, "auc": 0.9})
+           for f in range(2)]
+    models = [write_model(tmp_path, task, "resnet_small", f, 0.40 + f / 10, 0.7) for f in range(2)]
+    models += [write_model(tmp_path, task, "resnet_v1_152", f, 0.55, 0.8) for f in range(2)]
+    s = tables.summary_table(ms, models)
+    row = s.iloc[0]
+    assert row["chosen_architecture"] == "resnet_small"
+    assert row["patient_balanced_accuracy_mean"] == pytest.approx(0.6)
+    assert row["validation_metric"] == "val_loss"
+    assert row["validation_mean"] == pytest.approx(0.45)  # the kept steps' losses, not the others
+    assert row["chosen_by"].startswith("lowest validation loss")
+    assert row["architectures_compared"] == 2
     tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
-    assert "balanced accuracy" in (tmp_path / "s.md").read_text()
+    md = (tmp_path / "s.md").read_text()
+    assert "chosen on validation data" in md and "val. loss 0.450 ± 0.071" in md
+
+
+def test_summary_follows_keep_best_by_and_last(tmp_path):
+    task = "benign_vs_malignant"
+    ms = [fake(task, "patient", a, 0) for a in ("resnet_small", "resnet_v1_152")]
+    # Kept by validation accuracy: the higher one wins although its loss is worse.
+    models = [write_model(tmp_path / "acc", task, "resnet_small", 0, 0.3, 0.7, kept="val_accuracy"),
+              write_model(tmp_path / "acc", task, "resnet_v1_152", 0, 0.5, 0.8, kept="val_accuracy")]
+    s = tables.summary_table(ms, models)
+    assert (s.iloc[0]["chosen_architecture"], s.iloc[0]["validation_metric"]) == (
+        "resnet_v1_152", "val_accuracy")
+    # Kept at the last step: the last evaluated row's validation loss counts (step 30 here).
+    models = [write_model(tmp_path / "last", task, "resnet_small", 0, 0.3, 0.7, kept="last", best_step=30),
+              write_model(tmp_path / "last", task, "resnet_v1_152", 0, 0.5, 0.8, kept="last", best_step=10)]
+    s = tables.summary_table(ms, models)
+    assert s.iloc[0]["chosen_architecture"] == "resnet_small"
+    assert s.iloc[0]["validation_mean"] == pytest.approx(0.3)
+
+
+def test_summary_leaves_out_image_level_runs_and_needs_every_model(tmp_path):
+    ms = bvm_metrics() + [fake("cancer_types", "patient", "resnet_small", 0)]
+    models = [write_model(tmp_path, "benign_vs_malignant", a, f, 0.5, 0.5)
+              for a in ("resnet_small", "resnet_v1_152") for f in range(2)]
+    with pytest.raises(UserError, match="no model settings for 1 patient-wise") as err:
+        tables.summary_table(ms, models)
+    assert "cancer_types/resnet_small/fold0" in str(err.value)
+    models.append(write_model(tmp_path, "cancer_types", "resnet_small", 0, 0.5, 0.5))
+    s = tables.summary_table(ms, models)
+    assert list(s["task"]) == ["benign_vs_malignant", "cancer_types"]
+    # Equal validation loss and accuracy: the architecture name decides, never the test figures.
+    assert list(s["chosen_architecture"]) == ["resnet_small", "resnet_small"]
+    assert s.iloc[1]["chosen_by"] == "the only architecture run"
+    assert list(s["preprint_accuracy"]) == [0.987, 0.998]
 
 
 def test_leakage_arithmetic(tmp_path):
@@ -114,8 +174,82 @@ def test_leakage_without_both_protocols_is_empty(tmp_path):
     t = tables.leakage_table([fake("cancer_types", "patient", "resnet_small", 0)])
     assert t.empty
     tables.write_leakage(t, tmp_path / "l.csv", tmp_path / "l.md")
-    assert "No task ran both protocols" in (tmp_path / "l.md").read_text()
+    assert "No task with a patient mapping ran both protocols" in (tmp_path / "l.md").read_text()
     assert (tmp_path / "l.csv").read_text().startswith("task,architecture,level,metric")
+
+
+def test_image_grouped_runs_are_never_called_patient_wise(tmp_path, caplog):
+    # cancer_types on a folder dataset without a patients CSV: each image is its own group.
+    grouped = [fake("cancer_types", protocol, "resnet_small", f, grouping="image")
+               for protocol in ("patient", "image") for f in range(2)]
+    t = tables.task_table(grouped, "cancer_types")
+    assert list(t["protocol"][:2]) == ["image-grouped (no patient mapping)",
+                                       "image-level (preprint's split)"]
+    tables.write_task_table(t, tmp_path / "t.csv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    assert "patient-wise" not in md.split("- ")[0]  # not in the rows
+    assert "| image-grouped (no patient mapping) |" in md and "patients CSV" in md
+
+    models = [write_model(tmp_path, "cancer_types", "resnet_small", f, 0.5, 0.5) for f in range(2)]
+    s = tables.summary_table(grouped + bvm_metrics(), models + [
+        write_model(tmp_path, "benign_vs_malignant", a, f, 0.5, 0.5)
+        for a in ("resnet_small", "resnet_v1_152") for f in range(2)])
+    assert list(s["split"]) == ["patient-wise", "image-grouped (no patient mapping)"]
+    tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
+    assert "| cancer_types | image-grouped (no patient mapping) |" in (tmp_path / "s.md").read_text()
+
+    # Both of its protocols can leak, so the leakage table leaves the task out, saying why.
+    leak = tables.leakage_table(grouped + bvm_metrics())
+    assert set(leak["task"]) == {"benign_vs_malignant"}
+    assert "task cancer_types left out of the leakage table" in caplog.text
+    tables.write_leakage(leak, tmp_path / "l.csv", tmp_path / "l.md")
+    assert "Left out: cancer_types" in (tmp_path / "l.md").read_text()
+    assert tables.leakage_table(grouped).empty
+
+
+def real_metrics(task, arch, fold, n_boot=100):
+    """Metrics of a small random predictions table, with their bootstrap draws."""
+    from deepbc import metrics
+
+    rng = np.random.default_rng(fold)
+    patients = np.repeat(np.arange(12), 3)
+    label = patients % 2
+    p_malignant = np.clip(0.5 + (label - 0.5) * 0.3 + rng.normal(0, 0.3, len(label)), 0.01, 0.99)
+    classes = ["benign", "malignant"]
+    df = pd.DataFrame({"patient": [f"f{fold}p{p}" for p in patients],
+                       "label": [classes[i] for i in label],
+                       "prob_benign": 1 - p_malignant, "prob_malignant": p_malignant})
+    df["pred"] = np.where(p_malignant > 0.5, "malignant", "benign")
+    m = metrics.compute_metrics(df, classes, n_boot=n_boot, seed=1, stream=fold)
+    m["meta"] = {"run": task, "task": task, "protocol": "patient", "grouping": "patient",
+                 "arch": arch, "fold": fold}
+    return m
+
+
+def test_tables_show_the_interval_of_the_mean_over_folds(tmp_path):
+    ms = [real_metrics("benign_vs_malignant", "resnet_small", f) for f in range(3)]
+    t = tables.task_table(ms, "benign_vs_malignant")
+    row = t.iloc[0]
+    # Draw b of each fold resamples that fold's patients; their mean is one draw of the mean.
+    draws = np.array([m["patient_level"]["mean_probability"]["bootstrap_values"]["accuracy"]
+                      for m in ms], dtype=float)
+    expected = np.percentile(draws.mean(axis=0), [2.5, 97.5])
+    assert [row["patient_accuracy_ci_low"], row["patient_accuracy_ci_high"]] == pytest.approx(expected)
+    assert row["patient_accuracy_ci_low"] <= row["patient_accuracy_mean"] <= row["patient_accuracy_ci_high"]
+    # The mean over folds varies less than one fold: its interval is narrower than a fold's CI.
+    widths = [np.diff(m["patient_level"]["mean_probability"]["ci95"]["accuracy"])[0] for m in ms]
+    assert row["patient_accuracy_ci_high"] - row["patient_accuracy_ci_low"] < np.mean(widths)
+    assert "patient_fp_ci_low" not in t.columns  # counts scale with the fold: no interval
+    tables.write_task_table(t, tmp_path / "t.csv", tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    low, high = row["image_auc_ci_low"], row["image_auc_ci_high"]
+    assert f"[{low:.3f}, {high:.3f}]" in md and "95 % interval of the mean over folds" in md
+
+    models = [write_model(tmp_path, "benign_vs_malignant", "resnet_small", f, 0.5, 0.5) for f in range(3)]
+    s = tables.summary_table(ms, models)
+    tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
+    assert s.iloc[0]["patient_auc_ci_low"] == row["patient_auc_ci_low"]
+    assert "95 % interval of the mean over folds" in (tmp_path / "s.md").read_text()
 
 
 def test_bad_metrics_inputs(tmp_path):

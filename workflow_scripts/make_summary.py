@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Summary table: one row per task with the best architecture's patient-wise figures.
+"""Summary table: one row per task with the patient-wise test figures of the architecture chosen
+on validation data.
 
-Best = highest patient-level balanced accuracy (mean over folds) among the patient-wise runs;
-ties go to the higher patient-level AUC, then to the architecture name.
+Chosen = best validation metric (the models' keep_best_by) of the kept checkpoints, mean over
+folds; the test figures never enter the choice (deepbc.tables.summary_table).
 """
 
 import argparse
@@ -14,6 +15,9 @@ from deepbc import logs
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--metrics", required=True, nargs="+", help="metrics JSONs of all runs")
+    p.add_argument("--models", required=True, nargs="+",
+                   help="results/models/{run}/{arch}/fold{k}/settings.json of the patient-wise runs "
+                        "(training.csv is read beside each)")
     p.add_argument("--out-csv", required=True, help="results/tables/summary.csv")
     p.add_argument("--out-md", help="results/tables/summary.md")
     p.add_argument("--log", default=None, help="log file")
@@ -25,7 +29,7 @@ def main(argv=None):
     logs.setup(args.log)
     from deepbc import tables
 
-    tables.write_summary(tables.summary_table(args.metrics), args.out_csv, args.out_md)
+    tables.write_summary(tables.summary_table(args.metrics, args.models), args.out_csv, args.out_md)
 
 
 if __name__ == "__main__":

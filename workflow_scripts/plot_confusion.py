@@ -14,6 +14,8 @@ def parse_args(argv=None):
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
     p.add_argument("--predictions", required=True, nargs="+",
                    help="results/predictions/{run}/{arch}/fold{k}.parquet, all folds of one model")
+    p.add_argument("--manifest", required=True,
+                   help="results/manifest/{dataset}.parquet: tells whether images map to patients")
     p.add_argument("--out-png", required=True, help="PNG output")
     p.add_argument("--out-pdf", help="PDF output")
     p.add_argument("--log", default=None, help="log file")
@@ -25,7 +27,7 @@ def main(argv=None):
     logs.setup(args.log)
     from deepbc import figures
 
-    figures.plot_confusion(args.predictions, args.classes, args.out_png, args.out_pdf)
+    figures.plot_confusion(args.predictions, args.classes, args.manifest, args.out_png, args.out_pdf)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """ROC curves of one task: patient level and image level, one curve per architecture and
-protocol, test predictions pooled over folds (macro one-vs-rest for more than two classes).
+protocol, test predictions pooled over folds (macro one-vs-rest for more than two classes). The
+legend gives the pooled AUC and the mean of the per-fold AUCs (the tables' figure).
 """
 
 import argparse
@@ -15,6 +16,8 @@ def parse_args(argv=None):
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
     p.add_argument("--predictions", required=True, nargs="+",
                    help="results/predictions/{run}/{arch}/fold{k}.parquet of the task's runs")
+    p.add_argument("--manifest", required=True,
+                   help="results/manifest/{dataset}.parquet: tells whether images map to patients")
     p.add_argument("--out-png", required=True, help="PNG output")
     p.add_argument("--out-pdf", help="PDF output")
     p.add_argument("--log", default=None, help="log file")
@@ -26,7 +29,8 @@ def main(argv=None):
     logs.setup(args.log)
     from deepbc import figures
 
-    figures.plot_roc(args.predictions, args.classes, args.task, args.out_png, args.out_pdf)
+    figures.plot_roc(args.predictions, args.classes, args.task, args.manifest, args.out_png,
+                     args.out_pdf)
 
 
 if __name__ == "__main__":
