@@ -8,7 +8,6 @@ CUDA_VISIBLE_DEVICES for the job, that choice is left alone.
 """
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from deepbc import locks
 from deepbc.errors import UserError
 
 LOG = logging.getLogger("deepbc.gpu")
@@ -54,23 +54,15 @@ def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, po
     deadline = time.monotonic() + timeout
     while True:
         for index in range(n):
-            handle = open(lock_dir / f"gpu{index}.lock", "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+            handle = locks.try_lock(lock_dir / f"gpu{index}.lock")
+            if handle is None:
                 continue
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
             os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
             LOG.info("leased GPU %d (lock %s)", index, handle.name)
             try:
                 yield index
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+                locks.release(handle)
             return
         if time.monotonic() > deadline:
             raise UserError(f"all {n} GPUs stayed leased for {timeout:.0f} s", str(lock_dir),
