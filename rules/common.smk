@@ -17,14 +17,17 @@ try:
 except UserError as err:
     raise WorkflowError(f"invalid configuration:\n{err}") from None
 
-# Doubled braces: Snakemake formats the prefix like a shell command.
-shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
-
+# Doubled braces: Snakemake formats the prefix like a shell command. Shell commands run
+# "$DEEPBC_WORKFLOW_DIR/{params.script}": params hold only the script's path inside the checkout,
+# and Snakemake records neither the prefix nor the formatted command, so moving the checkout
+# changes no job's provenance (params, code).
+shell.prefix(f"export DEEPBC_WORKFLOW_DIR={shlex.quote(workflow.basedir)}"
+             f" PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 def script(name):
-    """A workflow script, as a rule param (so provenance records it)."""
-    return os.path.join(workflow.basedir, "workflow_scripts", name)
+    """A workflow script, relative to the workflow's folder, as a rule param (so provenance records it)."""
+    return f"workflow_scripts/{name}"
 
 
 TASKS = wc.selected_tasks(config)

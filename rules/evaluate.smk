@@ -22,7 +22,7 @@ rule evaluate:
     conda:
         GPU_ENV
     shell:
-        "python {params.script:q} --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
         " --out {output:q} --threads {threads} --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q}"
         " --log {log:q}"
 
@@ -49,5 +49,5 @@ rule predict_folder:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --model-dir {params.model_dir:q} --images {input.images:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --images {input.images:q}"
         " --out {output:q} {params.patients} --threads {threads} --log {log:q}"

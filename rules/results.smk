@@ -15,7 +15,7 @@ rule metrics:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --predictions {input:q} --classes {params.classes:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input:q} --classes {params.classes:q}"
         " --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
         " --n-boot {params.n_boot} --seed {params.seed} --out {output:q} --log {log:q}"
 
@@ -36,7 +36,7 @@ rule task_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --task {wildcards.task} --metrics {input:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --metrics {input:q}"
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 
@@ -55,7 +55,7 @@ rule summary_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
         " --log {log:q}"
 
 
@@ -74,7 +74,7 @@ rule leakage_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
         " --log {log:q}"
 
 
@@ -95,7 +95,7 @@ rule roc_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --task {wildcards.task} --classes {params.classes:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --classes {params.classes:q}"
         " --predictions {input:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
@@ -117,7 +117,7 @@ rule confusion_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --classes {params.classes:q} --predictions {input:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --classes {params.classes:q} --predictions {input:q}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
@@ -139,5 +139,5 @@ rule training_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --training {input:q} --title {params.title:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --training {input:q} --title {params.title:q}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"

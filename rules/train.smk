@@ -12,7 +12,7 @@ rule get_checkpoint:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --arch {wildcards.arch}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --arch {wildcards.arch}"
         " --checkpoint-dir {params.checkpoint_dir:q} {params.allow_download}"
         " --out {output:q} --log {log:q}"
 
@@ -48,7 +48,7 @@ rule train:
     conda:
         GPU_ENV
     shell:
-        "python {params.script:q} --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
         " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
         " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads}"
         " --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q} --log {log:q}"

@@ -177,3 +177,37 @@ def test_missing_dataset_root_names_the_path(tmp_path):
     assert str(missing) in log and "BreaKHis" in log and "web.inf.ufpr.br" in log
     log = (tmp_path / "results" / "logs" / "check_dataset" / "tma.log").read_text()
     assert str(missing) in log and "breast" in log
+
+
+def _folder_dataset(root, per_class=6):
+    """A tiny TMA-like folder dataset: the demo config's four classes, a few 32 px images each."""
+    from PIL import Image
+
+    for c, label in enumerate(("breast", "bladder", "lung", "lymphoma")):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (32, 32), (40 * i, 50 * c, 200)).save(root / label / f"{label}_{i}.png")
+
+
+@pytest.mark.slow
+def test_moved_checkout_reruns_nothing(tmp_path):
+    """The same results folder used from a clone at another path: provenance holds no checkout path."""
+    import shutil
+
+    moved = tmp_path / "moved clone"
+    moved.mkdir()
+    for part in ("Snakefile", "rules", "config", "workflow_scripts", "deepbc", "envs", "report", "profiles"):
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, moved / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, moved / part)
+    workdir = tmp_path / "work"
+    _folder_dataset(workdir / "tma")
+    args = ["--config", "demo=False", "tasks=[cancer_types]", "tma_dir=tma", "tma_patients_csv=",
+            "--", "results/splits/cancer_types.parquet"]
+    snakemake(workdir, "--cores", "1", *args)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(moved / "Snakefile"),
+                           "--directory", str(workdir), "-n", *args], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-4000:]
