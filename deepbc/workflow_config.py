@@ -63,10 +63,42 @@ def check(config: dict) -> None:
                 raise UserError("folder datasets have no magnification", f"{where}.magnification",
                                 "set magnification: all")
     k = config.get("splits", {}).get("k", 5)
+    # Here rather than uniqueItems in the schema: folds given on the command line are strings.
+    repeated = sorted({f for f in folds(config) if folds(config).count(f) > 1})
+    if repeated:
+        raise UserError(f"fold(s) {repeated} listed more than once", "config key folds",
+                        "list each fold once, e.g. folds=[0,1]")
     for fold in folds(config):
         if fold >= k:
             raise UserError(f"fold {fold} does not exist with k={k}", "config key folds",
                             f"use fold indices 0..{k - 1}")
+
+
+def check_schema(config: dict, schema_path) -> None:
+    """Raise a short UserError on the first value the JSON schema (a YAML file) refuses.
+
+    Snakemake's own validate() prints the whole schema after the error; this names the key, its
+    place and, for an unknown key, the keys allowed there.
+    """
+    import jsonschema
+    import yaml
+
+    with open(schema_path, encoding="utf-8") as fh:
+        schema = yaml.safe_load(fh)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
+        return
+    err = errors[0]
+    place = ".".join(str(p) for p in err.absolute_path)
+    where = f"config key {place}" if place else "the top level of the config"
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        unknown = sorted(k for k in err.instance if k not in allowed)
+        if allowed:
+            raise UserError(f"unknown config key(s) {unknown}", where, f"use one of the keys allowed there: {allowed}")
+    what = err.message if len(err.message) <= 300 else err.message[:300] + " ..."
+    raise UserError(what, where, "see config/schema.yaml for the values allowed there")
 
 
 def _check_breakhis_task(task: dict, where: str) -> None:

@@ -11,8 +11,10 @@ sys.path.insert(0, workflow.basedir)
 from deepbc import workflow_config as wc  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
 
-validate(config, schema="../config/schema.yaml")
 try:
+    # A short message first; Snakemake's validate() then fills in the schema's defaults.
+    wc.check_schema(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+    validate(config, schema="../config/schema.yaml")
     wc.check(config)
 except UserError as err:
     raise WorkflowError(f"invalid configuration:\n{err}") from None

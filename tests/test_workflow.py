@@ -157,8 +157,20 @@ def test_invalid_config_fails_before_any_job(tmp_path):
                      check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert "1 is less than the minimum of 2" in out and "['splits']['k']" in out
+    assert "1 is less than the minimum of 2" in out and "where: config key splits.k" in out
     assert not (tmp_path / "results").exists()
+
+
+def test_unknown_config_key_names_its_place_and_the_allowed_keys_only(tmp_path):
+    overlay = tmp_path / "typo.yaml"
+    overlay.write_text("splits: {k: 3, val_fracton: 0.2}\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay),
+                     check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "unknown config key(s) ['val_fracton']" in out and "where: config key splits" in out
+    assert "['exclude_label_conflicts', 'k', 'val_fraction']" in out
+    assert "definitions" not in out and len(out.splitlines()) < 40, out  # not the whole schema
 
 
 def test_unknown_architecture_names_the_allowed_ones(tmp_path):
