@@ -6,6 +6,8 @@ express (a class a dataset does not have, a fold beyond k) and answers the workf
 """
 
 import copy
+import json
+import os
 
 from deepbc.errors import UserError
 
@@ -148,3 +150,23 @@ def train_settings(config: dict, task: str, arch: str) -> dict:
             else:
                 settings[key] = value
     return settings
+
+
+def check_shards_present(index_path) -> None:
+    """Raise UserError if a shard index exists but a shard it lists does not.
+
+    Called by the train and evaluate rules' input functions, so that ``snakemake -n`` reports it
+    rather than the job once training starts. A missing or unreadable index is left to the rules
+    (write_shards makes it) and to the job (which names what is wrong with it).
+    """
+    try:
+        with open(index_path, encoding="utf-8") as fh:
+            listed = json.load(fh).get("shards", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    folder = os.path.dirname(index_path)
+    missing = [name for name in listed if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise UserError(f"{len(missing)} shard(s) listed in this index are missing, e.g. "
+                        f"{os.path.join(folder, missing[0])}", str(index_path),
+                        f"delete the folder {folder}/ and rerun: write_shards rebuilds the fold's shards")

@@ -87,8 +87,19 @@ def root_of_run(wildcards):
     return dataset_root(run_dataset(wildcards.run))
 
 
-def shard_indexes(run, fold):
-    return expand("results/tfrecords/{run}/fold{fold}/{split}.json", run=run, fold=fold, split=SPLITS)
+def shard_indexes(run, fold, splits=SPLITS):
+    return expand("results/tfrecords/{run}/fold{fold}/{split}.json", run=run, fold=fold, split=splits)
+
+
+def checked_shard_indexes(run, fold, splits):
+    """A job's shard indexes; one that lists a missing shard stops the DAG (snakemake -n shows it)."""
+    indexes = shard_indexes(run, fold, splits)
+    for index in indexes:
+        try:
+            wc.check_shards_present(index)
+        except UserError as err:
+            raise WorkflowError(str(err)) from None
+    return indexes
 
 
 def all_shards():

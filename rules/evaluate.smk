@@ -2,7 +2,7 @@ rule evaluate:
     input:
         model=rules.train.output.settings,
         checkpoint=rules.train.output.model,
-        shards="results/tfrecords/{run}/fold{fold}/test.json",
+        shards=lambda wc: checked_shard_indexes(wc.run, wc.fold, ["test"]),
     output:
         "results/predictions/{run}/{arch}/fold{fold}.parquet",
     params:

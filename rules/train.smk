@@ -19,7 +19,7 @@ rule get_checkpoint:
 
 rule train:
     input:
-        shards=lambda wc: shard_indexes(wc.run, wc.fold)[:2],
+        shards=lambda wc: checked_shard_indexes(wc.run, wc.fold, ["train", "val"]),
         checkpoint=checkpoint_input,
     output:
         model=multiext("results/models/{run}/{arch}/fold{fold}/model.ckpt", ".index", ".data-00000-of-00001"),

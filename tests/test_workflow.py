@@ -223,3 +223,22 @@ def test_moved_checkout_reruns_nothing(tmp_path):
                            "--directory", str(workdir), "-n", *args], capture_output=True, text=True, env=_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-4000:]
+
+
+def test_dry_run_sees_a_shard_missing_from_its_index(tmp_path):
+    import json
+
+    fold = tmp_path / "results" / "tfrecords" / "cancer_types" / "fold0"
+    fold.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        name = f"{split}-00000-of-00001.tfrecord"
+        (fold / f"{split}.json").write_text(json.dumps({"count": 1, "shards": [name]}))
+        if split != "val":
+            (fold / name).write_bytes(b"")
+    proc = snakemake(tmp_path, "-n", "--config", "folds=[0]", "--",
+                     "results/predictions/cancer_types/resnet_small/fold0.parquet", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "1 shard(s) listed in this index are missing" in out, out[-3000:]
+    assert "results/tfrecords/cancer_types/fold0/val-00000-of-00001.tfrecord" in out
+    assert "delete the folder results/tfrecords/cancer_types/fold0/ and rerun" in out
