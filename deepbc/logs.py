@@ -34,23 +34,23 @@ def run_main(main, argv=None) -> int:
     """
     try:
         main(argv)
-    except UserError as err:
+    except Exception as err:
         _ensure_logging(argv)
-        LOG.error("%s", err)
-        return 1
-    except OSError as err:
-        _ensure_logging(argv)
-        if err.errno != errno.ENOSPC:
+        if isinstance(err, UserError):
+            LOG.error("%s", err)
+        elif _disk_full(err):
+            LOG.error("%s", UserError(f"no space left on device: {err}",
+                                      getattr(err, "filename", None) or "the job's output folder",
+                                      "free disk space there (or move results/ to a larger disk) and rerun"))
+        else:
             LOG.exception("unexpected error")
-            return 1
-        LOG.error("%s", UserError(f"no space left on device: {err}", err.filename or "the output folder",
-                                  "free disk space there (or move results/ to a larger disk) and rerun"))
-        return 1
-    except Exception:
-        _ensure_logging(argv)
-        LOG.exception("unexpected error")
         return 1
     return 0
+
+
+def _disk_full(err: Exception) -> bool:
+    # TensorFlow reports a full disk in its own error types, with the OS message in the text.
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
 
 
 def _ensure_logging(argv) -> None:

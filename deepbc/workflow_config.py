@@ -66,11 +66,12 @@ def check(config: dict) -> None:
                                 "set magnification: all")
     k = config.get("splits", {}).get("k", 5)
     # Here rather than uniqueItems in the schema: folds given on the command line are strings.
-    repeated = sorted({f for f in folds(config) if folds(config).count(f) > 1})
+    listed = folds(config)
+    repeated = sorted({f for f in listed if listed.count(f) > 1})
     if repeated:
         raise UserError(f"fold(s) {repeated} listed more than once", "config key folds",
                         "list each fold once, e.g. folds=[0,1]")
-    for fold in folds(config):
+    for fold in listed:
         if fold >= k:
             raise UserError(f"fold {fold} does not exist with k={k}", "config key folds",
                             f"use fold indices 0..{k - 1}")
