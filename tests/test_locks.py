@@ -77,3 +77,13 @@ def test_lock_taken_in_this_process_names_it_and_is_free_after_release(tmp_path)
     locks.release(handle)
     with locks.exclusive(target, "the state", timeout=0.1, poll=0.02):
         assert f'"pid": {os.getpid()}' in locks.lock_path(target).read_text()
+
+
+def test_waits_for_the_holder_then_runs(tmp_path, caplog):
+    import threading
+
+    target = tmp_path / "state"
+    handle = locks.try_lock(locks.lock_path(target))
+    threading.Timer(0.3, locks.release, [handle]).start()
+    with locks.exclusive(target, "the state", timeout=30, poll=0.05):
+        assert f"locked by pid {os.getpid()}" in caplog.text
