@@ -13,7 +13,6 @@ on the CPU, weeks instead of a day.
 
 import contextlib
 import ctypes
-import fcntl
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from deepbc import locks
 from deepbc.errors import UserError
 
 LOG = logging.getLogger("deepbc.gpu")
@@ -73,16 +73,9 @@ def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, po
     deadline = time.monotonic() + timeout
     while True:
         for index in range(n):
-            handle = open(lock_dir / f"gpu{index}.lock", "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+            handle = locks.try_lock(lock_dir / f"gpu{index}.lock")
+            if handle is None:
                 continue
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
             # PCI order makes index i the GPU that nvidia-smi calls i (CUDA's default is fastest first).
             os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
@@ -90,8 +83,7 @@ def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, po
             try:
                 yield index
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+                locks.release(handle)
             return
         if time.monotonic() > deadline:
             raise UserError(f"all {n} GPUs stayed leased for {timeout:.0f} s", str(lock_dir),

@@ -1,5 +1,7 @@
 """Logging for workflow scripts: to the rule's log file and to stderr, plus an ETA progress line."""
 
+import argparse
+import errno
 import logging
 import sys
 import time
@@ -25,13 +27,43 @@ def setup(log_file: str | None = None, level: int = logging.INFO) -> logging.Log
 
 
 def run_main(main, argv=None) -> int:
-    """Run a script's main; a UserError becomes a clear message and exit code 1, not a traceback."""
+    """Run a script's main; every failure goes to the log file as well as stderr, exit code 1.
+
+    A UserError becomes its what/where/what-to-do message, a full disk a message saying so, and
+    anything else its full traceback.
+    """
     try:
         main(argv)
-    except UserError as err:
-        LOG.error("%s", err)
+    except Exception as err:
+        _ensure_logging(argv)
+        if isinstance(err, UserError):
+            LOG.error("%s", err)
+        elif _disk_full(err):
+            LOG.error("%s", UserError(f"no space left on device: {err}",
+                                      getattr(err, "filename", None) or "the job's output folder",
+                                      "free disk space there (or move results/ to a larger disk) and rerun"))
+        else:
+            LOG.exception("unexpected error")
         return 1
     return 0
+
+
+def _disk_full(err: Exception) -> bool:
+    # TensorFlow reports a full disk in its own error types, with the OS message in the text.
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+
+
+def _ensure_logging(argv) -> None:
+    """A failure before the script set up logging still reaches its --log file."""
+    if logging.getLogger().handlers:
+        return
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--log")
+    log_file = parser.parse_known_args(sys.argv[1:] if argv is None else argv)[0].log
+    try:
+        setup(log_file)
+    except OSError:
+        setup(None)
 
 
 class Progress:

@@ -21,6 +21,7 @@ processes) start without it.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import json
@@ -28,6 +29,7 @@ import logging
 import math
 import multiprocessing
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -428,3 +430,40 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
     dataset = dataset.batch(batch_size, drop_remainder=is_training)
     return dataset.prefetch(autotune)
 
+
+
+def find_corrupt_shards(index_paths) -> list[tuple[str, str]]:
+    """(shard path, reader's message) of every shard of these indexes that does not read to the end."""
+    import tensorflow as tf
+
+    corrupt = []
+    for index_path in index_paths:
+        for path in read_index(index_path)["paths"]:
+            try:
+                for _ in tf.compat.v1.io.tf_record_iterator(path):
+                    pass
+            except tf.errors.DataLossError as err:
+                corrupt.append((path, err.message))
+    return corrupt
+
+
+@contextlib.contextmanager
+def naming_corrupt_shards(index_paths):
+    """Turn TensorFlow's 'corrupted record at N', which names no file, into a UserError naming the
+    shard and how to rebuild it."""
+    try:
+        yield
+    except Exception as err:
+        # Without TensorFlow imported, the error cannot be one of its own.
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(err, tf.errors.DataLossError):
+            raise
+        corrupt = find_corrupt_shards(index_paths)
+        if not corrupt:
+            raise
+        path, detail = corrupt[0]
+        others = f" (and {len(corrupt) - 1} more shard(s) of this fold)" if len(corrupt) > 1 else ""
+        folder = Path(path).parent
+        raise UserError(f"corrupt shard: {detail}{others}", path,
+                        f"delete the folder {folder}/ and rerun the workflow, which rebuilds its shards "
+                        "from the dataset") from err

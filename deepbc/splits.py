@@ -5,8 +5,9 @@
 ``fold, split, path``.
 
 Protocol ``patient``: scikit-learn ``StratifiedGroupKFold`` over patients gives each fold's test
-patients; the validation patients are the first split of a second ``StratifiedGroupKFold`` over
-the fold's training patients. ``assert_patient_safe`` then proves no patient is on two sides.
+patients; the validation patients are round(val_fraction x n) of the fold's n training patients,
+drawn per class in proportion (``_validation_patients``), so the validation share follows the setting
+to within one patient. ``assert_patient_safe`` then proves no patient is on two sides.
 
 Protocol ``image``: the preprint's image-level random split (``StratifiedKFold`` over images,
 validation drawn at random from the training images). It puts images of one patient on both
@@ -68,6 +69,7 @@ def make_splits(df: pd.DataFrame, k: int, val_fraction: float, seed: int, protoc
     out = out[COLUMNS + carried].reset_index(drop=True)
 
     _warn_missing_classes(out)
+    _log_validation_shares(out, val_fraction)
     if protocol == "patient":
         assert_patient_safe(out)
     else:
@@ -79,7 +81,6 @@ def _patient_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -
     y = data["label_index"].to_numpy()
     groups = data["patient"].to_numpy()
     n_patients = len(np.unique(groups))
-    n_val = max(2, int(round(1 / val_fraction)))
     if n_patients < k:
         raise UserError(f"{n_patients} patient(s) are too few for k={k} folds", "config key splits.k",
                         "lower k or use a dataset with more patients")
@@ -89,19 +90,40 @@ def _patient_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -
             LOG.warning("class %r has %d patient(s), fewer than k=%d: %d test fold(s) will have none of it",
                         label, n, k, k - n)
     outer = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    inner = StratifiedGroupKFold(n_splits=n_val, shuffle=True, random_state=seed)
     result = []
-    for train_val, test in outer.split(np.zeros(len(y)), y, groups):
-        if len(np.unique(groups[train_val])) < n_val:
-            raise UserError(f"too few training patients ({len(np.unique(groups[train_val]))}) to draw a validation "
-                            f"share of {val_fraction} (1 in {n_val} patients)", "config key splits.val_fraction",
-                            "raise val_fraction or lower k")
-        _, val_in = next(inner.split(np.zeros(len(train_val)), y[train_val], groups[train_val]))
+    for fold, (train_val, test) in enumerate(outer.split(np.zeros(len(y)), y, groups)):
+        val_patients = _validation_patients(data.iloc[train_val], val_fraction, seed + fold)
         split = np.full(len(y), "train", dtype=object)
         split[test] = "test"
-        split[train_val[val_in]] = "val"
+        split[train_val[np.isin(groups[train_val], val_patients)]] = "val"
         result.append(split)
     return result
+
+
+def _validation_patients(train_val: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarray:
+    """round(val_fraction x patients) of a fold's training patients, drawn per class in proportion.
+
+    A patient counts under its most frequent label. Each class gets its share of the validation
+    patients by largest remainder, so the whole-patient granularity is the only rounding.
+    """
+    labels = (train_val.groupby(["patient", "label_index"]).size().rename("n").reset_index()
+              .sort_values(["patient", "n", "label_index"], ascending=[True, False, True])
+              .drop_duplicates("patient"))
+    n_patients = len(labels)
+    n_val = int(round(val_fraction * n_patients))
+    if n_val < 1 or n_val >= n_patients:
+        raise UserError(f"a validation share of {val_fraction} of {n_patients} training patients is "
+                        f"{val_fraction * n_patients:.2f} patients: too few training patients to draw a "
+                        "validation split and keep a training split", "config key splits.val_fraction",
+                        f"use a val_fraction between {1 / n_patients:.2f} and {1 - 1 / n_patients:.2f}, "
+                        "or lower k")
+    by_class = {c: g["patient"].to_numpy() for c, g in labels.groupby("label_index")}
+    exact = {c: n_val * len(p) / n_patients for c, p in by_class.items()}
+    quota = {c: int(np.floor(q)) for c, q in exact.items()}
+    for c in sorted(exact, key=lambda c: (-(exact[c] - quota[c]), c))[: n_val - sum(quota.values())]:
+        quota[c] += 1
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(by_class[c], quota[c], replace=False) for c in sorted(by_class)])
 
 
 def _image_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
@@ -168,6 +190,15 @@ def _warn_missing_classes(splits: pd.DataFrame) -> None:
                         fold, split, absent)
     LOG.info("split sizes (images):\n%s",
              splits.groupby(["fold", "split"]).size().unstack("split").reindex(columns=list(SPLITS)).to_string())
+
+
+def _log_validation_shares(splits: pd.DataFrame, val_fraction: float) -> None:
+    """The validation share of each fold's training side obtained, in patients and in images."""
+    for fold, g in splits[splits["split"] != "test"].groupby("fold"):
+        val = g["split"] == "val"
+        n_pat, n_val_pat = g["patient"].nunique(), g.loc[val, "patient"].nunique()
+        LOG.info("fold %d validation share (setting %.3g): %d of %d patients (%.3f), %d of %d images (%.3f)",
+                 fold, val_fraction, n_val_pat, n_pat, n_val_pat / n_pat, int(val.sum()), len(g), val.mean())
 
 
 def read_table(path, what: str) -> pd.DataFrame:

@@ -6,6 +6,8 @@ express (a class a dataset does not have, a fold beyond k) and answers the workf
 """
 
 import copy
+import json
+import os
 
 from deepbc.errors import UserError
 
@@ -63,10 +65,43 @@ def check(config: dict) -> None:
                 raise UserError("folder datasets have no magnification", f"{where}.magnification",
                                 "set magnification: all")
     k = config.get("splits", {}).get("k", 5)
-    for fold in folds(config):
+    # Here rather than uniqueItems in the schema: folds given on the command line are strings.
+    listed = folds(config)
+    repeated = sorted({f for f in listed if listed.count(f) > 1})
+    if repeated:
+        raise UserError(f"fold(s) {repeated} listed more than once", "config key folds",
+                        "list each fold once, e.g. folds=[0,1]")
+    for fold in listed:
         if fold >= k:
             raise UserError(f"fold {fold} does not exist with k={k}", "config key folds",
                             f"use fold indices 0..{k - 1}")
+
+
+def check_schema(config: dict, schema_path) -> None:
+    """Raise a short UserError on the first value the JSON schema (a YAML file) refuses.
+
+    Snakemake's own validate() prints the whole schema after the error; this names the key, its
+    place and, for an unknown key, the keys allowed there.
+    """
+    import jsonschema
+    import yaml
+
+    with open(schema_path, encoding="utf-8") as fh:
+        schema = yaml.safe_load(fh)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
+        return
+    err = errors[0]
+    place = ".".join(str(p) for p in err.absolute_path)
+    where = f"config key {place}" if place else "the top level of the config"
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        unknown = sorted(k for k in err.instance if k not in allowed)
+        if allowed:
+            raise UserError(f"unknown config key(s) {unknown}", where, f"use one of the keys allowed there: {allowed}")
+    what = err.message if len(err.message) <= 300 else err.message[:300] + " ..."
+    raise UserError(what, where, "see config/schema.yaml for the values allowed there")
 
 
 def _check_breakhis_task(task: dict, where: str) -> None:
@@ -116,3 +151,23 @@ def train_settings(config: dict, task: str, arch: str) -> dict:
             else:
                 settings[key] = value
     return settings
+
+
+def check_shards_present(index_path) -> None:
+    """Raise UserError if a shard index exists but a shard it lists does not.
+
+    Called by the train and evaluate rules' input functions, so that ``snakemake -n`` reports it
+    rather than the job once training starts. A missing or unreadable index is left to the rules
+    (write_shards makes it) and to the job (which names what is wrong with it).
+    """
+    try:
+        with open(index_path, encoding="utf-8") as fh:
+            listed = json.load(fh).get("shards", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    folder = os.path.dirname(index_path)
+    missing = [name for name in listed if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise UserError(f"{len(missing)} shard(s) listed in this index are missing, e.g. "
+                        f"{os.path.join(folder, missing[0])}", str(index_path),
+                        f"delete the folder {folder}/ and rerun: write_shards rebuilds the fold's shards")

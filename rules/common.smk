@@ -11,20 +11,25 @@ sys.path.insert(0, workflow.basedir)
 from deepbc import workflow_config as wc  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
 
-validate(config, schema="../config/schema.yaml")
 try:
+    # A short message first; Snakemake's validate() then fills in the schema's defaults.
+    wc.check_schema(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+    validate(config, schema="../config/schema.yaml")
     wc.check(config)
 except UserError as err:
     raise WorkflowError(f"invalid configuration:\n{err}") from None
 
-# Doubled braces: Snakemake formats the prefix like a shell command.
-shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
-
+# Doubled braces: Snakemake formats the prefix like a shell command. Shell commands run
+# "$DEEPBC_WORKFLOW_DIR/{params.script}": params hold only the script's path inside the checkout,
+# and Snakemake records neither the prefix nor the formatted command, so moving the checkout
+# changes no job's provenance (params, code).
+shell.prefix(f"export DEEPBC_WORKFLOW_DIR={shlex.quote(workflow.basedir)}"
+             f" PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 def script(name):
-    """A workflow script, as a rule param (so provenance records it)."""
-    return os.path.join(workflow.basedir, "workflow_scripts", name)
+    """A workflow script, relative to the workflow's folder, as a rule param (so provenance records it)."""
+    return f"workflow_scripts/{name}"
 
 
 TASKS = wc.selected_tasks(config)
@@ -82,8 +87,19 @@ def root_of_run(wildcards):
     return dataset_root(run_dataset(wildcards.run))
 
 
-def shard_indexes(run, fold):
-    return expand("results/tfrecords/{run}/fold{fold}/{split}.json", run=run, fold=fold, split=SPLITS)
+def shard_indexes(run, fold, splits=SPLITS):
+    return expand("results/tfrecords/{run}/fold{fold}/{split}.json", run=run, fold=fold, split=splits)
+
+
+def checked_shard_indexes(run, fold, splits):
+    """A job's shard indexes; one that lists a missing shard stops the DAG (snakemake -n shows it)."""
+    indexes = shard_indexes(run, fold, splits)
+    for index in indexes:
+        try:
+            wc.check_shards_present(index)
+        except UserError as err:
+            raise WorkflowError(str(err)) from None
+    return indexes
 
 
 def all_shards():

@@ -16,7 +16,7 @@ rule make_demo:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --breakhis-out {output.breakhis:q}/BreaKHis_v1 --tma-out {output.tma:q}/images"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --breakhis-out {output.breakhis:q}/BreaKHis_v1 --tma-out {output.tma:q}/images"
         " --seed {params.seed} --scale {params.scale} --workers {threads} --log {log:q}"
 
 
@@ -40,7 +40,7 @@ rule check_dataset:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --dataset {wildcards.dataset} --root {params.root:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --dataset {wildcards.dataset} --root {params.root:q}"
         " {params.options} --workers {threads}"
         " --manifest {output.manifest:q} --rejects {output.rejects:q} --log {log:q}"
 
@@ -66,7 +66,7 @@ rule make_splits:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --manifest {input.manifest:q} --task {params.task}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --manifest {input.manifest:q} --task {params.task}"
         " --task-json {params.task_json:q} --protocol {params.protocol} --k {params.k}"
         " --val-fraction {params.val_fraction} --seed {params.seed} {params.conflicts}"
         " --out {output:q} --log {log:q}"
@@ -96,7 +96,7 @@ rule write_shards:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --splits {input.splits:q} --root {params.root:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --splits {input.splits:q} --root {params.root:q}"
         " --fold {wildcards.fold} --out-dir {params.out_dir:q}"
         " --images-per-shard {params.images_per_shard} --format {params.format}"
         " --jpeg-quality {params.jpeg_quality} --max-shorter-side {params.max_shorter_side}"

@@ -2,7 +2,7 @@ rule evaluate:
     input:
         model=rules.train.output.settings,
         checkpoint=rules.train.output.model,
-        shards="results/tfrecords/{run}/fold{fold}/test.json",
+        shards=lambda wc: checked_shard_indexes(wc.run, wc.fold, ["test"]),
     output:
         "results/predictions/{run}/{arch}/fold{fold}.parquet",
     params:
@@ -22,7 +22,7 @@ rule evaluate:
     conda:
         GPU_ENV
     shell:
-        "python {params.script:q} --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
         " --out {output:q} --threads {threads} --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q}"
         " --log {log:q}"
 
@@ -52,6 +52,6 @@ rule predict_folder:
     conda:
         GPU_ENV
     shell:
-        "python {params.script:q} --model-dir {params.model_dir:q} --images {input.images:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --images {input.images:q}"
         " --out {output:q} {params.patients} --threads {threads} --gpus {params.gpus}"
         " --gpu-lock-dir {params.lock_dir:q} --log {log:q}"

@@ -17,7 +17,7 @@ rule metrics:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --predictions {input.predictions:q} --classes {params.classes:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input.predictions:q} --classes {params.classes:q}"
         " --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
         " --manifest {input.manifest:q} --n-boot {params.n_boot} --seed {params.seed}"
         " --out {output:q} --log {log:q}"
@@ -39,7 +39,7 @@ rule task_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --task {wildcards.task} --metrics {input:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --metrics {input:q}"
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 
@@ -61,7 +61,7 @@ rule summary_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --metrics {input.metrics:q} --models {input.models:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input.metrics:q} --models {input.models:q}"
         " --out-csv {output.csv:q} --out-md {output.md:q} --log {log:q}"
 
 
@@ -80,7 +80,7 @@ rule leakage_table:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
         " --log {log:q}"
 
 
@@ -102,7 +102,7 @@ rule roc_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --task {wildcards.task} --classes {params.classes:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --classes {params.classes:q}"
         " --predictions {input.predictions:q} --manifest {input.manifest:q}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
@@ -126,7 +126,7 @@ rule confusion_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --classes {params.classes:q} --predictions {input.predictions:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --classes {params.classes:q} --predictions {input.predictions:q}"
         " --manifest {input.manifest:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
@@ -148,5 +148,5 @@ rule training_figure:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --training {input:q} --title {params.title:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --training {input:q} --title {params.title:q}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"

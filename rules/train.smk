@@ -12,14 +12,14 @@ rule get_checkpoint:
     conda:
         "../envs/cpu.yaml"
     shell:
-        "python {params.script:q} --arch {wildcards.arch}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --arch {wildcards.arch}"
         " --checkpoint-dir {params.checkpoint_dir:q} {params.allow_download}"
         " --out {output:q} --log {log:q}"
 
 
 rule train:
     input:
-        shards=lambda wc: shard_indexes(wc.run, wc.fold)[:2],
+        shards=lambda wc: checked_shard_indexes(wc.run, wc.fold, ["train", "val"]),
         checkpoint=checkpoint_input,
     output:
         model=multiext("results/models/{run}/{arch}/fold{fold}/model.ckpt", ".index", ".data-00000-of-00001"),
@@ -48,7 +48,7 @@ rule train:
     conda:
         GPU_ENV
     shell:
-        "python {params.script:q} --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
         " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
         " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads}"
         " --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q} --log {log:q}"

@@ -1,5 +1,6 @@
 """Every workflow script and benchmark runs alone, from anywhere, with --help."""
 
+import json
 import os
 import subprocess
 import sys
@@ -18,3 +19,59 @@ def test_script_help(script, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage:")
+
+
+FAILING_MAIN = """
+import errno, sys
+sys.path.insert(0, {root!r})
+from deepbc import logs
+from deepbc.errors import UserError
+
+def main(argv):
+    if {before_setup!r} == "no":
+        logs.setup({log!r})
+    raise {error}
+
+sys.exit(logs.run_main(main, ["--log", {log!r}]))
+"""
+
+
+@pytest.mark.parametrize("error, before_setup, expected", [
+    ("RuntimeError('boom')", "no", ["ERROR unexpected error", "Traceback (most recent call last)",
+                                    "RuntimeError: boom"]),
+    ("KeyError('shards')", "yes", ["Traceback (most recent call last)", "KeyError: 'shards'"]),
+    ("UserError('bad thing', 'a/b.csv', 'fix it')", "yes", ["bad thing", "where: a/b.csv", "what to do: fix it"]),
+    ("OSError(errno.ENOSPC, 'No space left on device', 'results/x.parquet')", "no",
+     ["no space left on device", "where: results/x.parquet", "free disk space"]),
+], ids=["unexpected", "before_setup", "user_error", "disk_full"])
+def test_failures_reach_the_log_file(tmp_path, error, before_setup, expected):
+    log = tmp_path / "job.log"
+    code = FAILING_MAIN.format(root=str(ROOT), log=str(log), error=error, before_setup=before_setup)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    for text in expected:
+        assert text in log.read_text() and text in proc.stderr, (text, log.read_text(), proc.stderr)
+
+
+@pytest.mark.slow
+def test_corrupt_shard_is_named_in_the_job_log(tmp_path):
+    from tests import trainkit
+
+    shard_dir = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", per_split=(32, 8, 8))
+    shard = sorted(shard_dir.glob("train-*.tfrecord"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte inside a record: its checksum no longer matches
+    shard.write_bytes(bytes(data))
+    settings = trainkit.settings(max_number_of_steps=2, eval_every_steps=2, save_every_steps=2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "train.log"
+    proc = subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / "train_model.py"),
+                           "--shard-dir", str(shard_dir), "--arch", "resnet_small", "--settings-json",
+                           json.dumps(settings), "--out-dir", str(tmp_path / "model"), "--state-dir",
+                           str(tmp_path / "state"), "--threads", "1", "--gpus", "0", "--log", str(log)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    text = log.read_text()
+    assert "corrupt shard: corrupted record at" in text and f"where: {shard}" in text, text[-3000:]
+    assert f"delete the folder {shard_dir}/ and rerun" in text
+    assert not (tmp_path / "model" / "settings.json").exists()

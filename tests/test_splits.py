@@ -211,3 +211,25 @@ def test_make_splits_script(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "--task-json is not valid JSON" in bad.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+@pytest.mark.parametrize("val_fraction", [0.2, 0.4, 0.6])
+def test_validation_share_follows_the_setting(val_fraction, caplog):
+    caplog.set_level(logging.INFO)
+    splits = sp.make_splits(tasks.select(_tiny(n_patients=31), _tiny_task()), 3, val_fraction, 3, "patient")
+    _sides_disjoint(splits)
+    for fold, g in splits[splits["split"] != "test"].groupby("fold"):
+        patients = g.groupby("split")["patient"].nunique()
+        n = patients.sum()
+        # Whole patients: within half a patient of the setting.
+        assert abs(patients["val"] - val_fraction * n) <= 0.5, (fold, dict(patients))
+        # Stratified: each class keeps about its share of the validation patients.
+        per_class = g.groupby(["label", "split"])["patient"].nunique().unstack()
+        assert (abs(per_class["val"] / per_class.sum(axis=1) - val_fraction) <= 1.0 / per_class.sum(axis=1)).all()
+        assert re.search(rf"fold {fold} validation share \(setting {val_fraction}\): {patients['val']} of {n} "
+                         r"patients \([\d.]+\), \d+ of \d+ images", caplog.text)
+
+
+def test_validation_share_that_leaves_no_patient_is_refused():
+    with pytest.raises(UserError, match="splits.val_fraction"):
+        sp.make_splits(tasks.select(_tiny(n_patients=6), _tiny_task()), 3, 0.1, 0, "patient")

@@ -157,8 +157,20 @@ def test_invalid_config_fails_before_any_job(tmp_path):
                      check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert "1 is less than the minimum of 2" in out and "['splits']['k']" in out
+    assert "1 is less than the minimum of 2" in out and "where: config key splits.k" in out
     assert not (tmp_path / "results").exists()
+
+
+def test_unknown_config_key_names_its_place_and_the_allowed_keys_only(tmp_path):
+    overlay = tmp_path / "typo.yaml"
+    overlay.write_text("splits: {k: 3, val_fracton: 0.2}\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay),
+                     check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "unknown config key(s) ['val_fracton']" in out and "where: config key splits" in out
+    assert "['exclude_label_conflicts', 'k', 'val_fraction']" in out
+    assert "definitions" not in out and len(out.splitlines()) < 40, out  # not the whole schema
 
 
 def test_unknown_architecture_names_the_allowed_ones(tmp_path):
@@ -177,3 +189,56 @@ def test_missing_dataset_root_names_the_path(tmp_path):
     assert str(missing) in log and "BreaKHis" in log and "web.inf.ufpr.br" in log
     log = (tmp_path / "results" / "logs" / "check_dataset" / "tma.log").read_text()
     assert str(missing) in log and "breast" in log
+
+
+def _folder_dataset(root, per_class=6):
+    """A tiny TMA-like folder dataset: the demo config's four classes, a few 32 px images each."""
+    from PIL import Image
+
+    for c, label in enumerate(("breast", "bladder", "lung", "lymphoma")):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (32, 32), (40 * i, 50 * c, 200)).save(root / label / f"{label}_{i}.png")
+
+
+@pytest.mark.slow
+def test_moved_checkout_reruns_nothing(tmp_path):
+    """The same results folder used from a clone at another path: provenance holds no checkout path."""
+    import shutil
+
+    moved = tmp_path / "moved clone"
+    moved.mkdir()
+    for part in ("Snakefile", "rules", "config", "workflow_scripts", "deepbc", "envs", "report", "profiles"):
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, moved / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, moved / part)
+    workdir = tmp_path / "work"
+    _folder_dataset(workdir / "tma")
+    args = ["--config", "demo=False", "tasks=[cancer_types]", "tma_dir=tma", "tma_patients_csv=",
+            "--", "results/splits/cancer_types.parquet"]
+    snakemake(workdir, "--cores", "1", *args)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(moved / "Snakefile"),
+                           "--directory", str(workdir), "-n", *args], capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-4000:]
+
+
+def test_dry_run_sees_a_shard_missing_from_its_index(tmp_path):
+    import json
+
+    fold = tmp_path / "results" / "tfrecords" / "cancer_types" / "fold0"
+    fold.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        name = f"{split}-00000-of-00001.tfrecord"
+        (fold / f"{split}.json").write_text(json.dumps({"count": 1, "shards": [name]}))
+        if split != "val":
+            (fold / name).write_bytes(b"")
+    proc = snakemake(tmp_path, "-n", "--config", "folds=[0]", "--",
+                     "results/predictions/cancer_types/resnet_small/fold0.parquet", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "1 shard(s) listed in this index are missing" in out, out[-3000:]
+    assert "results/tfrecords/cancer_types/fold0/val-00000-of-00001.tfrecord" in out
+    assert "delete the folder results/tfrecords/cancer_types/fold0/ and rerun" in out

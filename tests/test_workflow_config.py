@@ -57,3 +57,31 @@ def test_train_settings_layering(demo_config):
     s = wc.train_settings(config, "cancer_types", "resnet_small")
     assert s["batch_size"] == 4 and s["augment"]["flip"] is False and s["augment"]["rotate"] is True
     assert wc.train_settings(config, "benign_subtypes", "resnet_small")["batch_size"] == 8
+
+
+SCHEMA = ROOT / "config" / "schema.yaml"
+
+
+@pytest.mark.parametrize("folds", [[0, 0], ["1", 1]])
+def test_repeated_folds_are_refused(demo_config, folds):
+    with pytest.raises(UserError, match=r"listed more than once(.|\n)*config key folds"):
+        wc.check({**demo_config, "folds": folds})
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c.update(foo=1), ["unknown config key(s) ['foo']", "the top level of the config", "'train'"]),
+    (lambda c: c["train"]["defaults"].update(batchsize=8),
+     ["unknown config key(s) ['batchsize']", "config key train.defaults", "'batch_size'"]),
+    (lambda c: c["splits"].update(k=1), ["1 is less than the minimum of 2", "config key splits.k"]),
+    (lambda c: c.update(architectures=["resnet_small", "resnet_small"]),
+     ["has non-unique elements", "config key architectures"]),
+])
+def test_schema_errors_are_short_and_name_the_key(demo_config, mutate, expected):
+    config = copy.deepcopy(demo_config)
+    mutate(config)
+    with pytest.raises(UserError) as err:
+        wc.check_schema(config, SCHEMA)
+    for text in expected:
+        assert text in str(err.value)
+    assert len(str(err.value)) < 800
+    wc.check_schema(demo_config, SCHEMA)

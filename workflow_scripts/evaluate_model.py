@@ -8,7 +8,7 @@ class (prob_<class>), and the predicted class.
 import argparse
 import sys
 
-from deepbc import gpu, logs
+from deepbc import gpu, locks, logs
 
 
 def parse_args(argv=None):
@@ -19,6 +19,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
+    locks.add_arguments(p)
     p.add_argument("--log", default=None, help="log file")
     return p.parse_args(argv)
 
@@ -27,10 +28,12 @@ def main(argv=None):
     args = parse_args(argv)
     logs.setup(args.log)
 
-    with gpu.lease_from_args(args):
-        from deepbc import evaluate
+    # One job per output; the lock comes before the GPU lease, so that a waiting job holds no GPU.
+    with locks.exclusive(args.out, "these predictions", args.lock_timeout), gpu.lease_from_args(args):
+        from deepbc import evaluate, shards
 
-        evaluate.predict_shards(args.model_dir, args.shard_index, args.out, args.batch_size, args.threads)
+        with shards.naming_corrupt_shards([args.shard_index]):
+            evaluate.predict_shards(args.model_dir, args.shard_index, args.out, args.batch_size, args.threads)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from deepbc import gpu, logs
+from deepbc import gpu, locks, logs
 
 
 def parse_args(argv=None):
@@ -26,6 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
+    locks.add_arguments(p)
     p.add_argument("--log", default=None, help="log file")
     return p.parse_args(argv)
 
@@ -38,12 +39,17 @@ def main(argv=None):
     if args.checkpoint_json:
         with open(args.checkpoint_json) as fh:
             checkpoint = json.load(fh)["checkpoint"]
+    # One trainer per state folder, publishing under the lock: the rerun after a killed Snakemake
+    # waits for the orphaned trainer, so its own model is the one published last. The lock comes
+    # before the GPU lease, so that a waiting job holds no GPU.
     # The lease sets CUDA_VISIBLE_DEVICES, so TensorFlow is imported only inside it.
-    with gpu.lease_from_args(args):
-        from deepbc import train
+    with locks.exclusive(args.state_dir, "this model's training state", args.lock_timeout), \
+            gpu.lease_from_args(args):
+        from deepbc import shards, train
 
-        train.train(args.shard_dir, args.out_dir, args.state_dir, args.arch, json.loads(args.settings_json),
-                    seed=args.seed, checkpoint=checkpoint, threads=args.threads)
+        with shards.naming_corrupt_shards([f"{args.shard_dir}/train.json", f"{args.shard_dir}/val.json"]):
+            train.train(args.shard_dir, args.out_dir, args.state_dir, args.arch, json.loads(args.settings_json),
+                        seed=args.seed, checkpoint=checkpoint, threads=args.threads)
 
 
 if __name__ == "__main__":
