@@ -314,15 +314,23 @@ def _summarise(dataset: str, kind: str, manifest: pd.DataFrame, rejects: pd.Data
 
 def check_dataset(dataset: str, kind: str, root: str | Path, manifest_path: str | Path, rejects_path: str | Path,
                   classes=None, patients_csv: str | Path | None = None, workers: int = 1, url: str = "",
-                  sha256: str = "", allow_download: bool = False, download_dir: str | Path | None = None) -> None:
-    """Fetch the dataset if a URL is configured, build and write its manifest and rejects."""
+                  sha256: str = "", allow_download: bool = False, download_dir: str | Path | None = None,
+                  max_extracted_gb: float | None = None, max_compression_ratio: float | None = None) -> None:
+    """Fetch the dataset if a URL is configured, build and write its manifest and rejects.
+
+    ``max_extracted_gb``, ``max_compression_ratio``: limits on extracting the archive (config
+    ``datasets.<name>``, defaults in config/schema.yaml), needed with a URL.
+    """
     root = Path(root)
     if url:
-        from deepbc.download import ensure_root  # only needed, and only imported, for a configured download
-        if download_dir is None:
-            raise UserError("a dataset URL is set but no download folder", where="--download-dir",
-                            fix="give --download-dir")
-        ensure_root(root, url, sha256, allow_download, Path(download_dir))
+        # Only needed, and only imported, for a configured download.
+        from deepbc.download import ExtractLimits, ensure_root
+        if download_dir is None or max_extracted_gb is None or max_compression_ratio is None:
+            raise UserError("a dataset URL is set but no download folder or extraction limits",
+                            where="--download-dir, --max-extracted-gb, --max-compression-ratio",
+                            fix="give all three (the workflow passes them from the dataset's config entry)")
+        limits = ExtractLimits.from_config(max_extracted_gb, max_compression_ratio, f"datasets.{dataset}")
+        ensure_root(root, url, sha256, allow_download, Path(download_dir), limits)
     manifest, rejects = build_manifest(root, kind, classes=classes, patients_csv=patients_csv, workers=workers,
                                        dataset=dataset)
     if manifest.empty:
