@@ -1,7 +1,7 @@
 """The one way image files become pixels: uint8 RGB arrays, the same for every reader.
 
 The dataset check (``manifest``), the shard writer (``shards.encode_image``) and ``predict_folder``
-all decode with ``decode`` (or ``open_image`` + ``to_rgb``), so training and prediction see the
+all decode with ``decode`` (or ``open_image``, ``load`` and ``rgb_image``/``to_rgb``), so training and prediction see the
 same pixels, and a file the check accepts is one the others can read.
 
 Accepted: PNG, JPEG and TIFF, at most ``MAX_PIXELS`` pixels. Pixel modes, to 8-bit RGB:
@@ -45,6 +45,7 @@ _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00":
                b"II+\x00": "TIFF", b"MM\x00+": "TIFF"}
 _TO_RGB = ("RGB", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
 _TO_RGBA = ("RGBA", "RGBa", "PA")
+_KNOWN = {"1", "L", "LA", "La", "P", "I", *_TO_RGB, *_TO_RGBA}
 
 
 class Rejected(Exception):
@@ -158,36 +159,49 @@ def load(im: Image.Image, reopen=None) -> None:
         raise Rejected("truncated" if truncated else "undecodable", text) from None
 
 
-def to_rgb(im: Image.Image) -> np.ndarray:
-    """The decoded image as uint8 [height, width, 3], by the rules in the module docstring."""
+def check_mode(im: Image.Image) -> None:
+    """Raise Rejected (``unsupported_mode``) if ``rgb_image`` cannot convert ``im``; touches no pixels.
+
+    Every other mode converts without fail, so a reader that only needs to know whether an image is
+    usable (the dataset check) calls this instead of converting.
+    """
     mode = im.mode
-    if mode == "1":
-        grey = np.asarray(im, dtype=np.uint8) * np.uint8(255)
-    elif mode == "L":
-        grey = np.asarray(im)
-    elif mode.startswith("I;16"):
-        grey = _scale(np.asarray(im).astype(np.int64), 16)
-    elif mode == "I":
-        bits = _unsigned_bits(im)
-        # Pillow holds mode I as int32: unsigned 32-bit samples above 2**31 - 1 appear negative.
-        grey = _scale(np.asarray(im).view(np.uint32).astype(np.int64), bits)
-    elif mode == "F":
+    if mode == "F":
         raise Rejected("unsupported_mode", "floating-point samples (mode F) have no defined black and white "
                                            "levels; convert the image to 8 or 16 bits per sample")
-    elif mode in ("LA", "La"):
+    if mode == "I":
+        _unsigned_bits(im)
+    elif not (mode in _KNOWN or mode.startswith("I;16")):
+        raise Rejected("unsupported_mode", f"pixel mode {mode} has no defined conversion to RGB")
+
+
+def rgb_image(im: Image.Image) -> Image.Image:
+    """The decoded image in mode RGB, by the rules in the module docstring (``im`` itself if RGB)."""
+    check_mode(im)
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in _TO_RGB or mode in ("1", "L"):  # Pillow's conversions; 1 gives 0 and 255
+        return im.convert("RGB")
+    if mode == "P":
+        return rgb_image(im.convert("RGBA" if "transparency" in im.info else "RGB"))
+    if mode in _TO_RGBA:
+        rgba = np.asarray(im if mode == "RGBA" else im.convert("RGBA"))
+        return Image.fromarray(_on_white(rgba[..., :3], rgba[..., 3:]))
+    if mode in ("LA", "La"):
         la = np.asarray(im.convert("LA") if mode == "La" else im)
         grey = _on_white(la[..., :1], la[..., 1:])[..., 0]
-    elif mode == "P":
-        has_alpha = "transparency" in im.info
-        return to_rgb(im.convert("RGBA" if has_alpha else "RGB"))
-    elif mode in _TO_RGBA:
-        rgba = np.asarray(im if mode == "RGBA" else im.convert("RGBA"))
-        return _on_white(rgba[..., :3], rgba[..., 3:])
-    elif mode in _TO_RGB:
-        return np.asarray(im if mode == "RGB" else im.convert("RGB"))
-    else:
-        raise Rejected("unsupported_mode", f"pixel mode {mode} has no defined conversion to RGB")
-    return np.repeat(grey[..., None], 3, axis=2)
+    elif mode == "I":
+        # Pillow holds mode I as int32: unsigned 32-bit samples above 2**31 - 1 appear negative.
+        grey = _scale(np.asarray(im).view(np.uint32).astype(np.int64), _unsigned_bits(im))
+    else:  # I;16 and its byte orders
+        grey = _scale(np.asarray(im).astype(np.int64), 16)
+    return Image.fromarray(grey).convert("RGB")
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """``rgb_image`` as uint8 [height, width, 3]."""
+    return np.asarray(rgb_image(im))
 
 
 def _scale(values: np.ndarray, bits: int) -> np.ndarray:

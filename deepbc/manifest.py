@@ -89,7 +89,8 @@ def inspect_file(path: str) -> dict:
 
 
 def _decode(fh) -> dict:
-    """Decode as every reader does (``imageio``); the pixels themselves are not kept."""
+    """Decode as every reader does (``imageio``); ``check_mode`` is ``rgb_image``'s only way to fail,
+    so the pixels need not be converted to know they can be."""
     def reopen():
         # A second handle on the same open file: no second lookup of the path.
         again = open(os.dup(fh.fileno()), "rb")
@@ -100,7 +101,7 @@ def _decode(fh) -> dict:
         width, height = im.size
         fmt = imageio.FORMATS[im.format]
         imageio.load(im, reopen)
-        imageio.to_rgb(im)
+        imageio.check_mode(im)
     return {"width": width, "height": height, "format": fmt}
 
 

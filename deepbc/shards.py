@@ -64,8 +64,6 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
     decoding (check_dataset decoded exactly these bytes); anything else is decoded by
     ``imageio`` (as check_dataset and predict_folder decode it) and re-encoded.
     """
-    from PIL import Image
-
     from deepbc import imageio
 
     with open(path, "rb") as f:
@@ -82,15 +80,20 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
             if scale == 1.0 and _stored_as_is(im, data, image_format):
                 return data, height, width
             imageio.load(im, lambda: io.BytesIO(data))
-            image = Image.fromarray(imageio.to_rgb(im))
+            # Encoded inside the block: for an RGB image, rgb_image is im, which closing would empty.
+            return _encode(imageio.rgb_image(im), image_format, jpeg_quality, scale)
     except imageio.Rejected as err:
         raise UserError(f"cannot decode image ({err.reason}: {err.detail})", path,
                         "rebuild the manifest (check_dataset verifies every file) and rerun") from err
+
+
+def _encode(image, image_format: str, jpeg_quality: int, scale: float) -> tuple[bytes, int, int]:
+    from PIL import Image
+
     if scale != 1.0:
         # Round so the shorter side is exactly max_shorter_side.
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.LANCZOS)
-    width, height = image.size
     out = io.BytesIO()
     if image_format == "jpeg":
         image.save(out, format="JPEG", quality=jpeg_quality)
@@ -98,7 +101,7 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
         image.save(out, format="PNG")
     else:
         out.write(np.asarray(image, dtype=np.uint8).tobytes())
-    return out.getvalue(), height, width
+    return out.getvalue(), image.height, image.width
 
 
 def _stored_as_is(im, data: bytes, image_format: str) -> bool:
