@@ -102,10 +102,19 @@ def test_a_folder_with_bad_small_16_bit_and_tiff_files_gets_a_row_for_each(model
         return real_open(file, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded_open)
+    Image.fromarray(pixels).save(folder / "e_tf_fails.jpg", quality=95)
+    read = evaluate._read_for_prediction
+
+    def tensorflow_cannot_decode(path, min_side):  # a JPEG Pillow accepts but TensorFlow does not
+        result = read(path, min_side)
+        return (b"\xff\xd8\xff garbage", *result[1:]) if path.name == "e_tf_fails.jpg" else result
+
+    monkeypatch.setattr(evaluate, "_read_for_prediction", tensorflow_cannot_decode)
     df = evaluate.predict_folder(model / "model", folder, tmp_path / "pred.csv").set_index("path")
     assert list(df.index) == sorted(p.name for p in folder.iterdir())
     assert df["reason"].to_dict() == {"a_16bit_grey.png": "", "a_8bit.png": "", "a_grey_8bit.png": "", "b.tif": "",
-                                      "c.jpg": "", "d_tiny.png": "", "empty.jpg": "zero_bytes",
+                                      "c.jpg": "", "d_tiny.png": "", "e_tf_fails.jpg": "undecodable",
+                                      "empty.jpg": "zero_bytes",
                                       "secret.png": "unreadable", "text.png": "not_an_image",
                                       "truncated.png": "truncated"}
     assert "Permission denied" in df.loc["secret.png", "detail"]

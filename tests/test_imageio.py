@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepbc import imageio, shards
+from deepbc import evaluate, imageio, shards
 from deepbc.manifest import build_manifest
 
 RNG = np.random.default_rng(11)
@@ -100,8 +100,9 @@ def test_every_mode_decodes_to_the_documented_pixels(name):
     np.testing.assert_array_equal(pixels, expected)
 
 
-def test_the_check_the_shard_writer_and_the_reader_agree_on_every_mode(tmp_path):
-    """Every file the dataset check accepts is stored in the shards with exactly imageio's pixels."""
+def test_the_check_the_shard_writer_and_predict_folder_agree_on_every_mode(tmp_path):
+    """Every file the dataset check accepts is stored in the shards, and read by predict_folder, with
+    exactly imageio's pixels; the ones it rejects predict_folder rejects too."""
     for name, (data, _) in CASES.items():
         (tmp_path / "x").mkdir(exist_ok=True)
         (tmp_path / "x" / name).write_bytes(data)
@@ -117,3 +118,13 @@ def test_the_check_the_shard_writer_and_the_reader_agree_on_every_mode(tmp_path)
             encoded, height, width = shards.encode_image(path, fmt, 95, 0, row.sha256)
             features = {"image/encoded": encoded, "image/height": height, "image/width": width}
             np.testing.assert_array_equal(shards.decode(features, fmt).numpy(), pixels, err_msg=f"{row.path} {fmt}")
+        jpeg, predicted, width, height = evaluate._read_for_prediction(Path(path), None)
+        assert (height, width) == pixels.shape[:2]
+        if row.path in ("x/CMYK.jpg", "x/L.jpg"):  # not 8-bit RGB: decoded by imageio, not as JPEG bytes
+            assert jpeg == b""
+        if jpeg:  # 8-bit RGB JPEGs go to TensorFlow's decoder, as in the shard reader
+            assert jpeg == Path(path).read_bytes()
+        else:
+            np.testing.assert_array_equal(predicted, pixels, err_msg=row.path)
+    for name in ("x/F.tif", "x/I32-signed.tif"):
+        assert evaluate._read_for_prediction(tmp_path / name, None).reason == "unsupported_mode"
