@@ -12,7 +12,8 @@ the dataset root), ``image/patient`` and ``image/magnification``.
 Encodings (``image/format``): ``jpeg`` (default; see docs/shards.md for the measurements), ``png``
 and ``raw`` (uint8 RGB pixels, row-major). An image already in the target format, 8-bit RGB and not
 resized is stored byte for byte, without decoding; anything else is decoded by ``deepbc.imageio``
-(16-bit and alpha images scaled and composited as documented there) and re-encoded with Pillow. When the splits table carries the manifest's ``sha256``, every file is checked against it.
+(16-bit and alpha images scaled and composited as documented there) and re-encoded with Pillow.
+When the splits table carries the manifest's ``sha256``, every file is checked against it.
 
 TensorFlow is imported inside the functions that need it, so that the encoding workers (separate
 processes) start without it.

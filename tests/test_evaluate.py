@@ -123,8 +123,8 @@ def test_a_folder_with_bad_small_16_bit_and_tiff_files_gets_a_row_for_each(model
     assert df.loc[~bad, ["prob_benign", "prob_malignant"]].notna().all().all()
     assert (df.loc[bad, "pred"] == "").all() and (df.loc[~bad, "pred"] != "").all()
     # 16-bit grey is scaled, not clipped: the same network input as its 8-bit twin.
-    np.testing.assert_allclose(df.loc["a_16bit_grey.png", "prob_malignant"], df.loc["a_grey_8bit.png", "prob_malignant"],
-                               atol=1e-6)
+    np.testing.assert_allclose(df.loc["a_16bit_grey.png", "prob_malignant"],
+                               df.loc["a_grey_8bit.png", "prob_malignant"], atol=1e-6)
     # image_size 32: a 12 px image is far smaller than the network's input, a 40 px one is not.
     assert "shorter side 12 px" in df.loc["d_tiny.png", "warning"]
     assert (df.drop(index="d_tiny.png")["warning"] == "").all()
