@@ -18,9 +18,10 @@ Accepted: PNG, JPEG and TIFF, at most ``MAX_PIXELS`` pixels. Pixel modes, to 8-b
   to 8 or 16 bits first.
 - Alpha (``LA``, ``RGBA``, ``PA``, a palette with transparency) is composited on white, the colour
   of the empty glass of a slide: ``(c * a + 255 * (255 - a)) / 255``, rounded. A single
-  transparent colour key of an ``L``/``RGB`` PNG is ignored, as TensorFlow's PNG decoder ignores it.
+  transparent colour key of an ``L``/``RGB`` PNG (``tRNS``) is ignored: the shard writer stores
+  such 8-bit RGB PNGs as they are, for TensorFlow's decoder, which keeps three channels.
 
-EXIF orientation is ignored and a multi-page TIFF gives its first page, as in TensorFlow.
+EXIF orientation is ignored (as TensorFlow's decoders ignore it); a multi-page TIFF gives its first page.
 Failures raise ``Rejected(reason, detail)`` with the reasons of ``manifest.REJECT_REASONS``.
 """
 
