@@ -252,6 +252,7 @@ class _Member:
     is_dir: bool
     size: int
     problem: str | None
+    compressed: int | None = None  # zip only: tar members are compressed together
 
 
 @dataclass
@@ -261,13 +262,34 @@ class _Checked:
     kind: str  # "tar" or "zip"
     handle: object  # TarFile or ZipFile
     members: list[_Member]  # without the archive root entry ("./")
+    limits: "ExtractLimits | None" = None
 
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.members]
 
 
-def safe_extract(archive: Path, target: Path) -> list[str]:
+# Members (or, in a tar, the whole archive) smaller than this are not held to the compression
+# ratio: a small file of repeated bytes compresses enormously and harms nobody.
+RATIO_FLOOR = 1 << 20
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """How much an archive may unpack to: in total, and relative to its compressed size.
+
+    ``config``: where the values come from, for messages (e.g. ``datasets.breakhis``).
+    """
+    max_total_bytes: float
+    max_ratio: float
+    config: str
+
+    @classmethod
+    def from_config(cls, max_extracted_gb: float, max_compression_ratio: float, config: str) -> "ExtractLimits":
+        return cls(max_extracted_gb * 1e9, max_compression_ratio, config)
+
+
+def safe_extract(archive: Path, target: Path, limits: ExtractLimits | None = None) -> list[str]:
     """Extract a tar (.tar, .tar.gz, .tgz, also bz2/xz) or zip archive into ``target``.
 
     Every member is checked before anything is written. Refused, with a UserError listing them:
@@ -280,15 +302,21 @@ def safe_extract(archive: Path, target: Path) -> list[str]:
     ``.<archive>.*.extracting`` folder, which may be deleted). An existing top-level entry is only
     replaced when it is an empty folder; anything else is refused.
 
+    ``limits``: refuse, before writing anything, an archive whose headers declare more than
+    ``max_total_bytes`` in all, or a member (a tar: the whole archive, whose members are
+    compressed together) of over ``RATIO_FLOOR`` bytes that unpacks to more than ``max_ratio``
+    times its compressed size; the total is enforced again while writing, since headers can lie.
+    None: no limits (the official checkpoint archives, whose URLs are fixed in the code).
+
     Returns the extracted member names (normalised POSIX paths, in archive order).
     """
-    with _open_checked(archive) as arc:
+    with _open_checked(archive, limits) as arc:
         return _extract_checked(arc, Path(target))
 
 
 @contextlib.contextmanager
-def _open_checked(archive: Path):
-    """Open ``archive`` and check all its members; yield a _Checked.
+def _open_checked(archive: Path, limits: ExtractLimits | None = None):
+    """Open ``archive`` and check all its members (and sizes against ``limits``); yield a _Checked.
 
     Archive, decompression and disk errors, in the checks or in the caller's block, become a
     UserError."""
@@ -300,7 +328,9 @@ def _open_checked(archive: Path):
         with _open_archive(archive) as (kind, handle):
             members = _tar_members(handle) if kind == "tar" else _zip_members(handle)
             _refuse_unsafe(archive, members)
-            yield _Checked(archive, kind, handle, [m for m in members if m.name])
+            if limits is not None:
+                _refuse_oversized(archive, kind, members, limits)
+            yield _Checked(archive, kind, handle, [m for m in members if m.name], limits)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, RuntimeError) as err:
         # zlib/gzip/lzma errors, truncated archives, encrypted zips and disk errors end up here.
         raise UserError(f"could not extract {archive}: {err}", where=str(archive),
@@ -316,10 +346,11 @@ def _extract_checked(arc: _Checked, target: Path) -> list[str]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{arc.path.name}.", suffix=".extracting", dir=target))
     try:
         bar = Progress(len(arc.members), f"extracting {arc.path.name}", unit="members")
+        budget = _Budget(arc.path, arc.limits)
         if arc.kind == "tar":
-            _extract_tar(arc.handle, arc.members, tmp, bar)
+            _extract_tar(arc.handle, arc.members, tmp, bar, budget)
         else:
-            _extract_zip(arc.handle, arc.members, tmp, bar)
+            _extract_zip(arc.handle, arc.members, tmp, bar, budget)
         for top in sorted(tops):
             os.replace(tmp / top, target / top)
     finally:
@@ -391,7 +422,8 @@ def _zip_members(zf: zipfile.ZipFile) -> list[_Member]:
                 problem = "FIFO or socket"
         if problem is None and not name and not zi.is_dir():
             problem = "file without a name"
-        out.append(_Member(zi, name, zi.is_dir(), 0 if zi.is_dir() else zi.file_size, problem))
+        out.append(_Member(zi, name, zi.is_dir(), 0 if zi.is_dir() else zi.file_size, problem,
+                           0 if zi.is_dir() else zi.compress_size))
     return out
 
 
@@ -455,9 +487,11 @@ def _check_space(archive: Path, target: Path, needed: int) -> None:
             where=str(target), fix="free some space or extract to another disk")
 
 
-def _extract_tar(tf: tarfile.TarFile, keep: list[_Member], tmp: Path, bar: Progress) -> None:
+def _extract_tar(tf: tarfile.TarFile, keep: list[_Member], tmp: Path, bar: Progress, budget: "_Budget") -> None:
     def counted():
         for m in keep:
+            # A tar member's data is exactly the size its header gives.
+            budget.spend(m, m.size)
             yield m.raw
             bar.update()
 
@@ -470,10 +504,70 @@ def _extract_tar(tf: tarfile.TarFile, keep: list[_Member], tmp: Path, bar: Progr
                         fix="check that the URL gives the archive you expect") from None
 
 
-def _extract_zip(zf: zipfile.ZipFile, keep: list[_Member], tmp: Path, bar: Progress) -> None:
+def _extract_zip(zf: zipfile.ZipFile, keep: list[_Member], tmp: Path, bar: Progress, budget: "_Budget") -> None:
     for m in keep:
-        zf.extract(m.raw, tmp)
+        dest = tmp / m.name
+        if m.is_dir:
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # zipfile stops a member at its declared size (then checks the CRC); the bytes are
+            # counted as they are written all the same.
+            with zf.open(m.raw) as src, open(dest, "wb") as dst:
+                while chunk := src.read(CHUNK):
+                    budget.spend(m, len(chunk))
+                    dst.write(chunk)
         bar.update()
+
+
+class _Budget:
+    """The running total of bytes written, held to ``limits.max_total_bytes``."""
+
+    def __init__(self, archive: Path, limits: "ExtractLimits | None"):
+        self.archive, self.limits, self.total = archive, limits, 0
+
+    def spend(self, member: _Member, n: int) -> None:
+        self.total += n
+        if self.limits is not None and self.total > self.limits.max_total_bytes:
+            raise self.refusal(f"extracting member {member.name!r} brings the total past the "
+                               f"{_gb(self.limits.max_total_bytes)} allowed by {self.limits.config}.max_extracted_gb")
+
+    def refusal(self, what: str) -> UserError:
+        return _limit_error(self.archive, what, self.limits.config)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def _limit_error(archive: Path, what: str, config: str) -> UserError:
+    return UserError(f"refusing to extract {archive}: {what}", where=str(archive),
+                     fix=("nothing was extracted. A small archive that unpacks to a huge size (a "
+                          "decompression bomb) can fill the disk; check that the URL gives the archive you "
+                          f"expect. If it is right, raise max_extracted_gb / max_compression_ratio under "
+                          f"{config} in the config"))
+
+
+def _refuse_oversized(archive: Path, kind: str, members: list[_Member], limits: ExtractLimits) -> None:
+    """The header checks: the declared total, and the compression ratio (per zip member; a tar's
+    members are compressed together, so the whole archive's)."""
+    total = sum(m.size for m in members)
+    if total > limits.max_total_bytes:
+        largest = max(members, key=lambda m: m.size)
+        raise _limit_error(archive, f"its members add up to {_gb(total)} (the largest, {largest.name!r}, "
+                                    f"{_gb(largest.size)}), more than the {_gb(limits.max_total_bytes)} allowed by "
+                                    f"{limits.config}.max_extracted_gb",
+                           limits.config)
+    if kind == "zip":
+        checked = [(f"member {m.name!r}", m.size, m.compressed) for m in members if m.size > RATIO_FLOOR]
+    else:
+        checked = [("the archive", total, archive.stat().st_size)] if total > RATIO_FLOOR else []
+    for what, size, packed in checked:
+        ratio = size / max(packed, 1)
+        if ratio > limits.max_ratio:
+            raise _limit_error(archive, f"{what} unpacks to {size:,} bytes from {packed:,} compressed (ratio "
+                                        f"{ratio:,.0f}), more than the {limits.max_ratio:g} allowed by "
+                                        f"{limits.config}.max_compression_ratio", limits.config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,14 +586,14 @@ def archive_name(url: str) -> str:
 
 
 def ensure_root(root: Path, url: str, sha256: str, allow_download: bool,
-                download_dir: Path) -> None:
+                download_dir: Path, limits: ExtractLimits) -> None:
     """Make sure a dataset folder exists, downloading and extracting its archive when allowed.
 
     - ``root`` exists and is non-empty: nothing happens.
     - ``url`` is set and ``allow_download`` is true: the archive (named after the URL's last
       segment) is fetched into ``download_dir`` (and kept there, so a rerun needs no download),
       verified against ``sha256`` (empty: not verified, the computed hash is logged) and
-      extracted so that ``root`` appears:
+      extracted (within ``limits``, see ``safe_extract``) so that ``root`` appears:
         * if ``root`` or one of its parents is named like a top-level folder of the archive, into
           that folder's parent. BreakHis: root ``/data/BreaKHis_v1`` (or
           ``/data/BreaKHis_v1/histology_slides/breast``) and ``BreaKHis_v1.tar.gz`` holding
@@ -517,7 +611,7 @@ def ensure_root(root: Path, url: str, sha256: str, allow_download: bool,
     if not url or not allow_download:
         return
     archive = fetch(url, download_dir / archive_name(url), sha256 or None)
-    with _open_checked(archive) as arc:
+    with _open_checked(archive, limits) as arc:
         into = _extraction_folder(root, arc)
         LOG.info("extracting %s into %s so that %s appears", archive, into, root)
         _extract_checked(arc, into)

@@ -10,10 +10,13 @@ Every file under the scanned folder (hidden ones too) ends in exactly one of the
 ``Path(root) / path`` opens the image. For BreakHis only the resolved ``breast/`` folder is scanned
 (a download folder holding the archive is not part of the dataset).
 
-Checks, in order (the first failing one is the reason): not a readable regular file
-(``undecodable``), empty (``zero_bytes``), Pillow cannot identify it or it is not PNG/JPEG/TIFF
-(``not_an_image``), the full decode or the PNG chunk checksums fail (``truncated`` when the data
-ends early, ``undecodable`` otherwise), the path does not parse to labels (``unparsable_name``),
+Checks, in order (the first failing one is the reason): the OS refuses to open or read it, e.g.
+permission denied (``unreadable``, the OS error in the detail), not a regular file
+(``not_an_image``), empty (``zero_bytes``), Pillow cannot identify it or it is not PNG/JPEG/TIFF
+(``not_an_image``), more than ``imageio.MAX_PIXELS`` pixels by its header (``too_large``), the full
+decode or the PNG chunk checksums fail (``truncated`` when the data ends early, ``undecodable``
+otherwise), its pixel mode has no defined conversion to 8-bit RGB (``unsupported_mode``, see
+``deepbc.imageio``), the path does not parse to labels (``unparsable_name``),
 identical bytes already kept under the same labels (``duplicate``). Identical bytes under
 *different* labels are all kept with ``label_conflict`` set, because neither copy can be trusted
 more than the other (BreakHis slide 14-13412 is filed under both ductal and lobular carcinoma).
@@ -22,19 +25,15 @@ more than the other (BreakHis slide 14-13412 is filed under both ductal and lobu
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import multiprocessing
 import os
 import stat
-import warnings
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageFile, UnidentifiedImageError
-
-from deepbc import breakhis, folder_dataset
+from deepbc import breakhis, folder_dataset, imageio
 from deepbc.atomic import write_csv, write_parquet
 from deepbc.breakhis import UnparsableName
 from deepbc.errors import UserError
@@ -43,7 +42,8 @@ from deepbc.logs import Progress
 LOG = logging.getLogger(__name__)
 
 KINDS = ("breakhis", "folder")
-REJECT_REASONS = ("zero_bytes", "not_an_image", "undecodable", "truncated", "unparsable_name", "duplicate")
+REJECT_REASONS = ("unreadable", "zero_bytes", "not_an_image", "too_large", "undecodable", "truncated",
+                  "unsupported_mode", "unparsable_name", "duplicate")
 REJECT_COLUMNS = ["path", "reason", "detail"]
 _COMMON = {"path": "str", "sha256": "str", "bytes": "int64", "width": "int64", "height": "int64", "format": "str"}
 _TAIL = {"slide": "str", "patient": "str", "magnification": "str", "label_conflict": "bool"}
@@ -53,83 +53,56 @@ BREAKHIS_DTYPES = {**_COMMON, "tissue": "str", "subtype": "str", "subtype_name":
 FOLDER_DTYPES = {**_COMMON, "label": "str", **_TAIL, "patient_source": "str"}
 BREAKHIS_COLUMNS = list(BREAKHIS_DTYPES)
 FOLDER_COLUMNS = list(FOLDER_DTYPES)
-# Pillow format name -> manifest format. MPO is how Pillow names some camera JPEGs.
-FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
-_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
-               b"II+\x00": "TIFF", b"MM\x00+": "TIFF"}
 
 
 def inspect_file(path: str) -> dict:
-    """Read one file: bytes, sha256, and a full decode. Runs in pool workers, hence plain types.
+    """Check one file: header, pixel count, full decode, then sha256. Runs in pool workers, hence plain types.
 
     Returns ``bytes``, ``sha256``, ``width``, ``height``, ``format``, and ``reason``/``detail``
-    (None when the file is a usable image).
+    (None when the file is a usable image). Reads no more than it needs: a file that is not an
+    image is rejected from its first bytes, an image too large from its header, and the sha256 is
+    computed in chunks, so memory stays small whatever the file's size.
     """
     out = {"bytes": 0, "sha256": "", "width": 0, "height": 0, "format": "", "reason": None, "detail": None}
     try:
+        # stat before open: opening a FIFO would block until someone writes to it.
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             out.update(reason="not_an_image", detail="not a regular file")
             return out
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            out["bytes"] = size
+            if size == 0:
+                out.update(reason="zero_bytes", detail="the file is empty")
+                return out
+            try:
+                out.update(_decode(fh))
+            except imageio.Rejected as rejected:
+                out.update(reason=rejected.reason, detail=rejected.detail)
+                return out
+            fh.seek(0)
+            out["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
     except OSError as err:
-        out.update(reason="undecodable", detail=f"cannot be read: {err}")
-        return out
-    out.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    if not data:
-        out.update(reason="zero_bytes", detail="the file is empty")
-        return out
-    out.update(_decode(data))
+        out.update(reason="unreadable", detail=f"cannot be read: {err}")
     return out
 
 
-def _decode(data: bytes) -> dict:
-    # Pillow would otherwise pad a truncated image with grey and report success.
-    saved = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        # Pillow warns about e.g. corrupt EXIF; only pixel data matters here, and errors still raise.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return _decode_strict(data)
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+def _decode(fh) -> dict:
+    """Decode as every reader does (``imageio``); ``check_mode`` is ``rgb_image``'s only way to fail,
+    so the pixels need not be converted to know they can be."""
+    def reopen():
+        # A second handle on the same open file: no second lookup of the path.
+        again = open(os.dup(fh.fileno()), "rb")
+        again.seek(0)
+        return again
 
-
-def _decode_strict(data: bytes) -> dict:
-    try:
-        im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        kind = next((k for sig, k in _SIGNATURES.items() if data.startswith(sig)), None)
-        if kind:
-            return {"reason": "undecodable", "detail": f"starts like a {kind} file but Pillow cannot read its header "
-                                                      f"(corrupted, or truncated before the image directory)"}
-        return {"reason": "not_an_image", "detail": f"not an image Pillow recognises (starts with {data[:8]!r})"}
-    except Exception as err:  # e.g. DecompressionBombError: the header is readable but not acceptable
-        return {"reason": "undecodable", "detail": f"{type(err).__name__}: {err}"}
-    with im:
-        fmt = FORMATS.get(im.format)
-        if fmt is None:
-            return {"reason": "not_an_image", "detail": f"a {im.format} image; accepted formats are PNG, JPEG, TIFF"}
+    with imageio.strict(), imageio.open_image(fh) as im:
         width, height = im.size
-        try:
-            im.load()
-        except Exception as err:
-            return _load_failure(err)
-    if fmt == "png":
-        # load() stops at the last pixel row; verify() also checks every chunk's CRC and the IEND chunk.
-        try:
-            with Image.open(io.BytesIO(data)) as again:
-                again.verify()
-        except Exception as err:
-            return _load_failure(err)
+        fmt = imageio.FORMATS[im.format]
+        imageio.load(im, reopen)
+        imageio.check_mode(im)
     return {"width": width, "height": height, "format": fmt}
-
-
-def _load_failure(err: Exception) -> dict:
-    text = f"{type(err).__name__}: {err}"
-    truncated = isinstance(err, EOFError) or "truncat" in str(err).lower()
-    return {"reason": "truncated" if truncated else "undecodable", "detail": text}
 
 
 def list_files(scan_root: Path) -> list[Path]:
@@ -342,15 +315,23 @@ def _summarise(dataset: str, kind: str, manifest: pd.DataFrame, rejects: pd.Data
 
 def check_dataset(dataset: str, kind: str, root: str | Path, manifest_path: str | Path, rejects_path: str | Path,
                   classes=None, patients_csv: str | Path | None = None, workers: int = 1, url: str = "",
-                  sha256: str = "", allow_download: bool = False, download_dir: str | Path | None = None) -> None:
-    """Fetch the dataset if a URL is configured, build and write its manifest and rejects."""
+                  sha256: str = "", allow_download: bool = False, download_dir: str | Path | None = None,
+                  max_extracted_gb: float | None = None, max_compression_ratio: float | None = None) -> None:
+    """Fetch the dataset if a URL is configured, build and write its manifest and rejects.
+
+    ``max_extracted_gb``, ``max_compression_ratio``: limits on extracting the archive (config
+    ``datasets.<name>``, defaults in config/schema.yaml), needed with a URL.
+    """
     root = Path(root)
     if url:
-        from deepbc.download import ensure_root  # only needed, and only imported, for a configured download
-        if download_dir is None:
-            raise UserError("a dataset URL is set but no download folder", where="--download-dir",
-                            fix="give --download-dir")
-        ensure_root(root, url, sha256, allow_download, Path(download_dir))
+        # Only needed, and only imported, for a configured download.
+        from deepbc.download import ExtractLimits, ensure_root
+        if download_dir is None or max_extracted_gb is None or max_compression_ratio is None:
+            raise UserError("a dataset URL is set but no download folder or extraction limits",
+                            where="--download-dir, --max-extracted-gb, --max-compression-ratio",
+                            fix="give all three (the workflow passes them from the dataset's config entry)")
+        limits = ExtractLimits.from_config(max_extracted_gb, max_compression_ratio, f"datasets.{dataset}")
+        ensure_root(root, url, sha256, allow_download, Path(download_dir), limits)
     manifest, rejects = build_manifest(root, kind, classes=classes, patients_csv=patients_csv, workers=workers,
                                        dataset=dataset)
     if manifest.empty:

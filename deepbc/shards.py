@@ -11,8 +11,9 @@ the dataset root), ``image/patient`` and ``image/magnification``.
 
 Encodings (``image/format``): ``jpeg`` (default; see docs/shards.md for the measurements), ``png``
 and ``raw`` (uint8 RGB pixels, row-major). An image already in the target format, 8-bit RGB and not
-resized is stored byte for byte, without decoding; anything else is decoded and re-encoded with
-Pillow. When the splits table carries the manifest's ``sha256``, every file is checked against it.
+resized is stored byte for byte, without decoding; anything else is decoded by ``deepbc.imageio``
+(16-bit and alpha images scaled and composited as documented there) and re-encoded with Pillow.
+When the splits table carries the manifest's ``sha256``, every file is checked against it.
 
 TensorFlow is imported inside the functions that need it, so that the encoding workers (separate
 processes) start without it.
@@ -62,9 +63,11 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
     """Read one image file and return (encoded bytes, height, width) in ``image_format``.
 
     ``sha256``: the manifest's hash of the file; a file that no longer matches it is an error.
-    An image stored as it is is not decoded: check_dataset decoded exactly these bytes.
+    An 8-bit RGB image already in the target format and not resized is stored as it is, without
+    decoding (check_dataset decoded exactly these bytes); anything else is decoded by
+    ``imageio`` (as check_dataset and predict_folder decode it) and re-encoded.
     """
-    from PIL import Image
+    from deepbc import imageio
 
     with open(path, "rb") as f:
         data = f.read()
@@ -72,34 +75,44 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
         raise UserError("the file changed after the manifest was built (its sha256 differs)", path,
                         "rerun check_dataset (delete results/manifest/) so the file is verified again")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            source_format = (im.format or "").lower()
-            image = im
+        with imageio.strict(), imageio.open_image(data) as im:
             width, height = im.size
             scale = 1.0
             if max_shorter_side and min(width, height) > max_shorter_side:
                 scale = max_shorter_side / min(width, height)
-            if scale == 1.0 and im.mode == "RGB" and source_format == image_format:
+            if scale == 1.0 and _stored_as_is(im, data, image_format):
                 return data, height, width
-            im.load()
-            if image.mode != "RGB":
-                image = image.convert("RGB")
-            if scale != 1.0:
-                # Round so the shorter side is exactly max_shorter_side.
-                size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                image = image.resize(size, Image.Resampling.LANCZOS)
-            width, height = image.size
-            out = io.BytesIO()
-            if image_format == "jpeg":
-                image.save(out, format="JPEG", quality=jpeg_quality)
-            elif image_format == "png":
-                image.save(out, format="PNG")
-            else:
-                out.write(np.asarray(image, dtype=np.uint8).tobytes())
-            return out.getvalue(), height, width
-    except (OSError, ValueError) as err:  # Pillow raises OSError/ValueError on unreadable data
-        raise UserError(f"cannot decode image: {err}", path,
+            imageio.load(im, lambda: io.BytesIO(data))
+            # Encoded inside the block: for an RGB image, rgb_image is im, which closing would empty.
+            return _encode(imageio.rgb_image(im), image_format, jpeg_quality, scale)
+    except imageio.Rejected as err:
+        raise UserError(f"cannot decode image ({err.reason}: {err.detail})", path,
                         "rebuild the manifest (check_dataset verifies every file) and rerun") from err
+
+
+def _encode(image, image_format: str, jpeg_quality: int, scale: float) -> tuple[bytes, int, int]:
+    from PIL import Image
+
+    if scale != 1.0:
+        # Round so the shorter side is exactly max_shorter_side.
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if image_format == "jpeg":
+        image.save(out, format="JPEG", quality=jpeg_quality)
+    elif image_format == "png":
+        image.save(out, format="PNG")
+    else:
+        out.write(np.asarray(image, dtype=np.uint8).tobytes())
+    return out.getvalue(), image.height, image.width
+
+
+def _stored_as_is(im, data: bytes, image_format: str) -> bool:
+    """Whether the reader's decoder gives exactly ``imageio``'s pixels from the file's own bytes."""
+    if im.mode != "RGB" or (im.format or "").lower() != image_format:
+        return False
+    # A 16-bit RGB PNG is also mode RGB to Pillow; byte 24 is the IHDR bit depth.
+    return image_format != "png" or data[24] == 8
 
 
 def _encode_star(args):

@@ -115,7 +115,9 @@ def dataset_options(dataset):
         if dataset == "tma" and config.get("tma_patients_csv"):
             args += ["--patients-csv", config["tma_patients_csv"]]
     if spec.get("url"):
-        args += ["--url", spec["url"], "--sha256", spec["sha256"], "--download-dir", "downloads"]
+        args += ["--url", spec["url"], "--sha256", spec["sha256"], "--download-dir", "downloads",
+                 "--max-extracted-gb", str(spec["max_extracted_gb"]),
+                 "--max-compression-ratio", str(spec["max_compression_ratio"])]
         if spec.get("allow_download"):
             args.append("--allow-download")
     return " ".join(shlex.quote(a) for a in args)

@@ -15,11 +15,22 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+
 from deepbc import download
-from deepbc.download import ensure_root, fetch, safe_extract, sha256_file
+from deepbc.download import ExtractLimits, fetch, safe_extract, sha256_file
 from deepbc.errors import UserError
 
+REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 5.0
+_ENTRY = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["definitions"]["download"]["properties"]
+# The dataset entry's defaults, from the schema (their one source).
+LIMITS = ExtractLimits.from_config(_ENTRY["max_extracted_gb"]["default"], _ENTRY["max_compression_ratio"]["default"],
+                                   "datasets.test")
+
+
+def ensure_root(*args, limits=LIMITS):
+    return download.ensure_root(*args, limits)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -426,3 +437,59 @@ def test_bad_inputs(tmp_path):
     data = b"z" * (3 << 20)
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == _sha(data)
+
+
+def _deflated_zip(members: list) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_a_small_zip_unpacking_to_a_huge_member_is_refused_before_writing(server, tmp_path):
+    """A decompression bomb: 16 MiB of zeros in a 16 kB zip (the issue's was 3 GiB in 14 MB)."""
+    huge = 16 << 20
+    data = _deflated_zip([("tma/breast/a.png", b"\x89PNG small"), ("tma/breast/bomb.png", bytes(huge))])
+    assert len(data) < huge / 500
+    url = server.serve("/tma.zip", data)
+    root = tmp_path / "data" / "tma"
+    with pytest.raises(UserError) as err:
+        ensure_root(root, url, _sha(data), True, tmp_path / "dl")
+    text = str(err.value)
+    assert "member 'tma/breast/bomb.png' unpacks to 16,777,216 bytes from" in text
+    assert "more than the 100 allowed by datasets.test.max_compression_ratio" in text
+    assert not (tmp_path / "data").exists()  # nothing extracted, not even the small member
+
+
+def test_archive_total_size_limit_from_headers_and_while_extracting(tmp_path, monkeypatch):
+    members = [("pkg/a.bin", bytes(range(256)) * 4096), ("pkg/b.bin", bytes(range(255, -1, -1)) * 4096)]
+    limits = ExtractLimits.from_config(0.0015, 100, "datasets.tma")  # 1.5 MB; the members are 2 x 1 MiB
+    for kind, data in (("tar.gz", _tar(members)), ("zip", _deflated_zip(members))):
+        archive, out = tmp_path / f"a.{kind}", tmp_path / kind
+        archive.write_bytes(data)
+        with pytest.raises(UserError, match=r"its members add up to 0\.0021 GB \(the largest, 'pkg/a.bin', "
+                                            r"0\.00105 GB\), more than the 0\.0015 GB allowed by "
+                                            r"datasets\.tma\.max_extracted_gb"):
+            safe_extract(archive, out, limits)
+        assert not out.exists()
+        # Headers can lie: with the header check passed, writing stops at the limit all the same.
+        monkeypatch.setattr(download, "_refuse_oversized", lambda *args: None)
+        with pytest.raises(UserError, match=r"extracting member 'pkg/b.bin' brings the total past the 0\.0015 GB "
+                                            r"allowed by datasets\.tma\.max_extracted_gb"):
+            safe_extract(archive, out, limits)
+        assert _files(out) == []
+        monkeypatch.undo()
+
+
+def test_a_zip_member_larger_than_its_header_says_is_refused(tmp_path):
+    data = bytearray(_deflated_zip([("pkg/a.bin", bytes(1 << 20))]))
+    # Declare 1,000 bytes (uncompressed size) in the local and the central header.
+    true_size = (1 << 20).to_bytes(4, "little")
+    assert data.count(true_size) == 2
+    data = bytes(data).replace(true_size, (1000).to_bytes(4, "little"))
+    archive = tmp_path / "lie.zip"
+    archive.write_bytes(data)
+    with pytest.raises(UserError, match="could not extract .*Bad CRC-32 for file 'pkg/a.bin'"):
+        safe_extract(archive, tmp_path / "out", LIMITS)
+    assert _files(tmp_path / "out") == []

@@ -70,3 +70,64 @@ def test_a_folder_of_the_test_images_gets_their_test_predictions(model, tmp_path
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="settings.json"):
         evaluate.predict_folder(tmp_path, tmp_path, tmp_path / "out.csv")
+
+
+@pytest.mark.slow
+def test_a_folder_with_bad_small_16_bit_and_tiff_files_gets_a_row_for_each(model, tmp_path, monkeypatch):
+    """No bad file stops the run: each gets its reason; 16-bit and 8-bit twins get the same probabilities."""
+    import builtins
+    import io
+
+    rng = np.random.default_rng(4)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pixels = trainkit.draw(rng, 1)
+    Image.fromarray(pixels).save(folder / "a_8bit.png")
+    Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(folder / "a_16bit_grey.png")
+    Image.fromarray(np.repeat(pixels[..., :1], 3, axis=2)).save(folder / "a_grey_8bit.png")
+    Image.fromarray(trainkit.draw(rng, 0)).save(folder / "b.tif")
+    Image.fromarray(trainkit.draw(rng, 0)).save(folder / "c.jpg", quality=95)
+    Image.fromarray(trainkit.draw(rng, 1, size=12)).save(folder / "d_tiny.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("not an image")
+    whole = io.BytesIO()
+    Image.fromarray(trainkit.draw(rng, 1)).save(whole, "PNG")
+    (folder / "truncated.png").write_bytes(whole.getvalue()[:300])
+    Image.fromarray(pixels).save(folder / "secret.png")
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):  # root ignores chmod 000: simulate the refusal
+        if str(file).endswith("secret.png"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    Image.fromarray(pixels).save(folder / "e_tf_fails.jpg", quality=95)
+    read = evaluate._read_for_prediction
+
+    def tensorflow_cannot_decode(path, min_side):  # a JPEG Pillow accepts but TensorFlow does not
+        result = read(path, min_side)
+        return (b"\xff\xd8\xff garbage", *result[1:]) if path.name == "e_tf_fails.jpg" else result
+
+    monkeypatch.setattr(evaluate, "_read_for_prediction", tensorflow_cannot_decode)
+    df = evaluate.predict_folder(model / "model", folder, tmp_path / "pred.csv").set_index("path")
+    assert list(df.index) == sorted(p.name for p in folder.iterdir())
+    assert df["reason"].to_dict() == {"a_16bit_grey.png": "", "a_8bit.png": "", "a_grey_8bit.png": "", "b.tif": "",
+                                      "c.jpg": "", "d_tiny.png": "", "e_tf_fails.jpg": "undecodable",
+                                      "empty.jpg": "zero_bytes",
+                                      "secret.png": "unreadable", "text.png": "not_an_image",
+                                      "truncated.png": "truncated"}
+    assert "Permission denied" in df.loc["secret.png", "detail"]
+    bad = df["reason"] != ""
+    assert df.loc[bad, ["prob_benign", "prob_malignant"]].isna().all().all()
+    assert df.loc[~bad, ["prob_benign", "prob_malignant"]].notna().all().all()
+    assert (df.loc[bad, "pred"] == "").all() and (df.loc[~bad, "pred"] != "").all()
+    # 16-bit grey is scaled, not clipped: the same network input as its 8-bit twin.
+    np.testing.assert_allclose(df.loc["a_16bit_grey.png", "prob_malignant"],
+                               df.loc["a_grey_8bit.png", "prob_malignant"], atol=1e-6)
+    # image_size 32: a 12 px image is far smaller than the network's input, a 40 px one is not.
+    assert "shorter side 12 px" in df.loc["d_tiny.png", "warning"]
+    assert (df.drop(index="d_tiny.png")["warning"] == "").all()
+    assert (df.loc["b.tif", "width"], df.loc["b.tif", "height"]) == (40, 40)
+    written = pd.read_csv(tmp_path / "pred.csv", keep_default_na=False)
+    assert len(written) == len(df) and set(written["reason"]) == set(df["reason"])

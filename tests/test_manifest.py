@@ -168,8 +168,8 @@ def test_check_dataset_reruns_byte_identically_with_and_without_a_pool(breakhis_
     assert len(written) == 6 and written["label_conflict"].sum() == 2
     assert len(pd.read_csv(tmp_path / "out1" / "r.csv")) == len(expected)
     log = caplog.text
-    assert "16 files scanned, 6 usable, 10 rejected (zero_bytes: 1, not_an_image: 4, undecodable: 1, " \
-           "truncated: 1, unparsable_name: 2, duplicate: 1)" in log
+    assert "16 files scanned, 6 usable, 10 rejected (unreadable: 0, zero_bytes: 1, not_an_image: 4, too_large: 0, " \
+           "undecodable: 1, truncated: 1, unsupported_mode: 0, unparsable_name: 2, duplicate: 1)" in log
     assert "label conflict: 1 distinct image(s) filed as malignant/DC vs malignant/LC (slide(s) 14-13412)" in log
     assert "bh: 4 patients" in log
     assert "bh per subtype: A 2 images/1 patients, F 1 images/1 patients, DC 1 images/1 patients" in log
@@ -380,3 +380,67 @@ def test_special_files_and_folder_links_are_handled_not_skipped(tma_tree, tmp_pa
     assert rejects.values.tolist() == [["lung/pipe.png", "not_an_image", "not a regular file"]]
     assert "bladder/more/linked.png" in set(manifest["path"])
     assert len(manifest) == len(patients) + 1
+
+
+def test_a_file_the_os_refuses_to_read_is_unreadable_with_the_os_error(tma_tree, monkeypatch):
+    """Permission denied has its own reason. Tests run as root, whom chmod 000 does not stop, so the
+    OS refusal is simulated where every way of opening a file passes."""
+    import builtins
+    import io as io_module
+
+    root, _ = tma_tree
+    denied = root / "lung" / "secret.png"
+    _image(denied, 5)
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file) == denied:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io_module, "open", guarded_open)
+    manifest, rejects = build_manifest(root, "folder", classes=TMA_CLASSES)
+    assert rejects.values.tolist() == [
+        ["lung/secret.png", "unreadable", f"cannot be read: [Errno 13] Permission denied: '{denied}'"]]
+    assert "lung/secret.png" not in set(manifest["path"])
+
+
+def _claiming_size(png: bytes, width: int, height: int) -> bytes:
+    """The PNG with its header (IHDR) claiming another size, checksum fixed."""
+    import struct
+    import zlib
+
+    ihdr = png[12:16] + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+def test_large_files_are_judged_from_their_header_and_hashed_in_chunks(tma_tree):
+    """A 64 MB non-image is rejected from its first bytes, a PNG followed by 64 MB is hashed in
+    chunks, an image whose header claims 10^8 pixels is rejected before decoding: memory stays small."""
+    import hashlib
+    import tracemalloc
+
+    root, _ = tma_tree
+    big = 64 << 20
+    with open(root / "lung" / "huge.png", "wb") as fh:
+        fh.truncate(big)  # sparse: costs no disk
+    tail = root / "lung" / "tail.png"
+    head = _image(tail, 3)
+    with open(tail, "r+b") as fh:
+        fh.truncate(len(head) + big)
+    _write(root / "lung" / "claims.png", _claiming_size(_image(root / "lung" / "claims.png", 4), 10_000, 10_000))
+    tracemalloc.start()
+    try:
+        manifest, rejects = build_manifest(root, "folder", classes=TMA_CLASSES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    reasons = dict(zip(rejects["path"], rejects["reason"]))
+    assert reasons == {"lung/huge.png": "not_an_image", "lung/claims.png": "too_large"}
+    assert "10000 x 10000 = 100,000,000 pixels" in rejects.set_index("path").loc["lung/claims.png", "detail"]
+    row = manifest.set_index("path").loc["lung/tail.png"]
+    with open(tail, "rb") as fh:
+        assert row["sha256"] == hashlib.file_digest(fh, "sha256").hexdigest()
+    assert row["bytes"] == len(head) + big
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"

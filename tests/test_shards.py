@@ -284,6 +284,23 @@ def test_a_file_changed_since_the_manifest_is_an_error(dataset, tmp_path):
     assert victim in str(err.value)
 
 
+def test_a_16_bit_png_is_scaled_not_clipped(dataset, tmp_path):
+    """A mid-grey 16-bit gradient keeps its mean (Pillow's convert("RGB") clipped it to white)."""
+    root, table = dataset
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    victim = table.loc[table["split"] == "test", "path"].iloc[0]
+    gradient = np.linspace(64 * 257, 191 * 257, 40 * 30).reshape(30, 40).astype(np.uint16)
+    Image.fromarray(gradient).save(copy / victim)
+    assert Image.open(copy / victim).mode == "I;16"
+    for fmt in ("jpeg", "png"):
+        shards.write_shards(table, 0, copy, tmp_path / fmt, images_per_shard=4, image_format=fmt, workers=1)
+        record = next(r for r in _records(tmp_path / fmt / "test.json") if r["image/filename"] == victim.encode())
+        pixels = shards.decode(record, fmt).numpy().astype(np.float64)
+        assert abs(pixels.mean() - gradient.mean() / 257) < 1.0, fmt  # JPEG q95 moves the mean a little
+        assert (pixels >= 254).mean() < 0.01
+
+
 def test_images_stored_as_they_are_are_not_decoded(dataset, tmp_path, monkeypatch):
     root, table = dataset
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Verify every file of a dataset and write its manifest (usable images) and rejects.
 
-Each file under the root is decoded in full with Pillow, measured and hashed; each lands in
+Each file under the root is identified from its header, decoded in full with Pillow (deepbc.imageio) and
+hashed; each lands in
 exactly one of the manifest (parquet, sorted by path) and the rejects (CSV: path, reason, detail).
 With --url, the dataset is first fetched and extracted into the root if it is not there yet.
 """
@@ -29,6 +30,11 @@ def parse_args(argv=None):
     p.add_argument("--sha256", default="", help="expected sha256 of the archive")
     p.add_argument("--allow-download", action="store_true", help="allow fetching --url if the root is missing")
     p.add_argument("--download-dir", default=None, help="where the archive is downloaded (needed with --url)")
+    p.add_argument("--max-extracted-gb", type=float, default=None,
+                   help="refuse an archive unpacking to more than this (needed with --url)")
+    p.add_argument("--max-compression-ratio", type=float, default=None,
+                   help="refuse an archive member unpacking to more than this times its compressed size "
+                        "(needed with --url)")
     p.add_argument("--workers", type=int, default=1, help="processes decoding and hashing images (default 1)")
     p.add_argument("--manifest", required=True, help="output manifest (.parquet)")
     p.add_argument("--rejects", required=True, help="output rejects (.csv)")
@@ -44,7 +50,8 @@ def main(argv=None):
     logs.setup(args.log)
     check_dataset(args.dataset, args.kind, args.root, args.manifest, args.rejects, classes=args.classes,
                   patients_csv=args.patients_csv, workers=args.workers, url=args.url, sha256=args.sha256,
-                  allow_download=args.allow_download, download_dir=args.download_dir)
+                  allow_download=args.allow_download, download_dir=args.download_dir,
+                  max_extracted_gb=args.max_extracted_gb, max_compression_ratio=args.max_compression_ratio)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ Example:
   python workflow_scripts/predict_folder.py --model-dir results/models/benign_vs_malignant/resnet_v1_50/fold0 \\
       --images /data/new_slides --out predictions.csv [--patients-csv patients.csv --out-patients per_patient.csv]
 
-Writes one row per image (path relative to --images, prob_<class> columns, predicted class); with a
-CSV mapping images to patients (columns path,patient), also one row per patient (mean probabilities).
+Writes one row per image file (path relative to --images, width, height, prob_<class> columns,
+predicted class, warning for images far smaller than the network's input, and reason/detail for a
+file that cannot be read, which gets no probabilities); with a CSV mapping images to patients
+(columns path,patient), also one row per patient (mean probabilities of its predicted images).
 """
 
 import argparse
