@@ -37,6 +37,9 @@ PRECISION = "fp32"
 NO_DEVICES = {"", "-1", "NoDevFiles"}
 # The first NVIDIA device node: present wherever an NVIDIA driver has found a GPU.
 DEVICE_NODE = Path("/dev/nvidia0")
+DRIVER_FIX = ("fix the NVIDIA driver (after a driver update, reboot so that the loaded kernel module "
+              "matches the driver's libraries: 'Driver/library version mismatch'); check that nvidia-smi "
+              "runs")
 SCHEDULER_JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
 CPU_ON_PURPOSE = ("to run on the CPU on purpose, set resources.gpu: 0 (e.g. --configfile ... "
                   "config/cpu_only.yaml), or --gpus 0 for a script run alone")
@@ -82,9 +85,7 @@ def host_gpu_count() -> int:
         raise UserError(
             f"nvidia-smi fails, so this job cannot tell which GPU to use and would run on the CPU, "
             f"many times slower: {error}", "nvidia-smi -L",
-            "fix the NVIDIA driver (after a driver update, reboot so that the loaded kernel module "
-            "matches the driver's libraries: 'Driver/library version mismatch'; check nvidia-smi "
-            f"runs); or {CPU_ON_PURPOSE}")
+            f"{DRIVER_FIX}; or {CPU_ON_PURPOSE}")
     n = _count(listing)
     if n == 0 and DEVICE_NODE.exists():
         found = "is not installed or not on PATH" if listing is None else "lists no GPU"
@@ -212,6 +213,9 @@ def diagnose() -> list[tuple[str, str]]:
     if visible is not None and visible.strip() in NO_DEVICES:
         causes.append((f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU from this job",
                        "ask the scheduler for a GPU (sbatch --gpus=1; gpu: 1 in the SLURM profile)"))
+    _, smi_error = _run_nvidia_smi()
+    if smi_error is not None:
+        causes.append((f"nvidia-smi fails: {smi_error}", DRIVER_FIX))
     if not tf.test.is_built_with_cuda():
         causes.append((f"TensorFlow {tf.__version__} was built without CUDA", _install_fix()))
         return causes

@@ -229,6 +229,16 @@ def test_failing_nvidia_smi_stops_a_gpu_job_with_its_error(tmp_path, monkeypatch
     assert "reboot" in text and "resources.gpu: 0" in text
 
 
+@needs_no_visible_gpu
+def test_failing_nvidia_smi_is_named_where_the_scheduler_assigned_a_gpu(tmp_path, monkeypatch):
+    _failing_nvidia_smi(tmp_path, monkeypatch)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(UserError, match="nvidia-smi fails: Failed to initialize NVML: Driver/library "
+                                        "version mismatch") as err:
+        gpu.require_gpu("a test's GPU")
+    assert "reboot" in str(err.value)
+
+
 def test_nvidia_device_without_a_working_nvidia_smi_stops_a_gpu_job(tmp_path, monkeypatch):
     import argparse
 
