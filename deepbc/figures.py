@@ -8,9 +8,9 @@ one-vs-rest curves (true positive rates averaged on the union of their false pos
 an AUC is the mean of the per-class AUCs. The ROC legend gives both the AUC of the pooled curve
 ("pooled AUC over k folds") and the mean of the per-fold AUCs, which is what the tables show.
 
-A run whose dataset maps no image to a patient (deepbc.metrics.grouping_of) is labelled
-"image-grouped (no patient mapping)", never patient-wise, and its patient level is named for what
-it is: one image per group.
+Protocols are labelled as in the tables (deepbc.tables.protocol_label): a run whose dataset maps
+no image to a patient (deepbc.metrics.grouping_of) is "image-grouped (no patient mapping)", never
+patient-wise, and its patient level is named for what it is: one image per group.
 
 Files are byte-identical for equal inputs: figures are built without pyplot, and the PNG
 ``Software`` and PDF ``CreationDate`` metadata are left out.
@@ -29,7 +29,8 @@ from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve  # noqa: 
 
 from deepbc import atomic  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
-from deepbc.metrics import GROUPING_LABELS, grouping_of, patient_table, prob_column  # noqa: E402
+from deepbc.metrics import grouping_of, patient_table, prob_column  # noqa: E402
+from deepbc.tables import protocol_label  # noqa: E402
 from deepbc.workflow_config import parse_run  # noqa: E402
 
 PROTOCOL_STYLE = {"patient": "-", "image": "--"}
@@ -80,10 +81,6 @@ def load_predictions(paths, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFr
     return pd.concat(images, ignore_index=True), pd.concat(patients, ignore_index=True)
 
 
-def _protocol_label(protocol: str, grouping: str) -> str:
-    return GROUPING_LABELS[grouping] if protocol == "patient" else "image-level split"
-
-
 def _level_title(level: str, grouping: str, detail: bool = False) -> str:
     if level == "patient" and grouping == "image":
         return "one-image groups (no patient mapping)" if detail else "one-image groups"
@@ -125,7 +122,7 @@ def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, 
         ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls=":")
         for (arch, protocol), group in df.groupby(["arch", "protocol"], sort=True):
             roc = _roc(group, classes)
-            style, label = PROTOCOL_STYLE[protocol], _protocol_label(protocol, grouping)
+            style, label = PROTOCOL_STYLE[protocol], protocol_label(protocol, grouping)
             if roc is None:
                 ax.plot([], [], color=colors[arch], ls=style,
                         label=f"{arch}, {label}: AUC undefined (one class)")
@@ -187,7 +184,7 @@ def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_p
         _draw_matrix(axes[row, 1], cm, classes, f"{title}, row-normalised", True)
     folds = sorted(images["fold"].unique())
     protocol = parse_run(run)[1]
-    fig.suptitle(f"{run} / {arch}: {_protocol_label(protocol, grouping)}, "
+    fig.suptitle(f"{run} / {arch}: {protocol_label(protocol, grouping)}, "
                  f"folds {', '.join(map(str, folds))} pooled")
     fig.tight_layout()
     save_figure(fig, out_png, out_pdf)

@@ -4,15 +4,19 @@ Snakemake's ``--resources gpu=K`` caps how many GPU jobs run at once but does no
 each should use. Each job therefore takes the first free lock ``gpu{i}.lock`` in a shared folder
 and sets CUDA_VISIBLE_DEVICES=i. The lock is an flock: the kernel releases it when the job ends
 or dies, so a killed job can never keep a GPU leased. Where a scheduler (SLURM) has already set
-CUDA_VISIBLE_DEVICES for the job, that choice is left alone.
+CUDA_VISIBLE_DEVICES for the job, that choice is left alone; a scheduler that set it to a value
+hiding every GPU ("", "-1", "NoDevFiles") assigned none, and the job runs on the CPU.
 
 A job that holds a GPU (leased or given by the scheduler) checks that TensorFlow sees it before
 it starts, and otherwise stops with the likely cause: without that check it would silently train
-on the CPU, weeks instead of a day.
+on the CPU, weeks instead of a day. For the same reason a job that may lease a GPU stops where the
+host has an NVIDIA driver that does not work (nvidia-smi present but failing, or /dev/nvidia0
+without a GPU listed), instead of taking the host for a CPU-only one.
 """
 
 import contextlib
 import ctypes
+import importlib.metadata
 import logging
 import os
 import re
@@ -31,29 +35,81 @@ ROOT = Path(__file__).resolve().parents[1]
 PRECISION = "fp32"
 # CUDA_VISIBLE_DEVICES values that hide every GPU ("NoDevFiles": older SLURM without a GPU).
 NO_DEVICES = {"", "-1", "NoDevFiles"}
+# The first NVIDIA device node: present wherever an NVIDIA driver has found a GPU.
+DEVICE_NODE = Path("/dev/nvidia0")
+DRIVER_FIX = ("fix the NVIDIA driver (after a driver update, reboot so that the loaded kernel module "
+              "matches the driver's libraries: 'Driver/library version mismatch'); check that nvidia-smi "
+              "runs")
+SCHEDULER_JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
 CPU_ON_PURPOSE = ("to run on the CPU on purpose, set resources.gpu: 0 (e.g. --configfile ... "
                   "config/cpu_only.yaml), or --gpus 0 for a script run alone")
 
 
+def _count(listing: str | None) -> int:
+    return sum(1 for line in (listing or "").splitlines() if line.startswith("GPU "))
+
+
 def detect_gpu_count() -> int:
-    """GPUs listed by nvidia-smi; 0 where there is no driver."""
-    return sum(1 for line in (_nvidia_smi("-L") or "").splitlines() if line.startswith("GPU "))
+    """GPUs listed by nvidia-smi; 0 where there is no driver (or it fails: see host_gpu_count)."""
+    return _count(_nvidia_smi("-L"))
+
+
+def _run_nvidia_smi(*args: str) -> tuple[str | None, str | None]:
+    """(output, None) where nvidia-smi succeeds; (None, its error output) where it fails;
+    (None, None) where it is not installed."""
+    if shutil.which("nvidia-smi") is None:
+        return None, None
+    try:
+        proc = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return None, "no answer within 30 s"
+    except OSError as err:
+        return None, str(err)
+    if proc.returncode != 0:
+        said = " ".join((proc.stderr.strip() or proc.stdout.strip()).split()) or "no message"
+        return None, f"{said} (exit status {proc.returncode})"
+    return proc.stdout, None
 
 
 def _nvidia_smi(*args: str) -> str | None:
     """nvidia-smi's output, or None where it is missing or fails."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30,
-                              check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return None
+    return _run_nvidia_smi(*args)[0]
+
+
+def host_gpu_count() -> int:
+    """GPUs on this host for a job that may lease one: nvidia-smi's count, 0 where the host has no
+    NVIDIA driver; a UserError where it has one that does not work, which would otherwise make a
+    GPU job run silently on the CPU."""
+    listing, error = _run_nvidia_smi("-L")
+    if error is not None:
+        raise UserError(
+            f"nvidia-smi fails, so this job cannot tell which GPU to use and would run on the CPU, "
+            f"many times slower: {error}", "nvidia-smi -L",
+            f"{DRIVER_FIX}; or {CPU_ON_PURPOSE}")
+    n = _count(listing)
+    if n == 0 and DEVICE_NODE.exists():
+        found = "is not installed or not on PATH" if listing is None else "lists no GPU"
+        raise UserError(
+            f"{DEVICE_NODE} exists (an NVIDIA GPU with its driver), but nvidia-smi {found}: this job "
+            "would run on the CPU, many times slower", str(DEVICE_NODE),
+            "put the driver's nvidia-smi on PATH and check it lists the GPUs (reboot after a driver "
+            "update), or give the number of GPUs (resources.gpu_devices: N; --gpus N for a script "
+            f"run alone); or {CPU_ON_PURPOSE}")
+    return n
+
+
+def _under_scheduler() -> bool:
+    return "CUDA_VISIBLE_DEVICES" in os.environ and any(v in os.environ for v in SCHEDULER_JOB_VARIABLES)
 
 
 def scheduler_assigned() -> bool:
-    return "CUDA_VISIBLE_DEVICES" in os.environ and any(
-        v in os.environ for v in ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID"))
+    """A scheduler set CUDA_VISIBLE_DEVICES to one or more GPUs for this job."""
+    return _under_scheduler() and os.environ["CUDA_VISIBLE_DEVICES"].strip() not in NO_DEVICES
+
+
+def scheduler_assigned_none() -> bool:
+    """A scheduler set CUDA_VISIBLE_DEVICES to a value that hides every GPU: it assigned none."""
+    return _under_scheduler() and os.environ["CUDA_VISIBLE_DEVICES"].strip() in NO_DEVICES
 
 
 @contextlib.contextmanager
@@ -63,7 +119,12 @@ def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, po
         LOG.info("GPU set by the scheduler: CUDA_VISIBLE_DEVICES=%s", os.environ["CUDA_VISIBLE_DEVICES"])
         yield None
         return
-    n = detect_gpu_count() if n_devices is None else n_devices
+    if scheduler_assigned_none():
+        LOG.info("the scheduler assigned no GPU to this job (CUDA_VISIBLE_DEVICES=%r): running on the CPU",
+                 os.environ["CUDA_VISIBLE_DEVICES"])
+        yield None
+        return
+    n = host_gpu_count() if n_devices is None else n_devices
     if n == 0:
         LOG.info("no GPU found: running on the CPU")
         yield None
@@ -93,13 +154,23 @@ def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, po
 
 
 def install_line() -> str:
-    """README's GPU install line, with requirements.txt's TensorFlow pin."""
-    pin = re.search(r"^tensorflow==(\S+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE).group(1)
-    return f'pip install -r requirements.txt "tensorflow[and-cuda]=={pin}" -e .'
+    """README's GPU install line, with requirements.txt's TensorFlow pin; outside a checkout (no
+    requirements.txt), the installed TensorFlow's version with its CUDA libraries. Never raises: it
+    is part of an error message."""
+    try:
+        match = re.search(r"^tensorflow==(\S+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    except (OSError, UnicodeDecodeError):
+        match = None
+    if match:
+        return f'pip install -r requirements.txt "tensorflow[and-cuda]=={match.group(1)}" -e .'
+    try:
+        return f'pip install "tensorflow[and-cuda]=={importlib.metadata.version("tensorflow")}"'
+    except importlib.metadata.PackageNotFoundError:
+        return 'pip install "tensorflow[and-cuda]"'
 
 
 def _install_fix() -> str:
-    return f"install TensorFlow with its CUDA libraries (from the repository): {install_line()}"
+    return f"install TensorFlow with its CUDA libraries: {install_line()}"
 
 
 def driver_cuda_version() -> str | None:
@@ -134,6 +205,9 @@ def diagnose() -> list[tuple[str, str]]:
     if visible is not None and visible.strip() in NO_DEVICES:
         causes.append((f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU from this job",
                        "ask the scheduler for a GPU (sbatch --gpus=1; gpu: 1 in the SLURM profile)"))
+    _, smi_error = _run_nvidia_smi()
+    if smi_error is not None:
+        causes.append((f"nvidia-smi fails: {smi_error}", DRIVER_FIX))
     if not tf.test.is_built_with_cuda():
         causes.append((f"TensorFlow {tf.__version__} was built without CUDA", _install_fix()))
         return causes
@@ -193,16 +267,25 @@ def describe_device(threads: int = 0) -> dict:
                 "compute_capability": details.get("compute_capability"), "precision": PRECISION,
                 "description": f"GPU {name}" + (f", {memory} MiB" if memory else "") + f", {PRECISION}"}
     # TensorFlow's 0 means one thread per core this process may run on.
-    n = threads or len(os.sched_getaffinity(0))
+    n = threads or cpu_count()
     return {"type": "CPU", "threads": n, "precision": PRECISION,
             "description": f"CPU, {n} threads, {PRECISION}"}
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (os.cpu_count() where the OS has no affinity call)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def add_arguments(parser) -> None:
     """The command-line options of a GPU job's script."""
     parser.add_argument("--gpus", type=int, default=-1,
                         help="GPUs on this host to lease one from "
-                             "(-1: count them with nvidia-smi; 0: run on the CPU, GPUs hidden)")
+                             "(-1: count them with nvidia-smi, failing where its driver does not "
+                             "work; 0: run on the CPU, GPUs hidden)")
     parser.add_argument("--gpu-lock-dir", default=".gpu_leases", help="shared folder of per-GPU lock files")
 
 

@@ -7,7 +7,9 @@ the leakage table (both of its protocols can split a patient's images). The tabl
 folds: mean and sample standard deviation (ddof=1; none with one fold).
 "Patient level" is the mean-probability aggregation of deepbc.metrics; "image level" counts images.
 The headline metrics (INTERVAL_METRICS) also get a 95% interval of their mean over folds, from the
-bootstrap draws the metrics JSONs keep (see ``_interval``).
+bootstrap draws the metrics JSONs keep (see ``_interval``): it resamples test patients with each
+fold's model fixed, so it leaves out the variation between trained models, and under the
+image-level protocol (a patient in several folds' test sets) it is too narrow (INTERVAL_NOTE).
 Sensitivity and specificity are those of the positive (second) class for two classes, and macro
 means over classes for more (deepbc.metrics).
 """
@@ -52,7 +54,15 @@ INTERVAL_NOTE = (
     "resamples every test fold's patients with replacement (a drawn patient brings all its "
     "images), recomputes each fold's figure and averages the folds (a fold whose figure is "
     "undefined in a draw is left out of that draw's mean); the interval spans the 2.5th to 97.5th "
-    "percentiles of these means.")
+    "percentiles of these means. It covers the sampling of test patients only: each fold's trained "
+    "model is held fixed, so the variation between the models of different folds or trainings is "
+    "not in it. Under the image-level protocol a patient's images sit in several folds' test sets, "
+    "and each fold resamples that patient on its own: the folds are not independent, and the "
+    "interval is too narrow there.")
+SELECTION_NOTE = (
+    "Patient-wise k-fold reuses patients: fold k's validation patients are test patients of other "
+    "folds, so the choice of architecture is not fully independent of those patients' labels, "
+    "though never of the reported models' test predictions.")
 
 
 def load_metrics(items) -> list[dict]:
@@ -386,7 +396,8 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
     uses only validation data (see ``validation_figures``): the models' keep_best_by metric (lower
     val_loss or higher val_accuracy; val_loss when the models of a task differ or keep the last
     step), mean over folds; ties go to the other validation metric, then to the architecture name.
-    The test metrics never enter the choice, so the reported test figures are not inflated by it.
+    The test metrics never enter the choice, so the reported test figures are not inflated by it;
+    but fold k's validation patients are test patients of other folds (SELECTION_NOTE).
     The preprint's accuracy for the task is shown for context.
     """
     metrics = load_metrics(metrics)
@@ -466,7 +477,7 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         "metric of each fold's kept checkpoint (the models' keep_best_by: lowest validation loss "
         "or highest validation accuracy; the validation loss when they differ or keep the last "
         "step), mean over folds. The test figures shown played no part in the choice; "
-        "results/tables/{task}.md shows every architecture's test figures.",
+        "results/tables/{task}.md shows every architecture's test figures. " + SELECTION_NOTE,
         "Patient level: a patient's probabilities are the mean of its images'. Mean ± sample sd "
         "over test folds.",
         "The preprint's figures are image-level accuracies under an image-level split with "

@@ -1,3 +1,6 @@
+from types import SimpleNamespace
+
+
 rule metrics:
     input:
         predictions="results/predictions/{run}/{arch}/fold{fold}.parquet",
@@ -88,7 +91,8 @@ rule roc_figure:
     input:
         predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
                                       run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
-        manifest=lambda wc: f"results/manifest/{TASKS[wc.task]['dataset']}.parquet",
+        # Every run of a task uses the task's dataset: any run names its manifest.
+        manifest=lambda wc: manifest_of_run(SimpleNamespace(run=runs_of_task(wc.task)[0])),
     output:
         png=report("results/figures/roc/{task}.png", caption="../report/roc.rst", category="ROC curves"),
         pdf="results/figures/roc/{task}.pdf",

@@ -7,6 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from deepbc import figures, metrics
 from deepbc.errors import UserError
+from deepbc.tables import PROTOCOL_LABELS
 
 BM = ["benign", "malignant"]
 ABC = ["a", "b", "c"]
@@ -60,7 +61,9 @@ def test_roc_binary_both_protocols_is_stable(tmp_path):
         outs.append((png, pdf))
     assert_images(*outs[0])
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert any("image-level split" in t for t in labels) and any("patient-wise" in t for t in labels)
+    # The tables' labels, in one place (tables.PROTOCOL_LABELS).
+    for label in PROTOCOL_LABELS.values():
+        assert any(label in t for t in labels), label
     assert outs[0][0].read_bytes() == outs[1][0].read_bytes()
     assert outs[0][1].read_bytes() == outs[1][1].read_bytes()
 

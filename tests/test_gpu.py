@@ -1,5 +1,6 @@
 """GPU leases with simulated GPU indices: concurrent jobs get different devices; death frees one.
-A job holding a GPU that TensorFlow cannot see stops with the cause; --gpus 0 runs on the CPU."""
+A job holding a GPU that TensorFlow cannot see stops with the cause, and so does one on a host whose
+NVIDIA driver does not work; --gpus 0, or a scheduler that assigned no GPU, runs on the CPU."""
 
 import json
 import os
@@ -31,10 +32,22 @@ def _holder(lock_dir, seconds, env=None):
     return subprocess.Popen([sys.executable, "-c", code, str(seconds)], stdout=subprocess.PIPE, text=True, env=env)
 
 
+def _tensorflow_sees_a_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+# Tests of jobs whose TensorFlow must see no GPU (once TensorFlow has listed a GPU, hiding it with
+# CUDA_VISIBLE_DEVICES no longer works in the same process).
+needs_no_visible_gpu = pytest.mark.skipif(_tensorflow_sees_a_gpu(), reason="TensorFlow sees a GPU here")
+
+
 @pytest.fixture(autouse=True)
 def no_scheduler(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(gpu, "DEVICE_NODE", Path("/nonexistent/nvidia0"), raising=False)  # not this host's
 
 
 def test_two_concurrent_jobs_get_different_gpus(tmp_path):
@@ -95,6 +108,10 @@ case "$1" in
   *) echo "| NVIDIA-SMI 470.57.02   Driver Version: 470.57.02   CUDA Version: {cuda}   |" ;;
 esac
 """
+FAILING_SMI = """#!/bin/sh
+echo "Failed to initialize NVML: Driver/library version mismatch" >&2
+exit 18
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +152,7 @@ def _job_args(name, tmp_path):
             "predict_folder": ["--model-dir", missing, "--images", missing, "--out", str(tmp_path / "out")]}[name]
 
 
+@needs_no_visible_gpu
 @pytest.mark.parametrize("name", ["train_model", "evaluate_model", "predict_folder"])
 def test_leased_gpu_that_tensorflow_cannot_see_stops_the_job_with_its_cause(name, tmp_path, monkeypatch):
     from deepbc.logs import run_main
@@ -151,6 +169,7 @@ def test_leased_gpu_that_tensorflow_cannot_see_stops_the_job_with_its_cause(name
         assert index == 0
 
 
+@needs_no_visible_gpu
 def test_scheduler_assigned_gpu_that_tensorflow_cannot_see_stops_the_job(tmp_path, monkeypatch):
     from deepbc.logs import run_main
 
@@ -164,10 +183,98 @@ def test_scheduler_assigned_gpu_that_tensorflow_cannot_see_stops_the_job(tmp_pat
     assert "TensorFlow sees no GPU" in text and gpu.install_line() in text
 
 
-def test_scheduler_that_assigned_no_gpu_is_named_as_the_cause(monkeypatch):
+@needs_no_visible_gpu
+@pytest.mark.parametrize("value", ["", "-1", "NoDevFiles"])
+def test_scheduler_that_assigned_no_gpu_runs_the_job_on_the_cpu(value, tmp_path, monkeypatch, caplog):
+    """SLURM sets CUDA_VISIBLE_DEVICES to one of these for a job that asked for no GPU."""
+    import argparse
+
+    _fake_nvidia_smi(tmp_path, monkeypatch)  # the host has a GPU; this job was not given it
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert not gpu.scheduler_assigned()
+    args = argparse.Namespace(gpus=-1, gpu_lock_dir=str(tmp_path / "locks"), threads=1)
+    with caplog.at_level("INFO"), gpu.lease_from_args(args) as device:
+        assert device["type"] == "CPU" and os.environ["CUDA_VISIBLE_DEVICES"] == value
+    assert f"the scheduler assigned no GPU to this job (CUDA_VISIBLE_DEVICES={value!r}): running on the CPU" \
+        in caplog.text
+    assert not (tmp_path / "locks").exists()
+
+
+@needs_no_visible_gpu
+def test_gpu_hidden_by_cuda_visible_devices_is_named_as_the_cause(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES='' hides every GPU"):
         gpu.require_gpu("a test's GPU")
+
+
+def _failing_nvidia_smi(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAILING_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+def test_failing_nvidia_smi_stops_a_gpu_job_with_its_error(tmp_path, monkeypatch):
+    import argparse
+
+    _failing_nvidia_smi(tmp_path, monkeypatch)
+    args = argparse.Namespace(gpus=-1, gpu_lock_dir=str(tmp_path / "locks"), threads=1)
+    with pytest.raises(UserError) as err:
+        with gpu.lease_from_args(args):
+            pytest.fail("the job ran")
+    text = str(err.value)
+    assert "nvidia-smi fails" in text and "Driver/library version mismatch (exit status 18)" in text
+    assert "reboot" in text and "resources.gpu: 0" in text
+
+
+@needs_no_visible_gpu
+def test_failing_nvidia_smi_is_named_where_the_scheduler_assigned_a_gpu(tmp_path, monkeypatch):
+    _failing_nvidia_smi(tmp_path, monkeypatch)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(UserError, match="nvidia-smi fails: Failed to initialize NVML: Driver/library "
+                                        "version mismatch") as err:
+        gpu.require_gpu("a test's GPU")
+    assert "reboot" in str(err.value)
+
+
+def test_nvidia_device_without_a_working_nvidia_smi_stops_a_gpu_job(tmp_path, monkeypatch):
+    import argparse
+
+    node = tmp_path / "nvidia0"
+    node.touch()
+    monkeypatch.setattr(gpu, "DEVICE_NODE", node)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    args = argparse.Namespace(gpus=-1, gpu_lock_dir=str(tmp_path / "locks"), threads=1)
+    with pytest.raises(UserError, match="nvidia-smi is not installed or not on PATH") as err:
+        with gpu.lease_from_args(args):
+            pytest.fail("the job ran")
+    assert "resources.gpu: 0" in str(err.value) and "gpu_devices" in str(err.value)
+
+
+@needs_no_visible_gpu
+def test_gpus_0_runs_on_the_cpu_even_where_nvidia_smi_fails(tmp_path, monkeypatch):
+    import argparse
+
+    _failing_nvidia_smi(tmp_path, monkeypatch)
+    args = argparse.Namespace(gpus=0, gpu_lock_dir=str(tmp_path / "locks"), threads=1)
+    with gpu.lease_from_args(args) as device:
+        assert device["type"] == "CPU"
+
+
+def test_install_line_outside_a_checkout_names_the_installed_tensorflow(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    monkeypatch.setattr(gpu, "ROOT", tmp_path)  # a non-editable install: no requirements.txt
+    version = importlib.metadata.version("tensorflow")
+    assert gpu.install_line() == f'pip install "tensorflow[and-cuda]=={version}"'
+
+
+@needs_no_visible_gpu
+def test_cpu_threads_without_sched_getaffinity(monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    assert gpu.describe_device()["threads"] == (os.cpu_count() or 1)
 
 
 def test_tensorflow_built_without_cuda_is_named_as_the_cause(monkeypatch):
@@ -193,6 +300,7 @@ def test_cuda_library_of_an_nvidia_pip_package_counts_as_found(tmp_path, monkeyp
     assert gpu.missing_cuda_libraries({"cuda_version": "99.1.0", "cudnn_version": "98"}) == ["libcudnn.so.98"]
 
 
+@needs_no_visible_gpu
 def test_no_gpu_anywhere_runs_on_the_cpu_as_before(tmp_path, monkeypatch, caplog):
     import argparse
 
@@ -203,6 +311,7 @@ def test_no_gpu_anywhere_runs_on_the_cpu_as_before(tmp_path, monkeypatch, caplog
     assert "no GPU found: running on the CPU" in caplog.text
 
 
+@needs_no_visible_gpu
 def test_gpus_0_hides_every_gpu_even_one_the_scheduler_assigned(tmp_path, monkeypatch):
     import argparse
 
@@ -215,17 +324,20 @@ def test_gpus_0_hides_every_gpu_even_one_the_scheduler_assigned(tmp_path, monkey
     assert not (tmp_path / "locks").exists()
 
 
+@needs_no_visible_gpu
 @pytest.mark.slow
 def test_gpus_0_trains_on_the_cpu_without_complaint_and_records_it(tmp_path, monkeypatch):
     """Even where nvidia-smi and the scheduler both say there is a GPU."""
     from deepbc.logs import run_main
     from tests import trainkit
 
-    shard_dir = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", per_split=(16, 8, 8))
+    # The smallest training the trainer accepts (one step of 4 images): the device is the point.
+    shard_dir = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", per_split=(4, 2, 2))
     _fake_nvidia_smi(tmp_path, monkeypatch)
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    settings = trainkit.settings(max_number_of_steps=2, eval_every_steps=2, save_every_steps=2)
+    settings = trainkit.settings(max_number_of_steps=1, eval_every_steps=1, save_every_steps=1,
+                                 batch_size=4)
     log, out = tmp_path / "train.log", tmp_path / "model"
     code = run_main(_script_main("train_model"), [
         "--shard-dir", str(shard_dir), "--arch", "resnet_small", "--settings-json", json.dumps(settings),

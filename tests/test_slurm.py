@@ -1,4 +1,5 @@
-"""The SLURM profile, for real: a small demo target submitted through sbatch to a local cluster.
+"""The SLURM profile, for real: a small demo target submitted through sbatch to a local cluster;
+and, without a cluster, that every GPU rule gets the profile's GPU resources.
 
 .ci/run starts a single-node cluster (.ci/slurm-cluster). Elsewhere the test is skipped when no
 cluster answers; in CI a missing cluster is a failure.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +37,7 @@ def test_profile_runs_jobs_through_sbatch(tmp_path):
            "--directory", str(tmp_path), "--profile", str(ROOT / "profiles" / "slurm"),
            # A CPU-only cluster without accounting: GPU requests off by override, not by editing the profile.
            "--configfile", str(ROOT / "config" / "config.yaml"), str(ROOT / "config" / "cpu_only.yaml"),
-           "--set-resources", "train:gpu=0", "evaluate:gpu=0",
+           "--set-resources", "train:gpu=0", "evaluate:gpu=0", "predict_folder:gpu=0",
            "--slurm-status-command", "squeue", "--slurm-no-account",
            "--slurm-init-seconds-before-status-checks", "1",
            "results/splits/cancer_types.parquet"]
@@ -49,3 +51,29 @@ def test_profile_runs_jobs_through_sbatch(tmp_path):
     splits = pd.read_parquet(tmp_path / "results" / "splits" / "cancer_types.parquet")
     assert set(splits["label"]) == {"breast", "bladder", "lung", "lymphoma"}
     assert set(splits["split"]) == {"train", "val", "test"}
+
+
+def _gpu_rules() -> set[str]:
+    """Rules whose resources request a GPU (gpu=RES.get("gpu", 1))."""
+    rules = set()
+    for path in (ROOT / "rules").glob("*.smk"):
+        for block in re.split(r"^(?=rule \w+:)", path.read_text(), flags=re.MULTILINE):
+            name = re.match(r"rule (\w+):", block)
+            if name and re.search(r"^\s+gpu=", block, re.MULTILINE):
+                rules.add(name.group(1))
+    return rules
+
+
+def test_every_gpu_rule_gets_the_profiles_gpu_resources():
+    """A GPU rule left to default-resources would send sbatch --gpus=1 to the CPU partition."""
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    gpu_rules = _gpu_rules()
+    assert {"train", "evaluate", "predict_folder"} <= gpu_rules
+    for rule in sorted(gpu_rules):
+        assert rule in profile["set-resources"], rule
+        resources = profile["set-resources"][rule]
+        assert resources.get("gpu") == 1 and "slurm_partition" in resources, rule
+    # predict_folder is an evaluation job: the same request as evaluate.
+    assert profile["set-resources"]["predict_folder"] == profile["set-resources"]["evaluate"]
+    readme = (ROOT / "README.md").read_text()
+    assert "--set-resources " + " ".join(f"{r}:gpu=0" for r in ("train", "evaluate", "predict_folder")) in readme

@@ -244,12 +244,17 @@ def test_tables_show_the_interval_of_the_mean_over_folds(tmp_path):
     md = (tmp_path / "t.md").read_text()
     low, high = row["image_auc_ci_low"], row["image_auc_ci_high"]
     assert f"[{low:.3f}, {high:.3f}]" in md and "95 % interval of the mean over folds" in md
+    assert "each fold's trained model is held fixed" in md
 
     models = [write_model(tmp_path, "benign_vs_malignant", "resnet_small", f, 0.5, 0.5) for f in range(3)]
     s = tables.summary_table(ms, models)
     tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
     assert s.iloc[0]["patient_auc_ci_low"] == row["patient_auc_ci_low"]
-    assert "95 % interval of the mean over folds" in (tmp_path / "s.md").read_text()
+    summary_md = (tmp_path / "s.md").read_text()
+    assert "95 % interval of the mean over folds" in summary_md
+    # What the interval and the choice do not cover is said under the table.
+    assert "each fold's trained model is held fixed" in summary_md and "too narrow" in summary_md
+    assert "fold k's validation patients are test patients of other folds" in summary_md
 
 
 def test_bad_metrics_inputs(tmp_path):
