@@ -3,6 +3,7 @@ it stopped, unless its inputs changed; ImageNet stages, each with its own early 
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -209,24 +210,66 @@ def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
         assert not marker.exists() and said in caplog.text
 
 
-@pytest.mark.slow
-def test_imagenet_init_restores_then_trains_two_stages(shard_dir, tmp_path):
-    import tensorflow as tf
-
+@pytest.fixture(scope="module")
+def imagenet_checkpoint(tmp_path_factory):
+    """An "ImageNet" checkpoint of the small network, 1000 classes, saved by the test itself."""
     from deepbc import nets
 
-    # An "ImageNet" checkpoint of the small network, 1000 classes, saved by the test itself.
-    prefix = tmp_path / "imagenet" / "resnet_small.ckpt"
+    prefix = tmp_path_factory.mktemp("imagenet") / "resnet_small.ckpt"
     with tf.Graph().as_default():
         nets.get_network_fn("resnet_small", 1000)(tf.zeros([1, 32, 32, 3]))
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             tf.compat.v1.train.Saver().save(sess, str(prefix))
+    return str(prefix)
+
+
+@pytest.mark.slow
+def test_imagenet_init_restores_then_trains_two_stages(shard_dir, imagenet_checkpoint, tmp_path):
     settings = trainkit.settings(init="imagenet", max_number_of_steps=10, stage2_steps=10, eval_every_steps=10)
     summary = train.train(shard_dir, tmp_path / "model", tmp_path / "state", "resnet_small", settings,
-                          seed=1, checkpoint=str(prefix))
+                          seed=1, checkpoint=imagenet_checkpoint)
     curve = pd.read_csv(tmp_path / "model" / "training.csv")
     assert list(curve["stage"]) == ["logits"] * 10 + ["all_layers"] * 10
     assert curve["learning_rate"].iloc[0] == pytest.approx(0.01)
     assert curve.loc[curve["stage"] == "all_layers", "learning_rate"].iloc[0] == pytest.approx(0.001)
     assert summary["steps"] == 20
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_a_stage_not_the_run(shard_dir, imagenet_checkpoint, tmp_path):
+    settings = trainkit.settings(init="imagenet", max_number_of_steps=30, stage2_steps=4, eval_every_steps=2,
+                                 early_stopping_patience=1, keep_best_by="val_accuracy")
+    train.train(shard_dir, tmp_path / "model", tmp_path / "state", "resnet_small", settings, seed=1,
+                checkpoint=imagenet_checkpoint)
+    curve = pd.read_csv(tmp_path / "model" / "training.csv")
+    stopped = int(curve.loc[curve["stage"] == "logits", "step"].max())
+    assert stopped < 30  # stage 1 stopped early ...
+    second = curve[curve["stage"] == "all_layers"]
+    assert 1 <= len(second) <= 4  # ... and stage 2 ran (with its own patience)
+    assert list(second["step"]) == list(range(stopped + 1, stopped + 1 + len(second)))
+    assert second["learning_rate"].iloc[0] == pytest.approx(0.001)  # its own schedule from its start
+    assert not math.isnan(second["val_loss"].iloc[-1])  # the run ends with an evaluation
+
+
+def rows(val_losses):
+    """Curve rows with a validation loss at every step (None: no evaluation)."""
+    nan = float("nan")
+    return [{"step": i + 1, "val_loss": nan if v is None else v, "val_accuracy": nan if v is None else 0.5}
+            for i, v in enumerate(val_losses)]
+
+
+def test_stages_patience_and_best_follow_from_the_curve_alone():
+    stages = [{"name": "logits", "steps": 10}, {"name": "all_layers", "steps": 4}]
+    history = rows([1.0, 0.9, None, 0.95, 0.97, 0.96, 0.8, 0.85, None])
+    plan = train._Stages(stages, "val_loss", patience=2)
+    decisions = [plan.update(r) for r in history]
+    # Stage 1 stops at step 5, after two evaluations without improvement; stage 2 runs steps 6..9.
+    assert [stopped for _, stopped in decisions] == [False] * 4 + [True] + [False] * 4
+    assert [improved for improved, _ in decisions] == [True, True, False, False, False, False, True, False, False]
+    assert plan.finished
+    for k in range(len(history)):  # a run resumed at any step replays the curve into the same state
+        resumed = train._Stages(stages, "val_loss", patience=2)
+        for r in history[:k]:
+            resumed.update(r)
+        assert [resumed.update(r) for r in history[k:]] == decisions[k:]
