@@ -273,3 +273,23 @@ def test_stages_patience_and_best_follow_from_the_curve_alone():
         for r in history[:k]:
             resumed.update(r)
         assert [resumed.update(r) for r in history[k:]] == decisions[k:]
+
+
+@pytest.mark.slow
+def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
+    """TF-Slim's train_image_classifier: loss = xent(logits) + 0.4 xent(AuxLogits) + weight decay."""
+    rng = np.random.default_rng(0)
+    with tf.Graph().as_default() as graph:
+        tf.compat.v1.set_random_seed(0)
+        images = tf.constant(rng.uniform(-1, 1, (2, 107, 107, 3)), tf.float32)
+        labels = tf.constant([0, 1], tf.int64)
+        loss, logits = train.model_loss(tf, "inception_v3", 2, images, labels, trainkit.settings())
+        aux = graph.get_tensor_by_name("InceptionV3/AuxLogits/SpatialSqueeze:0")
+        xent = [tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=x))
+                for x in (logits, aux)]
+        decay = tf.add_n(tf.compat.v1.losses.get_regularization_losses())
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            total, main, auxiliary, reg = sess.run([loss, xent[0], xent[1], decay])
+    assert auxiliary > 0.1
+    assert total == pytest.approx(main + 0.4 * auxiliary + reg, rel=1e-5)
