@@ -37,9 +37,6 @@ def _run_predictions(model_dir, build_inputs, total: int, batch_size: int, threa
     spec = nets.NETWORKS[arch]
     graph = tf.Graph()
     with graph.as_default():
-        # Nothing here is random, but under op determinism (train.set_determinism) making an
-        # iterator in a graph without a seed raises.
-        tf.compat.v1.set_random_seed(0)
         preprocess = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
         dataset = build_inputs(preprocess, image_size, batch_size)
         images, meta = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()

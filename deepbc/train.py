@@ -22,6 +22,7 @@ inputs is discarded, saying what changed. The final outputs (kept checkpoint, tr
 settings.json) are written to ``out_dir`` only at the end, after which the state is removed.
 """
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -164,15 +165,19 @@ def _bind_state(state_dir: Path, inputs: dict) -> None:
 # The graph
 # --------------------------------------------------------------------------------------------
 
-def set_determinism(tf, on: bool) -> None:
-    """TensorFlow's op determinism, process-wide: on for reproducible runs, off otherwise."""
-    if on:
-        tf.config.experimental.enable_op_determinism()
-    else:
-        # Not exported as tf.config.experimental (TF 2.21); undoes an earlier enable in this process.
-        from tensorflow.python.framework import config as tf_config
+@contextlib.contextmanager
+def op_determinism(on: bool):
+    """TensorFlow's op determinism on or off inside the block, as it was after: the switch is
+    process-wide, and under it any later graph with an unseeded random op would raise."""
+    # disable_op_determinism is not exported as tf.config.experimental in TF 2.21.
+    from tensorflow.python.framework import config as tf_config
 
-        tf_config.disable_op_determinism()
+    was = tf_config.is_op_determinism_enabled()
+    (tf_config.enable_op_determinism if on else tf_config.disable_op_determinism)()
+    try:
+        yield
+    finally:
+        (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()
 
 
 def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, weights=None):
@@ -345,7 +350,6 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
     val_index = _read_index(shard_dir / "val.json")
     spec = nets.NETWORKS[arch]
     stages = stage_plan(settings)
-    set_determinism(tf, settings["deterministic"])
     random.seed(seed)
     np.random.seed(seed)
 
@@ -361,7 +365,7 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
              ", deterministic" if settings["deterministic"] else "")
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
     config.gpu_options.allow_growth = True  # share a leased GPU without grabbing all its memory
-    with tf.compat.v1.Session(graph=g.graph, config=config) as sess:
+    with op_determinism(settings["deterministic"]), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
         _initialise(sess, tf, g, state_dir, start_step)
         writer = tf.compat.v1.summary.FileWriter(str(out_dir.parent / f"{out_dir.name}.events"),
                                                  g.graph if start_step == 0 else None)

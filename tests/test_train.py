@@ -162,6 +162,9 @@ def test_kept_weights_newer_than_the_restored_step_are_redone(shard_dir, referen
 def test_same_seed_same_model_whatever_the_threads(shard_dir, reference, tmp_path):
     train.train(shard_dir, tmp_path / "model", tmp_path / "state", "resnet_small", SHORT, seed=1, threads=2)
     assert_same_run(reference, tmp_path / "model")
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()  # train() left the process switch as it was
     test_index = shard_dir / "test.json"
     a = evaluate.predict_shards(reference, test_index, tmp_path / "a.parquet", threads=1)
     b = evaluate.predict_shards(tmp_path / "model", test_index, tmp_path / "b.parquet", threads=2)
