@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Training images/s of the project's trainer (TFRecord shards through its own input pipeline)
-against plain Keras ``model.fit`` of ``keras.applications.ResNet50(weights=None)`` and against the
-project's network fed from in-memory arrays (its upper bound), on the same images, image size and
-batch. Prints one JSON line; progress goes to stderr.
+"""Training images/s of the project's trainer (TFRecord shards through its own input pipeline),
+with and without its determinism switch, against plain Keras ``model.fit`` of
+``keras.applications.ResNet50(weights=None)`` and against the project's network fed from in-memory
+arrays (its upper bound), on the same images, image size and batch. Prints one JSON line; progress
+goes to stderr.
 
     .venv/bin/python bench/train_throughput.py --arch resnet_v1_50 --image-size 128 --batch-size 16
+    .venv/bin/python bench/train_throughput.py --variants trainer,trainer_nondeterministic --repeats 3
 """
 
 import argparse
@@ -22,6 +24,9 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=64, help="distinct 700x460 training images (default 64)")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow threads, as rule train gives (default 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated subset of trainer, trainer_nondeterministic, in_memory, keras (default all)")
+    parser.add_argument("--repeats", type=int, default=1, help="measure each variant this many times, interleaved")
     parser.add_argument("--workdir", help="where temporary shards go (default: the system's temp folder)")
     return parser.parse_args(argv)
 
@@ -34,7 +39,9 @@ def main(argv=None) -> int:
 
     result = training.run(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
                           warmup=args.warmup, images=args.images, threads=args.threads, seed=args.seed,
-                          keras_model=args.keras_model, workdir=args.workdir)
+                          keras_model=args.keras_model, workdir=args.workdir,
+                          variants=tuple(args.variants.split(",")) if args.variants else training.VARIANTS,
+                          repeats=args.repeats)
     common.emit("train_throughput", result)
     return 0
 

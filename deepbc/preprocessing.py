@@ -6,8 +6,9 @@ Modelled on research/slim/preprocessing/{vgg,inception}_preprocessing.py of tens
 - ``vgg`` (ResNet V1, VGG): aspect-preserving resize of the shorter side to ``S = size * 256/224``,
   central crop ``size x size`` (training with ``random_crop``: shorter side uniform in [S, 2S] and a
   random crop, TF-Slim's 256..512 for 224), then ImageNet channel means subtracted (0..255 scale).
-- ``inception`` (Inception, ResNet V2): central crop of 87.5% of the area and resize (training with
-  ``random_crop``: a random box of 25-100% of the area, aspect 3/4..4/3, resized), scaled to [-1, 1].
+- ``inception`` (Inception, ResNet V2): central crop of 87.5% of each side (76.6% of the area) and
+  resize (training with ``random_crop``: a random box of 25-100% of the area, aspect 3/4..4/3,
+  resized), scaled to [-1, 1].
 
 Differences from TF-Slim, on purpose: resizing is antialiased (area averaging when shrinking),
 because histology images of 700x460 px are shrunk up to 10x here and plain bilinear would alias
@@ -74,7 +75,9 @@ def get_preprocessing(name: str, is_training: bool, augment: dict | None = None)
         image.shape.assert_is_compatible_with([None, None, 3])
         with tf.name_scope(f"{name}_preprocessing"):
             if seed is None:
-                seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+                # No draw without augmentation: under op determinism an unseeded random op raises.
+                seed = (tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64) if any(aug.values())
+                        else tf.zeros([2], tf.int64))
             seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, num=10)))
             crop = _vgg_crop if name == "vgg" else _inception_crop
             # Cropping and resizing the uint8 image first: one pass over the full-size pixels.

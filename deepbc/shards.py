@@ -214,7 +214,7 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
     indexes = {}
     with _pool(workers) as pool:
         for split, shards in plans.items():
-            names = []
+            names, hashes_written = [], []
             for i, shard in enumerate(shards):
                 name = shard_name(split, i, len(shards))
                 hashes = shard["sha256"] if "sha256" in shard else [None] * len(shard)
@@ -227,6 +227,7 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
                             writer.write(_example(encoded, image_format, row, height, width))
                             progress.update(1, split=split)
                 names.append(name)
+                hashes_written.append(_file_sha256(out_dir / name))
             split_rows = pd.concat(shards)
             counts = split_rows["label"].value_counts()
             indexes[split] = {
@@ -241,6 +242,8 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
                 "patients": int(split_rows["patient"].nunique()),
                 "shards": names,
                 "shard_sizes": [int(len(s)) for s in shards],
+                # Content hashes: a trainer's resumable state is bound to exactly these shards.
+                "shard_sha256": hashes_written,
                 "encoding": encoding,
                 "images_per_shard": int(images_per_shard),
                 "seed": int(seed),
@@ -258,6 +261,14 @@ def write_shards_file(splits_path, fold: int, root, out_dir, **settings) -> dict
     from deepbc.splits import read_table
 
     return write_shards(read_table(splits_path, "splits table"), fold, root, out_dir, **settings)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class _NoPool:
@@ -384,65 +395,95 @@ def decode(features: dict, image_format: str, min_side: int | None = None):
     return image
 
 
-def default_preprocess(image, height: int, width: int):
-    """Cast to float32 (0..255) and resize to (height, width); no cropping, no augmentation."""
+def default_preprocess(image, height: int, width: int, seed=None):
+    """Cast to float32 (0..255) and resize to (height, width); no cropping, no augmentation (``seed`` unused)."""
     import tensorflow as tf
 
     return tf.image.resize(tf.cast(image, tf.float32), [height, width])
 
 
 def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess_fn=None, image_size: int = 224,
-                 shuffle_buffer: int = 1024, seed: int | None = None, num_parallel_calls=None,
-                 repeat: bool = False, with_metadata: bool = False):
+                 shuffle_buffer: int = 1024, seed: int = 0, num_parallel_calls=None,
+                 repeat: bool = False, with_metadata: bool = False, first_record: int = 0,
+                 deterministic: bool = True):
     """A tf.data pipeline over the shards of one index JSON.
 
     Yields ``(images, labels)`` batches (float images from ``preprocess_fn(image_uint8, image_size,
-    image_size)``, int64 labels), or ``(images, labels, metadata)`` with ``with_metadata``, where
-    metadata is a dict of string tensors ``filename``, ``patient``, ``magnification``.
-    Training: shard order and records are shuffled (buffer ``shuffle_buffer``, reshuffled each
-    epoch) and the last partial batch is dropped. Evaluation: deterministic order, every image once
-    per pass. Works eagerly and in tf.compat.v1 graph mode (one-shot or initializable iterators).
+    image_size[, seed])``, int64 labels), or ``(images, labels, metadata)`` with ``with_metadata``,
+    where metadata is a dict of string tensors ``filename``, ``patient``, ``magnification``.
+
+    Training: a stream of epochs (one, or endless with ``repeat``); in each, the shard order and
+    the records (buffer ``shuffle_buffer``) are shuffled by seeds that depend only on (``seed``,
+    epoch), and each image gets a stateless augmentation seed from (``seed``, epoch, its position
+    in the epoch), so the stream is the same whatever the parallelism. ``first_record`` starts the
+    stream that many records in (a resumed run passes the records its restored steps consumed);
+    the skipped records are read but not decoded. The last partial batch is dropped.
+    Evaluation: index order, every image once per pass.
+    ``deterministic=False`` lets parallel stages deliver out of order (faster, not reproducible).
+    Works eagerly and in tf.compat.v1 graph mode (one-shot or initializable iterators).
     """
+    import inspect
+
     import tensorflow as tf
 
     index = read_index(index_json_path)
-    if index["count"] == 0:
+    count = index["count"]
+    if count == 0:
         raise UserError("the shard index lists no images", str(index_json_path), "remake the splits and shards")
     autotune = tf.data.AUTOTUNE
     calls = autotune if num_parallel_calls is None else num_parallel_calls
     preprocess = preprocess_fn or default_preprocess
+    takes_seed = "seed" in inspect.signature(preprocess).parameters
     image_format = index["encoding"]["format"]
     # A preprocessing that says how large a source it needs lets JPEGs decode at a reduced scale.
     needs = getattr(preprocess, "min_source_side", None)
     min_side = needs(image_size, image_size) if needs else None
-
-    files = tf.data.Dataset.from_tensor_slices(index["paths"])
-    if is_training:
-        files = files.shuffle(len(index["paths"]), seed=seed, reshuffle_each_iteration=True)
-    cycle = min(len(index["paths"]), 8)
+    paths = index["paths"]
+    cycle = min(len(paths), 8)
     # tf.data refuses more parallel calls than the cycle length (e.g. 2 threads over 1 shard).
-    records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle,
-                               num_parallel_calls=calls if calls == autotune else min(calls, cycle),
-                               deterministic=not is_training)
-    if is_training:
-        # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        records = records.repeat()
+    interleave_calls = calls if calls == autotune else min(calls, cycle)
 
-    def load(serialized):
+    def read(files):
+        return files.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=interleave_calls,
+                                deterministic=deterministic)
+
+    if is_training:
+        seed = tf.constant(int(seed), tf.int64)
+
+        def epoch_records(epoch):
+            key = tf.stack([seed, epoch])
+            order = tf.argsort(tf.random.stateless_uniform([len(paths)], key))
+            files = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(paths), order))
+            # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
+            shuffle_seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
+            records = read(files).shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+            return records.enumerate().map(lambda i, record: (tf.stack([seed, epoch * count + i]), record))
+
+        first_epoch, offset = divmod(int(first_record), count)
+        last_epoch = 2**62 if repeat else first_epoch + 1
+        records = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_records).skip(offset)
+    else:
+        records = read(tf.data.Dataset.from_tensor_slices(paths))
+        records = records.map(lambda record: (tf.zeros([2], tf.int64), record))
+        if repeat:
+            records = records.repeat()
+
+    def load(element_seed, serialized):
         features = parse_example(serialized)
-        image = preprocess(decode(features, image_format, min_side), image_size, image_size)
+        image = decode(features, image_format, min_side)
+        if takes_seed:
+            image = preprocess(image, image_size, image_size, seed=element_seed)
+        else:
+            image = preprocess(image, image_size, image_size)
         label = features["image/class/label"]
         if with_metadata:
             return image, label, {"filename": features["image/filename"], "patient": features["image/patient"],
                                   "magnification": features["image/magnification"]}
         return image, label
 
-    dataset = records.map(load, num_parallel_calls=calls, deterministic=not is_training)
+    dataset = records.map(load, num_parallel_calls=calls, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=is_training)
     return dataset.prefetch(autotune)
-
 
 
 def find_corrupt_shards(index_paths) -> list[tuple[str, str]]:

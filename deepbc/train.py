@@ -1,27 +1,43 @@
-"""Fine-tuning a TF-Slim network on TFRecord shards, as the preprint did, resumably.
+"""Fine-tuning a TF-Slim network on TFRecord shards, as the preprint did: reproducibly and resumably.
 
-Two stages when starting from ImageNet weights (TF-Slim's recipe): stage 1 trains only the logits
-(``trainable_scopes``), stage 2 all layers at a lower learning rate, continuing from stage 1. From
-scratch, one stage trains everything. The graph holds a training tower reading the training shards
-and a validation tower (shared variables, inference-mode batch norm) reading the validation shards.
+Two stages when starting from ImageNet weights (TF-Slim's recipe): stage ``logits`` trains only the
+logits (``trainable_scopes``), stage ``all_layers`` all layers at a lower learning rate, continuing
+from stage 1. From ImageNet with ``stage2_steps: 0`` only the ``logits`` stage runs; from scratch,
+one ``all_layers`` stage trains everything. Early stopping ends a stage (the next one starts), not
+the run. The graph holds a training tower reading the training shards and a validation tower
+(shared variables, inference-mode batch norm) reading the validation shards. Inception's auxiliary
+logits are in the loss with TF-Slim's weight 0.4.
 
-Resuming: every ``save_every_steps`` the full state (weights, optimizer slots, global step) is saved
-under ``state_dir``; a rerun restores the newest state and continues from its step. The final
-outputs (kept checkpoint, training.csv, settings.json) are written to ``out_dir`` only at the end.
+Reproducible (``deterministic``, default on): TensorFlow's op determinism, a deterministic input
+stream (shards.make_dataset) and seeded initialisation, so the same config, seed and machine give
+the same curve and weights.
+
+Resuming: every ``save_every_steps`` the full state (weights, optimizer slots, global step) and the
+curve are saved under ``state_dir``; a rerun restores the newest state and continues from its step,
+exactly: the input stream restarts at the records the restored steps consumed, the stage, its
+patience and the best score are derived from the restored curve, and kept ("best") weights of steps
+after the restored one are dropped. The state is bound to its inputs (``inputs.json``: settings,
+architecture, seed, ImageNet checkpoint, train/val shards with their hashes): a state of other
+inputs is discarded, saying what changed. The final outputs (kept checkpoint, training.csv,
+settings.json) are written to ``out_dir`` only at the end, after which the state is removed.
 """
 
+import contextlib
 import csv
+import hashlib
 import json
 import logging
 import math
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from deepbc import atomic, gpu
+from deepbc.errors import UserError
 from deepbc.logs import format_seconds
 
 LOG = logging.getLogger("deepbc.train")
@@ -29,20 +45,24 @@ LOG = logging.getLogger("deepbc.train")
 CSV_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "images_per_sec",
               "val_loss", "val_accuracy"]
 MODEL_PREFIX = "model.ckpt"
+INPUTS_FILE = "inputs.json"
+# TF-Slim's train_image_classifier: weights=0.4 on the cross-entropy of end_points['AuxLogits'].
+AUX_LOSS_WEIGHT = 0.4
+# Settings that change when states are saved, never what is computed: not part of the fingerprint.
+_SCHEDULE_ONLY = ("save_every_steps",)
 
 
 def stage_plan(settings: dict) -> list[dict]:
     """The stages to run: (name, steps, learning rate, whether only the logits train)."""
-    if settings["init"] == "imagenet" and settings.get("stage2_steps", 0) > 0:
-        return [
-            {"name": "logits", "steps": settings["max_number_of_steps"],
-             "learning_rate": settings["learning_rate"], "logits_only": True},
-            {"name": "all_layers", "steps": settings["stage2_steps"],
-             "learning_rate": settings["stage2_learning_rate"], "logits_only": False},
-        ]
+    if settings["init"] == "imagenet":
+        stages = [{"name": "logits", "steps": settings["max_number_of_steps"],
+                   "learning_rate": settings["learning_rate"], "logits_only": True}]
+        if settings.get("stage2_steps", 0) > 0:
+            stages.append({"name": "all_layers", "steps": settings["stage2_steps"],
+                           "learning_rate": settings["stage2_learning_rate"], "logits_only": False})
+        return stages
     return [{"name": "all_layers", "steps": settings["max_number_of_steps"],
-             "learning_rate": settings["learning_rate"],
-             "logits_only": settings["init"] == "imagenet"}]
+             "learning_rate": settings["learning_rate"], "logits_only": False}]
 
 
 def class_weights(count_per_class: list[int]) -> list[float]:
@@ -64,8 +84,255 @@ def _make_optimizer(tf, settings, learning_rate):
     if name == "adam":
         return tf.compat.v1.train.AdamOptimizer(learning_rate, epsilon=settings["opt_epsilon"])
     if name == "momentum":
-        return tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=settings["rmsprop_momentum"])
+        if "momentum" not in settings:
+            raise UserError("optimizer momentum needs its momentum", "config key train.*.momentum",
+                            "set momentum (TF-Slim's default is 0.9)")
+        return tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=settings["momentum"])
     return tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
+
+
+# --------------------------------------------------------------------------------------------
+# The state's inputs
+# --------------------------------------------------------------------------------------------
+
+def training_inputs(shard_dir, arch: str, settings: dict, seed: int, checkpoint: str | None) -> dict:
+    """Everything that determines the trained model, by component (compared one by one on resume)."""
+    shard_dir = Path(shard_dir)
+    return {
+        "arch": arch,
+        "seed": int(seed),
+        "settings": {k: v for k, v in sorted(settings.items()) if k not in _SCHEDULE_ONLY},
+        "checkpoint": _checkpoint_identity(checkpoint) if settings["init"] == "imagenet" else None,
+        "train_shards": _shards_identity(shard_dir / "train.json"),
+        "val_shards": _shards_identity(shard_dir / "val.json"),
+    }
+
+
+def fingerprint(inputs: dict) -> str:
+    """sha256 of the canonical JSON of ``inputs``."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _checkpoint_identity(prefix: str | None) -> dict | None:
+    if not prefix:
+        return None
+    files = sorted(Path(prefix).parent.glob(Path(prefix).name + ".*"))
+    return {"prefix": str(prefix), "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}}
+
+
+def _shards_identity(index_path: Path) -> dict:
+    """The index as written; shards of an index that records no hashes count by size and mtime."""
+    index = _read_index(index_path)
+    if "shard_sha256" not in index:
+        stats = {n: (index_path.parent / n).stat() for n in index["shards"]}
+        index["shard_stat"] = {n: [s.st_size, s.st_mtime_ns] for n, s in stats.items()}
+    return index
+
+
+def _describe_changes(old: dict, new: dict) -> str:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if key == "settings" and isinstance(old.get(key), dict):
+            a, b = old[key], new[key]
+            changes += [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+                        for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif key in ("arch", "seed"):
+            changes.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+        else:
+            changes.append(key.replace("_", " "))
+    return ", ".join(changes)
+
+
+def _bind_state(state_dir: Path, inputs: dict) -> None:
+    """Keep the state in ``state_dir`` only if it was made from ``inputs``; record them otherwise."""
+    record = state_dir / INPUTS_FILE
+    if state_dir.exists() and any(state_dir.iterdir()):
+        old = json.loads(record.read_text()) if record.exists() else None
+        if old is not None and old.get("fingerprint") == fingerprint(inputs):
+            return
+        reason = (_describe_changes(old["inputs"], inputs) if old is not None
+                  else "the state records no inputs")
+        LOG.info("discarding the training state in %s, its inputs changed: %s; training from step 1",
+                 state_dir, reason)
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(record, {"fingerprint": fingerprint(inputs), "inputs": inputs})
+
+
+# --------------------------------------------------------------------------------------------
+# The graph
+# --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def op_determinism(on: bool):
+    """TensorFlow's op determinism on or off inside the block, as it was after: the switch is
+    process-wide, and under it any later graph with an unseeded random op would raise."""
+    # disable_op_determinism is not exported as tf.config.experimental in TF 2.21.
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    (tf_config.enable_op_determinism if on else tf_config.disable_op_determinism)()
+    try:
+        yield
+    finally:
+        (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()
+
+
+def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, weights=None):
+    """The training tower: (total loss, logits). TF-Slim's loss: cross-entropy of the logits, plus
+    0.4 x that of Inception's auxiliary logits, plus the weight decay terms."""
+    from deepbc import nets
+
+    network = nets.get_network_fn(arch, num_classes, is_training=True, weight_decay=settings["weight_decay"],
+                                  batch_norm_decay=settings.get("batch_norm_decay"))
+    logits, end_points = network(images)
+    weights = 1.0 if weights is None else weights
+    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights=weights)
+    if "AuxLogits" in end_points:
+        aux = tf.reshape(end_points["AuxLogits"], [-1, num_classes])
+        loss += tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, aux, weights=AUX_LOSS_WEIGHT * weights,
+                                                                 scope="aux_loss")
+    loss += tf.add_n([tf.constant(0.0)] + tf.compat.v1.losses.get_regularization_losses())
+    return loss, logits
+
+
+@dataclass
+class _Graph:
+    graph: object
+    train_ops: list
+    lr_tensors: list
+    stage_start: object  # placeholder: global step before the current stage's first step
+    loss: object
+    accuracy: object
+    summaries: object
+    val_iter: object
+    val_fetches: list
+    state_saver: object
+    best_saver: object
+    restore_init: object
+
+
+def _build_graph(tf, arch, settings, seed, shard_dir, train_index, stages, checkpoint, first_record) -> _Graph:
+    from deepbc import checkpoints, nets, preprocessing, shards
+
+    spec = nets.NETWORKS[arch]
+    class_names = train_index["class_names"]
+    num_classes = len(class_names)
+    image_size = settings.get("image_size") or spec.default_image_size
+    batch_size = settings["batch_size"]
+    deterministic = settings["deterministic"]
+    steps_per_epoch = max(1, train_index["count"] // batch_size)
+    decay_steps = max(1, int(steps_per_epoch * settings["num_epochs_per_decay"]))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(seed)
+        global_step = tf.compat.v1.train.get_or_create_global_step()
+        train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
+                                                    augment=settings.get("augment"))
+        eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
+        train_ds = shards.make_dataset(shard_dir / "train.json", batch_size=batch_size, is_training=True,
+                                       preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
+                                       first_record=first_record, deterministic=deterministic)
+        val_ds = shards.make_dataset(shard_dir / "val.json", batch_size=batch_size, is_training=False,
+                                     preprocess_fn=eval_pre, image_size=image_size, deterministic=deterministic)
+        images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
+        val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
+        val_images, val_labels = val_iter.get_next()
+
+        weights = None
+        if settings.get("class_balance") == "loss_weights":
+            counts = [train_index["count_per_class"][c] for c in class_names]
+            weights = tf.gather(tf.constant(class_weights(counts), tf.float32), labels)
+        loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights)
+        eval_net = nets.get_network_fn(arch, num_classes, is_training=False, weight_decay=settings["weight_decay"],
+                                       batch_norm_decay=settings.get("batch_norm_decay"))
+        with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(), reuse=True):
+            val_logits, _ = eval_net(val_images)
+        accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32),
+                                                   tf.cast(labels, tf.int32)), tf.float32))
+        val_labels = tf.cast(val_labels, tf.int32)
+        val_fetches = [
+            tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=val_labels, logits=val_logits)),
+            tf.reduce_sum(tf.cast(tf.equal(tf.argmax(val_logits, 1, output_type=tf.int32), val_labels), tf.float32)),
+            tf.shape(val_labels)[0]]
+
+        model_vars = [v for v in tf.compat.v1.global_variables() if v.name.startswith(spec.scope + "/")]
+        logits_vars = [v for v in model_vars if any(v.op.name.startswith(s) for s in spec.exclude_scopes)]
+        trainable = [v for v in tf.compat.v1.trainable_variables() if v in set(model_vars)]
+        update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        stage_start = tf.compat.v1.placeholder(tf.int64, [], name="stage_start")
+        local_step = tf.maximum(tf.cast(global_step, tf.int64) - stage_start, 0)
+        train_ops, lr_tensors = [], []
+        for stage in stages:
+            lr = tf.compat.v1.train.exponential_decay(
+                stage["learning_rate"], local_step, decay_steps, settings["learning_rate_decay_factor"],
+                staircase=True)
+            with tf.compat.v1.variable_scope(f"optimizer_{stage['name']}"):
+                opt = _make_optimizer(tf, settings, lr)
+                with tf.control_dependencies(update_ops):
+                    train_ops.append(opt.minimize(loss, global_step=global_step,
+                                                  var_list=logits_vars if stage["logits_only"] else trainable))
+            lr_tensors.append(lr)
+
+        summaries = tf.compat.v1.summary.merge([tf.compat.v1.summary.scalar("loss", loss),
+                                                tf.compat.v1.summary.scalar("accuracy", accuracy)])
+        restore_init = None
+        if settings["init"] == "imagenet":
+            restore_init = checkpoints.restore_fn(arch, checkpoint, spec.exclude_scopes)[0]
+        return _Graph(graph=graph, train_ops=train_ops, lr_tensors=lr_tensors, stage_start=stage_start,
+                      loss=loss, accuracy=accuracy, summaries=summaries, val_iter=val_iter,
+                      val_fetches=val_fetches, state_saver=tf.compat.v1.train.Saver(max_to_keep=2),
+                      best_saver=tf.compat.v1.train.Saver(var_list=model_vars, max_to_keep=None),
+                      restore_init=restore_init)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+class _Stages:
+    """Which stage the next step belongs to, the best score and the stage's patience, all derived
+    from the curve row by row, so a resumed run replays its restored history into the same state.
+
+    A stage ends after its steps, or when ``patience`` evaluations in it brought no improvement on
+    the best score of the run (early stopping); the next stage then starts from the current weights.
+    """
+
+    def __init__(self, stages: list[dict], keep_best_by: str, patience: int):
+        self.stages, self.keep_best_by, self.patience = stages, keep_best_by, patience
+        self.index, self.start = 0, 0  # start: the global step before the stage's first step
+        self.best, self.evals_since_best = None, 0
+
+    @property
+    def finished(self) -> bool:
+        return self.index >= len(self.stages)
+
+    @property
+    def current(self) -> dict:
+        return self.stages[self.index]
+
+    def remaining_steps(self, step: int) -> int:
+        return self.start + self.current["steps"] - step + sum(s["steps"] for s in self.stages[self.index + 1:])
+
+    def is_last_step(self, step: int) -> bool:
+        return self.index == len(self.stages) - 1 and step == self.start + self.current["steps"]
+
+    def update(self, row: dict) -> tuple[bool, bool]:
+        """Account for one finished step; returns (improved the best score, stopped its stage early)."""
+        improved = stopped = False
+        if not math.isnan(row["val_loss"]):
+            score = _score(row, self.keep_best_by)
+            if self.best is None or score < self.best:
+                self.best, self.evals_since_best, improved = score, 0, True
+            else:
+                self.evals_since_best += 1
+        done = row["step"] - self.start >= self.current["steps"]
+        stopped = not done and bool(self.patience) and self.evals_since_best >= self.patience
+        if done or stopped:
+            self.index, self.start, self.evals_since_best = self.index + 1, row["step"], 0
+        return improved, stopped
 
 
 def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
@@ -76,200 +343,157 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
     """
     import tensorflow as tf
 
-    from deepbc import checkpoints, nets, preprocessing, shards
+    from deepbc import nets
 
     shard_dir, out_dir, state_dir = Path(shard_dir), Path(out_dir), Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
     train_index = _read_index(shard_dir / "train.json")
     val_index = _read_index(shard_dir / "val.json")
-    class_names = train_index["class_names"]
-    num_classes = len(class_names)
     spec = nets.NETWORKS[arch]
-    image_size = settings.get("image_size") or spec.default_image_size
-    batch_size = settings["batch_size"]
     stages = stage_plan(settings)
-    total_steps = sum(s["steps"] for s in stages)
-    steps_per_epoch = max(1, train_index["count"] // batch_size)
-    decay_steps = max(1, int(steps_per_epoch * settings["num_epochs_per_decay"]))
-
     random.seed(seed)
     np.random.seed(seed)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(seed)
-        global_step = tf.compat.v1.train.get_or_create_global_step()
-        train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
-                                                    augment=settings.get("augment"))
-        eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
-        train_ds = shards.make_dataset(shard_dir / "train.json", batch_size=batch_size, is_training=True,
-                                       preprocess_fn=train_pre, image_size=image_size, seed=seed,
-                                       repeat=True)
-        val_ds = shards.make_dataset(shard_dir / "val.json", batch_size=batch_size, is_training=False,
-                                     preprocess_fn=eval_pre, image_size=image_size, seed=seed,
-                                     repeat=False)
-        images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
-        val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
-        val_images, val_labels = val_iter.get_next()
 
-        net_kwargs = {"weight_decay": settings["weight_decay"],
-                      "batch_norm_decay": settings.get("batch_norm_decay")}
-        train_net = nets.get_network_fn(arch, num_classes, is_training=True, **net_kwargs)
-        eval_net = nets.get_network_fn(arch, num_classes, is_training=False, **net_kwargs)
-        logits, _ = train_net(images)
-        with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(), reuse=True):
-            val_logits, _ = eval_net(val_images)
-
-        weights = None
-        if settings.get("class_balance") == "loss_weights":
-            counts = [train_index["count_per_class"][c] for c in class_names]
-            table = tf.constant(class_weights(counts), tf.float32)
-            weights = tf.gather(table, labels)
-        xent = tf.compat.v1.losses.sparse_softmax_cross_entropy(
-            labels, logits, weights=1.0 if weights is None else weights)
-        loss = xent + tf.add_n([tf.constant(0.0)] + tf.compat.v1.losses.get_regularization_losses())
-        accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32),
-                                                   tf.cast(labels, tf.int32)), tf.float32))
-        val_xent_sum = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.cast(val_labels, tf.int32), logits=val_logits))
-        val_correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(val_logits, 1, output_type=tf.int32),
-                                                     tf.cast(val_labels, tf.int32)), tf.float32))
-        val_count = tf.shape(val_labels)[0]
-
-        model_vars = [v for v in tf.compat.v1.global_variables() if v.name.startswith(spec.scope + "/")]
-        logits_vars = [v for v in model_vars if any(v.op.name.startswith(s) for s in spec.exclude_scopes)]
-        update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
-        train_ops, lr_tensors, stage_start = [], [], 0
-        for stage in stages:
-            local_step = tf.maximum(tf.cast(global_step, tf.int64) - stage_start, 0)
-            lr = tf.compat.v1.train.exponential_decay(
-                stage["learning_rate"], local_step, decay_steps, settings["learning_rate_decay_factor"],
-                staircase=True)
-            var_list = logits_vars if stage["logits_only"] else [
-                v for v in tf.compat.v1.trainable_variables() if v in set(model_vars)]
-            with tf.compat.v1.variable_scope(f"optimizer_{stage['name']}"):
-                opt = _make_optimizer(tf, settings, lr)
-                with tf.control_dependencies(update_ops):
-                    train_ops.append(opt.minimize(loss, global_step=global_step, var_list=var_list))
-            lr_tensors.append(lr)
-            stage_start += stage["steps"]
-
-        tf.compat.v1.summary.scalar("loss", loss)
-        tf.compat.v1.summary.scalar("accuracy", accuracy)
-        summaries = tf.compat.v1.summary.merge_all()
-        state_saver = tf.compat.v1.train.Saver(max_to_keep=2)
-        model_saver = tf.compat.v1.train.Saver(var_list=model_vars, max_to_keep=1)
-        restore_init = None
-        if settings["init"] == "imagenet":
-            restore_init = checkpoints.restore_fn(arch, checkpoint, spec.exclude_scopes)[0]
-
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
-                                          inter_op_parallelism_threads=threads)
-        config.gpu_options.allow_growth = True  # share a leased GPU without grabbing all its memory
-        with tf.compat.v1.Session(graph=graph, config=config) as sess:
-            start_step = _initialise(sess, tf, state_saver, state_dir, restore_init)
-            history = _load_history(state_dir / "training.csv", start_step)
-            writer = tf.compat.v1.summary.FileWriter(str(out_dir.parent / f"{out_dir.name}.events"),
-                                                     graph if start_step == 0 else None)
-            best = _best_so_far(history, settings["keep_best_by"])
-            patience = settings.get("early_stopping_patience", 0)
-            evals_since_best = 0
-            LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
-                     " starting at step %d", arch, shard_dir, num_classes, train_index["count"],
-                     val_index["count"], total_steps, len(stages), start_step)
-            step, images_seen, t_start = start_step, 0, time.monotonic()
-            while step < total_steps:
-                stage_idx = _stage_of(step, stages)
-                fetches = [train_ops[stage_idx], loss, accuracy, lr_tensors[stage_idx], summaries]
-                _, loss_v, acc_v, lr_v, summ = sess.run(fetches)
-                step += 1
-                images_seen += batch_size
-                row = {"step": step, "stage": stages[stage_idx]["name"], "loss": float(loss_v),
-                       "accuracy": float(acc_v), "learning_rate": float(lr_v),
-                       "images_per_sec": images_seen / max(time.monotonic() - t_start, 1e-9),
-                       "val_loss": math.nan, "val_accuracy": math.nan}
-                if not math.isfinite(loss_v):
-                    raise FloatingPointError(f"loss became {loss_v} at step {step}: lower the learning rate")
-                is_eval = step % settings["eval_every_steps"] == 0 or step == total_steps
-                if is_eval:
-                    row["val_loss"], row["val_accuracy"] = _validate(
-                        sess, val_iter, val_xent_sum, val_correct, val_count)
-                    score = _score(row, settings["keep_best_by"])
-                    if best is None or score < best:
-                        best, evals_since_best = score, 0
-                        model_saver.save(sess, str(state_dir / "best" / MODEL_PREFIX), write_meta_graph=False)
-                    else:
-                        evals_since_best += 1
-                history.append(row)
-                if step % log_every == 0 or is_eval:
-                    writer.add_summary(summ, step)
-                    rate = images_seen / max(time.monotonic() - t_start, 1e-9)
-                    eta = (total_steps - step) * batch_size / rate
-                    LOG.info("step %d/%d stage=%s loss=%.4f acc=%.3f lr=%.2e %.1f images/s ETA %s%s",
-                             step, total_steps, row["stage"], loss_v, acc_v, lr_v, rate,
-                             format_seconds(eta),
-                             f" val_loss={row['val_loss']:.4f} val_acc={row['val_accuracy']:.3f}"
-                             if is_eval else "")
-                stop_early = patience and evals_since_best >= patience
-                if stop_early:
-                    LOG.info("early stopping at step %d: no validation improvement in %d evaluations",
-                             step, patience)
-                if stop_early or step % settings["save_every_steps"] == 0 or step == total_steps:
-                    _save_state(sess, state_saver, state_dir, step, history)
-                if stop_early:
-                    break
+    _bind_state(state_dir, training_inputs(shard_dir, arch, settings, seed, checkpoint))
+    start_step = _saved_step(tf, state_dir)
+    history = _load_history(state_dir / "training.csv", start_step)
+    _drop_best_after(state_dir, start_step)
+    g = _build_graph(tf, arch, settings, seed, shard_dir, train_index, stages, checkpoint,
+                     first_record=start_step * settings["batch_size"])
+    LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
+             " starting at step %d%s", arch, shard_dir, len(train_index["class_names"]), train_index["count"],
+             val_index["count"], sum(s["steps"] for s in stages), len(stages), start_step,
+             ", deterministic" if settings["deterministic"] else "")
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+    config.gpu_options.allow_growth = True  # share a leased GPU without grabbing all its memory
+    with op_determinism(settings["deterministic"]), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
+        _initialise(sess, tf, g, state_dir, start_step)
+        writer = tf.compat.v1.summary.FileWriter(str(out_dir.parent / f"{out_dir.name}.events"),
+                                                 g.graph if start_step == 0 else None)
+        try:
+            _run_steps(sess, tf, g, stages, settings, state_dir, history, writer, log_every)
+        finally:
             writer.close()
-            if settings["keep_best_by"] == "last":
-                model_saver.save(sess, str(state_dir / "best" / MODEL_PREFIX), write_meta_graph=False)
+        if settings["keep_best_by"] == "last":
+            _save_best(sess, g, state_dir, history[-1]["step"])
 
-    summary = {"arch": arch, "class_names": class_names, "num_classes": num_classes,
-               "image_size": image_size, "preprocessing": spec.preprocessing, "settings": settings,
-               "seed": seed, "steps": step, "stages": stages, "kept": settings["keep_best_by"],
+    summary = {"arch": arch, "class_names": train_index["class_names"],
+               "num_classes": len(train_index["class_names"]),
+               "image_size": settings.get("image_size") or spec.default_image_size,
+               "preprocessing": spec.preprocessing, "settings": settings, "seed": seed,
+               "steps": history[-1]["step"], "stages": stages, "kept": settings["keep_best_by"],
                "best_step": _best_step(history, settings["keep_best_by"]),
                "train_images": train_index["count"], "val_images": val_index["count"],
                "tensorflow": tf.__version__,
                # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
                "device": gpu.describe_device(threads)}
     _publish(state_dir, out_dir, history, summary)
+    shutil.rmtree(state_dir)  # published: a rerun starts afresh
     return summary
 
 
-def _save_state(sess, state_saver, state_dir: Path, step: int, history: list[dict]) -> None:
+def _run_steps(sess, tf, g: _Graph, stages, settings, state_dir: Path, history: list[dict], writer,
+               log_every: int) -> None:
+    """The training loop, from the step after ``history``'s last to the end of the last stage."""
+    batch_size = settings["batch_size"]
+    plan = _Stages(stages, settings["keep_best_by"], settings.get("early_stopping_patience", 0))
+    for row in history:
+        plan.update(row)
+    step = history[-1]["step"] if history else 0
+    images_seen, t_start = 0, time.monotonic()
+    while not plan.finished:
+        stage, stage_idx = plan.current, plan.index
+        feed = {g.stage_start: plan.start}
+        write_summary = (step + 1) % log_every == 0
+        fetches = [g.train_ops[stage_idx], g.loss, g.accuracy, g.lr_tensors[stage_idx]]
+        values = sess.run(fetches + ([g.summaries] if write_summary else []), feed_dict=feed)
+        _, loss_v, acc_v, lr_v = values[:4]
+        step += 1
+        images_seen += batch_size
+        rate = images_seen / max(time.monotonic() - t_start, 1e-9)
+        if not math.isfinite(loss_v):
+            raise FloatingPointError(f"loss became {loss_v} at step {step}: lower the learning rate")
+        row = {"step": step, "stage": stage["name"], "loss": float(loss_v), "accuracy": float(acc_v),
+               "learning_rate": float(lr_v), "images_per_sec": rate, "val_loss": math.nan,
+               "val_accuracy": math.nan}
+        is_eval = step % settings["eval_every_steps"] == 0 or plan.is_last_step(step)
+        if is_eval:
+            row["val_loss"], row["val_accuracy"] = _validate(sess, tf, g)
+        remaining = plan.remaining_steps(step)
+        improved, stopped = plan.update(row)
+        history.append(row)
+        if improved and settings["keep_best_by"] != "last":
+            _save_best(sess, g, state_dir, step)
+        if write_summary:
+            writer.add_summary(values[4], step)
+        if step % log_every == 0 or is_eval:
+            LOG.info("step %d/%d stage=%s loss=%.4f acc=%.3f lr=%.2e %.1f images/s ETA %s%s",
+                     step, step + remaining, row["stage"], loss_v, acc_v, lr_v, rate,
+                     format_seconds(remaining * batch_size / rate),
+                     f" val_loss={row['val_loss']:.4f} val_acc={row['val_accuracy']:.3f}" if is_eval else "")
+        if stopped:
+            LOG.info("early stopping of stage %s at step %d: no validation improvement in %d evaluations%s",
+                     stage["name"], step, plan.patience,
+                     "" if plan.finished else f"; stage {plan.current['name']} starts")
+        if step % settings["save_every_steps"] == 0 or plan.finished:
+            _save_state(sess, g, state_dir, step, history)
+
+
+def _save_state(sess, g: _Graph, state_dir: Path, step: int, history: list[dict]) -> None:
     """The curve first, then the checkpoint: a kill between the two leaves a curve that reaches
-    past the newest checkpoint, which resuming trims, never one that stops short of it."""
+    past the newest checkpoint, which resuming trims, never one that stops short of it. Kept
+    weights older than the newest are then obsolete: the saved curve says which is best."""
     _write_history(state_dir / "training.csv", history)
-    state_saver.save(sess, str(state_dir / "state.ckpt"), global_step=step, write_meta_graph=False)
+    g.state_saver.save(sess, str(state_dir / "state.ckpt"), global_step=step, write_meta_graph=False)
+    steps = _best_steps(state_dir)
+    for old in steps[:-1]:
+        _remove_best(state_dir, old)
 
 
-def _initialise(sess, tf, state_saver, state_dir: Path, restore_init) -> int:
+def _save_best(sess, g: _Graph, state_dir: Path, step: int) -> None:
+    g.best_saver.save(sess, str(state_dir / "best" / MODEL_PREFIX), global_step=step, write_meta_graph=False,
+                      write_state=False)
+
+
+def _best_steps(state_dir: Path) -> list[int]:
+    """Steps of the kept weights in ``state_dir/best`` (``model.ckpt-{step}``), ascending."""
+    names = (p.name for p in (state_dir / "best").glob(f"{MODEL_PREFIX}-*.index"))
+    return sorted(int(n[len(MODEL_PREFIX) + 1:-len(".index")]) for n in names)
+
+
+def _remove_best(state_dir: Path, step: int) -> None:
+    for path in (state_dir / "best").glob(f"{MODEL_PREFIX}-{step}.*"):
+        path.unlink()
+
+
+def _drop_best_after(state_dir: Path, step: int) -> None:
+    """Kept weights saved after the restored step belong to steps that are redone."""
+    for later in (s for s in _best_steps(state_dir) if s > step):
+        LOG.info("dropping kept weights of step %d, after the restored step %d", later, step)
+        _remove_best(state_dir, later)
+
+
+def _saved_step(tf, state_dir: Path) -> int:
     latest = tf.train.latest_checkpoint(str(state_dir))
-    if latest:
-        state_saver.restore(sess, latest)
-        step = int(latest.rsplit("-", 1)[1])
-        LOG.info("resuming from %s at step %d", latest, step)
-        return step
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def _initialise(sess, tf, g: _Graph, state_dir: Path, start_step: int) -> None:
+    if start_step:
+        latest = tf.train.latest_checkpoint(str(state_dir))
+        g.state_saver.restore(sess, latest)
+        LOG.info("resuming from %s at step %d", latest, start_step)
+        return
     sess.run(tf.compat.v1.global_variables_initializer())
-    if restore_init is not None:
-        restore_init(sess)
-    return 0
+    if g.restore_init is not None:
+        g.restore_init(sess)
 
 
-def _stage_of(step: int, stages: list[dict]) -> int:
-    end = 0
-    for i, stage in enumerate(stages):
-        end += stage["steps"]
-        if step < end:
-            return i
-    return len(stages) - 1
-
-
-def _validate(sess, val_iter, xent_sum, correct, count) -> tuple[float, float]:
-    sess.run(val_iter.initializer)
+def _validate(sess, tf, g: _Graph) -> tuple[float, float]:
+    sess.run(g.val_iter.initializer)
     total_loss = total_correct = n = 0.0
-    import tensorflow as tf
-
     while True:
         try:
-            l, c, k = sess.run([xent_sum, correct, count])
+            l, c, k = sess.run(g.val_fetches)
         except tf.errors.OutOfRangeError:
             break
         total_loss, total_correct, n = total_loss + l, total_correct + c, n + k
@@ -285,11 +509,6 @@ def _score(row: dict, keep_best_by: str) -> float:
     if keep_best_by == "val_loss":
         return row["val_loss"]
     return -row["step"]
-
-
-def _best_so_far(history: list[dict], keep_best_by: str):
-    scores = [_score(r, keep_best_by) for r in history if not math.isnan(r["val_loss"])]
-    return min(scores) if scores else None
 
 
 def _best_step(history: list[dict], keep_best_by: str) -> int:
@@ -318,11 +537,15 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 def _publish(state_dir: Path, out_dir: Path, history: list[dict], summary: dict) -> None:
-    """Copy the kept checkpoint and the curve into out_dir; settings.json last marks completion."""
+    """Copy the kept checkpoint (of ``best_step``) and the curve into out_dir; settings.json last
+    marks completion."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    best_dir = state_dir / "best"
-    for src in sorted(best_dir.glob(MODEL_PREFIX + ".*")):
-        with atomic.atomic_path(out_dir / src.name) as tmp:
+    kept = f"{MODEL_PREFIX}-{summary['best_step']}"
+    sources = sorted((state_dir / "best").glob(kept + ".*"))
+    if not sources:
+        raise RuntimeError(f"the kept weights of step {summary['best_step']} are missing from {state_dir / 'best'}")
+    for src in sources:
+        with atomic.atomic_path(out_dir / (MODEL_PREFIX + src.name[len(kept):])) as tmp:
             shutil.copyfile(src, tmp)
     _write_history(out_dir / "training.csv", history)
     atomic.write_json(out_dir / "settings.json", summary)

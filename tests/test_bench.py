@@ -45,8 +45,10 @@ def positive(*values) -> bool:
 def test_train_throughput_tiny(tmp_path):
     r = run_bench("train_throughput.py", "--arch", "resnet_small", "--image-size", 32, "--batch-size", 2,
                   "--steps", 2, "--warmup", 1, "--images", 4, "--threads", 1, tmp_path=tmp_path)
-    assert set(r["images_per_s"]) == {"trainer", "in_memory", "keras"}
+    assert set(r["images_per_s"]) == {"trainer", "trainer_nondeterministic", "in_memory", "keras"}
     assert positive(*r["images_per_s"].values())
+    assert r["trainer_vs_trainer_nondeterministic"] == pytest.approx(
+        r["images_per_s"]["trainer"] / r["images_per_s"]["trainer_nondeterministic"], rel=0.01)
     assert r["trainer_vs_keras"] == pytest.approx(r["images_per_s"]["trainer"] / r["images_per_s"]["keras"], rel=0.01)
     assert r["trainer_vs_in_memory"] == pytest.approx(
         r["images_per_s"]["trainer"] / r["images_per_s"]["in_memory"], rel=0.01)

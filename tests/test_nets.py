@@ -273,3 +273,29 @@ def test_resnet_small_trains_and_updates_batch_norm():
                 sess.run(train)
             last = sess.run(loss)
     assert last < 0.5 * first
+
+
+@pytest.mark.parametrize("name,size", [("resnet_small", 32), ("inception_v1", 193)])
+def test_batch_norm_decay_reaches_every_batch_norm_network(name, size):
+    """Inception V1's arg scope takes no decay argument: the setting must still reach its layers.
+    Two updates on one batch give m2 / m1 = 1 + decay for a moving mean starting at 0."""
+    decay = 0.25
+    x = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
+    with tf.Graph().as_default():
+        get_network_fn(name, 2, is_training=True, batch_norm_decay=decay)(tf.constant(x))
+        updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        mean = [v for v in slim.get_model_variables() if v.op.name.endswith("moving_mean")][0]
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(updates)
+            m1 = sess.run(mean)
+            sess.run(updates)
+            m2 = sess.run(mean)
+    assert np.abs(m1).max() > 0
+    big = np.abs(m1) > 0.01 * np.abs(m1).max()
+    np.testing.assert_allclose(m2[big] / m1[big], 1 + decay, rtol=1e-3)
+
+
+def test_batch_norm_decay_is_refused_without_batch_norm():
+    with tf.Graph().as_default(), pytest.raises(UserError, match="no batch norm"):
+        get_network_fn("vgg_16", 2, batch_norm_decay=0.9)(tf.compat.v1.placeholder(tf.float32, [1, 224, 224, 3]))

@@ -1,6 +1,9 @@
-"""Training: the small network learns, a killed run resumes where it stopped, ImageNet stages."""
+"""Training: the small network learns; runs are bit-reproducible; a killed run resumes exactly where
+it stopped, unless its inputs changed; ImageNet stages, each with its own early stopping."""
 
 import json
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -8,13 +11,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
-from deepbc import train
+from deepbc import evaluate, train
 from tests import trainkit
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Evaluations at 5, 10, 15, 16 (validation loss improves at 5 and 10); states saved at 4, 8, 12, 16.
+SHORT = trainkit.settings(max_number_of_steps=16, eval_every_steps=5, save_every_steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +32,47 @@ def shard_dir(tmp_path_factory):
     return trainkit.make_shards(base / "images", base / "shards")
 
 
+@pytest.fixture(scope="module")
+def reference(shard_dir, tmp_path_factory):
+    """An uninterrupted SHORT run, one thread: what every resumed or repeated run must equal."""
+    base = tmp_path_factory.mktemp("reference")
+    train.train(shard_dir, base / "model", base / "state", "resnet_small", SHORT, seed=1, threads=1)
+    return base / "model"
+
+
+def weights(model_dir) -> dict:
+    reader = tf.train.load_checkpoint(str(model_dir / "model.ckpt"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def assert_same_run(a, b) -> None:
+    """The same curve (but for timings), the same kept step and bit-identical kept weights."""
+    curve_a, curve_b = pd.read_csv(a / "training.csv"), pd.read_csv(b / "training.csv")
+    columns = [c for c in curve_a.columns if c != "images_per_sec"]
+    pd.testing.assert_frame_equal(curve_a[columns], curve_b[columns], check_exact=True)
+    assert json.loads((a / "settings.json").read_text())["best_step"] == \
+        json.loads((b / "settings.json").read_text())["best_step"]
+    weights_a, weights_b = weights(a), weights(b)
+    assert weights_a.keys() == weights_b.keys()
+    for name, value in weights_a.items():
+        np.testing.assert_array_equal(value, weights_b[name], err_msg=name)
+
+
 def test_stage_plan_follows_the_preprint():
     two = train.stage_plan(trainkit.settings(init="imagenet", max_number_of_steps=3000, stage2_steps=3000))
     assert [(s["name"], s["steps"], s["learning_rate"], s["logits_only"]) for s in two] == [
         ("logits", 3000, 0.01, True), ("all_layers", 3000, 0.001, False)]
     one = train.stage_plan(trainkit.settings(init="scratch"))
     assert [(s["name"], s["logits_only"]) for s in one] == [("all_layers", False)]
+    # One stage from ImageNet trains only the logits, and is named so.
+    logits = train.stage_plan(trainkit.settings(init="imagenet", stage2_steps=0))
+    assert [(s["name"], s["logits_only"]) for s in logits] == [("logits", True)]
+
+
+def test_momentum_optimizer_reads_momentum():
+    settings = trainkit.settings(optimizer="momentum", momentum=0.5, rmsprop_momentum=0.9)
+    with tf.Graph().as_default():
+        assert train._make_optimizer(tf, settings, 0.1)._momentum == 0.5
 
 
 def test_class_weights_balance_the_loss():
@@ -51,63 +95,205 @@ def test_small_network_learns_and_beats_chance(shard_dir, tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_at_its_last_saved_step(shard_dir, tmp_path):
     out, state = tmp_path / "model", tmp_path / "state"
-    settings = trainkit.settings(max_number_of_steps=400, save_every_steps=10, eval_every_steps=200)
+    # 90 steps after the first save: time enough to kill the process before it finishes.
+    settings = trainkit.settings(max_number_of_steps=100, save_every_steps=10, eval_every_steps=50)
     cmd = [sys.executable, str(ROOT / "workflow_scripts" / "train_model.py"), "--shard-dir", str(shard_dir),
            "--arch", "resnet_small", "--settings-json", json.dumps(settings), "--out-dir", str(out),
            "--state-dir", str(state), "--seed", "1", "--gpus", "0"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (state / "checkpoint").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "settings.json").exists()  # nothing looks finished
     saved = int((state / "checkpoint").read_text().split('"')[1].rsplit("-", 1)[1])
-    assert 10 <= saved < 400
+    assert 10 <= saved < 100
 
-    resumed = dict(settings, max_number_of_steps=saved + 20)
-    train.train(shard_dir, out, state, "resnet_small", resumed, seed=1)
+    train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
     curve = pd.read_csv(out / "training.csv")
-    assert list(curve["step"]) == list(range(1, saved + 21))  # no step done twice, none skipped
-    assert json.loads((out / "settings.json").read_text())["steps"] == saved + 20
+    assert list(curve["step"]) == list(range(1, 101))  # no step done twice, none skipped
+    assert json.loads((out / "settings.json").read_text())["steps"] == 100
+    assert not state.exists()  # a finished job leaves no state behind
 
 
-def test_dying_while_saving_state_loses_no_curve_rows(shard_dir, tmp_path, monkeypatch):
+def test_dying_while_saving_state_resumes_exactly(shard_dir, reference, tmp_path, monkeypatch):
+    """Killed after writing the curve of step 8 but before its checkpoint: the rerun restores step 4
+    and redoes 5..16 with the same batches and augmentations as a run that was never killed."""
     out, state = tmp_path / "model", tmp_path / "state"
-    settings = trainkit.settings(max_number_of_steps=30, save_every_steps=10, eval_every_steps=30)
     write_history = train._write_history
 
-    def dies_at_step_20(path, history):
-        if path.parent == state and len(history) == 20:
-            raise KeyboardInterrupt("killed while saving the state of step 20")
+    def dies_at_step_8(path, history):
+        if path.parent == state and len(history) == 8:
+            raise KeyboardInterrupt("killed while saving the state of step 8")
         write_history(path, history)
 
-    monkeypatch.setattr(train, "_write_history", dies_at_step_20)
+    monkeypatch.setattr(train, "_write_history", dies_at_step_8)
     with pytest.raises(KeyboardInterrupt):
-        train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+        train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1, threads=1)
     monkeypatch.setattr(train, "_write_history", write_history)
-    train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
-    assert list(pd.read_csv(out / "training.csv")["step"]) == list(range(1, 31))
+    train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1, threads=1)
+    assert_same_run(reference, out)
 
 
 @pytest.mark.slow
-def test_imagenet_init_restores_then_trains_two_stages(shard_dir, tmp_path):
-    import tensorflow as tf
+def test_kept_weights_newer_than_the_restored_step_are_redone(shard_dir, reference, tmp_path, monkeypatch):
+    """Killed right after keeping the weights of a step past the last saved state (step 8): the
+    rerun restores step 8, drops those weights and keeps the same model as an uninterrupted run."""
+    out, state = tmp_path / "model", tmp_path / "state"
+    save_best, killed = train._save_best, []
 
+    def dies_after_a_late_best(sess, g, state_dir, step):
+        save_best(sess, g, state_dir, step)
+        if step > 8:
+            killed.append(step)
+            raise KeyboardInterrupt(f"killed after keeping the weights of step {step}")
+
+    monkeypatch.setattr(train, "_save_best", dies_after_a_late_best)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1, threads=1)
+    monkeypatch.setattr(train, "_save_best", save_best)
+    assert killed and killed[0] % SHORT["save_every_steps"]  # kept after the last state save (8)
+    assert (state / "best" / f"model.ckpt-{killed[0]}.index").exists()
+    train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1, threads=1)
+    assert_same_run(reference, out)
+
+
+@pytest.mark.slow
+def test_same_seed_same_model_whatever_the_threads(shard_dir, reference, tmp_path):
+    train.train(shard_dir, tmp_path / "model", tmp_path / "state", "resnet_small", SHORT, seed=1, threads=2)
+    assert_same_run(reference, tmp_path / "model")
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()  # train() left the process switch as it was
+    test_index = shard_dir / "test.json"
+    a = evaluate.predict_shards(reference, test_index, tmp_path / "a.parquet", threads=1)
+    b = evaluate.predict_shards(tmp_path / "model", test_index, tmp_path / "b.parquet", threads=2)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+@pytest.mark.slow
+def test_a_state_of_other_settings_is_discarded(shard_dir, tmp_path, monkeypatch, caplog):
+    out, state = tmp_path / "model", tmp_path / "state"
+    save_state = train._save_state
+
+    def dies_after_step_4(sess, g, state_dir, step, history):
+        save_state(sess, g, state_dir, step, history)
+        raise KeyboardInterrupt("killed after saving the state of step 4")
+
+    monkeypatch.setattr(train, "_save_state", dies_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1)
+    monkeypatch.setattr(train, "_save_state", save_state)
+    caplog.set_level(logging.INFO, logger="deepbc.train")
+    train.train(shard_dir, out, state, "resnet_small", dict(SHORT, learning_rate=0.02), seed=1)
+    assert "learning_rate 0.01 -> 0.02" in caplog.text
+    curve = pd.read_csv(out / "training.csv")
+    assert list(curve["step"]) == list(range(1, 17))
+    assert curve["learning_rate"].iloc[0] == pytest.approx(0.02)
+
+
+def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
+    """New splits (another seed or splits.k) rewrite the shards: a state of the old ones is dropped."""
+    state = tmp_path / "state"
+    other_shards = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", seed=5)
+    inputs = train.training_inputs(shard_dir, "resnet_small", SHORT, 1, None)
+    train._bind_state(state, inputs)
+    marker = state / "state.ckpt-4.index"
+    marker.write_text("a saved state")
+    train._bind_state(state, train.training_inputs(shard_dir, "resnet_small", dict(SHORT, save_every_steps=2), 1, None))
+    assert marker.exists()  # when states are saved does not change the model
+    caplog.set_level(logging.INFO, logger="deepbc.train")
+    for changed, said in [(train.training_inputs(shard_dir, "resnet_small", SHORT, 2, None), "seed 1 -> 2"),
+                          (train.training_inputs(other_shards, "resnet_small", SHORT, 1, None),
+                           "train shards, val shards")]:
+        train._bind_state(state, inputs)
+        marker.write_text("a saved state")
+        caplog.clear()
+        train._bind_state(state, changed)
+        assert not marker.exists() and said in caplog.text
+
+
+@pytest.fixture(scope="module")
+def imagenet_checkpoint(tmp_path_factory):
+    """An "ImageNet" checkpoint of the small network, 1000 classes, saved by the test itself."""
     from deepbc import nets
 
-    # An "ImageNet" checkpoint of the small network, 1000 classes, saved by the test itself.
-    prefix = tmp_path / "imagenet" / "resnet_small.ckpt"
+    prefix = tmp_path_factory.mktemp("imagenet") / "resnet_small.ckpt"
     with tf.Graph().as_default():
         nets.get_network_fn("resnet_small", 1000)(tf.zeros([1, 32, 32, 3]))
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             tf.compat.v1.train.Saver().save(sess, str(prefix))
+    return str(prefix)
+
+
+@pytest.mark.slow
+def test_imagenet_init_restores_then_trains_two_stages(shard_dir, imagenet_checkpoint, tmp_path):
     settings = trainkit.settings(init="imagenet", max_number_of_steps=10, stage2_steps=10, eval_every_steps=10)
     summary = train.train(shard_dir, tmp_path / "model", tmp_path / "state", "resnet_small", settings,
-                          seed=1, checkpoint=str(prefix))
+                          seed=1, checkpoint=imagenet_checkpoint)
     curve = pd.read_csv(tmp_path / "model" / "training.csv")
     assert list(curve["stage"]) == ["logits"] * 10 + ["all_layers"] * 10
     assert curve["learning_rate"].iloc[0] == pytest.approx(0.01)
     assert curve.loc[curve["stage"] == "all_layers", "learning_rate"].iloc[0] == pytest.approx(0.001)
     assert summary["steps"] == 20
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_a_stage_not_the_run(shard_dir, imagenet_checkpoint, tmp_path):
+    settings = trainkit.settings(init="imagenet", max_number_of_steps=30, stage2_steps=4, eval_every_steps=2,
+                                 early_stopping_patience=1, keep_best_by="val_accuracy")
+    train.train(shard_dir, tmp_path / "model", tmp_path / "state", "resnet_small", settings, seed=1,
+                checkpoint=imagenet_checkpoint)
+    curve = pd.read_csv(tmp_path / "model" / "training.csv")
+    stopped = int(curve.loc[curve["stage"] == "logits", "step"].max())
+    assert stopped < 30  # stage 1 stopped early ...
+    second = curve[curve["stage"] == "all_layers"]
+    assert 1 <= len(second) <= 4  # ... and stage 2 ran (with its own patience)
+    assert list(second["step"]) == list(range(stopped + 1, stopped + 1 + len(second)))
+    assert second["learning_rate"].iloc[0] == pytest.approx(0.001)  # its own schedule from its start
+    assert not math.isnan(second["val_loss"].iloc[-1])  # the run ends with an evaluation
+
+
+def rows(val_losses):
+    """Curve rows with a validation loss at every step (None: no evaluation)."""
+    nan = float("nan")
+    return [{"step": i + 1, "val_loss": nan if v is None else v, "val_accuracy": nan if v is None else 0.5}
+            for i, v in enumerate(val_losses)]
+
+
+def test_stages_patience_and_best_follow_from_the_curve_alone():
+    stages = [{"name": "logits", "steps": 10}, {"name": "all_layers", "steps": 4}]
+    history = rows([1.0, 0.9, None, 0.95, 0.97, 0.96, 0.8, 0.85, None])
+    plan = train._Stages(stages, "val_loss", patience=2)
+    decisions = [plan.update(r) for r in history]
+    # Stage 1 stops at step 5, after two evaluations without improvement; stage 2 runs steps 6..9.
+    assert [stopped for _, stopped in decisions] == [False] * 4 + [True] + [False] * 4
+    assert [improved for improved, _ in decisions] == [True, True, False, False, False, False, True, False, False]
+    assert plan.finished
+    for k in range(len(history)):  # a run resumed at any step replays the curve into the same state
+        resumed = train._Stages(stages, "val_loss", patience=2)
+        for r in history[:k]:
+            resumed.update(r)
+        assert [resumed.update(r) for r in history[k:]] == decisions[k:]
+
+
+@pytest.mark.slow
+def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
+    """TF-Slim's train_image_classifier: loss = xent(logits) + 0.4 xent(AuxLogits) + weight decay."""
+    rng = np.random.default_rng(0)
+    with tf.Graph().as_default() as graph:
+        tf.compat.v1.set_random_seed(0)
+        images = tf.constant(rng.uniform(-1, 1, (2, 107, 107, 3)), tf.float32)
+        labels = tf.constant([0, 1], tf.int64)
+        loss, logits = train.model_loss(tf, "inception_v3", 2, images, labels, trainkit.settings())
+        aux = graph.get_tensor_by_name("InceptionV3/AuxLogits/SpatialSqueeze:0")
+        xent = [tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=x))
+                for x in (logits, aux)]
+        decay = tf.add_n(tf.compat.v1.losses.get_regularization_losses())
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            total, main, auxiliary, reg = sess.run([loss, xent[0], xent[1], decay])
+    assert auxiliary > 0.1
+    assert total == pytest.approx(main + 0.4 * auxiliary + reg, rel=1e-5)

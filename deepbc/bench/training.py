@@ -1,17 +1,20 @@
 """Training throughput: the project's trainer against plain Keras and against its own in-memory bound.
 
-Three variants train on the same images, at the same image size and batch size, each in a fresh
+Four variants train on the same images, at the same image size and batch size, each in a fresh
 process (so that threading settings and graph state do not leak between them):
 
 - ``trainer``: ``deepbc.train.train`` reading the TFRecord shards through ``shards.make_dataset``
-  with the network's preprocessing and augmentation: what ``rule train`` runs;
+  with the network's preprocessing and augmentation: what ``rule train`` runs (``deterministic``);
+- ``trainer_nondeterministic``: the same with ``deterministic: false`` (no op determinism,
+  out-of-order tf.data): what bit-reproducibility costs;
 - ``in_memory``: the same TF-Slim network, loss and optimizer fed from preprocessed arrays already
   in memory: the trainer's upper bound, with no input pipeline at all;
 - ``keras``: ``keras.applications.ResNet50(weights=None)`` compiled with the same optimizer and
   trained with ``model.fit`` on the same preprocessed arrays: what a user would write instead.
 
 Throughput is images per second over the steps after ``warmup`` (graph optimisation, first
-allocation and the trainer's validation pass fall outside it).
+allocation and the trainer's validation pass fall outside it). ``repeats`` measures every variant
+that many times, interleaved, for the spread.
 """
 
 from __future__ import annotations
@@ -32,16 +35,21 @@ SETTINGS = {  # the preprint's optimiser (config/paper.yaml), from scratch: ever
     "learning_rate": 0.01, "stage2_learning_rate": 0.001, "learning_rate_decay_factor": 0.94,
     "num_epochs_per_decay": 2.0, "weight_decay": 4e-5, "stage2_steps": 0,
     "augment": {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False},
-    "class_balance": "none", "keep_best_by": "last", "early_stopping_patience": 0,
+    "class_balance": "none", "keep_best_by": "last", "early_stopping_patience": 0, "deterministic": True,
 }
+VARIANTS = ("trainer", "trainer_nondeterministic", "in_memory", "keras")
 
 
 def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16, steps: int = 30,
         warmup: int = 5, images: int = 64, threads: int = 2, seed: int = 0, keras_model: str = "ResNet50",
-        workdir: str | None = None) -> dict:
-    """Measure the three variants; return images/s of each and the two ratios of the issue."""
-    if steps < 2 or warmup < 1:
-        raise ValueError("need steps >= 2 and warmup >= 1")
+        workdir: str | None = None, variants=VARIANTS, repeats: int = 1) -> dict:
+    """Measure the variants; return images/s of each (median over ``repeats``, and every
+    measurement) and the ratios of the issues."""
+    if steps < 2 or warmup < 1 or repeats < 1:
+        raise ValueError("need steps >= 2, warmup >= 1 and repeats >= 1")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variant(s) {sorted(unknown)}: use {VARIANTS}")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         shard_dir, arrays = prepare_data(tmp, arch, images, image_size, seed)
@@ -49,22 +57,30 @@ def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16,
                         max_number_of_steps=warmup + steps, eval_every_steps=10**9, save_every_steps=10**9)
         jobs = {
             "trainer": (trainer_rate, shard_dir, tmp, arch, settings, seed, threads, warmup),
+            "trainer_nondeterministic": (trainer_rate, shard_dir, tmp, arch, dict(settings, deterministic=False),
+                                         seed, threads, warmup),
             "in_memory": (in_memory_rate, arrays, arch, settings, seed, threads, warmup),
             "keras": (keras_rate, arrays, keras_model, settings, seed, threads, warmup),
         }
-        results = {}
-        for name, (func, *args) in jobs.items():
-            LOG.info("measuring %s", name)
-            results[name] = common.in_fresh_process(func, *args)
-            LOG.info("%s: %.2f images/s", name, results[name]["images_per_s"])
-    rates = {name: r["images_per_s"] for name, r in results.items()}
+        results = {name: [] for name in variants}
+        for repeat in range(repeats):
+            for name in variants:
+                func, *args = jobs[name]
+                LOG.info("measuring %s (%d/%d)", name, repeat + 1, repeats)
+                results[name].append(common.in_fresh_process(func, *args))
+                LOG.info("%s: %.2f images/s", name, results[name][-1]["images_per_s"])
+    runs = {name: [r["images_per_s"] for r in rs] for name, rs in results.items()}
+    rates = {name: float(np.median(r)) for name, r in runs.items()}
+    ratios = {f"{a}_vs_{b}": common.ratio(rates[a], rates[b]) for a, b in
+              [("trainer", "keras"), ("trainer", "in_memory"), ("in_memory", "keras"),
+               ("trainer", "trainer_nondeterministic")] if a in rates and b in rates}
     return {
         "arch": arch, "keras_model": keras_model, "image_size": image_size, "batch_size": batch_size,
-        "steps": steps, "warmup": warmup, "threads": threads, "images": images,
-        "images_per_s": {k: round(v, 2) for k, v in rates.items()}, "keras_jit_compile": results["keras"]["jit_compile"],
-        "trainer_vs_keras": common.ratio(rates["trainer"], rates["keras"]),
-        "trainer_vs_in_memory": common.ratio(rates["trainer"], rates["in_memory"]),
-        "in_memory_vs_keras": common.ratio(rates["in_memory"], rates["keras"]),
+        "steps": steps, "warmup": warmup, "threads": threads, "images": images, "repeats": repeats,
+        "images_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "images_per_s_runs": {k: [round(v, 2) for v in r] for k, r in runs.items()},
+        **({"keras_jit_compile": results["keras"][0]["jit_compile"]} if "keras" in results else {}),
+        **ratios,
         "goals": {"trainer_vs_keras": 1.3, "trainer_vs_in_memory": 0.9},
     }
 

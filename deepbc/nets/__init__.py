@@ -150,10 +150,10 @@ def get_network_fn(name: str, num_classes: int, weight_decay: float = 4e-5, is_t
                         where=f"network {name}", fix="give the number of classes of the task")
     func, arg_scope_fn = spec.network_fn, spec.arg_scope_fn
     scope_kwargs = {"weight_decay": weight_decay}
-    if batch_norm_decay is not None:
-        if "batch_norm_decay" not in inspect.signature(arg_scope_fn).parameters:
-            raise UserError(f"network {name} has no batch norm, so batch_norm_decay does not apply",
-                            where="train settings batch_norm_decay", fix="remove batch_norm_decay for this network")
+    # Inception V1/V2's arg scopes in tf-slim 1.1.0 fix the decay at 0.9997; _with_batch_norm_decay
+    # rewrites it in their normalizer_params instead.
+    decay_as_argument = "batch_norm_decay" in inspect.signature(arg_scope_fn).parameters
+    if batch_norm_decay is not None and decay_as_argument:
         scope_kwargs["batch_norm_decay"] = batch_norm_decay
 
     @functools.wraps(func)
@@ -165,7 +165,10 @@ def get_network_fn(name: str, num_classes: int, weight_decay: float = 4e-5, is_t
         require_graph_mode(f"network {name}")
         _check_size(spec, images)
         slim = import_slim()
-        with slim.arg_scope(arg_scope_fn(**scope_kwargs)):
+        scope = arg_scope_fn(**scope_kwargs)
+        if batch_norm_decay is not None and not decay_as_argument:
+            scope = _with_batch_norm_decay(scope, batch_norm_decay, name)
+        with slim.arg_scope(scope):
             logits, end_points = func(images, num_classes, is_training=is_training, **spec.extra_kwargs)
         if logits.shape.rank == 4:
             if tuple(logits.shape[1:3]) == (1, 1):
@@ -177,6 +180,20 @@ def get_network_fn(name: str, num_classes: int, weight_decay: float = 4e-5, is_t
     network_fn.default_image_size = spec.default_image_size
     network_fn.spec = spec
     return network_fn
+
+
+def _with_batch_norm_decay(scope: dict, decay: float, name: str) -> dict:
+    """A copy of the arg scope ``scope`` whose layers normalise with batch-norm decay ``decay``."""
+    changed, found = {}, False
+    for op, kwargs in scope.items():
+        params = kwargs.get("normalizer_params")
+        if isinstance(params, dict) and "decay" in params:
+            kwargs, found = {**kwargs, "normalizer_params": {**params, "decay": decay}}, True
+        changed[op] = kwargs
+    if not found:
+        raise UserError(f"network {name} has no batch norm, so batch_norm_decay does not apply",
+                        where="train settings batch_norm_decay", fix="remove batch_norm_decay for this network")
+    return changed
 
 
 def _check_size(spec: NetSpec, images) -> None:
