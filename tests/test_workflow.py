@@ -4,6 +4,7 @@ One module-scoped run is interrupted mid-training and restarted with the same co
 tests look at what it produced and at what Snakemake would rerun.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -102,6 +103,29 @@ def test_killed_training_resumed_from_its_last_saved_step(demo_run):
 
 
 @pytest.mark.slow
+def test_second_run_from_an_empty_directory_predicts_bit_identically(demo_run, tmp_path):
+    """Same config and seed in another empty directory, never interrupted: the killed-and-resumed
+    job's curve, kept step and test predictions come out identical (reproducible, exact resume)."""
+    workdir, state = demo_run
+    run, arch = state.parts[-3], state.parts[-2]
+    predictions = f"results/predictions/{run}/{arch}/fold0.parquet"
+    model = f"results/models/{run}/{arch}/fold0"
+    fresh = tmp_path / "fresh run"
+    fresh.mkdir()
+    (fresh / "often_saved.yaml").write_text(OFTEN_SAVED)
+    snakemake(fresh, "--cores", "2", *demo_args(fresh), "--", predictions)
+    pd.testing.assert_frame_equal(pd.read_parquet(fresh / predictions), pd.read_parquet(workdir / predictions),
+                                  check_exact=True)
+    timing = ["images_per_sec"]  # wall-clock rates, the only column allowed to differ
+    curves = [pd.read_csv(w / model / "training.csv").drop(columns=timing) for w in (fresh, workdir)]
+    pd.testing.assert_frame_equal(*curves, check_exact=True)
+    kept = [json.loads((w / model / "settings.json").read_text())["best_step"] for w in (fresh, workdir)]
+    assert kept[0] == kept[1]
+    for name in ("model.ckpt.index", "model.ckpt.data-00000-of-00001"):
+        assert (fresh / model / name).read_bytes() == (workdir / model / name).read_bytes(), name
+
+
+@pytest.mark.slow
 def test_finished_run_has_nothing_to_do(demo_run):
     workdir, _ = demo_run
     proc = snakemake(workdir, "-n", *demo_args(workdir))
@@ -150,11 +174,16 @@ def test_lint_is_clean(tmp_path):
     assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def test_invalid_config_fails_before_any_job(tmp_path):
-    overlay = tmp_path / "k1.yaml"
-    overlay.write_text("splits: {k: 1, val_fraction: 0.2, exclude_label_conflicts: true}\n")
-    proc = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay),
+def dry_run_with_overlay(workdir, overlay_yaml: str):
+    """``snakemake -n`` on the demo config with one more config file holding ``overlay_yaml``."""
+    overlay = workdir / "overlay.yaml"
+    overlay.write_text(overlay_yaml)
+    return snakemake(workdir, "-n", "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay),
                      check=False)
+
+
+def test_invalid_config_fails_before_any_job(tmp_path):
+    proc = dry_run_with_overlay(tmp_path, "splits: {k: 1, val_fraction: 0.2, exclude_label_conflicts: true}\n")
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "1 is less than the minimum of 2" in out and "where: config key splits.k" in out
@@ -162,10 +191,7 @@ def test_invalid_config_fails_before_any_job(tmp_path):
 
 
 def test_unknown_config_key_names_its_place_and_the_allowed_keys_only(tmp_path):
-    overlay = tmp_path / "typo.yaml"
-    overlay.write_text("splits: {k: 3, val_fracton: 0.2}\n")
-    proc = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay),
-                     check=False)
+    proc = dry_run_with_overlay(tmp_path, "splits: {k: 3, val_fracton: 0.2}\n")
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "unknown config key(s) ['val_fracton']" in out and "where: config key splits" in out
