@@ -281,12 +281,15 @@ def cpu_count() -> int:
 
 
 def add_arguments(parser) -> None:
-    """The command-line options of a GPU job's script."""
-    parser.add_argument("--gpus", type=int, default=-1,
+    """The command-line options of a GPU job's script. Their defaults come from the environment,
+    where the workflow puts them (rules/common.smk): they describe the machine, not the results,
+    so they are no rule params, whose change would rerun every training job."""
+    parser.add_argument("--gpus", type=int, default=int(os.environ.get("DEEPBC_GPUS", -1)),
                         help="GPUs on this host to lease one from "
                              "(-1: count them with nvidia-smi, failing where its driver does not "
-                             "work; 0: run on the CPU, GPUs hidden)")
-    parser.add_argument("--gpu-lock-dir", default=".gpu_leases", help="shared folder of per-GPU lock files")
+                             "work; 0: run on the CPU, GPUs hidden; default: $DEEPBC_GPUS, else -1)")
+    parser.add_argument("--gpu-lock-dir", default=os.environ.get("DEEPBC_GPU_LOCK_DIR", ".gpu_leases"),
+                        help="shared folder of per-GPU lock files (default: $DEEPBC_GPU_LOCK_DIR, else .gpu_leases)")
 
 
 @contextlib.contextmanager

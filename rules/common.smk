@@ -19,14 +19,6 @@ try:
 except UserError as err:
     raise WorkflowError(f"invalid configuration:\n{err}") from None
 
-# Doubled braces: Snakemake formats the prefix like a shell command. Shell commands run
-# "$DEEPBC_WORKFLOW_DIR/{params.script}": params hold only the script's path inside the checkout,
-# and Snakemake records neither the prefix nor the formatted command, so moving the checkout
-# changes no job's provenance (params, code).
-shell.prefix(f"export DEEPBC_WORKFLOW_DIR={shlex.quote(workflow.basedir)}"
-             f" PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
-
-
 def script(name):
     """A workflow script, relative to the workflow's folder, as a rule param (so provenance records it)."""
     return f"workflow_scripts/{name}"
@@ -43,6 +35,16 @@ RES = config.get("resources", {})
 # How many GPUs a job may lease from: none when GPU jobs are configured off, else config or nvidia-smi.
 GPU_DEVICES = 0 if RES.get("gpu", 1) == 0 else RES.get("gpu_devices", -1)
 GPU_ENV = "../envs/gpu.yaml" if RES.get("gpu", 1) > 0 else "../envs/cpu.yaml"
+
+# Doubled braces: Snakemake formats the prefix like a shell command. Shell commands run
+# "$DEEPBC_WORKFLOW_DIR/{params.script}": params hold only the script's path inside the checkout,
+# and Snakemake records neither the prefix nor the formatted command, so moving the checkout
+# changes no job's provenance (params, code). Which GPUs a job may lease, and where their locks
+# are, describe the machine, not the results: they too reach the GPU jobs' scripts through the
+# environment (deepbc.gpu.add_arguments), so that changing them reruns no job.
+shell.prefix(f"export DEEPBC_WORKFLOW_DIR={shlex.quote(workflow.basedir)}"
+             f" PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"
+             f" DEEPBC_GPUS={GPU_DEVICES} DEEPBC_GPU_LOCK_DIR={shlex.quote(RES.get('gpu_lock_dir', '.gpu_leases'))}; ")
 
 wildcard_constraints:
     dataset="|".join(DATASETS),

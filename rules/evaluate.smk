@@ -8,8 +8,6 @@ rule evaluate:
     params:
         script=script("evaluate_model.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
-        gpus=GPU_DEVICES,
-        lock_dir=RES.get("gpu_lock_dir", ".gpu_leases"),
     threads: RES.get("eval_threads", 2)
     resources:
         gpu=RES.get("gpu", 1),
@@ -23,8 +21,7 @@ rule evaluate:
         GPU_ENV
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
-        " --out {output:q} --threads {threads} --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q}"
-        " --log {log:q}"
+        " --out {output:q} --threads {threads} --log {log:q}"
 
 
 rule predict_folder:
@@ -39,8 +36,6 @@ rule predict_folder:
         script=script("predict_folder.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         patients=predict_patient_options,
-        gpus=GPU_DEVICES,
-        lock_dir=RES.get("gpu_lock_dir", ".gpu_leases"),
     threads: RES.get("eval_threads", 2)
     resources:
         gpu=RES.get("gpu", 1),
@@ -53,5 +48,4 @@ rule predict_folder:
         GPU_ENV
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --images {input.images:q}"
-        " --out {output:q} {params.patients} --threads {threads} --gpus {params.gpus}"
-        " --gpu-lock-dir {params.lock_dir:q} --log {log:q}"
+        " --out {output:q} {params.patients} --threads {threads} --log {log:q}"

@@ -34,8 +34,6 @@ rule train:
         settings=train_settings_json,
         checkpoint=lambda wc, input: f"--checkpoint-json {input.checkpoint}" if input.checkpoint else "",
         seed=config["seed"],
-        gpus=GPU_DEVICES,
-        lock_dir=RES.get("gpu_lock_dir", ".gpu_leases"),
     threads: RES.get("train_threads", 2)
     resources:
         gpu=RES.get("gpu", 1),
@@ -50,5 +48,4 @@ rule train:
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
         " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
-        " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads}"
-        " --gpus {params.gpus} --gpu-lock-dir {params.lock_dir:q} --log {log:q}"
+        " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads} --log {log:q}"

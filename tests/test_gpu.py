@@ -2,6 +2,7 @@
 A job holding a GPU that TensorFlow cannot see stops with the cause, and so does one on a host whose
 NVIDIA driver does not work; --gpus 0, or a scheduler that assigned no GPU, runs on the CPU."""
 
+import argparse
 import json
 import os
 import signal
@@ -187,8 +188,6 @@ def test_scheduler_assigned_gpu_that_tensorflow_cannot_see_stops_the_job(tmp_pat
 @pytest.mark.parametrize("value", ["", "-1", "NoDevFiles"])
 def test_scheduler_that_assigned_no_gpu_runs_the_job_on_the_cpu(value, tmp_path, monkeypatch, caplog):
     """SLURM sets CUDA_VISIBLE_DEVICES to one of these for a job that asked for no GPU."""
-    import argparse
-
     _fake_nvidia_smi(tmp_path, monkeypatch)  # the host has a GPU; this job was not given it
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
@@ -217,8 +216,6 @@ def _failing_nvidia_smi(tmp_path, monkeypatch):
 
 
 def test_failing_nvidia_smi_stops_a_gpu_job_with_its_error(tmp_path, monkeypatch):
-    import argparse
-
     _failing_nvidia_smi(tmp_path, monkeypatch)
     args = argparse.Namespace(gpus=-1, gpu_lock_dir=str(tmp_path / "locks"), threads=1)
     with pytest.raises(UserError) as err:
@@ -240,8 +237,6 @@ def test_failing_nvidia_smi_is_named_where_the_scheduler_assigned_a_gpu(tmp_path
 
 
 def test_nvidia_device_without_a_working_nvidia_smi_stops_a_gpu_job(tmp_path, monkeypatch):
-    import argparse
-
     node = tmp_path / "nvidia0"
     node.touch()
     monkeypatch.setattr(gpu, "DEVICE_NODE", node)
@@ -255,8 +250,6 @@ def test_nvidia_device_without_a_working_nvidia_smi_stops_a_gpu_job(tmp_path, mo
 
 @needs_no_visible_gpu
 def test_gpus_0_runs_on_the_cpu_even_where_nvidia_smi_fails(tmp_path, monkeypatch):
-    import argparse
-
     _failing_nvidia_smi(tmp_path, monkeypatch)
     args = argparse.Namespace(gpus=0, gpu_lock_dir=str(tmp_path / "locks"), threads=1)
     with gpu.lease_from_args(args) as device:
@@ -302,8 +295,6 @@ def test_cuda_library_of_an_nvidia_pip_package_counts_as_found(tmp_path, monkeyp
 
 @needs_no_visible_gpu
 def test_no_gpu_anywhere_runs_on_the_cpu_as_before(tmp_path, monkeypatch, caplog):
-    import argparse
-
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
     args = argparse.Namespace(gpus=-1, gpu_lock_dir=str(tmp_path / "locks"), threads=3)
     with caplog.at_level("INFO"), gpu.lease_from_args(args) as device:
@@ -313,8 +304,6 @@ def test_no_gpu_anywhere_runs_on_the_cpu_as_before(tmp_path, monkeypatch, caplog
 
 @needs_no_visible_gpu
 def test_gpus_0_hides_every_gpu_even_one_the_scheduler_assigned(tmp_path, monkeypatch):
-    import argparse
-
     _fake_nvidia_smi(tmp_path, monkeypatch)
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
@@ -349,3 +338,13 @@ def test_gpus_0_trains_on_the_cpu_without_complaint_and_records_it(tmp_path, mon
     assert "device: CPU, 1 threads, fp32" in text
     device = json.loads((out / "settings.json").read_text())["device"]
     assert (device["type"], device["threads"], device["precision"]) == ("CPU", 1, "fp32")
+
+
+def test_lease_options_default_to_what_the_workflow_puts_in_the_environment(monkeypatch):
+    monkeypatch.setenv("DEEPBC_GPUS", "0")
+    monkeypatch.setenv("DEEPBC_GPU_LOCK_DIR", "/shared/leases")
+    parser = argparse.ArgumentParser()
+    gpu.add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.gpus, args.gpu_lock_dir) == (0, "/shared/leases")
+    assert parser.parse_args(["--gpus", "2"]).gpus == 2  # the command line still wins

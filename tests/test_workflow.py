@@ -133,6 +133,17 @@ def test_finished_run_has_nothing_to_do(demo_run):
 
 
 @pytest.mark.slow
+def test_other_gpu_settings_rerun_nothing(demo_run):
+    """Which GPUs a job may lease describes the machine, not the results: a finished run stays
+    finished (as params, these settings reran every training job, from step 1)."""
+    workdir, _ = demo_run
+    machine = workdir / "other_machine.yaml"
+    machine.write_text("resources: {gpu: 0, gpu_devices: 3, gpu_lock_dir: other leases}\n")
+    configfiles, config = demo_args(workdir)[:3], demo_args(workdir)[3:]
+    assert planned_jobs(workdir, *configfiles, str(machine), *config) == []
+
+
+@pytest.mark.slow
 def test_one_table_regenerates_alone(demo_run):
     workdir, _ = demo_run
     (workdir / "results" / "tables" / "benign_vs_malignant.csv").unlink()
