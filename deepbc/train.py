@@ -15,8 +15,9 @@ the same curve and weights.
 Resuming: every ``save_every_steps`` the full state (weights, optimizer slots, global step) and the
 curve are saved under ``state_dir``; a rerun restores the newest state and continues from its step,
 exactly: the input stream restarts at the records the restored steps consumed, the stage, its
-patience and the best score are derived from the restored curve, and kept ("best") weights of steps
-after the restored one are dropped. The state is bound to its inputs (``inputs.json``: settings,
+patience and the best score are derived from the restored curve, kept ("best") weights of steps
+after the restored one are dropped, and dropout masks are stateless functions of (seed, global step,
+layer) (deepbc.nets.dropout), so the restored steps draw the masks they would have drawn. The state is bound to its inputs (``inputs.json``: settings,
 architecture, seed, ImageNet checkpoint, train/val shards with their hashes): a state of other
 inputs is discarded, saying what changed. The final outputs (kept checkpoint, training.csv,
 settings.json) are written to ``out_dir`` only at the end, after which the state is removed.
@@ -180,14 +181,17 @@ def op_determinism(on: bool):
         (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()
 
 
-def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, weights=None):
+def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, weights=None, seed: int = 0):
     """The training tower: (total loss, logits). TF-Slim's loss: cross-entropy of the logits, plus
-    0.4 x that of Inception's auxiliary logits, plus the weight decay terms."""
+    0.4 x that of Inception's auxiliary logits, plus the weight decay terms. Its dropout layers are
+    stateless, seeded by (``seed``, global step, layer), so a resumed run draws the same masks."""
     from deepbc import nets
+    from deepbc.nets.dropout import stateless_dropout
 
     network = nets.get_network_fn(arch, num_classes, is_training=True, weight_decay=settings["weight_decay"],
                                   batch_norm_decay=settings.get("batch_norm_decay"))
-    logits, end_points = network(images)
+    with stateless_dropout(seed):
+        logits, end_points = network(images)
     weights = 1.0 if weights is None else weights
     loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights=weights)
     if "AuxLogits" in end_points:
@@ -245,7 +249,7 @@ def _build_graph(tf, arch, settings, seed, shard_dir, train_index, stages, check
         if settings.get("class_balance") == "loss_weights":
             counts = [train_index["count_per_class"][c] for c in class_names]
             weights = tf.gather(tf.constant(class_weights(counts), tf.float32), labels)
-        loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights)
+        loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights, seed=seed)
         eval_net = nets.get_network_fn(arch, num_classes, is_training=False, weight_decay=settings["weight_decay"],
                                        batch_norm_decay=settings.get("batch_norm_decay"))
         with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(), reuse=True):

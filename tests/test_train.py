@@ -297,3 +297,75 @@ def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
             total, main, auxiliary, reg = sess.run([loss, xent[0], xent[1], decay])
     assert auxiliary > 0.1
     assert total == pytest.approx(main + 0.4 * auxiliary + reg, rel=1e-5)
+
+
+def test_dropout_masks_follow_the_step_so_a_restored_session_draws_the_same(tmp_path):
+    """The mask of step N in a fresh session restored at step N is that of the continuous session
+    (TF-Slim's stateful dropout restarts at step 1's masks)."""
+    from deepbc.compat import import_slim
+    from deepbc.nets.dropout import stateless_dropout
+
+    slim = import_slim()
+    with tf.Graph().as_default():
+        step = tf.compat.v1.train.get_or_create_global_step()
+        with stateless_dropout(3):
+            dropped = slim.dropout(tf.ones([1000]), 0.8, is_training=True, scope="Logits/Dropout_1b")
+        advance = tf.compat.v1.assign_add(step, 1)
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            continuous = []
+            for _ in range(3):
+                continuous.append(sess.run(dropped))
+                sess.run(advance)
+            sess.run(tf.compat.v1.assign_add(step, -1))
+            saver.save(sess, str(tmp_path / "state.ckpt"))  # the state of step 2
+        with tf.compat.v1.Session() as sess:
+            saver.restore(sess, str(tmp_path / "state.ckpt"))
+            restored = sess.run(dropped)
+    np.testing.assert_array_equal(restored, continuous[-1])
+    assert not np.array_equal(continuous[0], continuous[1])  # a new mask at every step
+
+
+def test_stateless_dropout_keeps_tf_slims_semantics():
+    from deepbc.compat import import_slim
+    from deepbc.nets.dropout import stateless_dropout
+
+    slim = import_slim()
+    original = slim.dropout
+    with tf.Graph().as_default():
+        x = tf.ones([4000])
+        with stateless_dropout(1):
+            assert slim.dropout is not original
+            with slim.arg_scope([slim.dropout], is_training=False):
+                off = slim.dropout(x, 0.5)
+            on = slim.dropout(x, 0.25)
+            other = slim.dropout(x, 0.25)  # another layer, another mask
+        assert slim.dropout is original
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            off, on, other = sess.run([off, on, other])
+    np.testing.assert_array_equal(off, 1.0)
+    assert set(np.unique(on)) == {0.0, 4.0} and 0.2 < np.mean(on > 0) < 0.3
+    assert not np.array_equal(on, other)
+
+
+@pytest.mark.slow
+def test_a_network_with_dropout_resumes_exactly(shard_dir, tmp_path, monkeypatch):
+    """Inception V2 (dropout before its logits) at 32 px, killed after saving the state of step 4:
+    the resumed run keeps the curve and weights of an uninterrupted one."""
+    settings = trainkit.settings(max_number_of_steps=8, eval_every_steps=4, save_every_steps=4)
+    train.train(shard_dir, tmp_path / "reference", tmp_path / "state0", "inception_v2", settings, seed=1, threads=1)
+    out, state = tmp_path / "model", tmp_path / "state"
+    save_state = train._save_state
+
+    def dies_after_step_4(sess, g, state_dir, step, history):
+        save_state(sess, g, state_dir, step, history)
+        raise KeyboardInterrupt("killed after saving the state of step 4")
+
+    monkeypatch.setattr(train, "_save_state", dies_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(shard_dir, out, state, "inception_v2", settings, seed=1, threads=1)
+    monkeypatch.setattr(train, "_save_state", save_state)
+    train.train(shard_dir, out, state, "inception_v2", settings, seed=1, threads=1)
+    assert_same_run(tmp_path / "reference", out)
