@@ -301,13 +301,14 @@ class _Stages:
     from the curve row by row, so a resumed run replays its restored history into the same state.
 
     A stage ends after its steps, or when ``patience`` evaluations in it brought no improvement on
-    the best score of the run (early stopping); the next stage then starts from the current weights.
+    the best score of that stage (early stopping); the next stage then starts from the current
+    (last) weights, as TF-Slim's two-stage recipe does. The kept weights are the best of the run.
     """
 
     def __init__(self, stages: list[dict], keep_best_by: str, patience: int):
         self.stages, self.keep_best_by, self.patience = stages, keep_best_by, patience
         self.index, self.start = 0, 0  # start: the global step before the stage's first step
-        self.best, self.evals_since_best = None, 0
+        self.best, self.stage_best, self.evals_since_best = None, None, 0
 
     @property
     def finished(self) -> bool:
@@ -324,18 +325,20 @@ class _Stages:
         return self.index == len(self.stages) - 1 and step == self.start + self.current["steps"]
 
     def update(self, row: dict) -> tuple[bool, bool]:
-        """Account for one finished step; returns (improved the best score, stopped its stage early)."""
+        """Account for one finished step; returns (improved the run's best score, stopped its stage early)."""
         improved = stopped = False
         if not math.isnan(row["val_loss"]):
             score = _score(row, self.keep_best_by)
             if self.best is None or score < self.best:
-                self.best, self.evals_since_best, improved = score, 0, True
+                self.best, improved = score, True
+            if self.stage_best is None or score < self.stage_best:
+                self.stage_best, self.evals_since_best = score, 0
             else:
                 self.evals_since_best += 1
         done = row["step"] - self.start >= self.current["steps"]
         stopped = not done and bool(self.patience) and self.evals_since_best >= self.patience
         if done or stopped:
-            self.index, self.start, self.evals_since_best = self.index + 1, row["step"], 0
+            self.index, self.start, self.evals_since_best, self.stage_best = self.index + 1, row["step"], 0, None
         return improved, stopped
 
 

@@ -279,6 +279,23 @@ def test_stages_patience_and_best_follow_from_the_curve_alone():
         assert [resumed.update(r) for r in history[k:]] == decisions[k:]
 
 
+def test_each_stage_counts_its_patience_against_its_own_best():
+    """Stage 2 improving on itself but not on stage 1's best is not stopped; the kept (run) best
+    stays stage 1's."""
+    stages = [{"name": "logits", "steps": 10}, {"name": "all_layers", "steps": 5}]
+    history = rows([0.5, 0.6, 0.7, 0.9, 0.8, 0.7, 0.65, 0.6])
+    plan = train._Stages(stages, "val_loss", patience=2)
+    decisions = [plan.update(r) for r in history]
+    assert [stopped for _, stopped in decisions] == [False, False, True] + [False] * 5
+    assert [improved for improved, _ in decisions] == [True] + [False] * 7
+    assert plan.finished and plan.best == 0.5
+    for k in range(len(history)):  # and so does a run resumed at any step
+        resumed = train._Stages(stages, "val_loss", patience=2)
+        for r in history[:k]:
+            resumed.update(r)
+        assert [resumed.update(r) for r in history[k:]] == decisions[k:]
+
+
 @pytest.mark.slow
 def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
     """TF-Slim's train_image_classifier: loss = xent(logits) + 0.4 xent(AuxLogits) + weight decay."""
