@@ -360,7 +360,14 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
     random.seed(seed)
     np.random.seed(seed)
 
-    _bind_state(state_dir, training_inputs(shard_dir, arch, settings, seed, checkpoint))
+    inputs = training_inputs(shard_dir, arch, settings, seed, checkpoint)
+    done = _published_summary(out_dir, fingerprint(inputs))
+    if done is not None:
+        # E.g. a trainer orphaned by a killed Snakemake finished while this job waited for its lock.
+        LOG.info("%s already holds a model trained with these inputs (step %d kept): not training again",
+                 out_dir, done["best_step"])
+        return done
+    _bind_state(state_dir, inputs)
     start_step = _saved_step(tf, state_dir)
     history = _load_history(state_dir / "training.csv", start_step)
     _drop_best_after(state_dir, start_step)
@@ -392,10 +399,25 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
                "train_images": train_index["count"], "val_images": val_index["count"],
                "tensorflow": tf.__version__,
                # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
-               "device": gpu.describe_device(threads)}
+               "device": gpu.describe_device(threads),
+               "inputs_fingerprint": fingerprint(inputs)}
     _publish(state_dir, out_dir, history, summary)
     shutil.rmtree(state_dir)  # published: a rerun starts afresh
     return summary
+
+
+def _published_summary(out_dir: Path, inputs_fingerprint: str) -> dict | None:
+    """The summary of a complete model in ``out_dir`` trained with these inputs, else None."""
+    settings_json = out_dir / "settings.json"  # written last by _publish
+    if not settings_json.is_file():
+        return None
+    try:
+        summary = json.loads(settings_json.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    complete = ((out_dir / "training.csv").is_file() and (out_dir / f"{MODEL_PREFIX}.index").is_file()
+                and any(out_dir.glob(f"{MODEL_PREFIX}.data-*")))
+    return summary if complete and summary.get("inputs_fingerprint") == inputs_fingerprint else None
 
 
 def _run_steps(sess, tf, g: _Graph, stages, settings, state_dir: Path, history: list[dict], writer,

@@ -193,6 +193,47 @@ def test_a_state_of_other_settings_is_discarded(shard_dir, tmp_path, monkeypatch
     assert curve["learning_rate"].iloc[0] == pytest.approx(0.02)
 
 
+class WouldTrain(Exception):
+    pass
+
+
+def would_train(*args):
+    raise WouldTrain
+
+
+@pytest.mark.slow
+def test_a_model_already_trained_with_these_inputs_is_not_trained_again(shard_dir, tmp_path, caplog, monkeypatch):
+    """As when a trainer orphaned by a killed Snakemake publishes while the rerun waits on the lock."""
+    settings = trainkit.settings(max_number_of_steps=2, eval_every_steps=2, save_every_steps=2)
+    out, state = tmp_path / "model", tmp_path / "state"
+    first = train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+    assert json.loads((out / "settings.json").read_text())["inputs_fingerprint"] == first["inputs_fingerprint"]
+    caplog.set_level(logging.INFO, logger="deepbc.train")
+    again = train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+    assert "already holds a model trained with these inputs" in caplog.text
+    assert "training resnet_small" not in caplog.text and not state.exists()
+    assert again == json.loads(json.dumps(first))
+    monkeypatch.setattr(train, "_bind_state", would_train)
+    with pytest.raises(WouldTrain):  # another setting: trained again
+        train.train(shard_dir, out, state, "resnet_small", dict(settings, learning_rate=0.02), seed=1)
+
+
+def test_only_complete_outputs_of_the_same_inputs_count_as_trained(shard_dir, tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    out.mkdir()
+    inputs = train.training_inputs(shard_dir, "resnet_small", SHORT, 1, None)
+    summary = {"best_step": 16, "inputs_fingerprint": train.fingerprint(inputs)}
+    (out / "settings.json").write_text(json.dumps(summary))
+    monkeypatch.setattr(train, "_bind_state", would_train)
+    for name in ("training.csv", "model.ckpt.index", "model.ckpt.data-00000-of-00001"):
+        with pytest.raises(WouldTrain):  # incomplete
+            train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=1)
+        (out / name).write_text("")
+    assert train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=1) == summary
+    with pytest.raises(WouldTrain):
+        train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=2)
+
+
 def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
     """New splits (another seed or splits.k) rewrite the shards: a state of the old ones is dropped."""
     state = tmp_path / "state"
