@@ -115,10 +115,19 @@ def fingerprint(inputs: dict) -> str:
 
 
 def _checkpoint_identity(prefix: str | None) -> dict | None:
+    """sha256 of each of the checkpoint's files, by suffix (``.index``, ``.data-00000-of-00001``):
+    its contents, not where it lies or when it was written, so a copy keeps a valid state and
+    another checkpoint never passes for it. Streamed; costs about 1 s per GB (ImageNet checkpoints
+    are 0.05-0.6 GB) once per training job."""
     if not prefix:
         return None
-    files = sorted(Path(prefix).parent.glob(Path(prefix).name + ".*"))
-    return {"prefix": str(prefix), "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}}
+    name = Path(prefix).name
+    files = sorted(Path(prefix).parent.glob(name + ".*"))
+    identity = {}
+    for path in files:
+        with path.open("rb") as fh:
+            identity[path.name[len(name):]] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {"files": identity}
 
 
 def _shards_identity(index_path: Path) -> dict:

@@ -269,6 +269,28 @@ def imagenet_checkpoint(tmp_path_factory):
     return str(prefix)
 
 
+def test_the_imagenet_checkpoint_counts_by_its_contents(imagenet_checkpoint, tmp_path):
+    """A copy elsewhere is the same checkpoint; another one with the same sizes and mtimes is not."""
+    import os
+    import shutil
+
+    source = Path(imagenet_checkpoint)
+    identity = train._checkpoint_identity(imagenet_checkpoint)
+    copy = tmp_path / "copy" / source.name
+    copy.parent.mkdir()
+    for f in source.parent.glob(source.name + ".*"):
+        shutil.copyfile(f, copy.parent / f.name)
+    assert train._checkpoint_identity(str(copy)) == identity
+    data = next(copy.parent.glob(source.name + ".data-*"))
+    stat = data.stat()
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 1
+    data.write_bytes(bytes(raw))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert data.stat().st_size == stat.st_size and data.stat().st_mtime_ns == stat.st_mtime_ns
+    assert train._checkpoint_identity(str(copy)) != identity
+
+
 @pytest.mark.slow
 def test_imagenet_init_restores_then_trains_two_stages(shard_dir, imagenet_checkpoint, tmp_path):
     settings = trainkit.settings(init="imagenet", max_number_of_steps=10, stage2_steps=10, eval_every_steps=10)
