@@ -264,11 +264,8 @@ def write_shards_file(splits_path, fold: int, root, out_dir, **settings) -> dict
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    with open(path, "rb") as fh:  # streamed, as deepbc.manifest hashes images
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class _NoPool:

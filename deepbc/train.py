@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from deepbc import atomic, gpu
-from deepbc.errors import UserError
 from deepbc.logs import format_seconds
+from deepbc.shards import read_index
 
 LOG = logging.getLogger("deepbc.train")
 
@@ -72,10 +72,6 @@ def class_weights(count_per_class: list[int]) -> list[float]:
     return [total / (n * c) if c else 0.0 for c in count_per_class]
 
 
-def _read_index(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def _make_optimizer(tf, settings, learning_rate):
     name = settings["optimizer"]
     if name == "rmsprop":
@@ -84,10 +80,7 @@ def _make_optimizer(tf, settings, learning_rate):
             epsilon=settings["opt_epsilon"])
     if name == "adam":
         return tf.compat.v1.train.AdamOptimizer(learning_rate, epsilon=settings["opt_epsilon"])
-    if name == "momentum":
-        if "momentum" not in settings:
-            raise UserError("optimizer momentum needs its momentum", "config key train.*.momentum",
-                            "set momentum (TF-Slim's default is 0.9)")
+    if name == "momentum":  # the schema defaults momentum to TF-Slim's 0.9
         return tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=settings["momentum"])
     return tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
 
@@ -131,8 +124,10 @@ def _checkpoint_identity(prefix: str | None) -> dict | None:
 
 
 def _shards_identity(index_path: Path) -> dict:
-    """The index as written; shards of an index that records no hashes count by size and mtime."""
-    index = _read_index(index_path)
+    """The index as written (without the absolute paths read_index adds: the fingerprint does not
+    depend on where the project lies); shards of an index that records no hashes count by size and mtime."""
+    index = read_index(index_path)
+    del index["paths"]
     if "shard_sha256" not in index:
         stats = {n: (index_path.parent / n).stat() for n in index["shards"]}
         index["shard_stat"] = {n: [s.st_size, s.st_mtime_ns] for n, s in stats.items()}
@@ -362,8 +357,8 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
     from deepbc import nets
 
     shard_dir, out_dir, state_dir = Path(shard_dir), Path(out_dir), Path(state_dir)
-    train_index = _read_index(shard_dir / "train.json")
-    val_index = _read_index(shard_dir / "val.json")
+    train_index = read_index(shard_dir / "train.json")
+    val_index = read_index(shard_dir / "val.json")
     spec = nets.NETWORKS[arch]
     stages = stage_plan(settings)
     random.seed(seed)
