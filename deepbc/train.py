@@ -370,6 +370,7 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
         # E.g. a trainer orphaned by a killed Snakemake finished while this job waited for its lock.
         LOG.info("%s already holds a model trained with these inputs (step %d kept): not training again",
                  out_dir, done["best_step"])
+        shutil.rmtree(state_dir, ignore_errors=True)  # as a finished job leaves it
         return done
     _bind_state(state_dir, inputs)
     start_step = _saved_step(tf, state_dir)

@@ -229,7 +229,10 @@ def test_only_complete_outputs_of_the_same_inputs_count_as_trained(shard_dir, tm
         with pytest.raises(WouldTrain):  # incomplete
             train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=1)
         (out / name).write_text("")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "training.csv").write_text("a state left by a job killed after publishing")
     assert train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=1) == summary
+    assert not (tmp_path / "state").exists()
     with pytest.raises(WouldTrain):
         train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=2)
 
