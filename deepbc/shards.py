@@ -264,11 +264,8 @@ def write_shards_file(splits_path, fold: int, root, out_dir, **settings) -> dict
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    with open(path, "rb") as fh:  # streamed, as deepbc.manifest hashes images
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class _NoPool:
@@ -402,6 +399,20 @@ def default_preprocess(image, height: int, width: int, seed=None):
     return tf.image.resize(tf.cast(image, tf.float32), [height, width])
 
 
+# Each use of the run seed in the training stream has its own tag, so no two uses share a key.
+_STREAM_TAGS = {"file_order": 1, "shuffle": 2, "augment": 3}
+
+
+def stream_key(seed, use: str, counter):
+    """The stateless key (int64 [2]) of one use of randomness in the training stream: ``use`` is
+    "file_order" or "shuffle" (``counter``: the epoch) or "augment" (``counter``: the element's
+    position in the stream); keys of different uses never coincide by construction of their tags."""
+    import tensorflow as tf
+
+    base = tf.constant([int(seed), _STREAM_TAGS[use]], tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(counter, tf.int64))
+
+
 def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess_fn=None, image_size: int = 224,
                  shuffle_buffer: int = 1024, seed: int = 0, num_parallel_calls=None,
                  repeat: bool = False, with_metadata: bool = False, first_record: int = 0,
@@ -414,9 +425,9 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
 
     Training: a stream of epochs (one, or endless with ``repeat``); in each, the shard order and
     the records (buffer ``shuffle_buffer``) are shuffled by seeds that depend only on (``seed``,
-    epoch), and each image gets a stateless augmentation seed from (``seed``, epoch, its position
-    in the epoch), so the stream is the same whatever the parallelism. ``first_record`` starts the
-    stream that many records in (a resumed run passes the records its restored steps consumed);
+    epoch), and each image gets a stateless augmentation seed from (``seed``, its position in the
+    stream), each use with its own key (:func:`stream_key`), so the stream is the same whatever the
+    parallelism. ``first_record`` starts the stream that many records in (a resumed run passes the records its restored steps consumed);
     the skipped records are read but not decoded. The last partial batch is dropped.
     Evaluation: index order, every image once per pass.
     ``deterministic=False`` lets parallel stages deliver out of order (faster, not reproducible).
@@ -448,16 +459,14 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
                                 deterministic=deterministic)
 
     if is_training:
-        seed = tf.constant(int(seed), tf.int64)
-
         def epoch_records(epoch):
-            key = tf.stack([seed, epoch])
-            order = tf.argsort(tf.random.stateless_uniform([len(paths)], key))
+            order = tf.argsort(tf.random.stateless_uniform([len(paths)], stream_key(seed, "file_order", epoch)))
             files = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(paths), order))
             # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
-            shuffle_seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
+            shuffle_seed = tf.random.stateless_uniform([], stream_key(seed, "shuffle", epoch), minval=None,
+                                                       maxval=None, dtype=tf.int64)
             records = read(files).shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-            return records.enumerate().map(lambda i, record: (tf.stack([seed, epoch * count + i]), record))
+            return records.enumerate().map(lambda i, record: (stream_key(seed, "augment", epoch * count + i), record))
 
         first_epoch, offset = divmod(int(first_record), count)
         last_epoch = 2**62 if repeat else first_epoch + 1

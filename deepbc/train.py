@@ -15,8 +15,9 @@ the same curve and weights.
 Resuming: every ``save_every_steps`` the full state (weights, optimizer slots, global step) and the
 curve are saved under ``state_dir``; a rerun restores the newest state and continues from its step,
 exactly: the input stream restarts at the records the restored steps consumed, the stage, its
-patience and the best score are derived from the restored curve, and kept ("best") weights of steps
-after the restored one are dropped. The state is bound to its inputs (``inputs.json``: settings,
+patience and the best score are derived from the restored curve, kept ("best") weights of steps
+after the restored one are dropped, and dropout masks are stateless functions of (seed, global step,
+layer) (deepbc.nets.dropout), so the restored steps draw the masks they would have drawn. The state is bound to its inputs (``inputs.json``: settings,
 architecture, seed, ImageNet checkpoint, train/val shards with their hashes): a state of other
 inputs is discarded, saying what changed. The final outputs (kept checkpoint, training.csv,
 settings.json) are written to ``out_dir`` only at the end, after which the state is removed.
@@ -37,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from deepbc import atomic, gpu
-from deepbc.errors import UserError
 from deepbc.logs import format_seconds
+from deepbc.shards import read_index
 
 LOG = logging.getLogger("deepbc.train")
 
@@ -71,10 +72,6 @@ def class_weights(count_per_class: list[int]) -> list[float]:
     return [total / (n * c) if c else 0.0 for c in count_per_class]
 
 
-def _read_index(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def _make_optimizer(tf, settings, learning_rate):
     name = settings["optimizer"]
     if name == "rmsprop":
@@ -83,10 +80,7 @@ def _make_optimizer(tf, settings, learning_rate):
             epsilon=settings["opt_epsilon"])
     if name == "adam":
         return tf.compat.v1.train.AdamOptimizer(learning_rate, epsilon=settings["opt_epsilon"])
-    if name == "momentum":
-        if "momentum" not in settings:
-            raise UserError("optimizer momentum needs its momentum", "config key train.*.momentum",
-                            "set momentum (TF-Slim's default is 0.9)")
+    if name == "momentum":  # the schema defaults momentum to TF-Slim's 0.9
         return tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=settings["momentum"])
     return tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
 
@@ -114,15 +108,26 @@ def fingerprint(inputs: dict) -> str:
 
 
 def _checkpoint_identity(prefix: str | None) -> dict | None:
+    """sha256 of each of the checkpoint's files, by suffix (``.index``, ``.data-00000-of-00001``):
+    its contents, not where it lies or when it was written, so a copy keeps a valid state and
+    another checkpoint never passes for it. Streamed; costs about 1 s per GB (ImageNet checkpoints
+    are 0.05-0.6 GB) once per training job."""
     if not prefix:
         return None
-    files = sorted(Path(prefix).parent.glob(Path(prefix).name + ".*"))
-    return {"prefix": str(prefix), "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}}
+    name = Path(prefix).name
+    files = sorted(Path(prefix).parent.glob(name + ".*"))
+    identity = {}
+    for path in files:
+        with path.open("rb") as fh:
+            identity[path.name[len(name):]] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {"files": identity}
 
 
 def _shards_identity(index_path: Path) -> dict:
-    """The index as written; shards of an index that records no hashes count by size and mtime."""
-    index = _read_index(index_path)
+    """The index as written (without the absolute paths read_index adds: the fingerprint does not
+    depend on where the project lies); shards of an index that records no hashes count by size and mtime."""
+    index = read_index(index_path)
+    del index["paths"]
     if "shard_sha256" not in index:
         stats = {n: (index_path.parent / n).stat() for n in index["shards"]}
         index["shard_stat"] = {n: [s.st_size, s.st_mtime_ns] for n, s in stats.items()}
@@ -180,14 +185,17 @@ def op_determinism(on: bool):
         (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()
 
 
-def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, weights=None):
+def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, weights=None, seed: int = 0):
     """The training tower: (total loss, logits). TF-Slim's loss: cross-entropy of the logits, plus
-    0.4 x that of Inception's auxiliary logits, plus the weight decay terms."""
+    0.4 x that of Inception's auxiliary logits, plus the weight decay terms. Its dropout layers are
+    stateless, seeded by (``seed``, global step, layer), so a resumed run draws the same masks."""
     from deepbc import nets
+    from deepbc.nets.dropout import stateless_dropout
 
     network = nets.get_network_fn(arch, num_classes, is_training=True, weight_decay=settings["weight_decay"],
                                   batch_norm_decay=settings.get("batch_norm_decay"))
-    logits, end_points = network(images)
+    with stateless_dropout(seed):
+        logits, end_points = network(images)
     weights = 1.0 if weights is None else weights
     loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights=weights)
     if "AuxLogits" in end_points:
@@ -245,7 +253,7 @@ def _build_graph(tf, arch, settings, seed, shard_dir, train_index, stages, check
         if settings.get("class_balance") == "loss_weights":
             counts = [train_index["count_per_class"][c] for c in class_names]
             weights = tf.gather(tf.constant(class_weights(counts), tf.float32), labels)
-        loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights)
+        loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights, seed=seed)
         eval_net = nets.get_network_fn(arch, num_classes, is_training=False, weight_decay=settings["weight_decay"],
                                        batch_norm_decay=settings.get("batch_norm_decay"))
         with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(), reuse=True):
@@ -297,13 +305,14 @@ class _Stages:
     from the curve row by row, so a resumed run replays its restored history into the same state.
 
     A stage ends after its steps, or when ``patience`` evaluations in it brought no improvement on
-    the best score of the run (early stopping); the next stage then starts from the current weights.
+    the best score of that stage (early stopping); the next stage then starts from the current
+    (last) weights, as TF-Slim's two-stage recipe does. The kept weights are the best of the run.
     """
 
     def __init__(self, stages: list[dict], keep_best_by: str, patience: int):
         self.stages, self.keep_best_by, self.patience = stages, keep_best_by, patience
         self.index, self.start = 0, 0  # start: the global step before the stage's first step
-        self.best, self.evals_since_best = None, 0
+        self.best, self.stage_best, self.evals_since_best = None, None, 0
 
     @property
     def finished(self) -> bool:
@@ -320,18 +329,20 @@ class _Stages:
         return self.index == len(self.stages) - 1 and step == self.start + self.current["steps"]
 
     def update(self, row: dict) -> tuple[bool, bool]:
-        """Account for one finished step; returns (improved the best score, stopped its stage early)."""
+        """Account for one finished step; returns (improved the run's best score, stopped its stage early)."""
         improved = stopped = False
         if not math.isnan(row["val_loss"]):
             score = _score(row, self.keep_best_by)
             if self.best is None or score < self.best:
-                self.best, self.evals_since_best, improved = score, 0, True
+                self.best, improved = score, True
+            if self.stage_best is None or score < self.stage_best:
+                self.stage_best, self.evals_since_best = score, 0
             else:
                 self.evals_since_best += 1
         done = row["step"] - self.start >= self.current["steps"]
         stopped = not done and bool(self.patience) and self.evals_since_best >= self.patience
         if done or stopped:
-            self.index, self.start, self.evals_since_best = self.index + 1, row["step"], 0
+            self.index, self.start, self.evals_since_best, self.stage_best = self.index + 1, row["step"], 0, None
         return improved, stopped
 
 
@@ -346,14 +357,22 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
     from deepbc import nets
 
     shard_dir, out_dir, state_dir = Path(shard_dir), Path(out_dir), Path(state_dir)
-    train_index = _read_index(shard_dir / "train.json")
-    val_index = _read_index(shard_dir / "val.json")
+    train_index = read_index(shard_dir / "train.json")
+    val_index = read_index(shard_dir / "val.json")
     spec = nets.NETWORKS[arch]
     stages = stage_plan(settings)
     random.seed(seed)
     np.random.seed(seed)
 
-    _bind_state(state_dir, training_inputs(shard_dir, arch, settings, seed, checkpoint))
+    inputs = training_inputs(shard_dir, arch, settings, seed, checkpoint)
+    done = _published_summary(out_dir, fingerprint(inputs))
+    if done is not None:
+        # E.g. a trainer orphaned by a killed Snakemake finished while this job waited for its lock.
+        LOG.info("%s already holds a model trained with these inputs (step %d kept): not training again",
+                 out_dir, done["best_step"])
+        shutil.rmtree(state_dir, ignore_errors=True)  # as a finished job leaves it
+        return done
+    _bind_state(state_dir, inputs)
     start_step = _saved_step(tf, state_dir)
     history = _load_history(state_dir / "training.csv", start_step)
     _drop_best_after(state_dir, start_step)
@@ -385,10 +404,25 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
                "train_images": train_index["count"], "val_images": val_index["count"],
                "tensorflow": tf.__version__,
                # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
-               "device": gpu.describe_device(threads)}
+               "device": gpu.describe_device(threads),
+               "inputs_fingerprint": fingerprint(inputs)}
     _publish(state_dir, out_dir, history, summary)
     shutil.rmtree(state_dir)  # published: a rerun starts afresh
     return summary
+
+
+def _published_summary(out_dir: Path, inputs_fingerprint: str) -> dict | None:
+    """The summary of a complete model in ``out_dir`` trained with these inputs, else None."""
+    settings_json = out_dir / "settings.json"  # written last by _publish
+    if not settings_json.is_file():
+        return None
+    try:
+        summary = json.loads(settings_json.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    complete = ((out_dir / "training.csv").is_file() and (out_dir / f"{MODEL_PREFIX}.index").is_file()
+                and any(out_dir.glob(f"{MODEL_PREFIX}.data-*")))
+    return summary if complete and summary.get("inputs_fingerprint") == inputs_fingerprint else None
 
 
 def _run_steps(sess, tf, g: _Graph, stages, settings, state_dir: Path, history: list[dict], writer,

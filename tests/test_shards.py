@@ -371,3 +371,21 @@ def test_training_stream_depends_on_seed_and_position_only(dataset, tmp_path):
     np.testing.assert_array_equal(images[7:], resumed[:len(images) - 7])
     assert not np.array_equal(images[:9], images[9:18])  # each epoch its own order and augmentation
     assert not np.array_equal(images, stream(seed=2)[0])
+
+
+def test_each_use_of_the_seed_has_its_own_keys(dataset, tmp_path):
+    """File order, record shuffle and augmentation never share a key (the epoch key [seed, e] was
+    once also the shuffle key and the augmentation key of the element at position e)."""
+    keys = [tuple(shards.stream_key(seed, use, n).numpy()) for seed in (0, 1) for n in range(12)
+            for use in ("file_order", "shuffle", "augment")]
+    assert len(set(keys)) == len(keys)
+    _write(dataset, tmp_path)  # 9 training images
+
+    def seed_as_image(image, height, width, seed):  # the element's key, carried bit for bit
+        return tf.bitcast(seed, tf.float64)
+
+    ds = shards.make_dataset(tmp_path / "train.json", batch_size=3, is_training=True, preprocess_fn=seed_as_image,
+                             seed=1, repeat=True, first_record=2)
+    seen = np.concatenate([b[0].numpy() for _, b in zip(range(4), ds)]).view(np.int64)
+    expected = np.stack([shards.stream_key(1, "augment", n).numpy() for n in range(2, 14)])
+    np.testing.assert_array_equal(seen, expected)

@@ -193,6 +193,50 @@ def test_a_state_of_other_settings_is_discarded(shard_dir, tmp_path, monkeypatch
     assert curve["learning_rate"].iloc[0] == pytest.approx(0.02)
 
 
+class WouldTrain(Exception):
+    pass
+
+
+def would_train(*args):
+    raise WouldTrain
+
+
+@pytest.mark.slow
+def test_a_model_already_trained_with_these_inputs_is_not_trained_again(shard_dir, tmp_path, caplog, monkeypatch):
+    """As when a trainer orphaned by a killed Snakemake publishes while the rerun waits on the lock."""
+    settings = trainkit.settings(max_number_of_steps=2, eval_every_steps=2, save_every_steps=2)
+    out, state = tmp_path / "model", tmp_path / "state"
+    first = train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+    assert json.loads((out / "settings.json").read_text())["inputs_fingerprint"] == first["inputs_fingerprint"]
+    caplog.set_level(logging.INFO, logger="deepbc.train")
+    again = train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+    assert "already holds a model trained with these inputs" in caplog.text
+    assert "training resnet_small" not in caplog.text and not state.exists()
+    assert again == json.loads(json.dumps(first))
+    monkeypatch.setattr(train, "_bind_state", would_train)
+    with pytest.raises(WouldTrain):  # another setting: trained again
+        train.train(shard_dir, out, state, "resnet_small", dict(settings, learning_rate=0.02), seed=1)
+
+
+def test_only_complete_outputs_of_the_same_inputs_count_as_trained(shard_dir, tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    out.mkdir()
+    inputs = train.training_inputs(shard_dir, "resnet_small", SHORT, 1, None)
+    summary = {"best_step": 16, "inputs_fingerprint": train.fingerprint(inputs)}
+    (out / "settings.json").write_text(json.dumps(summary))
+    monkeypatch.setattr(train, "_bind_state", would_train)
+    for name in ("training.csv", "model.ckpt.index", "model.ckpt.data-00000-of-00001"):
+        with pytest.raises(WouldTrain):  # incomplete
+            train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=1)
+        (out / name).write_text("")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "training.csv").write_text("a state left by a job killed after publishing")
+    assert train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=1) == summary
+    assert not (tmp_path / "state").exists()
+    with pytest.raises(WouldTrain):
+        train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=2)
+
+
 def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
     """New splits (another seed or splits.k) rewrite the shards: a state of the old ones is dropped."""
     state = tmp_path / "state"
@@ -226,6 +270,28 @@ def imagenet_checkpoint(tmp_path_factory):
             sess.run(tf.compat.v1.global_variables_initializer())
             tf.compat.v1.train.Saver().save(sess, str(prefix))
     return str(prefix)
+
+
+def test_the_imagenet_checkpoint_counts_by_its_contents(imagenet_checkpoint, tmp_path):
+    """A copy elsewhere is the same checkpoint; another one with the same sizes and mtimes is not."""
+    import os
+    import shutil
+
+    source = Path(imagenet_checkpoint)
+    identity = train._checkpoint_identity(imagenet_checkpoint)
+    copy = tmp_path / "copy" / source.name
+    copy.parent.mkdir()
+    for f in source.parent.glob(source.name + ".*"):
+        shutil.copyfile(f, copy.parent / f.name)
+    assert train._checkpoint_identity(str(copy)) == identity
+    data = next(copy.parent.glob(source.name + ".data-*"))
+    stat = data.stat()
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 1
+    data.write_bytes(bytes(raw))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert data.stat().st_size == stat.st_size and data.stat().st_mtime_ns == stat.st_mtime_ns
+    assert train._checkpoint_identity(str(copy)) != identity
 
 
 @pytest.mark.slow
@@ -279,6 +345,23 @@ def test_stages_patience_and_best_follow_from_the_curve_alone():
         assert [resumed.update(r) for r in history[k:]] == decisions[k:]
 
 
+def test_each_stage_counts_its_patience_against_its_own_best():
+    """Stage 2 improving on itself but not on stage 1's best is not stopped; the kept (run) best
+    stays stage 1's."""
+    stages = [{"name": "logits", "steps": 10}, {"name": "all_layers", "steps": 5}]
+    history = rows([0.5, 0.6, 0.7, 0.9, 0.8, 0.7, 0.65, 0.6])
+    plan = train._Stages(stages, "val_loss", patience=2)
+    decisions = [plan.update(r) for r in history]
+    assert [stopped for _, stopped in decisions] == [False, False, True] + [False] * 5
+    assert [improved for improved, _ in decisions] == [True] + [False] * 7
+    assert plan.finished and plan.best == 0.5
+    for k in range(len(history)):  # and so does a run resumed at any step
+        resumed = train._Stages(stages, "val_loss", patience=2)
+        for r in history[:k]:
+            resumed.update(r)
+        assert [resumed.update(r) for r in history[k:]] == decisions[k:]
+
+
 @pytest.mark.slow
 def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
     """TF-Slim's train_image_classifier: loss = xent(logits) + 0.4 xent(AuxLogits) + weight decay."""
@@ -297,3 +380,75 @@ def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
             total, main, auxiliary, reg = sess.run([loss, xent[0], xent[1], decay])
     assert auxiliary > 0.1
     assert total == pytest.approx(main + 0.4 * auxiliary + reg, rel=1e-5)
+
+
+def test_dropout_masks_follow_the_step_so_a_restored_session_draws_the_same(tmp_path):
+    """The mask of step N in a fresh session restored at step N is that of the continuous session
+    (TF-Slim's stateful dropout restarts at step 1's masks)."""
+    from deepbc.compat import import_slim
+    from deepbc.nets.dropout import stateless_dropout
+
+    slim = import_slim()
+    with tf.Graph().as_default():
+        step = tf.compat.v1.train.get_or_create_global_step()
+        with stateless_dropout(3):
+            dropped = slim.dropout(tf.ones([1000]), 0.8, is_training=True, scope="Logits/Dropout_1b")
+        advance = tf.compat.v1.assign_add(step, 1)
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            continuous = []
+            for _ in range(3):
+                continuous.append(sess.run(dropped))
+                sess.run(advance)
+            sess.run(tf.compat.v1.assign_add(step, -1))
+            saver.save(sess, str(tmp_path / "state.ckpt"))  # the state of step 2
+        with tf.compat.v1.Session() as sess:
+            saver.restore(sess, str(tmp_path / "state.ckpt"))
+            restored = sess.run(dropped)
+    np.testing.assert_array_equal(restored, continuous[-1])
+    assert not np.array_equal(continuous[0], continuous[1])  # a new mask at every step
+
+
+def test_stateless_dropout_keeps_tf_slims_semantics():
+    from deepbc.compat import import_slim
+    from deepbc.nets.dropout import stateless_dropout
+
+    slim = import_slim()
+    original = slim.dropout
+    with tf.Graph().as_default():
+        x = tf.ones([4000])
+        with stateless_dropout(1):
+            assert slim.dropout is not original
+            with slim.arg_scope([slim.dropout], is_training=False):
+                off = slim.dropout(x, 0.5)
+            on = slim.dropout(x, 0.25)
+            other = slim.dropout(x, 0.25)  # another layer, another mask
+        assert slim.dropout is original
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            off, on, other = sess.run([off, on, other])
+    np.testing.assert_array_equal(off, 1.0)
+    assert set(np.unique(on)) == {0.0, 4.0} and 0.2 < np.mean(on > 0) < 0.3
+    assert not np.array_equal(on, other)
+
+
+@pytest.mark.slow
+def test_a_network_with_dropout_resumes_exactly(shard_dir, tmp_path, monkeypatch):
+    """Inception V2 (dropout before its logits) at 32 px, killed after saving the state of step 4:
+    the resumed run keeps the curve and weights of an uninterrupted one."""
+    settings = trainkit.settings(max_number_of_steps=8, eval_every_steps=4, save_every_steps=4)
+    train.train(shard_dir, tmp_path / "reference", tmp_path / "state0", "inception_v2", settings, seed=1, threads=1)
+    out, state = tmp_path / "model", tmp_path / "state"
+    save_state = train._save_state
+
+    def dies_after_step_4(sess, g, state_dir, step, history):
+        save_state(sess, g, state_dir, step, history)
+        raise KeyboardInterrupt("killed after saving the state of step 4")
+
+    monkeypatch.setattr(train, "_save_state", dies_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(shard_dir, out, state, "inception_v2", settings, seed=1, threads=1)
+    monkeypatch.setattr(train, "_save_state", save_state)
+    train.train(shard_dir, out, state, "inception_v2", settings, seed=1, threads=1)
+    assert_same_run(tmp_path / "reference", out)
