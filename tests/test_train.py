@@ -209,6 +209,7 @@ def test_a_model_already_trained_with_these_inputs_is_not_trained_again(shard_di
     first = train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
     assert json.loads((out / "settings.json").read_text())["inputs_fingerprint"] == first["inputs_fingerprint"]
     caplog.set_level(logging.INFO, logger="deepbc.train")
+    caplog.clear()  # the first call's lines are captured too where an earlier test set INFO on the root logger
     again = train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
     assert "already holds a model trained with these inputs" in caplog.text
     assert "training resnet_small" not in caplog.text and not state.exists()
