@@ -432,24 +432,3 @@ def test_stateless_dropout_keeps_tf_slims_semantics():
     np.testing.assert_array_equal(off, 1.0)
     assert set(np.unique(on)) == {0.0, 4.0} and 0.2 < np.mean(on > 0) < 0.3
     assert not np.array_equal(on, other)
-
-
-@pytest.mark.slow
-def test_a_network_with_dropout_resumes_exactly(shard_dir, tmp_path, monkeypatch):
-    """Inception V2 (dropout before its logits) at 32 px, killed after saving the state of step 4:
-    the resumed run keeps the curve and weights of an uninterrupted one."""
-    settings = trainkit.settings(max_number_of_steps=8, eval_every_steps=4, save_every_steps=4)
-    train.train(shard_dir, tmp_path / "reference", tmp_path / "state0", "inception_v2", settings, seed=1, threads=1)
-    out, state = tmp_path / "model", tmp_path / "state"
-    save_state = train._save_state
-
-    def dies_after_step_4(sess, g, state_dir, step, history):
-        save_state(sess, g, state_dir, step, history)
-        raise KeyboardInterrupt("killed after saving the state of step 4")
-
-    monkeypatch.setattr(train, "_save_state", dies_after_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        train.train(shard_dir, out, state, "inception_v2", settings, seed=1, threads=1)
-    monkeypatch.setattr(train, "_save_state", save_state)
-    train.train(shard_dir, out, state, "inception_v2", settings, seed=1, threads=1)
-    assert_same_run(tmp_path / "reference", out)
