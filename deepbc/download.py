@@ -1,55 +1,46 @@
-"""Downloads with progress and sha256 verification, and extraction of tar/zip archives that refuses
-anything able to write outside its target folder.
+"""Downloads with progress, sha256 verification and resumption; dataset folders made from archives.
 
 Used for the datasets (``ensure_root``, called by the dataset check rule) and for the TF-Slim
-ImageNet checkpoint archives (``fetch`` + ``safe_extract``).
+ImageNet checkpoint archives (``fetch``; extraction is ``deepbc.archives``).
 
-Nothing here ever leaves a file or folder that looks complete but is not:
-- ``fetch`` writes to ``<dest>.part`` and renames it onto ``dest`` only once the download is
-  complete and its sha256 matches. An interrupted download keeps its ``.part`` file and the next
-  call resumes it with an HTTP Range request when the server supports that.
-- ``safe_extract`` checks every member before writing anything, extracts into a hidden temporary
-  folder inside the target, and only then renames each top-level entry into place.
+The transfer itself is pooch's ``HTTPDownloader`` (requests: redirects, timeouts, the progress
+hook). pooch neither resumes an interrupted download (it starts again in a fresh temporary file)
+nor says more than "hash mismatch"; kept here is what it does not do (see docs/DESIGN.md):
+- ``fetch`` writes to ``<dest>.part``, locked so two jobs cannot append to one file, and renames it
+  onto ``dest`` only once the download is complete and its sha256 matches. An interrupted download
+  keeps its ``.part`` file and the next call resumes it with an HTTP Range request when the
+  server supports that.
+- every failure is a UserError saying what happened and what to do (a wrong checksum of an HTML
+  page says that the URL probably gives a web page or needs a login).
 """
 
-import contextlib
 import fcntl
-import hashlib
-import http.client
 import logging
 import math
 import os
 import re
-import shutil
-import stat
-import tarfile
-import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from deepbc.archives import CheckedArchive, ExtractLimits, extract_checked, open_checked, top_level
 from deepbc.errors import UserError
 from deepbc.logs import Progress, format_seconds
 
 LOG = logging.getLogger("deepbc.download")
 
 CHUNK = 1 << 20
-USER_AGENT = "deepbc/0.1 (Python urllib)"
+USER_AGENT = "deepbc/0.1 (pooch)"
 # Long enough for slow academic servers, short enough that a dead one is reported within minutes.
 DEFAULT_TIMEOUT = 60.0
-# Offending archive members listed in an error message (the rest are counted).
-MAX_LISTED = 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def fetch(url: str, dest: Path, sha256: str | None, progress: bool = True, *,
@@ -95,13 +86,14 @@ def fetch(url: str, dest: Path, sha256: str | None, progress: bool = True, *,
             raise UserError(f"another process is already downloading into {part}",
                             where=url, fix="wait for it to finish, then run again") from None
         try:
-            digest, content_type = _download_into(fh, url, dest, part, progress, timeout)
+            content_type = _download_into(fh, url, dest, part, progress, timeout)
         except BaseException:
             # Keep a partial download for resuming; an empty one is just clutter.
             if os.fstat(fh.fileno()).st_size == 0:
                 part.unlink(missing_ok=True)
             raise
-        have = digest.hexdigest()
+        os.fsync(fh.fileno())
+        have = sha256_file(part)
         if want is not None and have != want:
             part.unlink()
             html = (" The server sent an HTML page (Content-Type text/html), not the file: the URL "
@@ -116,83 +108,89 @@ def fetch(url: str, dest: Path, sha256: str | None, progress: bool = True, *,
         if want is None:
             LOG.warning("no sha256 given for %s, so the download is not verified; its sha256 is %s "
                         "(put it in the config to pin the file)", url, have)
-        os.fsync(fh.fileno())
         os.replace(part, dest)
     LOG.info("saved %s (sha256 %s)", dest, have)
     return dest
 
 
-def _download_into(fh, url: str, dest: Path, part: Path, progress: bool, timeout: float):
+class _RangeRefused(Exception):
+    """HTTP 416 to a resume request: the partial file is no prefix of what the server has now."""
+
+
+def _download_into(fh, url: str, dest: Path, part: Path, progress: bool, timeout: float) -> str:
     """Fill the open ``.part`` file from ``url``, resuming from its current size when possible.
 
-    Returns (sha256 object over the whole file, the response Content-Type).
+    Returns the response's Content-Type.
     """
     offset = os.fstat(fh.fileno()).st_size
-    resp = _open(url, dest, offset, timeout)
-    if offset and resp.status == 416:
-        # The partial file is no prefix of what the server has now: start from scratch.
+    try:
+        return _transfer(fh, url, dest, part, offset, progress, timeout)
+    except _RangeRefused:
         LOG.info("the server refused to resume %s; downloading it from the start", part)
-        resp.close()
-        offset = 0
-        resp = _open(url, dest, 0, timeout)
-    with resp:
-        if offset:
-            start = _range_start(resp)
-            if start == offset:
-                LOG.info("resuming %s at %.1f MB", url, offset / 1e6)
-            else:
-                LOG.info("the server does not resume downloads; downloading %s from the start", url)
-                offset = 0
-        fh.seek(0)
-        fh.truncate(offset)
-        digest = hashlib.sha256()
-        while fh.tell() < offset:
-            digest.update(fh.read(min(CHUNK, offset - fh.tell())))
+        return _transfer(fh, url, dest, part, 0, progress, timeout)
+
+
+def _transfer(fh, url: str, dest: Path, part: Path, offset: int, progress: bool, timeout: float) -> str:
+    """One request through pooch's HTTPDownloader, asking for bytes from ``offset`` on."""
+    import pooch
+    import requests
+
+    answer = {}
+    bar = _PoochBar(fh, f"downloading {dest.name}") if progress else False
+
+    def on_response(resp, *args, **kwargs):
+        # Runs once the headers are in, before pooch writes a byte: only now is it known whether
+        # the server resumes (206 from ``offset``) or sends the whole file (200).
+        if resp.is_redirect or not resp.ok:
+            return
+        start = offset if offset and _range_start(resp) == offset else 0
+        if start:
+            LOG.info("resuming %s at %.1f MB", url, start / 1e6)
+        elif offset:
+            LOG.info("the server does not resume downloads; downloading %s from the start", url)
+        fh.seek(start)
+        fh.truncate(start)
+        # On a body shorter than its Content-Length urllib3 raises and drops the bytes of the chunk it
+        # was filling; unchecked, every byte received reaches the .part file (to resume from), and
+        # the length is checked once the body ends.
+        resp.raw.enforce_content_length = False
         length = resp.headers.get("Content-Length")
-        expected = offset + int(length) if length and length.isdigit() else None
-        bar = _MBProgress(expected, f"downloading {dest.name}", offset) if progress else None
-        done = offset
-        try:
-            while chunk := resp.read(CHUNK):
-                fh.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if bar:
-                    bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as err:
-            fh.flush()
-            raise _interrupted(url, dest, part, done, expected, err) from None
-        fh.flush()
-        if expected is not None and done != expected:
-            raise _interrupted(url, dest, part, done, expected, "the connection closed early")
+        answer.update(start=start, content_type=resp.headers.get("Content-Type", ""),
+                      expected=start + int(length) if length and length.isdigit() else None)
         if bar:
-            took = time.monotonic() - bar.start
-            LOG.info("downloaded %s: %.1f MB in %.1f s (%.2f MB/s)", dest.name,
-                     (done - offset) / 1e6, took, (done - offset) / 1e6 / max(took, 1e-9))
-        return digest, resp.headers.get("Content-Type", "")
+            bar.begin(start)
 
-
-def _open(url: str, dest: Path, offset: int, timeout: float):
-    """Open ``url`` (asking for bytes from ``offset`` on); HTTP 416 is returned, not raised."""
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+    downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=CHUNK, timeout=timeout, headers=headers,
+                                      hooks={"response": on_response})
     try:
-        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if offset and err.code == 416:
-            return err
-        err.close()
-        raise _network_error(url, dest, f"the server answered HTTP {err.code} {err.reason}") from None
-    except urllib.error.URLError as err:
-        raise _network_error(url, dest, f"could not connect ({err.reason})") from None
-    except (OSError, http.client.HTTPException) as err:
-        raise _network_error(url, dest, f"the connection failed ({err!r})") from None
+        downloader(url, fh, None)
+    except requests.exceptions.HTTPError as err:
+        status = err.response.status_code
+        if offset and status == 416:
+            raise _RangeRefused from None
+        raise _network_error(url, dest, f"the server answered HTTP {status} {err.response.reason}") from None
+    except (requests.exceptions.RequestException, OSError) as err:
+        if "start" not in answer:
+            raise _network_error(url, dest, f"could not connect ({err})") from None
+        fh.flush()
+        raise _interrupted(url, dest, part, fh.tell(), answer["expected"], err) from None
+    fh.flush()
+    done = fh.tell()
+    if answer["expected"] is not None and done != answer["expected"]:
+        raise _interrupted(url, dest, part, done, answer["expected"], "the connection closed early")
+    if bar:
+        took = time.monotonic() - bar.log.start
+        got = (done - answer["start"]) / 1e6
+        LOG.info("downloaded %s: %.1f MB in %.1f s (%.2f MB/s)", dest.name, got, took, got / max(took, 1e-9))
+    return answer["content_type"]
 
 
 def _range_start(resp) -> int | None:
     """First byte position of a 206 Partial Content answer, else None."""
-    if resp.status != 206:
+    if resp.status_code != 206:
         return None
     m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", resp.headers.get("Content-Range", ""))
     return int(m.group(1)) if m else None
@@ -241,337 +239,38 @@ class _MBProgress(Progress):
                 f"ETA {format_seconds(eta)}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Extraction
+class _PoochBar:
+    """The progress bar pooch's HTTPDownloader drives (``total``, ``update``, ``reset``, ``close``),
+    logged as lines by _MBProgress rather than drawn (the workflow's logs are files). It counts the
+    ``.part`` file's size, so a resumed download includes what it had and the count is exact
+    (pooch reports whole chunks)."""
 
+    def __init__(self, fh, what: str):
+        self.fh, self.what, self.offset = fh, what, 0
+        self.log = _MBProgress(None, what)
 
-@dataclass
-class _Member:
-    raw: object  # TarInfo or ZipInfo
-    name: str  # normalised POSIX path inside the archive, "" for the archive root itself
-    is_dir: bool
-    size: int
-    problem: str | None
-    compressed: int | None = None  # zip only: tar members are compressed together
-
-
-@dataclass
-class _Checked:
-    """An open archive whose members all passed the safety checks."""
-    path: Path
-    kind: str  # "tar" or "zip"
-    handle: object  # TarFile or ZipFile
-    members: list[_Member]  # without the archive root entry ("./")
-    limits: "ExtractLimits | None" = None
+    def begin(self, offset: int) -> None:
+        self.offset = offset
+        self.log = _MBProgress(None, self.what, offset)
 
     @property
-    def names(self) -> list[str]:
-        return [m.name for m in self.members]
+    def total(self) -> float:
+        return self.log.total
 
+    @total.setter
+    def total(self, length: int) -> None:
+        # pooch sets the answer's Content-Length, 0 when the server gives none.
+        self.log.total = self.offset + length if length else math.inf
 
-# Members (or, in a tar, the whole archive) smaller than this are not held to the compression
-# ratio: a small file of repeated bytes compresses enormously and harms nobody.
-RATIO_FLOOR = 1 << 20
+    def update(self, _n: int) -> None:
+        if grown := self.fh.tell() - self.log.done:
+            self.log.update(grown)
 
+    def reset(self) -> None:
+        pass
 
-@dataclass(frozen=True)
-class ExtractLimits:
-    """How much an archive may unpack to: in total, and relative to its compressed size.
-
-    ``config``: where the values come from, for messages (e.g. ``datasets.breakhis``).
-    """
-    max_total_bytes: float
-    max_ratio: float
-    config: str
-
-    @classmethod
-    def from_config(cls, max_extracted_gb: float, max_compression_ratio: float, config: str) -> "ExtractLimits":
-        return cls(max_extracted_gb * 1e9, max_compression_ratio, config)
-
-
-def safe_extract(archive: Path, target: Path, limits: ExtractLimits | None = None) -> list[str]:
-    """Extract a tar (.tar, .tar.gz, .tgz, also bz2/xz) or zip archive into ``target``.
-
-    Every member is checked before anything is written. Refused, with a UserError listing them:
-    absolute paths, '..' components, backslashes, symbolic and hard links (all of them: the
-    datasets and checkpoints fetched here contain only files and folders, and a link is the
-    classic way to write outside the target), device files, FIFOs and other special members.
-    The archive is extracted into a hidden temporary folder inside ``target``; each top-level
-    entry is then renamed into ``target``, so an interrupted extraction leaves no complete-looking
-    entry (the temporary folder is removed; only a killed process can leave a hidden
-    ``.<archive>.*.extracting`` folder, which may be deleted). An existing top-level entry is only
-    replaced when it is an empty folder; anything else is refused.
-
-    ``limits``: refuse, before writing anything, an archive whose headers declare more than
-    ``max_total_bytes`` in all, or a member (a tar: the whole archive, whose members are
-    compressed together) of over ``RATIO_FLOOR`` bytes that unpacks to more than ``max_ratio``
-    times its compressed size; the total is enforced again while writing, since headers can lie.
-    None: no limits (the official checkpoint archives, whose URLs are fixed in the code).
-
-    Returns the extracted member names (normalised POSIX paths, in archive order).
-    """
-    with _open_checked(archive, limits) as arc:
-        return _extract_checked(arc, Path(target))
-
-
-@contextlib.contextmanager
-def _open_checked(archive: Path, limits: ExtractLimits | None = None):
-    """Open ``archive`` and check all its members (and sizes against ``limits``); yield a _Checked.
-
-    Archive, decompression and disk errors, in the checks or in the caller's block, become a
-    UserError."""
-    archive = Path(archive)
-    if not archive.is_file():
-        raise UserError(f"archive {archive} does not exist", where=str(archive),
-                        fix="download it first (or check the path)")
-    try:
-        with _open_archive(archive) as (kind, handle):
-            members = _tar_members(handle) if kind == "tar" else _zip_members(handle)
-            _refuse_unsafe(archive, members)
-            if limits is not None:
-                _refuse_oversized(archive, kind, members, limits)
-            yield _Checked(archive, kind, handle, [m for m in members if m.name], limits)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, RuntimeError) as err:
-        # zlib/gzip/lzma errors, truncated archives, encrypted zips and disk errors end up here.
-        raise UserError(f"could not extract {archive}: {err}", where=str(archive),
-                        fix="if the archive is damaged, delete it and download it again; if the "
-                            "disk is full, free some space; then run again") from None
-
-
-def _extract_checked(arc: _Checked, target: Path) -> list[str]:
-    tops = _top_level(arc.members)
-    _refuse_conflicts(arc.path, target, tops)
-    _check_space(arc.path, target, sum(m.size for m in arc.members))
-    target.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{arc.path.name}.", suffix=".extracting", dir=target))
-    try:
-        bar = Progress(len(arc.members), f"extracting {arc.path.name}", unit="members")
-        budget = _Budget(arc.path, arc.limits)
-        if arc.kind == "tar":
-            _extract_tar(arc.handle, arc.members, tmp, bar, budget)
-        else:
-            _extract_zip(arc.handle, arc.members, tmp, bar, budget)
-        for top in sorted(tops):
-            os.replace(tmp / top, target / top)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    LOG.info("extracted %d members of %s into %s", len(arc.members), arc.path, target)
-    return arc.names
-
-
-@contextlib.contextmanager
-def _open_archive(archive: Path):
-    """Yield ("tar", TarFile) or ("zip", ZipFile); the format is recognised by content."""
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive, "r:*") as tf:
-            yield "tar", tf
-    elif zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            yield "zip", zf
-    else:
-        raise UserError(f"{archive} is neither a tar nor a zip archive", where=str(archive),
-                        fix="check the URL (it may give a web page instead of the file); supported "
-                            "formats are .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz and .zip")
-
-
-def _normalise_name(name: str) -> tuple[str, str | None]:
-    """(POSIX path without '.' parts, problem or None)."""
-    if "\\" in name:
-        # A Windows separator: '..\\x' means '../x' to some tools and a plain name to others.
-        return name, "backslash in the name (ambiguous path separator)"
-    if name.startswith("/"):
-        return name, "absolute path"
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        return name, "'..' component (would land outside the target)"
-    return "/".join(parts), None
-
-
-def _tar_members(tf: tarfile.TarFile) -> list[_Member]:
-    out = []
-    for ti in tf.getmembers():
-        name, problem = _normalise_name(ti.name)
-        if problem is None:
-            if ti.issym():
-                problem = f"symbolic link to {ti.linkname!r} (links are refused)"
-            elif ti.islnk():
-                problem = f"hard link to {ti.linkname!r} (links are refused)"
-            elif ti.ischr() or ti.isblk():
-                problem = "device file"
-            elif ti.isfifo():
-                problem = "FIFO"
-            elif not (ti.isreg() or ti.isdir()):
-                problem = f"unsupported tar member type {ti.type!r}"
-            elif not name and not ti.isdir():
-                problem = "file without a name"
-        out.append(_Member(ti, name, ti.isdir(), ti.size if ti.isreg() else 0, problem))
-    return out
-
-
-def _zip_members(zf: zipfile.ZipFile) -> list[_Member]:
-    out = []
-    for zi in zf.infolist():
-        name, problem = _normalise_name(zi.filename)
-        mode = zi.external_attr >> 16
-        if problem is None and zi.create_system == 3 and mode:  # Unix-made: mode bits are meaningful
-            if stat.S_ISLNK(mode):
-                problem = "symbolic link (links are refused)"
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                problem = "device file"
-            elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-                problem = "FIFO or socket"
-        if problem is None and not name and not zi.is_dir():
-            problem = "file without a name"
-        out.append(_Member(zi, name, zi.is_dir(), 0 if zi.is_dir() else zi.file_size, problem,
-                           0 if zi.is_dir() else zi.compress_size))
-    return out
-
-
-def _refuse_unsafe(archive: Path, members: list[_Member]) -> None:
-    bad = [m for m in members if m.problem]
-    if not bad:
-        return
-    listed = [f"  - {_raw_name(m)!r}: {m.problem}" for m in bad[:MAX_LISTED]]
-    if len(bad) > MAX_LISTED:
-        listed.append(f"  ... and {len(bad) - MAX_LISTED} more")
-    raise UserError(
-        f"refusing to extract {archive}: {len(bad)} member(s) could write outside the target "
-        "folder or are not plain files or folders:\n" + "\n".join(listed),
-        where=str(archive),
-        fix=("nothing was extracted. Absolute paths, '..', links and special files are refused "
-             "because a crafted archive can use them to overwrite files anywhere. Check that the "
-             "URL gives the archive you expect; if you trust it, extract it yourself and point "
-             "the config at the extracted folder"))
-
-
-def _raw_name(m: _Member) -> str:
-    return m.raw.name if isinstance(m.raw, tarfile.TarInfo) else m.raw.filename
-
-
-def _top_level(members: list[_Member]) -> dict[str, bool]:
-    """Top-level entry -> whether it is a folder."""
-    tops: dict[str, bool] = {}
-    for m in members:
-        head, _, rest = m.name.partition("/")
-        tops[head] = tops.get(head, False) or bool(rest) or m.is_dir
-    return tops
-
-
-def _refuse_conflicts(archive: Path, target: Path, tops: dict[str, bool]) -> None:
-    def replaceable(top: str) -> bool:
-        path = target / top
-        if not os.path.lexists(path):
-            return True
-        # rename() may replace an empty folder with a folder, nothing else.
-        return tops[top] and path.is_dir() and not path.is_symlink() and not any(path.iterdir())
-
-    clash = sorted(t for t in tops if not replaceable(t))
-    if clash:
-        raise UserError(
-            f"cannot extract {archive} into {target}: these entries already exist there: "
-            f"{', '.join(clash)}",
-            where=str(target),
-            fix="nothing was extracted; move or delete those entries (or use them as they are), "
-                "then run again")
-
-
-def _check_space(archive: Path, target: Path, needed: int) -> None:
-    probe = target
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if needed > free:
-        raise UserError(
-            f"not enough disk space to extract {archive}: it needs {needed / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB are free",
-            where=str(target), fix="free some space or extract to another disk")
-
-
-def _extract_tar(tf: tarfile.TarFile, keep: list[_Member], tmp: Path, bar: Progress, budget: "_Budget") -> None:
-    def counted():
-        for m in keep:
-            # A tar member's data is exactly the size its header gives.
-            budget.spend(m, m.size)
-            yield m.raw
-            bar.update()
-
-    # Second layer of defence where Python has it (3.11.4+); our own checks above give the message.
-    options = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    try:
-        tf.extractall(tmp, members=counted(), **options)
-    except tarfile.FilterError as err:
-        raise UserError(f"refusing to extract {tf.name}: {err}", where=str(tf.name),
-                        fix="check that the URL gives the archive you expect") from None
-
-
-def _extract_zip(zf: zipfile.ZipFile, keep: list[_Member], tmp: Path, bar: Progress, budget: "_Budget") -> None:
-    for m in keep:
-        dest = tmp / m.name
-        if m.is_dir:
-            dest.mkdir(parents=True, exist_ok=True)
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            # zipfile stops a member at its declared size (then checks the CRC); the bytes are
-            # counted as they are written all the same.
-            with zf.open(m.raw) as src, open(dest, "wb") as dst:
-                while chunk := src.read(CHUNK):
-                    budget.spend(m, len(chunk))
-                    dst.write(chunk)
-        bar.update()
-
-
-class _Budget:
-    """The running total of bytes written, held to ``limits.max_total_bytes``."""
-
-    def __init__(self, archive: Path, limits: "ExtractLimits | None"):
-        self.archive, self.limits, self.total = archive, limits, 0
-
-    def spend(self, member: _Member, n: int) -> None:
-        self.total += n
-        if self.limits is not None and self.total > self.limits.max_total_bytes:
-            raise self.refusal(f"extracting member {member.name!r} brings the total past the "
-                               f"{_gb(self.limits.max_total_bytes)} allowed by {self.limits.config}.max_extracted_gb")
-
-    def refusal(self, what: str) -> UserError:
-        return _limit_error(self.archive, what, self.limits.config)
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.3g} GB"
-
-
-def _limit_error(archive: Path, what: str, config: str) -> UserError:
-    return UserError(f"refusing to extract {archive}: {what}", where=str(archive),
-                     fix=("nothing was extracted. A small archive that unpacks to a huge size (a "
-                          "decompression bomb) can fill the disk; check that the URL gives the archive you "
-                          f"expect. If it is right, raise max_extracted_gb / max_compression_ratio under "
-                          f"{config} in the config"))
-
-
-def _refuse_oversized(archive: Path, kind: str, members: list[_Member], limits: ExtractLimits) -> None:
-    """The header checks: the declared total, and the compression ratio (per zip member; a tar's
-    members are compressed together, so the whole archive's)."""
-    total = sum(m.size for m in members)
-    if total > limits.max_total_bytes:
-        largest = max(members, key=lambda m: m.size)
-        raise _limit_error(archive, f"its members add up to {_gb(total)} (the largest, {largest.name!r}, "
-                                    f"{_gb(largest.size)}), more than the {_gb(limits.max_total_bytes)} allowed by "
-                                    f"{limits.config}.max_extracted_gb",
-                           limits.config)
-    if kind == "zip":
-        checked = [(f"member {m.name!r}", m.size, m.compressed) for m in members if m.size > RATIO_FLOOR]
-    else:
-        checked = [("the archive", total, archive.stat().st_size)] if total > RATIO_FLOOR else []
-    for what, size, packed in checked:
-        ratio = size / max(packed, 1)
-        if ratio > limits.max_ratio:
-            raise _limit_error(archive, f"{what} unpacks to {size:,} bytes from {packed:,} compressed (ratio "
-                                        f"{ratio:,.0f}), more than the {limits.max_ratio:g} allowed by "
-                                        f"{limits.config}.max_compression_ratio", limits.config)
-
-
-# ---------------------------------------------------------------------------------------------
-# Datasets
+    def close(self) -> None:
+        pass
 
 
 def archive_name(url: str) -> str:
@@ -593,7 +292,7 @@ def ensure_root(root: Path, url: str, sha256: str, allow_download: bool,
     - ``url`` is set and ``allow_download`` is true: the archive (named after the URL's last
       segment) is fetched into ``download_dir`` (and kept there, so a rerun needs no download),
       verified against ``sha256`` (empty: not verified, the computed hash is logged) and
-      extracted (within ``limits``, see ``safe_extract``) so that ``root`` appears:
+      extracted (within ``limits``, see ``deepbc.archives.safe_extract``) so that ``root`` appears:
         * if ``root`` or one of its parents is named like a top-level folder of the archive, into
           that folder's parent. BreakHis: root ``/data/BreaKHis_v1`` (or
           ``/data/BreaKHis_v1/histology_slides/breast``) and ``BreaKHis_v1.tar.gz`` holding
@@ -611,17 +310,17 @@ def ensure_root(root: Path, url: str, sha256: str, allow_download: bool,
     if not url or not allow_download:
         return
     archive = fetch(url, download_dir / archive_name(url), sha256 or None)
-    with _open_checked(archive, limits) as arc:
+    with open_checked(archive, limits) as arc:
         into = _extraction_folder(root, arc)
         LOG.info("extracting %s into %s so that %s appears", archive, into, root)
-        _extract_checked(arc, into)
+        extract_checked(arc, into)
     if not root.is_dir():
         raise UserError(f"after extracting {archive}, {root} is a file, not a folder", where=str(root),
                         fix="check that the URL is the right archive and the dataset folder setting")
 
 
-def _extraction_folder(root: Path, arc: _Checked) -> Path:
-    tops = _top_level(arc.members)
+def _extraction_folder(root: Path, arc: CheckedArchive) -> Path:
+    tops = top_level(arc.members)
     if not tops:
         raise UserError(f"{arc.path} is empty", where=str(arc.path),
                         fix="check the URL; delete the archive and download it again")

@@ -1,4 +1,4 @@
-"""deepbc.download against an HTTP server on loopback: fetch, checksums, resume, safe extraction."""
+"""deepbc.download and deepbc.archives against an HTTP server on loopback: fetch, checksums, resume, safe extraction."""
 
 import fcntl
 import hashlib
@@ -17,8 +17,9 @@ import pytest
 
 import yaml
 
-from deepbc import download
-from deepbc.download import ExtractLimits, fetch, safe_extract, sha256_file
+from deepbc import archives, download
+from deepbc.archives import ExtractLimits, safe_extract
+from deepbc.download import fetch, sha256_file
 from deepbc.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,13 +302,13 @@ def test_interrupted_extraction_leaves_nothing_complete(tmp_path, monkeypatch):
     archive = tmp_path / "a.tar"
     archive.write_bytes(_tar(GOOD, mode="w"))
 
-    class Interrupted(download.Progress):
+    class Interrupted(archives.Progress):
         def update(self, n=1, **extra):
             if self.done >= 1:
                 raise KeyboardInterrupt
             super().update(n, **extra)
 
-    monkeypatch.setattr(download, "Progress", Interrupted)
+    monkeypatch.setattr(archives, "Progress", Interrupted)
     target = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         safe_extract(archive, target)
@@ -474,7 +475,7 @@ def test_archive_total_size_limit_from_headers_and_while_extracting(tmp_path, mo
             safe_extract(archive, out, limits)
         assert not out.exists()
         # Headers can lie: with the header check passed, writing stops at the limit all the same.
-        monkeypatch.setattr(download, "_refuse_oversized", lambda *args: None)
+        monkeypatch.setattr(archives, "_refuse_oversized", lambda *args: None)
         with pytest.raises(UserError, match=r"extracting member 'pkg/b.bin' brings the total past the 0\.0015 GB "
                                             r"allowed by datasets\.tma\.max_extracted_gb"):
             safe_extract(archive, out, limits)

@@ -5,11 +5,13 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# Needed to develop and test, not to run the workflow: not in the conda environments.
+DEV_TOOLS = ("pytest", "snakefmt")
 
 
 def _requirements():
     lines = (ROOT / "requirements.txt").read_text().splitlines()
-    return {l.strip() for l in lines if l.strip() and not l.startswith("#") and not l.startswith("pytest")}
+    return {l.strip() for l in lines if l.strip() and not l.startswith("#") and not l.startswith(DEV_TOOLS)}
 
 
 def _pip_section(name):
