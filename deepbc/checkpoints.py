@@ -17,12 +17,18 @@ import os
 import tempfile
 from pathlib import Path
 
+from deepbc.archives import ExtractLimits, safe_extract
 from deepbc.atomic import write_json
 from deepbc.errors import UserError
 from deepbc.nets import NetSpec, get_network_fn, get_spec
 
 LOG = logging.getLogger(__name__)
 MAX_LISTED = 15  # per kind of mismatch in an error message; the counts are always complete
+# The official archives unpack to at most about 0.6 GB (vgg_19) at a ratio near 1 (float weights
+# barely compress): these limits refuse a decompression bomb and let every real one through.
+ARCHIVE_LIMITS = ExtractLimits(max_total_bytes=2e9, max_ratio=10,
+                               config="the limits for TF-Slim checkpoint archives (deepbc.checkpoints.ARCHIVE_LIMITS)",
+                               in_config=False)
 
 
 def checkpoint_path(arch: str, checkpoint_dir) -> Path:
@@ -80,7 +86,7 @@ def _download(spec: NetSpec, checkpoint_dir: Path) -> Path:
     # network's variables instead (see check_checkpoint).
     download.fetch(spec.checkpoint_url, archive, sha256=None, progress=True)
     with tempfile.TemporaryDirectory(prefix=".extract-", dir=checkpoint_dir) as tmp:
-        names = download.safe_extract(archive, Path(tmp))
+        names = safe_extract(archive, Path(tmp), ARCHIVE_LIMITS)
         files = [n for n in names if _is_checkpoint_file(Path(n).name, spec.checkpoint_file)]
         if not files:
             raise UserError(f"{archive.name} holds no {spec.checkpoint_file}",

@@ -1,5 +1,6 @@
 """ImageNet checkpoints: locating, downloading (simulated), restoring all but the logits, mismatch reports."""
 
+import io
 import json
 import subprocess
 import sys
@@ -175,7 +176,7 @@ def test_checkpoint_found_in_the_folder_or_an_arch_subfolder(tmp_path):
 
 def test_download_extracts_the_checkpoint_from_the_official_archive(tmp_path, monkeypatch):
     # The archive is made here (a V2 checkpoint plus extra files, in a subfolder); fetch is faked,
-    # extraction is deepbc.download's real safe_extract.
+    # extraction is deepbc.archives' real safe_extract.
     made = tmp_path / "made"
     save_variables(made / "resnet_v2_50.ckpt", {"resnet_v2_50/conv1/weights": [7, 7, 3, 64]})
     (made / "train.graph").write_text("graph")
@@ -204,6 +205,29 @@ def test_download_extracts_the_checkpoint_from_the_official_archive(tmp_path, mo
     # Present now: no second download.
     assert checkpoints.provide_checkpoint("resnet_v2_50", ckpt_dir, allow_download=True) == prefix
     assert len(fetched) == 1
+
+
+def test_downloaded_checkpoint_archive_is_held_to_size_limits(tmp_path, monkeypatch):
+    # 4 MiB of zeros in a few kB: a decompression bomb, refused before anything is written.
+    archive_src = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive_src, "w:gz") as tar:
+        info = tarfile.TarInfo("resnet_v2_50.ckpt.data-00000-of-00001")
+        info.size = 4 << 20
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+
+    def fake_fetch(url, dest, sha256=None, progress=True):
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        Path(dest).write_bytes(archive_src.read_bytes())
+        return Path(dest)
+
+    from deepbc import download
+
+    monkeypatch.setattr(download, "fetch", fake_fetch)
+    ckpt_dir = tmp_path / "checkpoints"
+    with pytest.raises(UserError, match=r"(?s)the archive unpacks to 4,194,304 bytes .* allowed by the limits "
+                                        r"for TF-Slim checkpoint archives.*nothing was extracted"):
+        checkpoints.provide_checkpoint("resnet_v2_50", ckpt_dir, allow_download=True)
+    assert sorted(p.name for p in ckpt_dir.rglob("*") if not p.is_dir()) == ["resnet_v2_50_2017_04_14.tar.gz"]
 
 
 def test_prepare_checkpoint_writes_a_stable_record(tmp_path):
