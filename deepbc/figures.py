@@ -31,7 +31,7 @@ from deepbc import atomic  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
 from deepbc.metrics import grouping_of, patient_table, prob_column  # noqa: E402
 from deepbc.tables import protocol_label  # noqa: E402
-from deepbc.workflow_config import parse_run  # noqa: E402
+from deepbc.runs import parse_run  # noqa: E402
 
 PROTOCOL_STYLE = {"patient": "-", "image": "--"}
 _PRED_PATH = re.compile(r"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>\d+)\.parquet$")

@@ -46,7 +46,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from deepbc import atomic
 from deepbc.errors import UserError
 from deepbc.logs import LOG
-from deepbc.workflow_config import parse_run
+from deepbc.runs import parse_run
 
 CONFIDENCE = 0.95
 # Scalar metrics that get a bootstrap CI.

@@ -28,7 +28,7 @@ import yaml
 from deepbc import atomic
 from deepbc.errors import UserError
 from deepbc.metrics import CONFIDENCE, GROUPING_LABELS, KEPT_DRAWS
-from deepbc.workflow_config import parse_run
+from deepbc.runs import parse_run
 
 LOG = logging.getLogger("deepbc")
 

@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from deepbc.errors import UserError
-from deepbc.workflow_config import parse_run, run_name
 
 LOG = logging.getLogger(__name__)
 
 MAGNIFICATIONS = ("all", "40X", "100X", "200X", "400X")
 PROTOCOLS = ("patient", "image")
-# run_name/parse_run live in workflow_config (the Snakefile needs them without pandas); re-exported here.
-__all__ = ["Task", "select", "run_name", "parse_run", "MAGNIFICATIONS", "PROTOCOLS"]
+__all__ = ["Task", "select", "MAGNIFICATIONS", "PROTOCOLS"]
 
 
 @dataclass(frozen=True)

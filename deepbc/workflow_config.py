@@ -10,6 +10,7 @@ import json
 import os
 
 from deepbc.errors import UserError
+from deepbc.runs import run_name
 
 BREAKHIS_LABELS = {
     "tissue": ["benign", "malignant"],
@@ -19,18 +20,6 @@ BREAKHIS_LABELS = {
                      "papillary_carcinoma"],
     "magnification": ["40X", "100X", "200X", "400X"],
 }
-IMAGE_LEVEL_SUFFIX = "__image_level"
-
-
-def run_name(task: str, protocol: str) -> str:
-    """A run is a task under one protocol; the leaky image-level protocol is named as such."""
-    return task if protocol == "patient" else f"{task}{IMAGE_LEVEL_SUFFIX}"
-
-
-def parse_run(run: str) -> tuple[str, str]:
-    if run.endswith(IMAGE_LEVEL_SUFFIX):
-        return run[: -len(IMAGE_LEVEL_SUFFIX)], "image"
-    return run, "patient"
 
 
 def check(config: dict) -> None:

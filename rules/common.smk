@@ -9,6 +9,7 @@ min_version("9.0")
 # Make the deepbc package importable in every job (plain venv, conda env or SLURM node).
 sys.path.insert(0, workflow.basedir)
 from deepbc import workflow_config as wc  # noqa: E402
+from deepbc.runs import parse_run  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
 
 try:
@@ -66,11 +67,11 @@ def demo_inputs(wildcards):
 
 
 def run_task(run):
-    return wc.parse_run(run)[0]
+    return parse_run(run)[0]
 
 
 def run_protocol(run):
-    return wc.parse_run(run)[1]
+    return parse_run(run)[1]
 
 
 def run_dataset(run):

@@ -182,9 +182,6 @@ def test_task_config_errors():
         _tiny_task(magnification="50X")
     with pytest.raises(UserError, match="protocol"):
         _tiny_task(protocols=["slide"])
-    assert tasks.run_name("bvm", "image") == "bvm__image_level"
-    assert tasks.parse_run("bvm__image_level") == ("bvm", "image")
-    assert tasks.parse_run(tasks.run_name("bvm", "patient")) == ("bvm", "patient")
 
 
 def test_splits_carry_the_manifest_hash():
