@@ -126,3 +126,13 @@ def test_rule_seconds_sums_benchmark_files(tmp_path):
     assert end_to_end.rule_seconds(tmp_path) == {
         "train": {"jobs": 2, "seconds": 4.0, "max_rss_mb": 500.0},
         "make_demo": {"jobs": 1, "seconds": 4.0, "max_rss_mb": 0.0}}
+
+
+def test_benchmark_images_come_from_the_demo_painter():
+    import numpy as np
+
+    from deepbc import synthetic_he
+
+    # Image 9: the second style (F) at the second magnification (100X), patient 0.
+    expected = synthetic_he.paint("F", synthetic_he.MAG_SCALE[100], (70, 46), 1, "bench/9", "bench0", supersample=1)
+    assert np.array_equal(common.he_image(1, 9, 46, 70), np.asarray(expected))

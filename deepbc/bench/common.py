@@ -54,46 +54,22 @@ def ratio(numerator: float, denominator: float) -> float | None:
 
 # --------------------------------------------------------------------------- synthetic images
 
-def smooth_field(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
-    """Low-frequency noise in [0, 1]: a coarse random grid upsampled bicubically."""
-    from PIL import Image
-
-    coarse = rng.random((h // cell + 2, w // cell + 2)).astype(np.float32)
-    up = Image.fromarray(coarse, mode="F").resize((w + 2 * cell, h + 2 * cell), Image.Resampling.BICUBIC)
-    return np.asarray(up, dtype=np.float32)[cell:cell + h, cell:cell + w]
+# Each benchmark image is drawn by the demo's painter: the styles of the eight BreakHis subtypes in
+# turn, at the four magnifications in turn, a new patient (stain) every few images.
+BENCH_STYLES = ("A", "F", "PT", "TA", "DC", "LC", "MC", "PC")
+IMAGES_PER_PATIENT = 24
 
 
-def he_image(rng: np.random.Generator, h: int = BREAKHIS_HEIGHT, w: int = BREAKHIS_WIDTH) -> np.ndarray:
-    """An H&E-like micrograph (uint8 RGB): eosin stroma with fibres and lumina, haematoxylin nuclei,
-    camera noise. Its PNG is ~0.5-0.6 MB at 700x460, like BreakHis', not a flat image that
-    compresses to nothing and would flatter every reader."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    eosin = np.array([236, 160, 196], np.float32)
-    haem = np.array([84, 48, 128], np.float32)
-    white = np.array([246, 238, 244], np.float32)
-    density = 0.55 * smooth_field(rng, h, w, 60) + 0.45 * smooth_field(rng, h, w, 12)
-    angle = rng.uniform(0, np.pi)
-    fibres = 0.5 + 0.5 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / rng.uniform(3, 7)
-                                + 6 * smooth_field(rng, h, w, 30))
-    stroma = np.clip(0.35 + 0.5 * density + 0.25 * fibres * density, 0, 1)
-    lumen = np.clip((smooth_field(rng, h, w, 80) - 0.72) * 8, 0, 1)
-    img = white + (eosin - white) * stroma[..., None]
-    img = img * (1 - lumen[..., None]) + white * lumen[..., None]
-    nuclei = np.zeros((h, w), np.float32)
-    n = int(rng.integers(250, 500) * h * w / (BREAKHIS_HEIGHT * BREAKHIS_WIDTH)) + 1
-    cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
-    for y0, x0 in zip(cy, cx):
-        a, b = rng.uniform(3, 11), rng.uniform(3, 8)
-        t = rng.uniform(0, np.pi)
-        y1, y2, x1, x2 = max(0, y0 - 12), min(h, y0 + 13), max(0, x0 - 12), min(w, x0 + 13)
-        dy, dx = yy[y1:y2, x1:x2] - y0, xx[y1:y2, x1:x2] - x0
-        u, v = dx * np.cos(t) + dy * np.sin(t), -dx * np.sin(t) + dy * np.cos(t)
-        r = (u / a) ** 2 + (v / b) ** 2
-        nuclei[y1:y2, x1:x2] = np.maximum(nuclei[y1:y2, x1:x2], np.clip(1.5 - r, 0, 1) * rng.uniform(0.6, 1))
-    nuclei *= 0.75 + 0.25 * rng.random((h, w)).astype(np.float32)  # chromatin texture
-    img = img * (1 - nuclei[..., None]) + haem * nuclei[..., None]
-    img += rng.normal(0, 3.0, img.shape).astype(np.float32)  # sensor noise
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+def he_image(seed: int, i: int, h: int = BREAKHIS_HEIGHT, w: int = BREAKHIS_WIDTH) -> np.ndarray:
+    """Benchmark image ``i`` (uint8 RGB) from deepbc.synthetic_he. Its PNG is ~0.45-0.6 MB at 700x460,
+    like BreakHis', not a flat image that compresses to nothing and would flatter every reader.
+    Painted without supersampling: at this size nuclei are many pixels across."""
+    from deepbc.synthetic_he import MAG_SCALE, paint
+
+    mags = sorted(MAG_SCALE)
+    image = paint(BENCH_STYLES[i % len(BENCH_STYLES)], MAG_SCALE[mags[i // len(BENCH_STYLES) % len(mags)]], (w, h),
+                  seed, identity=f"bench/{i}", patient=f"bench{i // IMAGES_PER_PATIENT}", supersample=1)
+    return np.asarray(image)
 
 
 def write_he_images(root: Path, rel_paths: list[str], seed: int, size: tuple[int, int] = (BREAKHIS_HEIGHT, BREAKHIS_WIDTH),
@@ -126,7 +102,7 @@ def _write_one(job) -> None:
 
     path, seed, i, (h, w) = job
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(he_image(np.random.default_rng([seed, i]), h, w)).save(path, format="PNG")
+    Image.fromarray(he_image(seed, i, h, w)).save(path, format="PNG")
 
 
 # --------------------------------------------------------------------------- processes and memory
