@@ -15,6 +15,11 @@ def test_committed_config_readme_is_the_generators_output():
         f"`{config_docs.COMMAND}` and commit it")
 
 
+def test_every_schema_key_has_a_description():
+    schema = config_docs.load_schema(REPO / "config" / "schema.yaml")
+    bare = [key for key, node, _, note in config_docs.rows(schema) if not (node.get("description") or note)]
+    assert not bare, f"give these keys a description in config/schema.yaml: {', '.join(bare)}"
+
 def test_every_key_is_listed_with_type_default_allowed_and_description():
     schema = {
         "definitions": {
