@@ -32,6 +32,19 @@ Conventions (also written into every metrics JSON under ``conventions``):
   fold), so the folds' draws are independent; the image and mean-probability blocks keep their
   draws of the headline metrics (``bootstrap_values``), from which the tables build the interval
   of the mean over folds.
+- Patient recognition rate (``image_level.patient_recognition_rate``; Spanhol et al. 2016, IEEE
+  TBME): for each test patient the fraction of its images classified right, then the mean over
+  patients (every patient weighs the same, whatever its number of images). In a bootstrap draw a
+  patient drawn m times weighs m.
+- Calibration (image level and the mean-probability patient level): ``brier`` is the mean over
+  units of the sum over classes of (probability - one-hot truth)^2 (Brier 1950; 0 to 2; for two
+  classes twice the one-probability score); ``ece`` is the expected calibration error over
+  ECE_BINS equal-width bins of the confidence (the highest class probability, bins (0, 1/15],
+  ..., (14/15, 1]): the sum over bins of the bin's share of units times |accuracy - mean
+  confidence| in it. Majority-vote shares are not probabilities and get neither.
+- Per magnification (``by_magnification``, BreakHis only; a folder dataset's "NA" gives none):
+  the image and mean-probability patient blocks of the test images of each magnification, with
+  their own bootstrap over those images' patients and the draws of MAGNIFICATION_DRAWS kept.
 - Grouping (``meta.grouping``): ``patient`` when the dataset maps images to patients (BreakHis, or a
   folder dataset with a patients CSV), ``image`` when each image is its own group (a folder dataset
   without one; manifest column ``patient_source``). An ``image``-grouped run is never called
@@ -54,6 +67,17 @@ CI_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ma
               "macro_specificity", "macro_precision", "macro_f1", "auc")
 # Headline metrics whose bootstrap draws are kept, for the tables' intervals over folds.
 KEPT_DRAWS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
+# Figures of the probabilities (not of the confusion matrix), with CIs and kept draws; the patient
+# recognition rate only at image level (it is made of the images' predictions).
+CALIBRATION_METRICS = ("ece", "brier")
+IMAGE_EXTRA = ("patient_recognition_rate",) + CALIBRATION_METRICS
+PATIENT_EXTRA = CALIBRATION_METRICS
+ECE_BINS = 15
+# The draws each magnification keeps (the magnification table's figures), per block.
+MAGNIFICATION_DRAWS = {"image_level": ("accuracy", "patient_recognition_rate", "auc"),
+                       "patient_level": ("accuracy", "auc")}
+# Predictions of a dataset without magnifications (folder datasets) carry this value.
+NO_MAGNIFICATION = "NA"
 # Softmax outputs sum to 1; mixed precision can be a little off, a wrong column far more.
 _PROB_SUM_TOLERANCE = 1e-2
 
@@ -77,6 +101,13 @@ CONVENTIONS = {
            "macro mean over classes present in the truth",
     "bootstrap": "resample patients with replacement (all images/units of each drawn patient); "
                  "percentile 95% CI over draws where the metric is defined",
+    "patient_recognition_rate": "image level: per patient the fraction of its images predicted "
+                                "right, mean over patients (Spanhol et al. 2016)",
+    "brier": "mean over units of sum over classes of (probability - one-hot truth)^2, 0 to 2",
+    "ece": f"{ECE_BINS} equal-width bins of the confidence (highest class probability); sum over "
+           "bins of share of units x |accuracy - mean confidence|",
+    "by_magnification": "the image and patient (mean probability) blocks of each magnification's "
+                        "test images, bootstrap over their patients",
 }
 
 
@@ -96,8 +127,13 @@ def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 100
     k = len(classes)
     units = _patient_units(y, pred, prob, patient_codes, k)
 
+    image_extra = {"patient_recognition_rate": _recognition_rate(y, pred, patient_codes),
+                   **_calibration(y, prob)}
+    patient_extra = _calibration(units["y"], units["prob_mean"])
     image = _full_block(y, pred, prob, classes)
+    image.update({m: f(None) for m, f in image_extra.items()})
     pat_mean = _full_block(units["y"], units["pred_mean"], units["prob_mean"], classes)
+    pat_mean.update({m: f(None) for m, f in patient_extra.items()})
     pat_vote = _full_block(units["y"], units["pred_vote"], units["vote_share"], classes)
 
     boot = {"n_boot": int(n_boot), "seed": int(seed), "stream": int(stream), "unit": "patient",
@@ -105,11 +141,12 @@ def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 100
     if n_boot > 0:
         draws = draw_patients(np.random.default_rng([seed, stream]), len(patients), n_boot)
         image["ci95"], image["ci_n_valid"], values = _bootstrap(
-            draws, patient_codes, y, pred, prob, k)
-        image["bootstrap_values"] = _kept_draws(values)
+            draws, patient_codes, y, pred, prob, k, image_extra)
+        image["bootstrap_values"] = _kept_draws(values, KEPT_DRAWS + IMAGE_EXTRA)
         pat_mean["ci95"], pat_mean["ci_n_valid"], values = _bootstrap(
-            draws, units["patient"], units["y"], units["pred_mean"], units["prob_mean"], k)
-        pat_mean["bootstrap_values"] = _kept_draws(values)
+            draws, units["patient"], units["y"], units["pred_mean"], units["prob_mean"], k,
+            patient_extra)
+        pat_mean["bootstrap_values"] = _kept_draws(values, KEPT_DRAWS + PATIENT_EXTRA)
         pat_vote["ci95"], pat_vote["ci_n_valid"], _ = _bootstrap(
             draws, units["patient"], units["y"], units["pred_vote"], units["vote_share"], k)
 
@@ -132,6 +169,36 @@ def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 100
     }
 
 
+def by_magnification(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 1000,
+                     seed: int = 0, where: str = "predictions", stream: int = 0) -> dict:
+    """{magnification: metrics of its test images}, for the per-magnification (BreakHis) protocol.
+
+    Empty when the predictions carry no magnification (folder datasets). Each magnification keeps
+    its image and mean-probability patient blocks, with only MAGNIFICATION_DRAWS of their draws
+    (the magnification table's figures; the rest would multiply the JSON's size).
+    """
+    from deepbc.breakhis import MAGNIFICATIONS
+
+    if "magnification" not in pred_df.columns:
+        return {}
+    present = set(pred_df["magnification"].astype(str)) - {NO_MAGNIFICATION}
+    out = {}
+    for mag in sorted(present, key=lambda m: (MAGNIFICATIONS.index(m) if m in MAGNIFICATIONS
+                                              else len(MAGNIFICATIONS), m)):
+        sub = compute_metrics(pred_df[pred_df["magnification"].astype(str) == mag], classes,
+                              n_boot=n_boot, seed=seed, where=f"{where} ({mag} images)",
+                              stream=stream)
+        blocks = {"image_level": sub["image_level"],
+                  "patient_level": sub["patient_level"]["mean_probability"]}
+        for name, block in blocks.items():
+            kept = block.get("bootstrap_values") or {}
+            block["bootstrap_values"] = {m: kept[m] for m in MAGNIFICATION_DRAWS[name] if m in kept}
+        out[mag] = {"n_images": sub["n_images"], "n_patients": sub["n_patients"],
+                    "image_level": blocks["image_level"],
+                    "patient_level": {"mean_probability": blocks["patient_level"]}}
+    return out
+
+
 def grouping_of(manifest) -> str:
     """``image`` if the manifest has images that are their own group (``patient_source`` image), else
     ``patient``. A folder dataset's CSV must list every image, so a manifest is never mixed."""
@@ -144,11 +211,12 @@ def grouping_of(manifest) -> str:
 
 
 def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
+                 magnification: str, n_boot: int = 1000, seed: int = 0) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
-    ``meta`` (run, task, protocol, grouping, arch, fold) lets the tables group files without parsing
-    paths; ``grouping`` comes from the dataset's ``manifest`` (see ``grouping_of``).
+    ``meta`` (run, task, protocol, grouping, arch, fold, magnification: the one the task trained
+    on, or all) lets the tables group files without parsing paths; ``grouping`` comes from the
+    dataset's ``manifest`` (see ``grouping_of``).
     """
     try:
         df = pd.read_parquet(predictions)
@@ -162,8 +230,11 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
                     "results are labelled %r, not patient-wise", run, GROUPING_LABELS["image"])
     result = compute_metrics(df, classes, n_boot=n_boot, seed=seed, where=str(predictions),
                              stream=int(fold))
+    result["by_magnification"] = by_magnification(df, classes, n_boot=n_boot, seed=seed,
+                                                  where=str(predictions), stream=int(fold))
     result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
-                      "arch": arch, "fold": int(fold), "predictions": str(predictions)}
+                      "arch": arch, "fold": int(fold), "magnification": magnification,
+                      "predictions": str(predictions)}
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]
     LOG.info("%s %s fold %d: %d images, %d patients; accuracy image %.3f, patient %.3f; "
@@ -391,19 +462,55 @@ def _full_block(y, pred, score, classes) -> dict:
     return block
 
 
-def _kept_draws(values: dict) -> dict:
-    """The draws of KEPT_DRAWS, rounded (a 1000-draw JSON stays small), undefined ones as None."""
+def _kept_draws(values: dict, names) -> dict:
+    """The draws of ``names``, rounded (a 1000-draw JSON stays small), undefined ones as None."""
     return {m: [None if not np.isfinite(v) else round(float(v), 6) for v in values[m]]
-            for m in KEPT_DRAWS}
+            for m in names}
 
 
-def _bootstrap(draws, owner, y, pred, score, k):
-    """Percentile CIs of CI_METRICS, their numbers of defined draws, and the draws themselves;
-    ``owner[i]`` is the patient index of unit/image i."""
+def _recognition_rate(y, pred, patient):
+    """Patient recognition rate under unit weights ``w`` (None: each image once): per patient the
+    share of its images predicted right, averaged over patients weighted by how often each was
+    drawn. An image weighs w / (its patient's number of images), so each drawn patient weighs 1."""
+    share = 1.0 / np.bincount(patient)[patient]
+    correct = (y == pred).astype(np.float64)
+
+    def rate(w):
+        w = share if w is None else w * share
+        return float((w * correct).sum() / w.sum())
+    return rate
+
+
+def _calibration(y, prob):
+    """Brier score and ECE (see the module docstring) as functions of unit weights (None: 1)."""
+    k = prob.shape[1]
+    brier = ((prob - np.eye(k)[y]) ** 2).sum(axis=1)
+    confidence = prob.max(axis=1)
+    correct = (prob.argmax(axis=1) == y).astype(np.float64)
+    # Bin b holds confidences in (b/B, (b+1)/B]. Rounded first: a mean of probabilities carries
+    # float noise ((0.8 + 0.4) / 2 is 0.6000000000000001), which must not cross the 9/15 edge.
+    bins = np.digitize(np.round(confidence, 9), np.arange(1, ECE_BINS) / ECE_BINS, right=True)
+    gap = correct - confidence
+
+    def ece(w):
+        w = np.ones(len(y)) if w is None else w
+        per_bin = np.bincount(bins, weights=w * gap, minlength=ECE_BINS)
+        return float(np.abs(per_bin).sum() / w.sum())
+
+    def mean_brier(w):
+        return float(np.average(brier, weights=w))
+    return {"ece": ece, "brier": mean_brier}
+
+
+def _bootstrap(draws, owner, y, pred, score, k, extra=None):
+    """Percentile CIs of CI_METRICS and of ``extra`` ({name: function of the unit weights}), their
+    numbers of defined draws, and the draws themselves; ``owner[i]`` is the patient index of
+    unit/image i."""
+    extra = extra or {}
     n_patients = draws.shape[1]
     weighted_auc = _WeightedAuc(y, score, k)
     cell = y * k + pred
-    values = {m: [] for m in CI_METRICS}
+    values = {m: [] for m in (*CI_METRICS, *extra)}
     for draw in draws:
         # A patient drawn m times brings each of its images (units) m times.
         w = np.bincount(draw, minlength=n_patients)[owner].astype(np.float64)
@@ -411,6 +518,8 @@ def _bootstrap(draws, owner, y, pred, score, k):
         macro, _ = _scalars(cm, weighted_auc(w))
         for m in CI_METRICS:
             values[m].append(macro[m])
+        for m, f in extra.items():
+            values[m].append(f(w))
     ci, n_valid = {}, {}
     alpha = (1 - CONFIDENCE) / 2 * 100
     for m, vals in values.items():

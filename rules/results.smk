@@ -11,6 +11,8 @@ rule metrics:
     params:
         script=script("compute_metrics.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
+        # The magnification the task trained on (meta.magnification, for the magnification table).
+        magnification=lambda wc: TASKS[run_task(wc.run)]["magnification"],
         n_boot=config.get("evaluation", {}).get("n_bootstrap", 1000),
         seed=config["seed"],
     log:
@@ -22,7 +24,8 @@ rule metrics:
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input.predictions:q} --classes {params.classes:q}"
         " --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
-        " --manifest {input.manifest:q} --n-boot {params.n_boot} --seed {params.seed}"
+        " --manifest {input.manifest:q} --magnification {params.magnification}"
+        " --n-boot {params.n_boot} --seed {params.seed}"
         " --out {output:q} --log {log:q}"
 
 
