@@ -90,6 +90,27 @@ rule leakage_table:
         " --log {log:q}"
 
 
+rule magnification_table:
+    input:
+        metrics_files(magnification_runs()),
+    output:
+        csv=report("results/tables/magnification.csv", caption="../report/table_magnification.rst",
+                   category="Tables"),
+        md="results/tables/magnification.md",
+        tex="results/tables/magnification.tex",
+    params:
+        script=script("make_magnification_table.py"),
+    log:
+        "results/logs/tables/magnification.log",
+    benchmark:
+        "results/benchmarks/tables/magnification.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
+
+
 rule roc_figure:
     input:
         predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
