@@ -481,15 +481,20 @@ def _recognition_rate(y, pred, patient):
     return rate
 
 
+def confidence_bin(confidence: np.ndarray) -> np.ndarray:
+    """The ECE bin (0 to ECE_BINS - 1) of each confidence: bin b holds (b/B, (b+1)/B]."""
+    # Rounded first: a mean of probabilities carries float noise ((0.8 + 0.4) / 2 is
+    # 0.6000000000000001), which must not cross the 9/15 edge.
+    return np.digitize(np.round(confidence, 9), np.arange(1, ECE_BINS) / ECE_BINS, right=True)
+
+
 def _calibration(y, prob):
     """Brier score and ECE (see the module docstring) as functions of unit weights (None: 1)."""
     k = prob.shape[1]
     brier = ((prob - np.eye(k)[y]) ** 2).sum(axis=1)
     confidence = prob.max(axis=1)
     correct = (prob.argmax(axis=1) == y).astype(np.float64)
-    # Bin b holds confidences in (b/B, (b+1)/B]. Rounded first: a mean of probabilities carries
-    # float noise ((0.8 + 0.4) / 2 is 0.6000000000000001), which must not cross the 9/15 edge.
-    bins = np.digitize(np.round(confidence, 9), np.arange(1, ECE_BINS) / ECE_BINS, right=True)
+    bins = confidence_bin(confidence)
     gap = correct - confidence
 
     def ece(w):

@@ -192,11 +192,13 @@ def all_tables():
         files += expand("results/tables/leakage.{ext}", ext=["csv", "md"])
     if magnification_runs():
         files += expand("results/tables/magnification.{ext}", ext=["csv", "md", "tex"])
+    files += expand("results/tables/calibration.{ext}", ext=["csv", "md", "tex"])
     return files
 
 
 def all_figures():
-    files = expand("results/figures/roc/{task}.{ext}", task=list(TASKS), ext=["png", "pdf"])
+    files = expand("results/figures/{kind}/{task}.{ext}", kind=["roc", "calibration"],
+                   task=list(TASKS), ext=["png", "pdf"])
     for kind in ("confusion", "training"):
         files += expand("results/figures/{kind}/{run}/{arch}.{ext}", kind=kind, run=RUNS, arch=ARCHS,
                         ext=["png", "pdf"])

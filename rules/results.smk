@@ -111,6 +111,27 @@ rule magnification_table:
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 
+rule calibration_table:
+    input:
+        metrics_files(RUNS),
+    output:
+        csv=report("results/tables/calibration.csv", caption="../report/table_calibration.rst",
+                   category="Tables"),
+        md="results/tables/calibration.md",
+        tex="results/tables/calibration.tex",
+    params:
+        script=script("make_calibration_table.py"),
+    log:
+        "results/logs/tables/calibration.log",
+    benchmark:
+        "results/benchmarks/tables/calibration.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
+
+
 rule roc_figure:
     input:
         predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
@@ -127,6 +148,30 @@ rule roc_figure:
         "results/logs/figures/roc/{task}.log",
     benchmark:
         "results/benchmarks/figures/roc/{task}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --classes {params.classes:q}"
+        " --predictions {input.predictions:q} --manifest {input.manifest:q}"
+        " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
+
+
+rule calibration_figure:
+    input:
+        predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
+                                      run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
+        manifest=lambda wc: manifest_of_run(SimpleNamespace(run=runs_of_task(wc.task)[0])),
+    output:
+        png=report("results/figures/calibration/{task}.png", caption="../report/calibration.rst",
+                   category="Calibration"),
+        pdf="results/figures/calibration/{task}.pdf",
+    params:
+        script=script("plot_calibration.py"),
+        classes=lambda wc: task_classes(wc.task),
+    log:
+        "results/logs/figures/calibration/{task}.log",
+    benchmark:
+        "results/benchmarks/figures/calibration/{task}.tsv"
     conda:
         "../envs/cpu.yaml"
     shell:

@@ -84,6 +84,16 @@ def test_default_target_ends_with_every_table_and_figure(demo_run):
             assert (results / "tables" / f"{task}.{ext}").stat().st_size > 0
         for ext in ("png", "pdf"):
             assert (results / "figures" / "roc" / f"{task}.{ext}").stat().st_size > 0
+            assert (results / "figures" / "calibration" / f"{task}.{ext}").stat().st_size > 0
+    # The BreakHis-layout demo has all four magnifications; the TMA folder dataset has none.
+    magnification = pd.read_csv(results / "tables" / "magnification.csv")
+    assert set(magnification["tested_on"]) == {"40X", "100X", "200X", "400X"}
+    assert set(magnification["trained_on"]) == {"all"}
+    assert "cancer_types" not in set(magnification["task"])
+    assert magnification["image_patient_recognition_rate_mean"].notna().all()
+    calibration = pd.read_csv(results / "tables" / "calibration.csv")
+    assert sorted(set(calibration["task"])) == sorted(TASKS)
+    assert calibration["patient_ece_mean"].between(0, 1).all()
     summary = pd.read_csv(results / "tables" / "summary.csv")
     assert sorted(summary["task"]) == sorted(TASKS)
     assert (results / "tables" / "leakage.csv").stat().st_size > 0
@@ -178,6 +188,8 @@ def test_report_holds_tables_and_figures_with_captions(demo_run):
         names = report.namelist()
     assert any(n.endswith("summary.csv") for n in names)
     assert any(n.endswith("/cancer_types.png") for n in names)  # the ROC curves of one task
+    assert any(n.endswith("magnification.csv") for n in names)
+    assert any(n.endswith("calibration.csv") for n in names)
 
 
 def test_lint_is_clean(tmp_path):
