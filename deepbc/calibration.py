@@ -4,7 +4,8 @@ The figures themselves (expected calibration error over ECE_BINS equal-width bin
 confidence, the highest class probability; multiclass Brier score) are computed per fold in
 deepbc.metrics, at image level and at patient level (a patient's probabilities are the mean of its
 images'). ``calibration_table`` averages them over folds like the task tables, with the same 95 %
-interval of the mean over folds. ``plot_reliability`` draws, per task, the accuracy against the
+interval of the mean over folds, and the same after temperature scaling (fitted per model on its
+validation images; deepbc.metrics.temperature_scaling). ``plot_reliability`` draws, per task, the accuracy against the
 mean confidence in each bin, pooled over the test folds, one line per architecture and protocol.
 """
 
@@ -16,11 +17,17 @@ from deepbc import atomic
 from deepbc.errors import UserError
 from deepbc.figures import PROTOCOL_STYLE, _level_title, load_predictions, save_figure
 from deepbc.metrics import CALIBRATION_METRICS, ECE_BINS, confidence_bin, grouping_of, prob_column
-from deepbc.tables import (INTERVAL_NOTE, LABELS, _aggregate, _cell, fold_frame, load_metrics,
-                           protocol_label, to_latex, to_markdown)
+from deepbc.tables import (INTERVAL_NOTE, LABELS, _aggregate, _cell, _fmt, fold_frame,
+                           load_metrics, protocol_label, to_latex, to_markdown)
 
 # (level, metric) columns of the table, in display order.
 COLUMNS = tuple((lv, m) for lv in ("image", "patient") for m in CALIBRATION_METRICS)
+STATS = ("mean", "sd", "ci_low", "ci_high")
+TEMPERATURE_NOTE = (
+    "Scaled: after temperature scaling (Guo et al. 2017), one temperature T per model fitted on "
+    "its fold's validation images only (minimum negative log-likelihood; never on test), test "
+    "probabilities softmax(log p / T). T > 1 softens over-confident probabilities. The image "
+    "predictions, and so image accuracy, do not change; a patient's mean probability can.")
 CALIBRATION_NOTE = (
     f"ECE: expected calibration error, {ECE_BINS} equal-width bins of the confidence (the highest "
     "class probability); the sum over bins of the bin's share of units times |accuracy - mean "
@@ -34,26 +41,52 @@ def calibration_table(metrics) -> pd.DataFrame:
     """One row per task, protocol and architecture: ECE and Brier at image and patient level.
 
     Columns: task, architecture, protocol (labelled as in the task tables), n_folds, n_patients,
-    n_images and ``{level}_{ece,brier}_{mean,sd,ci_low,ci_high}``.
+    n_images, ``{level}_{ece,brier}_{mean,sd,ci_low,ci_high}``, the same after temperature
+    scaling (prefix ``scaled_``) and the fitted temperature's mean and sd over folds
+    (``temperature_{mean,sd}``; NaN for a fold without validation images).
     """
-    folds = fold_frame(load_metrics(metrics))
-    table = _aggregate(folds, ["task", "arch", "protocol", "grouping"])
+    metrics = load_metrics(metrics)
+    keys = ["task", "arch", "protocol", "grouping"]
+    folds = fold_frame(metrics)
+    table = _aggregate(folds, keys)
+    # The scaled figures go through the same aggregation, as blocks of look-alike metrics.
+    scaled = []
+    for m in metrics:
+        ts = m.get("temperature_scaling") or {}
+        scaled.append({**m, "image_level": ts.get("image_level", {}),
+                       "patient_level": ts.get("patient_level", {"mean_probability": {}})})
+    scaled = _aggregate(fold_frame(scaled), keys)
+    table = table.merge(scaled[keys + [f"{lv}_{m}_{s}" for lv, m in COLUMNS for s in STATS]]
+                        .rename(columns=lambda c: c if c in keys else f"scaled_{c}"), on=keys)
+    folds["temperature"] = [(m.get("temperature_scaling") or {}).get("temperature") for m in metrics]
+    folds["temperature"] = folds["temperature"].astype("float64")
+    temperature = folds.groupby(keys)["temperature"].agg(["mean", "std"]).reset_index()
+    table = table.merge(temperature.rename(columns={"mean": "temperature_mean",
+                                                    "std": "temperature_sd"}), on=keys)
     order = {"patient": 0, "image": 1}
     table = table.sort_values(["task", "arch", "protocol"],
                               key=lambda s: s.map(order) if s.name == "protocol" else s)
     table["protocol"] = [protocol_label(p, g) for p, g in zip(table["protocol"], table["grouping"])]
     table = table.rename(columns={"arch": "architecture"})
     keep = ["task", "architecture", "protocol", "n_folds", "n_patients", "n_images"]
-    keep += [f"{lv}_{m}_{s}" for lv, m in COLUMNS for s in ("mean", "sd", "ci_low", "ci_high")]
+    keep += [f"{lv}_{m}_{s}" for lv, m in COLUMNS for s in STATS]
+    keep += ["temperature_mean", "temperature_sd"]
+    keep += [f"scaled_{lv}_{m}_{s}" for lv, m in COLUMNS for s in STATS]
     return table[keep].reset_index(drop=True)
 
 
 def write_calibration_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None) -> None:
     header = ["task", "architecture", "protocol", "folds"]
     header += [f"{lv} {LABELS[m]}" for lv, m in COLUMNS]
-    rows = [[r["task"], r["architecture"], r["protocol"], str(r["n_folds"])]
-            + [_cell(r, lv, m) for lv, m in COLUMNS] for _, r in table.iterrows()]
-    footnotes = [CALIBRATION_NOTE,
+    header += ["temperature"] + [f"scaled {lv} {LABELS[m]}" for lv, m in COLUMNS]
+    rows = []
+    for _, r in table.iterrows():
+        cells = [r["task"], r["architecture"], r["protocol"], str(r["n_folds"])]
+        cells += [_cell(r, lv, m) for lv, m in COLUMNS]
+        cells.append(_fmt(r["temperature_mean"], r["temperature_sd"], False))
+        cells += [_cell(r, f"scaled_{lv}", m) for lv, m in COLUMNS]
+        rows.append(cells)
+    footnotes = [CALIBRATION_NOTE, TEMPERATURE_NOTE,
                  "Reliability diagrams: results/figures/calibration/{task}.png."]
     if any(table[f"{lv}_{m}_ci_low"].notna().any() for lv, m in COLUMNS):
         footnotes.append(INTERVAL_NOTE)

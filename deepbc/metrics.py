@@ -45,6 +45,12 @@ Conventions (also written into every metrics JSON under ``conventions``):
 - Per magnification (``by_magnification``, BreakHis only; a folder dataset's "NA" gives none):
   the image and mean-probability patient blocks of the test images of each magnification, with
   their own bootstrap over those images' patients and the draws of MAGNIFICATION_DRAWS kept.
+- Temperature scaling (``temperature_scaling``; Guo et al. 2017): one temperature T per model,
+  fitted on that fold's validation images only (never on test) by minimising their negative
+  log-likelihood; the test probabilities become softmax(log p / T) (the image predictions do not
+  change; a patient's mean probability can). Its image and patient blocks hold the accuracy, ECE
+  and Brier score of the scaled test probabilities, with CIs and draws of the calibration figures.
+  No validation images: no temperature (null).
 - Grouping (``meta.grouping``): ``patient`` when the dataset maps images to patients (BreakHis, or a
   folder dataset with a patients CSV), ``image`` when each image is its own group (a folder dataset
   without one; manifest column ``patient_source``). An ``image``-grouped run is never called
@@ -76,6 +82,8 @@ ECE_BINS = 15
 # The draws each magnification keeps (the magnification table's figures), per block.
 MAGNIFICATION_DRAWS = {"image_level": ("accuracy", "patient_recognition_rate", "auc"),
                        "patient_level": ("accuracy", "auc")}
+# The temperature is searched in [1/20, 20], on a log scale.
+TEMPERATURE_RANGE = (0.05, 20.0)
 # Predictions of a dataset without magnifications (folder datasets) carry this value.
 NO_MAGNIFICATION = "NA"
 # Softmax outputs sum to 1; mixed precision can be a little off, a wrong column far more.
@@ -108,6 +116,8 @@ CONVENTIONS = {
            "bins of share of units x |accuracy - mean confidence|",
     "by_magnification": "the image and patient (mean probability) blocks of each magnification's "
                         "test images, bootstrap over their patients",
+    "temperature_scaling": "T fitted on the fold's validation images (negative log-likelihood), "
+                           "test probabilities softmax(log p / T)",
 }
 
 
@@ -210,13 +220,70 @@ def grouping_of(manifest) -> str:
     return "patient"
 
 
+def fit_temperature(prob: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising the negative log-likelihood of softmax(log prob / T) for the
+    true classes ``y`` (validation images)."""
+    from scipy.optimize import minimize_scalar
+
+    log_p = _log_prob(prob)
+
+    def nll(log_t):
+        z = log_p / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    low, high = np.log(TEMPERATURE_RANGE)
+    result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(result.x))
+
+
+def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
+    z = _log_prob(prob) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _log_prob(prob):
+    # The logits up to a per-row constant, which softmax ignores. A float32 softmax can underflow
+    # to 0; such a class stays negligible at any temperature in TEMPERATURE_RANGE.
+    return np.log(np.clip(prob, 1e-30, None))
+
+
+def temperature_scaling(test_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str],
+                        n_boot: int, seed: int, where: str, stream: int) -> dict:
+    """The temperature fitted on ``val_df`` and the calibration of ``test_df`` scaled by it."""
+    cols = [prob_column(c) for c in classes]
+    if len(val_df) == 0:
+        LOG.warning("%s: no validation images, so no temperature scaling", where)
+        return {"temperature": None, "n_validation_images": 0}
+    y_val, _, prob_val, _, _ = _validated(val_df, classes, f"{where} (validation)")
+    temperature = fit_temperature(prob_val, y_val)
+    scaled = test_df.copy()
+    scaled[cols] = apply_temperature(test_df[cols].to_numpy(dtype=np.float64), temperature)
+    scaled["pred"] = [classes[i] for i in scaled[cols].to_numpy().argmax(axis=1)]
+    scaled = scaled.drop(columns=[c for c in ("pred_index",) if c in scaled.columns])
+    result = compute_metrics(scaled, classes, n_boot=n_boot, seed=seed, where=where, stream=stream)
+    out = {"temperature": temperature, "n_validation_images": int(len(val_df))}
+    for name, block in (("image_level", result["image_level"]),
+                        ("patient_level", result["patient_level"]["mean_probability"])):
+        kept = {m: block[m] for m in ("accuracy", *CALIBRATION_METRICS)}
+        if block["ci95"] is not None:
+            kept["ci95"] = {m: block["ci95"][m] for m in CALIBRATION_METRICS}
+            kept["bootstrap_values"] = {m: block["bootstrap_values"][m] for m in CALIBRATION_METRICS}
+        out[name] = kept
+    out["patient_level"] = {"mean_probability": out["patient_level"]}
+    return out
+
+
 def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
-                 magnification: str, n_boot: int = 1000, seed: int = 0) -> dict:
+                 magnification: str, n_boot: int = 1000, seed: int = 0,
+                 validation_predictions=None) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
     ``meta`` (run, task, protocol, grouping, arch, fold, magnification: the one the task trained
     on, or all) lets the tables group files without parsing paths; ``grouping`` comes from the
-    dataset's ``manifest`` (see ``grouping_of``).
+    dataset's ``manifest`` (see ``grouping_of``). ``validation_predictions`` (the same model's
+    validation split) adds ``temperature_scaling``.
     """
     try:
         df = pd.read_parquet(predictions)
@@ -232,6 +299,14 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
                              stream=int(fold))
     result["by_magnification"] = by_magnification(df, classes, n_boot=n_boot, seed=seed,
                                                   where=str(predictions), stream=int(fold))
+    if validation_predictions is not None:
+        try:
+            val = pd.read_parquet(validation_predictions)
+        except FileNotFoundError:
+            raise UserError("validation predictions file not found", str(validation_predictions),
+                            "run the evaluate rule for this run, architecture and fold") from None
+        result["temperature_scaling"] = temperature_scaling(
+            df, val, list(classes), n_boot, seed, str(predictions), int(fold))
     result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
                       "arch": arch, "fold": int(fold), "magnification": magnification,
                       "predictions": str(predictions)}

@@ -4,6 +4,8 @@ from types import SimpleNamespace
 rule metrics:
     input:
         predictions="results/predictions/{run}/{arch}/fold{fold}.parquet",
+        # The temperature scaling is fitted on the validation split, never on test.
+        validation="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
         # Whether the dataset maps images to patients (the results' grouping).
         manifest=manifest_of_run,
     output:
@@ -23,7 +25,7 @@ rule metrics:
         "../envs/cpu.yaml"
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input.predictions:q} --classes {params.classes:q}"
-        " --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
+        " --validation-predictions {input.validation:q} --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
         " --manifest {input.manifest:q} --magnification {params.magnification}"
         " --n-boot {params.n_boot} --seed {params.seed}"
         " --out {output:q} --log {log:q}"

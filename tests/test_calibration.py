@@ -55,3 +55,62 @@ def test_calibration_table_means_and_intervals(tmp_path):
     md = (tmp_path / "c.md").read_text()
     assert "| image ECE | image Brier | patient ECE | patient Brier |" in md
     assert "15 equal-width bins" in md
+
+
+def overconfident(n, temperature, seed):
+    """Predictions whose labels follow softmax(z) but whose probabilities are softmax(z * T)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, size=(n, 2))
+    truth = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    y = (rng.random(n) < truth[:, 1]).astype(int)
+    prob = np.exp(z * temperature) / np.exp(z * temperature).sum(axis=1, keepdims=True)
+    return pd.DataFrame({"patient": [f"s{seed}p{i % 20}" for i in range(n)],
+                         "label": [BM[i] for i in y], "prob_benign": prob[:, 0],
+                         "prob_malignant": prob[:, 1], "pred": [BM[i] for i in prob.argmax(axis=1)]})
+
+
+def test_temperature_recovers_the_overconfidence():
+    val = overconfident(4000, 2.5, seed=1)
+    y = (val["label"] == "malignant").to_numpy().astype(int)
+    t = metrics.fit_temperature(val[["prob_benign", "prob_malignant"]].to_numpy(), y)
+    assert t == pytest.approx(2.5, rel=0.1)
+    # Scaling by T undoes it: softmax(log softmax(2.5 z) / 2.5) = softmax(z).
+    scaled = metrics.apply_temperature(val[["prob_benign", "prob_malignant"]].to_numpy(), 2.5)
+    assert scaled.sum(axis=1) == pytest.approx(1)
+    assert scaled.max(axis=1).mean() < val[["prob_benign", "prob_malignant"]].max(axis=1).mean()
+
+
+def test_temperature_is_fitted_on_validation_only():
+    test, val = overconfident(400, 3.0, seed=2), overconfident(400, 3.0, seed=3)
+    out = metrics.temperature_scaling(test, val, BM, n_boot=20, seed=0, where="p", stream=0)
+    y_val = (val["label"] == "malignant").to_numpy().astype(int)
+    assert out["temperature"] == metrics.fit_temperature(
+        val[["prob_benign", "prob_malignant"]].to_numpy(), y_val)
+    # Another test set, same validation: same temperature (the test labels play no part).
+    other = metrics.temperature_scaling(overconfident(400, 1.0, seed=4), val, BM, n_boot=0,
+                                        seed=0, where="p", stream=0)
+    assert other["temperature"] == out["temperature"]
+    before = metrics.compute_metrics(test, BM, n_boot=0)["image_level"]
+    after = out["image_level"]
+    assert after["ece"] < before["ece"] and after["brier"] < before["brier"]
+    assert after["accuracy"] == before["accuracy"]  # T > 0 keeps every image's arg-max
+    assert len(after["bootstrap_values"]["ece"]) == 20
+    empty = metrics.temperature_scaling(test, val.iloc[:0], BM, n_boot=0, seed=0, where="p", stream=0)
+    assert empty == {"temperature": None, "n_validation_images": 0}
+
+
+def test_calibration_table_shows_the_scaled_figures_beside(tmp_path):
+    ms = [real_metrics("benign_vs_malignant", "resnet_small", f) for f in range(2)]
+    for f, m in enumerate(ms):
+        test, val = overconfident(60, 3.0, seed=10 + f), overconfident(200, 3.0, seed=20 + f)
+        m["temperature_scaling"] = metrics.temperature_scaling(test, val, BM, n_boot=0, seed=0,
+                                                               where="p", stream=f)
+    row = calibration.calibration_table(ms).iloc[0]
+    temps = [m["temperature_scaling"]["temperature"] for m in ms]
+    assert row["temperature_mean"] == pytest.approx(np.mean(temps))
+    assert row["scaled_image_ece_mean"] == pytest.approx(
+        np.mean([m["temperature_scaling"]["image_level"]["ece"] for m in ms]))
+    assert np.isnan(row["scaled_image_ece_ci_low"])  # no bootstrap draws given
+    calibration.write_calibration_table(calibration.calibration_table(ms), out_md=tmp_path / "c.md")
+    md = (tmp_path / "c.md").read_text()
+    assert "| temperature | scaled image ECE |" in md and "never on test" in md

@@ -173,8 +173,10 @@ def test_changed_predictions_rerun_only_what_uses_them(demo_run):
     jobs = planned_jobs(workdir, *demo_args(workdir))
     assert "train" not in jobs and "evaluate" not in jobs
     assert jobs.count("metrics") == 1 and jobs.count("task_table") == 1
-    assert {"roc_figure", "confusion_figure", "summary_table"} <= set(jobs)
-    assert "training_figure" not in jobs
+    assert {"roc_figure", "confusion_figure", "summary_table", "calibration_figure",
+            "calibration_table"} <= set(jobs)
+    # A TMA (folder dataset) run has no magnifications: the magnification table does not use it.
+    assert "training_figure" not in jobs and "magnification_table" not in jobs
     snakemake(workdir, "--cores", "2", *demo_args(workdir))  # up to date again for the tests after
 
 
