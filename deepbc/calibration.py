@@ -5,8 +5,9 @@ confidence, the highest class probability; multiclass Brier score) are computed 
 deepbc.metrics, at image level and at patient level (a patient's probabilities are the mean of its
 images'). ``calibration_table`` averages them over folds like the task tables, with the same 95 %
 interval of the mean over folds, and the same after temperature scaling (fitted per model on its
-validation images; deepbc.metrics.temperature_scaling). ``plot_reliability`` draws, per task, the accuracy against the
-mean confidence in each bin, pooled over the test folds, one line per architecture and protocol.
+validation images; deepbc.metrics.temperature_scaling). ``plot_reliability`` draws, per task, the
+accuracy against the mean confidence in each bin, pooled over the test folds, one line per
+architecture and protocol.
 """
 
 import numpy as np

@@ -11,7 +11,9 @@ bootstrap draws the metrics JSONs keep (see ``_interval``): it resamples test pa
 fold's model fixed, so it leaves out the variation between trained models, and under the
 image-level protocol (a patient in several folds' test sets) it is too narrow (INTERVAL_NOTE).
 Sensitivity and specificity are those of the positive (second) class for two classes, and macro
-means over classes for more (deepbc.metrics).
+means over classes for more (deepbc.metrics). The task tables also show the patient recognition
+rate (image level, LEVEL_EXTRA); the fold frame carries the calibration figures too, which
+deepbc.calibration tabulates.
 """
 
 import json

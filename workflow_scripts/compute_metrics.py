@@ -3,10 +3,10 @@
 
 Writes a JSON with accuracy, balanced accuracy, per-class sensitivity, specificity, precision, F1,
 FP/FN, ROC AUC, the patient recognition rate, calibration (ECE, Brier; also after temperature
-scaling fitted on the validation predictions), the same per
-magnification (BreakHis), confusion matrices and 95% CIs from resampling patients, plus ``meta``
-(run, task, protocol, grouping, arch, fold, magnification trained on) for the tables; the
-grouping (patient, or image when the dataset has no patient mapping) comes from the manifest. Conventions: see deepbc/metrics.py.
+scaling fitted on the validation predictions), the same per magnification (BreakHis), confusion
+matrices and 95% CIs from resampling patients, plus ``meta`` (run, task, protocol, grouping, arch,
+fold, magnification trained on) for the tables; the grouping (patient, or image when the dataset
+has no patient mapping) comes from the manifest. Conventions: see deepbc/metrics.py.
 """
 
 import argparse
