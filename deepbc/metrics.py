@@ -44,7 +44,8 @@ Conventions (also written into every metrics JSON under ``conventions``):
   confidence| in it. Majority-vote shares are not probabilities and get neither.
 - Per magnification (``by_magnification``, BreakHis only; a folder dataset's "NA" gives none):
   the image and mean-probability patient blocks of the test images of each magnification, with
-  their own bootstrap over those images' patients and the draws of MAGNIFICATION_DRAWS kept.
+  their own bootstrap over those images' patients, of the magnification table's figures only
+  (accuracy and AUC; at image level the patient recognition rate too).
 - Temperature scaling (``temperature_scaling``; Guo et al. 2017): one temperature T per model,
   fitted on that fold's validation images only (never on test) by minimising their negative
   log-likelihood; the test probabilities become softmax(log p / T) (the image predictions do not
@@ -80,8 +81,6 @@ IMAGE_EXTRA = ("patient_recognition_rate",) + CALIBRATION_METRICS
 PATIENT_EXTRA = CALIBRATION_METRICS
 ECE_BINS = 15
 # The draws each magnification keeps (the magnification table's figures), per block.
-MAGNIFICATION_DRAWS = {"image_level": ("accuracy", "patient_recognition_rate", "auc"),
-                       "patient_level": ("accuracy", "auc")}
 # The temperature is searched in [1/20, 20], on a log scale.
 TEMPERATURE_RANGE = (0.05, 20.0)
 # Predictions of a dataset without magnifications (folder datasets) carry this value.
@@ -184,8 +183,9 @@ def by_magnification(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 10
     """{magnification: metrics of its test images}, for the per-magnification (BreakHis) protocol.
 
     Empty when the predictions carry no magnification (folder datasets). Each magnification keeps
-    its image and mean-probability patient blocks, with only MAGNIFICATION_DRAWS of their draws
-    (the magnification table's figures; the rest would multiply the JSON's size).
+    its image and mean-probability patient blocks; their bootstrap covers the magnification
+    table's figures only (accuracy and AUC, and the image-level recognition rate): four full
+    bootstraps would cost four times the fold's, and their draws would multiply the JSON's size.
     """
     from deepbc.breakhis import MAGNIFICATIONS
 
@@ -195,17 +195,28 @@ def by_magnification(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 10
     out = {}
     for mag in sorted(present, key=lambda m: (MAGNIFICATIONS.index(m) if m in MAGNIFICATIONS
                                               else len(MAGNIFICATIONS), m)):
-        sub = compute_metrics(pred_df[pred_df["magnification"].astype(str) == mag], classes,
-                              n_boot=n_boot, seed=seed, where=f"{where} ({mag} images)",
-                              stream=stream)
-        blocks = {"image_level": sub["image_level"],
-                  "patient_level": sub["patient_level"]["mean_probability"]}
-        for name, block in blocks.items():
-            kept = block.get("bootstrap_values") or {}
-            block["bootstrap_values"] = {m: kept[m] for m in MAGNIFICATION_DRAWS[name] if m in kept}
+        sub_df = pred_df[pred_df["magnification"].astype(str) == mag]
+        sub_where = f"{where} ({mag} images)"
+        sub = compute_metrics(sub_df, classes, n_boot=0, where=sub_where)
+        image, patient = sub["image_level"], sub["patient_level"]["mean_probability"]
+        if n_boot > 0:
+            y, pred, prob, codes, patients = _validated(sub_df, list(classes), sub_where)
+            k = len(classes)
+            units = _patient_units(y, pred, prob, codes, k)
+            draws = draw_patients(np.random.default_rng([seed, stream]), len(patients), n_boot)
+            image_extra = {"accuracy": _accuracy(y, pred), "auc": _auc(y, prob, k),
+                           "patient_recognition_rate": _recognition_rate(y, pred, codes)}
+            patient_extra = {"accuracy": _accuracy(units["y"], units["pred_mean"]),
+                             "auc": _auc(units["y"], units["prob_mean"], k)}
+            for block, owner, by, bpred, bscore, extra in (
+                    (image, codes, y, pred, prob, image_extra),
+                    (patient, units["patient"], units["y"], units["pred_mean"], units["prob_mean"],
+                     patient_extra)):
+                block["ci95"], block["ci_n_valid"], values = _bootstrap(
+                    draws, owner, by, bpred, bscore, k, extra, confusion=False)
+                block["bootstrap_values"] = _kept_draws(values, extra)
         out[mag] = {"n_images": sub["n_images"], "n_patients": sub["n_patients"],
-                    "image_level": blocks["image_level"],
-                    "patient_level": {"mean_probability": blocks["patient_level"]}}
+                    "image_level": image, "patient_level": {"mean_probability": patient}}
     return out
 
 
@@ -262,14 +273,23 @@ def temperature_scaling(test_df: pd.DataFrame, val_df: pd.DataFrame, classes: li
     scaled[cols] = apply_temperature(test_df[cols].to_numpy(dtype=np.float64), temperature)
     scaled["pred"] = [classes[i] for i in scaled[cols].to_numpy().argmax(axis=1)]
     scaled = scaled.drop(columns=[c for c in ("pred_index",) if c in scaled.columns])
-    result = compute_metrics(scaled, classes, n_boot=n_boot, seed=seed, where=where, stream=stream)
+    result = compute_metrics(scaled, classes, n_boot=0, where=where)
     out = {"temperature": temperature, "n_validation_images": int(len(val_df))}
-    for name, block in (("image_level", result["image_level"]),
-                        ("patient_level", result["patient_level"]["mean_probability"])):
+    y, pred, prob, codes, patients = _validated(scaled, classes, where)
+    units = _patient_units(y, pred, prob, codes, len(classes))
+    draws = (draw_patients(np.random.default_rng([seed, stream]), len(patients), n_boot)
+             if n_boot > 0 else None)
+    for name, block, owner, by, score in (
+            ("image_level", result["image_level"], codes, y, prob),
+            ("patient_level", result["patient_level"]["mean_probability"], units["patient"],
+             units["y"], units["prob_mean"])):
         kept = {m: block[m] for m in ("accuracy", *CALIBRATION_METRICS)}
-        if block["ci95"] is not None:
-            kept["ci95"] = {m: block["ci95"][m] for m in CALIBRATION_METRICS}
-            kept["bootstrap_values"] = {m: block["bootstrap_values"][m] for m in CALIBRATION_METRICS}
+        if draws is not None:
+            # Only the calibration figures: the scaled predictions' other figures are not shown.
+            extra = _calibration(by, score)
+            kept["ci95"], kept["ci_n_valid"], values = _bootstrap(
+                draws, owner, by, score.argmax(axis=1), score, len(classes), extra, confusion=False)
+            kept["bootstrap_values"] = _kept_draws(values, extra)
         out[name] = kept
     out["patient_level"] = {"mean_probability": out["patient_level"]}
     return out
@@ -578,26 +598,43 @@ def _calibration(y, prob):
         return float(np.abs(per_bin).sum() / w.sum())
 
     def mean_brier(w):
-        return float(np.average(brier, weights=w))
+        return float(brier.mean() if w is None else (w * brier).sum() / w.sum())
     return {"ece": ece, "brier": mean_brier}
 
 
-def _bootstrap(draws, owner, y, pred, score, k, extra=None):
-    """Percentile CIs of CI_METRICS and of ``extra`` ({name: function of the unit weights}), their
-    numbers of defined draws, and the draws themselves; ``owner[i]`` is the patient index of
-    unit/image i."""
+def _accuracy(y, pred):
+    """Accuracy as a function of unit weights, for a bootstrap without the confusion figures."""
+    correct = (y == pred).astype(np.float64)
+    return lambda w: float((w * correct).sum() / w.sum())
+
+
+def _auc(y, score, k):
+    """The table's AUC (binary: of the second class; else the macro mean) under unit weights."""
+    weighted_auc = _WeightedAuc(y, score, k)
+
+    def auc(w):
+        per_class = weighted_auc(w)
+        return per_class[1] if k == 2 else _nanmean(per_class)
+    return auc
+
+
+def _bootstrap(draws, owner, y, pred, score, k, extra=None, confusion=True):
+    """Percentile CIs of CI_METRICS (unless ``confusion`` is False) and of ``extra`` ({name:
+    function of the unit weights}), their numbers of defined draws, and the draws themselves;
+    ``owner[i]`` is the patient index of unit/image i."""
     extra = extra or {}
     n_patients = draws.shape[1]
-    weighted_auc = _WeightedAuc(y, score, k)
+    weighted_auc = _WeightedAuc(y, score, k) if confusion else None
     cell = y * k + pred
-    values = {m: [] for m in (*CI_METRICS, *extra)}
+    values = {m: [] for m in (*(CI_METRICS if confusion else ()), *extra)}
     for draw in draws:
         # A patient drawn m times brings each of its images (units) m times.
         w = np.bincount(draw, minlength=n_patients)[owner].astype(np.float64)
-        cm = np.bincount(cell, weights=w, minlength=k * k).reshape(k, k)
-        macro, _ = _scalars(cm, weighted_auc(w))
-        for m in CI_METRICS:
-            values[m].append(macro[m])
+        if confusion:
+            cm = np.bincount(cell, weights=w, minlength=k * k).reshape(k, k)
+            macro, _ = _scalars(cm, weighted_auc(w))
+            for m in CI_METRICS:
+                values[m].append(macro[m])
         for m, f in extra.items():
             values[m].append(f(w))
     ci, n_valid = {}, {}

@@ -203,6 +203,15 @@ def test_by_magnification_splits_the_test_images():
     assert set(m["40X"]["image_level"]["bootstrap_values"]) == {
         "accuracy", "patient_recognition_rate", "auc"}
     assert len(m["40X"]["patient_level"]["mean_probability"]["bootstrap_values"]["accuracy"]) == 10
+    # With one magnification, its lean bootstrap gives the full bootstrap's intervals.
+    one = metrics.by_magnification(df.assign(magnification="200X"), BM, n_boot=50, seed=3,
+                                   stream=2)["200X"]
+    full = metrics.compute_metrics(df, BM, n_boot=50, seed=3, stream=2)
+    for level, block in (("image_level", full["image_level"]),
+                         ("patient_level", full["patient_level"]["mean_probability"])):
+        mine = one["image_level"] if level == "image_level" else one["patient_level"]["mean_probability"]
+        for name, ci in mine["ci95"].items():
+            assert ci == pytest.approx(block["ci95"][name]), (level, name)
     # A folder dataset's predictions have no magnification.
     assert metrics.by_magnification(df.assign(magnification="NA"), BM, n_boot=0) == {}
 
