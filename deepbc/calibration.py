@@ -140,10 +140,11 @@ def plot_reliability(pred_paths, classes: list[str], task: str, manifest, out_pn
         groups = list(df.groupby(["arch", "protocol"], sort=True))
         for i, ((arch, protocol), group) in enumerate(groups):
             curve, ece = reliability(group, classes)
+            n_folds = group["fold"].nunique()
             ax.plot(curve["confidence"], curve["accuracy"], color=colors[arch],
                     ls=PROTOCOL_STYLE[protocol], marker="o", ms=3, lw=1.2,
                     label=f"{arch}, {protocol_label(protocol, grouping)}: pooled ECE {ece:.3f}, "
-                          f"{group['fold'].nunique()} folds")
+                          f"{n_folds} fold{'s' if n_folds != 1 else ''}")
             # Side-by-side bars, one per line, inside each bin.
             step = width / (len(groups) + 1)
             hist.bar(curve["bin"] * width + (i + 1) * step, curve["n"], width=step,

@@ -64,7 +64,8 @@ def magnification_table(metrics) -> pd.DataFrame:
 
 def write_magnification_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None) -> None:
     header = ["task", "trained on", "tested on", "architecture", "folds"]
-    header += [f"{lv} {LABELS[m]}" for lv, m in COLUMNS]
+    # The recognition rate is a patient figure made of image predictions: no level prefix.
+    header += [LABELS[m] if m == "patient_recognition_rate" else f"{lv} {LABELS[m]}" for lv, m in COLUMNS]
     rows = [[r["task"], r["trained_on"], r["tested_on"], r["architecture"], str(r["n_folds"])]
             + [_cell(r, lv, m) for lv, m in COLUMNS] for _, r in table.iterrows()]
     footnotes = [
