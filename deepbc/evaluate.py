@@ -78,7 +78,8 @@ def _frame(chunks, class_names) -> pd.DataFrame:
 
 
 def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threads: int = 0) -> pd.DataFrame:
-    """Predict every image of a split (usually test) and write the predictions parquet."""
+    """Predict every image of a split (test, or validation for temperature scaling) and write the
+    predictions parquet."""
     from deepbc import shards
 
     index = json.loads(Path(shard_index).read_text())
@@ -92,12 +93,21 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
                                  image_size=image_size, repeat=False, with_metadata=True)
         return ds.map(lambda images, labels, meta: (images, {**meta, "label_index": labels}))
 
+    columns = ["path", "patient", "magnification", "label", "label_index",
+               *[f"prob_{c}" for c in class_names], "pred", "pred_index"]
+    if index["count"] == 0:
+        # A split can be empty (a fold whose training patients left none for validation).
+        df = pd.DataFrame({c: pd.Series(dtype="int64" if c.endswith("_index") else
+                                        "float64" if c.startswith("prob_") else "object")
+                           for c in columns})
+        atomic.write_parquet(out_path, df)
+        LOG.info("%s has no images: empty predictions written to %s", shard_index, out_path)
+        return df
     chunks = list(_run_predictions(model_dir, inputs, index["count"], batch_size, threads))
     df = _frame(chunks, class_names).rename(columns={"filename": "path"})
     df["label_index"] = df["label_index"].astype("int64")
     df["label"] = [class_names[i] for i in df["label_index"]]
-    df = df[["path", "patient", "magnification", "label", "label_index",
-             *[f"prob_{c}" for c in class_names], "pred", "pred_index"]]
+    df = df[columns]
     df = df.sort_values("path", kind="stable").reset_index(drop=True)
     atomic.write_parquet(out_path, df)
     LOG.info("%d predictions written to %s (image-level accuracy %.3f)", len(df), out_path,

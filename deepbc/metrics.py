@@ -32,6 +32,26 @@ Conventions (also written into every metrics JSON under ``conventions``):
   fold), so the folds' draws are independent; the image and mean-probability blocks keep their
   draws of the headline metrics (``bootstrap_values``), from which the tables build the interval
   of the mean over folds.
+- Patient recognition rate (``image_level.patient_recognition_rate``; Spanhol et al. 2016, IEEE
+  TBME): for each test patient the fraction of its images classified right, then the mean over
+  patients (every patient weighs the same, whatever its number of images). In a bootstrap draw a
+  patient drawn m times weighs m.
+- Calibration (image level and the mean-probability patient level): ``brier`` is the mean over
+  units of the sum over classes of (probability - one-hot truth)^2 (Brier 1950; 0 to 2; for two
+  classes twice the one-probability score); ``ece`` is the expected calibration error over
+  ECE_BINS equal-width bins of the confidence (the highest class probability, bins (0, 1/15],
+  ..., (14/15, 1]): the sum over bins of the bin's share of units times |accuracy - mean
+  confidence| in it. Majority-vote shares are not probabilities and get neither.
+- Per magnification (``by_magnification``, BreakHis only; a folder dataset's "NA" gives none):
+  the image and mean-probability patient blocks of the test images of each magnification, with
+  their own bootstrap over those images' patients, of the magnification table's figures only
+  (accuracy and AUC; at image level the patient recognition rate too).
+- Temperature scaling (``temperature_scaling``; Guo et al. 2017): one temperature T per model,
+  fitted on that fold's validation images only (never on test) by minimising their negative
+  log-likelihood; the test probabilities become softmax(log p / T) (the image predictions do not
+  change; a patient's mean probability can). Its image and patient blocks hold the accuracy, ECE
+  and Brier score of the scaled test probabilities, with CIs and draws of the calibration figures.
+  No validation images: no temperature (null).
 - Grouping (``meta.grouping``): ``patient`` when the dataset maps images to patients (BreakHis, or a
   folder dataset with a patients CSV), ``image`` when each image is its own group (a folder dataset
   without one; manifest column ``patient_source``). An ``image``-grouped run is never called
@@ -54,6 +74,17 @@ CI_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ma
               "macro_specificity", "macro_precision", "macro_f1", "auc")
 # Headline metrics whose bootstrap draws are kept, for the tables' intervals over folds.
 KEPT_DRAWS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
+# Figures of the probabilities (not of the confusion matrix), with CIs and kept draws; the patient
+# recognition rate only at image level (it is made of the images' predictions).
+CALIBRATION_METRICS = ("ece", "brier")
+IMAGE_EXTRA = ("patient_recognition_rate",) + CALIBRATION_METRICS
+PATIENT_EXTRA = CALIBRATION_METRICS
+ECE_BINS = 15
+# The draws each magnification keeps (the magnification table's figures), per block.
+# The temperature is searched in [1/20, 20], on a log scale.
+TEMPERATURE_RANGE = (0.05, 20.0)
+# Predictions of a dataset without magnifications (folder datasets) carry this value.
+NO_MAGNIFICATION = "NA"
 # Softmax outputs sum to 1; mixed precision can be a little off, a wrong column far more.
 _PROB_SUM_TOLERANCE = 1e-2
 
@@ -77,6 +108,15 @@ CONVENTIONS = {
            "macro mean over classes present in the truth",
     "bootstrap": "resample patients with replacement (all images/units of each drawn patient); "
                  "percentile 95% CI over draws where the metric is defined",
+    "patient_recognition_rate": "image level: per patient the fraction of its images predicted "
+                                "right, mean over patients (Spanhol et al. 2016)",
+    "brier": "mean over units of sum over classes of (probability - one-hot truth)^2, 0 to 2",
+    "ece": f"{ECE_BINS} equal-width bins of the confidence (highest class probability); sum over "
+           "bins of share of units x |accuracy - mean confidence|",
+    "by_magnification": "the image and patient (mean probability) blocks of each magnification's "
+                        "test images, bootstrap over their patients",
+    "temperature_scaling": "T fitted on the fold's validation images (negative log-likelihood), "
+                           "test probabilities softmax(log p / T)",
 }
 
 
@@ -96,8 +136,13 @@ def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 100
     k = len(classes)
     units = _patient_units(y, pred, prob, patient_codes, k)
 
+    image_extra = {"patient_recognition_rate": _recognition_rate(y, pred, patient_codes),
+                   **_calibration(y, prob)}
+    patient_extra = _calibration(units["y"], units["prob_mean"])
     image = _full_block(y, pred, prob, classes)
+    image.update({m: f(None) for m, f in image_extra.items()})
     pat_mean = _full_block(units["y"], units["pred_mean"], units["prob_mean"], classes)
+    pat_mean.update({m: f(None) for m, f in patient_extra.items()})
     pat_vote = _full_block(units["y"], units["pred_vote"], units["vote_share"], classes)
 
     boot = {"n_boot": int(n_boot), "seed": int(seed), "stream": int(stream), "unit": "patient",
@@ -105,11 +150,12 @@ def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 100
     if n_boot > 0:
         draws = draw_patients(np.random.default_rng([seed, stream]), len(patients), n_boot)
         image["ci95"], image["ci_n_valid"], values = _bootstrap(
-            draws, patient_codes, y, pred, prob, k)
-        image["bootstrap_values"] = _kept_draws(values)
+            draws, patient_codes, y, pred, prob, k, image_extra)
+        image["bootstrap_values"] = _kept_draws(values, KEPT_DRAWS + IMAGE_EXTRA)
         pat_mean["ci95"], pat_mean["ci_n_valid"], values = _bootstrap(
-            draws, units["patient"], units["y"], units["pred_mean"], units["prob_mean"], k)
-        pat_mean["bootstrap_values"] = _kept_draws(values)
+            draws, units["patient"], units["y"], units["pred_mean"], units["prob_mean"], k,
+            patient_extra)
+        pat_mean["bootstrap_values"] = _kept_draws(values, KEPT_DRAWS + PATIENT_EXTRA)
         pat_vote["ci95"], pat_vote["ci_n_valid"], _ = _bootstrap(
             draws, units["patient"], units["y"], units["pred_vote"], units["vote_share"], k)
 
@@ -132,6 +178,48 @@ def compute_metrics(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 100
     }
 
 
+def by_magnification(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 1000,
+                     seed: int = 0, where: str = "predictions", stream: int = 0) -> dict:
+    """{magnification: metrics of its test images}, for the per-magnification (BreakHis) protocol.
+
+    Empty when the predictions carry no magnification (folder datasets). Each magnification keeps
+    its image and mean-probability patient blocks; their bootstrap covers the magnification
+    table's figures only (accuracy and AUC, and the image-level recognition rate): four full
+    bootstraps would cost four times the fold's, and their draws would multiply the JSON's size.
+    """
+    from deepbc.breakhis import MAGNIFICATIONS
+
+    if "magnification" not in pred_df.columns:
+        return {}
+    present = set(pred_df["magnification"].astype(str)) - {NO_MAGNIFICATION}
+    out = {}
+    for mag in sorted(present, key=lambda m: (MAGNIFICATIONS.index(m) if m in MAGNIFICATIONS
+                                              else len(MAGNIFICATIONS), m)):
+        sub_df = pred_df[pred_df["magnification"].astype(str) == mag]
+        sub_where = f"{where} ({mag} images)"
+        sub = compute_metrics(sub_df, classes, n_boot=0, where=sub_where)
+        image, patient = sub["image_level"], sub["patient_level"]["mean_probability"]
+        if n_boot > 0:
+            y, pred, prob, codes, patients = _validated(sub_df, list(classes), sub_where)
+            k = len(classes)
+            units = _patient_units(y, pred, prob, codes, k)
+            draws = draw_patients(np.random.default_rng([seed, stream]), len(patients), n_boot)
+            image_extra = {"accuracy": _accuracy(y, pred), "auc": _auc(y, prob, k),
+                           "patient_recognition_rate": _recognition_rate(y, pred, codes)}
+            patient_extra = {"accuracy": _accuracy(units["y"], units["pred_mean"]),
+                             "auc": _auc(units["y"], units["prob_mean"], k)}
+            for block, owner, by, bpred, bscore, extra in (
+                    (image, codes, y, pred, prob, image_extra),
+                    (patient, units["patient"], units["y"], units["pred_mean"], units["prob_mean"],
+                     patient_extra)):
+                block["ci95"], block["ci_n_valid"], values = _bootstrap(
+                    draws, owner, by, bpred, bscore, k, extra, confusion=False)
+                block["bootstrap_values"] = _kept_draws(values, extra)
+        out[mag] = {"n_images": sub["n_images"], "n_patients": sub["n_patients"],
+                    "image_level": image, "patient_level": {"mean_probability": patient}}
+    return out
+
+
 def grouping_of(manifest) -> str:
     """``image`` if the manifest has images that are their own group (``patient_source`` image), else
     ``patient``. A folder dataset's CSV must list every image, so a manifest is never mixed."""
@@ -143,12 +231,79 @@ def grouping_of(manifest) -> str:
     return "patient"
 
 
+def fit_temperature(prob: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising the negative log-likelihood of softmax(log prob / T) for the
+    true classes ``y`` (validation images)."""
+    from scipy.optimize import minimize_scalar
+
+    log_p = _log_prob(prob)
+
+    def nll(log_t):
+        z = log_p / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    low, high = np.log(TEMPERATURE_RANGE)
+    result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(result.x))
+
+
+def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
+    z = _log_prob(prob) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _log_prob(prob):
+    # The logits up to a per-row constant, which softmax ignores. A float32 softmax can underflow
+    # to 0; such a class stays negligible at any temperature in TEMPERATURE_RANGE.
+    return np.log(np.clip(prob, 1e-30, None))
+
+
+def temperature_scaling(test_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str],
+                        n_boot: int, seed: int, where: str, stream: int) -> dict:
+    """The temperature fitted on ``val_df`` and the calibration of ``test_df`` scaled by it."""
+    cols = [prob_column(c) for c in classes]
+    if len(val_df) == 0:
+        LOG.warning("%s: no validation images, so no temperature scaling", where)
+        return {"temperature": None, "n_validation_images": 0}
+    y_val, _, prob_val, _, _ = _validated(val_df, classes, f"{where} (validation)")
+    temperature = fit_temperature(prob_val, y_val)
+    scaled = test_df.copy()
+    scaled[cols] = apply_temperature(test_df[cols].to_numpy(dtype=np.float64), temperature)
+    scaled["pred"] = [classes[i] for i in scaled[cols].to_numpy().argmax(axis=1)]
+    scaled = scaled.drop(columns=[c for c in ("pred_index",) if c in scaled.columns])
+    result = compute_metrics(scaled, classes, n_boot=0, where=where)
+    out = {"temperature": temperature, "n_validation_images": int(len(val_df))}
+    y, pred, prob, codes, patients = _validated(scaled, classes, where)
+    units = _patient_units(y, pred, prob, codes, len(classes))
+    draws = (draw_patients(np.random.default_rng([seed, stream]), len(patients), n_boot)
+             if n_boot > 0 else None)
+    for name, block, owner, by, score in (
+            ("image_level", result["image_level"], codes, y, prob),
+            ("patient_level", result["patient_level"]["mean_probability"], units["patient"],
+             units["y"], units["prob_mean"])):
+        kept = {m: block[m] for m in ("accuracy", *CALIBRATION_METRICS)}
+        if draws is not None:
+            # Only the calibration figures: the scaled predictions' other figures are not shown.
+            extra = _calibration(by, score)
+            kept["ci95"], kept["ci_n_valid"], values = _bootstrap(
+                draws, owner, by, score.argmax(axis=1), score, len(classes), extra, confusion=False)
+            kept["bootstrap_values"] = _kept_draws(values, extra)
+        out[name] = kept
+    out["patient_level"] = {"mean_probability": out["patient_level"]}
+    return out
+
+
 def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
+                 magnification: str, n_boot: int = 1000, seed: int = 0,
+                 validation_predictions=None) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
-    ``meta`` (run, task, protocol, grouping, arch, fold) lets the tables group files without parsing
-    paths; ``grouping`` comes from the dataset's ``manifest`` (see ``grouping_of``).
+    ``meta`` (run, task, protocol, grouping, arch, fold, magnification: the one the task trained
+    on, or all) lets the tables group files without parsing paths; ``grouping`` comes from the
+    dataset's ``manifest`` (see ``grouping_of``). ``validation_predictions`` (the same model's
+    validation split) adds ``temperature_scaling``.
     """
     try:
         df = pd.read_parquet(predictions)
@@ -162,8 +317,19 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
                     "results are labelled %r, not patient-wise", run, GROUPING_LABELS["image"])
     result = compute_metrics(df, classes, n_boot=n_boot, seed=seed, where=str(predictions),
                              stream=int(fold))
+    result["by_magnification"] = by_magnification(df, classes, n_boot=n_boot, seed=seed,
+                                                  where=str(predictions), stream=int(fold))
+    if validation_predictions is not None:
+        try:
+            val = pd.read_parquet(validation_predictions)
+        except FileNotFoundError:
+            raise UserError("validation predictions file not found", str(validation_predictions),
+                            "run the evaluate rule for this run, architecture and fold") from None
+        result["temperature_scaling"] = temperature_scaling(
+            df, val, list(classes), n_boot, seed, str(predictions), int(fold))
     result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
-                      "arch": arch, "fold": int(fold), "predictions": str(predictions)}
+                      "arch": arch, "fold": int(fold), "magnification": magnification,
+                      "predictions": str(predictions)}
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]
     LOG.info("%s %s fold %d: %d images, %d patients; accuracy image %.3f, patient %.3f; "
@@ -391,26 +557,86 @@ def _full_block(y, pred, score, classes) -> dict:
     return block
 
 
-def _kept_draws(values: dict) -> dict:
-    """The draws of KEPT_DRAWS, rounded (a 1000-draw JSON stays small), undefined ones as None."""
+def _kept_draws(values: dict, names) -> dict:
+    """The draws of ``names``, rounded (a 1000-draw JSON stays small), undefined ones as None."""
     return {m: [None if not np.isfinite(v) else round(float(v), 6) for v in values[m]]
-            for m in KEPT_DRAWS}
+            for m in names}
 
 
-def _bootstrap(draws, owner, y, pred, score, k):
-    """Percentile CIs of CI_METRICS, their numbers of defined draws, and the draws themselves;
-    ``owner[i]`` is the patient index of unit/image i."""
-    n_patients = draws.shape[1]
+def _recognition_rate(y, pred, patient):
+    """Patient recognition rate under unit weights ``w`` (None: each image once): per patient the
+    share of its images predicted right, averaged over patients weighted by how often each was
+    drawn. An image weighs w / (its patient's number of images), so each drawn patient weighs 1."""
+    share = 1.0 / np.bincount(patient)[patient]
+    correct = (y == pred).astype(np.float64)
+
+    def rate(w):
+        w = share if w is None else w * share
+        return float((w * correct).sum() / w.sum())
+    return rate
+
+
+def confidence_bin(confidence: np.ndarray) -> np.ndarray:
+    """The ECE bin (0 to ECE_BINS - 1) of each confidence: bin b holds (b/B, (b+1)/B]."""
+    # Rounded first: a mean of probabilities carries float noise ((0.8 + 0.4) / 2 is
+    # 0.6000000000000001), which must not cross the 9/15 edge.
+    return np.digitize(np.round(confidence, 9), np.arange(1, ECE_BINS) / ECE_BINS, right=True)
+
+
+def _calibration(y, prob):
+    """Brier score and ECE (see the module docstring) as functions of unit weights (None: 1)."""
+    k = prob.shape[1]
+    brier = ((prob - np.eye(k)[y]) ** 2).sum(axis=1)
+    confidence = prob.max(axis=1)
+    correct = (prob.argmax(axis=1) == y).astype(np.float64)
+    bins = confidence_bin(confidence)
+    gap = correct - confidence
+
+    def ece(w):
+        w = np.ones(len(y)) if w is None else w
+        per_bin = np.bincount(bins, weights=w * gap, minlength=ECE_BINS)
+        return float(np.abs(per_bin).sum() / w.sum())
+
+    def mean_brier(w):
+        return float(brier.mean() if w is None else (w * brier).sum() / w.sum())
+    return {"ece": ece, "brier": mean_brier}
+
+
+def _accuracy(y, pred):
+    """Accuracy as a function of unit weights, for a bootstrap without the confusion figures."""
+    correct = (y == pred).astype(np.float64)
+    return lambda w: float((w * correct).sum() / w.sum())
+
+
+def _auc(y, score, k):
+    """The table's AUC (binary: of the second class; else the macro mean) under unit weights."""
     weighted_auc = _WeightedAuc(y, score, k)
+
+    def auc(w):
+        per_class = weighted_auc(w)
+        return per_class[1] if k == 2 else _nanmean(per_class)
+    return auc
+
+
+def _bootstrap(draws, owner, y, pred, score, k, extra=None, confusion=True):
+    """Percentile CIs of CI_METRICS (unless ``confusion`` is False) and of ``extra`` ({name:
+    function of the unit weights}), their numbers of defined draws, and the draws themselves;
+    ``owner[i]`` is the patient index of unit/image i."""
+    extra = extra or {}
+    n_patients = draws.shape[1]
+    weighted_auc = _WeightedAuc(y, score, k) if confusion else None
     cell = y * k + pred
-    values = {m: [] for m in CI_METRICS}
+    values = {m: [] for m in (*(CI_METRICS if confusion else ()), *extra)}
     for draw in draws:
         # A patient drawn m times brings each of its images (units) m times.
         w = np.bincount(draw, minlength=n_patients)[owner].astype(np.float64)
-        cm = np.bincount(cell, weights=w, minlength=k * k).reshape(k, k)
-        macro, _ = _scalars(cm, weighted_auc(w))
-        for m in CI_METRICS:
-            values[m].append(macro[m])
+        if confusion:
+            cm = np.bincount(cell, weights=w, minlength=k * k).reshape(k, k)
+            macro, _ = _scalars(cm, weighted_auc(w))
+            for m in CI_METRICS:
+                values[m].append(macro[m])
+        for m, f in extra.items():
+            values[m].append(f(w))
     ci, n_valid = {}, {}
     alpha = (1 - CONFIDENCE) / 2 * 100
     for m, vals in values.items():

@@ -11,7 +11,9 @@ bootstrap draws the metrics JSONs keep (see ``_interval``): it resamples test pa
 fold's model fixed, so it leaves out the variation between trained models, and under the
 image-level protocol (a patient in several folds' test sets) it is too narrow (INTERVAL_NOTE).
 Sensitivity and specificity are those of the positive (second) class for two classes, and macro
-means over classes for more (deepbc.metrics).
+means over classes for more (deepbc.metrics). The task tables also show the patient recognition
+rate (image level, LEVEL_EXTRA); the fold frame carries the calibration figures too, which
+deepbc.calibration tabulates.
 """
 
 import json
@@ -27,7 +29,7 @@ import yaml
 
 from deepbc import atomic
 from deepbc.errors import UserError
-from deepbc.metrics import CONFIDENCE, GROUPING_LABELS, KEPT_DRAWS
+from deepbc.metrics import CONFIDENCE, GROUPING_LABELS, IMAGE_EXTRA, KEPT_DRAWS, PATIENT_EXTRA
 from deepbc.runs import parse_run
 
 LOG = logging.getLogger("deepbc")
@@ -46,9 +48,17 @@ IMAGE_GROUPED_NOTE = (
     "sides of the split. Give the dataset a patients CSV (path, patient) to make it patient-wise.")
 PREPRINT_ONLY = "preprint only (not run here)"
 LABELS = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "sensitivity": "sens.",
-          "specificity": "spec.", "auc": "AUC", "fp": "FP", "fn": "FN"}
+          "specificity": "spec.", "auc": "AUC", "fp": "FP", "fn": "FN",
+          "patient_recognition_rate": "patient recognition rate", "ece": "ECE", "brier": "Brier"}
 COUNT_METRICS = ("fp", "fn")
 INTERVAL_METRICS = KEPT_DRAWS
+# Figures of one level only, each with its interval: the patient recognition rate (made of the
+# image predictions) and calibration; old metrics JSONs without them give NaN.
+LEVEL_EXTRA = {"patient": PATIENT_EXTRA, "image": IMAGE_EXTRA}
+RECOGNITION_NOTE = (
+    "Patient recognition rate (Spanhol et al. 2016): for each test patient the fraction of its "
+    "images classified right, then the mean over the fold's patients; unlike image-level "
+    "accuracy, every patient weighs the same.")
 INTERVAL_NOTE = (
     "[low, high]: 95 % interval of the mean over folds. Each of the metrics' bootstrap draws "
     "resamples every test fold's patients with replacement (a drawn patient brings all its "
@@ -116,11 +126,11 @@ def fold_frame(metrics: list[dict]) -> pd.DataFrame:
         row = dict(m["meta"])
         blocks = {"patient": m["patient_level"]["mean_probability"], "image": m["image_level"]}
         for level, block in blocks.items():
-            for metric in TABLE_METRICS:
+            for metric in TABLE_METRICS + LEVEL_EXTRA[level]:
                 value = block.get(metric)
                 row[f"{level}_{metric}"] = math.nan if value is None else float(value)
             draws = block.get("bootstrap_values") or {}
-            for metric in INTERVAL_METRICS:
+            for metric in INTERVAL_METRICS + LEVEL_EXTRA[level]:
                 values = draws.get(metric)
                 row[f"{level}_{metric}_draws"] = (
                     None if values is None else np.array(values, dtype=np.float64))
@@ -132,7 +142,7 @@ def fold_frame(metrics: list[dict]) -> pd.DataFrame:
 
 def _aggregate(folds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Mean and sd over folds of every ``{level}_{metric}`` column, per group of ``keys``."""
-    value_cols = [f"{lv}_{m}" for lv in LEVELS for m in TABLE_METRICS]
+    value_cols = [f"{lv}_{m}" for lv in LEVELS for m in TABLE_METRICS + LEVEL_EXTRA[lv]]
     grouped = folds.groupby(keys, sort=True)
     out = grouped.size().rename("n_folds").reset_index()
     out["n_patients"] = grouped["n_patients"].sum().to_numpy()
@@ -142,7 +152,7 @@ def _aggregate(folds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for col in value_cols:
         out[f"{col}_mean"] = mean[col].to_numpy()
         out[f"{col}_sd"] = sd[col].to_numpy()
-    for col in (f"{lv}_{m}" for lv in LEVELS for m in INTERVAL_METRICS):
+    for col in (f"{lv}_{m}" for lv in LEVELS for m in INTERVAL_METRICS + LEVEL_EXTRA[lv]):
         bounds = [_interval(list(g[f"{col}_draws"])) for _, g in grouped]
         out[f"{col}_ci_low"] = [b[0] for b in bounds]
         out[f"{col}_ci_high"] = [b[1] for b in bounds]
@@ -230,7 +240,7 @@ def _fmt(mean, sd, count: bool, low=math.nan, high=math.nan) -> str:
 def _cell(r, level: str, metric: str) -> str:
     """mean ± sd [interval] of one metric of a table row."""
     ci = (r[f"{level}_{metric}_ci_low"], r[f"{level}_{metric}_ci_high"]) if (
-        metric in INTERVAL_METRICS) else (math.nan, math.nan)
+        f"{level}_{metric}_ci_low" in r.index) else (math.nan, math.nan)
     return _fmt(r[f"{level}_{metric}_mean"], r[f"{level}_{metric}_sd"], metric in COUNT_METRICS, *ci)
 
 
@@ -242,6 +252,7 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
     """Header, formatted cells and footnotes shared by the Markdown and LaTeX writers."""
     header = ["architecture", "protocol", "folds"]
     header += [f"{lv} {LABELS[m]}" for lv in LEVELS for m in TABLE_METRICS]
+    header += [LABELS["patient_recognition_rate"]]
     header += [f"preprint {LABELS[m]}" for m in PREPRINT_METRICS]
     notes: list[str] = []
     rows = []
@@ -250,6 +261,7 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
         for lv in LEVELS:
             for m in TABLE_METRICS:
                 cells.append(_cell(r, lv, m))
+        cells.append(_cell(r, "image", "patient_recognition_rate"))
         marker = ""
         if r["preprint_note"]:
             if r["preprint_note"] not in notes:
@@ -265,6 +277,7 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
         "its images'. Two classes: sensitivity and specificity of the second (positive) class, FP "
         "= first class predicted as second, FN = the reverse; more classes: macro means, and FP/FN "
         "sums of the one-vs-rest counts.",
+        RECOGNITION_NOTE,
         "Preprint: " + " ".join(preprint["source"]["protocol_note"].split()),
     ]
     if (table["protocol"] == IMAGE_GROUPED).any():

@@ -180,16 +180,26 @@ def has_both_protocols():
     return any(len(set(spec.get("protocols", ["patient"]))) > 1 for spec in TASKS.values())
 
 
+def magnification_runs():
+    """The patient-wise runs of BreakHis-kind tasks: the only ones with magnifications."""
+    return [r for r in RUNS if run_protocol(r) == "patient"
+            and config["datasets"][run_dataset(r)]["kind"] == "breakhis"]
+
+
 def all_tables():
     files = expand("results/tables/{task}.{ext}", task=list(TASKS), ext=["csv", "md", "tex"])
     files += expand("results/tables/summary.{ext}", ext=["csv", "md"])
     if has_both_protocols():
         files += expand("results/tables/leakage.{ext}", ext=["csv", "md"])
+    if magnification_runs():
+        files += expand("results/tables/magnification.{ext}", ext=["csv", "md", "tex"])
+    files += expand("results/tables/calibration.{ext}", ext=["csv", "md", "tex"])
     return files
 
 
 def all_figures():
-    files = expand("results/figures/roc/{task}.{ext}", task=list(TASKS), ext=["png", "pdf"])
+    files = expand("results/figures/{kind}/{task}.{ext}", kind=["roc", "calibration"],
+                   task=list(TASKS), ext=["png", "pdf"])
     for kind in ("confusion", "training"):
         files += expand("results/figures/{kind}/{run}/{arch}.{ext}", kind=kind, run=RUNS, arch=ARCHS,
                         ext=["png", "pdf"])

@@ -3,8 +3,11 @@ rule evaluate:
         model=rules.train.output.settings,
         checkpoint=rules.train.output.model,
         shards=lambda wc: checked_shard_indexes(wc.run, wc.fold, ["test"]),
+        # Validation predictions, in the same job, for temperature scaling (never fitted on test).
+        val_shards=lambda wc: checked_shard_indexes(wc.run, wc.fold, ["val"]),
     output:
-        "results/predictions/{run}/{arch}/fold{fold}.parquet",
+        test="results/predictions/{run}/{arch}/fold{fold}.parquet",
+        val="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
     params:
         script=script("evaluate_model.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
@@ -21,7 +24,8 @@ rule evaluate:
         GPU_ENV
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
-        " --out {output:q} --threads {threads} --log {log:q}"
+        " --out {output.test:q} --val-shard-index {input.val_shards:q} --val-out {output.val:q}"
+        " --threads {threads} --log {log:q}"
 
 
 rule predict_folder:

@@ -4,6 +4,8 @@ from types import SimpleNamespace
 rule metrics:
     input:
         predictions="results/predictions/{run}/{arch}/fold{fold}.parquet",
+        # The temperature scaling is fitted on the validation split, never on test.
+        validation="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
         # Whether the dataset maps images to patients (the results' grouping).
         manifest=manifest_of_run,
     output:
@@ -11,6 +13,8 @@ rule metrics:
     params:
         script=script("compute_metrics.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
+        # The magnification the task trained on (meta.magnification, for the magnification table).
+        magnification=lambda wc: TASKS[run_task(wc.run)]["magnification"],
         n_boot=config.get("evaluation", {}).get("n_bootstrap", 1000),
         seed=config["seed"],
     log:
@@ -21,8 +25,9 @@ rule metrics:
         "../envs/cpu.yaml"
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input.predictions:q} --classes {params.classes:q}"
-        " --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
-        " --manifest {input.manifest:q} --n-boot {params.n_boot} --seed {params.seed}"
+        " --validation-predictions {input.validation:q} --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
+        " --manifest {input.manifest:q} --magnification {params.magnification}"
+        " --n-boot {params.n_boot} --seed {params.seed}"
         " --out {output:q} --log {log:q}"
 
 
@@ -87,6 +92,48 @@ rule leakage_table:
         " --log {log:q}"
 
 
+rule magnification_table:
+    input:
+        metrics_files(magnification_runs()),
+    output:
+        csv=report("results/tables/magnification.csv", caption="../report/table_magnification.rst",
+                   category="Tables"),
+        md="results/tables/magnification.md",
+        tex="results/tables/magnification.tex",
+    params:
+        script=script("make_magnification_table.py"),
+    log:
+        "results/logs/tables/magnification.log",
+    benchmark:
+        "results/benchmarks/tables/magnification.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
+
+
+rule calibration_table:
+    input:
+        metrics_files(RUNS),
+    output:
+        csv=report("results/tables/calibration.csv", caption="../report/table_calibration.rst",
+                   category="Tables"),
+        md="results/tables/calibration.md",
+        tex="results/tables/calibration.tex",
+    params:
+        script=script("make_calibration_table.py"),
+    log:
+        "results/logs/tables/calibration.log",
+    benchmark:
+        "results/benchmarks/tables/calibration.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
+
+
 rule roc_figure:
     input:
         predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
@@ -103,6 +150,30 @@ rule roc_figure:
         "results/logs/figures/roc/{task}.log",
     benchmark:
         "results/benchmarks/figures/roc/{task}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --classes {params.classes:q}"
+        " --predictions {input.predictions:q} --manifest {input.manifest:q}"
+        " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
+
+
+rule calibration_figure:
+    input:
+        predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
+                                      run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
+        manifest=lambda wc: manifest_of_run(SimpleNamespace(run=runs_of_task(wc.task)[0])),
+    output:
+        png=report("results/figures/calibration/{task}.png", caption="../report/calibration.rst",
+                   category="Calibration"),
+        pdf="results/figures/calibration/{task}.pdf",
+    params:
+        script=script("plot_calibration.py"),
+        classes=lambda wc: task_classes(wc.task),
+    log:
+        "results/logs/figures/calibration/{task}.log",
+    benchmark:
+        "results/benchmarks/figures/calibration/{task}.tsv"
     conda:
         "../envs/cpu.yaml"
     shell:

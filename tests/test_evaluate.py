@@ -131,3 +131,34 @@ def test_a_folder_with_bad_small_16_bit_and_tiff_files_gets_a_row_for_each(model
     assert (df.loc["b.tif", "width"], df.loc["b.tif", "height"]) == (40, 40)
     written = pd.read_csv(tmp_path / "pred.csv", keep_default_na=False)
     assert len(written) == len(df) and set(written["reason"]) == set(df["reason"])
+
+
+@pytest.mark.slow
+def test_evaluate_script_predicts_validation_in_the_same_job(model, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "workflow_scripts" / "evaluate_model.py"
+    spec = importlib.util.spec_from_file_location("evaluate_model", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--model-dir", str(model / "model"), "--shard-index", str(model / "shards" / "test.json"),
+                 "--out", str(tmp_path / "test.parquet"), "--val-shard-index",
+                 str(model / "shards" / "val.json"), "--val-out", str(tmp_path / "val.parquet")])
+    val = pd.read_parquet(tmp_path / "val.parquet")
+    assert len(val) == 32 and val["path"].str.contains("/val_").all()
+    pd.testing.assert_frame_equal(val, evaluate.predict_shards(model / "model", model / "shards" / "val.json",
+                                                               tmp_path / "again.parquet"))
+    assert pd.read_parquet(tmp_path / "test.parquet")["path"].str.contains("/test_").all()
+
+
+def test_an_empty_split_gives_empty_predictions(tmp_path):
+    import json
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "settings.json").write_text(json.dumps({"class_names": ["benign", "malignant"]}))
+    (tmp_path / "val.json").write_text(json.dumps({"class_names": ["benign", "malignant"], "count": 0}))
+    df = evaluate.predict_shards(tmp_path / "model", tmp_path / "val.json", tmp_path / "val.parquet")
+    assert df.empty and list(df.columns) == ["path", "patient", "magnification", "label", "label_index",
+                                             "prob_benign", "prob_malignant", "pred", "pred_index"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "val.parquet"), df)

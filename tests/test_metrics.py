@@ -156,6 +156,66 @@ def test_bootstrap_moves_in_patient_sized_steps(monkeypatch):
     assert m["bootstrap"]["n_boot"] == 3
 
 
+def test_patient_recognition_rate_by_hand(monkeypatch):
+    # Images right per patient: P1 2 of 3, P2 1 of 2, P3 1 of 1, P4 0 of 2.
+    draws = np.array([[0, 0, 2, 3], [0, 1, 2, 3]])  # P1 twice with P3 and P4; each once
+    monkeypatch.setattr(metrics, "draw_patients", lambda rng, n, b: draws)
+    m = metrics.compute_metrics(binary_case(), BM, n_boot=2, seed=0)
+    image = m["image_level"]
+    assert image["patient_recognition_rate"] == pytest.approx((2 / 3 + 1 / 2 + 1 + 0) / 4)
+    assert image["accuracy"] == pytest.approx(4 / 8)  # each image once: not the same figure
+    # A patient drawn twice counts twice: (2 * 2/3 + 1 + 0) / 4.
+    assert image["bootstrap_values"]["patient_recognition_rate"] == pytest.approx(
+        [7 / 12, 13 / 24], abs=1e-6)
+    assert "patient_recognition_rate" not in m["patient_level"]["mean_probability"]
+
+
+def test_brier_and_ece_by_hand():
+    m = metrics.compute_metrics(binary_case(), BM, n_boot=0)
+    image, patient = m["image_level"], m["patient_level"]["mean_probability"]
+    # Brier: sum over both classes of (p - truth)^2 = 2 (1 - p_true)^2; p_true per image:
+    # 0.8 0.7 0.1 | 0.8 0.4 | 0.6 | 0.3 0.4.
+    assert image["brier"] == pytest.approx(2 * (0.04 + 0.09 + 0.81 + 0.04 + 0.36 + 0.16 + 0.49
+                                                 + 0.36) / 8)
+    # ECE, 15 bins of the confidence: (11/15, 12/15] holds 0.8 right twice (gap +0.4);
+    # (10/15, 11/15] 0.7 right and 0.7 wrong (+0.3 - 0.7: they partly cancel); (13/15, 14/15]
+    # 0.9 wrong (-0.9); (8/15, 9/15] 0.6 wrong, right, wrong (-0.8).
+    assert image["ece"] == pytest.approx((0.4 + 0.4 + 0.9 + 0.8) / 8)
+    # Patients (mean probability of the true class): P1 0.5333 and P2, P3 0.6 right, P4 0.35
+    # wrong (confidence 0.65).
+    assert patient["brier"] == pytest.approx(
+        2 * ((1 - 1.6 / 3) ** 2 + 0.4 ** 2 + 0.4 ** 2 + 0.65 ** 2) / 4)
+    assert patient["ece"] == pytest.approx(((1 - 1.6 / 3) + 0.4 + 0.4 + 0.65) / 4)
+    # Perfectly confident and right: both are 0.
+    sure = metrics.compute_metrics(frame([("A", "benign", [1.0, 0.0]),
+                                          ("B", "malignant", [0.0, 1.0])], BM), BM, n_boot=0)
+    assert sure["image_level"]["ece"] == 0 and sure["image_level"]["brier"] == 0
+
+
+def test_by_magnification_splits_the_test_images():
+    df = binary_case().assign(magnification=["40X", "100X", "40X", "40X", "100X", "100X", "40X",
+                                             "100X"])
+    m = metrics.by_magnification(df, BM, n_boot=10, seed=0)
+    assert list(m) == ["40X", "100X"]  # in the order of magnification, not of the text
+    # 40X: P1 0.2, 0.9 (1 of 2 right), P2 0.8 (right), P4 0.7 (wrong).
+    assert m["40X"]["n_images"] == 4 and m["40X"]["n_patients"] == 3
+    assert m["40X"]["image_level"]["patient_recognition_rate"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert set(m["40X"]["image_level"]["bootstrap_values"]) == {
+        "accuracy", "patient_recognition_rate", "auc"}
+    assert len(m["40X"]["patient_level"]["mean_probability"]["bootstrap_values"]["accuracy"]) == 10
+    # With one magnification, its lean bootstrap gives the full bootstrap's intervals.
+    one = metrics.by_magnification(df.assign(magnification="200X"), BM, n_boot=50, seed=3,
+                                   stream=2)["200X"]
+    full = metrics.compute_metrics(df, BM, n_boot=50, seed=3, stream=2)
+    for level, block in (("image_level", full["image_level"]),
+                         ("patient_level", full["patient_level"]["mean_probability"])):
+        mine = one["image_level"] if level == "image_level" else one["patient_level"]["mean_probability"]
+        for name, ci in mine["ci95"].items():
+            assert ci == pytest.approx(block["ci95"][name]), (level, name)
+    # A folder dataset's predictions have no magnification.
+    assert metrics.by_magnification(df.assign(magnification="NA"), BM, n_boot=0) == {}
+
+
 def test_bootstrap_with_the_real_generator_resamples_patients():
     df = frame([("A", "benign", [0.9, 0.1])] * 3 + [("B", "malignant", [0.8, 0.2])], BM)
     m = metrics.compute_metrics(df, BM, n_boot=400, seed=3)
@@ -173,7 +233,7 @@ def test_kept_draws_give_the_ci_and_folds_draw_independently():
     df = binary_case()
     m = metrics.compute_metrics(df, BM, n_boot=200, seed=5)
     draws = m["patient_level"]["mean_probability"]["bootstrap_values"]
-    assert set(draws) == set(metrics.KEPT_DRAWS) and len(draws["accuracy"]) == 200
+    assert set(draws) == {*metrics.KEPT_DRAWS, "ece", "brier"} and len(draws["accuracy"]) == 200
     acc = np.array(draws["accuracy"])
     assert m["patient_level"]["mean_probability"]["ci95"]["accuracy"] == pytest.approx(
         list(np.percentile(acc, [2.5, 97.5])), abs=1e-6)
@@ -215,10 +275,11 @@ def test_metrics_file_records_meta_and_grouping(tmp_path, sources, grouping):
     manifest.to_parquet(tmp_path / "manifest.parquet")
     out = tmp_path / "m" / "fold1.json"
     metrics.metrics_file(pred, BM, out, "benign_vs_malignant__image_level", "resnet_small", 1,
-                         tmp_path / "manifest.parquet", n_boot=20, seed=0)
+                         tmp_path / "manifest.parquet", "all", n_boot=20, seed=0)
     meta = json.loads(out.read_text())["meta"]
     assert meta["task"] == "benign_vs_malignant" and meta["protocol"] == "image"
     assert (meta["arch"], meta["fold"], meta["grouping"]) == ("resnet_small", 1, grouping)
+    assert meta["magnification"] == "all"
 
 
 @pytest.mark.parametrize("change, message", [

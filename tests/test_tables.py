@@ -257,6 +257,22 @@ def test_tables_show_the_interval_of_the_mean_over_folds(tmp_path):
     assert "fold k's validation patients are test patients of other folds" in summary_md
 
 
+def test_task_table_shows_the_patient_recognition_rate_with_its_interval(tmp_path):
+    ms = [real_metrics("benign_vs_malignant", "resnet_small", f) for f in range(3)]
+    row = tables.task_table(ms, "benign_vs_malignant").iloc[0]
+    rates = [m["image_level"]["patient_recognition_rate"] for m in ms]
+    assert row["image_patient_recognition_rate_mean"] == pytest.approx(np.mean(rates))
+    draws = np.array([m["image_level"]["bootstrap_values"]["patient_recognition_rate"] for m in ms])
+    assert row["image_patient_recognition_rate_ci_low"] == pytest.approx(
+        np.percentile(draws.mean(axis=0), 2.5))
+    # Calibration reaches the fold frame too (for the calibration table).
+    assert row["patient_ece_mean"] == pytest.approx(
+        np.mean([m["patient_level"]["mean_probability"]["ece"] for m in ms]))
+    tables.write_task_table(tables.task_table(ms, "benign_vs_malignant"), out_md=tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    assert "| patient recognition rate |" in md and "Spanhol et al. 2016" in md
+
+
 def test_bad_metrics_inputs(tmp_path):
     dup = [fake("cancer_types", "patient", "resnet_small", 0)] * 2
     with pytest.raises(UserError, match="two metrics files"):

@@ -84,6 +84,16 @@ def test_default_target_ends_with_every_table_and_figure(demo_run):
             assert (results / "tables" / f"{task}.{ext}").stat().st_size > 0
         for ext in ("png", "pdf"):
             assert (results / "figures" / "roc" / f"{task}.{ext}").stat().st_size > 0
+            assert (results / "figures" / "calibration" / f"{task}.{ext}").stat().st_size > 0
+    # The BreakHis-layout demo has all four magnifications; the TMA folder dataset has none.
+    magnification = pd.read_csv(results / "tables" / "magnification.csv")
+    assert set(magnification["tested_on"]) == {"40X", "100X", "200X", "400X"}
+    assert set(magnification["trained_on"]) == {"all"}
+    assert "cancer_types" not in set(magnification["task"])
+    assert magnification["image_patient_recognition_rate_mean"].notna().all()
+    calibration = pd.read_csv(results / "tables" / "calibration.csv")
+    assert sorted(set(calibration["task"])) == sorted(TASKS)
+    assert calibration["patient_ece_mean"].between(0, 1).all()
     summary = pd.read_csv(results / "tables" / "summary.csv")
     assert sorted(summary["task"]) == sorted(TASKS)
     assert (results / "tables" / "leakage.csv").stat().st_size > 0
@@ -163,8 +173,10 @@ def test_changed_predictions_rerun_only_what_uses_them(demo_run):
     jobs = planned_jobs(workdir, *demo_args(workdir))
     assert "train" not in jobs and "evaluate" not in jobs
     assert jobs.count("metrics") == 1 and jobs.count("task_table") == 1
-    assert {"roc_figure", "confusion_figure", "summary_table"} <= set(jobs)
-    assert "training_figure" not in jobs
+    assert {"roc_figure", "confusion_figure", "summary_table", "calibration_figure",
+            "calibration_table"} <= set(jobs)
+    # A TMA (folder dataset) run has no magnifications: the magnification table does not use it.
+    assert "training_figure" not in jobs and "magnification_table" not in jobs
     snakemake(workdir, "--cores", "2", *demo_args(workdir))  # up to date again for the tests after
 
 
@@ -178,6 +190,8 @@ def test_report_holds_tables_and_figures_with_captions(demo_run):
         names = report.namelist()
     assert any(n.endswith("summary.csv") for n in names)
     assert any(n.endswith("/cancer_types.png") for n in names)  # the ROC curves of one task
+    assert any(n.endswith("magnification.csv") for n in names)
+    assert any(n.endswith("calibration.csv") for n in names)
 
 
 def test_lint_is_clean(tmp_path):

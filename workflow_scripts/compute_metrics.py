@@ -2,8 +2,10 @@
 """Metrics of one fold's test predictions: image and patient level, bootstrap CIs over patients.
 
 Writes a JSON with accuracy, balanced accuracy, per-class sensitivity, specificity, precision, F1,
-FP/FN, ROC AUC, confusion matrices and 95% CIs from resampling patients, plus ``meta`` (run, task,
-protocol, grouping, arch, fold) for the tables; the grouping (patient, or image when the dataset
+FP/FN, ROC AUC, the patient recognition rate, calibration (ECE, Brier; also after temperature
+scaling fitted on the validation predictions), the same per magnification (BreakHis), confusion
+matrices and 95% CIs from resampling patients, plus ``meta`` (run, task, protocol, grouping, arch,
+fold, magnification trained on) for the tables; the grouping (patient, or image when the dataset
 has no patient mapping) comes from the manifest. Conventions: see deepbc/metrics.py.
 """
 
@@ -22,6 +24,11 @@ def parse_args(argv=None):
     p.add_argument("--fold", required=True, type=int, help="fold index")
     p.add_argument("--manifest", required=True,
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
+    p.add_argument("--validation-predictions", required=True,
+                   help="results/validation_predictions/{run}/{arch}/fold{k}.parquet: the "
+                        "temperature scaling is fitted on them")
+    p.add_argument("--magnification", required=True,
+                   help="the magnification the task trained on (all, 40X, ...), recorded in meta")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of patients (0: no CIs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     p.add_argument("--out", required=True, help="metrics JSON")
@@ -35,7 +42,8 @@ def main(argv=None):
     from deepbc import metrics
 
     metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, args.fold,
-                         args.manifest, n_boot=args.n_boot, seed=args.seed)
+                         args.manifest, args.magnification, n_boot=args.n_boot, seed=args.seed,
+                         validation_predictions=args.validation_predictions)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""deepbc.magnification: the per-magnification BreakHis table from small metrics of fake predictions."""
+
+import pandas as pd
+import pytest
+
+from deepbc import magnification, metrics
+from deepbc.errors import UserError
+
+BM = ["benign", "malignant"]
+MAGS = ["40X", "100X", "200X", "400X"]
+
+
+def fold_metrics(task, fold, trained_on, mags, protocol="patient", n_boot=50):
+    """Metrics of a fold's predictions: 6 patients, 2 images per magnification each; the model
+    is wrong on every 400X image of the first patient."""
+    rows = []
+    for p in range(6):
+        for mag in mags:
+            for i in range(2):
+                label = p % 2
+                p_mal = 0.8 if label else 0.2
+                if p == 0 and mag == "400X":
+                    p_mal = 0.9
+                rows.append({"patient": f"f{fold}p{p}", "label": BM[label], "magnification": mag,
+                             "prob_benign": 1 - p_mal, "prob_malignant": p_mal,
+                             "pred": BM[int(p_mal > 0.5)]})
+    df = pd.DataFrame(rows)
+    m = metrics.compute_metrics(df, BM, n_boot=n_boot, seed=0, stream=fold)
+    m["by_magnification"] = metrics.by_magnification(df, BM, n_boot=n_boot, seed=0, stream=fold)
+    run = task if protocol == "patient" else f"{task}__image_level"
+    m["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": "patient",
+                 "arch": "resnet_small", "fold": fold, "magnification": trained_on}
+    return m
+
+
+def test_rows_per_trained_and_tested_magnification(tmp_path):
+    ms = [fold_metrics("benign_vs_malignant", f, "all", MAGS) for f in range(2)]
+    ms += [fold_metrics("benign_vs_malignant_400X", f, "400X", ["400X"]) for f in range(2)]
+    ms += [fold_metrics("benign_vs_malignant", f, "all", MAGS, protocol="image") for f in range(2)]
+    t = magnification.magnification_table(ms)
+    # The image-level protocol is left out; the 400X-only task sits beside the all-magnification
+    # model's 400X row.
+    assert list(zip(t["task"], t["trained_on"], t["tested_on"])) == [
+        ("benign_vs_malignant", "all", "40X"), ("benign_vs_malignant", "all", "100X"),
+        ("benign_vs_malignant", "all", "200X"), ("benign_vs_malignant", "all", "400X"),
+        ("benign_vs_malignant_400X", "400X", "400X")]
+    r400 = t[(t["tested_on"] == "400X") & (t["trained_on"] == "all")].iloc[0]
+    # At 400X patient 0's 2 images are wrong: image accuracy 10/12, recognition rate 5/6; its
+    # mean probability is wrong too: patient accuracy 5/6.
+    assert r400["image_accuracy_mean"] == pytest.approx(10 / 12)
+    assert r400["image_patient_recognition_rate_mean"] == pytest.approx(5 / 6)
+    assert r400["patient_accuracy_mean"] == pytest.approx(5 / 6)
+    assert r400["n_folds"] == 2 and r400["n_images"] == 24 and r400["n_patients"] == 12
+    r40 = t[t["tested_on"] == "40X"].iloc[0]
+    assert r40["image_accuracy_mean"] == 1 and r40["patient_accuracy_mean"] == 1
+    # The interval comes from the per-magnification bootstrap draws.
+    assert r400["image_patient_recognition_rate_ci_low"] < 5 / 6 <= r400[
+        "image_patient_recognition_rate_ci_high"]
+    magnification.write_magnification_table(t, tmp_path / "m.csv", tmp_path / "m.md", tmp_path / "m.tex")
+    md = (tmp_path / "m.md").read_text()
+    assert "| benign_vs_malignant_400X | 400X | 400X | resnet_small | 2 |" in md
+    assert "patient recognition rate" in md and "folder datasets have no magnification" in md
+    assert pd.read_csv(tmp_path / "m.csv").shape[0] == 5
+
+
+def test_folder_datasets_give_an_empty_table(tmp_path):
+    m = fold_metrics("cancer_types", 0, "all", MAGS, n_boot=0)
+    m["by_magnification"] = {}  # a folder dataset's predictions carry magnification "NA"
+    t = magnification.magnification_table([m])
+    assert t.empty
+    magnification.write_magnification_table(t, tmp_path / "m.csv", tmp_path / "m.md")
+    assert "nothing to show" in (tmp_path / "m.md").read_text()
+
+
+def test_old_metrics_json_is_a_user_error():
+    m = fold_metrics("benign_vs_malignant", 0, "all", MAGS, n_boot=0)
+    del m["meta"]["magnification"]
+    with pytest.raises(UserError, match="recompute it"):
+        magnification.magnification_table([m])

@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Reliability diagram of one task: patient level and image level, one line per architecture and
+protocol, test predictions pooled over folds, 15 equal-width bins of the confidence (the highest
+class probability). The legend gives the pooled expected calibration error. See deepbc/calibration.py.
+"""
+
+import argparse
+import sys
+
+from deepbc import logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, help="task name")
+    p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
+    p.add_argument("--predictions", required=True, nargs="+",
+                   help="results/predictions/{run}/{arch}/fold{k}.parquet of the task's runs")
+    p.add_argument("--manifest", required=True,
+                   help="results/manifest/{dataset}.parquet: tells whether images map to patients")
+    p.add_argument("--out-png", required=True, help="PNG output")
+    p.add_argument("--out-pdf", help="PDF output")
+    p.add_argument("--log", default=None, help="log file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+    from deepbc import calibration
+
+    calibration.plot_reliability(args.predictions, args.classes, args.task, args.manifest,
+                                 args.out_png, args.out_pdf)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))
