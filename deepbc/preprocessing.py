@@ -204,21 +204,40 @@ def _color_jitter(image, seeds):
 def rgb_to_hed(rgb):
     """RGB in [0, 1] (float, [..., 3]) to H, E, DAB optical densities as skimage's rgb2hed, except that
     negative densities are kept (rgb2hed clips them at 0), so that :func:`hed_to_rgb` inverts it."""
-    od = tf.math.log(tf.maximum(rgb, _OD_FLOOR)) / math.log(_OD_FLOOR)
-    return tf.einsum("...c,cs->...s", od, tf.constant(HED_FROM_RGB, rgb.dtype))
+    return _times(_optical_density(rgb), tf.constant(HED_FROM_RGB, rgb.dtype))
 
 
 def hed_to_rgb(hed):
     """H, E, DAB densities back to RGB clipped to [0, 1] (skimage's hed2rgb)."""
-    od = tf.einsum("...s,sc->...c", hed, tf.constant(RGB_FROM_HED, hed.dtype))
-    return tf.clip_by_value(tf.exp(od * math.log(_OD_FLOOR)), 0.0, 1.0)
+    return _from_optical_density(_times(hed, tf.constant(RGB_FROM_HED, hed.dtype)))
 
 
 def hed_jitter(rgb, sigma: float, bias: float, key):
     """Tellez et al.'s HED augmentation of one float RGB image in [0, 1]: each stain channel ``s``
     becomes ``alpha * s + beta``, ``alpha ~ U(1 - sigma, 1 + sigma)``, ``beta ~ U(-bias, bias)``,
-    drawn per channel from the stateless ``key`` (int64 [2])."""
+    drawn per channel from the stateless ``key`` (int64 [2]).
+
+    Equal to ``hed_to_rgb(rgb_to_hed(rgb) * alpha + beta)``, with the three linear steps folded into
+    one 3x3 matrix and offset first: per pixel, one log, one 3x3 product and one exp.
+    """
     alpha_key, beta_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
     alpha = tf.random.stateless_uniform([3], alpha_key, 1.0 - sigma, 1.0 + sigma, dtype=rgb.dtype)
     beta = tf.random.stateless_uniform([3], beta_key, -bias, bias, dtype=rgb.dtype)
-    return hed_to_rgb(rgb_to_hed(rgb) * alpha + beta)
+    to_rgb = tf.constant(RGB_FROM_HED, rgb.dtype)
+    matrix = tf.constant(HED_FROM_RGB, rgb.dtype) @ (alpha[:, None] * to_rgb)
+    offset = tf.linalg.matvec(to_rgb, beta, transpose_a=True)
+    return _from_optical_density(_times(_optical_density(rgb), matrix) + offset)
+
+
+def _optical_density(rgb):
+    return tf.math.log(tf.maximum(rgb, _OD_FLOOR)) / math.log(_OD_FLOOR)
+
+
+def _from_optical_density(od):
+    return tf.clip_by_value(tf.exp(od * math.log(_OD_FLOOR)), 0.0, 1.0)
+
+
+def _times(pixels, matrix):
+    """``pixels`` [..., 3] times a 3x3 ``matrix``, as one matrix product over the flattened pixels."""
+    shape = tf.shape(pixels)
+    return tf.reshape(tf.reshape(pixels, [-1, 3]) @ matrix, shape)

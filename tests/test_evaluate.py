@@ -131,3 +131,24 @@ def test_a_folder_with_bad_small_16_bit_and_tiff_files_gets_a_row_for_each(model
     assert (df.loc["b.tif", "width"], df.loc["b.tif", "height"]) == (40, 40)
     written = pd.read_csv(tmp_path / "pred.csv", keep_default_na=False)
     assert len(written) == len(df) and set(written["reason"]) == set(df["reason"])
+
+
+@pytest.mark.slow
+def test_gradcam_maps_and_figure(model, tmp_path):
+    from deepbc import gradcam
+
+    index = model / "shards" / "test.json"
+    df = evaluate.predict_shards(model / "model", index, tmp_path / "pred.parquet")
+    sample = gradcam.select_samples(df, trainkit.CLASSES, seed=1)
+    maps = gradcam.gradcam_maps(model / "model", index, list(sample["path"]))
+    assert set(maps) == set(sample["path"])
+    for shown in maps.values():
+        assert shown["image"].shape == (32, 32, 3) and shown["map"].shape == (32, 32)
+        assert shown["map"].min() >= 0 and shown["map"].max() == pytest.approx(1.0)
+        assert shown["map"].std() > 0.01  # a map, not a constant
+    assert 0 <= min(s["image"].min() for s in maps.values()) and max(s["image"].max() for s in maps.values()) <= 1
+    out = tmp_path / "fold0.png"
+    _, figure_sample = gradcam.plot_gradcam(model / "model", index, tmp_path / "pred.parquet", trainkit.CLASSES,
+                                            seed=1, title="t / resnet_small / fold 0", out_png=out)
+    pd.testing.assert_frame_equal(figure_sample, sample)
+    assert Image.open(out).size[0] > 400

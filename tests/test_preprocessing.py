@@ -171,6 +171,12 @@ def test_hed_round_trip_and_identity_jitter():
     np.testing.assert_allclose(hed_to_rgb(rgb_to_hed(PIXELS)).numpy(), PIXELS.numpy(), atol=2e-5)
     key = tf.constant([3, 4], tf.int64)
     np.testing.assert_allclose(hed_jitter(PIXELS, 0.0, 0.0, key).numpy(), PIXELS.numpy(), atol=2e-5)
+    # The folded matrix is the three steps: perturbing in HED space with the same draws gives the same.
+    alpha_key, beta_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
+    alpha = tf.random.stateless_uniform([3], alpha_key, 0.8, 1.2)
+    beta = tf.random.stateless_uniform([3], beta_key, -0.2, 0.2)
+    np.testing.assert_allclose(hed_jitter(PIXELS, 0.2, 0.2, key).numpy(),
+                               hed_to_rgb(rgb_to_hed(PIXELS) * alpha + beta).numpy(), atol=1e-5)
 
 
 def test_hed_jitter_is_keyed_mild_and_in_range():
