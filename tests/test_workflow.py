@@ -84,6 +84,7 @@ def test_default_target_ends_with_every_table_and_figure(demo_run):
             assert (results / "tables" / f"{task}.{ext}").stat().st_size > 0
         for ext in ("png", "pdf"):
             assert (results / "figures" / "roc" / f"{task}.{ext}").stat().st_size > 0
+        assert (results / "figures" / "gradcam" / task / "resnet_small" / "fold0.png").stat().st_size > 0
     summary = pd.read_csv(results / "tables" / "summary.csv")
     assert sorted(summary["task"]) == sorted(TASKS)
     assert (results / "tables" / "leakage.csv").stat().st_size > 0
@@ -178,6 +179,7 @@ def test_report_holds_tables_and_figures_with_captions(demo_run):
         names = report.namelist()
     assert any(n.endswith("summary.csv") for n in names)
     assert any(n.endswith("/cancer_types.png") for n in names)  # the ROC curves of one task
+    assert any(n.endswith("gradcam/cancer_types/resnet_small/fold0.png") for n in names)
 
 
 def test_lint_is_clean(tmp_path):
