@@ -179,7 +179,7 @@ def test_report_holds_tables_and_figures_with_captions(demo_run):
         names = report.namelist()
     assert any(n.endswith("summary.csv") for n in names)
     assert any(n.endswith("/cancer_types.png") for n in names)  # the ROC curves of one task
-    assert any(n.endswith("gradcam/cancer_types/resnet_small/fold0.png") for n in names)
+    assert sum(n.endswith("/fold0.png") for n in names) >= len(TASKS)  # Grad-CAM: a figure per run and fold
 
 
 def test_lint_is_clean(tmp_path):
