@@ -34,9 +34,10 @@ def select_samples(predictions: pd.DataFrame, class_names: list[str], seed: int,
         for correct in (True, False):
             rows = df[(df["label"] == label) & ((df["pred"] == df["label"]) == correct)]
             take = np.sort(rng.choice(len(rows), size=min(per_kind, len(rows)), replace=False))
-            for row in rows.iloc[take].itertuples():
-                picked.append({"path": row.path, "label": label, "pred": row.pred,
-                               "prob": float(getattr(row, f"prob_{row.pred}")), "correct": correct})
+            # Rows as dicts: a class name need not be a Python identifier (itertuples would rename it).
+            for row in rows.iloc[take].to_dict("records"):
+                picked.append({"path": row["path"], "label": label, "pred": row["pred"],
+                               "prob": float(row[f"prob_{row['pred']}"]), "correct": correct})
     return pd.DataFrame(picked, columns=["path", "label", "pred", "prob", "correct"])
 
 

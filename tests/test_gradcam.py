@@ -34,3 +34,11 @@ def test_sample_is_fixed_by_the_seed_whatever_the_row_order():
     pd.testing.assert_frame_equal(a, select_samples(shuffled, CLASSES, seed=42))
     draws = {tuple(select_samples(predictions(), CLASSES, seed=s)["path"]) for s in range(10)}
     assert len(draws) > 1  # the seed, not the order, chooses among the 5 correct benign images
+
+
+def test_class_names_need_not_be_identifiers():
+    names = {"benign": "benign tumour", "malignant": "malignant-1", "normal": "normal"}
+    df = predictions().rename(columns={f"prob_{k}": f"prob_{v}" for k, v in names.items()})
+    df[["label", "pred"]] = df[["label", "pred"]].replace(names)
+    sample = select_samples(df, list(names.values()), seed=42)
+    assert list(sample["prob"]) == list(select_samples(predictions(), CLASSES, seed=42)["prob"])
