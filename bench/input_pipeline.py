@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Images/s of shard read + decode + preprocess + batch (the trainer's input pipeline) against
-decoding the same encoded images from memory with the same parallelism (the limit), and against
-what the project's network consumes in training on this CPU. Prints one JSON line.
+decoding the same encoded images from memory with the same parallelism (the limit), against
+what the project's network consumes in training on this CPU, and with HED stain augmentation
+added (its cost). Prints one JSON line.
 
     .venv/bin/python bench/input_pipeline.py --images 128 --batches 150 --image-size 224
 """
@@ -21,6 +22,8 @@ def parse_args(argv=None):
     parser.add_argument("--trainer-steps", type=int, default=4,
                         help="timed training steps to measure what the network consumes (0: skip; default 4)")
     parser.add_argument("--trainer-batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating timings of the shard pipeline without and with HED augmentation (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="where temporary shards go (default: the system's temp folder)")
     return parser.parse_args(argv)
@@ -35,7 +38,7 @@ def main(argv=None) -> int:
     result = input_pipeline.run(images=args.images, batches=args.batches, batch_size=args.batch_size,
                                 image_size=args.image_size, parallel=args.parallel, arch=args.arch,
                                 trainer_steps=args.trainer_steps, trainer_batch_size=args.trainer_batch_size,
-                                seed=args.seed, workdir=args.workdir)
+                                seed=args.seed, workdir=args.workdir, rounds=args.rounds)
     common.emit("input_pipeline", result)
     return 0
 

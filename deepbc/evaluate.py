@@ -30,10 +30,12 @@ def load_model_settings(model_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def _run_predictions(model_dir, build_inputs, total: int, batch_size: int, threads: int = 0):
+def _run_predictions(model_dir, build_inputs, total: int, batch_size: int, threads: int = 0, more_outputs=None):
     """Run the network over the batches of ``build_inputs(preprocess_fn, image_size)``.
 
     ``build_inputs`` returns a dataset of (images, metadata dict); yields (probabilities, metadata).
+    ``more_outputs(images, logits, end_points) -> dict of tensors``: run with each batch too, and
+    added to its metadata (deepbc.gradcam's maps).
     """
     import tensorflow as tf
 
@@ -47,8 +49,10 @@ def _run_predictions(model_dir, build_inputs, total: int, batch_size: int, threa
         preprocess = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
         dataset = build_inputs(preprocess, image_size, batch_size)
         images, meta = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
-        logits, _ = nets.get_network_fn(arch, settings["num_classes"], is_training=False)(images)
+        logits, end_points = nets.get_network_fn(arch, settings["num_classes"], is_training=False)(images)
         probs = tf.nn.softmax(tf.cast(logits, tf.float32))
+        if more_outputs:
+            meta = {**meta, **more_outputs(images, logits, end_points)}
         model_vars = [v for v in tf.compat.v1.global_variables() if v.name.startswith(spec.scope + "/")]
         saver = tf.compat.v1.train.Saver(var_list=model_vars)
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,

@@ -203,4 +203,5 @@ def all_figures():
     for kind in ("confusion", "training"):
         files += expand("results/figures/{kind}/{run}/{arch}.{ext}", kind=kind, run=RUNS, arch=ARCHS,
                         ext=["png", "pdf"])
+    files += expand("results/figures/gradcam/{run}/{arch}/fold{fold}.png", run=RUNS, arch=ARCHS, fold=FOLDS)
     return files

@@ -162,3 +162,21 @@ def test_an_empty_split_gives_empty_predictions(tmp_path):
     assert df.empty and list(df.columns) == ["path", "patient", "magnification", "label", "label_index",
                                              "prob_benign", "prob_malignant", "pred", "pred_index"]
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "val.parquet"), df)
+def test_gradcam_maps_and_figure(model, tmp_path):
+    from deepbc import gradcam
+
+    index = model / "shards" / "test.json"
+    df = evaluate.predict_shards(model / "model", index, tmp_path / "pred.parquet")
+    sample = gradcam.select_samples(df, trainkit.CLASSES, seed=1)
+    maps = gradcam.gradcam_maps(model / "model", index, list(sample["path"]))
+    assert set(maps) == set(sample["path"])
+    for shown in maps.values():
+        assert shown["image"].shape == (32, 32, 3) and shown["map"].shape == (32, 32)
+        assert shown["map"].min() >= 0 and shown["map"].max() == pytest.approx(1.0)
+        assert shown["map"].std() > 0.01  # a map, not a constant
+    assert 0 <= min(s["image"].min() for s in maps.values()) and max(s["image"].max() for s in maps.values()) <= 1
+    out = tmp_path / "fold0.png"
+    _, figure_sample = gradcam.plot_gradcam(model / "model", index, tmp_path / "pred.parquet", trainkit.CLASSES,
+                                            seed=1, title="t / resnet_small / fold 0", out_png=out)
+    pd.testing.assert_frame_equal(figure_sample, sample)
+    assert Image.open(out).size[0] > 400

@@ -119,8 +119,19 @@ def check_official_names(name: str, graph, logits, classes: int) -> dict[str, li
                                   for n in sorted(NETWORKS) if n != "inception_v4"])
 def test_network_builds_with_official_variable_names(name):
     classes = NETWORKS[name].checkpoint_classes or 1000
-    graph, logits, _ = build(name, classes)
+    graph, logits, end_points = build(name, classes)
     check_official_names(name, graph, logits, classes)
+    check_gradcam_end_point(name, end_points)
+
+
+def check_gradcam_end_point(name: str, end_points) -> None:
+    """Grad-CAM's end point is a feature map, and the last one with space in it (VGG's pool5 aside)."""
+    point = NETWORKS[name].gradcam_end_point
+    assert end_points[point].shape.rank == 4 and end_points[point].shape[1] > 1
+    keys = list(end_points)
+    for key in keys[keys.index(point) + 1:]:
+        shape = end_points[key].shape.as_list()
+        assert len(shape) < 4 or shape[1:3] == [1, 1] or key == f"{name}/pool5", (key, shape)
 
 
 # (name, shape) of representative Inception V4 variables, read off the official
@@ -188,6 +199,7 @@ def test_inception_v4_matches_the_official_structure():
     assert end_points["Mixed_6h"].shape.as_list() == [1, 17, 17, 1024]
     assert end_points["Mixed_7d"].shape.as_list() == [1, 8, 8, 1536]
     assert end_points["AuxLogits"].shape.as_list() == [1, 1001]
+    check_gradcam_end_point("inception_v4", end_points)
 
 
 def test_inception_v4_base_stops_at_the_final_endpoint():

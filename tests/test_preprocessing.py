@@ -5,13 +5,14 @@ import pytest
 import tensorflow as tf
 
 from deepbc.errors import UserError
-from deepbc.preprocessing import AUGMENT_DEFAULTS, VGG_MEANS, check_augment, get_preprocessing
+from deepbc.preprocessing import (AUGMENT_DEFAULTS, RGB_FROM_HED, VGG_MEANS, check_augment, get_preprocessing,
+                                  hed_jitter, hed_to_rgb, rgb_to_hed)
 
 RNG = np.random.default_rng(0)
 # A histology-sized, asymmetric image: a gradient plus noise, so every flip/rotation differs.
 IMAGE = np.clip(np.linspace(0, 200, 700)[None, :, None] + np.linspace(0, 50, 460)[:, None, None]
                 + RNG.integers(0, 6, (460, 700, 3)), 0, 255).astype(np.uint8)
-NO_AUG = {key: False for key in AUGMENT_DEFAULTS}
+NO_AUG = dict({key: False for key in AUGMENT_DEFAULTS}, hed=None)
 
 
 def run(style, is_training, image=IMAGE, size=(64, 64), augment=None, seed=(1, 2)):
@@ -86,7 +87,7 @@ def test_non_square_outputs_rotate_by_half_turns_only():
 def test_augmentations_switch_off_and_never_apply_at_eval():
     reference = run("vgg", False)
     np.testing.assert_allclose(run("vgg", True, augment=NO_AUG), reference, atol=1e-4)
-    everything = {key: True for key in AUGMENT_DEFAULTS}
+    everything = dict({key: True for key in AUGMENT_DEFAULTS}, hed={"sigma": 0.5, "bias": 0.5})
     np.testing.assert_array_equal(run("vgg", False, augment=everything), reference)
 
 
@@ -129,7 +130,14 @@ def test_bad_input_is_clear():
     with pytest.raises(UserError, match="true or false"):
         check_augment({"flip": "yes"})
     assert check_augment(None) == AUGMENT_DEFAULTS == {"rotate": True, "flip": True, "random_crop": False,
-                                                       "color_jitter": False}
+                                                       "color_jitter": False, "hed": None}
+    with pytest.raises(UserError, match="null or"):
+        check_augment({"hed": True})
+    with pytest.raises(UserError, match="null or"):
+        check_augment({"hed": {"sigma": 0.05}})
+    with pytest.raises(UserError, match="sigma < 1"):
+        check_augment({"hed": {"sigma": 1.5, "bias": 0.05}})
+    assert check_augment({"hed": {"sigma": 0, "bias": 0.1}})["hed"] == {"sigma": 0.0, "bias": 0.1}
     with pytest.raises(ValueError, match="uint8"):
         get_preprocessing("vgg", False)(tf.zeros([10, 10, 3]), 8, 8)
 
@@ -141,3 +149,55 @@ def test_min_source_side_is_what_the_crop_needs_before_shrinking():
     assert inception.min_source_side(299, 299) == 342  # 87.5% central crop of 342 px covers 299
     cropping = get_preprocessing("vgg", is_training=True, augment={"random_crop": True})
     assert cropping.min_source_side(224, 224) is None  # a random crop may take a small part: full size
+
+
+HED_LIGHT = {"sigma": 0.05, "bias": 0.05}
+PIXELS = tf.constant(IMAGE[:64, :64] / 255.0, tf.float32)
+
+
+def test_hed_known_colours():
+    # Values from Ruifrok & Johnston's matrix by hand: rgb2hed(x) = log(x) / log(1e-6) @ inv(RGB_FROM_HED).
+    np.testing.assert_allclose(rgb_to_hed(tf.constant([200 / 255, 100 / 255, 150 / 255])).numpy(),
+                               [0.0054405, 0.0407137, 0.0414768], atol=1e-6)
+    # The colour of pure haematoxylin (eosin, DAB) at density c has density c in its own channel only.
+    for stain in range(3):
+        colour = np.exp(np.log(1e-6) * 0.08 * RGB_FROM_HED[stain])
+        np.testing.assert_allclose(rgb_to_hed(tf.constant(colour, tf.float32)).numpy(),
+                                   0.08 * np.eye(3)[stain], atol=1e-5)
+    np.testing.assert_allclose(rgb_to_hed(tf.ones([3])).numpy(), 0, atol=1e-7)  # white: no stain
+
+
+def test_hed_round_trip_and_identity_jitter():
+    np.testing.assert_allclose(hed_to_rgb(rgb_to_hed(PIXELS)).numpy(), PIXELS.numpy(), atol=2e-5)
+    key = tf.constant([3, 4], tf.int64)
+    np.testing.assert_allclose(hed_jitter(PIXELS, 0.0, 0.0, key).numpy(), PIXELS.numpy(), atol=2e-5)
+    # The folded matrix is the three steps: perturbing in HED space with the same draws gives the same.
+    alpha_key, beta_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
+    alpha = tf.random.stateless_uniform([3], alpha_key, 0.8, 1.2)
+    beta = tf.random.stateless_uniform([3], beta_key, -0.2, 0.2)
+    np.testing.assert_allclose(hed_jitter(PIXELS, 0.2, 0.2, key).numpy(),
+                               hed_to_rgb(rgb_to_hed(PIXELS) * alpha + beta).numpy(), atol=1e-5)
+
+
+def test_hed_jitter_is_keyed_mild_and_in_range():
+    a = hed_jitter(PIXELS, 0.05, 0.05, tf.constant([3, 4], tf.int64)).numpy()
+    np.testing.assert_array_equal(a, hed_jitter(PIXELS, 0.05, 0.05, tf.constant([3, 4], tf.int64)).numpy())
+    b = hed_jitter(PIXELS, 0.05, 0.05, tf.constant([3, 5], tf.int64)).numpy()
+    assert not np.allclose(a, b, atol=1e-3) and not np.allclose(a, PIXELS.numpy(), atol=1e-3)
+    strong = hed_jitter(PIXELS, 0.9, 3.0, tf.constant([3, 4], tf.int64)).numpy()
+    assert 0.0 <= min(a.min(), strong.min()) and max(a.max(), strong.max()) <= 1.0
+    assert np.abs(a - PIXELS.numpy()).mean() < np.abs(strong - PIXELS.numpy()).mean()
+
+
+def test_hed_augmentation_in_training_preprocessing_only():
+    augment = dict(NO_AUG, hed=HED_LIGHT)
+    reference = run("vgg", False)
+    a = run("vgg", True, augment=augment, seed=(5, 5))
+    np.testing.assert_array_equal(a, run("vgg", True, augment=augment, seed=(5, 5)))
+    assert not np.allclose(a, run("vgg", True, augment=augment, seed=(5, 6)), atol=1e-3)
+    assert not np.allclose(a, reference, atol=1e-3)
+    np.testing.assert_array_equal(run("vgg", False, augment=augment), reference)
+    # Adding HED leaves the other augmentations' draws as they were: flips come out the same.
+    flip = dict(NO_AUG, flip=True)
+    np.testing.assert_allclose(run("vgg", True, augment=dict(flip, hed={"sigma": 0, "bias": 0})),
+                               run("vgg", True, augment=flip), atol=1e-2)

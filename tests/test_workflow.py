@@ -85,6 +85,7 @@ def test_default_target_ends_with_every_table_and_figure(demo_run):
         for ext in ("png", "pdf"):
             assert (results / "figures" / "roc" / f"{task}.{ext}").stat().st_size > 0
             assert (results / "figures" / "calibration" / f"{task}.{ext}").stat().st_size > 0
+        assert (results / "figures" / "gradcam" / task / "resnet_small" / "fold0.png").stat().st_size > 0
     # The BreakHis-layout demo has all four magnifications; the TMA folder dataset has none.
     magnification = pd.read_csv(results / "tables" / "magnification.csv")
     assert set(magnification["tested_on"]) == {"40X", "100X", "200X", "400X"}
@@ -192,6 +193,7 @@ def test_report_holds_tables_and_figures_with_captions(demo_run):
     assert any(n.endswith("/cancer_types.png") for n in names)  # the ROC curves of one task
     assert any(n.endswith("magnification.csv") for n in names)
     assert any(n.endswith("calibration.csv") for n in names)
+    assert sum(n.endswith("/fold0.png") for n in names) >= len(TASKS)  # Grad-CAM: a figure per run and fold
 
 
 def test_lint_is_clean(tmp_path):

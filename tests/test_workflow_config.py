@@ -73,6 +73,8 @@ def test_repeated_folds_are_refused(demo_config, folds):
     (lambda c: c["splits"].update(k=1), ["1 is less than the minimum of 2", "config key splits.k"]),
     (lambda c: c.update(architectures=["resnet_small", "resnet_small"]),
      ["has non-unique elements", "config key architectures"]),
+    (lambda c: c["train"]["defaults"]["augment"].update(hed={"sigma": 1, "bias": 0.05}),
+     ["1 is greater than or equal to the maximum of 1", "config key train.defaults.augment.hed.sigma"]),
 ])
 def test_schema_errors_are_short_and_name_the_key(demo_config, mutate, expected):
     config = copy.deepcopy(demo_config)
@@ -83,3 +85,10 @@ def test_schema_errors_are_short_and_name_the_key(demo_config, mutate, expected)
         assert text in str(err.value)
     assert len(str(err.value)) < 800
     wc.check_schema(demo_config, SCHEMA)
+
+
+@pytest.mark.parametrize("hed", [None, {"sigma": 0.05, "bias": 0.05}])
+def test_hed_augmentation_is_off_or_sigma_and_bias(demo_config, hed):
+    config = copy.deepcopy(demo_config)
+    config["train"]["defaults"]["augment"]["hed"] = hed
+    wc.check_schema(config, SCHEMA)

@@ -6,13 +6,17 @@ the trainer consumes.
 - ``memory``: the same encoded bytes already in memory, decoded and preprocessed by the same
   functions with the same parallelism: the limit, with no file reading or record parsing;
 - ``trainer``: what the project's network consumes when training on this CPU (its in-memory
-  bound from the training benchmark), at the same image and batch size.
+  bound from the training benchmark), at the same image and batch size;
+- ``shards_hed``: ``shards`` with HED stain augmentation added (``HED``, Tellez' "HED-light"),
+  timed in ``rounds`` alternating with ``shards`` so that both see the same machine load; the
+  result gives each one's median and range over the rounds, and the cost of HED per image.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,16 +24,17 @@ from pathlib import Path
 from deepbc.bench import common, training
 
 LOG = logging.getLogger("deepbc.bench.input_pipeline")
+HED = {"sigma": 0.05, "bias": 0.05}
 
 
 def run(images: int = 128, batches: int = 150, batch_size: int = 32, image_size: int = 224, parallel: int = 2,
         arch: str = "resnet_v1_50", trainer_steps: int = 4, trainer_batch_size: int = 16, seed: int = 0,
-        workdir: str | None = None) -> dict:
+        workdir: str | None = None, rounds: int = 3) -> dict:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         shard_dir, arrays = training.prepare_data(tmp, arch, images, image_size, seed)
         rates = common.in_fresh_process(_pipeline_rates, shard_dir / "train.json", arch, batch_size, image_size,
-                                          parallel, batches, seed)
+                                          parallel, batches, seed, rounds)
         if trainer_steps:
             settings = dict(training.SETTINGS, image_size=image_size, batch_size=trainer_batch_size,
                             max_number_of_steps=trainer_steps + 1)
@@ -40,7 +45,13 @@ def run(images: int = 128, batches: int = 150, batch_size: int = 32, image_size:
     result = {"arch": arch, "image_size": image_size, "batch_size": batch_size, "parallel": parallel,
               "batches": batches, "images": images, "source_size": [common.BREAKHIS_HEIGHT, common.BREAKHIS_WIDTH],
               "shard_encoding": encoding,
-              "images_per_s": {k: round(v, 1) for k, v in rates.items()},
+              "rounds": rounds,
+              "images_per_s": {k: round(v, 1) for k, v in rates.items() if not k.endswith("_range")},
+              "images_per_s_range": {k.removesuffix("_range"): [round(x, 1) for x in v]
+                                     for k, v in rates.items() if k.endswith("_range")},
+              # Per image, from the medians: 1/rate(with) - 1/rate(without).
+              "hed_ms_per_image": round(1000 * (1 / rates["shards_hed"] - 1 / rates["shards"]), 3),
+              "hed_vs_without": common.ratio(rates["shards_hed"], rates["shards"]),
               "shards_vs_memory": common.ratio(rates["shards"], rates["memory"]),
               "goals": {"shards_vs_memory": 0.9, "shards_vs_trainer": 10}}
     if "trainer" in rates:
@@ -49,7 +60,7 @@ def run(images: int = 128, batches: int = 150, batch_size: int = 32, image_size:
 
 
 def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: int, parallel: int, batches: int,
-                    seed: int) -> dict:
+                    seed: int, rounds: int) -> dict:
     import tensorflow as tf
 
     from deepbc import nets, preprocessing, shards
@@ -77,10 +88,20 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
     from_memory = (tf.data.Dataset.from_tensor_slices((encoded, labels)).repeat()
                    .map(decode_in_memory, num_parallel_calls=parallel).batch(batch_size, drop_remainder=True)
                    .prefetch(tf.data.AUTOTUNE))
-    rates = {}
-    for name, dataset in (("memory", from_memory), ("shards", from_shards)):
-        rates[name] = _images_per_s(dataset.with_options(options), batches, batch_size)
-        LOG.info("%s: %.1f images/s", name, rates[name])
+    hed_pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=True,
+                                              augment=dict(training.SETTINGS["augment"], hed=HED))
+    with_hed = shards.make_dataset(index_json, batch_size=batch_size, is_training=True, preprocess_fn=hed_pre,
+                                   image_size=image_size, seed=seed, num_parallel_calls=parallel, repeat=True)
+    rates = {"memory": _images_per_s(from_memory.with_options(options), batches, batch_size)}
+    LOG.info("memory: %.1f images/s", rates["memory"])
+    rounds_of = {"shards": [], "shards_hed": []}
+    for _ in range(rounds):
+        for name, dataset in (("shards", from_shards), ("shards_hed", with_hed)):
+            rounds_of[name].append(_images_per_s(dataset.with_options(options), batches, batch_size))
+            LOG.info("%s: %.1f images/s", name, rounds_of[name][-1])
+    for name, values in rounds_of.items():
+        rates[name] = statistics.median(values)
+        rates[f"{name}_range"] = [min(values), max(values)]
     return rates
 
 

@@ -35,6 +35,8 @@ class NetSpec:
     ``checkpoint_file`` in the checkpoint directory is still used). checkpoint_file: the checkpoint
     prefix inside the archive. checkpoint_classes: logits width of the official checkpoint (1000 for
     ResNet V1 and VGG, converted from Caffe; 1001 with a background class otherwise).
+    gradcam_end_point: the key in ``end_points`` of the last convolutional block's output, where
+    Grad-CAM (deepbc.gradcam) weighs feature maps by their gradients (Selvaraju et al. 2017).
     """
 
     name: str
@@ -48,6 +50,7 @@ class NetSpec:
     checkpoint_url: str | None
     checkpoint_file: str
     checkpoint_classes: int | None
+    gradcam_end_point: str
     extra_kwargs: dict = field(default_factory=dict)
 
     @property
@@ -76,10 +79,12 @@ def _resnet(version: int, depth: int, archive_date: str | None) -> NetSpec:
         exclude_scopes=(f"{name}/logits",), default_image_size=299 if v2 else 224, min_image_size=32,
         preprocessing="inception" if v2 else "vgg",
         checkpoint_url=f"{_TF_MODELS}{name}_{archive_date}.tar.gz" if archive_date else None,
-        checkpoint_file=f"{name}.ckpt", checkpoint_classes=1001 if v2 else 1000)
+        checkpoint_file=f"{name}.ckpt", checkpoint_classes=1001 if v2 else 1000,
+        gradcam_end_point=f"{name}/block4")
 
 
-def _inception(version: int, archive_date: str, image_size: int, min_size: int, aux: bool) -> NetSpec:
+def _inception(version: int, archive_date: str, image_size: int, min_size: int, aux: bool,
+               last_block: str) -> NetSpec:
     name, scope = f"inception_v{version}", f"InceptionV{version}"
     module = "deepbc.nets.inception_v4" if version == 4 else f"tf_slim.nets.inception_v{version}"
     return NetSpec(
@@ -87,7 +92,7 @@ def _inception(version: int, archive_date: str, image_size: int, min_size: int, 
         exclude_scopes=(f"{scope}/Logits",) + ((f"{scope}/AuxLogits",) if aux else ()),
         default_image_size=image_size, min_image_size=min_size, preprocessing="inception",
         checkpoint_url=f"{_TF_MODELS}{name}_{archive_date}.tar.gz", checkpoint_file=f"{name}.ckpt",
-        checkpoint_classes=1001)
+        checkpoint_classes=1001, gradcam_end_point=last_block)
 
 
 def _vgg(depth: int) -> NetSpec:
@@ -98,7 +103,7 @@ def _vgg(depth: int) -> NetSpec:
         # fc6 is a 7x7 VALID convolution on the 1/32 map.
         min_image_size=224, preprocessing="vgg",
         checkpoint_url=f"{_TF_MODELS}{name}_2016_08_28.tar.gz", checkpoint_file=f"{name}.ckpt",
-        checkpoint_classes=1000,
+        checkpoint_classes=1000, gradcam_end_point=f"{name}/conv5/conv5_{3 if depth == 16 else 4}",
         # Logits are pooled by get_network_fn, so inputs larger than 224 work too.
         extra_kwargs={"spatial_squeeze": False})
 
@@ -110,16 +115,16 @@ NETWORKS: dict[str, NetSpec] = {spec.name: spec for spec in [
     _resnet(1, 50, "2016_08_28"), _resnet(1, 101, "2016_08_28"), _resnet(1, 152, "2016_08_28"),
     _resnet(1, 200, None),
     _resnet(2, 50, "2017_04_14"), _resnet(2, 101, "2017_04_14"), _resnet(2, 152, "2017_04_14"),
-    _inception(1, "2016_08_28", 224, 193, aux=False),
-    _inception(2, "2016_08_28", 224, 32, aux=False),
-    _inception(3, "2016_08_28", 299, 107, aux=True),
-    _inception(4, "2016_09_09", 299, 107, aux=True),
+    _inception(1, "2016_08_28", 224, 193, aux=False, last_block="Mixed_5c"),
+    _inception(2, "2016_08_28", 224, 32, aux=False, last_block="Mixed_5c"),
+    _inception(3, "2016_08_28", 299, 107, aux=True, last_block="Mixed_7c"),
+    _inception(4, "2016_09_09", 299, 107, aux=True, last_block="Mixed_7d"),
     _vgg(16), _vgg(19),
     NetSpec(name="resnet_small", network="deepbc.nets.resnet_small:resnet_small",
             arg_scope="tf_slim.nets.resnet_v1:resnet_arg_scope", scope="resnet_small",
             exclude_scopes=("resnet_small/logits",), default_image_size=64, min_image_size=32,
             preprocessing="vgg", checkpoint_url=None, checkpoint_file="resnet_small.ckpt",
-            checkpoint_classes=None),
+            checkpoint_classes=None, gradcam_end_point="resnet_small/block3"),
 ]}
 
 

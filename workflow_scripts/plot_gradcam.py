@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Grad-CAM maps of one fold's model for a seeded sample of its test images: up to two correct and
+two wrong per true class, each shown as the network's input and the map over it.
+"""
+
+import argparse
+import sys
+
+from deepbc import gpu, locks, logs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="results/models/{run}/{arch}/fold{k}")
+    p.add_argument("--shard-index", required=True, help="the fold's test index, .../fold{k}/test.json")
+    p.add_argument("--predictions", required=True, help="results/predictions/{run}/{arch}/fold{k}.parquet")
+    p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
+    p.add_argument("--seed", required=True, type=int, help="chooses the sample of images")
+    p.add_argument("--title", required=True, help="figure title, e.g. run / arch / fold k")
+    p.add_argument("--out-png", required=True, help="PNG output")
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
+    gpu.add_arguments(p)
+    locks.add_arguments(p)
+    p.add_argument("--log", default=None, help="log file")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logs.setup(args.log)
+
+    # The lock comes before the GPU lease, so that a waiting job holds no GPU.
+    with locks.exclusive(args.out_png, "this Grad-CAM figure", args.lock_timeout), gpu.lease_from_args(args):
+        from deepbc import gradcam, shards
+
+        with shards.naming_corrupt_shards([args.shard_index]):
+            gradcam.plot_gradcam(args.model_dir, args.shard_index, args.predictions, args.classes, args.seed,
+                                 args.title, args.out_png, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(logs.run_main(main))
