@@ -4,6 +4,7 @@ One module-scoped run is interrupted mid-training and restarted with the same co
 tests look at what it produced and at what Snakemake would rerun.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -61,11 +62,13 @@ def demo_run(tmp_path_factory):
     while killed is None and first.poll() is None and time.monotonic() < deadline:
         for checkpoint in state.glob("*/*/fold0/checkpoint"):
             state_dir = str(checkpoint.parent.relative_to(workdir))
-            for proc in psutil.process_iter(["cmdline"]):
-                cmdline = proc.info["cmdline"] or []
-                if any(a.endswith("train_model.py") for a in cmdline) and state_dir in cmdline:
-                    proc.kill()
-                    killed = checkpoint.parent
+            # Only this run's own jobs: another workflow on the machine has the same relative paths.
+            for proc in psutil.Process(first.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    cmdline = proc.cmdline()
+                    if any(a.endswith("train_model.py") for a in cmdline) and state_dir in cmdline:
+                        proc.kill()
+                        killed = checkpoint.parent
         time.sleep(0.05)
     first.communicate(timeout=300)
     assert killed is not None, "no training job was caught mid-way"
