@@ -197,7 +197,7 @@ def test_invalid_config_fails_before_any_job(tmp_path):
     proc = dry_run_with_overlay(tmp_path, "splits: {k: 1, val_fraction: 0.2, exclude_label_conflicts: true}\n")
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert "1 is less than the minimum of 2" in out and "where: config key splits.k" in out
+    assert "splits.k=1 leaves no test patients" in out and "where: config key splits.k" in out
     assert not (tmp_path / "results").exists()
 
 
