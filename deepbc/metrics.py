@@ -31,7 +31,9 @@ Conventions (also written into every metrics JSON under ``conventions``):
   95% CI is the 2.5th and 97.5th percentile. Each fold draws from its own random stream (seed,
   fold), so the folds' draws are independent; the image and mean-probability blocks keep their
   draws of the headline metrics (``bootstrap_values``), from which the tables build the interval
-  of the mean over folds.
+  of the mean over folds. On an external test (``meta.test_dataset``) every fold's model sees the
+  same test patients, so all folds use stream 0: draw b resamples the same patients in every fold,
+  and the mean over folds of draw b is one draw of the pooled figure.
 - Grouping (``meta.grouping``): ``patient`` when the dataset maps images to patients (BreakHis, or a
   folder dataset with a patients CSV), ``image`` when each image is its own group (a folder dataset
   without one; manifest column ``patient_source``). An ``image``-grouped run is never called
@@ -144,11 +146,12 @@ def grouping_of(manifest) -> str:
 
 
 def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
+                 n_boot: int = 1000, seed: int = 0, test_dataset: str | None = None) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
     ``meta`` (run, task, protocol, grouping, arch, fold) lets the tables group files without parsing
-    paths; ``grouping`` comes from the dataset's ``manifest`` (see ``grouping_of``).
+    paths; ``grouping`` comes from the test dataset's ``manifest`` (see ``grouping_of``);
+    ``test_dataset`` names an external test dataset (None: held-out folds of the task's dataset).
     """
     try:
         df = pd.read_parquet(predictions)
@@ -161,9 +164,10 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
         LOG.warning("%s: the dataset has no patient mapping, so each image is its own group; the "
                     "results are labelled %r, not patient-wise", run, GROUPING_LABELS["image"])
     result = compute_metrics(df, classes, n_boot=n_boot, seed=seed, where=str(predictions),
-                             stream=int(fold))
+                             stream=0 if test_dataset else int(fold))
     result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
-                      "arch": arch, "fold": int(fold), "predictions": str(predictions)}
+                      "test_dataset": test_dataset or None, "arch": arch, "fold": int(fold),
+                      "predictions": str(predictions)}
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]
     LOG.info("%s %s fold %d: %d images, %d patients; accuracy image %.3f, patient %.3f; "

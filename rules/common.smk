@@ -89,6 +89,37 @@ def root_of_run(wildcards):
     return dataset_root(run_dataset(wildcards.run))
 
 
+def run_test_dataset(run):
+    """The dataset a run is tested on: the task's test_dataset (external validation) or its own."""
+    return TASKS[run_task(run)].get("test_dataset") or run_dataset(run)
+
+
+def is_external(run):
+    return run_test_dataset(run) != run_dataset(run)
+
+
+def test_manifest(run):
+    """The manifest of the run's test images (their patient grouping)."""
+    return f"results/manifest/{run_test_dataset(run)}.parquet"
+
+
+def test_manifest_of_run(wildcards):
+    return test_manifest(wildcards.run)
+
+
+def external_test_manifest(wildcards):
+    return test_manifest(wildcards.run) if is_external(wildcards.run) else []
+
+
+def external_option(flag, value_of_run):
+    """A param: ``flag value`` (value shell-quoted) for an external run (or task), nothing otherwise."""
+    def option(wildcards):
+        # A task's runs share its test dataset: its first run stands for it.
+        run = wildcards.run if hasattr(wildcards, "run") else runs_of_task(wildcards.task)[0]
+        return f"{flag} {shlex.quote(value_of_run(run))}" if is_external(run) else ""
+    return option
+
+
 def shard_indexes(run, fold, splits=SPLITS):
     return expand("results/tfrecords/{run}/fold{fold}/{split}.json", run=run, fold=fold, split=splits)
 

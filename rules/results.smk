@@ -1,16 +1,14 @@
-from types import SimpleNamespace
-
-
 rule metrics:
     input:
         predictions="results/predictions/{run}/{arch}/fold{fold}.parquet",
-        # Whether the dataset maps images to patients (the results' grouping).
-        manifest=manifest_of_run,
+        # Whether the test dataset maps images to patients (the results' grouping).
+        manifest=test_manifest_of_run,
     output:
         "results/metrics/{run}/{arch}/fold{fold}.json",
     params:
         script=script("compute_metrics.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
+        external=external_option("--external-test", run_test_dataset),
         n_boot=config.get("evaluation", {}).get("n_bootstrap", 1000),
         seed=config["seed"],
     log:
@@ -22,7 +20,7 @@ rule metrics:
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input.predictions:q} --classes {params.classes:q}"
         " --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
-        " --manifest {input.manifest:q} --n-boot {params.n_boot} --seed {params.seed}"
+        " --manifest {input.manifest:q} {params.external} --n-boot {params.n_boot} --seed {params.seed}"
         " --out {output:q} --log {log:q}"
 
 
@@ -91,14 +89,15 @@ rule roc_figure:
     input:
         predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
                                       run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
-        # Every run of a task uses the task's dataset: any run names its manifest.
-        manifest=lambda wc: manifest_of_run(SimpleNamespace(run=runs_of_task(wc.task)[0])),
+        # Every run of a task is tested on the same dataset: any run names its manifest.
+        manifest=lambda wc: test_manifest(runs_of_task(wc.task)[0]),
     output:
         png=report("results/figures/roc/{task}.png", caption="../report/roc.rst", category="ROC curves"),
         pdf="results/figures/roc/{task}.pdf",
     params:
         script=script("plot_roc.py"),
         classes=lambda wc: task_classes(wc.task),
+        external=external_option("--external-test", run_test_dataset),
     log:
         "results/logs/figures/roc/{task}.log",
     benchmark:
@@ -107,7 +106,7 @@ rule roc_figure:
         "../envs/cpu.yaml"
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --classes {params.classes:q}"
-        " --predictions {input.predictions:q} --manifest {input.manifest:q}"
+        " --predictions {input.predictions:q} --manifest {input.manifest:q} {params.external}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
@@ -115,7 +114,7 @@ rule confusion_figure:
     input:
         predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
                                       run=wc.run, arch=wc.arch, fold=FOLDS),
-        manifest=manifest_of_run,
+        manifest=test_manifest_of_run,
     output:
         png=report("results/figures/confusion/{run}/{arch}.png", caption="../report/confusion.rst",
                    category="Confusion matrices"),
@@ -123,6 +122,7 @@ rule confusion_figure:
     params:
         script=script("plot_confusion.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
+        external=external_option("--external-test", run_test_dataset),
     log:
         "results/logs/figures/confusion/{run}/{arch}.log",
     benchmark:
@@ -131,7 +131,8 @@ rule confusion_figure:
         "../envs/cpu.yaml"
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --classes {params.classes:q} --predictions {input.predictions:q}"
-        " --manifest {input.manifest:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
+        " --manifest {input.manifest:q} {params.external} --out-png {output.png:q} --out-pdf {output.pdf:q}"
+        " --log {log:q}"
 
 
 rule training_figure:

@@ -22,6 +22,8 @@ def parse_args(argv=None):
     p.add_argument("--fold", required=True, type=int, help="fold index")
     p.add_argument("--manifest", required=True,
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
+    p.add_argument("--external-test", default=None,
+                   help="the task's test_dataset, when the test images are an external dataset's")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of patients (0: no CIs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     p.add_argument("--out", required=True, help="metrics JSON")
@@ -35,7 +37,7 @@ def main(argv=None):
     from deepbc import metrics
 
     metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, args.fold,
-                         args.manifest, n_boot=args.n_boot, seed=args.seed)
+                         args.manifest, n_boot=args.n_boot, seed=args.seed, test_dataset=args.external_test)
 
 
 if __name__ == "__main__":
