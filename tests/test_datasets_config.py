@@ -100,3 +100,21 @@ def test_schema_takes_any_dataset_name_of_word_characters(demo_config):
     config["datasets"]["site-b"] = {"kind": "breakhis"}
     with pytest.raises(UserError, match=r"'site-b' does not match(.|\n)*config key datasets"):
         workflow_config.check_schema(config, schema)
+
+
+def _merged(base: dict, overlay: dict) -> dict:
+    """Config files given together, as Snakemake merges them (mappings key by key)."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize("files", [["config.yaml"], ["paper.yaml"], ["config.yaml", "cpu_only.yaml"],
+                                   ["paper.yaml", "external_example.yaml"]])
+def test_shipped_configs_pass(files):
+    config = {}
+    for name in files:
+        config = _merged(config, yaml.safe_load((ROOT / "config" / name).read_text()))
+    workflow_config.check_schema(config, ROOT / "config" / "schema.yaml")
+    workflow_config.check(config)
