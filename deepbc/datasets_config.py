@@ -40,7 +40,8 @@ def resolve(config: dict) -> dict:
         if own and own != value:
             raise UserError(f"{shortcut}={value!r} contradicts datasets.{name}.{key}={own!r}",
                             f"config keys {shortcut} and datasets.{name}.{key}",
-                            f"give the {key} once (either key), or give both the same value")
+                            f"set {shortcut} only (config/config.yaml, which Snakemake always reads "
+                            "first, sets it for the demo), or give both the same value")
         datasets[name][key] = value
     for name, spec in datasets.items():
         where = f"config key datasets.{name}"
