@@ -103,6 +103,10 @@ def test_manifest(run):
     return f"results/manifest/{run_test_dataset(run)}.parquet"
 
 
+def test_root(run):
+    return dataset_root(run_test_dataset(run))
+
+
 def test_manifest_of_run(wildcards):
     return test_manifest(wildcards.run)
 

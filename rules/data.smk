@@ -82,7 +82,7 @@ rule write_shards:
     params:
         script=script("write_shards.py"),
         root=root_of_run,
-        test_root=external_option("--test-root", lambda run: dataset_root(run_test_dataset(run))),
+        test_root=external_option("--test-root", test_root),
         out_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
         images_per_shard=config["shards"]["images_per_shard"],
         format=config["shards"]["format"],
