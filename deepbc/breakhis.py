@@ -138,9 +138,9 @@ def _not_found(root: Path, what: str) -> UserError:
     return UserError(
         f"BreakHis not found: {what}",
         where=str(root),
-        fix=(f"point breakhis_dir at the folder holding BreaKHis_v1/, at BreaKHis_v1/ itself, or at any folder "
+        fix=(f"point the dataset's root (datasets.<name>.root, or breakhis_dir) at the folder holding BreaKHis_v1/, at BreaKHis_v1/ itself, or at any folder "
              f"down to BreaKHis_v1/histology_slides/breast, laid out as {LAYOUT}. BreakHis (CC BY 4.0) is "
-             f"{ARCHIVE_NAME} from {DOWNLOAD_URL}, or set datasets.breakhis.url, sha256 and "
+             f"{ARCHIVE_NAME} from {DOWNLOAD_URL}, or set datasets.<name>.url, sha256 and "
              f"allow_download: true.{hint}"))
 
 
@@ -167,9 +167,9 @@ def resolve_root(path: str | Path) -> Path:
     for ancestor in root.resolve().parents:
         if _is_breast_dir(ancestor):
             raise UserError(
-                "breakhis_dir points inside the BreakHis tree, at a part of the dataset only",
+                "the dataset's root points inside the BreakHis tree, at a part of the dataset only",
                 where=str(root),
-                fix=f"point breakhis_dir at {ancestor} (the folder holding benign/ and malignant/) or a folder above it")
+                fix=f"point the root (datasets.<name>.root, or breakhis_dir) at {ancestor} (the folder holding benign/ and malignant/) or a folder above it")
     entries = sorted(p.name for p in root.iterdir())
     if not entries:
         raise _not_found(root, "the folder is empty")

@@ -87,6 +87,11 @@ def _level_title(level: str, grouping: str, detail: bool = False) -> str:
     return f"{level} level"
 
 
+def _external(test_dataset) -> str:
+    """A title's mark of an external test (each fold's model on the same images)."""
+    return f"\nexternal test: {test_dataset} (every fold's model on all its images)" if test_dataset else ""
+
+
 def _roc(df: pd.DataFrame, classes: list[str]):
     """(fpr, tpr, auc) pooled over ``df``; macro average of one-vs-rest curves for >2 classes."""
     y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
@@ -104,10 +109,12 @@ def _roc(df: pd.DataFrame, classes: list[str]):
     return grid, tpr, auc
 
 
-def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, out_pdf=None) -> Figure:
+def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, out_pdf=None,
+             test_dataset: str | None = None) -> Figure:
     """ROC curves of one task: patient level (left) and image level (right), one curve per
     architecture and protocol, pooled over folds; the legend gives the pooled AUC and the mean of
-    the per-fold AUCs. ``manifest``: the task's dataset manifest, for the grouping."""
+    the per-fold AUCs. ``manifest``: the test dataset's manifest, for the grouping;
+    ``test_dataset``: an external test dataset, named in the title."""
     grouping = grouping_of(manifest)
     images, patients = load_predictions(pred_paths, classes)
     other = sorted(set(images["task"]) - {task})
@@ -139,7 +146,7 @@ def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, 
                xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
                title=_level_title(level, grouping, detail=True))
         ax.legend(loc="lower right", fontsize=6)
-    fig.suptitle(f"ROC, {task} ({kind}): test predictions of all folds pooled")
+    fig.suptitle(f"ROC, {task} ({kind}): test predictions of all folds pooled{_external(test_dataset)}")
     fig.tight_layout()
     save_figure(fig, out_png, out_pdf)
     return fig
@@ -162,10 +169,12 @@ def _draw_matrix(ax, cm: np.ndarray, classes: list[str], title: str, normalised:
                     color="white" if np.isfinite(v) and v > 0.6 * top else "black")
 
 
-def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_pdf=None) -> Figure:
+def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_pdf=None,
+                   test_dataset: str | None = None) -> Figure:
     """Confusion matrices of one run and architecture pooled over folds: image level (top) and
     patient level (bottom), counts (left) and row-normalised (right). Rows true, columns predicted.
-    ``manifest``: the run's dataset manifest, for the grouping."""
+    ``manifest``: the run's test dataset manifest, for the grouping; ``test_dataset``: an external
+    test dataset, named in the title."""
     grouping = grouping_of(manifest)
     images, patients = load_predictions(pred_paths, classes)
     groups = images[["run", "arch"]].drop_duplicates()
@@ -185,7 +194,7 @@ def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_p
     folds = sorted(images["fold"].unique())
     protocol = parse_run(run)[1]
     fig.suptitle(f"{run} / {arch}: {protocol_label(protocol, grouping)}, "
-                 f"folds {', '.join(map(str, folds))} pooled")
+                 f"folds {', '.join(map(str, folds))} pooled{_external(test_dataset)}")
     fig.tight_layout()
     save_figure(fig, out_png, out_pdf)
     return fig

@@ -86,7 +86,8 @@ def read_patients_csv(csv_path: str | Path) -> dict[str, str]:
     fix = "give a CSV with columns path (relative to the dataset root) and patient, one row per image"
     if not csv_path.is_file():
         raise UserError("the patients CSV does not exist", where=str(csv_path),
-                        fix=fix + ", or leave tma_patients_csv empty to treat every image as its own patient")
+                        fix=fix + ", or leave the dataset's patients_csv (tma_patients_csv for tma) empty to "
+                        "treat every image as its own patient")
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

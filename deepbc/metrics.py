@@ -31,7 +31,9 @@ Conventions (also written into every metrics JSON under ``conventions``):
   95% CI is the 2.5th and 97.5th percentile. Each fold draws from its own random stream (seed,
   fold), so the folds' draws are independent; the image and mean-probability blocks keep their
   draws of the headline metrics (``bootstrap_values``), from which the tables build the interval
-  of the mean over folds.
+  of the mean over folds. On an external test (``meta.test_dataset``) every fold's model sees the
+  same test patients, so all folds use stream 0: draw b resamples the same patients in every fold,
+  and the mean over folds of draw b is one draw of the pooled figure.
 - Patient recognition rate (``image_level.patient_recognition_rate``; Spanhol et al. 2016, IEEE
   TBME): for each test patient the fraction of its images classified right, then the mean over
   patients (every patient weighs the same, whatever its number of images). In a bootstrap draw a
@@ -297,13 +299,14 @@ def temperature_scaling(test_df: pd.DataFrame, val_df: pd.DataFrame, classes: li
 
 def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
                  magnification: str, n_boot: int = 1000, seed: int = 0,
-                 validation_predictions=None) -> dict:
+                 validation_predictions=None, test_dataset: str | None = None) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
     ``meta`` (run, task, protocol, grouping, arch, fold, magnification: the one the task trained
     on, or all) lets the tables group files without parsing paths; ``grouping`` comes from the
-    dataset's ``manifest`` (see ``grouping_of``). ``validation_predictions`` (the same model's
-    validation split) adds ``temperature_scaling``.
+    test dataset's ``manifest`` (see ``grouping_of``); ``test_dataset`` names an external test
+    dataset (None: held-out folds of the task's dataset). ``validation_predictions`` (the same
+    model's validation split) adds ``temperature_scaling``.
     """
     try:
         df = pd.read_parquet(predictions)
@@ -315,10 +318,12 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
     if grouping == "image":
         LOG.warning("%s: the dataset has no patient mapping, so each image is its own group; the "
                     "results are labelled %r, not patient-wise", run, GROUPING_LABELS["image"])
+    # An external test set is the same for every fold: one stream resamples its patients jointly.
+    stream = 0 if test_dataset else int(fold)
     result = compute_metrics(df, classes, n_boot=n_boot, seed=seed, where=str(predictions),
-                             stream=int(fold))
+                             stream=stream)
     result["by_magnification"] = by_magnification(df, classes, n_boot=n_boot, seed=seed,
-                                                  where=str(predictions), stream=int(fold))
+                                                  where=str(predictions), stream=stream)
     if validation_predictions is not None:
         try:
             val = pd.read_parquet(validation_predictions)
@@ -326,9 +331,10 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
             raise UserError("validation predictions file not found", str(validation_predictions),
                             "run the evaluate rule for this run, architecture and fold") from None
         result["temperature_scaling"] = temperature_scaling(
-            df, val, list(classes), n_boot, seed, str(predictions), int(fold))
+            df, val, list(classes), n_boot, seed, str(predictions), stream)
     result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
-                      "arch": arch, "fold": int(fold), "magnification": magnification,
+                      "test_dataset": test_dataset or None, "arch": arch, "fold": int(fold),
+                      "magnification": magnification,
                       "predictions": str(predictions)}
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]

@@ -164,10 +164,12 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
 
     Every shard is written under a temporary name and renamed; the three index JSONs are written
     last (after removing any old ones first), so an interrupted run leaves no index to trust.
+    ``root``: the folder the table's paths are relative to, or {dataset: folder} for a table with a
+    ``dataset`` column (an external test, deepbc.splits.make_external_splits).
     """
     import tensorflow as tf
 
-    root, out_dir = Path(root), Path(out_dir)
+    out_dir = Path(out_dir)
     if image_format not in FORMATS:
         raise UserError(f"unknown image format {image_format!r}", "config key shards.format",
                         f"use one of {list(FORMATS)}")
@@ -191,7 +193,8 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
         if not (rows["split"] == split).any():
             raise UserError(f"fold {fold} has no {split} images", "write_shards input",
                             "remake the splits with more data or a smaller k")
-    absent = [p for p in sorted(rows["path"].unique()) if not (root / p).is_file()]
+    rows = rows.assign(file=_image_files(rows, root))
+    absent = sorted(rows.loc[[not Path(f).is_file() for f in rows["file"]], "path"].unique())
     if absent:
         raise UserError(f"{len(absent)} image(s) of the splits are missing under the dataset root, "
                         f"e.g. {absent[:3]}", str(root),
@@ -218,8 +221,8 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
             for i, shard in enumerate(shards):
                 name = shard_name(split, i, len(shards))
                 hashes = shard["sha256"] if "sha256" in shard else [None] * len(shard)
-                jobs = [(str(root / p), image_format, jpeg_quality, max_shorter_side, h)
-                        for p, h in zip(shard["path"], hashes)]
+                jobs = [(f, image_format, jpeg_quality, max_shorter_side, h)
+                        for f, h in zip(shard["file"], hashes)]
                 results = pool.map(_encode_star, jobs, chunksize=_CHUNK) if pool else map(_encode_star, jobs)
                 with atomic_path(out_dir / name) as tmp:
                     with tf.io.TFRecordWriter(str(tmp)) as writer:
@@ -256,11 +259,26 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
     return indexes
 
 
-def write_shards_file(splits_path, fold: int, root, out_dir, **settings) -> dict[str, dict]:
-    """``write_shards`` on a splits parquet written by make_splits.py."""
-    from deepbc.splits import read_table
+def write_shards_file(splits_path, fold: int, root, out_dir, test_root=None, **settings) -> dict[str, dict]:
+    """``write_shards`` on a splits parquet written by make_splits.py; ``test_root``: the root of an
+    external test dataset (the test rows' ``dataset``)."""
+    from deepbc.splits import dataset_roots, read_table
 
-    return write_shards(read_table(splits_path, "splits table"), fold, root, out_dir, **settings)
+    table = read_table(splits_path, "splits table")
+    if test_root:
+        root = dataset_roots(table, root, test_root)
+    return write_shards(table, fold, root, out_dir, **settings)
+
+
+def _image_files(rows: pd.DataFrame, root) -> list[str]:
+    """Each row's image file: under ``root``, or under the root of its ``dataset`` given {dataset: root}."""
+    if not isinstance(root, dict):
+        return [str(Path(root) / p) for p in rows["path"]]
+    unknown = sorted(set(rows["dataset"]) - set(root))
+    if unknown:
+        raise UserError(f"no root folder given for dataset(s) {unknown} of the splits table", "write_shards input",
+                        f"give a root for every dataset (given: {sorted(root)})")
+    return [str(Path(root[d]) / p) for d, p in zip(rows["dataset"], rows["path"])]
 
 
 def _file_sha256(path: Path) -> str:

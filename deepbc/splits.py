@@ -12,6 +12,13 @@ to within one patient. ``assert_patient_safe`` then proves no patient is on two 
 Protocol ``image``: the preprint's image-level random split (``StratifiedKFold`` over images,
 validation drawn at random from the training images). It puts images of one patient on both
 sides, so its scores are inflated; it is run only to measure by how much.
+
+External validation (a task's ``test_dataset``): ``make_external_splits`` keeps the patient-wise
+train/val of each fold (or, with k = 1, of all patients) and makes every usable image of the test
+dataset the ``test`` rows of every fold; the internal test fold is left unused. Such tables have a
+``dataset`` column naming each row's dataset (write_shards reads each row under that dataset's
+root), and ``assert_external_disjoint`` refuses a test image (sha256) or patient id also in
+training or validation.
 """
 
 from __future__ import annotations
@@ -36,25 +43,13 @@ OPTIONAL_COLUMNS = ["sha256"]
 
 def make_splits(df: pd.DataFrame, k: int, val_fraction: float, seed: int, protocol: str) -> pd.DataFrame:
     """Split the labelled table of ``deepbc.tasks.select`` into k folds of train/val/test."""
-    missing = [c for c in _INPUT_COLUMNS if c not in df.columns]
-    if missing:
-        raise UserError(f"the table to split has no column(s) {missing}", "make_splits input",
-                        "pass the output of deepbc.tasks.select on a manifest")
     if protocol not in ("patient", "image"):
         raise UserError(f"unknown protocol {protocol!r}", "make_splits protocol", "use 'patient' or 'image'")
     if not isinstance(k, (int, np.integer)) or k < 2:
         raise UserError(f"k must be an integer >= 2, got {k!r}", "config key splits.k", "set k to 2 or more")
-    if not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}",
-                        "config key splits.val_fraction", "use e.g. 0.2")
-    if df["path"].duplicated().any():
-        dup = df.loc[df["path"].duplicated(), "path"].iloc[0]
-        raise UserError(f"path {dup!r} appears twice in the table to split", "make_splits input",
-                        "rebuild the manifest: every path must be listed once")
-    # Splitting must not depend on the manifest's row order.
-    carried = [c for c in OPTIONAL_COLUMNS if c in df.columns]
-    data = df[_INPUT_COLUMNS + carried].astype({c: str for c in _INPUT_COLUMNS + carried if c != "label_index"})
-    data = data.astype({"label_index": "int64"}).sort_values("path", kind="stable").reset_index(drop=True)
+    _check_val_fraction(val_fraction)
+    data = _prepared(df)
+    carried = [c for c in OPTIONAL_COLUMNS if c in data.columns]
 
     if protocol == "patient":
         assignments = _patient_folds(data, k, val_fraction, seed)
@@ -75,6 +70,91 @@ def make_splits(df: pd.DataFrame, k: int, val_fraction: float, seed: int, protoc
     else:
         report_leaks(out)
     return out
+
+
+def _check_val_fraction(val_fraction: float) -> None:
+    if not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}",
+                        "config key splits.val_fraction", "use e.g. 0.2")
+
+
+def _prepared(df: pd.DataFrame) -> pd.DataFrame:
+    """The input columns (and carried ones) of a ``deepbc.tasks.select`` table, typed, sorted by path."""
+    missing = [c for c in _INPUT_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"the table to split has no column(s) {missing}", "make_splits input",
+                        "pass the output of deepbc.tasks.select on a manifest")
+    if df["path"].duplicated().any():
+        dup = df.loc[df["path"].duplicated(), "path"].iloc[0]
+        raise UserError(f"path {dup!r} appears twice in the table to split", "make_splits input",
+                        "rebuild the manifest: every path must be listed once")
+    # Splitting must not depend on the manifest's row order.
+    carried = [c for c in OPTIONAL_COLUMNS if c in df.columns]
+    data = df[_INPUT_COLUMNS + carried].astype({c: str for c in _INPUT_COLUMNS + carried if c != "label_index"})
+    return data.astype({"label_index": "int64"}).sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def make_external_splits(train_df: pd.DataFrame, test_df: pd.DataFrame, k: int, val_fraction: float,
+                         seed: int, dataset: str, test_dataset: str) -> pd.DataFrame:
+    """Patient-wise train/val on ``train_df`` (k folds, or all patients once with k = 1), and all of
+    ``test_df`` (the external dataset's selection) as every fold's test rows; checked disjoint."""
+    if k == 1:
+        _check_val_fraction(val_fraction)
+        data = _prepared(train_df)
+        split = np.where(data["patient"].isin(_validation_patients(data, val_fraction, seed)), "val", "train")
+        internal = data.assign(fold=np.int64(0), split=split, protocol="patient")
+        internal = internal[COLUMNS + [c for c in OPTIONAL_COLUMNS if c in data.columns]]
+        _log_validation_shares(internal, val_fraction)
+    else:
+        internal = make_splits(train_df, k, val_fraction, seed, "patient")
+        internal = internal[internal["split"] != "test"]
+    columns = list(internal.columns)
+    test = _prepared(test_df)
+    missing = sorted(set(columns) - set(test.columns) - {"fold", "split", "protocol"})
+    if missing:
+        raise UserError(f"the external test table has no column(s) {missing} that the training table has",
+                        "make_splits input", "rebuild both manifests with the same version of check_dataset")
+    parts = [internal.assign(dataset=dataset)]
+    for fold in sorted(internal["fold"].unique()):
+        parts.append(test.assign(fold=np.int64(fold), split="test", protocol="patient", dataset=test_dataset))
+    out = pd.concat(parts, ignore_index=True)[columns + ["dataset"]]
+    out = out.astype({"fold": "int64"}).sort_values(["fold", "split", "path"], kind="stable")
+    out = out.reset_index(drop=True)
+    assert_external_disjoint(out)
+    LOG.info("external test on %s: %d images of %d patients in every fold's test split",
+             test_dataset, len(test), test["patient"].nunique())
+    return out
+
+
+def dataset_roots(splits: pd.DataFrame, root, test_root) -> dict:
+    """{dataset: root} of an external test's splits: ``root`` for the train/val rows' dataset,
+    ``test_root`` for the test rows' (the ``dataset`` column of ``make_external_splits``)."""
+    if "dataset" not in splits.columns:
+        raise UserError("a test root was given but the splits table has no dataset column (not an external test)",
+                        "write_shards --test-root", "remake the splits, or leave --test-root out")
+    test = splits["split"] == "test"
+    own, other = set(splits.loc[~test, "dataset"]), set(splits.loc[test, "dataset"])
+    if len(own) != 1 or len(other) != 1 or own == other:
+        raise UserError(f"the splits table's train/val rows come from {sorted(own)} and its test rows from "
+                        f"{sorted(other)}: not one training and one external test dataset",
+                        "write_shards input", "remake the splits with make_splits.py")
+    return {own.pop(): str(root), other.pop(): str(test_root)}
+
+
+def assert_external_disjoint(splits: pd.DataFrame) -> None:
+    """Raise UserError if an image (sha256) or patient id of the test rows is also in train or val."""
+    test = splits[splits["split"] == "test"]
+    seen = splits[splits["split"] != "test"]
+    for column, what in (("sha256", "image(s) (same sha256)"), ("patient", "patient id(s)")):
+        if column not in splits.columns:
+            continue
+        shared = sorted(set(test[column].astype(str)) & set(seen[column].astype(str)))
+        if shared:
+            example = test[test[column].astype(str) == shared[0]]["path"].iloc[0]
+            raise UserError(f"{len(shared)} {what} of the external test dataset are also in training or "
+                            f"validation, e.g. {shared[0]!r} (test image {example})", "the splits table",
+                            "remove the shared images/patients from one dataset; if the patient ids only "
+                            "coincide, give one dataset distinct ids in its patients CSV")
 
 
 def _patient_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -> list[np.ndarray]:
@@ -215,18 +295,37 @@ def read_table(path, what: str) -> pd.DataFrame:
 
 
 def build_splits_file(manifest_path, task, protocol: str, k: int, val_fraction: float, seed: int,
-                      exclude_label_conflicts: bool, out_path) -> pd.DataFrame:
-    """Manifest parquet -> task selection -> splits parquet (atomic); returns the splits."""
+                      exclude_label_conflicts: bool, out_path, test_manifest_path=None) -> pd.DataFrame:
+    """Manifest parquet -> task selection -> splits parquet (atomic); returns the splits.
+
+    A task with a ``test_dataset`` needs that dataset's manifest (``test_manifest_path``) and is split
+    by ``make_external_splits``.
+    """
     from deepbc.atomic import write_parquet
     from deepbc.tasks import select
 
     if protocol not in task.protocols:
         LOG.warning("protocol %r is not among the protocols of task %r (%s); splitting anyway",
                     protocol, task.name, list(task.protocols))
+    if bool(task.test_dataset) != bool(test_manifest_path):
+        raise UserError(f"task {task.name!r} has test_dataset {task.test_dataset!r} but the test manifest given "
+                        f"is {test_manifest_path!r}", "make_splits --test-manifest",
+                        "pass the test dataset's manifest exactly when the task has a test_dataset")
     manifest = read_table(manifest_path, "manifest")
     LOG.info("manifest %s: %d images", manifest_path, len(manifest))
-    splits = make_splits(select(manifest, task, exclude_label_conflicts), k, val_fraction, seed, protocol)
+    selected = select(manifest, task, exclude_label_conflicts)
+    if task.test_dataset:
+        if protocol != "patient":
+            raise UserError(f"an external test runs under the patient protocol, not {protocol!r}",
+                            f"config key task_definitions.{task.name}.protocols", "set protocols: [patient]")
+        test_manifest = read_table(test_manifest_path, "manifest")
+        LOG.info("test manifest %s (dataset %s): %d images", test_manifest_path, task.test_dataset,
+                 len(test_manifest))
+        test = select(test_manifest, task, exclude_label_conflicts, dataset=task.test_dataset)
+        splits = make_external_splits(selected, test, k, val_fraction, seed, task.dataset, task.test_dataset)
+    else:
+        splits = make_splits(selected, k, val_fraction, seed, protocol)
     write_parquet(out_path, splits)
-    LOG.info("wrote %s (%d rows: %d images x %d folds, protocol %s)", out_path, len(splits),
-             len(splits) // k, k, protocol)
+    LOG.info("wrote %s (%d rows, %d fold(s), protocol %s)", out_path, len(splits), splits["fold"].nunique(),
+             protocol)
     return splits

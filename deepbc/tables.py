@@ -112,6 +112,19 @@ def load_preprint(path=PREPRINT_FILE) -> dict:
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
 
+# Where a run's test images come from (the tables' "test" column).
+INTERNAL_TEST = "internal (held-out folds)"
+EXTERNAL_NOTE = (
+    "external: <dataset>: trained and validated patient-wise on the task's dataset, tested on every "
+    "usable image of another dataset (none of whose images, by sha256, or patient ids is in training "
+    "or validation). Every fold's model is tested on the same images; the interval resamples those "
+    "patients jointly across the folds.")
+
+
+def test_label(test_dataset) -> str:
+    return f"external: {test_dataset}" if test_dataset else INTERNAL_TEST
+
+
 def protocol_label(protocol: str, grouping: str) -> str:
     """What a run's split is: patient-wise only when images map to patients."""
     if protocol == "patient" and grouping == "image":
@@ -124,6 +137,7 @@ def fold_frame(metrics: list[dict]) -> pd.DataFrame:
     rows = []
     for m in metrics:
         row = dict(m["meta"])
+        row["test"] = test_label(row.pop("test_dataset", None))
         blocks = {"patient": m["patient_level"]["mean_probability"], "image": m["image_level"]}
         for level, block in blocks.items():
             for metric in TABLE_METRICS + LEVEL_EXTRA[level]:
@@ -204,7 +218,7 @@ def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame
         tasks = sorted({m["meta"]["task"] for m in metrics})
         raise UserError(f"no metrics of task {task!r} among the files given (tasks: {tasks})",
                         "--metrics", f"pass the metrics JSONs of task {task}")
-    table = _aggregate(folds, ["arch", "protocol", "run", "grouping"]).rename(
+    table = _aggregate(folds, ["arch", "protocol", "run", "grouping", "test"]).rename(
         columns={"arch": "architecture"})
     figures = _preprint_figures(preprint, task)
     for arch in sorted(set(figures) - set(table["architecture"])):
@@ -250,14 +264,15 @@ def _has_intervals(table: pd.DataFrame, levels=LEVELS) -> bool:
 
 def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, formatted cells and footnotes shared by the Markdown and LaTeX writers."""
-    header = ["architecture", "protocol", "folds"]
+    header = ["architecture", "protocol", "test", "folds"]
     header += [f"{lv} {LABELS[m]}" for lv in LEVELS for m in TABLE_METRICS]
     header += [LABELS["patient_recognition_rate"]]
     header += [f"preprint {LABELS[m]}" for m in PREPRINT_METRICS]
     notes: list[str] = []
     rows = []
     for _, r in table.iterrows():
-        cells = [r["architecture"], r["protocol"], "" if pd.isna(r["n_folds"]) else str(r["n_folds"])]
+        cells = [r["architecture"], r["protocol"], "" if pd.isna(r["test"]) else r["test"],
+                 "" if pd.isna(r["n_folds"]) else str(r["n_folds"])]
         for lv in LEVELS:
             for m in TABLE_METRICS:
                 cells.append(_cell(r, lv, m))
@@ -282,6 +297,8 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
     ]
     if (table["protocol"] == IMAGE_GROUPED).any():
         general.insert(0, IMAGE_GROUPED_NOTE)
+    if table["test"].fillna("").str.startswith("external").any():
+        general.insert(0, EXTERNAL_NOTE)
     if _has_intervals(table):
         general.insert(1, INTERVAL_NOTE)
     if ranges:
@@ -436,7 +453,7 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
     choice_sd = grouped[["val_loss", "val_accuracy"]].std(ddof=1)
     kept = grouped["kept"].agg(set)
 
-    agg = _aggregate(patient, ["task", "arch", "grouping"]).set_index(["task", "arch"])
+    agg = _aggregate(patient, ["task", "arch", "grouping", "test"]).set_index(["task", "arch"])
     rows = []
     for task, task_rows in choice.groupby(level="task", sort=True):
         metric = _selection_metric(set().union(*kept.loc[task]), task)
@@ -453,6 +470,7 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
         chosen_by = (f"{word} validation {name} of the kept checkpoints (mean over folds)"
                      if n_archs > 1 else "the only architecture run")
         row = {"task": task, "split": protocol_label("patient", agg.loc[(task, arch), "grouping"]),
+               "test": agg.loc[(task, arch), "test"],
                "chosen_architecture": arch, "chosen_by": chosen_by,
                "architectures_compared": n_archs, "validation_metric": metric,
                "validation_mean": choice.loc[(task, arch), metric],
@@ -460,7 +478,7 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
         row.update(agg.loc[(task, arch)].to_dict())
         rows.append(row)
     best = pd.DataFrame(rows)
-    keep = ["task", "split", "chosen_architecture", "chosen_by", "architectures_compared",
+    keep = ["task", "split", "test", "chosen_architecture", "chosen_by", "architectures_compared",
             "validation_metric", "validation_mean", "validation_sd", "n_folds", "n_patients", "n_images"]
     keep += [f"patient_{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
     keep += [f"patient_{m}_{s}" for m in INTERVAL_METRICS for s in ("ci_low", "ci_high")]
@@ -472,14 +490,14 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
 
 
 def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
-    header = ["task", "split", "architecture", "chosen by", "validation (chosen on)", "folds"]
+    header = ["task", "split", "test", "architecture", "chosen by", "validation (chosen on)", "folds"]
     header += [f"patient {LABELS[m]}" for m in TABLE_METRICS]
     header += ["preprint acc. (image-level, leaky)"]
     rows = []
     for _, r in table.iterrows():
         validation = (f"{VALIDATION_LABELS[r['validation_metric']]} "
                       f"{_fmt(r['validation_mean'], r['validation_sd'], False)}")
-        cells = [r["task"], r["split"], r["chosen_architecture"], r["chosen_by"], validation,
+        cells = [r["task"], r["split"], r["test"], r["chosen_architecture"], r["chosen_by"], validation,
                  str(r["n_folds"])]
         cells += [_cell(r, "patient", m) for m in TABLE_METRICS]
         v = r["preprint_accuracy"]
@@ -498,6 +516,8 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
     ]
     if (table["split"] == IMAGE_GROUPED).any():
         footnotes.insert(1, IMAGE_GROUPED_NOTE)
+    if table["test"].str.startswith("external").any():
+        footnotes.insert(1, EXTERNAL_NOTE)
     if _has_intervals(table, ["patient"]):
         footnotes.insert(-1, INTERVAL_NOTE)
     if out_csv:

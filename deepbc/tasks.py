@@ -31,12 +31,14 @@ class Task:
     filter: dict = field(default_factory=dict)
     magnification: str = "all"
     protocols: tuple[str, ...] = ("patient",)
+    # External validation: the dataset tested on, instead of held-out patients of ``dataset``.
+    test_dataset: str | None = None
 
     @classmethod
     def from_config(cls, name: str, spec: dict) -> "Task":
         """Build a task from its config mapping, refusing unknown keys and values with the key path."""
         where = f"config key tasks.{name}"
-        known = {"dataset", "label", "classes", "filter", "magnification", "protocols"}
+        known = {"dataset", "label", "classes", "filter", "magnification", "protocols", "test_dataset"}
         unknown = sorted(set(spec) - known)
         if unknown:
             raise UserError(f"unknown task key(s) {unknown}", where, f"use only {sorted(known)}")
@@ -62,18 +64,24 @@ class Task:
                             f"{where}.filter", "write e.g. filter: {tissue: benign}")
         return cls(name=name, dataset=str(spec["dataset"]), label=str(spec["label"]), classes=classes,
                    filter={str(k): v for k, v in filt.items()}, magnification=magnification,
-                   protocols=protocols)
+                   protocols=protocols,
+                   test_dataset=None if spec.get("test_dataset") is None else str(spec["test_dataset"]))
 
 
-def select(manifest: pd.DataFrame, task: Task, exclude_label_conflicts: bool = True) -> pd.DataFrame:
+def select(manifest: pd.DataFrame, task: Task, exclude_label_conflicts: bool = True,
+           dataset: str | None = None) -> pd.DataFrame:
     """The task's images: the manifest rows after filter and magnification, with ``label`` and ``label_index``.
 
     Raises UserError if a remaining row's label is not one of the task's classes (listing the
     unexpected labels, their counts and an example path each), or if a class has no image.
     Rows flagged ``label_conflict`` (the same bytes under two labels) are dropped unless
     ``exclude_label_conflicts`` is false. The result is sorted by ``path``.
+    ``dataset``: the task's external test dataset the manifest is of (default the task's own); its
+    classes may be a subset of the task's, so there an empty class is only logged.
     """
-    where = f"task {task.name!r} on dataset {task.dataset!r}"
+    external = dataset is not None and dataset != task.dataset
+    dataset = dataset or task.dataset
+    where = f"task {task.name!r} on dataset {dataset!r}"
     needed = {"path", task.label, *task.filter}
     if task.magnification != "all":
         needed.add("magnification")
@@ -82,7 +90,7 @@ def select(manifest: pd.DataFrame, task: Task, exclude_label_conflicts: bool = T
     missing = sorted(needed - set(manifest.columns))
     if missing:
         raise UserError(f"the manifest has no column(s) {missing}", where,
-                        f"use a manifest of dataset {task.dataset!r} (its columns are {list(manifest.columns)}) "
+                        f"use a manifest of dataset {dataset!r} (its columns are {list(manifest.columns)}) "
                         "or fix the task's label/filter")
 
     df = manifest
@@ -117,7 +125,9 @@ def select(manifest: pd.DataFrame, task: Task, exclude_label_conflicts: bool = T
                         "add the label(s) to the task's classes or narrow the task's filter to leave them out")
     counts = labels.value_counts()
     empty = [c for c in task.classes if counts.get(c, 0) == 0]
-    if empty:
+    if empty and external and len(empty) < len(task.classes):
+        LOG.warning("%s: the external test dataset %r has no image of class(es) %s", task.name, dataset, empty)
+    elif empty:
         raise UserError(f"class(es) {empty} have no images after filter {task.filter or 'none'} and "
                         f"magnification {task.magnification}", where,
                         "check the dataset (did check_dataset reject them? see its rejects CSV) "

@@ -24,12 +24,15 @@ BREAKHIS_LABELS = {
 
 def check(config: dict) -> None:
     """Raise UserError on the first value the schema cannot catch, naming the key and what is allowed."""
-    datasets = config.get("datasets", {})
+    from deepbc import datasets_config
+
+    datasets = datasets_config.resolve(config)
     defined = config["task_definitions"]
     unknown = [t for t in config["tasks"] if t not in defined]
     if unknown:
         raise UserError(f"unknown task(s) {unknown}", "config key tasks",
                         f"allowed values (task_definitions): {sorted(defined)}")
+    k = config.get("splits", {}).get("k", 5)
     for name in config["tasks"]:
         task = defined[name]
         where = f"config key task_definitions.{name}"
@@ -40,20 +43,27 @@ def check(config: dict) -> None:
         if ds not in datasets:
             raise UserError(f"task uses dataset {ds!r}, which is not configured under datasets",
                             f"{where}.dataset", f"add datasets.{ds} or use one of {sorted(datasets)}")
-        kind = datasets[ds]["kind"]
-        if kind == "breakhis":
-            _check_breakhis_task(task, where)
-        else:
-            allowed = datasets[ds].get("classes")
-            if task["label"] != "label":
-                raise UserError(f"folder datasets have one label column, 'label', not {task['label']!r}",
-                                f"{where}.label", "set label: label")
-            if allowed:
-                _check_values(task["classes"], allowed, f"{where}.classes")
-            if task.get("magnification", "all") != "all":
-                raise UserError("folder datasets have no magnification", f"{where}.magnification",
-                                "set magnification: all")
-    k = config.get("splits", {}).get("k", 5)
+        _check_task_on(task, ds, datasets[ds], where, external=False)
+        test = task.get("test_dataset")
+        if test is None:
+            if k < 2:
+                raise UserError(f"splits.k={k} leaves no test patients for task {name!r}, which has no "
+                                "test_dataset", "config key splits.k",
+                                f"set k to 2 or more, or give task {name!r} an external test_dataset")
+            continue
+        if test not in datasets:
+            raise UserError(f"task tests on dataset {test!r}, which is not configured under datasets",
+                            f"{where}.test_dataset", f"add datasets.{test} or use one of {sorted(datasets)}")
+        if test == ds:
+            raise UserError(f"test_dataset is the task's own dataset {ds!r}", f"{where}.test_dataset",
+                            "name another dataset, or remove test_dataset for patient-wise k-fold testing")
+        if list(task.get("protocols", ["patient"])) != ["patient"]:
+            raise UserError("an external test runs under the patient protocol only (the image protocol "
+                            "measures leakage inside one dataset)", f"{where}.protocols",
+                            "set protocols: [patient]")
+        _check_task_on(task, test, datasets[test], f"{where} (test_dataset {test!r})", external=True)
+    for name in datasets_config.used(config):
+        datasets_config.root(datasets, name)
     # Here rather than uniqueItems in the schema: folds given on the command line are strings.
     listed = folds(config)
     repeated = sorted({f for f in listed if listed.count(f) > 1})
@@ -91,6 +101,31 @@ def check_schema(config: dict, schema_path) -> None:
             raise UserError(f"unknown config key(s) {unknown}", where, f"use one of the keys allowed there: {allowed}")
     what = err.message if len(err.message) <= 300 else err.message[:300] + " ..."
     raise UserError(what, where, "see config/schema.yaml for the values allowed there")
+
+
+def _check_task_on(task: dict, name: str, spec: dict, where: str, external: bool) -> None:
+    """The task's label, classes, filter and magnification exist in dataset ``name``.
+
+    On an external test dataset the classes may be a subset of the task's: each of the dataset's
+    classes must be one of the task's, and a filter must be on columns the dataset has.
+    """
+    if spec["kind"] == "breakhis":
+        _check_breakhis_task(task, where)
+        return
+    if task["label"] != "label":
+        raise UserError(f"folder dataset {name!r} has one label column, 'label', not {task['label']!r}",
+                        f"{where}.label", "set label: label, or use a dataset of the same kind")
+    allowed = spec.get("classes")
+    if external:
+        _check_values(allowed, task["classes"], f"config key datasets.{name}.classes")
+        if task.get("filter"):
+            raise UserError(f"folder dataset {name!r} has no columns to filter on", f"{where}.filter",
+                            "remove the filter or test on a dataset of the task's kind")
+    elif allowed:
+        _check_values(task["classes"], allowed, f"{where}.classes")
+    if task.get("magnification", "all") != "all":
+        raise UserError(f"folder dataset {name!r} has no magnification", f"{where}.magnification",
+                        "set magnification: all")
 
 
 def _check_breakhis_task(task: dict, where: str) -> None:

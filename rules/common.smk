@@ -10,6 +10,7 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 from deepbc import workflow_config as wc  # noqa: E402
 from deepbc.runs import parse_run  # noqa: E402
+from deepbc import datasets_config  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
 
 try:
@@ -30,7 +31,9 @@ RUNS = wc.runs(config)
 FOLDS = wc.folds(config)
 ARCHS = config["architectures"]
 SPLITS = ["train", "val", "test"]
-DATASETS = sorted({spec["dataset"] for spec in TASKS.values()})
+# Each dataset entry with the breakhis_dir/tma_dir/tma_patients_csv shortcuts applied (checked above).
+DATASET_SPECS = datasets_config.resolve(config)
+DATASETS = datasets_config.used(config)
 RES = config.get("resources", {})
 # GPU jobs get the CUDA build of TensorFlow only where GPUs are requested.
 # How many GPUs a job may lease from: none when GPU jobs are configured off, else config or nvidia-smi.
@@ -56,14 +59,11 @@ wildcard_constraints:
 
 
 def dataset_root(dataset):
-    return config["breakhis_dir"] if dataset == "breakhis" else config["tma_dir"]
+    return datasets_config.root(DATASET_SPECS, dataset)
 
 
 def demo_inputs(wildcards):
-    """In demo mode the dataset roots are made by the make_demo rule; otherwise they are user data."""
-    if not config.get("demo"):
-        return []
-    return {"breakhis": "results/demo/breakhis", "tma": "results/demo/tma"}[wildcards.dataset]
+    return datasets_config.demo_input(config, DATASET_SPECS, wildcards.dataset)
 
 
 def run_task(run):
@@ -90,6 +90,41 @@ def root_of_run(wildcards):
     return dataset_root(run_dataset(wildcards.run))
 
 
+def run_test_dataset(run):
+    """The dataset a run is tested on: the task's test_dataset (external validation) or its own."""
+    return TASKS[run_task(run)].get("test_dataset") or run_dataset(run)
+
+
+def is_external(run):
+    return run_test_dataset(run) != run_dataset(run)
+
+
+def test_manifest(run):
+    """The manifest of the run's test images (their patient grouping)."""
+    return f"results/manifest/{run_test_dataset(run)}.parquet"
+
+
+def test_root(run):
+    return dataset_root(run_test_dataset(run))
+
+
+def test_manifest_of_run(wildcards):
+    return test_manifest(wildcards.run)
+
+
+def external_test_manifest(wildcards):
+    return test_manifest(wildcards.run) if is_external(wildcards.run) else []
+
+
+def external_option(flag, value_of_run):
+    """A param: ``flag value`` (value shell-quoted) for an external run (or task), nothing otherwise."""
+    def option(wildcards):
+        # A task's runs share its test dataset: its first run stands for it.
+        run = wildcards.run if hasattr(wildcards, "run") else runs_of_task(wildcards.task)[0]
+        return f"{flag} {shlex.quote(value_of_run(run))}" if is_external(run) else ""
+    return option
+
+
 def shard_indexes(run, fold, splits=SPLITS):
     return expand("results/tfrecords/{run}/fold{fold}/{split}.json", run=run, fold=fold, split=splits)
 
@@ -110,20 +145,7 @@ def all_shards():
 
 
 def dataset_options(dataset):
-    """Command-line options of check_dataset.py for one dataset, each value shell-quoted."""
-    spec = config["datasets"][dataset]
-    args = ["--kind", spec["kind"]]
-    if spec["kind"] == "folder":
-        args += ["--classes", *spec["classes"]]
-        if dataset == "tma" and config.get("tma_patients_csv"):
-            args += ["--patients-csv", config["tma_patients_csv"]]
-    if spec.get("url"):
-        args += ["--url", spec["url"], "--sha256", spec["sha256"], "--download-dir", "downloads",
-                 "--max-extracted-gb", str(spec["max_extracted_gb"]),
-                 "--max-compression-ratio", str(spec["max_compression_ratio"])]
-        if spec.get("allow_download"):
-            args.append("--allow-download")
-    return " ".join(shlex.quote(a) for a in args)
+    return datasets_config.options(DATASET_SPECS, dataset)
 
 
 def train_settings_json(wildcards):

@@ -48,6 +48,7 @@ rule check_dataset:
 rule make_splits:
     input:
         manifest=manifest_of_run,
+        test_manifest=external_test_manifest,
     output:
         "results/splits/{run}.parquet",
     params:
@@ -55,6 +56,7 @@ rule make_splits:
         task=lambda wc: run_task(wc.run),
         task_json=task_json,
         protocol=lambda wc: run_protocol(wc.run),
+        test_manifest=external_option("--test-manifest", test_manifest),
         k=config["splits"]["k"],
         val_fraction=config["splits"]["val_fraction"],
         conflicts="" if config["splits"]["exclude_label_conflicts"] else "--include-label-conflicts",
@@ -68,7 +70,7 @@ rule make_splits:
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --manifest {input.manifest:q} --task {params.task}"
         " --task-json {params.task_json:q} --protocol {params.protocol} --k {params.k}"
-        " --val-fraction {params.val_fraction} --seed {params.seed} {params.conflicts}"
+        " --val-fraction {params.val_fraction} --seed {params.seed} {params.conflicts} {params.test_manifest}"
         " --out {output:q} --log {log:q}"
 
 
@@ -80,6 +82,7 @@ rule write_shards:
     params:
         script=script("write_shards.py"),
         root=root_of_run,
+        test_root=external_option("--test-root", test_root),
         out_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
         images_per_shard=config["shards"]["images_per_shard"],
         format=config["shards"]["format"],
@@ -97,7 +100,7 @@ rule write_shards:
         "../envs/cpu.yaml"
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --splits {input.splits:q} --root {params.root:q}"
-        " --fold {wildcards.fold} --out-dir {params.out_dir:q}"
+        " {params.test_root} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
         " --images-per-shard {params.images_per_shard} --format {params.format}"
         " --jpeg-quality {params.jpeg_quality} --max-shorter-side {params.max_shorter_side}"
         " --seed {params.seed} --workers {threads} --log {log:q}"

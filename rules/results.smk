@@ -1,13 +1,10 @@
-from types import SimpleNamespace
-
-
 rule metrics:
     input:
         predictions="results/predictions/{run}/{arch}/fold{fold}.parquet",
         # The temperature scaling is fitted on the validation split, never on test.
         validation="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
-        # Whether the dataset maps images to patients (the results' grouping).
-        manifest=manifest_of_run,
+        # Whether the test dataset maps images to patients (the results' grouping).
+        manifest=test_manifest_of_run,
     output:
         "results/metrics/{run}/{arch}/fold{fold}.json",
     params:
@@ -15,6 +12,7 @@ rule metrics:
         classes=lambda wc: task_classes(run_task(wc.run)),
         # The magnification the task trained on (meta.magnification, for the magnification table).
         magnification=lambda wc: TASKS[run_task(wc.run)]["magnification"],
+        external=external_option("--external-test", run_test_dataset),
         n_boot=config.get("evaluation", {}).get("n_bootstrap", 1000),
         seed=config["seed"],
     log:
@@ -26,7 +24,7 @@ rule metrics:
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input.predictions:q} --classes {params.classes:q}"
         " --validation-predictions {input.validation:q} --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
-        " --manifest {input.manifest:q} --magnification {params.magnification}"
+        " --manifest {input.manifest:q} --magnification {params.magnification} {params.external}"
         " --n-boot {params.n_boot} --seed {params.seed}"
         " --out {output:q} --log {log:q}"
 
@@ -138,14 +136,15 @@ rule roc_figure:
     input:
         predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
                                       run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
-        # Every run of a task uses the task's dataset: any run names its manifest.
-        manifest=lambda wc: manifest_of_run(SimpleNamespace(run=runs_of_task(wc.task)[0])),
+        # Every run of a task is tested on the same dataset: any run names its manifest.
+        manifest=lambda wc: test_manifest(runs_of_task(wc.task)[0]),
     output:
         png=report("results/figures/roc/{task}.png", caption="../report/roc.rst", category="ROC curves"),
         pdf="results/figures/roc/{task}.pdf",
     params:
         script=script("plot_roc.py"),
         classes=lambda wc: task_classes(wc.task),
+        external=external_option("--external-test", run_test_dataset),
     log:
         "results/logs/figures/roc/{task}.log",
     benchmark:
@@ -154,7 +153,7 @@ rule roc_figure:
         "../envs/cpu.yaml"
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --classes {params.classes:q}"
-        " --predictions {input.predictions:q} --manifest {input.manifest:q}"
+        " --predictions {input.predictions:q} --manifest {input.manifest:q} {params.external}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
@@ -162,7 +161,7 @@ rule calibration_figure:
     input:
         predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
                                       run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
-        manifest=lambda wc: manifest_of_run(SimpleNamespace(run=runs_of_task(wc.task)[0])),
+        manifest=lambda wc: test_manifest(runs_of_task(wc.task)[0]),
     output:
         png=report("results/figures/calibration/{task}.png", caption="../report/calibration.rst",
                    category="Calibration"),
@@ -186,7 +185,7 @@ rule confusion_figure:
     input:
         predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
                                       run=wc.run, arch=wc.arch, fold=FOLDS),
-        manifest=manifest_of_run,
+        manifest=test_manifest_of_run,
     output:
         png=report("results/figures/confusion/{run}/{arch}.png", caption="../report/confusion.rst",
                    category="Confusion matrices"),
@@ -194,6 +193,7 @@ rule confusion_figure:
     params:
         script=script("plot_confusion.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
+        external=external_option("--external-test", run_test_dataset),
     log:
         "results/logs/figures/confusion/{run}/{arch}.log",
     benchmark:
@@ -202,7 +202,8 @@ rule confusion_figure:
         "../envs/cpu.yaml"
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --classes {params.classes:q} --predictions {input.predictions:q}"
-        " --manifest {input.manifest:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
+        " --manifest {input.manifest:q} {params.external} --out-png {output.png:q} --out-pdf {output.pdf:q}"
+        " --log {log:q}"
 
 
 rule training_figure:

@@ -204,19 +204,19 @@ def test_lint_is_clean(tmp_path):
     assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-def dry_run_with_overlay(workdir, overlay_yaml: str):
+def dry_run_with_overlay(workdir, overlay_yaml: str, *args, check=False):
     """``snakemake -n`` on the demo config with one more config file holding ``overlay_yaml``."""
     overlay = workdir / "overlay.yaml"
     overlay.write_text(overlay_yaml)
-    return snakemake(workdir, "-n", "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay),
-                     check=False)
+    return snakemake(workdir, "-n", *args, "--configfile", str(ROOT / "config" / "config.yaml"), str(overlay),
+                     check=check)
 
 
 def test_invalid_config_fails_before_any_job(tmp_path):
     proc = dry_run_with_overlay(tmp_path, "splits: {k: 1, val_fraction: 0.2, exclude_label_conflicts: true}\n")
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert "1 is less than the minimum of 2" in out and "where: config key splits.k" in out
+    assert "splits.k=1 leaves no test patients" in out and "where: config key splits.k" in out
     assert not (tmp_path / "results").exists()
 
 
@@ -298,3 +298,33 @@ def test_dry_run_sees_a_shard_missing_from_its_index(tmp_path):
     assert "1 shard(s) listed in this index are missing" in out, out[-3000:]
     assert "results/tfrecords/cancer_types/fold0/val-00000-of-00001.tfrecord" in out
     assert "delete the folder results/tfrecords/cancer_types/fold0/ and rerun" in out
+
+
+EXTERNAL_OVERLAY = """\
+datasets:
+  site_b: {kind: folder, root: site_b, classes: [breast, lung]}
+task_definitions:
+  cancer_types_site_b:
+    dataset: tma
+    test_dataset: site_b
+    label: label
+    classes: [breast, bladder, lung, lymphoma]
+tasks: [cancer_types, cancer_types_site_b]
+"""
+
+
+def test_dry_run_of_a_third_dataset_and_an_external_task(tmp_path):
+    """site_b gets its own manifest; the external run splits with its manifest, shards with its root,
+    and is measured on it; it has no image-level run, so no leakage table."""
+    out = dry_run_with_overlay(tmp_path, EXTERNAL_OVERLAY, "-p", "--config", "folds=[0]", check=True).stdout
+    jobs = re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M)
+    assert sorted(set(jobs)) == ["all", "check_dataset", "confusion_figure", "evaluate", "make_demo", "make_splits",
+                                 "metrics", "roc_figure", "summary_table", "task_table", "train", "training_figure",
+                                 "write_shards"]
+    assert jobs.count("check_dataset") == 2 and jobs.count("train") == 2
+    assert "results/manifest/site_b.parquet" in out and "leakage" not in out
+    assert "--test-manifest results/manifest/site_b.parquet --out results/splits/cancer_types_site_b.parquet" in out
+    assert "--root results/demo/tma/images --test-root site_b --fold 0" in out
+    assert re.search(r"--run cancer_types_site_b .*--manifest results/manifest/site_b.parquet --external-test site_b",
+                     out)
+

@@ -70,7 +70,7 @@ def test_repeated_folds_are_refused(demo_config, folds):
     (lambda c: c.update(foo=1), ["unknown config key(s) ['foo']", "the top level of the config", "'train'"]),
     (lambda c: c["train"]["defaults"].update(batchsize=8),
      ["unknown config key(s) ['batchsize']", "config key train.defaults", "'batch_size'"]),
-    (lambda c: c["splits"].update(k=1), ["1 is less than the minimum of 2", "config key splits.k"]),
+    (lambda c: c["splits"].update(k=0), ["0 is less than the minimum of 1", "config key splits.k"]),
     (lambda c: c.update(architectures=["resnet_small", "resnet_small"]),
      ["has non-unique elements", "config key architectures"]),
     (lambda c: c["train"]["defaults"]["augment"].update(hed={"sigma": 1, "bias": 0.05}),

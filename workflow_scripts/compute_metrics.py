@@ -29,6 +29,8 @@ def parse_args(argv=None):
                         "temperature scaling is fitted on them")
     p.add_argument("--magnification", required=True,
                    help="the magnification the task trained on (all, 40X, ...), recorded in meta")
+    p.add_argument("--external-test", default=None,
+                   help="the task's test_dataset, when the test images are an external dataset's")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of patients (0: no CIs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
     p.add_argument("--out", required=True, help="metrics JSON")
@@ -43,7 +45,7 @@ def main(argv=None):
 
     metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, args.fold,
                          args.manifest, args.magnification, n_boot=args.n_boot, seed=args.seed,
-                         validation_predictions=args.validation_predictions)
+                         validation_predictions=args.validation_predictions, test_dataset=args.external_test)
 
 
 if __name__ == "__main__":

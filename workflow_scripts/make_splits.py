@@ -6,6 +6,8 @@ images left out unless --include-label-conflicts), and writes the long splits ta
 image and fold; columns path, patient, slide, magnification, label, label_index, fold, split,
 protocol). Protocol 'patient' never puts a patient on two sides of a fold (checked before writing);
 protocol 'image' is the preprint's random image split, kept only to measure its inflation.
+A task with a test_dataset (--test-manifest) keeps train/val patient-wise on its dataset and tests
+every fold on all of the test dataset's images (column dataset says which dataset a row is from).
 """
 
 import argparse
@@ -30,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--include-label-conflicts", action="store_true",
                         help="keep images whose bytes appear under two labels (left out by default)")
+    parser.add_argument("--test-manifest", default=None,
+                        help="manifest parquet of the task's test_dataset (external validation only)")
     parser.add_argument("--out", required=True, help="splits parquet to write")
     parser.add_argument("--log", help="log file (appended)")
     return parser.parse_args(argv)
@@ -48,7 +52,7 @@ def main(argv=None):
                         "pass the task's config mapping as JSON") from err
     task = Task.from_config(args.task, spec)
     build_splits_file(args.manifest, task, args.protocol, args.k, args.val_fraction, args.seed,
-                      not args.include_label_conflicts, args.out)
+                      not args.include_label_conflicts, args.out, test_manifest_path=args.test_manifest)
 
 
 if __name__ == "__main__":

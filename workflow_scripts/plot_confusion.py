@@ -16,6 +16,8 @@ def parse_args(argv=None):
                    help="results/predictions/{run}/{arch}/fold{k}.parquet, all folds of one model")
     p.add_argument("--manifest", required=True,
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
+    p.add_argument("--external-test", default=None,
+                   help="the task's test_dataset, when the test images are an external dataset's")
     p.add_argument("--out-png", required=True, help="PNG output")
     p.add_argument("--out-pdf", help="PDF output")
     p.add_argument("--log", default=None, help="log file")
@@ -27,7 +29,8 @@ def main(argv=None):
     logs.setup(args.log)
     from deepbc import figures
 
-    figures.plot_confusion(args.predictions, args.classes, args.manifest, args.out_png, args.out_pdf)
+    figures.plot_confusion(args.predictions, args.classes, args.manifest, args.out_png, args.out_pdf,
+                           test_dataset=args.external_test)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ def parse_args(argv=None):
                    help="results/predictions/{run}/{arch}/fold{k}.parquet of the task's runs")
     p.add_argument("--manifest", required=True,
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
+    p.add_argument("--external-test", default=None,
+                   help="the task's test_dataset, when the test images are an external dataset's")
     p.add_argument("--out-png", required=True, help="PNG output")
     p.add_argument("--out-pdf", help="PDF output")
     p.add_argument("--log", default=None, help="log file")
@@ -30,7 +32,7 @@ def main(argv=None):
     from deepbc import figures
 
     figures.plot_roc(args.predictions, args.classes, args.task, args.manifest, args.out_png,
-                     args.out_pdf)
+                     args.out_pdf, test_dataset=args.external_test)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--splits", required=True, help="splits parquet written by make_splits.py")
     parser.add_argument("--root", required=True, help="dataset root the splits' paths are relative to")
+    parser.add_argument("--test-root", default=None,
+                        help="root of the external test dataset (a task's test_dataset), for the test rows")
     parser.add_argument("--fold", type=int, required=True, help="fold index to write")
     parser.add_argument("--out-dir", required=True, help="folder for the shards and index JSONs")
     parser.add_argument("--images-per-shard", type=int, default=256)
@@ -37,7 +39,8 @@ def main(argv=None):
     logs.setup(args.log)
     from deepbc.shards import write_shards_file
 
-    write_shards_file(args.splits, args.fold, args.root, args.out_dir, images_per_shard=args.images_per_shard,
+    write_shards_file(args.splits, args.fold, args.root, args.out_dir, test_root=args.test_root,
+                      images_per_shard=args.images_per_shard,
                       image_format=args.format, jpeg_quality=args.jpeg_quality,
                       max_shorter_side=args.max_shorter_side, seed=args.seed, workers=args.workers)
 
