@@ -110,7 +110,7 @@ def test_external_folds_resample_the_same_test_patients(tmp_path):
 
     def draws(fold, test_dataset):
         m = metrics.metrics_file(tmp_path / "p.parquet", ["benign", "malignant"], tmp_path / f"{fold}.json", "t",
-                                 "a", fold, tmp_path / "m.parquet", n_boot=20, seed=1, test_dataset=test_dataset)
+                                 "a", fold, tmp_path / "m.parquet", "all", n_boot=20, seed=1, test_dataset=test_dataset)
         assert m["meta"]["test_dataset"] == test_dataset
         return m["image_level"]["bootstrap_values"]["accuracy"]
 
