@@ -8,7 +8,7 @@ rule make_demo:
         script=script("make_demo.py"),
         seed=config["seed"],
         scale=config["demo_scale"],
-    threads: RES.get("data_threads", 2)
+    threads: RES["data_threads"]
     log:
         "results/logs/make_demo.log",
     benchmark:
@@ -30,9 +30,9 @@ rule check_dataset:
         script=script("check_dataset.py"),
         root=lambda wc: dataset_root(wc.dataset),
         options=lambda wc: dataset_options(wc.dataset),
-    threads: RES.get("data_threads", 2)
+    threads: RES["data_threads"]
     resources:
-        mem_mb=RES.get("data_mem_mb", 4000),
+        mem_mb=RES["data_mem_mb"],
     log:
         "results/logs/check_dataset/{dataset}.log",
     benchmark:
@@ -76,7 +76,7 @@ rule write_shards:
     input:
         splits="results/splits/{run}.parquet",
     output:
-        expand("results/tfrecords/{{run}}/fold{{fold}}/{split}.json", split=SPLITS),
+        [wfconfig.shard_index("{run}", "{fold}", split) for split in SPLITS],
     params:
         script=script("write_shards.py"),
         root=root_of_run,
@@ -86,9 +86,9 @@ rule write_shards:
         jpeg_quality=config["shards"]["jpeg_quality"],
         max_shorter_side=config["shards"]["max_shorter_side"],
         seed=config["seed"],
-    threads: RES.get("data_threads", 2)
+    threads: RES["data_threads"]
     resources:
-        mem_mb=RES.get("data_mem_mb", 4000),
+        mem_mb=RES["data_mem_mb"],
     log:
         "results/logs/write_shards/{run}/fold{fold}.log",
     benchmark:

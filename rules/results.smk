@@ -11,7 +11,7 @@ rule metrics:
     params:
         script=script("compute_metrics.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
-        n_boot=config.get("evaluation", {}).get("n_bootstrap", 1000),
+        n_boot=config["evaluation"]["n_bootstrap"],
         seed=config["seed"],
     log:
         "results/logs/metrics/{run}/{arch}/fold{fold}.log",
