@@ -99,7 +99,7 @@ def test_killed_run_resumes_at_its_last_saved_step(shard_dir, tmp_path):
     settings = trainkit.settings(max_number_of_steps=100, save_every_steps=10, eval_every_steps=50)
     cmd = [sys.executable, str(ROOT / "workflow_scripts" / "train_model.py"), "--shard-dir", str(shard_dir),
            "--arch", "resnet_small", "--settings-json", json.dumps(settings), "--out-dir", str(out),
-           "--state-dir", str(state), "--seed", "1", "--gpus", "0"]
+           "--state-dir", str(state), "--seed", "1", "--threads", "1", "--gpus", "0"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (state / "checkpoint").exists() and time.monotonic() < deadline:

@@ -5,29 +5,20 @@ Writes one row per test image: path, patient, magnification, label, one probabil
 class (prob_<class>), and the predicted class.
 """
 
-import argparse
-import sys
-
-from deepbc import gpu, locks, logs
+from deepbc import cli, gpu, locks
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--model-dir", required=True, help="results/models/{run}/{arch}/fold{k}")
     p.add_argument("--shard-index", required=True, help="the split's index, e.g. .../fold0/test.json")
     p.add_argument("--out", required=True, help="predictions parquet")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
     locks.add_arguments(p)
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
-
+def run(args):
     # One job per output; the lock comes before the GPU lease, so that a waiting job holds no GPU.
     with locks.exclusive(args.out, "these predictions", args.lock_timeout), gpu.lease_from_args(args):
         from deepbc import evaluate, shards
@@ -36,5 +27,7 @@ def main(argv=None):
             evaluate.predict_shards(args.model_dir, args.shard_index, args.out, args.batch_size, args.threads)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

@@ -8,36 +8,29 @@ protocol). Protocol 'patient' never puts a patient on two sides of a fold (check
 protocol 'image' is the preprint's random image split, kept only to measure its inflation.
 """
 
-import argparse
 import json
-import sys
 
-from deepbc import logs
+from deepbc import cli
 from deepbc.errors import UserError
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--manifest", required=True, help="manifest parquet of the task's dataset")
-    parser.add_argument("--task", required=True, help="task name (config key tasks.NAME)")
-    parser.add_argument("--task-json", required=True,
-                        help='the task\'s config as JSON, e.g. \'{"dataset": "breakhis", "label": "tissue", '
-                             '"classes": ["benign", "malignant"]}\'')
-    parser.add_argument("--protocol", required=True, choices=["patient", "image"])
-    parser.add_argument("--k", type=int, required=True, help="number of folds")
-    parser.add_argument("--val-fraction", type=float, required=True,
-                        help="share of each fold's training patients (or images) held out for validation")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--include-label-conflicts", action="store_true",
-                        help="keep images whose bytes appear under two labels (left out by default)")
-    parser.add_argument("--out", required=True, help="splits parquet to write")
-    parser.add_argument("--log", help="log file (appended)")
-    return parser.parse_args(argv)
+def arguments(p):
+    p.add_argument("--manifest", required=True, help="manifest parquet of the task's dataset")
+    p.add_argument("--task", required=True, help="task name (config key tasks.NAME)")
+    p.add_argument("--task-json", required=True,
+                   help='the task\'s config as JSON, e.g. \'{"dataset": "breakhis", "label": "tissue", '
+                        '"classes": ["benign", "malignant"]}\'')
+    p.add_argument("--protocol", required=True, help="patient (patient-wise folds) or image (the preprint's split)")
+    p.add_argument("--k", type=int, required=True, help="number of folds")
+    p.add_argument("--val-fraction", type=float, required=True,
+                   help="share of each fold's training patients (or images) held out for validation")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--include-label-conflicts", action="store_true",
+                   help="keep images whose bytes appear under two labels (left out by default)")
+    p.add_argument("--out", required=True, help="splits parquet to write")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc.splits import build_splits_file
     from deepbc.tasks import Task
 
@@ -51,5 +44,7 @@ def main(argv=None):
                       not args.include_label_conflicts, args.out)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

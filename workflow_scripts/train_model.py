@@ -6,15 +6,12 @@ killed job rerun with the same command continues from its last saved step, and w
 checkpoint, training.csv and settings.json to --out-dir only at the end.
 """
 
-import argparse
 import json
-import sys
 
-from deepbc import gpu, locks, logs
+from deepbc import cli, gpu, locks
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--shard-dir", required=True, help="folder with train.json and val.json shard indexes")
     p.add_argument("--arch", required=True, help="network name, e.g. resnet_v1_50 or resnet_small")
     p.add_argument("--settings-json", required=True,
@@ -23,18 +20,13 @@ def parse_args(argv=None):
                    help="ImageNet checkpoint record written by get_checkpoint.py (init: imagenet)")
     p.add_argument("--out-dir", required=True, help="where the kept model, training.csv, settings.json go")
     p.add_argument("--state-dir", required=True, help="resumable training state")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
     locks.add_arguments(p)
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
-
+def run(args):
     checkpoint = None
     if args.checkpoint_json:
         with open(args.checkpoint_json) as fh:
@@ -52,5 +44,7 @@ def main(argv=None):
                         seed=args.seed, checkpoint=checkpoint, threads=args.threads)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

@@ -8,33 +8,25 @@ written under a temporary name and renamed; the index JSONs come last. Same inpu
 byte-identical files.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--splits", required=True, help="splits parquet written by make_splits.py")
-    parser.add_argument("--root", required=True, help="dataset root the splits' paths are relative to")
-    parser.add_argument("--fold", type=int, required=True, help="fold index to write")
-    parser.add_argument("--out-dir", required=True, help="folder for the shards and index JSONs")
-    parser.add_argument("--images-per-shard", type=int, default=256)
-    parser.add_argument("--format", choices=["jpeg", "png", "raw"], default="jpeg",
-                        help="how images are stored (default jpeg; see docs/shards.md)")
-    parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--max-shorter-side", type=int, default=0,
-                        help="downscale so the shorter side is at most this many pixels (0: keep the size)")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=1, help="processes decoding/encoding images")
-    parser.add_argument("--log", help="log file (appended)")
-    return parser.parse_args(argv)
+def arguments(p):
+    p.add_argument("--splits", required=True, help="splits parquet written by make_splits.py")
+    p.add_argument("--root", required=True, help="dataset root the splits' paths are relative to")
+    p.add_argument("--fold", type=int, required=True, help="fold index to write")
+    p.add_argument("--out-dir", required=True, help="folder for the shards and index JSONs")
+    # Allowed values and defaults: config/schema.yaml, key shards.
+    p.add_argument("--images-per-shard", type=int, required=True)
+    p.add_argument("--format", required=True, help="how images are stored: jpeg, png or raw (docs/shards.md)")
+    p.add_argument("--jpeg-quality", type=int, required=True)
+    p.add_argument("--max-shorter-side", type=int, required=True,
+                   help="downscale so the shorter side is at most this many pixels (0: keep the size)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--workers", type=cli.positive_int, required=True, help="processes decoding/encoding images")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc.shards import write_shards_file
 
     write_shards_file(args.splits, args.fold, args.root, args.out_dir, images_per_shard=args.images_per_shard,
@@ -42,5 +34,7 @@ def main(argv=None):
                       max_shorter_side=args.max_shorter_side, seed=args.seed, workers=args.workers)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

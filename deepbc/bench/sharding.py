@@ -114,7 +114,8 @@ def measure_steps(tmp: Path, root: Path, count: int, source_bytes: int, workers:
     for fmt in ("jpeg", "png"):
         commands[f"write_shards_{fmt}"] = common.script_command(
             "write_shards.py", "--splits", splits, "--root", root, "--fold", 0, "--out-dir", tmp / f"shards_{fmt}",
-            "--format", fmt, "--jpeg-quality", 95, "--seed", seed, "--workers", workers)
+            "--images-per-shard", 256, "--format", fmt, "--jpeg-quality", 95, "--max-shorter-side", 0,
+            "--seed", seed, "--workers", workers)
     for name, cmd in commands.items():
         LOG.info("running %s", name)
         steps[name] = common.timed_command(cmd, log_path=logs / f"{name}.log")
