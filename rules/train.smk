@@ -28,7 +28,6 @@ rule train:
         settings="results/models/{run}/{arch}/fold{fold}/settings.json",
     params:
         script=script("train_model.py"),
-        shard_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
         out_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         # Outside the declared outputs, so Snakemake does not delete it when a job is killed.
         state_dir=lambda wc: f"results/train_state/{wc.run}/{wc.arch}/fold{wc.fold}",
@@ -47,6 +46,7 @@ rule train:
     conda:
         GPU_ENV
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --train-index {input.train_index:q}"
+        " --val-index {input.val_index:q} --arch {wildcards.arch}"
         " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
         " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads} --log {log:q}"

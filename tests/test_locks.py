@@ -36,7 +36,8 @@ def holder(tmp_path):
 
 
 def _script(name, target, tmp_path, timeout="0.2"):
-    args = {"train_model.py": ["--shard-dir", str(tmp_path / "no shards"), "--arch", "resnet_small",
+    args = {"train_model.py": ["--train-index", str(tmp_path / "no train.json"),
+                               "--val-index", str(tmp_path / "no val.json"), "--arch", "resnet_small",
                                "--settings-json", "{}", "--out-dir", str(tmp_path / "model"),
                                "--state-dir", str(target), "--seed", "1", "--threads", "1"],
             "evaluate_model.py": ["--model-dir", str(tmp_path / "no model"), "--shard-index",

@@ -66,7 +66,8 @@ def test_corrupt_shard_is_named_in_the_job_log(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = tmp_path / "train.log"
     proc = subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / "train_model.py"),
-                           "--shard-dir", str(shard_dir), "--arch", "resnet_small", "--settings-json",
+                           "--train-index", str(shard_dir / "train.json"), "--val-index",
+                           str(shard_dir / "val.json"), "--arch", "resnet_small", "--settings-json",
                            json.dumps(settings), "--out-dir", str(tmp_path / "model"), "--state-dir",
                            str(tmp_path / "state"), "--seed", "1", "--threads", "1", "--gpus", "0", "--log", str(log)],
                           capture_output=True, text=True, env=env, timeout=300)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fine-tune one network on one run's fold: TF-Slim style, two stages from ImageNet, resumable.
 
-Reads the fold's TFRecord shards (train.json, val.json), keeps its state in --state-dir so that a
+Reads the fold's TFRecord shards (--train-index, --val-index), keeps its state in --state-dir so that a
 killed job rerun with the same command continues from its last saved step, and writes the kept
 checkpoint, training.csv and settings.json to --out-dir only at the end.
 """
@@ -12,7 +12,8 @@ from deepbc import cli, gpu, locks
 
 
 def arguments(p):
-    p.add_argument("--shard-dir", required=True, help="folder with train.json and val.json shard indexes")
+    p.add_argument("--train-index", required=True, help="the fold's training shard index, e.g. .../fold0/train.json")
+    p.add_argument("--val-index", required=True, help="the fold's validation shard index, e.g. .../fold0/val.json")
     p.add_argument("--arch", required=True, help="network name, e.g. resnet_v1_50 or resnet_small")
     p.add_argument("--settings-json", required=True,
                    help="training settings (the merged train.defaults/per_architecture/per_task config)")
@@ -39,9 +40,9 @@ def run(args):
             gpu.lease_from_args(args):
         from deepbc import shards, train
 
-        with shards.naming_corrupt_shards([f"{args.shard_dir}/train.json", f"{args.shard_dir}/val.json"]):
-            train.train(args.shard_dir, args.out_dir, args.state_dir, args.arch, json.loads(args.settings_json),
-                        seed=args.seed, checkpoint=checkpoint, threads=args.threads)
+        with shards.naming_corrupt_shards([args.train_index, args.val_index]):
+            train.train(args.train_index, args.val_index, args.out_dir, args.state_dir, args.arch,
+                        json.loads(args.settings_json), seed=args.seed, checkpoint=checkpoint, threads=args.threads)
 
 
 main = cli.script(__doc__, arguments, run)
