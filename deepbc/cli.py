@@ -1,6 +1,9 @@
 """The one way a workflow script starts: its parser, logging to --log and stderr, its exit code.
 
-A script declares its arguments and the one package function it calls::
+A rule passes each config section a script needs as one JSON option (``--shards-json``, the
+section ``shards`` as validated, defaults filled in) and single top-level values (seed, threads,
+paths) as options of their own. A script declares its arguments and the one package function it
+calls::
 
     main = cli.script(__doc__, arguments, run)
 
@@ -12,6 +15,7 @@ logged message and exit code 1 (deepbc.logs.run_main).
 """
 
 import argparse
+import json
 import sys
 
 from deepbc import logs
@@ -43,3 +47,24 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def config_section(section: str, keys):
+    """An argparse type: the JSON of the config section ``section``, holding at least ``keys``."""
+
+    def parse(text: str) -> dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({err}): pass the config section {section} "
+                                             "as a JSON object") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"the config section {section} must be a JSON object")
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise argparse.ArgumentTypeError(f"the config section {section} lacks {missing} "
+                                             "(see config/schema.yaml)")
+        return value
+
+    parse.section, parse.keys = section, tuple(keys)
+    return parse

@@ -143,8 +143,8 @@ def grouping_of(manifest) -> str:
     return "patient"
 
 
-def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
+def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest, *,
+                 n_boot: int, seed: int) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
     ``meta`` (run, task, protocol, grouping, arch, fold) lets the tables group files without parsing

@@ -77,6 +77,11 @@ def run_dataset(run):
     return TASKS[run_task(run)]["dataset"]
 
 
+def section_json(name):
+    """A config section as the one JSON option its script takes (deepbc.cli), defaults filled in."""
+    return json.dumps(config[name], sort_keys=True)
+
+
 def task_json(wildcards):
     return json.dumps(TASKS[run_task(wildcards.run)], sort_keys=True)
 

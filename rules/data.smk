@@ -55,9 +55,7 @@ rule make_splits:
         task=lambda wc: run_task(wc.run),
         task_json=task_json,
         protocol=lambda wc: run_protocol(wc.run),
-        k=config["splits"]["k"],
-        val_fraction=config["splits"]["val_fraction"],
-        conflicts="" if config["splits"]["exclude_label_conflicts"] else "--include-label-conflicts",
+        splits=section_json("splits"),
         seed=config["seed"],
     log:
         "results/logs/make_splits/{run}.log",
@@ -67,9 +65,8 @@ rule make_splits:
         "../envs/cpu.yaml"
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --manifest {input.manifest:q} --task {params.task}"
-        " --task-json {params.task_json:q} --protocol {params.protocol} --k {params.k}"
-        " --val-fraction {params.val_fraction} --seed {params.seed} {params.conflicts}"
-        " --out {output:q} --log {log:q}"
+        " --task-json {params.task_json:q} --protocol {params.protocol} --splits-json {params.splits:q}"
+        " --seed {params.seed} --out {output:q} --log {log:q}"
 
 
 rule write_shards:
@@ -81,10 +78,7 @@ rule write_shards:
         script=script("write_shards.py"),
         root=root_of_run,
         out_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
-        images_per_shard=config["shards"]["images_per_shard"],
-        format=config["shards"]["format"],
-        jpeg_quality=config["shards"]["jpeg_quality"],
-        max_shorter_side=config["shards"]["max_shorter_side"],
+        shards=section_json("shards"),
         seed=config["seed"],
     threads: RES["data_threads"]
     resources:
@@ -98,6 +92,4 @@ rule write_shards:
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --splits {input.splits:q} --root {params.root:q}"
         " --fold {wildcards.fold} --out-dir {params.out_dir:q}"
-        " --images-per-shard {params.images_per_shard} --format {params.format}"
-        " --jpeg-quality {params.jpeg_quality} --max-shorter-side {params.max_shorter_side}"
-        " --seed {params.seed} --workers {threads} --log {log:q}"
+        " --shards-json {params.shards:q} --seed {params.seed} --workers {threads} --log {log:q}"

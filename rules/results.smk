@@ -11,7 +11,7 @@ rule metrics:
     params:
         script=script("compute_metrics.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
-        n_boot=config["evaluation"]["n_bootstrap"],
+        evaluation=section_json("evaluation"),
         seed=config["seed"],
     log:
         "results/logs/metrics/{run}/{arch}/fold{fold}.log",
@@ -22,7 +22,7 @@ rule metrics:
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input.predictions:q} --classes {params.classes:q}"
         " --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
-        " --manifest {input.manifest:q} --n-boot {params.n_boot} --seed {params.seed}"
+        " --manifest {input.manifest:q} --evaluation-json {params.evaluation:q} --seed {params.seed}"
         " --out {output:q} --log {log:q}"
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,35 @@ def test_cli_main_parses_logs_and_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--n", "0"])
     assert "must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, option, section", [
+    ("write_shards.py", "--shards-json", "shards"),
+    ("make_splits.py", "--splits-json", "splits"),
+    ("compute_metrics.py", "--evaluation-json", "evaluation"),
+])
+def test_a_script_takes_its_whole_config_section(script, option, section):
+    """A rule passes the section as one JSON; the script reads every key the schema defines there."""
+    import argparse
+
+    import yaml
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    parser = argparse.ArgumentParser()
+    _script_module(ROOT / "workflow_scripts" / script).arguments(parser)
+    action = next(a for a in parser._actions if option in a.option_strings)
+    assert action.type.section == section
+    assert sorted(action.type.keys) == sorted(schema["properties"][section]["properties"])
+
+
+def test_config_section_option_names_what_is_wrong():
+    import argparse
+
+    from deepbc import cli
+
+    parse = cli.config_section("shards", ["format", "jpeg_quality"])
+    assert parse('{"format": "png", "jpeg_quality": 90}') == {"format": "png", "jpeg_quality": 90}
+    for text, said in [("{not json", "not valid JSON"), ("[1]", "must be a JSON object"),
+                       ('{"format": "png"}', "lacks ['jpeg_quality']")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(said)):
+            parse(text)

@@ -18,7 +18,9 @@ def arguments(p):
     p.add_argument("--fold", required=True, type=int, help="fold index")
     p.add_argument("--manifest", required=True,
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
-    p.add_argument("--n-boot", type=int, required=True, help="bootstrap draws of patients (0: no CIs)")
+    p.add_argument("--evaluation-json", required=True, type=cli.config_section("evaluation", ["n_bootstrap"]),
+                   help='the config section evaluation as JSON, e.g. \'{"n_bootstrap": 1000}\' '
+                        "(bootstrap draws of patients; 0: no CIs)")
     p.add_argument("--seed", type=int, required=True, help="seed of the bootstrap draws")
     p.add_argument("--out", required=True, help="metrics JSON")
 
@@ -27,7 +29,7 @@ def run(args):
     from deepbc import metrics
 
     metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, args.fold,
-                         args.manifest, n_boot=args.n_boot, seed=args.seed)
+                         args.manifest, n_boot=args.evaluation_json["n_bootstrap"], seed=args.seed)
 
 
 main = cli.script(__doc__, arguments, run)

@@ -15,7 +15,7 @@ def arguments(p):
     p.add_argument("--train-index", required=True, help="the fold's training shard index, e.g. .../fold0/train.json")
     p.add_argument("--val-index", required=True, help="the fold's validation shard index, e.g. .../fold0/val.json")
     p.add_argument("--arch", required=True, help="network name, e.g. resnet_v1_50 or resnet_small")
-    p.add_argument("--settings-json", required=True,
+    p.add_argument("--settings-json", required=True, type=cli.config_section("train (merged)", []),
                    help="training settings (the merged train.defaults/per_architecture/per_task config)")
     p.add_argument("--checkpoint-json", default=None,
                    help="ImageNet checkpoint record written by get_checkpoint.py (init: imagenet)")
@@ -42,7 +42,7 @@ def run(args):
 
         with shards.naming_corrupt_shards([args.train_index, args.val_index]):
             train.train(args.train_index, args.val_index, args.out_dir, args.state_dir, args.arch,
-                        json.loads(args.settings_json), seed=args.seed, checkpoint=checkpoint, threads=args.threads)
+                        args.settings_json, seed=args.seed, checkpoint=checkpoint, threads=args.threads)
 
 
 main = cli.script(__doc__, arguments, run)

@@ -3,7 +3,7 @@
 
 Output in --out-dir: {split}-{i:05d}-of-{n:05d}.tfrecord and {split}.json (count, count_per_class,
 class_names, shards, encoding). Images are shuffled deterministically with --seed and dealt into
-shards of at most --images-per-shard images whose sizes differ by at most one. Every file is
+shards of at most images_per_shard images whose sizes differ by at most one. Every file is
 written under a temporary name and renamed; the index JSONs come last. Same inputs and seed give
 byte-identical files.
 """
@@ -16,12 +16,10 @@ def arguments(p):
     p.add_argument("--root", required=True, help="dataset root the splits' paths are relative to")
     p.add_argument("--fold", type=int, required=True, help="fold index to write")
     p.add_argument("--out-dir", required=True, help="folder for the shards and index JSONs")
-    # Allowed values and defaults: config/schema.yaml, key shards.
-    p.add_argument("--images-per-shard", type=int, required=True)
-    p.add_argument("--format", required=True, help="how images are stored: jpeg, png or raw (docs/shards.md)")
-    p.add_argument("--jpeg-quality", type=int, required=True)
-    p.add_argument("--max-shorter-side", type=int, required=True,
-                   help="downscale so the shorter side is at most this many pixels (0: keep the size)")
+    p.add_argument("--shards-json", required=True,
+                   type=cli.config_section("shards", ["images_per_shard", "format", "jpeg_quality", "max_shorter_side"]),
+                   help='the config section shards as JSON (config/schema.yaml), e.g. \'{"images_per_shard": 256, '
+                        '"format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0}\'')
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--workers", type=cli.positive_int, required=True, help="processes decoding/encoding images")
 
@@ -29,9 +27,10 @@ def arguments(p):
 def run(args):
     from deepbc.shards import write_shards_file
 
-    write_shards_file(args.splits, args.fold, args.root, args.out_dir, images_per_shard=args.images_per_shard,
-                      image_format=args.format, jpeg_quality=args.jpeg_quality,
-                      max_shorter_side=args.max_shorter_side, seed=args.seed, workers=args.workers)
+    settings = args.shards_json
+    write_shards_file(args.splits, args.fold, args.root, args.out_dir, images_per_shard=settings["images_per_shard"],
+                      image_format=settings["format"], jpeg_quality=settings["jpeg_quality"],
+                      max_shorter_side=settings["max_shorter_side"], seed=args.seed, workers=args.workers)
 
 
 main = cli.script(__doc__, arguments, run)
