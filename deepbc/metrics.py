@@ -298,7 +298,7 @@ def temperature_scaling(test_df: pd.DataFrame, val_df: pd.DataFrame, classes: li
 
 
 def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
-                 magnification: str, n_boot: int = 1000, seed: int = 0,
+                 magnification: str, *, n_boot: int, seed: int,
                  validation_predictions=None, test_dataset: str | None = None) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 

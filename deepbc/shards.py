@@ -37,13 +37,16 @@ import numpy as np
 import pandas as pd
 
 from deepbc.atomic import atomic_path, write_json
+from deepbc.layout import SPLITS
 from deepbc.errors import UserError
 from deepbc.logs import Progress
 
 LOG = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+# The schema's shards.format enum and jpeg_quality range (tests/test_schema.py checks they agree):
+# write_shards also runs outside the workflow (bench/), where no schema checks its arguments.
 FORMATS = ("jpeg", "png", "raw")
+JPEG_QUALITY = (50, 100)
 INDEX_VERSION = 1
 # Images sent to a worker at a time: large enough to amortise inter-process overhead, small
 # enough to keep the memory of in-flight encoded images bounded.
@@ -176,9 +179,9 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
     if images_per_shard < 1:
         raise UserError(f"images_per_shard must be >= 1, got {images_per_shard}", "config key shards.images_per_shard",
                         "use e.g. 256")
-    if not 1 <= jpeg_quality <= 100:
-        raise UserError(f"jpeg_quality must be 1..100, got {jpeg_quality}", "config key shards.jpeg_quality",
-                        "use e.g. 95")
+    if not JPEG_QUALITY[0] <= jpeg_quality <= JPEG_QUALITY[1]:
+        raise UserError(f"jpeg_quality must be {JPEG_QUALITY[0]}..{JPEG_QUALITY[1]}, got {jpeg_quality}",
+                        "config key shards.jpeg_quality", "use e.g. 95")
     needed = ["path", "patient", "magnification", "label", "label_index", "fold", "split"]
     missing = [c for c in needed if c not in splits_df.columns]
     if missing:

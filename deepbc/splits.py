@@ -30,10 +30,10 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from deepbc.errors import UserError
+from deepbc.layout import SPLITS
 
 LOG = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 COLUMNS = ["path", "patient", "slide", "magnification", "label", "label_index", "fold", "split", "protocol"]
 _INPUT_COLUMNS = COLUMNS[:6]
 # Carried from the manifest when present, so that write_shards can check that each file is still

@@ -89,16 +89,15 @@ def _make_optimizer(tf, settings, learning_rate):
 # The state's inputs
 # --------------------------------------------------------------------------------------------
 
-def training_inputs(shard_dir, arch: str, settings: dict, seed: int, checkpoint: str | None) -> dict:
+def training_inputs(train_json, val_json, arch: str, settings: dict, seed: int, checkpoint: str | None) -> dict:
     """Everything that determines the trained model, by component (compared one by one on resume)."""
-    shard_dir = Path(shard_dir)
     return {
         "arch": arch,
         "seed": int(seed),
         "settings": {k: v for k, v in sorted(settings.items()) if k not in _SCHEDULE_ONLY},
         "checkpoint": _checkpoint_identity(checkpoint) if settings["init"] == "imagenet" else None,
-        "train_shards": _shards_identity(shard_dir / "train.json"),
-        "val_shards": _shards_identity(shard_dir / "val.json"),
+        "train_shards": _shards_identity(Path(train_json)),
+        "val_shards": _shards_identity(Path(val_json)),
     }
 
 
@@ -222,7 +221,8 @@ class _Graph:
     restore_init: object
 
 
-def _build_graph(tf, arch, settings, seed, shard_dir, train_index, stages, checkpoint, first_record) -> _Graph:
+def _build_graph(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
+                 first_record) -> _Graph:
     from deepbc import checkpoints, nets, preprocessing, shards
 
     spec = nets.NETWORKS[arch]
@@ -240,10 +240,10 @@ def _build_graph(tf, arch, settings, seed, shard_dir, train_index, stages, check
         train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
                                                     augment=settings.get("augment"))
         eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
-        train_ds = shards.make_dataset(shard_dir / "train.json", batch_size=batch_size, is_training=True,
+        train_ds = shards.make_dataset(train_json, batch_size=batch_size, is_training=True,
                                        preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
                                        first_record=first_record, deterministic=deterministic)
-        val_ds = shards.make_dataset(shard_dir / "val.json", batch_size=batch_size, is_training=False,
+        val_ds = shards.make_dataset(val_json, batch_size=batch_size, is_training=False,
                                      preprocess_fn=eval_pre, image_size=image_size, deterministic=deterministic)
         images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
         val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
@@ -346,9 +346,10 @@ class _Stages:
         return improved, stopped
 
 
-def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
+def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, seed: int,
           checkpoint: str | None = None, threads: int = 0, log_every: int = 10) -> dict:
-    """Train ``arch`` on ``shard_dir/{train,val}.json``; write the kept model to ``out_dir``.
+    """Train ``arch`` on the shards of the ``train_json`` index, validating on those of ``val_json``;
+    write the kept model to ``out_dir``.
 
     Returns the summary written to ``out_dir/settings.json``.
     """
@@ -356,15 +357,15 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
 
     from deepbc import nets
 
-    shard_dir, out_dir, state_dir = Path(shard_dir), Path(out_dir), Path(state_dir)
-    train_index = read_index(shard_dir / "train.json")
-    val_index = read_index(shard_dir / "val.json")
+    out_dir, state_dir = Path(out_dir), Path(state_dir)
+    train_index = read_index(train_json)
+    val_index = read_index(val_json)
     spec = nets.NETWORKS[arch]
     stages = stage_plan(settings)
     random.seed(seed)
     np.random.seed(seed)
 
-    inputs = training_inputs(shard_dir, arch, settings, seed, checkpoint)
+    inputs = training_inputs(train_json, val_json, arch, settings, seed, checkpoint)
     done = _published_summary(out_dir, fingerprint(inputs))
     if done is not None:
         # E.g. a trainer orphaned by a killed Snakemake finished while this job waited for its lock.
@@ -376,10 +377,10 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
     start_step = _saved_step(tf, state_dir)
     history = _load_history(state_dir / "training.csv", start_step)
     _drop_best_after(state_dir, start_step)
-    g = _build_graph(tf, arch, settings, seed, shard_dir, train_index, stages, checkpoint,
+    g = _build_graph(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
                      first_record=start_step * settings["batch_size"])
     LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
-             " starting at step %d%s", arch, shard_dir, len(train_index["class_names"]), train_index["count"],
+             " starting at step %d%s", arch, train_json, len(train_index["class_names"]), train_index["count"],
              val_index["count"], sum(s["steps"] for s in stages), len(stages), start_step,
              ", deterministic" if settings["deterministic"] else "")
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)

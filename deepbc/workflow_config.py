@@ -1,24 +1,26 @@
 """Config checks and lookups shared by the Snakefile and the scripts.
 
-The JSON schema (config/schema.yaml) checks keys and types; this module checks what a schema cannot
-express (a class a dataset does not have, a fold beyond k) and answers the workflow's questions
-(which runs, which settings), so that the rules stay thin and the logic is tested.
+The JSON schema (config/schema.yaml) checks keys and types and, through Snakemake's validate, fills
+in every default: the functions here take a validated config and repeat no default. This module
+checks what a schema cannot express (a class a dataset does not have, a fold beyond k) and answers
+the workflow's questions (which runs, which settings, which inputs and options a job gets), so that
+the rules stay thin and the logic is tested.
 """
 
 import copy
 import json
 import os
 
+from deepbc import breakhis
 from deepbc.errors import UserError
 from deepbc.runs import run_name
 
+# The values of the BreakHis manifest's label columns, from the parser that produces them.
 BREAKHIS_LABELS = {
-    "tissue": ["benign", "malignant"],
-    "subtype": ["A", "F", "PT", "TA", "DC", "LC", "MC", "PC"],
-    "subtype_name": ["adenosis", "fibroadenoma", "phyllodes_tumor", "tubular_adenoma",
-                     "ductal_carcinoma", "lobular_carcinoma", "mucinous_carcinoma",
-                     "papillary_carcinoma"],
-    "magnification": ["40X", "100X", "200X", "400X"],
+    "tissue": list(breakhis.TISSUES),
+    "subtype": list(breakhis.SUBTYPES),
+    "subtype_name": list(breakhis.SUBTYPE_NAMES.values()),
+    "magnification": list(breakhis.MAGNIFICATIONS),
 }
 
 
@@ -32,7 +34,7 @@ def check(config: dict) -> None:
     if unknown:
         raise UserError(f"unknown task(s) {unknown}", "config key tasks",
                         f"allowed values (task_definitions): {sorted(defined)}")
-    k = config.get("splits", {}).get("k", 5)
+    k = config["splits"]["k"]
     for name in config["tasks"]:
         task = defined[name]
         where = f"config key task_definitions.{name}"
@@ -151,7 +153,7 @@ def _check_values(values, allowed, where: str) -> None:
 def runs(config: dict) -> list[str]:
     return [run_name(task, protocol)
             for task, spec in selected_tasks(config).items()
-            for protocol in spec.get("protocols", ["patient"])]
+            for protocol in spec["protocols"]]
 
 
 def selected_tasks(config: dict) -> dict:
@@ -161,20 +163,54 @@ def selected_tasks(config: dict) -> dict:
 
 def folds(config: dict) -> list[int]:
     """The folds to run; values given on the command line arrive as strings."""
-    return [int(f) for f in (config.get("folds") or range(config.get("splits", {}).get("k", 5)))]
+    return [int(f) for f in (config.get("folds") or range(config["splits"]["k"]))]
 
 
 def train_settings(config: dict, task: str, arch: str) -> dict:
     """Training settings for one task and architecture: defaults < per_architecture < per_task."""
     train = config["train"]
     settings = copy.deepcopy(train["defaults"])
-    for layer in (train.get("per_architecture", {}).get(arch), train.get("per_task", {}).get(task)):
+    for layer in (train["per_architecture"].get(arch), train["per_task"].get(task)):
         for key, value in (layer or {}).items():
             if isinstance(value, dict):
                 settings[key] = {**settings.get(key, {}), **value}
             else:
                 settings[key] = value
     return settings
+
+
+def has_both_protocols(config: dict) -> bool:
+    """Whether some selected task runs both protocols (then the leakage table is made)."""
+    return any(len(set(spec["protocols"])) > 1 for spec in selected_tasks(config).values())
+
+
+def train_settings_json(config: dict, run: str, arch: str) -> str:
+    """The training settings of a run's model as the one JSON argument of train_model.py."""
+    return json.dumps(train_settings(config, parse_run(run)[0], arch), sort_keys=True)
+
+
+def checkpoint_record(config: dict, run: str, arch: str) -> str | None:
+    """The ImageNet checkpoint record a model trains from, or None for a model trained from scratch."""
+    if train_settings(config, parse_run(run)[0], arch)["init"] == "imagenet":
+        return f"results/checkpoints/{arch}.json"
+    return None
+
+
+def model_dir(run: str, arch: str, fold) -> str:
+    return f"results/models/{run}/{arch}/fold{fold}"
+
+
+def shard_index(run: str, fold, split: str) -> str:
+    return f"results/tfrecords/{run}/fold{fold}/{split}.json"
+
+
+def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]:
+    """predict_folder.py's per-patient arguments, when new_images/{folder}.patients.csv exists."""
+    csv = f"new_images/{folder}.patients.csv"
+    if not os.path.exists(csv):
+        return []
+    return ["--patients-csv", csv,
+            "--out-patients", f"results/new_predictions/{run}/{arch}/fold{fold}/{folder}.patients.csv"]
 
 
 def check_shards_present(index_path) -> None:

@@ -8,16 +8,17 @@ min_version("9.0")
 
 # Make the deepbc package importable in every job (plain venv, conda env or SLURM node).
 sys.path.insert(0, workflow.basedir)
-from deepbc import workflow_config as wc  # noqa: E402
+from deepbc import workflow_config as wfconfig  # noqa: E402
 from deepbc.runs import parse_run  # noqa: E402
 from deepbc import datasets_config  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
+from deepbc.layout import SPLITS  # noqa: E402
 
 try:
     # A short message first; Snakemake's validate() then fills in the schema's defaults.
-    wc.check_schema(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+    wfconfig.check_schema(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
     validate(config, schema="../config/schema.yaml")
-    wc.check(config)
+    wfconfig.check(config)
 except UserError as err:
     raise WorkflowError(f"invalid configuration:\n{err}") from None
 
@@ -26,19 +27,18 @@ def script(name):
     return f"workflow_scripts/{name}"
 
 
-TASKS = wc.selected_tasks(config)
-RUNS = wc.runs(config)
-FOLDS = wc.folds(config)
+TASKS = wfconfig.selected_tasks(config)
+RUNS = wfconfig.runs(config)
+FOLDS = wfconfig.folds(config)
 ARCHS = config["architectures"]
-SPLITS = ["train", "val", "test"]
 # Each dataset entry with the breakhis_dir/tma_dir/tma_patients_csv shortcuts applied (checked above).
 DATASET_SPECS = datasets_config.resolve(config)
 DATASETS = datasets_config.used(config)
-RES = config.get("resources", {})
+RES = config["resources"]
 # GPU jobs get the CUDA build of TensorFlow only where GPUs are requested.
 # How many GPUs a job may lease from: none when GPU jobs are configured off, else config or nvidia-smi.
-GPU_DEVICES = 0 if RES.get("gpu", 1) == 0 else RES.get("gpu_devices", -1)
-GPU_ENV = "../envs/gpu.yaml" if RES.get("gpu", 1) > 0 else "../envs/cpu.yaml"
+GPU_DEVICES = 0 if RES["gpu"] == 0 else RES["gpu_devices"]
+GPU_ENV = "../envs/gpu.yaml" if RES["gpu"] > 0 else "../envs/cpu.yaml"
 
 # Doubled braces: Snakemake formats the prefix like a shell command. Shell commands run
 # "$DEEPBC_WORKFLOW_DIR/{params.script}": params hold only the script's path inside the checkout,
@@ -48,7 +48,7 @@ GPU_ENV = "../envs/gpu.yaml" if RES.get("gpu", 1) > 0 else "../envs/cpu.yaml"
 # environment (deepbc.gpu.add_arguments), so that changing them reruns no job.
 shell.prefix(f"export DEEPBC_WORKFLOW_DIR={shlex.quote(workflow.basedir)}"
              f" PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"
-             f" DEEPBC_GPUS={GPU_DEVICES} DEEPBC_GPU_LOCK_DIR={shlex.quote(RES.get('gpu_lock_dir', '.gpu_leases'))}; ")
+             f" DEEPBC_GPUS={GPU_DEVICES} DEEPBC_GPU_LOCK_DIR={shlex.quote(RES['gpu_lock_dir'])}; ")
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
@@ -76,6 +76,11 @@ def run_protocol(run):
 
 def run_dataset(run):
     return TASKS[run_task(run)]["dataset"]
+
+
+def section_json(name):
+    """A config section as the one JSON option its script takes (deepbc.cli), defaults filled in."""
+    return json.dumps(config[name], sort_keys=True)
 
 
 def task_json(wildcards):
@@ -125,23 +130,23 @@ def external_option(flag, value_of_run):
     return option
 
 
-def shard_indexes(run, fold, splits=SPLITS):
-    return expand("results/tfrecords/{run}/fold{fold}/{split}.json", run=run, fold=fold, split=splits)
+def checked_shard_index(split):
+    """An input function: the job's index of one split; one that lists a missing shard stops the
+    DAG (snakemake -n shows it)."""
 
-
-def checked_shard_indexes(run, fold, splits):
-    """A job's shard indexes; one that lists a missing shard stops the DAG (snakemake -n shows it)."""
-    indexes = shard_indexes(run, fold, splits)
-    for index in indexes:
+    def index(wildcards):
+        path = wfconfig.shard_index(wildcards.run, wildcards.fold, split)
         try:
-            wc.check_shards_present(index)
+            wfconfig.check_shards_present(path)
         except UserError as err:
             raise WorkflowError(str(err)) from None
-    return indexes
+        return path
+
+    return index
 
 
 def all_shards():
-    return [f for run in RUNS for fold in FOLDS for f in shard_indexes(run, fold)]
+    return [wfconfig.shard_index(run, fold, split) for run in RUNS for fold in FOLDS for split in SPLITS]
 
 
 def dataset_options(dataset):
@@ -149,22 +154,14 @@ def dataset_options(dataset):
 
 
 def train_settings_json(wildcards):
-    return json.dumps(wc.train_settings(config, run_task(wildcards.run), wildcards.arch), sort_keys=True)
-
-
-def uses_imagenet(run, arch):
-    return wc.train_settings(config, run_task(run), arch)["init"] == "imagenet"
+    return wfconfig.train_settings_json(config, wildcards.run, wildcards.arch)
 
 
 def checkpoint_input(wildcards):
-    """The ImageNet checkpoint record, only for models that start from ImageNet weights."""
-    if uses_imagenet(wildcards.run, wildcards.arch):
-        return f"results/checkpoints/{wildcards.arch}.json"
-    return []
+    return wfconfig.checkpoint_record(config, wildcards.run, wildcards.arch) or []
 
 
-def model_dir(run, arch, fold):
-    return f"results/models/{run}/{arch}/fold{fold}"
+model_dir = wfconfig.model_dir
 
 
 def all_models():
@@ -172,12 +169,8 @@ def all_models():
 
 
 def predict_patient_options(wildcards):
-    """Per-patient output of predict_folder, when new_images/{folder}.patients.csv exists."""
-    csv = f"new_images/{wildcards.folder}.patients.csv"
-    if not os.path.exists(csv):
-        return ""
-    out = f"results/new_predictions/{wildcards.run}/{wildcards.arch}/fold{wildcards.fold}/{wildcards.folder}.patients.csv"
-    return f"--patients-csv {shlex.quote(csv)} --out-patients {shlex.quote(out)}"
+    args = wfconfig.predict_patient_options(wildcards.run, wildcards.arch, wildcards.fold, wildcards.folder)
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def task_classes(task):
@@ -198,20 +191,16 @@ def patient_model_files(name):
     return [f"{model_dir(run, arch, fold)}/{name}" for run in runs for arch in ARCHS for fold in FOLDS]
 
 
-def has_both_protocols():
-    return any(len(set(spec.get("protocols", ["patient"]))) > 1 for spec in TASKS.values())
-
-
 def magnification_runs():
     """The patient-wise runs of BreakHis-kind tasks: the only ones with magnifications."""
     return [r for r in RUNS if run_protocol(r) == "patient"
-            and config["datasets"][run_dataset(r)]["kind"] == "breakhis"]
+            and DATASET_SPECS[run_dataset(r)]["kind"] == "breakhis"]
 
 
 def all_tables():
     files = expand("results/tables/{task}.{ext}", task=list(TASKS), ext=["csv", "md", "tex"])
     files += expand("results/tables/summary.{ext}", ext=["csv", "md"])
-    if has_both_protocols():
+    if wfconfig.has_both_protocols(config):
         files += expand("results/tables/leakage.{ext}", ext=["csv", "md"])
     if magnification_runs():
         files += expand("results/tables/magnification.{ext}", ext=["csv", "md", "tex"])

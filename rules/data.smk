@@ -8,7 +8,7 @@ rule make_demo:
         script=script("make_demo.py"),
         seed=config["seed"],
         scale=config["demo_scale"],
-    threads: RES.get("data_threads", 2)
+    threads: RES["data_threads"]
     log:
         "results/logs/make_demo.log",
     benchmark:
@@ -30,9 +30,9 @@ rule check_dataset:
         script=script("check_dataset.py"),
         root=lambda wc: dataset_root(wc.dataset),
         options=lambda wc: dataset_options(wc.dataset),
-    threads: RES.get("data_threads", 2)
+    threads: RES["data_threads"]
     resources:
-        mem_mb=RES.get("data_mem_mb", 4000),
+        mem_mb=RES["data_mem_mb"],
     log:
         "results/logs/check_dataset/{dataset}.log",
     benchmark:
@@ -57,9 +57,7 @@ rule make_splits:
         task_json=task_json,
         protocol=lambda wc: run_protocol(wc.run),
         test_manifest=external_option("--test-manifest", test_manifest),
-        k=config["splits"]["k"],
-        val_fraction=config["splits"]["val_fraction"],
-        conflicts="" if config["splits"]["exclude_label_conflicts"] else "--include-label-conflicts",
+        splits=section_json("splits"),
         seed=config["seed"],
     log:
         "results/logs/make_splits/{run}.log",
@@ -69,29 +67,25 @@ rule make_splits:
         "../envs/cpu.yaml"
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --manifest {input.manifest:q} --task {params.task}"
-        " --task-json {params.task_json:q} --protocol {params.protocol} --k {params.k}"
-        " --val-fraction {params.val_fraction} --seed {params.seed} {params.conflicts} {params.test_manifest}"
-        " --out {output:q} --log {log:q}"
+        " --task-json {params.task_json:q} --protocol {params.protocol} --splits-json {params.splits:q}"
+        " --seed {params.seed} {params.test_manifest} --out {output:q} --log {log:q}"
 
 
 rule write_shards:
     input:
         splits="results/splits/{run}.parquet",
     output:
-        expand("results/tfrecords/{{run}}/fold{{fold}}/{split}.json", split=SPLITS),
+        [wfconfig.shard_index("{run}", "{fold}", split) for split in SPLITS],
     params:
         script=script("write_shards.py"),
         root=root_of_run,
         test_root=external_option("--test-root", test_root),
         out_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
-        images_per_shard=config["shards"]["images_per_shard"],
-        format=config["shards"]["format"],
-        jpeg_quality=config["shards"]["jpeg_quality"],
-        max_shorter_side=config["shards"]["max_shorter_side"],
+        shards=section_json("shards"),
         seed=config["seed"],
-    threads: RES.get("data_threads", 2)
+    threads: RES["data_threads"]
     resources:
-        mem_mb=RES.get("data_mem_mb", 4000),
+        mem_mb=RES["data_mem_mb"],
     log:
         "results/logs/write_shards/{run}/fold{fold}.log",
     benchmark:
@@ -101,6 +95,4 @@ rule write_shards:
     shell:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --splits {input.splits:q} --root {params.root:q}"
         " {params.test_root} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
-        " --images-per-shard {params.images_per_shard} --format {params.format}"
-        " --jpeg-quality {params.jpeg_quality} --max-shorter-side {params.max_shorter_side}"
-        " --seed {params.seed} --workers {threads} --log {log:q}"
+        " --shards-json {params.shards:q} --seed {params.seed} --workers {threads} --log {log:q}"

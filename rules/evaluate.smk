@@ -2,20 +2,20 @@ rule evaluate:
     input:
         model=rules.train.output.settings,
         checkpoint=rules.train.output.model,
-        shards=lambda wc: checked_shard_indexes(wc.run, wc.fold, ["test"]),
+        test_index=checked_shard_index("test"),
         # Validation predictions, in the same job, for temperature scaling (never fitted on test).
-        val_shards=lambda wc: checked_shard_indexes(wc.run, wc.fold, ["val"]),
+        val_index=checked_shard_index("val"),
     output:
         test="results/predictions/{run}/{arch}/fold{fold}.parquet",
         val="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
     params:
         script=script("evaluate_model.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
-    threads: RES.get("eval_threads", 2)
+    threads: RES["eval_threads"]
     resources:
-        gpu=RES.get("gpu", 1),
-        mem_mb=RES.get("eval_mem_mb", 8000),
-        runtime=RES.get("eval_runtime", 60),
+        gpu=RES["gpu"],
+        mem_mb=RES["eval_mem_mb"],
+        runtime=RES["eval_runtime"],
     log:
         "results/logs/evaluate/{run}/{arch}/fold{fold}.log",
     benchmark:
@@ -23,8 +23,8 @@ rule evaluate:
     conda:
         GPU_ENV
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --shard-index {input.shards:q}"
-        " --out {output.test:q} --val-shard-index {input.val_shards:q} --val-out {output.val:q}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}"
+        " --out {output.test:q} --val-shard-index {input.val_index:q} --val-out {output.val:q}"
         " --threads {threads} --log {log:q}"
 
 
@@ -40,10 +40,10 @@ rule predict_folder:
         script=script("predict_folder.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         patients=predict_patient_options,
-    threads: RES.get("eval_threads", 2)
+    threads: RES["eval_threads"]
     resources:
-        gpu=RES.get("gpu", 1),
-        mem_mb=RES.get("eval_mem_mb", 8000),
+        gpu=RES["gpu"],
+        mem_mb=RES["eval_mem_mb"],
     log:
         "results/logs/predict_folder/{run}/{arch}/fold{fold}/{folder}.log",
     benchmark:

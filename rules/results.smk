@@ -13,7 +13,7 @@ rule metrics:
         # The magnification the task trained on (meta.magnification, for the magnification table).
         magnification=lambda wc: TASKS[run_task(wc.run)]["magnification"],
         external=external_option("--external-test", run_test_dataset),
-        n_boot=config.get("evaluation", {}).get("n_bootstrap", 1000),
+        evaluation=section_json("evaluation"),
         seed=config["seed"],
     log:
         "results/logs/metrics/{run}/{arch}/fold{fold}.log",
@@ -25,7 +25,7 @@ rule metrics:
         "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input.predictions:q} --classes {params.classes:q}"
         " --validation-predictions {input.validation:q} --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
         " --manifest {input.manifest:q} --magnification {params.magnification} {params.external}"
-        " --n-boot {params.n_boot} --seed {params.seed}"
+        " --evaluation-json {params.evaluation:q} --seed {params.seed}"
         " --out {output:q} --log {log:q}"
 
 

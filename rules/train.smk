@@ -4,7 +4,7 @@ rule get_checkpoint:
     params:
         script=script("get_checkpoint.py"),
         checkpoint_dir=config["checkpoint_dir"],
-        allow_download="--allow-download" if config.get("allow_checkpoint_download") else "",
+        allow_download="--allow-download" if config["allow_checkpoint_download"] else "",
     log:
         "results/logs/get_checkpoint/{arch}.log",
     benchmark:
@@ -19,7 +19,8 @@ rule get_checkpoint:
 
 rule train:
     input:
-        shards=lambda wc: checked_shard_indexes(wc.run, wc.fold, ["train", "val"]),
+        train_index=checked_shard_index("train"),
+        val_index=checked_shard_index("val"),
         checkpoint=checkpoint_input,
     output:
         model=multiext("results/models/{run}/{arch}/fold{fold}/model.ckpt", ".index", ".data-00000-of-00001"),
@@ -27,18 +28,17 @@ rule train:
         settings="results/models/{run}/{arch}/fold{fold}/settings.json",
     params:
         script=script("train_model.py"),
-        shard_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
         out_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         # Outside the declared outputs, so Snakemake does not delete it when a job is killed.
         state_dir=lambda wc: f"results/train_state/{wc.run}/{wc.arch}/fold{wc.fold}",
         settings=train_settings_json,
         checkpoint=lambda wc, input: f"--checkpoint-json {input.checkpoint}" if input.checkpoint else "",
         seed=config["seed"],
-    threads: RES.get("train_threads", 2)
+    threads: RES["train_threads"]
     resources:
-        gpu=RES.get("gpu", 1),
-        mem_mb=RES.get("train_mem_mb", 16000),
-        runtime=RES.get("train_runtime", 720),
+        gpu=RES["gpu"],
+        mem_mb=RES["train_mem_mb"],
+        runtime=RES["train_runtime"],
     log:
         "results/logs/train/{run}/{arch}/fold{fold}.log",
     benchmark:
@@ -46,6 +46,7 @@ rule train:
     conda:
         GPU_ENV
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --shard-dir {params.shard_dir:q} --arch {wildcards.arch}"
+        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --train-index {input.train_index:q}"
+        " --val-index {input.val_index:q} --arch {wildcards.arch}"
         " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
         " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads} --log {log:q}"

@@ -15,7 +15,7 @@ from tests import trainkit
 def model(tmp_path_factory):
     base = tmp_path_factory.mktemp("evaluate")
     shard_dir = trainkit.make_shards(base / "images", base / "shards")
-    train.train(shard_dir, base / "model", base / "state", "resnet_small",
+    train.train(*trainkit.indexes(shard_dir), base / "model", base / "state", "resnet_small",
                 trainkit.settings(max_number_of_steps=40), seed=3)
     return base
 

@@ -147,10 +147,14 @@ def _script_main(name):
 def _job_args(name, tmp_path):
     """Arguments naming inputs that do not exist: the GPU check must fail before any is read."""
     missing = str(tmp_path / "missing")
-    return {"train_model": ["--shard-dir", missing, "--arch", "resnet_small", "--settings-json", "{}",
-                            "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")],
-            "evaluate_model": ["--model-dir", missing, "--shard-index", missing, "--out", str(tmp_path / "out")],
-            "predict_folder": ["--model-dir", missing, "--images", missing, "--out", str(tmp_path / "out")]}[name]
+    return {"train_model": ["--train-index", missing, "--val-index", missing, "--arch", "resnet_small",
+                            "--settings-json", "{}",
+                            "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"), "--seed", "1",
+                            "--threads", "1"],
+            "evaluate_model": ["--model-dir", missing, "--shard-index", missing, "--out", str(tmp_path / "out"),
+                               "--threads", "1"],
+            "predict_folder": ["--model-dir", missing, "--images", missing, "--out", str(tmp_path / "out"),
+                               "--threads", "1"]}[name]
 
 
 @needs_no_visible_gpu
@@ -329,8 +333,9 @@ def test_gpus_0_trains_on_the_cpu_without_complaint_and_records_it(tmp_path, mon
                                  batch_size=4)
     log, out = tmp_path / "train.log", tmp_path / "model"
     code = run_main(_script_main("train_model"), [
-        "--shard-dir", str(shard_dir), "--arch", "resnet_small", "--settings-json", json.dumps(settings),
-        "--out-dir", str(out), "--state-dir", str(tmp_path / "state"), "--threads", "1", "--gpus", "0",
+        "--train-index", str(shard_dir / "train.json"), "--val-index", str(shard_dir / "val.json"),
+        "--arch", "resnet_small", "--settings-json", json.dumps(settings),
+        "--out-dir", str(out), "--state-dir", str(tmp_path / "state"), "--seed", "1", "--threads", "1", "--gpus", "0",
         "--log", str(log)])
     text = log.read_text()
     complaints = [line for line in text.splitlines() if " ERROR " in line or (" WARNING " in line and "GPU" in line)]

@@ -36,11 +36,12 @@ def holder(tmp_path):
 
 
 def _script(name, target, tmp_path, timeout="0.2"):
-    args = {"train_model.py": ["--shard-dir", str(tmp_path / "no shards"), "--arch", "resnet_small",
+    args = {"train_model.py": ["--train-index", str(tmp_path / "no train.json"),
+                               "--val-index", str(tmp_path / "no val.json"), "--arch", "resnet_small",
                                "--settings-json", "{}", "--out-dir", str(tmp_path / "model"),
-                               "--state-dir", str(target)],
+                               "--state-dir", str(target), "--seed", "1", "--threads", "1"],
             "evaluate_model.py": ["--model-dir", str(tmp_path / "no model"), "--shard-index",
-                                  str(tmp_path / "test.json"), "--out", str(target)]}[name]
+                                  str(tmp_path / "test.json"), "--out", str(target), "--threads", "1"]}[name]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(SCRIPTS / name), *args, "--gpus", "0", "--lock-timeout", timeout,
                            "--log", str(tmp_path / "job.log")], capture_output=True, text=True, env=env, timeout=300)

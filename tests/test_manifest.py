@@ -336,7 +336,7 @@ def test_cli_writes_outputs_and_reports_a_missing_root_without_traceback(tma_tre
     assert len(pd.read_parquet(out / "m.parquet")) == len(patients)
     assert "13 files scanned, 13 usable, 0 rejected" in (tmp_path / "log.txt").read_text()
 
-    done = _script("--dataset", "breakhis", "--kind", "breakhis", "--root", tmp_path / "absent",
+    done = _script("--dataset", "breakhis", "--kind", "breakhis", "--root", tmp_path / "absent", "--workers", 1,
                    "--manifest", out / "b.parquet", "--rejects", out / "b.csv")
     assert done.returncode == 1
     assert "BreakHis not found: the folder does not exist" in done.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,12 +67,106 @@ def test_corrupt_shard_is_named_in_the_job_log(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     log = tmp_path / "train.log"
     proc = subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / "train_model.py"),
-                           "--shard-dir", str(shard_dir), "--arch", "resnet_small", "--settings-json",
+                           "--train-index", str(shard_dir / "train.json"), "--val-index",
+                           str(shard_dir / "val.json"), "--arch", "resnet_small", "--settings-json",
                            json.dumps(settings), "--out-dir", str(tmp_path / "model"), "--state-dir",
-                           str(tmp_path / "state"), "--threads", "1", "--gpus", "0", "--log", str(log)],
+                           str(tmp_path / "state"), "--seed", "1", "--threads", "1", "--gpus", "0", "--log", str(log)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1
     text = log.read_text()
     assert "corrupt shard: corrupted record at" in text and f"where: {shard}" in text, text[-3000:]
     assert f"delete the folder {shard_dir}/ and rerun" in text
     assert not (tmp_path / "model" / "settings.json").exists()
+
+
+WORKFLOW_SCRIPTS = sorted((ROOT / "workflow_scripts").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", WORKFLOW_SCRIPTS, ids=[s.name for s in WORKFLOW_SCRIPTS])
+def test_every_script_starts_through_the_shared_cli(script):
+    """Parser, logging and exit code come from deepbc.cli, not from a copy in each script."""
+    text = script.read_text()
+    assert "main = cli.script(__doc__, arguments, run)" in text and "cli.run(main)" in text
+    assert "ArgumentParser" not in text and "logs.setup" not in text and "run_main" not in text
+
+
+def _script_module(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _options_passed_by_rules():
+    """{script: options} that a rule's shell command always passes (not those inside a param)."""
+    import re
+
+    passed = {}
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for rule in re.split(r"\nrule ", smk.read_text())[1:]:
+            name = re.search(r'script\("([\w.]+)"\)', rule)
+            shell = rule.split("shell:", 1)[1] if "shell:" in rule else ""
+            if name:
+                passed.setdefault(name.group(1), set()).update(re.findall(r"(--[a-z][a-z-]*) \{", shell))
+    return passed
+
+
+def test_values_the_rules_always_pass_have_no_script_default():
+    import argparse
+
+    passed = _options_passed_by_rules()
+    assert {"write_shards.py", "train_model.py", "compute_metrics.py"} <= set(passed)
+    for script, options in passed.items():
+        parser = argparse.ArgumentParser()
+        _script_module(ROOT / "workflow_scripts" / script).arguments(parser)
+        actions = {o: a for a in parser._actions for o in a.option_strings}
+        for option in options - {"--log"}:  # the log file is optional when a script runs by hand
+            assert actions[option].required and actions[option].default is None, (script, option)
+
+
+def test_cli_main_parses_logs_and_runs(tmp_path, capsys):
+    from deepbc import cli
+
+    seen = []
+    main = cli.script("A test script.", lambda p: p.add_argument("--n", type=cli.positive_int, required=True),
+                      lambda args: seen.append(args.n))
+    log = tmp_path / "job.log"
+    main(["--n", "3", "--log", str(log)])
+    assert seen == [3] and log.exists()
+    with pytest.raises(SystemExit):
+        main(["--n", "0"])
+    assert "must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, option, section", [
+    ("write_shards.py", "--shards-json", "shards"),
+    ("make_splits.py", "--splits-json", "splits"),
+    ("compute_metrics.py", "--evaluation-json", "evaluation"),
+])
+def test_a_script_takes_its_whole_config_section(script, option, section):
+    """A rule passes the section as one JSON; the script reads every key the schema defines there."""
+    import argparse
+
+    import yaml
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    parser = argparse.ArgumentParser()
+    _script_module(ROOT / "workflow_scripts" / script).arguments(parser)
+    action = next(a for a in parser._actions if option in a.option_strings)
+    assert action.type.section == section
+    assert sorted(action.type.keys) == sorted(schema["properties"][section]["properties"])
+
+
+def test_config_section_option_names_what_is_wrong():
+    import argparse
+
+    from deepbc import cli
+
+    parse = cli.config_section("shards", ["format", "jpeg_quality"])
+    assert parse('{"format": "png", "jpeg_quality": 90}') == {"format": "png", "jpeg_quality": 90}
+    for text, said in [("{not json", "not valid JSON"), ("[1]", "must be a JSON object"),
+                       ('{"format": "png"}', "lacks ['jpeg_quality']")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(said)):
+            parse(text)

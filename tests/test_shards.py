@@ -337,12 +337,13 @@ def test_write_shards_script(dataset, tmp_path):
 
     write_parquet(tmp_path / "s.parquet", table)
     script = str(REPO / "workflow_scripts" / "write_shards.py")
-    assert "--images-per-shard" in subprocess.run([sys.executable, script, "--help"], check=True,
-                                                  capture_output=True, text=True).stdout
+    assert "--shards-json" in subprocess.run([sys.executable, script, "--help"], check=True,
+                                             capture_output=True, text=True).stdout
     out = tmp_path / "fold1"
     subprocess.run([sys.executable, script, "--splits", str(tmp_path / "s.parquet"), "--root", str(root),
-                    "--fold", "1", "--out-dir", str(out), "--images-per-shard", "4", "--format", "jpeg",
-                    "--jpeg-quality", "95", "--max-shorter-side", "0", "--seed", "1", "--workers", "1"],
+                    "--fold", "1", "--out-dir", str(out), "--shards-json",
+                    json.dumps({"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0}),
+                    "--seed", "1", "--workers", "1"],
                    check=True, capture_output=True)
     assert shards.read_index(out / "test.json")["count"] == 4
 

@@ -198,15 +198,16 @@ def test_make_splits_script(tmp_path):
     out = tmp_path / "splits.parquet"
     task_json = json.dumps(CONFIG["task_definitions"]["benign_vs_malignant"])
     cmd = [sys.executable, str(REPO / "workflow_scripts" / "make_splits.py"), "--manifest", str(manifest),
-           "--task", "benign_vs_malignant", "--task-json", task_json, "--protocol", "patient", "--k", "3",
-           "--val-fraction", "0.25", "--seed", "1", "--out", str(out), "--log", str(tmp_path / "log")]
+           "--task", "benign_vs_malignant", "--task-json", task_json, "--protocol", "patient", "--splits-json",
+           json.dumps({"k": 3, "val_fraction": 0.25, "exclude_label_conflicts": True}), "--seed", "1",
+           "--out", str(out), "--log", str(tmp_path / "log")]
     subprocess.run(cmd, check=True, capture_output=True)
     splits = pd.read_parquet(out)
     assert list(splits.columns) == sp.COLUMNS and len(splits) == 3 * 48
     sp.assert_patient_safe(splits)
     bad = subprocess.run(cmd[:-4] + ["--out", str(tmp_path / "x.parquet")] + ["--task-json", "{not json"],
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "--task-json is not valid JSON" in bad.stderr
+    assert bad.returncode == 2 and "argument --task-json: not valid JSON" in bad.stderr
     assert not (tmp_path / "x.parquet").exists()
 
 

@@ -36,7 +36,7 @@ def shard_dir(tmp_path_factory):
 def reference(shard_dir, tmp_path_factory):
     """An uninterrupted SHORT run, one thread: what every resumed or repeated run must equal."""
     base = tmp_path_factory.mktemp("reference")
-    train.train(shard_dir, base / "model", base / "state", "resnet_small", SHORT, seed=1, threads=1)
+    train.train(*trainkit.indexes(shard_dir), base / "model", base / "state", "resnet_small", SHORT, seed=1, threads=1)
     return base / "model"
 
 
@@ -83,7 +83,8 @@ def test_class_weights_balance_the_loss():
 @pytest.mark.slow
 def test_small_network_learns_and_beats_chance(shard_dir, tmp_path):
     out = tmp_path / "model"
-    summary = train.train(shard_dir, out, tmp_path / "state", "resnet_small", trainkit.settings(), seed=1)
+    summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", trainkit.settings(),
+                          seed=1)
     curve = pd.read_csv(out / "training.csv")
     assert list(curve["step"]) == list(range(1, 61))
     assert curve["loss"].tail(10).mean() < curve["loss"].head(10).mean()
@@ -97,9 +98,11 @@ def test_killed_run_resumes_at_its_last_saved_step(shard_dir, tmp_path):
     out, state = tmp_path / "model", tmp_path / "state"
     # 90 steps after the first save: time enough to kill the process before it finishes.
     settings = trainkit.settings(max_number_of_steps=100, save_every_steps=10, eval_every_steps=50)
-    cmd = [sys.executable, str(ROOT / "workflow_scripts" / "train_model.py"), "--shard-dir", str(shard_dir),
+    cmd = [sys.executable, str(ROOT / "workflow_scripts" / "train_model.py"),
+           "--train-index", str(shard_dir / "train.json"),
+           "--val-index", str(shard_dir / "val.json"),
            "--arch", "resnet_small", "--settings-json", json.dumps(settings), "--out-dir", str(out),
-           "--state-dir", str(state), "--seed", "1", "--gpus", "0"]
+           "--state-dir", str(state), "--seed", "1", "--threads", "1", "--gpus", "0"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (state / "checkpoint").exists() and time.monotonic() < deadline:
@@ -110,7 +113,7 @@ def test_killed_run_resumes_at_its_last_saved_step(shard_dir, tmp_path):
     saved = int((state / "checkpoint").read_text().split('"')[1].rsplit("-", 1)[1])
     assert 10 <= saved < 100
 
-    train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+    train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", settings, seed=1)
     curve = pd.read_csv(out / "training.csv")
     assert list(curve["step"]) == list(range(1, 101))  # no step done twice, none skipped
     assert json.loads((out / "settings.json").read_text())["steps"] == 100
@@ -130,9 +133,9 @@ def test_dying_while_saving_state_resumes_exactly(shard_dir, reference, tmp_path
 
     monkeypatch.setattr(train, "_write_history", dies_at_step_8)
     with pytest.raises(KeyboardInterrupt):
-        train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1, threads=1)
+        train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1, threads=1)
     monkeypatch.setattr(train, "_write_history", write_history)
-    train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1, threads=1)
+    train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1, threads=1)
     assert_same_run(reference, out)
 
 
@@ -151,17 +154,18 @@ def test_kept_weights_newer_than_the_restored_step_are_redone(shard_dir, referen
 
     monkeypatch.setattr(train, "_save_best", dies_after_a_late_best)
     with pytest.raises(KeyboardInterrupt):
-        train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1, threads=1)
+        train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1, threads=1)
     monkeypatch.setattr(train, "_save_best", save_best)
     assert killed and killed[0] % SHORT["save_every_steps"]  # kept after the last state save (8)
     assert (state / "best" / f"model.ckpt-{killed[0]}.index").exists()
-    train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1, threads=1)
+    train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1, threads=1)
     assert_same_run(reference, out)
 
 
 @pytest.mark.slow
 def test_same_seed_same_model_whatever_the_threads(shard_dir, reference, tmp_path):
-    train.train(shard_dir, tmp_path / "model", tmp_path / "state", "resnet_small", SHORT, seed=1, threads=2)
+    train.train(*trainkit.indexes(shard_dir), tmp_path / "model", tmp_path / "state", "resnet_small", SHORT, seed=1,
+                threads=2)
     assert_same_run(reference, tmp_path / "model")
     from tensorflow.python.framework import config as tf_config
 
@@ -183,10 +187,10 @@ def test_a_state_of_other_settings_is_discarded(shard_dir, tmp_path, monkeypatch
 
     monkeypatch.setattr(train, "_save_state", dies_after_step_4)
     with pytest.raises(KeyboardInterrupt):
-        train.train(shard_dir, out, state, "resnet_small", SHORT, seed=1)
+        train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1)
     monkeypatch.setattr(train, "_save_state", save_state)
     caplog.set_level(logging.INFO, logger="deepbc.train")
-    train.train(shard_dir, out, state, "resnet_small", dict(SHORT, learning_rate=0.02), seed=1)
+    train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", dict(SHORT, learning_rate=0.02), seed=1)
     assert "learning_rate 0.01 -> 0.02" in caplog.text
     curve = pd.read_csv(out / "training.csv")
     assert list(curve["step"]) == list(range(1, 17))
@@ -206,51 +210,61 @@ def test_a_model_already_trained_with_these_inputs_is_not_trained_again(shard_di
     """As when a trainer orphaned by a killed Snakemake publishes while the rerun waits on the lock."""
     settings = trainkit.settings(max_number_of_steps=2, eval_every_steps=2, save_every_steps=2)
     out, state = tmp_path / "model", tmp_path / "state"
-    first = train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+    first = train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", settings, seed=1)
     assert json.loads((out / "settings.json").read_text())["inputs_fingerprint"] == first["inputs_fingerprint"]
     caplog.set_level(logging.INFO, logger="deepbc.train")
     caplog.clear()  # the first call's lines are captured too where an earlier test set INFO on the root logger
-    again = train.train(shard_dir, out, state, "resnet_small", settings, seed=1)
+    again = train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", settings, seed=1)
     assert "already holds a model trained with these inputs" in caplog.text
     assert "training resnet_small" not in caplog.text and not state.exists()
     assert again == json.loads(json.dumps(first))
     monkeypatch.setattr(train, "_bind_state", would_train)
     with pytest.raises(WouldTrain):  # another setting: trained again
-        train.train(shard_dir, out, state, "resnet_small", dict(settings, learning_rate=0.02), seed=1)
+        train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", dict(settings, learning_rate=0.02), seed=1)
 
 
 def test_only_complete_outputs_of_the_same_inputs_count_as_trained(shard_dir, tmp_path, monkeypatch):
     out = tmp_path / "model"
     out.mkdir()
-    inputs = train.training_inputs(shard_dir, "resnet_small", SHORT, 1, None)
+    inputs = train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None)
     summary = {"best_step": 16, "inputs_fingerprint": train.fingerprint(inputs)}
     (out / "settings.json").write_text(json.dumps(summary))
     monkeypatch.setattr(train, "_bind_state", would_train)
     for name in ("training.csv", "model.ckpt.index", "model.ckpt.data-00000-of-00001"):
         with pytest.raises(WouldTrain):  # incomplete
-            train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=1)
+            train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", SHORT, seed=1)
         (out / name).write_text("")
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "training.csv").write_text("a state left by a job killed after publishing")
-    assert train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=1) == summary
+    assert train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", SHORT, seed=1) == summary
     assert not (tmp_path / "state").exists()
     with pytest.raises(WouldTrain):
-        train.train(shard_dir, out, tmp_path / "state", "resnet_small", SHORT, seed=2)
+        train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", SHORT, seed=2)
+
+
+def test_train_and_val_indexes_are_taken_by_name(shard_dir):
+    """Any two indexes, wherever they lie: here the fold's test split stands in for validation."""
+    inputs = train.training_inputs(shard_dir / "train.json", shard_dir / "test.json", "resnet_small", SHORT, 1, None)
+    assert inputs["train_shards"] == train._shards_identity(shard_dir / "train.json")
+    assert inputs["val_shards"] == train._shards_identity(shard_dir / "test.json")
+    assert inputs["val_shards"] != train._shards_identity(shard_dir / "val.json")
 
 
 def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
     """New splits (another seed or splits.k) rewrite the shards: a state of the old ones is dropped."""
     state = tmp_path / "state"
     other_shards = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", seed=5)
-    inputs = train.training_inputs(shard_dir, "resnet_small", SHORT, 1, None)
+    inputs = train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None)
     train._bind_state(state, inputs)
     marker = state / "state.ckpt-4.index"
     marker.write_text("a saved state")
-    train._bind_state(state, train.training_inputs(shard_dir, "resnet_small", dict(SHORT, save_every_steps=2), 1, None))
+    train._bind_state(state, train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small",
+                                                   dict(SHORT, save_every_steps=2), 1, None))
     assert marker.exists()  # when states are saved does not change the model
     caplog.set_level(logging.INFO, logger="deepbc.train")
-    for changed, said in [(train.training_inputs(shard_dir, "resnet_small", SHORT, 2, None), "seed 1 -> 2"),
-                          (train.training_inputs(other_shards, "resnet_small", SHORT, 1, None),
+    for changed, said in [(train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 2, None),
+                           "seed 1 -> 2"),
+                          (train.training_inputs(*trainkit.indexes(other_shards), "resnet_small", SHORT, 1, None),
                            "train shards, val shards")]:
         train._bind_state(state, inputs)
         marker.write_text("a saved state")
@@ -298,7 +312,7 @@ def test_the_imagenet_checkpoint_counts_by_its_contents(imagenet_checkpoint, tmp
 @pytest.mark.slow
 def test_imagenet_init_restores_then_trains_two_stages(shard_dir, imagenet_checkpoint, tmp_path):
     settings = trainkit.settings(init="imagenet", max_number_of_steps=10, stage2_steps=10, eval_every_steps=10)
-    summary = train.train(shard_dir, tmp_path / "model", tmp_path / "state", "resnet_small", settings,
+    summary = train.train(*trainkit.indexes(shard_dir), tmp_path / "model", tmp_path / "state", "resnet_small", settings,
                           seed=1, checkpoint=imagenet_checkpoint)
     curve = pd.read_csv(tmp_path / "model" / "training.csv")
     assert list(curve["stage"]) == ["logits"] * 10 + ["all_layers"] * 10
@@ -311,7 +325,7 @@ def test_imagenet_init_restores_then_trains_two_stages(shard_dir, imagenet_check
 def test_early_stopping_ends_a_stage_not_the_run(shard_dir, imagenet_checkpoint, tmp_path):
     settings = trainkit.settings(init="imagenet", max_number_of_steps=30, stage2_steps=4, eval_every_steps=2,
                                  early_stopping_patience=1, keep_best_by="val_accuracy")
-    train.train(shard_dir, tmp_path / "model", tmp_path / "state", "resnet_small", settings, seed=1,
+    train.train(*trainkit.indexes(shard_dir), tmp_path / "model", tmp_path / "state", "resnet_small", settings, seed=1,
                 checkpoint=imagenet_checkpoint)
     curve = pd.read_csv(tmp_path / "model" / "training.csv")
     stopped = int(curve.loc[curve["stage"] == "logits", "step"].max())

@@ -92,3 +92,20 @@ def test_hed_augmentation_is_off_or_sigma_and_bias(demo_config, hed):
     config = copy.deepcopy(demo_config)
     config["train"]["defaults"]["augment"]["hed"] = hed
     wc.check_schema(config, SCHEMA)
+def test_rule_helpers(demo_config, tmp_path, monkeypatch):
+    config = copy.deepcopy(demo_config)
+    config["train"]["per_architecture"] = {"resnet_small": {"init": "imagenet"}}
+    assert wc.checkpoint_record(config, "cancer_types", "resnet_small") == "results/checkpoints/resnet_small.json"
+    assert wc.checkpoint_record(demo_config, "cancer_types", "resnet_small") is None
+    # The image-level run of a task trains with the task's settings.
+    config["train"]["per_task"] = {"benign_vs_malignant": {"batch_size": 4}}
+    assert '"batch_size": 4' in wc.train_settings_json(config, "benign_vs_malignant__image_level", "resnet_small")
+    assert wc.has_both_protocols(demo_config)
+    assert not wc.has_both_protocols({**demo_config, "tasks": ["cancer_types"]})
+    monkeypatch.chdir(tmp_path)
+    assert wc.predict_patient_options("cancer_types", "resnet_small", 0, "slides") == []
+    (tmp_path / "new_images").mkdir()
+    (tmp_path / "new_images" / "slides.patients.csv").write_text("path,patient\n")
+    assert wc.predict_patient_options("cancer_types", "resnet_small", 0, "slides") == [
+        "--patients-csv", "new_images/slides.patients.csv",
+        "--out-patients", "results/new_predictions/cancer_types/resnet_small/fold0/slides.patients.csv"]

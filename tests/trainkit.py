@@ -40,6 +40,11 @@ def make_shards(root: Path, out_dir: Path, per_split=(64, 32, 32), seed: int = 0
     return out_dir
 
 
+def indexes(shard_dir: Path) -> tuple[Path, Path]:
+    """The train and val indexes of make_shards' folder, as train.train takes them."""
+    return shard_dir / "train.json", shard_dir / "val.json"
+
+
 def settings(**overrides) -> dict:
     base = {"init": "scratch", "image_size": 32, "batch_size": 16, "optimizer": "rmsprop",
             "rmsprop_decay": 0.9, "rmsprop_momentum": 0.9, "opt_epsilon": 1.0, "learning_rate": 0.01,

@@ -7,15 +7,11 @@ exactly one of the manifest (parquet, sorted by path) and the rejects (CSV: path
 With --url, the dataset is first fetched and extracted into the root if it is not there yet.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 from deepbc.manifest import KINDS, check_dataset
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--dataset", required=True, help="dataset name from the config (used in messages)")
     p.add_argument("--kind", required=True, choices=KINDS,
                    help="breakhis: the official BreakHis layout; folder: one subfolder per class")
@@ -35,24 +31,19 @@ def parse_args(argv=None):
     p.add_argument("--max-compression-ratio", type=float, default=None,
                    help="refuse an archive member unpacking to more than this times its compressed size "
                         "(needed with --url)")
-    p.add_argument("--workers", type=int, default=1, help="processes decoding and hashing images (default 1)")
+    p.add_argument("--workers", type=cli.positive_int, required=True, help="processes decoding and hashing images")
     p.add_argument("--manifest", required=True, help="output manifest (.parquet)")
     p.add_argument("--rejects", required=True, help="output rejects (.csv)")
-    p.add_argument("--log", default=None, help="log file (appended)")
-    args = p.parse_args(argv)
-    if args.workers < 1:
-        p.error("--workers must be at least 1")
-    return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     check_dataset(args.dataset, args.kind, args.root, args.manifest, args.rejects, classes=args.classes,
                   patients_csv=args.patients_csv, workers=args.workers, url=args.url, sha256=args.sha256,
                   allow_download=args.allow_download, download_dir=args.download_dir,
                   max_extracted_gb=args.max_extracted_gb, max_compression_ratio=args.max_compression_ratio)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

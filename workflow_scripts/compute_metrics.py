@@ -9,14 +9,10 @@ fold, magnification trained on) for the tables; the grouping (patient, or image 
 has no patient mapping) comes from the manifest. Conventions: see deepbc/metrics.py.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--predictions", required=True, help="results/predictions/{run}/{arch}/fold{k}.parquet")
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
     p.add_argument("--run", required=True, help="run name: {task} or {task}__image_level")
@@ -31,22 +27,23 @@ def parse_args(argv=None):
                    help="the magnification the task trained on (all, 40X, ...), recorded in meta")
     p.add_argument("--external-test", default=None,
                    help="the task's test_dataset, when the test images are an external dataset's")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws of patients (0: no CIs)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
+    p.add_argument("--evaluation-json", required=True, type=cli.config_section("evaluation", ["n_bootstrap"]),
+                   help='the config section evaluation as JSON, e.g. \'{"n_bootstrap": 1000}\' '
+                        "(bootstrap draws of patients; 0: no CIs)")
+    p.add_argument("--seed", type=int, required=True, help="seed of the bootstrap draws")
     p.add_argument("--out", required=True, help="metrics JSON")
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc import metrics
 
     metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, args.fold,
-                         args.manifest, args.magnification, n_boot=args.n_boot, seed=args.seed,
-                         validation_predictions=args.validation_predictions, test_dataset=args.external_test)
+                         args.manifest, args.magnification, n_boot=args.evaluation_json["n_bootstrap"],
+                         seed=args.seed, validation_predictions=args.validation_predictions,
+                         test_dataset=args.external_test)
 
+
+main = cli.script(__doc__, arguments, run)
 
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

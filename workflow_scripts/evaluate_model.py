@@ -6,33 +6,26 @@ class (prob_<class>), and the predicted class; with --val-shard-index, the same 
 validation split (what temperature scaling is fitted on), in the same job.
 """
 
-import argparse
-import sys
-
-from deepbc import gpu, locks, logs
+from deepbc import cli, gpu, locks
+from deepbc.errors import UserError
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--model-dir", required=True, help="results/models/{run}/{arch}/fold{k}")
     p.add_argument("--shard-index", required=True, help="the split's index, e.g. .../fold0/test.json")
     p.add_argument("--out", required=True, help="predictions parquet")
     p.add_argument("--val-shard-index", help="the fold's validation index, .../fold0/val.json")
     p.add_argument("--val-out", help="validation predictions parquet (with --val-shard-index)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
     locks.add_arguments(p)
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
     if bool(args.val_shard_index) != bool(args.val_out):
-        raise SystemExit("--val-shard-index and --val-out go together")
-    logs.setup(args.log)
-
+        raise UserError("--val-shard-index and --val-out go together", "evaluate_model.py command line",
+                        "pass both, or neither")
     # One job per output; the lock comes before the GPU lease, so that a waiting job holds no GPU.
     with locks.exclusive(args.out, "these predictions", args.lock_timeout), gpu.lease_from_args(args):
         from deepbc import evaluate, shards
@@ -45,5 +38,7 @@ def main(argv=None):
                                         args.batch_size, args.threads)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

@@ -9,30 +9,24 @@ not match. Writes --out (JSON, atomically): arch, checkpoint prefix, variable co
 scopes and the checkpoint's number of classes.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--arch", required=True, help="TF-Slim network name, e.g. resnet_v1_50, inception_v3")
     p.add_argument("--checkpoint-dir", required=True, help="folder holding (or to receive) the checkpoints")
     p.add_argument("--allow-download", action="store_true",
                    help="download the official TF-Slim archive if the checkpoint is missing")
     p.add_argument("--out", required=True, help="JSON record to write, e.g. results/checkpoints/ARCH.json")
-    p.add_argument("--log", default=None, help="log file (appended)")
-    return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc.checkpoints import prepare_checkpoint
 
     prepare_checkpoint(args.arch, args.checkpoint_dir, args.allow_download, args.out)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

@@ -10,32 +10,26 @@ images, 96x96, PNG and JPEG) has folders breast/, bladder/, lung/, lymphoma/ and
 (path,patient). Each output folder is replaced atomically when its generation finishes.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--breakhis-out", required=True,
-                        help="the BreakHis demo folder to write (named BreaKHis_v1, e.g. results/demo/BreaKHis_v1)")
-    parser.add_argument("--tma-out", required=True, help="the TMA demo folder to write (e.g. results/demo/tma)")
-    parser.add_argument("--seed", type=int, required=True, help="random seed (non-negative integer)")
-    parser.add_argument("--scale", type=int, default=1,
-                        help="multiply the images per slide and magnification and per TMA patient (default 1)")
-    parser.add_argument("--workers", type=int, default=1, help="processes drawing images (default: 1)")
-    parser.add_argument("--log", help="log file (appended)")
-    return parser.parse_args(argv)
+def arguments(p):
+    p.add_argument("--breakhis-out", required=True,
+                   help="the BreakHis demo folder to write (named BreaKHis_v1, e.g. results/demo/BreaKHis_v1)")
+    p.add_argument("--tma-out", required=True, help="the TMA demo folder to write (e.g. results/demo/tma)")
+    p.add_argument("--seed", type=int, required=True, help="random seed (non-negative integer)")
+    p.add_argument("--scale", type=cli.positive_int, required=True,
+                   help="multiply the images per slide and magnification and per TMA patient")
+    p.add_argument("--workers", type=cli.positive_int, required=True, help="processes drawing images")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc.demo import make_demos
 
     make_demos(args.breakhis_out, args.tma_out, args.seed, scale=args.scale, workers=args.workers)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

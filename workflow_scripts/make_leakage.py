@@ -6,28 +6,22 @@ level: the image-level-protocol value, the patient-wise value (means over folds)
 difference and their ratio. Empty (header only) when no task ran both protocols.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--metrics", required=True, nargs="+", help="metrics JSONs of all runs")
     p.add_argument("--out-csv", required=True, help="results/tables/leakage.csv")
-    p.add_argument("--out-md", help="results/tables/leakage.md")
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
+    p.add_argument("--out-md", required=True, help="results/tables/leakage.md")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc import tables
 
     tables.write_leakage(tables.leakage_table(args.metrics), args.out_csv, args.out_md)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

@@ -7,31 +7,25 @@ images) and models trained on one. CSV holds the numbers; Markdown and LaTeX are
 See deepbc/magnification.py.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--metrics", required=True, nargs="+",
                    help="metrics JSONs of the BreakHis tasks' runs (all architectures and folds)")
     p.add_argument("--out-csv", required=True, help="results/tables/magnification.csv")
-    p.add_argument("--out-md", help="results/tables/magnification.md")
-    p.add_argument("--out-tex", help="results/tables/magnification.tex")
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
+    p.add_argument("--out-md", required=True, help="results/tables/magnification.md")
+    p.add_argument("--out-tex", required=True, help="results/tables/magnification.tex")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc import magnification
 
     magnification.write_magnification_table(magnification.magnification_table(args.metrics),
                                             args.out_csv, args.out_md, args.out_tex)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

@@ -6,31 +6,25 @@ Chosen = best validation metric (the models' keep_best_by) of the kept checkpoin
 folds; the test figures never enter the choice (deepbc.tables.summary_table).
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--metrics", required=True, nargs="+", help="metrics JSONs of all runs")
     p.add_argument("--models", required=True, nargs="+",
                    help="results/models/{run}/{arch}/fold{k}/settings.json of the patient-wise runs "
                         "(training.csv is read beside each)")
     p.add_argument("--out-csv", required=True, help="results/tables/summary.csv")
-    p.add_argument("--out-md", help="results/tables/summary.md")
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
+    p.add_argument("--out-md", required=True, help="results/tables/summary.md")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc import tables
 
     tables.write_summary(tables.summary_table(args.metrics, args.models), args.out_csv, args.out_md)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

@@ -6,32 +6,26 @@ and FN, with the preprint's own figures (deepbc/data/preprint.yaml) beside ours 
 ambiguities as footnotes. CSV holds the numbers; Markdown and LaTeX are formatted.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--task", required=True, help="task name")
     p.add_argument("--metrics", required=True, nargs="+",
                    help="metrics JSONs of the task's runs (all architectures, protocols and folds)")
     p.add_argument("--out-csv", required=True, help="results/tables/{task}.csv")
-    p.add_argument("--out-md", help="results/tables/{task}.md")
-    p.add_argument("--out-tex", help="results/tables/{task}.tex")
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
+    p.add_argument("--out-md", required=True, help="results/tables/{task}.md")
+    p.add_argument("--out-tex", required=True, help="results/tables/{task}.tex")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc import tables
 
     tables.write_task_table(tables.task_table(args.metrics, args.task),
                             args.out_csv, args.out_md, args.out_tex)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

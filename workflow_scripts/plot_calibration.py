@@ -4,14 +4,10 @@ protocol, test predictions pooled over folds, 15 equal-width bins of the confide
 class probability). The legend gives the pooled expected calibration error. See deepbc/calibration.py.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--task", required=True, help="task name")
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
     p.add_argument("--predictions", required=True, nargs="+",
@@ -19,19 +15,17 @@ def parse_args(argv=None):
     p.add_argument("--manifest", required=True,
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
     p.add_argument("--out-png", required=True, help="PNG output")
-    p.add_argument("--out-pdf", help="PDF output")
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
+    p.add_argument("--out-pdf", required=True, help="PDF output")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc import calibration
 
     calibration.plot_reliability(args.predictions, args.classes, args.task, args.manifest,
                                  args.out_png, args.out_pdf)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

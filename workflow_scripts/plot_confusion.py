@@ -3,14 +3,10 @@
 counts and row-normalised (rows true class, columns predicted class).
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
     p.add_argument("--predictions", required=True, nargs="+",
                    help="results/predictions/{run}/{arch}/fold{k}.parquet, all folds of one model")
@@ -19,19 +15,17 @@ def parse_args(argv=None):
     p.add_argument("--external-test", default=None,
                    help="the task's test_dataset, when the test images are an external dataset's")
     p.add_argument("--out-png", required=True, help="PNG output")
-    p.add_argument("--out-pdf", help="PDF output")
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
+    p.add_argument("--out-pdf", required=True, help="PDF output")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc import figures
 
     figures.plot_confusion(args.predictions, args.classes, args.manifest, args.out_png, args.out_pdf,
                            test_dataset=args.external_test)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

@@ -3,14 +3,10 @@
 two wrong per true class, each shown as the network's input and the map over it.
 """
 
-import argparse
-import sys
-
-from deepbc import gpu, locks, logs
+from deepbc import cli, gpu, locks
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--model-dir", required=True, help="results/models/{run}/{arch}/fold{k}")
     p.add_argument("--shard-index", required=True, help="the fold's test index, .../fold{k}/test.json")
     p.add_argument("--predictions", required=True, help="results/predictions/{run}/{arch}/fold{k}.parquet")
@@ -18,17 +14,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", required=True, type=int, help="chooses the sample of images")
     p.add_argument("--title", required=True, help="figure title, e.g. run / arch / fold k")
     p.add_argument("--out-png", required=True, help="PNG output")
-    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
     locks.add_arguments(p)
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
-
+def run(args):
     # The lock comes before the GPU lease, so that a waiting job holds no GPU.
     with locks.exclusive(args.out_png, "this Grad-CAM figure", args.lock_timeout), gpu.lease_from_args(args):
         from deepbc import gradcam, shards
@@ -38,5 +29,7 @@ def main(argv=None):
                                  args.title, args.out_png, args.threads)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

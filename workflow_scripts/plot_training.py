@@ -3,30 +3,24 @@
 validation, one colour per fold, stage changes marked.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--training", required=True, nargs="+",
                    help="results/models/{run}/{arch}/fold{k}/training.csv, all folds of one model")
     p.add_argument("--title", required=True, help="figure title, e.g. '{run} / {arch}'")
     p.add_argument("--out-png", required=True, help="PNG output")
-    p.add_argument("--out-pdf", help="PDF output")
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
+    p.add_argument("--out-pdf", required=True, help="PDF output")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc import figures
 
     figures.plot_training(args.training, args.title, args.out_png, args.out_pdf)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

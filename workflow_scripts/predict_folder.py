@@ -3,7 +3,7 @@
 
 Example:
   python workflow_scripts/predict_folder.py --model-dir results/models/benign_vs_malignant/resnet_v1_50/fold0 \\
-      --images /data/new_slides --out predictions.csv [--patients-csv patients.csv --out-patients per_patient.csv]
+      --images /data/new_slides --out predictions.csv --threads 0 [--patients-csv patients.csv --out-patients per_patient.csv]
 
 Writes one row per image file (path relative to --images, width, height, prob_<class> columns,
 predicted class, warning for images far smaller than the network's input, and reason/detail for a
@@ -11,30 +11,21 @@ file that cannot be read, which gets no probabilities); with a CSV mapping image
 (columns path,patient), also one row per patient (mean probabilities of its predicted images).
 """
 
-import argparse
-import sys
-
-from deepbc import gpu, logs
+from deepbc import cli, gpu
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(p):
     p.add_argument("--model-dir", required=True, help="a trained model folder (holds settings.json, model.ckpt.*)")
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF images (searched recursively)")
     p.add_argument("--out", required=True, help="per-image CSV")
     p.add_argument("--patients-csv", default=None, help="optional CSV with columns path,patient")
     p.add_argument("--out-patients", default=None, help="per-patient CSV (needs --patients-csv)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
-
+def run(args):
     with gpu.lease_from_args(args):
         from deepbc import evaluate
 
@@ -42,5 +33,7 @@ def main(argv=None):
                                 args.batch_size, args.threads)
 
 
+main = cli.script(__doc__, arguments, run)
+
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

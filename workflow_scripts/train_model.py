@@ -1,40 +1,33 @@
 #!/usr/bin/env python3
 """Fine-tune one network on one run's fold: TF-Slim style, two stages from ImageNet, resumable.
 
-Reads the fold's TFRecord shards (train.json, val.json), keeps its state in --state-dir so that a
+Reads the fold's TFRecord shards (--train-index, --val-index), keeps its state in --state-dir so that a
 killed job rerun with the same command continues from its last saved step, and writes the kept
 checkpoint, training.csv and settings.json to --out-dir only at the end.
 """
 
-import argparse
 import json
-import sys
 
-from deepbc import gpu, locks, logs
+from deepbc import cli, gpu, locks
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shard-dir", required=True, help="folder with train.json and val.json shard indexes")
+def arguments(p):
+    p.add_argument("--train-index", required=True, help="the fold's training shard index, e.g. .../fold0/train.json")
+    p.add_argument("--val-index", required=True, help="the fold's validation shard index, e.g. .../fold0/val.json")
     p.add_argument("--arch", required=True, help="network name, e.g. resnet_v1_50 or resnet_small")
-    p.add_argument("--settings-json", required=True,
+    p.add_argument("--settings-json", required=True, type=cli.config_section("train (merged)", []),
                    help="training settings (the merged train.defaults/per_architecture/per_task config)")
     p.add_argument("--checkpoint-json", default=None,
                    help="ImageNet checkpoint record written by get_checkpoint.py (init: imagenet)")
     p.add_argument("--out-dir", required=True, help="where the kept model, training.csv, settings.json go")
     p.add_argument("--state-dir", required=True, help="resumable training state")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
     locks.add_arguments(p)
-    p.add_argument("--log", default=None, help="log file")
-    return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
-
+def run(args):
     checkpoint = None
     if args.checkpoint_json:
         with open(args.checkpoint_json) as fh:
@@ -47,10 +40,12 @@ def main(argv=None):
             gpu.lease_from_args(args):
         from deepbc import shards, train
 
-        with shards.naming_corrupt_shards([f"{args.shard_dir}/train.json", f"{args.shard_dir}/val.json"]):
-            train.train(args.shard_dir, args.out_dir, args.state_dir, args.arch, json.loads(args.settings_json),
-                        seed=args.seed, checkpoint=checkpoint, threads=args.threads)
+        with shards.naming_corrupt_shards([args.train_index, args.val_index]):
+            train.train(args.train_index, args.val_index, args.out_dir, args.state_dir, args.arch,
+                        args.settings_json, seed=args.seed, checkpoint=checkpoint, threads=args.threads)
 
+
+main = cli.script(__doc__, arguments, run)
 
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

@@ -3,47 +3,40 @@
 
 Output in --out-dir: {split}-{i:05d}-of-{n:05d}.tfrecord and {split}.json (count, count_per_class,
 class_names, shards, encoding). Images are shuffled deterministically with --seed and dealt into
-shards of at most --images-per-shard images whose sizes differ by at most one. Every file is
+shards of at most images_per_shard images whose sizes differ by at most one. Every file is
 written under a temporary name and renamed; the index JSONs come last. Same inputs and seed give
 byte-identical files.
 """
 
-import argparse
-import sys
-
-from deepbc import logs
+from deepbc import cli
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--splits", required=True, help="splits parquet written by make_splits.py")
-    parser.add_argument("--root", required=True, help="dataset root the splits' paths are relative to")
-    parser.add_argument("--test-root", default=None,
-                        help="root of the external test dataset (a task's test_dataset), for the test rows")
-    parser.add_argument("--fold", type=int, required=True, help="fold index to write")
-    parser.add_argument("--out-dir", required=True, help="folder for the shards and index JSONs")
-    parser.add_argument("--images-per-shard", type=int, default=256)
-    parser.add_argument("--format", choices=["jpeg", "png", "raw"], default="jpeg",
-                        help="how images are stored (default jpeg; see docs/shards.md)")
-    parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--max-shorter-side", type=int, default=0,
-                        help="downscale so the shorter side is at most this many pixels (0: keep the size)")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=1, help="processes decoding/encoding images")
-    parser.add_argument("--log", help="log file (appended)")
-    return parser.parse_args(argv)
+def arguments(p):
+    p.add_argument("--splits", required=True, help="splits parquet written by make_splits.py")
+    p.add_argument("--root", required=True, help="dataset root the splits' paths are relative to")
+    p.add_argument("--test-root", default=None,
+                   help="root of the external test dataset (a task's test_dataset), for the test rows")
+    p.add_argument("--fold", type=int, required=True, help="fold index to write")
+    p.add_argument("--out-dir", required=True, help="folder for the shards and index JSONs")
+    p.add_argument("--shards-json", required=True,
+                   type=cli.config_section("shards", ["images_per_shard", "format", "jpeg_quality", "max_shorter_side"]),
+                   help='the config section shards as JSON (config/schema.yaml), e.g. \'{"images_per_shard": 256, '
+                        '"format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0}\'')
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--workers", type=cli.positive_int, required=True, help="processes decoding/encoding images")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logs.setup(args.log)
+def run(args):
     from deepbc.shards import write_shards_file
 
+    settings = args.shards_json
     write_shards_file(args.splits, args.fold, args.root, args.out_dir, test_root=args.test_root,
-                      images_per_shard=args.images_per_shard,
-                      image_format=args.format, jpeg_quality=args.jpeg_quality,
-                      max_shorter_side=args.max_shorter_side, seed=args.seed, workers=args.workers)
+                      images_per_shard=settings["images_per_shard"],
+                      image_format=settings["format"], jpeg_quality=settings["jpeg_quality"],
+                      max_shorter_side=settings["max_shorter_side"], seed=args.seed, workers=args.workers)
 
+
+main = cli.script(__doc__, arguments, run)
 
 if __name__ == "__main__":
-    sys.exit(logs.run_main(main))
+    cli.run(main)

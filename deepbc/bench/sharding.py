@@ -109,12 +109,15 @@ def measure_steps(tmp: Path, root: Path, count: int, source_bytes: int, workers:
             "--manifest", manifest, "--rejects", rejects),
         "make_splits": common.script_command(
             "make_splits.py", "--manifest", manifest, "--task", "benign_vs_malignant", "--task-json", json.dumps(TASK),
-            "--protocol", "patient", "--k", PAPER_K, "--val-fraction", 0.2, "--seed", seed, "--out", splits),
+            "--protocol", "patient", "--splits-json",
+            json.dumps({"k": PAPER_K, "val_fraction": 0.2, "exclude_label_conflicts": True}), "--seed", seed,
+            "--out", splits),
     }
     for fmt in ("jpeg", "png"):
         commands[f"write_shards_{fmt}"] = common.script_command(
             "write_shards.py", "--splits", splits, "--root", root, "--fold", 0, "--out-dir", tmp / f"shards_{fmt}",
-            "--format", fmt, "--jpeg-quality", 95, "--seed", seed, "--workers", workers)
+            "--shards-json", json.dumps({"images_per_shard": 256, "format": fmt, "jpeg_quality": 95,
+                                         "max_shorter_side": 0}), "--seed", seed, "--workers", workers)
     for name, cmd in commands.items():
         LOG.info("running %s", name)
         steps[name] = common.timed_command(cmd, log_path=logs / f"{name}.log")

@@ -1,0 +1,3 @@
+"""The splits of every fold, in one place and without dependencies (the Snakefile imports it)."""
+
+SPLITS = ("train", "val", "test")
