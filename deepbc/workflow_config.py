@@ -13,7 +13,7 @@ import os
 
 from deepbc import breakhis
 from deepbc.errors import UserError
-from deepbc.runs import run_name
+from deepbc.runs import parse_run, run_name
 
 # The values of the BreakHis manifest's label columns, from the parser that produces them.
 BREAKHIS_LABELS = {

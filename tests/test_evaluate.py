@@ -144,7 +144,8 @@ def test_evaluate_script_predicts_validation_in_the_same_job(model, tmp_path):
     spec.loader.exec_module(script)
     script.main(["--model-dir", str(model / "model"), "--shard-index", str(model / "shards" / "test.json"),
                  "--out", str(tmp_path / "test.parquet"), "--val-shard-index",
-                 str(model / "shards" / "val.json"), "--val-out", str(tmp_path / "val.parquet")])
+                 str(model / "shards" / "val.json"), "--val-out", str(tmp_path / "val.parquet"),
+                 "--threads", "1"])
     val = pd.read_parquet(tmp_path / "val.parquet")
     assert len(val) == 32 and val["path"].str.contains("/val_").all()
     pd.testing.assert_frame_equal(val, evaluate.predict_shards(model / "model", model / "shards" / "val.json",

@@ -41,7 +41,9 @@ def _script(name, target, tmp_path, timeout="0.2"):
                                "--settings-json", "{}", "--out-dir", str(tmp_path / "model"),
                                "--state-dir", str(target), "--seed", "1", "--threads", "1"],
             "evaluate_model.py": ["--model-dir", str(tmp_path / "no model"), "--shard-index",
-                                  str(tmp_path / "test.json"), "--out", str(target), "--threads", "1"]}[name]
+                                  str(tmp_path / "test.json"), "--out", str(target), "--val-shard-index",
+                                  str(tmp_path / "val.json"), "--val-out", str(tmp_path / "val.parquet"),
+                                  "--threads", "1"]}[name]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(SCRIPTS / name), *args, "--gpus", "0", "--lock-timeout", timeout,
                            "--log", str(tmp_path / "job.log")], capture_output=True, text=True, env=env, timeout=300)

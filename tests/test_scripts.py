@@ -105,7 +105,7 @@ def _options_passed_by_rules():
 
     passed = {}
     for smk in sorted((ROOT / "rules").glob("*.smk")):
-        for rule in re.split(r"\nrule ", smk.read_text())[1:]:
+        for rule in re.split(r"(?m)^rule ", smk.read_text())[1:]:
             name = re.search(r'script\("([\w.]+)"\)', rule)
             shell = rule.split("shell:", 1)[1] if "shell:" in rule else ""
             if name:
@@ -135,9 +135,11 @@ def test_cli_main_parses_logs_and_runs(tmp_path, capsys):
     log = tmp_path / "job.log"
     main(["--n", "3", "--log", str(log)])
     assert seen == [3] and log.exists()
-    with pytest.raises(SystemExit):
-        main(["--n", "0"])
-    assert "must be at least 1, got 0" in capsys.readouterr().err
+    # A bad argument is a UserError, which run_main writes to the job's log file, not only stderr.
+    from deepbc import logs
+
+    assert logs.run_main(main, ["--n", "0", "--log", str(log)]) == 1
+    assert "bad command line: argument --n: must be at least 1, got 0" in log.read_text()
 
 
 @pytest.mark.parametrize("script, option, section", [

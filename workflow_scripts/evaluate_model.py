@@ -2,20 +2,19 @@
 """Predict a fold's test split with the kept checkpoint of a trained model.
 
 Writes one row per test image: path, patient, magnification, label, one probability column per
-class (prob_<class>), and the predicted class; with --val-shard-index, the same for the
-validation split (what temperature scaling is fitted on), in the same job.
+class (prob_<class>), and the predicted class; the same for the validation split (what
+temperature scaling is fitted on), in the same job.
 """
 
 from deepbc import cli, gpu, locks
-from deepbc.errors import UserError
 
 
 def arguments(p):
     p.add_argument("--model-dir", required=True, help="results/models/{run}/{arch}/fold{k}")
     p.add_argument("--shard-index", required=True, help="the split's index, e.g. .../fold0/test.json")
     p.add_argument("--out", required=True, help="predictions parquet")
-    p.add_argument("--val-shard-index", help="the fold's validation index, .../fold0/val.json")
-    p.add_argument("--val-out", help="validation predictions parquet (with --val-shard-index)")
+    p.add_argument("--val-shard-index", required=True, help="the fold's validation index, .../fold0/val.json")
+    p.add_argument("--val-out", required=True, help="validation predictions parquet")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
@@ -23,19 +22,14 @@ def arguments(p):
 
 
 def run(args):
-    if bool(args.val_shard_index) != bool(args.val_out):
-        raise UserError("--val-shard-index and --val-out go together", "evaluate_model.py command line",
-                        "pass both, or neither")
     # One job per output; the lock comes before the GPU lease, so that a waiting job holds no GPU.
     with locks.exclusive(args.out, "these predictions", args.lock_timeout), gpu.lease_from_args(args):
         from deepbc import evaluate, shards
 
         with shards.naming_corrupt_shards([args.shard_index]):
             evaluate.predict_shards(args.model_dir, args.shard_index, args.out, args.batch_size, args.threads)
-        if args.val_shard_index:
-            with shards.naming_corrupt_shards([args.val_shard_index]):
-                evaluate.predict_shards(args.model_dir, args.val_shard_index, args.val_out,
-                                        args.batch_size, args.threads)
+        with shards.naming_corrupt_shards([args.val_shard_index]):
+            evaluate.predict_shards(args.model_dir, args.val_shard_index, args.val_out, args.batch_size, args.threads)
 
 
 main = cli.script(__doc__, arguments, run)
