@@ -318,13 +318,14 @@ def test_dry_run_of_a_third_dataset_and_an_external_task(tmp_path):
     and is measured on it; it has no image-level run, so no leakage table."""
     out = dry_run_with_overlay(tmp_path, EXTERNAL_OVERLAY, "-p", "--config", "folds=[0]", check=True).stdout
     jobs = re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M)
-    assert sorted(set(jobs)) == ["all", "check_dataset", "confusion_figure", "evaluate", "make_demo", "make_splits",
+    assert sorted(set(jobs)) == ["all", "calibration_figure", "calibration_table", "check_dataset",
+                                 "confusion_figure", "evaluate", "gradcam_figure", "make_demo", "make_splits",
                                  "metrics", "roc_figure", "summary_table", "task_table", "train", "training_figure",
                                  "write_shards"]
     assert jobs.count("check_dataset") == 2 and jobs.count("train") == 2
     assert "results/manifest/site_b.parquet" in out and "leakage" not in out
     assert "--test-manifest results/manifest/site_b.parquet --out results/splits/cancer_types_site_b.parquet" in out
     assert "--root results/demo/tma/images --test-root site_b --fold 0" in out
-    assert re.search(r"--run cancer_types_site_b .*--manifest results/manifest/site_b.parquet --external-test site_b",
+    assert re.search(r"--run cancer_types_site_b .*--manifest results/manifest/site_b.parquet .*--external-test site_b",
                      out)
 
