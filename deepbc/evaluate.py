@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepbc import atomic, imageio
+from deepbc import atomic, imageio, model_dir as model_folder
 from deepbc.errors import UserError
 from deepbc.logs import Progress
 
@@ -22,24 +22,18 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 SMALL_IMAGE_FRACTION = 0.5
 
 
-def load_model_settings(model_dir) -> dict:
-    path = Path(model_dir) / "settings.json"
-    if not path.exists():
-        raise UserError("no trained model here (settings.json is missing)", str(model_dir),
-                        "point at a folder results/models/{task}/{arch}/fold{k} written by the train rule")
-    return json.loads(path.read_text())
-
-
 def _run_predictions(model_dir, build_inputs, total: int, batch_size: int, threads: int = 0):
     """Run the network over the batches of ``build_inputs(preprocess_fn, image_size)``.
 
     ``build_inputs`` returns a dataset of (images, metadata dict); yields (probabilities, metadata).
+    The session is built as training builds it (threads, and the precision the model was trained
+    with, resolved on this machine).
     """
     import tensorflow as tf
 
-    from deepbc import nets, preprocessing
+    from deepbc import nets, precision, preprocessing
 
-    settings = load_model_settings(model_dir)
+    settings = model_folder.load_settings(model_dir)
     arch, image_size = settings["arch"], settings["image_size"]
     spec = nets.NETWORKS[arch]
     graph = tf.Graph()
@@ -49,14 +43,12 @@ def _run_predictions(model_dir, build_inputs, total: int, batch_size: int, threa
         images, meta = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         logits, _ = nets.get_network_fn(arch, settings["num_classes"], is_training=False)(images)
         probs = tf.nn.softmax(tf.cast(logits, tf.float32))
-        model_vars = [v for v in tf.compat.v1.global_variables() if v.name.startswith(spec.scope + "/")]
-        saver = tf.compat.v1.train.Saver(var_list=model_vars)
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
-                                          inter_op_parallelism_threads=threads)
-        config.gpu_options.allow_growth = True
+        saver = tf.compat.v1.train.Saver(var_list=model_folder.model_variables(tf, spec))
+        config = model_folder.session_config(
+            tf, threads, precision.for_this_machine(model_folder.requested_precision(settings)))
         progress = Progress(total, "predicting", "images")
         with tf.compat.v1.Session(graph=graph, config=config) as sess:
-            saver.restore(sess, str(Path(model_dir) / "model.ckpt"))
+            saver.restore(sess, model_folder.checkpoint_prefix(model_dir))
             while True:
                 try:
                     p, m = sess.run([probs, meta])
@@ -82,7 +74,7 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
     from deepbc import shards
 
     index = json.loads(Path(shard_index).read_text())
-    class_names = load_model_settings(model_dir)["class_names"]
+    class_names = model_folder.load_settings(model_dir)["class_names"]
     if index["class_names"] != class_names:
         raise UserError(f"the model's classes {class_names} differ from the shards' {index['class_names']}",
                         str(shard_index), "evaluate a model on shards of the task it was trained on")
@@ -120,7 +112,7 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
 
     from deepbc import shards
 
-    settings = load_model_settings(model_dir)
+    settings = model_folder.load_settings(model_dir)
     class_names, image_size = settings["class_names"], settings["image_size"]
     folder = Path(folder)
     if not folder.is_dir():

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from deepbc import evaluate, train
+from deepbc import evaluate, train, train_graph
 from tests import trainkit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,12 +72,12 @@ def test_stage_plan_follows_the_preprint():
 def test_momentum_optimizer_reads_momentum():
     settings = trainkit.settings(optimizer="momentum", momentum=0.5, rmsprop_momentum=0.9)
     with tf.Graph().as_default():
-        assert train._make_optimizer(tf, settings, 0.1)._momentum == 0.5
+        assert train_graph.make_optimizer(tf, settings, 0.1)._momentum == 0.5
 
 
 def test_class_weights_balance_the_loss():
-    assert train.class_weights([200, 100]) == pytest.approx([0.75, 1.5])
-    assert train.class_weights([50, 50]) == pytest.approx([1.0, 1.0])
+    assert train_graph.class_weights([200, 100]) == pytest.approx([0.75, 1.5])
+    assert train_graph.class_weights([50, 50]) == pytest.approx([1.0, 1.0])
 
 
 @pytest.mark.slow
@@ -222,7 +222,7 @@ def test_a_model_already_trained_with_these_inputs_is_not_trained_again(shard_di
 def test_only_complete_outputs_of_the_same_inputs_count_as_trained(shard_dir, tmp_path, monkeypatch):
     out = tmp_path / "model"
     out.mkdir()
-    inputs = train.training_inputs(shard_dir, "resnet_small", SHORT, 1, None)
+    inputs = train.training_inputs(shard_dir, "resnet_small", SHORT, 1, None, "fp32")
     summary = {"best_step": 16, "inputs_fingerprint": train.fingerprint(inputs)}
     (out / "settings.json").write_text(json.dumps(summary))
     monkeypatch.setattr(train, "_bind_state", would_train)
@@ -242,15 +242,15 @@ def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
     """New splits (another seed or splits.k) rewrite the shards: a state of the old ones is dropped."""
     state = tmp_path / "state"
     other_shards = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", seed=5)
-    inputs = train.training_inputs(shard_dir, "resnet_small", SHORT, 1, None)
+    inputs = train.training_inputs(shard_dir, "resnet_small", SHORT, 1, None, "fp32")
     train._bind_state(state, inputs)
     marker = state / "state.ckpt-4.index"
     marker.write_text("a saved state")
-    train._bind_state(state, train.training_inputs(shard_dir, "resnet_small", dict(SHORT, save_every_steps=2), 1, None))
+    train._bind_state(state, train.training_inputs(shard_dir, "resnet_small", dict(SHORT, save_every_steps=2), 1, None, "fp32"))
     assert marker.exists()  # when states are saved does not change the model
     caplog.set_level(logging.INFO, logger="deepbc.train")
-    for changed, said in [(train.training_inputs(shard_dir, "resnet_small", SHORT, 2, None), "seed 1 -> 2"),
-                          (train.training_inputs(other_shards, "resnet_small", SHORT, 1, None),
+    for changed, said in [(train.training_inputs(shard_dir, "resnet_small", SHORT, 2, None, "fp32"), "seed 1 -> 2"),
+                          (train.training_inputs(other_shards, "resnet_small", SHORT, 1, None, "fp32"),
                            "train shards, val shards")]:
         train._bind_state(state, inputs)
         marker.write_text("a saved state")
@@ -371,7 +371,7 @@ def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
         tf.compat.v1.set_random_seed(0)
         images = tf.constant(rng.uniform(-1, 1, (2, 107, 107, 3)), tf.float32)
         labels = tf.constant([0, 1], tf.int64)
-        loss, logits = train.model_loss(tf, "inception_v3", 2, images, labels, trainkit.settings())
+        loss, logits = train_graph.model_loss(tf, "inception_v3", 2, images, labels, trainkit.settings())
         aux = graph.get_tensor_by_name("InceptionV3/AuxLogits/SpatialSqueeze:0")
         xent = [tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=x))
                 for x in (logits, aux)]

@@ -36,6 +36,7 @@ SETTINGS = {  # the preprint's optimiser (config/paper.yaml), from scratch: ever
     "num_epochs_per_decay": 2.0, "weight_decay": 4e-5, "stage2_steps": 0,
     "augment": {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False},
     "class_balance": "none", "keep_best_by": "last", "early_stopping_patience": 0, "deterministic": True,
+    "precision": "fp32", "xla": False,
 }
 VARIANTS = ("trainer", "trainer_nondeterministic", "in_memory", "keras")
 
