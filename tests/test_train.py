@@ -90,6 +90,7 @@ def test_small_network_learns_and_beats_chance(shard_dir, tmp_path):
     assert curve["val_accuracy"].dropna().max() >= 0.8  # chance is 0.5
     assert (out / "model.ckpt.index").exists() and summary["best_step"] in (20, 40, 60)
     assert json.loads((out / "settings.json").read_text())["class_names"] == trainkit.CLASSES
+    assert summary["precision"] == "fp32" and "loss_scale" not in curve.columns  # only float16 scales the loss
 
 
 @pytest.mark.slow
@@ -246,7 +247,8 @@ def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
     train._bind_state(state, inputs)
     marker = state / "state.ckpt-4.index"
     marker.write_text("a saved state")
-    train._bind_state(state, train.training_inputs(shard_dir, "resnet_small", dict(SHORT, save_every_steps=2), 1, None, "fp32"))
+    train._bind_state(state, train.training_inputs(shard_dir, "resnet_small", dict(SHORT, save_every_steps=2), 1,
+                                                   None, "fp32"))
     assert marker.exists()  # when states are saved does not change the model
     caplog.set_level(logging.INFO, logger="deepbc.train")
     for changed, said in [(train.training_inputs(shard_dir, "resnet_small", SHORT, 2, None, "fp32"), "seed 1 -> 2"),
@@ -432,3 +434,66 @@ def test_stateless_dropout_keeps_tf_slims_semantics():
     np.testing.assert_array_equal(off, 1.0)
     assert set(np.unique(on)) == {0.0, 4.0} and 0.2 < np.mean(on > 0) < 0.3
     assert not np.array_equal(on, other)
+
+
+# --------------------------------------------------------------------------------------------
+# Precision
+# --------------------------------------------------------------------------------------------
+
+TINY = trainkit.settings(max_number_of_steps=2, eval_every_steps=2, save_every_steps=2, batch_size=4)
+
+
+def checkpoint_dtypes(prefix) -> dict:
+    return tf.train.load_checkpoint(str(prefix)).get_variable_to_dtype_map()
+
+
+def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpoints(
+        shard_dir, tmp_path, monkeypatch, caplog):
+    """On a CPU with bfloat16 instructions (pretended where this one has none: oneDNN's rewrite then
+    still runs, emulated), ``mixed`` trains in bfloat16, says so, and keeps float32 weights."""
+    from deepbc import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    caplog.set_level(logging.INFO, logger="deepbc")
+    out = tmp_path / "model"
+    summary = train.train(shard_dir, out, tmp_path / "state", "resnet_small", dict(TINY, precision="mixed"), seed=1)
+    assert summary["precision"] == summary["device"]["precision"] == "bf16"
+    assert json.loads((out / "settings.json").read_text())["precision"] == "bf16"
+    assert "precision: bf16 (CPU with avx512_bf16: oneDNN's bfloat16 rewrite)" in caplog.text
+    dtypes = checkpoint_dtypes(out / "model.ckpt")
+    assert dtypes and set(dtypes.values()) == {tf.float32}
+
+
+def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_follows(
+        shard_dir, tmp_path, monkeypatch, caplog):
+    """Where the graph computes in float16 (a GPU of compute capability >= 7.0), the optimizer scales
+    the loss dynamically and the scale is logged and in training.csv. Without such a GPU the float16
+    rewrite itself cannot run (Grappler skips it on a CPU), but the loss scaling, its variable and
+    the reading of it can: that is what runs here. Evaluation builds its session in the model's precision."""
+    from deepbc import precision
+
+    monkeypatch.setattr(precision, "for_this_machine", lambda requested: precision.resolve(requested, (8, 0)))
+    caplog.set_level(logging.INFO, logger="deepbc.train")
+    out = tmp_path / "model"
+    summary = train.train(shard_dir, out, tmp_path / "state", "resnet_small", dict(TINY, precision="mixed"), seed=1,
+                          log_every=1)
+    assert summary["precision"] == "fp16"
+    curve = pd.read_csv(out / "training.csv")
+    assert list(curve["loss_scale"]) == [2.0 ** 15] * 2  # TensorFlow's initial dynamic scale, finite steps
+    assert "loss_scale=32768" in caplog.text
+    dtypes = checkpoint_dtypes(out / "model.ckpt")
+    assert set(dtypes.values()) == {tf.float32} and not any("loss_scale" in n for n in dtypes)
+    used = []
+    apply_to_config = precision.apply_to_config
+    monkeypatch.setattr(precision, "apply_to_config", lambda config, p, xla=False: (
+        used.append(p.name), apply_to_config(config, p, xla)))
+    evaluate.predict_shards(out, shard_dir / "test.json", tmp_path / "p.parquet", threads=1)
+    assert used == ["fp16"]
+
+
+def test_the_state_is_bound_to_the_precision_computed_in(shard_dir):
+    """precision: mixed computes in bfloat16 on one machine and float32 on another: a state saved on
+    the one is not resumed on the other."""
+    fp32, bf16 = (train.training_inputs(shard_dir, "resnet_small", TINY, 1, None, p) for p in ("fp32", "bf16"))
+    assert train.fingerprint(fp32) != train.fingerprint(bf16)
+    assert train._describe_changes(fp32, bf16) == "precision 'fp32' -> 'bf16'"
