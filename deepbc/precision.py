@@ -14,6 +14,7 @@ Either rewrite changes the compute graph only: variables, and so every checkpoin
 """
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ LOG = logging.getLogger("deepbc.precision")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # Tensor cores, which make float16 worth it, came with Volta (7.0).
 MIN_FP16_COMPUTE_CAPABILITY = (7, 0)
+CPU_XLA_FLAG = "--tf_xla_cpu_global_jit"
 
 
 @dataclass(frozen=True)
@@ -115,3 +117,8 @@ def apply_to_config(config, precision: Precision, xla: bool = False) -> None:
         rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
     if xla:
         config.graph_options.optimizer_options.global_jit_level = config_pb2.OptimizerOptions.ON_1
+        # The session's jit level clusters only GPU ops; on the CPU TensorFlow also needs this flag,
+        # which it reads once per process, when it first clusters a graph (so set before that).
+        flags = os.environ.get("TF_XLA_FLAGS", "")
+        if CPU_XLA_FLAG not in flags.split():
+            os.environ["TF_XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAG}".strip()
