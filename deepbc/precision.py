@@ -117,8 +117,12 @@ def apply_to_config(config, precision: Precision, xla: bool = False) -> None:
         rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
     if xla:
         config.graph_options.optimizer_options.global_jit_level = config_pb2.OptimizerOptions.ON_1
-        # The session's jit level clusters only GPU ops; on the CPU TensorFlow also needs this flag,
-        # which it reads once per process, when it first clusters a graph (so set before that).
-        flags = os.environ.get("TF_XLA_FLAGS", "")
-        if CPU_XLA_FLAG not in flags.split():
-            os.environ["TF_XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAG}".strip()
+
+
+def allow_cpu_xla() -> None:
+    """Let XLA auto-clustering compile CPU ops too: the session's jit level alone clusters only GPU
+    ops. TensorFlow reads this flag once per process, as early as the first graph it builds, so
+    this is called before any graph is."""
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if CPU_XLA_FLAG not in flags.split():
+        os.environ["TF_XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAG}".strip()

@@ -224,6 +224,8 @@ def train(shard_dir, out_dir, state_dir, arch: str, settings: dict, seed: int,
 
     Returns the summary written to ``out_dir/settings.json``.
     """
+    if settings["xla"]:
+        precision_mod.allow_cpu_xla()
     import tensorflow as tf
 
     from deepbc import nets

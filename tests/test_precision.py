@@ -39,16 +39,21 @@ def test_cpu_flags_come_from_cpuinfo(tmp_path):
 
 
 @pytest.mark.parametrize("name, xla", [("fp32", False), ("bf16", False), ("fp16", True)])
-def test_session_config_switches_the_rewrite_and_xla(name, xla, monkeypatch):
-    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_min_cluster_size=2")
+def test_session_config_switches_the_rewrite_and_xla(name, xla):
     config = tf.compat.v1.ConfigProto()
     precision.apply_to_config(config, precision.Precision(name, ""), xla)
     rewrites = config.graph_options.rewrite_options
     assert (rewrites.auto_mixed_precision == ON) == (name == "fp16")
     assert (rewrites.auto_mixed_precision_onednn_bfloat16 == ON) == (name == "bf16")
     assert (config.graph_options.optimizer_options.global_jit_level == config_pb2.OptimizerOptions.ON_1) == xla
-    # XLA on the CPU as well (without the flag only GPU ops are clustered); other flags kept.
-    assert os.environ["TF_XLA_FLAGS"] == ("--tf_xla_min_cluster_size=2" + " --tf_xla_cpu_global_jit" * xla)
+
+
+def test_xla_on_the_cpu_too_keeping_other_flags(monkeypatch):
+    """Without the flag, the session's jit level clusters only GPU ops: xla: true did nothing here."""
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_min_cluster_size=2")
+    precision.allow_cpu_xla()
+    precision.allow_cpu_xla()
+    assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_min_cluster_size=2 --tf_xla_cpu_global_jit"
 
 
 def test_loss_scaling_wraps_only_float16_and_leaves_the_process_switch_off():
