@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Training images/s of the project's trainer (TFRecord shards through its own input pipeline),
-with and without its determinism switch, against plain Keras ``model.fit`` of
-``keras.applications.ResNet50(weights=None)`` and against the project's network fed from in-memory
-arrays (its upper bound), on the same images, image size and batch. Prints one JSON line; progress
-goes to stderr.
+"""Training images/s of the project's trainer (TFRecord shards through its own input pipeline) at
+fp32, mixed precision and mixed + XLA, and without its determinism switch, against plain Keras
+``model.fit`` of ``keras.applications.ResNet50(weights=None)`` at float32 and under ``mixed_bfloat16``,
+and against the project's network fed from in-memory arrays (its upper bound) at each precision, on
+the same images, image size and batch, in one run (variants interleaved over ``--repeats``). Prints
+one JSON line; progress goes to stderr.
 
-    .venv/bin/python bench/train_throughput.py --arch resnet_v1_50 --image-size 128 --batch-size 16
+    .venv/bin/python bench/train_throughput.py --arch resnet_v1_50 --image-size 128 --batch-size 16 --repeats 2
     .venv/bin/python bench/train_throughput.py --variants trainer,trainer_nondeterministic --repeats 3
+    .venv/bin/python bench/train_throughput.py --quick   # seconds: resnet_small, 32 px (the smoke test)
 """
 
 import argparse
@@ -25,10 +27,19 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow threads, as rule train gives (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=None,
-                        help="comma-separated subset of trainer, trainer_nondeterministic, in_memory, keras (default all)")
+                        help="comma-separated subset of trainer, trainer_mixed, trainer_mixed_xla, "
+                             "trainer_nondeterministic, in_memory, in_memory_mixed, keras, keras_mixed_bfloat16 "
+                             "(default all)")
     parser.add_argument("--repeats", type=int, default=1, help="measure each variant this many times, interleaved")
     parser.add_argument("--workdir", help="where temporary shards go (default: the system's temp folder)")
-    return parser.parse_args(argv)
+    parser.add_argument("--quick", action="store_true",
+                        help="a check that every variant runs, not a measurement: resnet_small, 32 px, batch 2, "
+                             "2 steps after 1, 4 images, 1 thread, Keras MobileNetV2")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.arch, args.keras_model, args.image_size, args.batch_size = "resnet_small", "MobileNetV2", 32, 2
+        args.steps, args.warmup, args.images, args.threads = 2, 1, 4, 1
+    return args
 
 
 def main(argv=None) -> int:

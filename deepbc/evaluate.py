@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepbc import atomic, imageio
+from deepbc import atomic, imageio, model_dir as model_folder
 from deepbc.errors import UserError
 from deepbc.logs import Progress
 
@@ -22,26 +22,19 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 SMALL_IMAGE_FRACTION = 0.5
 
 
-def load_model_settings(model_dir) -> dict:
-    path = Path(model_dir) / "settings.json"
-    if not path.exists():
-        raise UserError("no trained model here (settings.json is missing)", str(model_dir),
-                        "point at a folder results/models/{task}/{arch}/fold{k} written by the train rule")
-    return json.loads(path.read_text())
-
-
 def _run_predictions(model_dir, build_inputs, total: int, batch_size: int, threads: int = 0, more_outputs=None):
     """Run the network over the batches of ``build_inputs(preprocess_fn, image_size)``.
 
     ``build_inputs`` returns a dataset of (images, metadata dict); yields (probabilities, metadata).
     ``more_outputs(images, logits, end_points) -> dict of tensors``: run with each batch too, and
-    added to its metadata (deepbc.gradcam's maps).
+    added to its metadata (deepbc.gradcam's maps). The session is built as training builds it
+    (threads, and the precision the model was trained with, resolved on this machine).
     """
     import tensorflow as tf
 
-    from deepbc import nets, preprocessing
+    from deepbc import nets, precision, preprocessing
 
-    settings = load_model_settings(model_dir)
+    settings = model_folder.load_settings(model_dir)
     arch, image_size = settings["arch"], settings["image_size"]
     spec = nets.NETWORKS[arch]
     graph = tf.Graph()
@@ -53,14 +46,12 @@ def _run_predictions(model_dir, build_inputs, total: int, batch_size: int, threa
         probs = tf.nn.softmax(tf.cast(logits, tf.float32))
         if more_outputs:
             meta = {**meta, **more_outputs(images, logits, end_points)}
-        model_vars = [v for v in tf.compat.v1.global_variables() if v.name.startswith(spec.scope + "/")]
-        saver = tf.compat.v1.train.Saver(var_list=model_vars)
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
-                                          inter_op_parallelism_threads=threads)
-        config.gpu_options.allow_growth = True
+        saver = tf.compat.v1.train.Saver(var_list=model_folder.model_variables(tf, spec))
+        config = model_folder.session_config(
+            tf, threads, precision.for_this_machine(model_folder.requested_precision(settings)))
         progress = Progress(total, "predicting", "images")
         with tf.compat.v1.Session(graph=graph, config=config) as sess:
-            saver.restore(sess, str(Path(model_dir) / "model.ckpt"))
+            saver.restore(sess, model_folder.checkpoint_prefix(model_dir))
             while True:
                 try:
                     p, m = sess.run([probs, meta])
@@ -87,7 +78,7 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
     from deepbc import shards
 
     index = json.loads(Path(shard_index).read_text())
-    class_names = load_model_settings(model_dir)["class_names"]
+    class_names = model_folder.load_settings(model_dir)["class_names"]
     if index["class_names"] != class_names:
         raise UserError(f"the model's classes {class_names} differ from the shards' {index['class_names']}",
                         str(shard_index), "evaluate a model on shards of the task it was trained on")
@@ -134,7 +125,7 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
 
     from deepbc import shards
 
-    settings = load_model_settings(model_dir)
+    settings = model_folder.load_settings(model_dir)
     class_names, image_size = settings["class_names"], settings["image_size"]
     folder = Path(folder)
     if not folder.is_dir():

@@ -31,8 +31,6 @@ from deepbc.errors import UserError
 
 LOG = logging.getLogger("deepbc.gpu")
 ROOT = Path(__file__).resolve().parents[1]
-# The trainer and evaluator compute in float32; mixed precision does not exist yet.
-PRECISION = "fp32"
 # CUDA_VISIBLE_DEVICES values that hide every GPU ("NoDevFiles": older SLURM without a GPU).
 NO_DEVICES = {"", "-1", "NoDevFiles"}
 # The first NVIDIA device node: present wherever an NVIDIA driver has found a GPU.
@@ -255,21 +253,24 @@ def _gpu_memory_mib() -> int | None:
         return None
 
 
-def describe_device(threads: int = 0) -> dict:
-    """The device TensorFlow runs this process's graphs on (the first GPU, else the CPU), and precision."""
+def describe_device(threads: int = 0, precision: str | None = None) -> dict:
+    """The device TensorFlow runs this process's graphs on (the first GPU, else the CPU), with the
+    precision its graph computes in where given (deepbc.precision decides it per graph)."""
     import tensorflow as tf
 
+    suffix = f", {precision}" if precision else ""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         name, memory = details.get("device_name", gpus[0].name), _gpu_memory_mib()
-        return {"type": "GPU", "name": name, "memory_mib": memory,
-                "compute_capability": details.get("compute_capability"), "precision": PRECISION,
-                "description": f"GPU {name}" + (f", {memory} MiB" if memory else "") + f", {PRECISION}"}
-    # TensorFlow's 0 means one thread per core this process may run on.
-    n = threads or cpu_count()
-    return {"type": "CPU", "threads": n, "precision": PRECISION,
-            "description": f"CPU, {n} threads, {PRECISION}"}
+        device = {"type": "GPU", "name": name, "memory_mib": memory,
+                  "compute_capability": details.get("compute_capability"),
+                  "description": f"GPU {name}" + (f", {memory} MiB" if memory else "") + suffix}
+    else:
+        # TensorFlow's 0 means one thread per core this process may run on.
+        n = threads or cpu_count()
+        device = {"type": "CPU", "threads": n, "description": f"CPU, {n} threads{suffix}"}
+    return {**device, "precision": precision} if precision else device
 
 
 def cpu_count() -> int:

@@ -4,9 +4,15 @@ Two stages when starting from ImageNet weights (TF-Slim's recipe): stage ``logit
 logits (``trainable_scopes``), stage ``all_layers`` all layers at a lower learning rate, continuing
 from stage 1. From ImageNet with ``stage2_steps: 0`` only the ``logits`` stage runs; from scratch,
 one ``all_layers`` stage trains everything. Early stopping ends a stage (the next one starts), not
-the run. The graph holds a training tower reading the training shards and a validation tower
-(shared variables, inference-mode batch norm) reading the validation shards. Inception's auxiliary
-logits are in the loss with TF-Slim's weight 0.4.
+the run. The graph (deepbc.train_graph) holds a training tower reading the training shards and a
+validation tower reading the validation shards; this module runs it and keeps its state; the
+finished model is published to its folder by deepbc.model_dir, which evaluation reads.
+
+Precision (``precision: fp32 | mixed``, deepbc.precision): ``mixed`` computes in float16 (with
+dynamic loss scaling, logged and in training.csv's ``loss_scale``) on a CUDA GPU of compute
+capability 7.0 or more, in bfloat16 on a CPU with bfloat16 instructions, else in float32;
+variables and checkpoints stay float32, settings.json records the precision used, and the state
+is bound to it. ``xla: true`` turns on XLA auto-clustering of the session.
 
 Reproducible (``deterministic``, default on): TensorFlow's op determinism, a deterministic input
 stream (shards.make_dataset) and seeded initialisation, so the same config, seed and machine give
@@ -24,7 +30,6 @@ settings.json) are written to ``out_dir`` only at the end, after which the state
 """
 
 import contextlib
-import csv
 import hashlib
 import json
 import logging
@@ -32,23 +37,20 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from deepbc import atomic, gpu
+from deepbc import atomic, gpu, model_dir, train_graph
+from deepbc import precision as precision_mod
 from deepbc.logs import format_seconds
+from deepbc.model_dir import MODEL_PREFIX
+from deepbc.model_dir import write_history as _write_history
 from deepbc.shards import read_index
 
 LOG = logging.getLogger("deepbc.train")
 
-CSV_FIELDS = ["step", "stage", "loss", "accuracy", "learning_rate", "images_per_sec",
-              "val_loss", "val_accuracy"]
-MODEL_PREFIX = "model.ckpt"
 INPUTS_FILE = "inputs.json"
-# TF-Slim's train_image_classifier: weights=0.4 on the cross-entropy of end_points['AuxLogits'].
-AUX_LOSS_WEIGHT = 0.4
 # Settings that change when states are saved, never what is computed: not part of the fingerprint.
 _SCHEDULE_ONLY = ("save_every_steps",)
 
@@ -66,34 +68,19 @@ def stage_plan(settings: dict) -> list[dict]:
              "learning_rate": settings["learning_rate"], "logits_only": False}]
 
 
-def class_weights(count_per_class: list[int]) -> list[float]:
-    """Inverse-frequency weights, normalised so that a balanced set gets weight 1 everywhere."""
-    total, n = sum(count_per_class), len(count_per_class)
-    return [total / (n * c) if c else 0.0 for c in count_per_class]
-
-
-def _make_optimizer(tf, settings, learning_rate):
-    name = settings["optimizer"]
-    if name == "rmsprop":
-        return tf.compat.v1.train.RMSPropOptimizer(
-            learning_rate, decay=settings["rmsprop_decay"], momentum=settings["rmsprop_momentum"],
-            epsilon=settings["opt_epsilon"])
-    if name == "adam":
-        return tf.compat.v1.train.AdamOptimizer(learning_rate, epsilon=settings["opt_epsilon"])
-    if name == "momentum":  # the schema defaults momentum to TF-Slim's 0.9
-        return tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=settings["momentum"])
-    return tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
-
-
 # --------------------------------------------------------------------------------------------
 # The state's inputs
 # --------------------------------------------------------------------------------------------
 
-def training_inputs(train_json, val_json, arch: str, settings: dict, seed: int, checkpoint: str | None) -> dict:
-    """Everything that determines the trained model, by component (compared one by one on resume)."""
+def training_inputs(train_json, val_json, arch: str, settings: dict, seed: int, checkpoint: str | None,
+                    precision: str) -> dict:
+    """Everything that determines the trained model, by component (compared one by one on resume).
+    ``precision`` is what the graph computes in here (fp32, bf16, fp16): the same ``precision:
+    mixed`` computes differently on another machine, so a state moved there is not resumed."""
     return {
         "arch": arch,
         "seed": int(seed),
+        "precision": precision,
         "settings": {k: v for k, v in sorted(settings.items()) if k not in _SCHEDULE_ONLY},
         "checkpoint": _checkpoint_identity(checkpoint) if settings["init"] == "imagenet" else None,
         "train_shards": _shards_identity(Path(train_json)),
@@ -142,7 +129,7 @@ def _describe_changes(old: dict, new: dict) -> str:
             a, b = old[key], new[key]
             changes += [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
                         for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif key in ("arch", "seed"):
+        elif key in ("arch", "seed", "precision"):
             changes.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
         else:
             changes.append(key.replace("_", " "))
@@ -165,10 +152,6 @@ def _bind_state(state_dir: Path, inputs: dict) -> None:
     atomic.write_json(record, {"fingerprint": fingerprint(inputs), "inputs": inputs})
 
 
-# --------------------------------------------------------------------------------------------
-# The graph
-# --------------------------------------------------------------------------------------------
-
 @contextlib.contextmanager
 def op_determinism(on: bool):
     """TensorFlow's op determinism on or off inside the block, as it was after: the switch is
@@ -182,118 +165,6 @@ def op_determinism(on: bool):
         yield
     finally:
         (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()
-
-
-def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, weights=None, seed: int = 0):
-    """The training tower: (total loss, logits). TF-Slim's loss: cross-entropy of the logits, plus
-    0.4 x that of Inception's auxiliary logits, plus the weight decay terms. Its dropout layers are
-    stateless, seeded by (``seed``, global step, layer), so a resumed run draws the same masks."""
-    from deepbc import nets
-    from deepbc.nets.dropout import stateless_dropout
-
-    network = nets.get_network_fn(arch, num_classes, is_training=True, weight_decay=settings["weight_decay"],
-                                  batch_norm_decay=settings.get("batch_norm_decay"))
-    with stateless_dropout(seed):
-        logits, end_points = network(images)
-    weights = 1.0 if weights is None else weights
-    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights=weights)
-    if "AuxLogits" in end_points:
-        aux = tf.reshape(end_points["AuxLogits"], [-1, num_classes])
-        loss += tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, aux, weights=AUX_LOSS_WEIGHT * weights,
-                                                                 scope="aux_loss")
-    loss += tf.add_n([tf.constant(0.0)] + tf.compat.v1.losses.get_regularization_losses())
-    return loss, logits
-
-
-@dataclass
-class _Graph:
-    graph: object
-    train_ops: list
-    lr_tensors: list
-    stage_start: object  # placeholder: global step before the current stage's first step
-    loss: object
-    accuracy: object
-    summaries: object
-    val_iter: object
-    val_fetches: list
-    state_saver: object
-    best_saver: object
-    restore_init: object
-
-
-def _build_graph(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
-                 first_record) -> _Graph:
-    from deepbc import checkpoints, nets, preprocessing, shards
-
-    spec = nets.NETWORKS[arch]
-    class_names = train_index["class_names"]
-    num_classes = len(class_names)
-    image_size = settings.get("image_size") or spec.default_image_size
-    batch_size = settings["batch_size"]
-    deterministic = settings["deterministic"]
-    steps_per_epoch = max(1, train_index["count"] // batch_size)
-    decay_steps = max(1, int(steps_per_epoch * settings["num_epochs_per_decay"]))
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.set_random_seed(seed)
-        global_step = tf.compat.v1.train.get_or_create_global_step()
-        train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
-                                                    augment=settings.get("augment"))
-        eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
-        train_ds = shards.make_dataset(train_json, batch_size=batch_size, is_training=True,
-                                       preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
-                                       first_record=first_record, deterministic=deterministic)
-        val_ds = shards.make_dataset(val_json, batch_size=batch_size, is_training=False,
-                                     preprocess_fn=eval_pre, image_size=image_size, deterministic=deterministic)
-        images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
-        val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
-        val_images, val_labels = val_iter.get_next()
-
-        weights = None
-        if settings.get("class_balance") == "loss_weights":
-            counts = [train_index["count_per_class"][c] for c in class_names]
-            weights = tf.gather(tf.constant(class_weights(counts), tf.float32), labels)
-        loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights, seed=seed)
-        eval_net = nets.get_network_fn(arch, num_classes, is_training=False, weight_decay=settings["weight_decay"],
-                                       batch_norm_decay=settings.get("batch_norm_decay"))
-        with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(), reuse=True):
-            val_logits, _ = eval_net(val_images)
-        accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32),
-                                                   tf.cast(labels, tf.int32)), tf.float32))
-        val_labels = tf.cast(val_labels, tf.int32)
-        val_fetches = [
-            tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=val_labels, logits=val_logits)),
-            tf.reduce_sum(tf.cast(tf.equal(tf.argmax(val_logits, 1, output_type=tf.int32), val_labels), tf.float32)),
-            tf.shape(val_labels)[0]]
-
-        model_vars = [v for v in tf.compat.v1.global_variables() if v.name.startswith(spec.scope + "/")]
-        logits_vars = [v for v in model_vars if any(v.op.name.startswith(s) for s in spec.exclude_scopes)]
-        trainable = [v for v in tf.compat.v1.trainable_variables() if v in set(model_vars)]
-        update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
-        stage_start = tf.compat.v1.placeholder(tf.int64, [], name="stage_start")
-        local_step = tf.maximum(tf.cast(global_step, tf.int64) - stage_start, 0)
-        train_ops, lr_tensors = [], []
-        for stage in stages:
-            lr = tf.compat.v1.train.exponential_decay(
-                stage["learning_rate"], local_step, decay_steps, settings["learning_rate_decay_factor"],
-                staircase=True)
-            with tf.compat.v1.variable_scope(f"optimizer_{stage['name']}"):
-                opt = _make_optimizer(tf, settings, lr)
-                with tf.control_dependencies(update_ops):
-                    train_ops.append(opt.minimize(loss, global_step=global_step,
-                                                  var_list=logits_vars if stage["logits_only"] else trainable))
-            lr_tensors.append(lr)
-
-        summaries = tf.compat.v1.summary.merge([tf.compat.v1.summary.scalar("loss", loss),
-                                                tf.compat.v1.summary.scalar("accuracy", accuracy)])
-        restore_init = None
-        if settings["init"] == "imagenet":
-            restore_init = checkpoints.restore_fn(arch, checkpoint, spec.exclude_scopes)[0]
-        return _Graph(graph=graph, train_ops=train_ops, lr_tensors=lr_tensors, stage_start=stage_start,
-                      loss=loss, accuracy=accuracy, summaries=summaries, val_iter=val_iter,
-                      val_fetches=val_fetches, state_saver=tf.compat.v1.train.Saver(max_to_keep=2),
-                      best_saver=tf.compat.v1.train.Saver(var_list=model_vars, max_to_keep=None),
-                      restore_init=restore_init)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,6 +224,8 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
 
     Returns the summary written to ``out_dir/settings.json``.
     """
+    if settings["xla"]:
+        precision_mod.allow_cpu_xla()
     import tensorflow as tf
 
     from deepbc import nets
@@ -365,8 +238,9 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
     random.seed(seed)
     np.random.seed(seed)
 
-    inputs = training_inputs(train_json, val_json, arch, settings, seed, checkpoint)
-    done = _published_summary(out_dir, fingerprint(inputs))
+    precision = precision_mod.for_this_machine(settings["precision"])
+    inputs = training_inputs(train_json, val_json, arch, settings, seed, checkpoint, precision.name)
+    done = model_dir.published_summary(out_dir, fingerprint(inputs))
     if done is not None:
         # E.g. a trainer orphaned by a killed Snakemake finished while this job waited for its lock.
         LOG.info("%s already holds a model trained with these inputs (step %d kept): not training again",
@@ -375,16 +249,15 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
         return done
     _bind_state(state_dir, inputs)
     start_step = _saved_step(tf, state_dir)
-    history = _load_history(state_dir / "training.csv", start_step)
+    history = model_dir.read_history(state_dir / model_dir.CURVE_FILE, start_step)
     _drop_best_after(state_dir, start_step)
-    g = _build_graph(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
-                     first_record=start_step * settings["batch_size"])
+    g = train_graph.build(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
+                          first_record=start_step * settings["batch_size"], precision=precision)
     LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
              " starting at step %d%s", arch, train_json, len(train_index["class_names"]), train_index["count"],
              val_index["count"], sum(s["steps"] for s in stages), len(stages), start_step,
              ", deterministic" if settings["deterministic"] else "")
-    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
-    config.gpu_options.allow_growth = True  # share a leased GPU without grabbing all its memory
+    config = model_dir.session_config(tf, threads, precision, settings["xla"])
     with op_determinism(settings["deterministic"]), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
         _initialise(sess, tf, g, state_dir, start_step)
         writer = tf.compat.v1.summary.FileWriter(str(out_dir.parent / f"{out_dir.name}.events"),
@@ -405,28 +278,15 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
                "train_images": train_index["count"], "val_images": val_index["count"],
                "tensorflow": tf.__version__,
                # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
-               "device": gpu.describe_device(threads),
+               "device": gpu.describe_device(threads, precision.name),
+               "precision": precision.name,
                "inputs_fingerprint": fingerprint(inputs)}
-    _publish(state_dir, out_dir, history, summary)
+    model_dir.publish(state_dir / "best", out_dir, history, summary)
     shutil.rmtree(state_dir)  # published: a rerun starts afresh
     return summary
 
 
-def _published_summary(out_dir: Path, inputs_fingerprint: str) -> dict | None:
-    """The summary of a complete model in ``out_dir`` trained with these inputs, else None."""
-    settings_json = out_dir / "settings.json"  # written last by _publish
-    if not settings_json.is_file():
-        return None
-    try:
-        summary = json.loads(settings_json.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    complete = ((out_dir / "training.csv").is_file() and (out_dir / f"{MODEL_PREFIX}.index").is_file()
-                and any(out_dir.glob(f"{MODEL_PREFIX}.data-*")))
-    return summary if complete and summary.get("inputs_fingerprint") == inputs_fingerprint else None
-
-
-def _run_steps(sess, tf, g: _Graph, stages, settings, state_dir: Path, history: list[dict], writer,
+def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path, history: list[dict], writer,
                log_every: int) -> None:
     """The training loop, from the step after ``history``'s last to the end of the last stage."""
     batch_size = settings["batch_size"]
@@ -439,9 +299,15 @@ def _run_steps(sess, tf, g: _Graph, stages, settings, state_dir: Path, history: 
         stage, stage_idx = plan.current, plan.index
         feed = {g.stage_start: plan.start}
         write_summary = (step + 1) % log_every == 0
-        fetches = [g.train_ops[stage_idx], g.loss, g.accuracy, g.lr_tensors[stage_idx]]
-        values = sess.run(fetches + ([g.summaries] if write_summary else []), feed_dict=feed)
-        _, loss_v, acc_v, lr_v = values[:4]
+        fetches = {"train": g.train_ops[stage_idx], "loss": g.loss, "accuracy": g.accuracy,
+                   "lr": g.lr_tensors[stage_idx]}
+        if write_summary:  # the summary ops run only on the steps whose summaries are written
+            fetches["summaries"] = g.summaries
+        loss_scale = g.loss_scales[stage_idx]
+        if loss_scale is not None:
+            fetches["loss_scale"] = loss_scale  # the scale this step's loss was multiplied by
+        values = sess.run(fetches, feed_dict=feed)
+        loss_v, acc_v, lr_v = values["loss"], values["accuracy"], values["lr"]
         step += 1
         images_seen += batch_size
         rate = images_seen / max(time.monotonic() - t_start, 1e-9)
@@ -450,6 +316,8 @@ def _run_steps(sess, tf, g: _Graph, stages, settings, state_dir: Path, history: 
         row = {"step": step, "stage": stage["name"], "loss": float(loss_v), "accuracy": float(acc_v),
                "learning_rate": float(lr_v), "images_per_sec": rate, "val_loss": math.nan,
                "val_accuracy": math.nan}
+        if loss_scale is not None:
+            row[model_dir.LOSS_SCALE_FIELD] = float(values["loss_scale"])
         is_eval = step % settings["eval_every_steps"] == 0 or plan.is_last_step(step)
         if is_eval:
             row["val_loss"], row["val_accuracy"] = _validate(sess, tf, g)
@@ -459,10 +327,11 @@ def _run_steps(sess, tf, g: _Graph, stages, settings, state_dir: Path, history: 
         if improved and settings["keep_best_by"] != "last":
             _save_best(sess, g, state_dir, step)
         if write_summary:
-            writer.add_summary(values[4], step)
+            writer.add_summary(values["summaries"], step)
         if step % log_every == 0 or is_eval:
-            LOG.info("step %d/%d stage=%s loss=%.4f acc=%.3f lr=%.2e %.1f images/s ETA %s%s",
-                     step, step + remaining, row["stage"], loss_v, acc_v, lr_v, rate,
+            LOG.info("step %d/%d stage=%s loss=%.4f acc=%.3f lr=%.2e%s %.1f images/s ETA %s%s",
+                     step, step + remaining, row["stage"], loss_v, acc_v, lr_v,
+                     f" loss_scale={row[model_dir.LOSS_SCALE_FIELD]:g}" if loss_scale is not None else "", rate,
                      format_seconds(remaining * batch_size / rate),
                      f" val_loss={row['val_loss']:.4f} val_acc={row['val_accuracy']:.3f}" if is_eval else "")
         if stopped:
@@ -473,18 +342,18 @@ def _run_steps(sess, tf, g: _Graph, stages, settings, state_dir: Path, history: 
             _save_state(sess, g, state_dir, step, history)
 
 
-def _save_state(sess, g: _Graph, state_dir: Path, step: int, history: list[dict]) -> None:
+def _save_state(sess, g: train_graph.Graph, state_dir: Path, step: int, history: list[dict]) -> None:
     """The curve first, then the checkpoint: a kill between the two leaves a curve that reaches
     past the newest checkpoint, which resuming trims, never one that stops short of it. Kept
     weights older than the newest are then obsolete: the saved curve says which is best."""
-    _write_history(state_dir / "training.csv", history)
+    _write_history(state_dir / model_dir.CURVE_FILE, history)
     g.state_saver.save(sess, str(state_dir / "state.ckpt"), global_step=step, write_meta_graph=False)
     steps = _best_steps(state_dir)
     for old in steps[:-1]:
         _remove_best(state_dir, old)
 
 
-def _save_best(sess, g: _Graph, state_dir: Path, step: int) -> None:
+def _save_best(sess, g: train_graph.Graph, state_dir: Path, step: int) -> None:
     g.best_saver.save(sess, str(state_dir / "best" / MODEL_PREFIX), global_step=step, write_meta_graph=False,
                       write_state=False)
 
@@ -512,7 +381,7 @@ def _saved_step(tf, state_dir: Path) -> int:
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
-def _initialise(sess, tf, g: _Graph, state_dir: Path, start_step: int) -> None:
+def _initialise(sess, tf, g: train_graph.Graph, state_dir: Path, start_step: int) -> None:
     if start_step:
         latest = tf.train.latest_checkpoint(str(state_dir))
         g.state_saver.restore(sess, latest)
@@ -523,7 +392,7 @@ def _initialise(sess, tf, g: _Graph, state_dir: Path, start_step: int) -> None:
         g.restore_init(sess)
 
 
-def _validate(sess, tf, g: _Graph) -> tuple[float, float]:
+def _validate(sess, tf, g: train_graph.Graph) -> tuple[float, float]:
     sess.run(g.val_iter.initializer)
     total_loss = total_correct = n = 0.0
     while True:
@@ -551,36 +420,3 @@ def _best_step(history: list[dict], keep_best_by: str) -> int:
     if keep_best_by == "last" or not evaluated:
         return history[-1]["step"] if history else 0
     return min(evaluated, key=lambda r: (_score(r, keep_best_by), r["step"]))["step"]
-
-
-def _load_history(path: Path, up_to_step: int) -> list[dict]:
-    """Rows of an interrupted run up to the restored step; later ones are redone."""
-    if not path.exists() or up_to_step == 0:
-        return []
-    with path.open() as fh:
-        rows = [{k: (v if k == "stage" else float(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
-    for r in rows:
-        r["step"] = int(r["step"])
-    return [r for r in rows if r["step"] <= up_to_step]
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    with atomic.atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, CSV_FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(history)
-
-
-def _publish(state_dir: Path, out_dir: Path, history: list[dict], summary: dict) -> None:
-    """Copy the kept checkpoint (of ``best_step``) and the curve into out_dir; settings.json last
-    marks completion."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kept = f"{MODEL_PREFIX}-{summary['best_step']}"
-    sources = sorted((state_dir / "best").glob(kept + ".*"))
-    if not sources:
-        raise RuntimeError(f"the kept weights of step {summary['best_step']} are missing from {state_dir / 'best'}")
-    for src in sources:
-        with atomic.atomic_path(out_dir / (MODEL_PREFIX + src.name[len(kept):])) as tmp:
-            shutil.copyfile(src, tmp)
-    _write_history(out_dir / "training.csv", history)
-    atomic.write_json(out_dir / "settings.json", summary)

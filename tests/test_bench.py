@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deepbc.bench import common, end_to_end, sharding
+from deepbc import precision
+from deepbc.bench import common, end_to_end, sharding, training
 from tests.shared_data import breakhis_listing
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -43,15 +44,20 @@ def positive(*values) -> bool:
 
 @pytest.mark.slow
 def test_train_throughput_tiny(tmp_path):
-    r = run_bench("train_throughput.py", "--arch", "resnet_small", "--image-size", 32, "--batch-size", 2,
-                  "--steps", 2, "--warmup", 1, "--images", 4, "--threads", 1, tmp_path=tmp_path)
-    assert set(r["images_per_s"]) == {"trainer", "trainer_nondeterministic", "in_memory", "keras"}
-    assert positive(*r["images_per_s"].values())
-    assert r["trainer_vs_trainer_nondeterministic"] == pytest.approx(
-        r["images_per_s"]["trainer"] / r["images_per_s"]["trainer_nondeterministic"], rel=0.01)
-    assert r["trainer_vs_keras"] == pytest.approx(r["images_per_s"]["trainer"] / r["images_per_s"]["keras"], rel=0.01)
-    assert r["trainer_vs_in_memory"] == pytest.approx(
-        r["images_per_s"]["trainer"] / r["images_per_s"]["in_memory"], rel=0.01)
+    # The variants new with mixed precision (the others are the same functions at fp32): each
+    # variant is a fresh process importing TensorFlow, so all eight would cost CI twice as much.
+    variants = ["trainer_mixed", "trainer_mixed_xla", "in_memory_mixed", "keras_mixed_bfloat16"]
+    r = run_bench("train_throughput.py", "--quick", "--variants", ",".join(variants), tmp_path=tmp_path)
+    rates = r["images_per_s"]
+    assert set(rates) == set(variants) and positive(*rates.values())
+    pairs = [(a, b) for a, b in training.RATIOS if a in variants and b in variants]
+    assert len(pairs) == 3
+    for a, b in pairs:
+        assert r[f"{a}_vs_{b}"] == pytest.approx(rates[a] / rates[b], rel=0.01)
+        assert len(r["ratio_runs"][f"{a}_vs_{b}"]) == 1  # one repeat
+    mixed = precision.for_this_machine("mixed").name  # what mixed means on this machine
+    assert r["precision"] == {"trainer_mixed": mixed, "trainer_mixed_xla": mixed, "in_memory_mixed": mixed,
+                              "keras_mixed_bfloat16": "bf16"}
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from deepbc import evaluate, train
+from deepbc import evaluate, train, train_graph
 from tests import trainkit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,12 +72,12 @@ def test_stage_plan_follows_the_preprint():
 def test_momentum_optimizer_reads_momentum():
     settings = trainkit.settings(optimizer="momentum", momentum=0.5, rmsprop_momentum=0.9)
     with tf.Graph().as_default():
-        assert train._make_optimizer(tf, settings, 0.1)._momentum == 0.5
+        assert train_graph.make_optimizer(tf, settings, 0.1)._momentum == 0.5
 
 
 def test_class_weights_balance_the_loss():
-    assert train.class_weights([200, 100]) == pytest.approx([0.75, 1.5])
-    assert train.class_weights([50, 50]) == pytest.approx([1.0, 1.0])
+    assert train_graph.class_weights([200, 100]) == pytest.approx([0.75, 1.5])
+    assert train_graph.class_weights([50, 50]) == pytest.approx([1.0, 1.0])
 
 
 @pytest.mark.slow
@@ -91,6 +91,7 @@ def test_small_network_learns_and_beats_chance(shard_dir, tmp_path):
     assert curve["val_accuracy"].dropna().max() >= 0.8  # chance is 0.5
     assert (out / "model.ckpt.index").exists() and summary["best_step"] in (20, 40, 60)
     assert json.loads((out / "settings.json").read_text())["class_names"] == trainkit.CLASSES
+    assert summary["precision"] == "fp32" and "loss_scale" not in curve.columns  # only float16 scales the loss
 
 
 @pytest.mark.slow
@@ -226,7 +227,7 @@ def test_a_model_already_trained_with_these_inputs_is_not_trained_again(shard_di
 def test_only_complete_outputs_of_the_same_inputs_count_as_trained(shard_dir, tmp_path, monkeypatch):
     out = tmp_path / "model"
     out.mkdir()
-    inputs = train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None)
+    inputs = train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None, "fp32")
     summary = {"best_step": 16, "inputs_fingerprint": train.fingerprint(inputs)}
     (out / "settings.json").write_text(json.dumps(summary))
     monkeypatch.setattr(train, "_bind_state", would_train)
@@ -244,7 +245,7 @@ def test_only_complete_outputs_of_the_same_inputs_count_as_trained(shard_dir, tm
 
 def test_train_and_val_indexes_are_taken_by_name(shard_dir):
     """Any two indexes, wherever they lie: here the fold's test split stands in for validation."""
-    inputs = train.training_inputs(shard_dir / "train.json", shard_dir / "test.json", "resnet_small", SHORT, 1, None)
+    inputs = train.training_inputs(shard_dir / "train.json", shard_dir / "test.json", "resnet_small", SHORT, 1, None, "fp32")
     assert inputs["train_shards"] == train._shards_identity(shard_dir / "train.json")
     assert inputs["val_shards"] == train._shards_identity(shard_dir / "test.json")
     assert inputs["val_shards"] != train._shards_identity(shard_dir / "val.json")
@@ -254,17 +255,17 @@ def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
     """New splits (another seed or splits.k) rewrite the shards: a state of the old ones is dropped."""
     state = tmp_path / "state"
     other_shards = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", seed=5)
-    inputs = train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None)
+    inputs = train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None, "fp32")
     train._bind_state(state, inputs)
     marker = state / "state.ckpt-4.index"
     marker.write_text("a saved state")
     train._bind_state(state, train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small",
-                                                   dict(SHORT, save_every_steps=2), 1, None))
+                                                   dict(SHORT, save_every_steps=2), 1, None, "fp32"))
     assert marker.exists()  # when states are saved does not change the model
     caplog.set_level(logging.INFO, logger="deepbc.train")
-    for changed, said in [(train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 2, None),
+    for changed, said in [(train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 2, None, "fp32"),
                            "seed 1 -> 2"),
-                          (train.training_inputs(*trainkit.indexes(other_shards), "resnet_small", SHORT, 1, None),
+                          (train.training_inputs(*trainkit.indexes(other_shards), "resnet_small", SHORT, 1, None, "fp32"),
                            "train shards, val shards")]:
         train._bind_state(state, inputs)
         marker.write_text("a saved state")
@@ -385,7 +386,7 @@ def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
         tf.compat.v1.set_random_seed(0)
         images = tf.constant(rng.uniform(-1, 1, (2, 107, 107, 3)), tf.float32)
         labels = tf.constant([0, 1], tf.int64)
-        loss, logits = train.model_loss(tf, "inception_v3", 2, images, labels, trainkit.settings())
+        loss, logits = train_graph.model_loss(tf, "inception_v3", 2, images, labels, trainkit.settings())
         aux = graph.get_tensor_by_name("InceptionV3/AuxLogits/SpatialSqueeze:0")
         xent = [tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=x))
                 for x in (logits, aux)]
@@ -446,3 +447,66 @@ def test_stateless_dropout_keeps_tf_slims_semantics():
     np.testing.assert_array_equal(off, 1.0)
     assert set(np.unique(on)) == {0.0, 4.0} and 0.2 < np.mean(on > 0) < 0.3
     assert not np.array_equal(on, other)
+
+
+# --------------------------------------------------------------------------------------------
+# Precision
+# --------------------------------------------------------------------------------------------
+
+TINY = trainkit.settings(max_number_of_steps=2, eval_every_steps=2, save_every_steps=2, batch_size=4)
+
+
+def checkpoint_dtypes(prefix) -> dict:
+    return tf.train.load_checkpoint(str(prefix)).get_variable_to_dtype_map()
+
+
+def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpoints(
+        shard_dir, tmp_path, monkeypatch, caplog):
+    """On a CPU with bfloat16 instructions (pretended where this one has none: oneDNN's rewrite then
+    still runs, emulated), ``mixed`` trains in bfloat16, says so, and keeps float32 weights."""
+    from deepbc import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    caplog.set_level(logging.INFO, logger="deepbc")
+    out = tmp_path / "model"
+    summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", dict(TINY, precision="mixed"), seed=1)
+    assert summary["precision"] == summary["device"]["precision"] == "bf16"
+    assert json.loads((out / "settings.json").read_text())["precision"] == "bf16"
+    assert "precision: bf16 (CPU with avx512_bf16: oneDNN's bfloat16 rewrite)" in caplog.text
+    dtypes = checkpoint_dtypes(out / "model.ckpt")
+    assert dtypes and set(dtypes.values()) == {tf.float32}
+
+
+def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_follows(
+        shard_dir, tmp_path, monkeypatch, caplog):
+    """Where the graph computes in float16 (a GPU of compute capability >= 7.0), the optimizer scales
+    the loss dynamically and the scale is logged and in training.csv. Without such a GPU the float16
+    rewrite itself cannot run (Grappler skips it on a CPU), but the loss scaling, its variable and
+    the reading of it can: that is what runs here. Evaluation builds its session in the model's precision."""
+    from deepbc import precision
+
+    monkeypatch.setattr(precision, "for_this_machine", lambda requested: precision.resolve(requested, (8, 0)))
+    caplog.set_level(logging.INFO, logger="deepbc.train")
+    out = tmp_path / "model"
+    summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", dict(TINY, precision="mixed"), seed=1,
+                          log_every=1)
+    assert summary["precision"] == "fp16"
+    curve = pd.read_csv(out / "training.csv")
+    assert list(curve["loss_scale"]) == [2.0 ** 15] * 2  # TensorFlow's initial dynamic scale, finite steps
+    assert "loss_scale=32768" in caplog.text
+    dtypes = checkpoint_dtypes(out / "model.ckpt")
+    assert set(dtypes.values()) == {tf.float32} and not any("loss_scale" in n for n in dtypes)
+    used = []
+    apply_to_config = precision.apply_to_config
+    monkeypatch.setattr(precision, "apply_to_config", lambda config, p, xla=False: (
+        used.append(p.name), apply_to_config(config, p, xla)))
+    evaluate.predict_shards(out, shard_dir / "test.json", tmp_path / "p.parquet", threads=1)
+    assert used == ["fp16"]
+
+
+def test_the_state_is_bound_to_the_precision_computed_in(shard_dir):
+    """precision: mixed computes in bfloat16 on one machine and float32 on another: a state saved on
+    the one is not resumed on the other."""
+    fp32, bf16 = (train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", TINY, 1, None, p) for p in ("fp32", "bf16"))
+    assert train.fingerprint(fp32) != train.fingerprint(bf16)
+    assert train._describe_changes(fp32, bf16) == "precision 'fp32' -> 'bf16'"

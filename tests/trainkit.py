@@ -52,6 +52,7 @@ def settings(**overrides) -> dict:
             "weight_decay": 4e-5, "batch_norm_decay": 0.9, "max_number_of_steps": 60, "stage2_steps": 0,
             "augment": {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False},
             "class_balance": "none", "keep_best_by": "val_loss", "early_stopping_patience": 0,
-            "eval_every_steps": 20, "save_every_steps": 20, "deterministic": True}
+            "eval_every_steps": 20, "save_every_steps": 20, "deterministic": True, "precision": "fp32",
+            "xla": False}
     base.update(overrides)
     return base

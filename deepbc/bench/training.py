@@ -1,16 +1,23 @@
 """Training throughput: the project's trainer against plain Keras and against its own in-memory bound.
 
-Four variants train on the same images, at the same image size and batch size, each in a fresh
-process (so that threading settings and graph state do not leak between them):
+The variants train on the same images, at the same image size and batch size, each in a fresh
+process (so that threading settings, graph state and Keras' global dtype policy do not leak between
+them):
 
 - ``trainer``: ``deepbc.train.train`` reading the TFRecord shards through ``shards.make_dataset``
-  with the network's preprocessing and augmentation: what ``rule train`` runs (``deterministic``);
-- ``trainer_nondeterministic``: the same with ``deterministic: false`` (no op determinism,
-  out-of-order tf.data): what bit-reproducibility costs;
-- ``in_memory``: the same TF-Slim network, loss and optimizer fed from preprocessed arrays already
-  in memory: the trainer's upper bound, with no input pipeline at all;
-- ``keras``: ``keras.applications.ResNet50(weights=None)`` compiled with the same optimizer and
-  trained with ``model.fit`` on the same preprocessed arrays: what a user would write instead.
+  with the network's preprocessing and augmentation: what ``rule train`` runs (``deterministic``,
+  ``precision: fp32``);
+- ``trainer_mixed``, ``trainer_mixed_xla``: the same with ``precision: mixed`` (bfloat16 where the
+  CPU has it, float16 on a recent GPU, else float32: each result records what it computed in), and
+  with ``xla: true`` as well;
+- ``trainer_nondeterministic``: ``deterministic: false`` (no op determinism, out-of-order
+  tf.data): what bit-reproducibility costs;
+- ``in_memory``, ``in_memory_mixed``: the same TF-Slim network, loss and optimizer, in the same
+  session configuration (deepbc.model_dir.session_config), fed from preprocessed arrays already in
+  memory: the trainer's upper bound at each precision, with no input pipeline at all;
+- ``keras``, ``keras_mixed_bfloat16``: ``keras.applications.ResNet50(weights=None)`` compiled with
+  the same optimizer and trained with ``model.fit`` on the same preprocessed arrays, at float32 and
+  under the ``mixed_bfloat16`` dtype policy: what a user would write instead.
 
 Throughput is images per second over the steps after ``warmup`` (graph optimisation, first
 allocation and the trainer's validation pass fall outside it). ``repeats`` measures every variant
@@ -36,8 +43,16 @@ SETTINGS = {  # the preprint's optimiser (config/paper.yaml), from scratch: ever
     "num_epochs_per_decay": 2.0, "weight_decay": 4e-5, "stage2_steps": 0,
     "augment": {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False},
     "class_balance": "none", "keep_best_by": "last", "early_stopping_patience": 0, "deterministic": True,
+    "precision": "fp32", "xla": False,
 }
-VARIANTS = ("trainer", "trainer_nondeterministic", "in_memory", "keras")
+VARIANTS = ("trainer", "trainer_mixed", "trainer_mixed_xla", "trainer_nondeterministic", "in_memory",
+            "in_memory_mixed", "keras", "keras_mixed_bfloat16")
+# (numerator, denominator) of the ratios reported: the goals of issue 14 and what they rest on.
+RATIOS = [("trainer_mixed", "trainer"), ("trainer_mixed_xla", "trainer_mixed"), ("trainer", "keras"),
+          ("trainer_mixed", "keras_mixed_bfloat16"), ("trainer", "in_memory"), ("trainer_mixed", "in_memory_mixed"),
+          ("in_memory", "keras"), ("trainer", "trainer_nondeterministic")]
+GOALS = {"trainer_mixed_vs_trainer": 1.4, "trainer_vs_keras": 1.3, "trainer_mixed_vs_keras_mixed_bfloat16": 1.3,
+         "trainer_vs_in_memory": 0.9, "trainer_mixed_vs_in_memory_mixed": 0.9}
 
 
 def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16, steps: int = 30,
@@ -55,12 +70,18 @@ def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16,
         shard_dir, arrays = prepare_data(tmp, arch, images, image_size, seed)
         settings = dict(SETTINGS, image_size=image_size, batch_size=batch_size,
                         max_number_of_steps=warmup + steps, eval_every_steps=10**9, save_every_steps=10**9)
+        mixed = dict(settings, precision="mixed")
         jobs = {
             "trainer": (trainer_rate, shard_dir, tmp, arch, settings, seed, threads, warmup),
+            "trainer_mixed": (trainer_rate, shard_dir, tmp, arch, mixed, seed, threads, warmup),
+            "trainer_mixed_xla": (trainer_rate, shard_dir, tmp, arch, dict(mixed, xla=True), seed, threads, warmup),
             "trainer_nondeterministic": (trainer_rate, shard_dir, tmp, arch, dict(settings, deterministic=False),
                                          seed, threads, warmup),
             "in_memory": (in_memory_rate, arrays, arch, settings, seed, threads, warmup),
-            "keras": (keras_rate, arrays, keras_model, settings, seed, threads, warmup),
+            "in_memory_mixed": (in_memory_rate, arrays, arch, mixed, seed, threads, warmup),
+            "keras": (keras_rate, arrays, keras_model, settings, seed, threads, warmup, "float32"),
+            "keras_mixed_bfloat16": (keras_rate, arrays, keras_model, settings, seed, threads, warmup,
+                                     "mixed_bfloat16"),
         }
         results = {name: [] for name in variants}
         for repeat in range(repeats):
@@ -71,17 +92,21 @@ def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16,
                 LOG.info("%s: %.2f images/s", name, results[name][-1]["images_per_s"])
     runs = {name: [r["images_per_s"] for r in rs] for name, rs in results.items()}
     rates = {name: float(np.median(r)) for name, r in runs.items()}
-    ratios = {f"{a}_vs_{b}": common.ratio(rates[a], rates[b]) for a, b in
-              [("trainer", "keras"), ("trainer", "in_memory"), ("in_memory", "keras"),
-               ("trainer", "trainer_nondeterministic")] if a in rates and b in rates}
+    ratios = {f"{a}_vs_{b}": common.ratio(rates[a], rates[b]) for a, b in RATIOS if a in rates and b in rates}
+    # Per repeat, from the interleaved pairs: the spread of each ratio within this run.
+    ratio_runs = {f"{a}_vs_{b}": [common.ratio(x, y) for x, y in zip(runs[a], runs[b])]
+                  for a, b in RATIOS if a in runs and b in runs}
     return {
         "arch": arch, "keras_model": keras_model, "image_size": image_size, "batch_size": batch_size,
         "steps": steps, "warmup": warmup, "threads": threads, "images": images, "repeats": repeats,
         "images_per_s": {k: round(v, 2) for k, v in rates.items()},
         "images_per_s_runs": {k: [round(v, 2) for v in r] for k, r in runs.items()},
         **({"keras_jit_compile": results["keras"][0]["jit_compile"]} if "keras" in results else {}),
+        # What each variant computed in on this machine (precision: mixed falls back to fp32 without bf16/fp16).
+        "precision": {name: rs[0]["precision"] for name, rs in results.items()},
         **ratios,
-        "goals": {"trainer_vs_keras": 1.3, "trainer_vs_in_memory": 0.9},
+        "ratio_runs": ratio_runs,
+        "goals": {k: v for k, v in GOALS.items() if k in ratios},
     }
 
 
@@ -131,21 +156,22 @@ def trainer_rate(shard_dir: Path, tmp: Path, arch: str, settings: dict, seed: in
     from deepbc import train
 
     out = tmp / "trainer_model"
-    train.train(shard_dir / "train.json", shard_dir / "val.json", out, tmp / "trainer_state", arch, settings, seed,
-                threads=threads, log_every=1)
+    summary = train.train(shard_dir / "train.json", shard_dir / "val.json", out, tmp / "trainer_state", arch,
+                          settings, seed, threads=threads, log_every=1)
     with (out / "training.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     # The trainer logs cumulative images/s since its first step: elapsed = images seen / rate.
     batch = settings["batch_size"]
     ends = [int(r["step"]) * batch / float(r["images_per_sec"]) for r in rows]
-    return {"images_per_s": steady_rate(ends, batch, warmup)}
+    return {"images_per_s": steady_rate(ends, batch, warmup), "precision": summary["precision"]}
 
 
 def in_memory_rate(arrays: Path, arch: str, settings: dict, seed: int, threads: int, warmup: int) -> dict:
     import tensorflow as tf
 
-    from deepbc import nets
+    from deepbc import model_dir, nets, precision as precision_mod
 
+    chosen = precision_mod.for_this_machine(settings["precision"])
     data = np.load(arrays)
     x, y = data["x"], data["y"]
     batch, steps = settings["batch_size"], settings["max_number_of_steps"]
@@ -164,18 +190,20 @@ def in_memory_rate(arrays: Path, arch: str, settings: dict, seed: int, threads: 
                                                         momentum=settings["rmsprop_momentum"],
                                                         epsilon=settings["opt_epsilon"])
         with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
+            optimizer = precision_mod.wrap_optimizer(optimizer, chosen)
             train_op = optimizer.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step())
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+        config = model_dir.session_config(tf, threads, chosen, settings["xla"])
         with tf.compat.v1.Session(graph=graph, config=config) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             ends = []
             for _ in range(steps):
                 sess.run([train_op, loss])
                 ends.append(time.perf_counter())
-    return {"images_per_s": steady_rate(ends, batch, warmup)}
+    return {"images_per_s": steady_rate(ends, batch, warmup), "precision": chosen.name}
 
 
-def keras_rate(arrays: Path, model_name: str, settings: dict, seed: int, threads: int, warmup: int) -> dict:
+def keras_rate(arrays: Path, model_name: str, settings: dict, seed: int, threads: int, warmup: int,
+               policy: str) -> dict:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -183,6 +211,7 @@ def keras_rate(arrays: Path, model_name: str, settings: dict, seed: int, threads
     import keras
 
     keras.utils.set_random_seed(seed)
+    keras.mixed_precision.set_global_policy(policy)
     data = np.load(arrays)
     batch, steps = settings["batch_size"], settings["max_number_of_steps"]
     reps = -(-steps * batch // len(data["x"]))
@@ -196,4 +225,5 @@ def keras_rate(arrays: Path, model_name: str, settings: dict, seed: int, threads
     ends: list[float] = []
     timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: ends.append(time.perf_counter()))
     model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[timer])
-    return {"images_per_s": steady_rate(ends, batch, warmup), "jit_compile": bool(model.jit_compile)}
+    return {"images_per_s": steady_rate(ends, batch, warmup), "jit_compile": bool(model.jit_compile),
+            "precision": {"float32": "fp32", "mixed_bfloat16": "bf16"}[policy]}
