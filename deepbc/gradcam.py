@@ -46,11 +46,11 @@ def gradcam_maps(model_dir, shard_index, paths: list[str], threads: int = 0) -> 
     ``paths`` of the shards of ``shard_index``, as the model of ``model_dir`` sees them."""
     import tensorflow as tf
 
-    from deepbc import evaluate, nets, preprocessing, shards
+    from deepbc import evaluate, model_dir as model_folder, nets, preprocessing, shards
 
     if not paths:
         return {}
-    settings = evaluate.load_model_settings(model_dir)
+    settings = model_folder.load_settings(model_dir)
     spec = nets.get_spec(settings["arch"])
 
     def inputs(preprocess, image_size, batch):
@@ -100,13 +100,12 @@ def plot_gradcam(model_dir, shard_index, predictions_path, class_names: list[str
     the map over it, titled correct/wrong, true and predicted class and the predicted class's probability."""
     from matplotlib.figure import Figure
 
-    from deepbc import figures, nets
-    from deepbc.evaluate import load_model_settings
+    from deepbc import figures, model_dir as model_folder, nets
 
     predictions = pd.read_parquet(predictions_path)
     sample = select_samples(predictions, class_names, seed, per_kind)
     maps = gradcam_maps(model_dir, shard_index, list(sample["path"]), threads)
-    end_point = nets.get_spec(load_model_settings(model_dir)["arch"]).gradcam_end_point
+    end_point = nets.get_spec(model_folder.load_settings(model_dir)["arch"]).gradcam_end_point
     columns = 2 * per_kind
     fig = Figure(figsize=(2.0 * 2 * columns, 2.3 * len(class_names) + 0.6))
     axes = fig.subplots(len(class_names), 2 * columns, squeeze=False)
