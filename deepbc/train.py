@@ -9,7 +9,7 @@ the run. The graph holds a training tower reading the training shards and a vali
 logits are in the loss with TF-Slim's weight 0.4.
 
 Reproducible (``deterministic``, default on): TensorFlow's op determinism, a deterministic input
-stream (shards.make_dataset) and seeded initialisation, so the same config, seed and machine give
+stream (shard_reader.make_dataset) and seeded initialisation, so the same config, seed and machine give
 the same curve and weights.
 
 Resuming: every ``save_every_steps`` the full state (weights, optimizer slots, global step) and the
@@ -39,7 +39,7 @@ import numpy as np
 
 from deepbc import atomic, gpu
 from deepbc.logs import format_seconds
-from deepbc.shards import read_index
+from deepbc.shard_reader import read_index
 
 LOG = logging.getLogger("deepbc.train")
 
@@ -223,7 +223,7 @@ class _Graph:
 
 def _build_graph(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
                  first_record) -> _Graph:
-    from deepbc import checkpoints, nets, preprocessing, shards
+    from deepbc import checkpoints, nets, preprocessing, shard_reader
 
     spec = nets.NETWORKS[arch]
     class_names = train_index["class_names"]
@@ -240,10 +240,10 @@ def _build_graph(tf, arch, settings, seed, train_json, val_json, train_index, st
         train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
                                                     augment=settings.get("augment"))
         eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
-        train_ds = shards.make_dataset(train_json, batch_size=batch_size, is_training=True,
+        train_ds = shard_reader.make_dataset(train_json, batch_size=batch_size, is_training=True,
                                        preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
                                        first_record=first_record, deterministic=deterministic)
-        val_ds = shards.make_dataset(val_json, batch_size=batch_size, is_training=False,
+        val_ds = shard_reader.make_dataset(val_json, batch_size=batch_size, is_training=False,
                                      preprocess_fn=eval_pre, image_size=image_size, deterministic=deterministic)
         images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
         val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
