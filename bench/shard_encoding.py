@@ -2,9 +2,9 @@
 """Measure shard reading throughput per core for each way of storing images at sharding time.
 
 Makes BreakHis-sized synthetic H&E-like micrographs (700x460 RGB PNG), writes them into shards with
-deepbc.shards.write_shards as (a) the original PNG bytes, (b) JPEG q95 full size, (c) JPEG q95
+deepbc.shard_writer.write_shards as (a) the original PNG bytes, (b) JPEG q95 full size, (c) JPEG q95
 with the shorter side resized to 256, (d) raw uint8 pixels (plus extra variants given with
---extra), then reads them back with deepbc.shards.make_dataset pinned to one core (parse + decode +
+--extra), then reads them back with deepbc.shard_reader.make_dataset pinned to one core (parse + decode +
 resize to the network size) and prints one JSON line: per variant, images per CPU-second, images
 per wall-second, bytes per image on disk and the pixel error against the source.
 
@@ -50,10 +50,10 @@ def splits_table(paths: list[str]):
 def measure(index_path: Path, image_size: int, passes: int, batch_size: int) -> dict:
     import tensorflow as tf
 
-    from deepbc import shards
+    from deepbc import shard_reader
 
-    index = shards.read_index(index_path)
-    dataset = shards.make_dataset(index_path, batch_size=batch_size, is_training=False, image_size=image_size,
+    index = shard_reader.read_index(index_path)
+    dataset = shard_reader.make_dataset(index_path, batch_size=batch_size, is_training=False, image_size=image_size,
                                   num_parallel_calls=1)
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
@@ -77,13 +77,13 @@ def pixel_error(root: Path, index_path: Path, rels: list[str]) -> float:
     import tensorflow as tf
     from PIL import Image
 
-    from deepbc import shards
+    from deepbc import shard_reader
 
-    index = shards.read_index(index_path)
+    index = shard_reader.read_index(index_path)
     errors = []
     for record in tf.data.TFRecordDataset(index["paths"]).take(8):
-        features = shards.parse_example(record)
-        stored = shards.decode(features, index["encoding"]["format"]).numpy().astype(np.float32)
+        features = shard_reader.parse_example(record)
+        stored = shard_reader.decode(features, index["encoding"]["format"]).numpy().astype(np.float32)
         source = Image.open(root / features["image/filename"].numpy().decode()).convert("RGB")
         if source.size != (stored.shape[1], stored.shape[0]):
             source = source.resize((stored.shape[1], stored.shape[0]), Image.Resampling.LANCZOS)
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    from deepbc import shards
+    from deepbc import shard_writer
 
     variants = dict(VARIANTS)
     for spec in args.extra:
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         for name, (fmt, quality, side) in variants.items():
             out = Path(tmp) / name
             start = time.process_time()
-            shards.write_shards(table, 0, root, out, images_per_shard=16, image_format=fmt, jpeg_quality=quality,
+            shard_writer.write_shards(table, 0, root, out, images_per_shard=16, image_format=fmt, jpeg_quality=quality,
                                 max_shorter_side=side, seed=args.seed, workers=1)
             write_cpu = time.process_time() - start
             result = measure(out / "train.json", args.image_size, args.passes, args.batch_size)

@@ -75,7 +75,7 @@ def _frame(chunks, class_names) -> pd.DataFrame:
 def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threads: int = 0) -> pd.DataFrame:
     """Predict every image of a split (test, or validation for temperature scaling) and write the
     predictions parquet."""
-    from deepbc import shards
+    from deepbc import shard_reader
 
     index = json.loads(Path(shard_index).read_text())
     class_names = model_folder.load_settings(model_dir)["class_names"]
@@ -84,7 +84,7 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
                         str(shard_index), "evaluate a model on shards of the task it was trained on")
 
     def inputs(preprocess, image_size, batch):
-        ds = shards.make_dataset(shard_index, batch_size=batch, is_training=False, preprocess_fn=preprocess,
+        ds = shard_reader.make_dataset(shard_index, batch_size=batch, is_training=False, preprocess_fn=preprocess,
                                  image_size=image_size, repeat=False, with_metadata=True)
         return ds.map(lambda images, labels, meta: (images, {**meta, "label_index": labels}))
 
@@ -123,7 +123,7 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     """
     import tensorflow as tf
 
-    from deepbc import shards
+    from deepbc import shard_reader
 
     settings = model_folder.load_settings(model_dir)
     class_names, image_size = settings["class_names"], settings["image_size"]
@@ -147,7 +147,7 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
             lambda: _decoded(folder, paths, min_side, workers, rejected, sizes), output_signature=spec)
 
         def load(rel, jpeg, pixels):
-            image = tf.cond(tf.strings.length(jpeg) > 0, lambda: shards.decode_jpeg(jpeg, min_side),
+            image = tf.cond(tf.strings.length(jpeg) > 0, lambda: shard_reader.decode_jpeg(jpeg, min_side),
                             lambda: pixels)
             image.set_shape([None, None, 3])
             return preprocess(image, image_size, image_size), {"path": rel}

@@ -46,7 +46,7 @@ def gradcam_maps(model_dir, shard_index, paths: list[str], threads: int = 0) -> 
     ``paths`` of the shards of ``shard_index``, as the model of ``model_dir`` sees them."""
     import tensorflow as tf
 
-    from deepbc import evaluate, model_dir as model_folder, nets, preprocessing, shards
+    from deepbc import evaluate, model_dir as model_folder, nets, preprocessing, shard_reader
 
     if not paths:
         return {}
@@ -55,7 +55,7 @@ def gradcam_maps(model_dir, shard_index, paths: list[str], threads: int = 0) -> 
 
     def inputs(preprocess, image_size, batch):
         wanted = tf.constant(sorted(paths))
-        ds = shards.make_dataset(shard_index, batch_size=batch, is_training=False, preprocess_fn=preprocess,
+        ds = shard_reader.make_dataset(shard_index, batch_size=batch, is_training=False, preprocess_fn=preprocess,
                                  image_size=image_size, repeat=False, with_metadata=True).unbatch()
         ds = ds.filter(lambda image, label, meta: tf.reduce_any(tf.equal(meta["filename"], wanted)))
         return ds.map(lambda image, label, meta: (image, {"path": meta["filename"]})).batch(batch)

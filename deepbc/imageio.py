@@ -1,6 +1,6 @@
 """The one way image files become pixels: uint8 RGB arrays, the same for every reader.
 
-The dataset check (``manifest``), the shard writer (``shards.encode_image``) and ``predict_folder``
+The dataset check (``manifest``), the shard writer (``shard_writer.encode_image``) and ``predict_folder``
 all decode with ``decode`` (or ``open_image``, ``load`` and ``rgb_image``/``to_rgb``), so training
 and prediction see the same pixels, and a file the check accepts is one the others can read.
 

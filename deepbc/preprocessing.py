@@ -53,7 +53,7 @@ RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 _OD_FLOOR = 1e-6
 # The HED draws' key is the element's seed folded with this tag, apart from the other augmentations'
-# keys (stateless_split of the seed), as shards.stream_key keeps each use of the run seed apart.
+# keys (stateless_split of the seed), as shard_reader.stream_key keeps each use of the run seed apart.
 _HED_TAG = 4
 
 
@@ -137,7 +137,7 @@ def get_preprocessing(name: str, is_training: bool, augment: dict | None = None)
 def min_source_side(name: str, random_crop: bool, height: int, width: int) -> int | None:
     """The shorter side a source image needs so that preprocessing to (height, width) only shrinks it.
 
-    Readers may decode a JPEG at a reduced scale down to this size (``shards.decode_jpeg``) without
+    Readers may decode a JPEG at a reduced scale down to this size (``shard_reader.decode_jpeg``) without
     changing what the network sees beyond resampling. None: the full image is needed (random
     crops may take a small part of it).
     """

@@ -15,7 +15,7 @@ variables and checkpoints stay float32, settings.json records the precision used
 is bound to it. ``xla: true`` turns on XLA auto-clustering of the session.
 
 Reproducible (``deterministic``, default on): TensorFlow's op determinism, a deterministic input
-stream (shards.make_dataset) and seeded initialisation, so the same config, seed and machine give
+stream (shard_reader.make_dataset) and seeded initialisation, so the same config, seed and machine give
 the same curve and weights.
 
 Resuming: every ``save_every_steps`` the full state (weights, optimizer slots, global step) and the
@@ -46,7 +46,7 @@ from deepbc import precision as precision_mod
 from deepbc.logs import format_seconds
 from deepbc.model_dir import MODEL_PREFIX
 from deepbc.model_dir import write_history as _write_history
-from deepbc.shards import read_index
+from deepbc.shard_reader import read_index
 
 LOG = logging.getLogger("deepbc.train")
 

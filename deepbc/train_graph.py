@@ -71,7 +71,7 @@ class Graph:
 def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint, first_record,
           precision: precision_mod.Precision) -> Graph:
     """The graph of a run whose input stream starts at record ``first_record`` (a resumed run's)."""
-    from deepbc import checkpoints, nets, preprocessing, shards
+    from deepbc import checkpoints, nets, preprocessing, shard_reader
 
     spec = nets.NETWORKS[arch]
     class_names = train_index["class_names"]
@@ -88,10 +88,10 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
                                                     augment=settings.get("augment"))
         eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
-        train_ds = shards.make_dataset(train_json, batch_size=batch_size, is_training=True,
+        train_ds = shard_reader.make_dataset(train_json, batch_size=batch_size, is_training=True,
                                        preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
                                        first_record=first_record, deterministic=deterministic)
-        val_ds = shards.make_dataset(val_json, batch_size=batch_size, is_training=False,
+        val_ds = shard_reader.make_dataset(val_json, batch_size=batch_size, is_training=False,
                                      preprocess_fn=eval_pre, image_size=image_size, deterministic=deterministic)
         images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
         val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)

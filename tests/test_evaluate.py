@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deepbc import evaluate, shards, train
+from deepbc import evaluate, shard_reader, train
 from deepbc.errors import UserError
 from tests import trainkit
 
@@ -55,9 +55,9 @@ def test_predicts_a_folder_with_patients(model, tmp_path):
 @pytest.mark.slow
 def test_a_folder_of_the_test_images_gets_their_test_predictions(model, tmp_path):
     by_shards = evaluate.predict_shards(model / "model", model / "shards" / "test.json", tmp_path / "p.parquet")
-    index = shards.read_index(model / "shards" / "test.json")
+    index = shard_reader.read_index(model / "shards" / "test.json")
     for record in tf.data.TFRecordDataset(index["paths"]):  # the very bytes the shards hold
-        features = shards.parse_example(record)
+        features = shard_reader.parse_example(record)
         path = tmp_path / "folder" / features["image/filename"].numpy().decode()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(features["image/encoded"].numpy())

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from deepbc import metrics, shards, tables, tasks, workflow_config
+from deepbc import metrics, shard_writer, tables, tasks, workflow_config
 from deepbc import splits as sp
 from deepbc.errors import UserError
 
@@ -89,12 +89,12 @@ def test_shards_read_each_row_under_its_dataset_root(tmp_path):
         file.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((12, 16, 3), len(path), np.uint8)).save(file)
     splits.drop(columns="sha256").to_parquet(tmp_path / "s.parquet")
-    indexes = shards.write_shards_file(tmp_path / "s.parquet", 0, roots["home"], tmp_path / "out",
+    indexes = shard_writer.write_shards_file(tmp_path / "s.parquet", 0, roots["home"], tmp_path / "out",
                                        test_root=roots["site_b"], images_per_shard=64, seed=0)
     assert indexes["test"]["count"] == 6 and indexes["train"]["count"] + indexes["val"]["count"] == 20
     # Without the test root the external images are looked for under the training root.
     with pytest.raises(UserError, match="6 image\\(s\\) of the splits are missing"):
-        shards.write_shards_file(tmp_path / "s.parquet", 0, roots["home"], tmp_path / "out2", seed=0)
+        shard_writer.write_shards_file(tmp_path / "s.parquet", 0, roots["home"], tmp_path / "out2", seed=0)
 
 
 def test_external_folds_resample_the_same_test_patients(tmp_path):

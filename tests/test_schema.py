@@ -10,7 +10,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from deepbc import breakhis, manifest, shards, tasks, workflow_config
+from deepbc import breakhis, manifest, shard_reader, shard_writer, tasks, workflow_config
 from deepbc.nets import NETWORKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,10 +26,10 @@ def test_architecture_enum_is_the_network_registry():
 
 def test_shard_settings_are_the_shard_writers():
     spec = PROPS["shards"]["properties"]
-    assert sorted(spec["format"]["enum"]) == sorted(shards.FORMATS)
-    assert (spec["jpeg_quality"]["minimum"], spec["jpeg_quality"]["maximum"]) == shards.JPEG_QUALITY
+    assert sorted(spec["format"]["enum"]) == sorted(shard_reader.FORMATS)
+    assert (spec["jpeg_quality"]["minimum"], spec["jpeg_quality"]["maximum"]) == shard_writer.JPEG_QUALITY
     # write_shards also runs outside the workflow (bench/, tests): its defaults are the schema's.
-    defaults = inspect.signature(shards.write_shards).parameters
+    defaults = inspect.signature(shard_writer.write_shards).parameters
     for key, param in [("images_per_shard", "images_per_shard"), ("format", "image_format"),
                        ("jpeg_quality", "jpeg_quality"), ("max_shorter_side", "max_shorter_side")]:
         assert defaults[param].default == spec[key]["default"], key

@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageFile
 
-from deepbc import shards
+from deepbc import shard_reader, shard_writer
 from deepbc.errors import UserError
+from deepbc.layout import SPLITS
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["benign", "malignant"]
@@ -51,21 +52,21 @@ def _write(dataset, out, **settings):
     root, table = dataset
     options = dict(images_per_shard=2, image_format="jpeg", jpeg_quality=95, max_shorter_side=0, seed=3, workers=1)
     options.update(settings)
-    return shards.write_shards(table, 0, root, out, **options)
+    return shard_writer.write_shards(table, 0, root, out, **options)
 
 
 def _records(index_path):
-    index = shards.read_index(index_path)
-    return [shards.parse_example(r) for r in tf.data.TFRecordDataset(index["paths"])]
+    index = shard_reader.read_index(index_path)
+    return [shard_reader.parse_example(r) for r in tf.data.TFRecordDataset(index["paths"])]
 
 
 def test_index_and_every_feature(dataset, tmp_path):
     root, table = dataset
     indexes = _write(dataset, tmp_path, image_format="png")
     fold = table[table["fold"] == 0]
-    for split in shards.SPLITS:
+    for split in SPLITS:
         index = json.loads((tmp_path / f"{split}.json").read_text())
-        assert index == {k: v for k, v in shards.read_index(tmp_path / f"{split}.json").items() if k != "paths"}
+        assert index == {k: v for k, v in shard_reader.read_index(tmp_path / f"{split}.json").items() if k != "paths"}
         assert index == indexes[split]
         rows = fold[fold["split"] == split].set_index("path")
         assert index["count"] == len(rows) == sum(index["shard_sizes"])
@@ -98,17 +99,17 @@ def test_jpeg_resize_and_raw_pixels(dataset, tmp_path):
         h, w = int(f["image/height"]), int(f["image/width"])
         assert min(h, w) == 20 and f["image/format"].numpy() == b"jpeg"
         assert Image.open(io.BytesIO(f["image/encoded"].numpy())).format == "JPEG"
-        assert shards.decode(f, "jpeg").shape == (h, w, 3)
+        assert shard_reader.decode(f, "jpeg").shape == (h, w, 3)
     _write(dataset, tmp_path / "raw", image_format="raw")
     for f in _records(tmp_path / "raw" / "test.json"):
         source = np.asarray(Image.open(root / f["image/filename"].numpy().decode()).convert("RGB"))
-        np.testing.assert_array_equal(shards.decode(f, "raw").numpy(), source)
+        np.testing.assert_array_equal(shard_reader.decode(f, "raw").numpy(), source)
 
 
 def test_make_dataset_eager_with_metadata(dataset, tmp_path):
     _, table = dataset
     _write(dataset, tmp_path)
-    ds = shards.make_dataset(tmp_path / "test.json", batch_size=3, is_training=False, image_size=16,
+    ds = shard_reader.make_dataset(tmp_path / "test.json", batch_size=3, is_training=False, image_size=16,
                              with_metadata=True)
     batches = list(ds)
     images = np.concatenate([b[0].numpy() for b in batches])
@@ -138,12 +139,12 @@ def _jpeg(height, width) -> bytes:
 
 def test_decode_jpeg_at_the_smallest_scale_that_keeps_min_side():
     data = tf.constant(_jpeg(300, 400))
-    full = shards.decode_jpeg(data)
+    full = shard_reader.decode_jpeg(data)
     assert full.shape == (300, 400, 3)
     for min_side, shape in [(301, (300, 400)), (151, (300, 400)), (140, (150, 200)), (75, (75, 100)),
                             (10, (38, 50))]:
-        assert shards.decode_jpeg(data, min_side).shape == (*shape, 3), min_side
-    half = tf.cast(shards.decode_jpeg(data, 140), tf.float32)
+        assert shard_reader.decode_jpeg(data, min_side).shape == (*shape, 3), min_side
+    half = tf.cast(shard_reader.decode_jpeg(data, 140), tf.float32)
     area = tf.image.resize(full, [150, 200], method="area")
     assert float(tf.reduce_mean(tf.abs(half - area))) < 2.0  # the same picture, resampled
 
@@ -153,14 +154,14 @@ def test_make_dataset_decodes_only_as_much_as_the_preprocessing_needs(tmp_path):
     table = table.assign(path=[f"i{i}.jpg" for i in range(len(table))])
     for p in table["path"]:
         (tmp_path / p).write_bytes(_jpeg(460, 700))
-    shards.write_shards(table, 0, tmp_path, tmp_path / "shards", workers=1)
+    shard_writer.write_shards(table, 0, tmp_path, tmp_path / "shards", workers=1)
 
     def decoded_height(image, height, width):  # the "preprocessed" image holds the decoded height
         return tf.fill([height, width, 3], tf.cast(tf.shape(image)[0], tf.float32))
 
     for min_side, expected in [(100, 115), (200, 230), (None, 460)]:
         decoded_height.min_source_side = lambda h, w, m=min_side: m
-        images, _ = next(iter(shards.make_dataset(tmp_path / "shards" / "test.json", 1, False, decoded_height,
+        images, _ = next(iter(shard_reader.make_dataset(tmp_path / "shards" / "test.json", 1, False, decoded_height,
                                                   image_size=8)))
         assert float(images[0, 0, 0, 0]) == expected, min_side
 
@@ -168,7 +169,7 @@ def test_make_dataset_decodes_only_as_much_as_the_preprocessing_needs(tmp_path):
 def test_make_dataset_with_more_threads_than_shards(dataset, tmp_path):
     _write(dataset, tmp_path)  # one shard per split
     for is_training in (True, False):
-        ds = shards.make_dataset(tmp_path / "val.json", batch_size=3, is_training=is_training, image_size=8,
+        ds = shard_reader.make_dataset(tmp_path / "val.json", batch_size=3, is_training=is_training, image_size=8,
                                  num_parallel_calls=4)
         assert sum(int(b[0].shape[0]) for b in ds) == 3
 
@@ -182,10 +183,10 @@ def test_make_dataset_graph_mode_and_custom_preprocess(dataset, tmp_path):
         return tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), [height, width]) - 0.5
 
     with tf.Graph().as_default():
-        train = shards.make_dataset(tmp_path / "train.json", batch_size=4, is_training=True, preprocess_fn=preprocess,
+        train = shard_reader.make_dataset(tmp_path / "train.json", batch_size=4, is_training=True, preprocess_fn=preprocess,
                                     image_size=8, shuffle_buffer=16, seed=1, repeat=True)
         images, labels = tf.compat.v1.data.make_one_shot_iterator(train).get_next()
-        evaluation = shards.make_dataset(tmp_path / "val.json", batch_size=2, is_training=False, image_size=8,
+        evaluation = shard_reader.make_dataset(tmp_path / "val.json", batch_size=2, is_training=False, image_size=8,
                                          with_metadata=True)
         iterator = tf.compat.v1.data.make_initializable_iterator(evaluation)
         eval_images, _, meta = iterator.get_next()
@@ -209,15 +210,15 @@ def test_make_dataset_graph_mode_and_custom_preprocess(dataset, tmp_path):
 
 def test_balanced_shards():
     rows = pd.DataFrame({"path": [f"x{i:04d}" for i in range(1000)]})
-    plan = shards.plan_shards(rows, images_per_shard=256, seed=0, fold=0, split="train")
+    plan = shard_writer.plan_shards(rows, images_per_shard=256, seed=0, fold=0, split="train")
     assert [len(s) for s in plan] == [250] * 4
-    plan = shards.plan_shards(rows.head(10), images_per_shard=3, seed=0, fold=0, split="train")
+    plan = shard_writer.plan_shards(rows.head(10), images_per_shard=3, seed=0, fold=0, split="train")
     assert [len(s) for s in plan] == [3, 3, 2, 2]
     assert sorted(pd.concat(plan)["path"]) == sorted(rows.head(10)["path"])
     # The shuffle depends on the seed, not on the input order.
-    again = shards.plan_shards(rows.head(10).iloc[::-1], images_per_shard=3, seed=0, fold=0, split="train")
+    again = shard_writer.plan_shards(rows.head(10).iloc[::-1], images_per_shard=3, seed=0, fold=0, split="train")
     assert all(a["path"].tolist() == b["path"].tolist() for a, b in zip(plan, again))
-    other = shards.plan_shards(rows.head(10), images_per_shard=3, seed=1, fold=0, split="train")
+    other = shard_writer.plan_shards(rows.head(10), images_per_shard=3, seed=1, fold=0, split="train")
     assert any(a["path"].tolist() != b["path"].tolist() for a, b in zip(plan, other))
 
 
@@ -244,7 +245,7 @@ def test_rerun_is_byte_identical_with_any_worker_count(dataset, tmp_path):
 
 def test_failure_midway_leaves_nothing_that_looks_complete(dataset, tmp_path, monkeypatch):
     _write(dataset, tmp_path, images_per_shard=4)  # an earlier complete run, with other shard names
-    real = shards._example
+    real = shard_writer._example
     calls = []
 
     def failing(*args):
@@ -253,7 +254,7 @@ def test_failure_midway_leaves_nothing_that_looks_complete(dataset, tmp_path, mo
             raise RuntimeError("disk full")
         return real(*args)
 
-    monkeypatch.setattr(shards, "_example", failing)
+    monkeypatch.setattr(shard_writer, "_example", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         _write(dataset, tmp_path, images_per_shard=2)
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -261,7 +262,7 @@ def test_failure_midway_leaves_nothing_that_looks_complete(dataset, tmp_path, mo
     assert not any(n.endswith(".tmp") for n in names)
     assert "train-00001-of-00005.tfrecord" not in names and "train-00000-of-00005.tfrecord" in names
     # The next run completes and removes the shards no index lists.
-    monkeypatch.setattr(shards, "_example", real)
+    monkeypatch.setattr(shard_writer, "_example", real)
     indexes = _write(dataset, tmp_path, images_per_shard=2)
     listed = {n for idx in indexes.values() for n in idx["shards"]}
     assert {p.name for p in tmp_path.glob("*.tfrecord")} == listed
@@ -276,11 +277,11 @@ def test_a_file_changed_since_the_manifest_is_an_error(dataset, tmp_path):
     copy = tmp_path / "root"
     shutil.copytree(root, copy)
     hashed = _hashed(copy, table)
-    shards.write_shards(hashed, 0, copy, tmp_path / "ok", images_per_shard=4, workers=1)
+    shard_writer.write_shards(hashed, 0, copy, tmp_path / "ok", images_per_shard=4, workers=1)
     victim = hashed.loc[hashed["split"] == "val", "path"].iloc[0]
     Image.new("RGB", (40, 30), "white").save(copy / victim)  # still a valid image, but not the checked one
     with pytest.raises(UserError, match="changed after the manifest") as err:
-        shards.write_shards(hashed, 0, copy, tmp_path / "bad", images_per_shard=4, workers=1)
+        shard_writer.write_shards(hashed, 0, copy, tmp_path / "bad", images_per_shard=4, workers=1)
     assert victim in str(err.value)
 
 
@@ -294,9 +295,9 @@ def test_a_16_bit_png_is_scaled_not_clipped(dataset, tmp_path):
     Image.fromarray(gradient).save(copy / victim)
     assert Image.open(copy / victim).mode == "I;16"
     for fmt in ("jpeg", "png"):
-        shards.write_shards(table, 0, copy, tmp_path / fmt, images_per_shard=4, image_format=fmt, workers=1)
+        shard_writer.write_shards(table, 0, copy, tmp_path / fmt, images_per_shard=4, image_format=fmt, workers=1)
         record = next(r for r in _records(tmp_path / fmt / "test.json") if r["image/filename"] == victim.encode())
-        pixels = shards.decode(record, fmt).numpy().astype(np.float64)
+        pixels = shard_reader.decode(record, fmt).numpy().astype(np.float64)
         assert abs(pixels.mean() - gradient.mean() / 257) < 1.0, fmt  # JPEG q95 moves the mean a little
         assert (pixels >= 254).mean() < 0.01
 
@@ -309,7 +310,7 @@ def test_images_stored_as_they_are_are_not_decoded(dataset, tmp_path, monkeypatc
 
     monkeypatch.setattr(Image.Image, "load", no_decoding)
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    shards.write_shards(_hashed(root, table), 0, root, tmp_path, images_per_shard=4, image_format="png", workers=1)
+    shard_writer.write_shards(_hashed(root, table), 0, root, tmp_path, images_per_shard=4, image_format="png", workers=1)
     stored = {r["image/filename"].numpy().decode(): r["image/encoded"].numpy() for r in _records(tmp_path / "train.json")}
     assert all(data == (root / path).read_bytes() for path, data in stored.items())
 
@@ -317,18 +318,18 @@ def test_images_stored_as_they_are_are_not_decoded(dataset, tmp_path, monkeypatc
 def test_bad_inputs_are_user_errors(dataset, tmp_path):
     root, table = dataset
     with pytest.raises(UserError, match="fold 7 is not in the splits table"):
-        shards.write_shards(table, 7, root, tmp_path)
+        shard_writer.write_shards(table, 7, root, tmp_path)
     with pytest.raises(UserError, match="missing under the dataset root"):
-        shards.write_shards(table, 0, tmp_path / "elsewhere", tmp_path / "out")
+        shard_writer.write_shards(table, 0, tmp_path / "elsewhere", tmp_path / "out")
     broken = tmp_path / "broken"
     broken.mkdir()
     for path in table["path"].unique():
         (broken / path).parent.mkdir(parents=True, exist_ok=True)
         (broken / path).write_bytes(b"not an image")
     with pytest.raises(UserError, match="cannot decode image"):
-        shards.write_shards(table, 0, broken, tmp_path / "out")
+        shard_writer.write_shards(table, 0, broken, tmp_path / "out")
     with pytest.raises(UserError, match="shard index not found"):
-        shards.read_index(tmp_path / "nope.json")
+        shard_reader.read_index(tmp_path / "nope.json")
 
 
 def test_write_shards_script(dataset, tmp_path):
@@ -345,7 +346,7 @@ def test_write_shards_script(dataset, tmp_path):
                     json.dumps({"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0}),
                     "--seed", "1", "--workers", "1"],
                    check=True, capture_output=True)
-    assert shards.read_index(out / "test.json")["count"] == 4
+    assert shard_reader.read_index(out / "test.json")["count"] == 4
 
 
 @pytest.mark.slow
@@ -358,7 +359,7 @@ def test_training_stream_depends_on_seed_and_position_only(dataset, tmp_path):
     augment = preprocessing.get_preprocessing("vgg", is_training=True)  # random flips and rotations
 
     def stream(first_record=0, calls=None, seed=1):
-        ds = shards.make_dataset(tmp_path / "train.json", batch_size=3, is_training=True, preprocess_fn=augment,
+        ds = shard_reader.make_dataset(tmp_path / "train.json", batch_size=3, is_training=True, preprocess_fn=augment,
                                  image_size=8, seed=seed, repeat=True, first_record=first_record,
                                  num_parallel_calls=calls, shuffle_buffer=4)
         batches = [b for _, b in zip(range(9), ds)]  # three epochs
@@ -377,7 +378,7 @@ def test_training_stream_depends_on_seed_and_position_only(dataset, tmp_path):
 def test_each_use_of_the_seed_has_its_own_keys(dataset, tmp_path):
     """File order, record shuffle and augmentation never share a key (the epoch key [seed, e] was
     once also the shuffle key and the augmentation key of the element at position e)."""
-    keys = [tuple(shards.stream_key(seed, use, n).numpy()) for seed in (0, 1) for n in range(12)
+    keys = [tuple(shard_reader.stream_key(seed, use, n).numpy()) for seed in (0, 1) for n in range(12)
             for use in ("file_order", "shuffle", "augment")]
     assert len(set(keys)) == len(keys)
     _write(dataset, tmp_path)  # 9 training images
@@ -385,8 +386,8 @@ def test_each_use_of_the_seed_has_its_own_keys(dataset, tmp_path):
     def seed_as_image(image, height, width, seed):  # the element's key, carried bit for bit
         return tf.bitcast(seed, tf.float64)
 
-    ds = shards.make_dataset(tmp_path / "train.json", batch_size=3, is_training=True, preprocess_fn=seed_as_image,
+    ds = shard_reader.make_dataset(tmp_path / "train.json", batch_size=3, is_training=True, preprocess_fn=seed_as_image,
                              seed=1, repeat=True, first_record=2)
     seen = np.concatenate([b[0].numpy() for _, b in zip(range(4), ds)]).view(np.int64)
-    expected = np.stack([shards.stream_key(1, "augment", n).numpy() for n in range(2, 14)])
+    expected = np.stack([shard_reader.stream_key(1, "augment", n).numpy() for n in range(2, 14)])
     np.testing.assert_array_equal(seen, expected)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from deepbc import shards
+from deepbc import shard_writer
 
 CLASSES = ["benign", "malignant"]
 
@@ -35,7 +35,7 @@ def make_shards(root: Path, out_dir: Path, per_split=(64, 32, 32), seed: int = 0
             rows.append({"path": rel, "patient": f"{split}-p{i // 4}", "slide": f"{split}-p{i // 4}",
                          "magnification": "NA", "label": CLASSES[label], "label_index": label,
                          "fold": 0, "split": split, "protocol": "patient"})
-    shards.write_shards(pd.DataFrame(rows), 0, root, out_dir, images_per_shard=32, image_format="png",
+    shard_writer.write_shards(pd.DataFrame(rows), 0, root, out_dir, images_per_shard=32, image_format="png",
                         jpeg_quality=95, max_shorter_side=0, seed=seed, workers=1)
     return out_dir
 

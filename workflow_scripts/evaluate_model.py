@@ -24,11 +24,11 @@ def arguments(p):
 def run(args):
     # One job per output; the lock comes before the GPU lease, so that a waiting job holds no GPU.
     with locks.exclusive(args.out, "these predictions", args.lock_timeout), gpu.lease_from_args(args):
-        from deepbc import evaluate, shards
+        from deepbc import evaluate, shard_reader
 
-        with shards.naming_corrupt_shards([args.shard_index]):
+        with shard_reader.naming_corrupt_shards([args.shard_index]):
             evaluate.predict_shards(args.model_dir, args.shard_index, args.out, args.batch_size, args.threads)
-        with shards.naming_corrupt_shards([args.val_shard_index]):
+        with shard_reader.naming_corrupt_shards([args.val_shard_index]):
             evaluate.predict_shards(args.model_dir, args.val_shard_index, args.val_out, args.batch_size, args.threads)
 
 

@@ -22,9 +22,9 @@ def arguments(p):
 def run(args):
     # The lock comes before the GPU lease, so that a waiting job holds no GPU.
     with locks.exclusive(args.out_png, "this Grad-CAM figure", args.lock_timeout), gpu.lease_from_args(args):
-        from deepbc import gradcam, shards
+        from deepbc import gradcam, shard_reader
 
-        with shards.naming_corrupt_shards([args.shard_index]):
+        with shard_reader.naming_corrupt_shards([args.shard_index]):
             gradcam.plot_gradcam(args.model_dir, args.shard_index, args.predictions, args.classes, args.seed,
                                  args.title, args.out_png, args.threads)
 

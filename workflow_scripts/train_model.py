@@ -38,9 +38,9 @@ def run(args):
     # The lease sets CUDA_VISIBLE_DEVICES, so TensorFlow is imported only inside it.
     with locks.exclusive(args.state_dir, "this model's training state", args.lock_timeout), \
             gpu.lease_from_args(args):
-        from deepbc import shards, train
+        from deepbc import shard_reader, train
 
-        with shards.naming_corrupt_shards([args.train_index, args.val_index]):
+        with shard_reader.naming_corrupt_shards([args.train_index, args.val_index]):
             train.train(args.train_index, args.val_index, args.out_dir, args.state_dir, args.arch,
                         args.settings_json, seed=args.seed, checkpoint=checkpoint, threads=args.threads)
 

@@ -27,7 +27,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc.shards import write_shards_file
+    from deepbc.shard_writer import write_shards_file
 
     settings = args.shards_json
     write_shards_file(args.splits, args.fold, args.root, args.out_dir, test_root=args.test_root,

@@ -1,7 +1,7 @@
 """Input pipeline: shard read + parse + decode + preprocess + batch against its limit, and against what
 the trainer consumes.
 
-- ``shards``: ``shards.make_dataset`` in training mode (shard shuffle, record shuffle, repeat), with
+- ``shards``: ``shard_reader.make_dataset`` in training mode (shard shuffle, record shuffle, repeat), with
   the network's training preprocessing and augmentation, as the trainer builds it;
 - ``memory``: the same encoded bytes already in memory, decoded and preprocessed by the same
   functions with the same parallelism: the limit, with no file reading or record parsing;
@@ -63,34 +63,34 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
                     seed: int, rounds: int) -> dict:
     import tensorflow as tf
 
-    from deepbc import nets, preprocessing, shards
+    from deepbc import nets, preprocessing, shard_reader
 
-    index = shards.read_index(index_json)
+    index = shard_reader.read_index(index_json)
     image_format = index["encoding"]["format"]
     pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=True,
                                           augment=training.SETTINGS["augment"])
     options = tf.data.Options()
     options.threading.private_threadpool_size = parallel  # both pipelines get the same threads
 
-    from_shards = shards.make_dataset(index_json, batch_size=batch_size, is_training=True, preprocess_fn=pre,
+    from_shards = shard_reader.make_dataset(index_json, batch_size=batch_size, is_training=True, preprocess_fn=pre,
                                       image_size=image_size, seed=seed, num_parallel_calls=parallel, repeat=True)
     encoded, labels = [], []
     for record in tf.data.TFRecordDataset(index["paths"]):
-        features = shards.parse_example(record)
+        features = shard_reader.parse_example(record)
         encoded.append(features["image/encoded"].numpy())
         labels.append(int(features["image/class/label"]))
 
     min_side = pre.min_source_side(image_size, image_size)
 
     def decode_in_memory(data, label):
-        return pre(shards.decode({"image/encoded": data}, image_format, min_side), image_size, image_size), label
+        return pre(shard_reader.decode({"image/encoded": data}, image_format, min_side), image_size, image_size), label
 
     from_memory = (tf.data.Dataset.from_tensor_slices((encoded, labels)).repeat()
                    .map(decode_in_memory, num_parallel_calls=parallel).batch(batch_size, drop_remainder=True)
                    .prefetch(tf.data.AUTOTUNE))
     hed_pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=True,
                                               augment=dict(training.SETTINGS["augment"], hed=HED))
-    with_hed = shards.make_dataset(index_json, batch_size=batch_size, is_training=True, preprocess_fn=hed_pre,
+    with_hed = shard_reader.make_dataset(index_json, batch_size=batch_size, is_training=True, preprocess_fn=hed_pre,
                                    image_size=image_size, seed=seed, num_parallel_calls=parallel, repeat=True)
     rates = {"memory": _images_per_s(from_memory.with_options(options), batches, batch_size)}
     LOG.info("memory: %.1f images/s", rates["memory"])

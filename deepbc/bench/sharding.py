@@ -9,7 +9,7 @@ as the workflow runs it (the rule's script in its own process, so start-up count
 - ``make_splits``: the patient-wise benign vs malignant folds (k = 5, as config/paper.yaml);
 - ``write_shards``: fold 0's train/val/test shards as JPEG q95 (the default, re-encoded) and as
   PNG (the source bytes stored as they are), to show what re-encoding costs at sharding time;
-- reading both back through ``shards.make_dataset`` at 224 px: what re-encoding buys at training.
+- reading both back through ``shard_reader.make_dataset`` at 224 px: what re-encoding buys at training.
 
 The source files are in the page cache for every step (they were just written), so the copy and
 the rules read them at memory speed alike.
@@ -136,12 +136,12 @@ def read_rates(tmp: Path, images: int, image_size: int, parallel: int) -> dict:
 def _read_rate(index_json: Path, images: int, image_size: int, parallel: int) -> float:
     import tensorflow as tf
 
-    from deepbc import preprocessing, shards
+    from deepbc import preprocessing, shard_reader
 
     pre = preprocessing.get_preprocessing("vgg", is_training=True)
     options = tf.data.Options()
     options.threading.private_threadpool_size = parallel
-    dataset = shards.make_dataset(index_json, batch_size=16, is_training=True, preprocess_fn=pre,
+    dataset = shard_reader.make_dataset(index_json, batch_size=16, is_training=True, preprocess_fn=pre,
                                   image_size=image_size, seed=0, num_parallel_calls=parallel,
                                   repeat=True).with_options(options)
     iterator = iter(dataset)

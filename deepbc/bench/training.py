@@ -4,7 +4,7 @@ The variants train on the same images, at the same image size and batch size, ea
 process (so that threading settings, graph state and Keras' global dtype policy do not leak between
 them):
 
-- ``trainer``: ``deepbc.train.train`` reading the TFRecord shards through ``shards.make_dataset``
+- ``trainer``: ``deepbc.train.train`` reading the TFRecord shards through ``shard_reader.make_dataset``
   with the network's preprocessing and augmentation: what ``rule train`` runs (``deterministic``,
   ``precision: fp32``);
 - ``trainer_mixed``, ``trainer_mixed_xla``: the same with ``precision: mixed`` (bfloat16 where the
@@ -114,7 +114,7 @@ def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int) 
     """BreakHis-sized PNGs -> the workflow's JPEG shards, and the same images preprocessed into an .npz."""
     import pandas as pd
 
-    from deepbc import shards
+    from deepbc import shard_writer
 
     root = tmp / "images"
     val_test = 2 * max(2, images // 8)
@@ -126,7 +126,7 @@ def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int) 
                           "label": [["benign", "malignant"][k] for k in labels], "label_index": labels,
                           "fold": 0, "split": split, "protocol": "patient"})
     shard_dir = tmp / "shards"
-    shards.write_shards(table, 0, root, shard_dir, images_per_shard=32, seed=seed)
+    shard_writer.write_shards(table, 0, root, shard_dir, images_per_shard=32, seed=seed)
     arrays = tmp / "arrays.npz"
     common.in_fresh_process(_preprocess_to_npz, shard_dir / "train.json", arch, image_size, arrays)
     return shard_dir, arrays
@@ -134,10 +134,10 @@ def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int) 
 
 def _preprocess_to_npz(index_json: Path, arch: str, image_size: int, out: Path) -> None:
     """The training images decoded and preprocessed as the network expects them (no augmentation)."""
-    from deepbc import nets, preprocessing, shards
+    from deepbc import nets, preprocessing, shard_reader
 
     pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=False)
-    batches = list(shards.make_dataset(index_json, batch_size=64, is_training=False, preprocess_fn=pre,
+    batches = list(shard_reader.make_dataset(index_json, batch_size=64, is_training=False, preprocess_fn=pre,
                                        image_size=image_size))
     np.savez(out, x=np.concatenate([b[0].numpy() for b in batches]),
              y=np.concatenate([b[1].numpy() for b in batches]).astype(np.int32))

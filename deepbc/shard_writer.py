@@ -1,4 +1,4 @@
-"""TFRecord shards of one fold (atomic, balanced, deterministic), their index JSON, and the tf.data reader.
+"""Writing the TFRecord shards of one fold (atomic, balanced, deterministic) and their index JSON.
 
 Layout of ``out_dir`` (``results/tfrecords/{run}/fold{k}``)::
 
@@ -7,7 +7,8 @@ Layout of ``out_dir`` (``results/tfrecords/{run}/fold{k}``)::
 
 Each record is a ``tf.train.Example`` with TF-Slim's keys (``image/encoded``, ``image/format``,
 ``image/class/label``, ``image/height``, ``image/width``) plus ``image/filename`` (path relative to
-the dataset root), ``image/patient`` and ``image/magnification``.
+the dataset root), ``image/patient`` and ``image/magnification``; ``deepbc.shard_reader.FEATURES``
+lists them with their types, for both sides.
 
 Encodings (``image/format``): ``jpeg`` (default; see docs/shards.md for the measurements), ``png``
 and ``raw`` (uint8 RGB pixels, row-major). An image already in the target format, 8-bit RGB and not
@@ -22,30 +23,26 @@ processes) start without it.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import io
-import json
 import logging
 import math
 import multiprocessing
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from deepbc.atomic import atomic_path, write_json
-from deepbc.layout import SPLITS
 from deepbc.errors import UserError
+from deepbc.layout import SPLITS
 from deepbc.logs import Progress
+from deepbc.shard_reader import FEATURES, FORMATS
 
 LOG = logging.getLogger(__name__)
 
-# The schema's shards.format enum and jpeg_quality range (tests/test_schema.py checks they agree):
-# write_shards also runs outside the workflow (bench/), where no schema checks its arguments.
-FORMATS = ("jpeg", "png", "raw")
+# The schema's jpeg_quality range (tests/test_schema.py checks they agree): write_shards also runs
+# outside the workflow (bench/), where no schema checks its arguments.
 JPEG_QUALITY = (50, 100)
 INDEX_VERSION = 1
 # Images sent to a worker at a time: large enough to amortise inter-process overhead, small
@@ -142,22 +139,24 @@ def plan_shards(rows: pd.DataFrame, images_per_shard: int, seed: int, fold: int,
 def _example(encoded: bytes, image_format: str, row, height: int, width: int):
     import tensorflow as tf
 
-    def b(v):
+    def feature(kind, v):
+        if kind == "int64":
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
-    def i(v):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
-
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": b(encoded),
-        "image/format": b(image_format.encode()),
-        "image/class/label": i(row.label_index),
-        "image/height": i(height),
-        "image/width": i(width),
-        "image/filename": b(str(row.path).encode()),
-        "image/patient": b(str(row.patient).encode()),
-        "image/magnification": b(str(row.magnification).encode()),
-    })).SerializeToString()
+    values = {
+        "image/encoded": encoded,
+        "image/format": image_format.encode(),
+        "image/class/label": row.label_index,
+        "image/height": height,
+        "image/width": width,
+        "image/filename": str(row.path).encode(),
+        "image/patient": str(row.patient).encode(),
+        "image/magnification": str(row.magnification).encode(),
+    }
+    # Every feature the reader parses, typed as it parses it (one without a value here is a KeyError).
+    return tf.train.Example(features=tf.train.Features(
+        feature={key: feature(kind, values[key]) for key, kind in FEATURES.items()})).SerializeToString()
 
 
 def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_shard: int = 256,
@@ -324,230 +323,3 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> None:
         if path.name not in keep:
             LOG.info("removing stale shard %s", path)
             path.unlink()
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
-
-def read_index(path) -> dict:
-    """Load a ``{split}.json`` index and check it; ``paths`` (absolute shard paths) is added."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("shard index not found", str(path), "run the workflow's write_shards rule for this run and fold")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"shard index is not valid JSON: {err}", str(path), "delete it and rerun write_shards") from err
-    keys = ["count", "count_per_class", "class_names", "shards", "encoding"]
-    missing = [k for k in keys if k not in index]
-    if missing:
-        raise UserError(f"shard index lacks key(s) {missing}", str(path), "delete it and rerun write_shards")
-    index["paths"] = [str(path.parent / name) for name in index["shards"]]
-    absent = [p for p in index["paths"] if not os.path.isfile(p)]
-    if absent:
-        raise UserError(f"{len(absent)} shard(s) listed in the index are missing, e.g. {absent[0]}", str(path),
-                        "delete the folder and rerun write_shards")
-    if index["encoding"]["format"] not in FORMATS:
-        raise UserError(f"unknown image format {index['encoding']['format']!r}", str(path),
-                        f"rewrite the shards with one of {list(FORMATS)}")
-    return index
-
-
-def _features():
-    import tensorflow as tf
-
-    return {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/format": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-        "image/height": tf.io.FixedLenFeature([], tf.int64),
-        "image/width": tf.io.FixedLenFeature([], tf.int64),
-        "image/filename": tf.io.FixedLenFeature([], tf.string),
-        "image/patient": tf.io.FixedLenFeature([], tf.string),
-        "image/magnification": tf.io.FixedLenFeature([], tf.string),
-    }
-
-
-def parse_example(serialized):
-    """Parse one serialized Example into a dict of scalar tensors keyed as in the record."""
-    import tensorflow as tf
-
-    return tf.io.parse_single_example(serialized, _features())
-
-
-def decode_jpeg(data, min_side: int | None = None):
-    """Decode a JPEG to uint8 RGB, at the smallest of libjpeg's scales (1, 1/2, 1/4, 1/8) whose
-    shorter side is still at least ``min_side`` (None: full size).
-
-    Scaling happens inside the inverse DCT, so a reduced decode costs a fraction of a full one; for
-    a network input much smaller than the stored image this is most of the reading time.
-    """
-    import tensorflow as tf
-
-    if not min_side:
-        return tf.io.decode_jpeg(data, channels=3)
-    shape = tf.image.extract_jpeg_shape(data)
-    shorter = tf.minimum(shape[0], shape[1])
-    # libjpeg rounds scaled sizes up; the conditions hold for a prefix of the ratios.
-    halvings = tf.add_n([tf.cast((shorter + r - 1) // r >= min_side, tf.int32) for r in (2, 4, 8)])
-    return tf.switch_case(halvings, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r) for r in (1, 2, 4, 8)])
-
-
-def decode(features: dict, image_format: str, min_side: int | None = None):
-    """The uint8 RGB image [height, width, 3] of parsed ``features`` stored as ``image_format``.
-
-    ``min_side``: a JPEG may be decoded at a reduced scale, keeping its shorter side >= min_side.
-    """
-    import tensorflow as tf
-
-    encoded = features["image/encoded"]
-    if image_format == "jpeg":
-        image = decode_jpeg(encoded, min_side)
-    elif image_format == "png":
-        image = tf.io.decode_png(encoded, channels=3, dtype=tf.uint8)
-    else:
-        shape = tf.stack([features["image/height"], features["image/width"], 3])
-        image = tf.reshape(tf.io.decode_raw(encoded, tf.uint8), tf.cast(shape, tf.int32))
-    image.set_shape([None, None, 3])
-    return image
-
-
-def default_preprocess(image, height: int, width: int, seed=None):
-    """Cast to float32 (0..255) and resize to (height, width); no cropping, no augmentation (``seed`` unused)."""
-    import tensorflow as tf
-
-    return tf.image.resize(tf.cast(image, tf.float32), [height, width])
-
-
-# Each use of the run seed in the training stream has its own tag, so no two uses share a key.
-_STREAM_TAGS = {"file_order": 1, "shuffle": 2, "augment": 3}
-
-
-def stream_key(seed, use: str, counter):
-    """The stateless key (int64 [2]) of one use of randomness in the training stream: ``use`` is
-    "file_order" or "shuffle" (``counter``: the epoch) or "augment" (``counter``: the element's
-    position in the stream); keys of different uses never coincide by construction of their tags."""
-    import tensorflow as tf
-
-    base = tf.constant([int(seed), _STREAM_TAGS[use]], tf.int64)
-    return tf.random.experimental.stateless_fold_in(base, tf.cast(counter, tf.int64))
-
-
-def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess_fn=None, image_size: int = 224,
-                 shuffle_buffer: int = 1024, seed: int = 0, num_parallel_calls=None,
-                 repeat: bool = False, with_metadata: bool = False, first_record: int = 0,
-                 deterministic: bool = True):
-    """A tf.data pipeline over the shards of one index JSON.
-
-    Yields ``(images, labels)`` batches (float images from ``preprocess_fn(image_uint8, image_size,
-    image_size[, seed])``, int64 labels), or ``(images, labels, metadata)`` with ``with_metadata``,
-    where metadata is a dict of string tensors ``filename``, ``patient``, ``magnification``.
-
-    Training: a stream of epochs (one, or endless with ``repeat``); in each, the shard order and
-    the records (buffer ``shuffle_buffer``) are shuffled by seeds that depend only on (``seed``,
-    epoch), and each image gets a stateless augmentation seed from (``seed``, its position in the
-    stream), each use with its own key (:func:`stream_key`), so the stream is the same whatever the
-    parallelism. ``first_record`` starts the stream that many records in (a resumed run passes the records its restored steps consumed);
-    the skipped records are read but not decoded. The last partial batch is dropped.
-    Evaluation: index order, every image once per pass.
-    ``deterministic=False`` lets parallel stages deliver out of order (faster, not reproducible).
-    Works eagerly and in tf.compat.v1 graph mode (one-shot or initializable iterators).
-    """
-    import inspect
-
-    import tensorflow as tf
-
-    index = read_index(index_json_path)
-    count = index["count"]
-    if count == 0:
-        raise UserError("the shard index lists no images", str(index_json_path), "remake the splits and shards")
-    autotune = tf.data.AUTOTUNE
-    calls = autotune if num_parallel_calls is None else num_parallel_calls
-    preprocess = preprocess_fn or default_preprocess
-    takes_seed = "seed" in inspect.signature(preprocess).parameters
-    image_format = index["encoding"]["format"]
-    # A preprocessing that says how large a source it needs lets JPEGs decode at a reduced scale.
-    needs = getattr(preprocess, "min_source_side", None)
-    min_side = needs(image_size, image_size) if needs else None
-    paths = index["paths"]
-    cycle = min(len(paths), 8)
-    # tf.data refuses more parallel calls than the cycle length (e.g. 2 threads over 1 shard).
-    interleave_calls = calls if calls == autotune else min(calls, cycle)
-
-    def read(files):
-        return files.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=interleave_calls,
-                                deterministic=deterministic)
-
-    if is_training:
-        def epoch_records(epoch):
-            order = tf.argsort(tf.random.stateless_uniform([len(paths)], stream_key(seed, "file_order", epoch)))
-            files = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(paths), order))
-            # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
-            shuffle_seed = tf.random.stateless_uniform([], stream_key(seed, "shuffle", epoch), minval=None,
-                                                       maxval=None, dtype=tf.int64)
-            records = read(files).shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-            return records.enumerate().map(lambda i, record: (stream_key(seed, "augment", epoch * count + i), record))
-
-        first_epoch, offset = divmod(int(first_record), count)
-        last_epoch = 2**62 if repeat else first_epoch + 1
-        records = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_records).skip(offset)
-    else:
-        records = read(tf.data.Dataset.from_tensor_slices(paths))
-        records = records.map(lambda record: (tf.zeros([2], tf.int64), record))
-        if repeat:
-            records = records.repeat()
-
-    def load(element_seed, serialized):
-        features = parse_example(serialized)
-        image = decode(features, image_format, min_side)
-        if takes_seed:
-            image = preprocess(image, image_size, image_size, seed=element_seed)
-        else:
-            image = preprocess(image, image_size, image_size)
-        label = features["image/class/label"]
-        if with_metadata:
-            return image, label, {"filename": features["image/filename"], "patient": features["image/patient"],
-                                  "magnification": features["image/magnification"]}
-        return image, label
-
-    dataset = records.map(load, num_parallel_calls=calls, deterministic=deterministic)
-    dataset = dataset.batch(batch_size, drop_remainder=is_training)
-    return dataset.prefetch(autotune)
-
-
-def find_corrupt_shards(index_paths) -> list[tuple[str, str]]:
-    """(shard path, reader's message) of every shard of these indexes that does not read to the end."""
-    import tensorflow as tf
-
-    corrupt = []
-    for index_path in index_paths:
-        for path in read_index(index_path)["paths"]:
-            try:
-                for _ in tf.compat.v1.io.tf_record_iterator(path):
-                    pass
-            except tf.errors.DataLossError as err:
-                corrupt.append((path, err.message))
-    return corrupt
-
-
-@contextlib.contextmanager
-def naming_corrupt_shards(index_paths):
-    """Turn TensorFlow's 'corrupted record at N', which names no file, into a UserError naming the
-    shard and how to rebuild it."""
-    try:
-        yield
-    except Exception as err:
-        # Without TensorFlow imported, the error cannot be one of its own.
-        tf = sys.modules.get("tensorflow")
-        if tf is None or not isinstance(err, tf.errors.DataLossError):
-            raise
-        corrupt = find_corrupt_shards(index_paths)
-        if not corrupt:
-            raise
-        path, detail = corrupt[0]
-        others = f" (and {len(corrupt) - 1} more shard(s) of this fold)" if len(corrupt) > 1 else ""
-        folder = Path(path).parent
-        raise UserError(f"corrupt shard: {detail}{others}", path,
-                        f"delete the folder {folder}/ and rerun the workflow, which rebuilds its shards "
-                        "from the dataset") from err
