@@ -155,8 +155,11 @@ def _example(encoded: bytes, image_format: str, row, height: int, width: int):
         "image/magnification": str(row.magnification).encode(),
     }
     # Every feature the reader parses, typed as it parses it (one without a value here is a KeyError).
-    return tf.train.Example(features=tf.train.Features(
-        feature={key: feature(kind, values[key]) for key, kind in FEATURES.items()})).SerializeToString()
+    # deterministic=True: protobuf otherwise orders the feature map by a per-process hash, so the
+    # same shard would differ in bytes (and sha256) from one job to the next.
+    example = tf.train.Example(features=tf.train.Features(
+        feature={key: feature(kind, values[key]) for key, kind in FEATURES.items()}))
+    return example.SerializeToString(deterministic=True)
 
 
 def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_shard: int = 256,
