@@ -17,10 +17,10 @@ include: "rules/explain.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_tables(),
         all_figures(),
-    default_target: True
 
 
 rule manifests:

@@ -22,6 +22,7 @@ try:
 except UserError as err:
     raise WorkflowError(f"invalid configuration:\n{err}") from None
 
+
 def script(name):
     """A workflow script, relative to the workflow's folder, as a rule param (so provenance records it)."""
     return f"workflow_scripts/{name}"
@@ -46,9 +47,12 @@ GPU_ENV = "../envs/gpu.yaml" if RES["gpu"] > 0 else "../envs/cpu.yaml"
 # changes no job's provenance (params, code). Which GPUs a job may lease, and where their locks
 # are, describe the machine, not the results: they too reach the GPU jobs' scripts through the
 # environment (deepbc.gpu.add_arguments), so that changing them reruns no job.
-shell.prefix(f"export DEEPBC_WORKFLOW_DIR={shlex.quote(workflow.basedir)}"
-             f" PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"
-             f" DEEPBC_GPUS={GPU_DEVICES} DEEPBC_GPU_LOCK_DIR={shlex.quote(RES['gpu_lock_dir'])}; ")
+shell.prefix(
+    f"export DEEPBC_WORKFLOW_DIR={shlex.quote(workflow.basedir)}"
+    f" PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"
+    f" DEEPBC_GPUS={GPU_DEVICES} DEEPBC_GPU_LOCK_DIR={shlex.quote(RES['gpu_lock_dir'])}; "
+)
+
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
@@ -123,10 +127,12 @@ def external_test_manifest(wildcards):
 
 def external_option(flag, value_of_run):
     """A param: ``flag value`` (value shell-quoted) for an external run (or task), nothing otherwise."""
+
     def option(wildcards):
         # A task's runs share its test dataset: its first run stands for it.
         run = wildcards.run if hasattr(wildcards, "run") else runs_of_task(wildcards.task)[0]
         return f"{flag} {shlex.quote(value_of_run(run))}" if is_external(run) else ""
+
     return option
 
 
@@ -193,8 +199,7 @@ def patient_model_files(name):
 
 def magnification_runs():
     """The patient-wise runs of BreakHis-kind tasks: the only ones with magnifications."""
-    return [r for r in RUNS if run_protocol(r) == "patient"
-            and DATASET_SPECS[run_dataset(r)]["kind"] == "breakhis"]
+    return [r for r in RUNS if run_protocol(r) == "patient" and DATASET_SPECS[run_dataset(r)]["kind"] == "breakhis"]
 
 
 def all_tables():
@@ -209,10 +214,12 @@ def all_tables():
 
 
 def all_figures():
-    files = expand("results/figures/{kind}/{task}.{ext}", kind=["roc", "calibration"],
-                   task=list(TASKS), ext=["png", "pdf"])
+    files = expand(
+        "results/figures/{kind}/{task}.{ext}", kind=["roc", "calibration"], task=list(TASKS), ext=["png", "pdf"]
+    )
     for kind in ("confusion", "training"):
-        files += expand("results/figures/{kind}/{run}/{arch}.{ext}", kind=kind, run=RUNS, arch=ARCHS,
-                        ext=["png", "pdf"])
+        files += expand(
+            "results/figures/{kind}/{run}/{arch}.{ext}", kind=kind, run=RUNS, arch=ARCHS, ext=["png", "pdf"]
+        )
     files += expand("results/figures/gradcam/{run}/{arch}/fold{fold}.png", run=RUNS, arch=ARCHS, fold=FOLDS)
     return files

@@ -4,19 +4,19 @@ rule make_demo:
         # dataset roots, which must hold only dataset files.
         breakhis=directory("results/demo/breakhis"),
         tma=directory("results/demo/tma"),
-    params:
-        script=script("make_demo.py"),
-        seed=config["seed"],
-        scale=config["demo_scale"],
-    threads: RES["data_threads"]
     log:
         "results/logs/make_demo.log",
     benchmark:
         "results/benchmarks/make_demo.tsv"
     conda:
         "../envs/cpu.yaml"
+    threads: RES["data_threads"]
+    params:
+        script=script("make_demo.py"),
+        seed=config["seed"],
+        scale=config["demo_scale"],
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --breakhis-out {output.breakhis:q}/BreaKHis_v1 --tma-out {output.tma:q}/images"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --breakhis-out {output.breakhis:q}/BreaKHis_v1 --tma-out {output.tma:q}/images'
         " --seed {params.seed} --scale {params.scale} --workers {threads} --log {log:q}"
 
 
@@ -26,21 +26,21 @@ rule check_dataset:
     output:
         manifest="results/manifest/{dataset}.parquet",
         rejects="results/manifest/{dataset}.rejects.csv",
-    params:
-        script=script("check_dataset.py"),
-        root=lambda wc: dataset_root(wc.dataset),
-        options=lambda wc: dataset_options(wc.dataset),
-    threads: RES["data_threads"]
-    resources:
-        mem_mb=RES["data_mem_mb"],
     log:
         "results/logs/check_dataset/{dataset}.log",
     benchmark:
         "results/benchmarks/check_dataset/{dataset}.tsv"
     conda:
         "../envs/cpu.yaml"
+    threads: RES["data_threads"]
+    resources:
+        mem_mb=RES["data_mem_mb"],
+    params:
+        script=script("check_dataset.py"),
+        root=lambda wc: dataset_root(wc.dataset),
+        options=lambda wc: dataset_options(wc.dataset),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --dataset {wildcards.dataset} --root {params.root:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --dataset {wildcards.dataset} --root {params.root:q}'
         " {params.options} --workers {threads}"
         " --manifest {output.manifest:q} --rejects {output.rejects:q} --log {log:q}"
 
@@ -51,6 +51,12 @@ rule make_splits:
         test_manifest=external_test_manifest,
     output:
         "results/splits/{run}.parquet",
+    log:
+        "results/logs/make_splits/{run}.log",
+    benchmark:
+        "results/benchmarks/make_splits/{run}.tsv"
+    conda:
+        "../envs/cpu.yaml"
     params:
         script=script("make_splits.py"),
         task=lambda wc: run_task(wc.run),
@@ -59,14 +65,8 @@ rule make_splits:
         test_manifest=external_option("--test-manifest", test_manifest),
         splits=section_json("splits"),
         seed=config["seed"],
-    log:
-        "results/logs/make_splits/{run}.log",
-    benchmark:
-        "results/benchmarks/make_splits/{run}.tsv"
-    conda:
-        "../envs/cpu.yaml"
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --manifest {input.manifest:q} --task {params.task}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --manifest {input.manifest:q} --task {params.task}'
         " --task-json {params.task_json:q} --protocol {params.protocol} --splits-json {params.splits:q}"
         " --seed {params.seed} {params.test_manifest} --out {output:q} --log {log:q}"
 
@@ -76,6 +76,15 @@ rule write_shards:
         splits="results/splits/{run}.parquet",
     output:
         [wfconfig.shard_index("{run}", "{fold}", split) for split in SPLITS],
+    log:
+        "results/logs/write_shards/{run}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/write_shards/{run}/fold{fold}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    threads: RES["data_threads"]
+    resources:
+        mem_mb=RES["data_mem_mb"],
     params:
         script=script("write_shards.py"),
         root=root_of_run,
@@ -83,16 +92,7 @@ rule write_shards:
         out_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
         shards=section_json("shards"),
         seed=config["seed"],
-    threads: RES["data_threads"]
-    resources:
-        mem_mb=RES["data_mem_mb"],
-    log:
-        "results/logs/write_shards/{run}/fold{fold}.log",
-    benchmark:
-        "results/benchmarks/write_shards/{run}/fold{fold}.tsv"
-    conda:
-        "../envs/cpu.yaml"
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --splits {input.splits:q} --root {params.root:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --splits {input.splits:q} --root {params.root:q}'
         " {params.test_root} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
         " --shards-json {params.shards:q} --seed {params.seed} --workers {threads} --log {log:q}"

@@ -8,22 +8,22 @@ rule evaluate:
     output:
         test="results/predictions/{run}/{arch}/fold{fold}.parquet",
         val="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
-    params:
-        script=script("evaluate_model.py"),
-        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
-    threads: RES["eval_threads"]
-    resources:
-        gpu=RES["gpu"],
-        mem_mb=RES["eval_mem_mb"],
-        runtime=RES["eval_runtime"],
     log:
         "results/logs/evaluate/{run}/{arch}/fold{fold}.log",
     benchmark:
         "results/benchmarks/evaluate/{run}/{arch}/fold{fold}.tsv"
     conda:
         GPU_ENV
+    threads: RES["eval_threads"]
+    resources:
+        gpu=RES["gpu"],
+        mem_mb=RES["eval_mem_mb"],
+        runtime=RES["eval_runtime"],
+    params:
+        script=script("evaluate_model.py"),
+        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}'
         " --out {output.test:q} --val-shard-index {input.val_index:q} --val-out {output.val:q}"
         " --threads {threads} --log {log:q}"
 
@@ -36,20 +36,20 @@ rule predict_folder:
         images="new_images/{folder}",
     output:
         "results/new_predictions/{run}/{arch}/fold{fold}/{folder}.csv",
-    params:
-        script=script("predict_folder.py"),
-        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
-        patients=predict_patient_options,
-    threads: RES["eval_threads"]
-    resources:
-        gpu=RES["gpu"],
-        mem_mb=RES["eval_mem_mb"],
     log:
         "results/logs/predict_folder/{run}/{arch}/fold{fold}/{folder}.log",
     benchmark:
         "results/benchmarks/predict_folder/{run}/{arch}/fold{fold}/{folder}.tsv"
     conda:
         GPU_ENV
+    threads: RES["eval_threads"]
+    resources:
+        gpu=RES["gpu"],
+        mem_mb=RES["eval_mem_mb"],
+    params:
+        script=script("predict_folder.py"),
+        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        patients=predict_patient_options,
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --images {input.images:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --images {input.images:q}'
         " --out {output:q} {params.patients} --threads {threads} --log {log:q}"

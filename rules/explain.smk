@@ -5,26 +5,30 @@ rule gradcam_figure:
         test_index=checked_shard_index("test"),
         predictions=rules.evaluate.output.test,
     output:
-        report("results/figures/gradcam/{run}/{arch}/fold{fold}.png", caption="../report/gradcam.rst",
-               category="Grad-CAM", subcategory="{run} / {arch}"),
-    params:
-        script=script("plot_gradcam.py"),
-        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
-        classes=lambda wc: task_classes(run_task(wc.run)),
-        seed=config["seed"],
-        title=lambda wc: f"{wc.run} / {wc.arch} / fold {wc.fold}",
-    threads: RES["eval_threads"]
-    resources:
-        gpu=RES["gpu"],
-        mem_mb=RES["eval_mem_mb"],
-        runtime=RES["eval_runtime"],
+        report(
+            "results/figures/gradcam/{run}/{arch}/fold{fold}.png",
+            caption="../report/gradcam.rst",
+            category="Grad-CAM",
+            subcategory="{run} / {arch}",
+        ),
     log:
         "results/logs/figures/gradcam/{run}/{arch}/fold{fold}.log",
     benchmark:
         "results/benchmarks/figures/gradcam/{run}/{arch}/fold{fold}.tsv"
     conda:
         GPU_ENV
+    threads: RES["eval_threads"]
+    resources:
+        gpu=RES["gpu"],
+        mem_mb=RES["eval_mem_mb"],
+        runtime=RES["eval_runtime"],
+    params:
+        script=script("plot_gradcam.py"),
+        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        classes=lambda wc: task_classes(run_task(wc.run)),
+        seed=config["seed"],
+        title=lambda wc: f"{wc.run} / {wc.arch} / fold {wc.fold}",
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}'
         " --predictions {input.predictions:q} --classes {params.classes:q} --seed {params.seed}"
         " --title {params.title:q} --out-png {output:q} --threads {threads} --log {log:q}"

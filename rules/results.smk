@@ -7,6 +7,12 @@ rule metrics:
         manifest=test_manifest_of_run,
     output:
         "results/metrics/{run}/{arch}/fold{fold}.json",
+    log:
+        "results/logs/metrics/{run}/{arch}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/metrics/{run}/{arch}/fold{fold}.tsv"
+    conda:
+        "../envs/cpu.yaml"
     params:
         script=script("compute_metrics.py"),
         classes=lambda wc: task_classes(run_task(wc.run)),
@@ -15,14 +21,8 @@ rule metrics:
         external=external_option("--external-test", run_test_dataset),
         evaluation=section_json("evaluation"),
         seed=config["seed"],
-    log:
-        "results/logs/metrics/{run}/{arch}/fold{fold}.log",
-    benchmark:
-        "results/benchmarks/metrics/{run}/{arch}/fold{fold}.tsv"
-    conda:
-        "../envs/cpu.yaml"
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --predictions {input.predictions:q} --classes {params.classes:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --predictions {input.predictions:q} --classes {params.classes:q}'
         " --validation-predictions {input.validation:q} --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
         " --manifest {input.manifest:q} --magnification {params.magnification} {params.external}"
         " --evaluation-json {params.evaluation:q} --seed {params.seed}"
@@ -36,16 +36,16 @@ rule task_table:
         csv=report("results/tables/{task}.csv", caption="../report/table_task.rst", category="Tables"),
         md="results/tables/{task}.md",
         tex="results/tables/{task}.tex",
-    params:
-        script=script("make_table.py"),
     log:
         "results/logs/tables/{task}.log",
     benchmark:
         "results/benchmarks/tables/{task}.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("make_table.py"),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --metrics {input:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --metrics {input:q}'
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 
@@ -58,16 +58,16 @@ rule summary_table:
     output:
         csv=report("results/tables/summary.csv", caption="../report/table_summary.rst", category="Tables"),
         md="results/tables/summary.md",
-    params:
-        script=script("make_summary.py"),
     log:
         "results/logs/tables/summary.log",
     benchmark:
         "results/benchmarks/tables/summary.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("make_summary.py"),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input.metrics:q} --models {input.models:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input.metrics:q} --models {input.models:q}'
         " --out-csv {output.csv:q} --out-md {output.md:q} --log {log:q}"
 
 
@@ -77,16 +77,16 @@ rule leakage_table:
     output:
         csv=report("results/tables/leakage.csv", caption="../report/table_leakage.rst", category="Tables"),
         md="results/tables/leakage.md",
-    params:
-        script=script("make_leakage.py"),
     log:
         "results/logs/tables/leakage.log",
     benchmark:
         "results/benchmarks/tables/leakage.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("make_leakage.py"),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}'
         " --log {log:q}"
 
 
@@ -94,20 +94,19 @@ rule magnification_table:
     input:
         metrics_files(magnification_runs()),
     output:
-        csv=report("results/tables/magnification.csv", caption="../report/table_magnification.rst",
-                   category="Tables"),
+        csv=report("results/tables/magnification.csv", caption="../report/table_magnification.rst", category="Tables"),
         md="results/tables/magnification.md",
         tex="results/tables/magnification.tex",
-    params:
-        script=script("make_magnification_table.py"),
     log:
         "results/logs/tables/magnification.log",
     benchmark:
         "results/benchmarks/tables/magnification.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("make_magnification_table.py"),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input:q}'
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 
@@ -115,114 +114,120 @@ rule calibration_table:
     input:
         metrics_files(RUNS),
     output:
-        csv=report("results/tables/calibration.csv", caption="../report/table_calibration.rst",
-                   category="Tables"),
+        csv=report("results/tables/calibration.csv", caption="../report/table_calibration.rst", category="Tables"),
         md="results/tables/calibration.md",
         tex="results/tables/calibration.tex",
-    params:
-        script=script("make_calibration_table.py"),
     log:
         "results/logs/tables/calibration.log",
     benchmark:
         "results/benchmarks/tables/calibration.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("make_calibration_table.py"),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --metrics {input:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input:q}'
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 
 rule roc_figure:
     input:
-        predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
-                                      run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
+        predictions=lambda wc: expand(
+            "results/predictions/{run}/{arch}/fold{fold}.parquet", run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS
+        ),
         # Every run of a task is tested on the same dataset: any run names its manifest.
         manifest=lambda wc: test_manifest(runs_of_task(wc.task)[0]),
     output:
         png=report("results/figures/roc/{task}.png", caption="../report/roc.rst", category="ROC curves"),
         pdf="results/figures/roc/{task}.pdf",
-    params:
-        script=script("plot_roc.py"),
-        classes=lambda wc: task_classes(wc.task),
-        external=external_option("--external-test", run_test_dataset),
     log:
         "results/logs/figures/roc/{task}.log",
     benchmark:
         "results/benchmarks/figures/roc/{task}.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("plot_roc.py"),
+        classes=lambda wc: task_classes(wc.task),
+        external=external_option("--external-test", run_test_dataset),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --classes {params.classes:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --classes {params.classes:q}'
         " --predictions {input.predictions:q} --manifest {input.manifest:q} {params.external}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
 rule calibration_figure:
     input:
-        predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
-                                      run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS),
+        predictions=lambda wc: expand(
+            "results/predictions/{run}/{arch}/fold{fold}.parquet", run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS
+        ),
         manifest=lambda wc: test_manifest(runs_of_task(wc.task)[0]),
     output:
-        png=report("results/figures/calibration/{task}.png", caption="../report/calibration.rst",
-                   category="Calibration"),
+        png=report(
+            "results/figures/calibration/{task}.png", caption="../report/calibration.rst", category="Calibration"
+        ),
         pdf="results/figures/calibration/{task}.pdf",
-    params:
-        script=script("plot_calibration.py"),
-        classes=lambda wc: task_classes(wc.task),
     log:
         "results/logs/figures/calibration/{task}.log",
     benchmark:
         "results/benchmarks/figures/calibration/{task}.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("plot_calibration.py"),
+        classes=lambda wc: task_classes(wc.task),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --task {wildcards.task} --classes {params.classes:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --classes {params.classes:q}'
         " --predictions {input.predictions:q} --manifest {input.manifest:q}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
 rule confusion_figure:
     input:
-        predictions=lambda wc: expand("results/predictions/{run}/{arch}/fold{fold}.parquet",
-                                      run=wc.run, arch=wc.arch, fold=FOLDS),
+        predictions=lambda wc: expand(
+            "results/predictions/{run}/{arch}/fold{fold}.parquet", run=wc.run, arch=wc.arch, fold=FOLDS
+        ),
         manifest=test_manifest_of_run,
     output:
-        png=report("results/figures/confusion/{run}/{arch}.png", caption="../report/confusion.rst",
-                   category="Confusion matrices"),
+        png=report(
+            "results/figures/confusion/{run}/{arch}.png",
+            caption="../report/confusion.rst",
+            category="Confusion matrices",
+        ),
         pdf="results/figures/confusion/{run}/{arch}.pdf",
-    params:
-        script=script("plot_confusion.py"),
-        classes=lambda wc: task_classes(run_task(wc.run)),
-        external=external_option("--external-test", run_test_dataset),
     log:
         "results/logs/figures/confusion/{run}/{arch}.log",
     benchmark:
         "results/benchmarks/figures/confusion/{run}/{arch}.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("plot_confusion.py"),
+        classes=lambda wc: task_classes(run_task(wc.run)),
+        external=external_option("--external-test", run_test_dataset),
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --classes {params.classes:q} --predictions {input.predictions:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --classes {params.classes:q} --predictions {input.predictions:q}'
         " --manifest {input.manifest:q} {params.external} --out-png {output.png:q} --out-pdf {output.pdf:q}"
         " --log {log:q}"
 
 
 rule training_figure:
     input:
-        lambda wc: expand("results/models/{run}/{arch}/fold{fold}/training.csv",
-                          run=wc.run, arch=wc.arch, fold=FOLDS),
+        lambda wc: expand("results/models/{run}/{arch}/fold{fold}/training.csv", run=wc.run, arch=wc.arch, fold=FOLDS),
     output:
-        png=report("results/figures/training/{run}/{arch}.png", caption="../report/training.rst",
-                   category="Training curves"),
+        png=report(
+            "results/figures/training/{run}/{arch}.png", caption="../report/training.rst", category="Training curves"
+        ),
         pdf="results/figures/training/{run}/{arch}.pdf",
-    params:
-        script=script("plot_training.py"),
-        title=lambda wc: f"{wc.run} / {wc.arch}",
     log:
         "results/logs/figures/training/{run}/{arch}.log",
     benchmark:
         "results/benchmarks/figures/training/{run}/{arch}.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("plot_training.py"),
+        title=lambda wc: f"{wc.run} / {wc.arch}",
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --training {input:q} --title {params.title:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --training {input:q} --title {params.title:q}'
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"

@@ -1,18 +1,18 @@
 rule get_checkpoint:
     output:
         "results/checkpoints/{arch}.json",
-    params:
-        script=script("get_checkpoint.py"),
-        checkpoint_dir=config["checkpoint_dir"],
-        allow_download="--allow-download" if config["allow_checkpoint_download"] else "",
     log:
         "results/logs/get_checkpoint/{arch}.log",
     benchmark:
         "results/benchmarks/get_checkpoint/{arch}.tsv"
     conda:
         "../envs/cpu.yaml"
+    params:
+        script=script("get_checkpoint.py"),
+        checkpoint_dir=config["checkpoint_dir"],
+        allow_download="--allow-download" if config["allow_checkpoint_download"] else "",
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --arch {wildcards.arch}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --arch {wildcards.arch}'
         " --checkpoint-dir {params.checkpoint_dir:q} {params.allow_download}"
         " --out {output:q} --log {log:q}"
 
@@ -26,6 +26,17 @@ rule train:
         model=multiext("results/models/{run}/{arch}/fold{fold}/model.ckpt", ".index", ".data-00000-of-00001"),
         curve="results/models/{run}/{arch}/fold{fold}/training.csv",
         settings="results/models/{run}/{arch}/fold{fold}/settings.json",
+    log:
+        "results/logs/train/{run}/{arch}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train/{run}/{arch}/fold{fold}.tsv"
+    conda:
+        GPU_ENV
+    threads: RES["train_threads"]
+    resources:
+        gpu=RES["gpu"],
+        mem_mb=RES["train_mem_mb"],
+        runtime=RES["train_runtime"],
     params:
         script=script("train_model.py"),
         out_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
@@ -34,19 +45,8 @@ rule train:
         settings=train_settings_json,
         checkpoint=lambda wc, input: f"--checkpoint-json {input.checkpoint}" if input.checkpoint else "",
         seed=config["seed"],
-    threads: RES["train_threads"]
-    resources:
-        gpu=RES["gpu"],
-        mem_mb=RES["train_mem_mb"],
-        runtime=RES["train_runtime"],
-    log:
-        "results/logs/train/{run}/{arch}/fold{fold}.log",
-    benchmark:
-        "results/benchmarks/train/{run}/{arch}/fold{fold}.tsv"
-    conda:
-        GPU_ENV
     shell:
-        "python \"$DEEPBC_WORKFLOW_DIR/{params.script}\" --train-index {input.train_index:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --train-index {input.train_index:q}'
         " --val-index {input.val_index:q} --arch {wildcards.arch}"
         " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
         " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads} --log {log:q}"
