@@ -24,7 +24,7 @@ from deepbc.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 5.0
-_ENTRY = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["definitions"]["download"]["properties"]
+_ENTRY = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["definitions"]["dataset"]["properties"]
 # The dataset entry's defaults, from the schema (their one source).
 LIMITS = ExtractLimits.from_config(_ENTRY["max_extracted_gb"]["default"], _ENTRY["max_compression_ratio"]["default"],
                                    "datasets.test")
