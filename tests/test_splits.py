@@ -205,9 +205,10 @@ def test_make_splits_script(tmp_path):
     splits = pd.read_parquet(out)
     assert list(splits.columns) == sp.COLUMNS and len(splits) == 3 * 48
     sp.assert_patient_safe(splits)
-    bad = subprocess.run(cmd[:-4] + ["--out", str(tmp_path / "x.parquet")] + ["--task-json", "{not json"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "argument --task-json: not valid JSON" in bad.stderr
+    bad = subprocess.run(cmd[:-4] + ["--out", str(tmp_path / "x.parquet"), "--log", str(tmp_path / "bad.log"),
+                                     "--task-json", "{not json"], capture_output=True, text=True)
+    # A bad argument is refused like any bad input: exit code 1, and the reason in the job's log file.
+    assert bad.returncode == 1 and "argument --task-json: not valid JSON" in (tmp_path / "bad.log").read_text()
     assert not (tmp_path / "x.parquet").exists()
 
 
