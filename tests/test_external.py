@@ -135,6 +135,15 @@ def test_tables_mark_the_test_external_and_leave_it_out_of_the_leakage_table(tmp
     assert tables.leakage_table(ms).empty
 
 
+def test_external_folds_count_their_shared_test_set_once():
+    """Three folds each tested on the same 3 patients: 3 patients in the table, not 9."""
+    ms = [_fake("ext", f, "site_b") for f in range(3)] + [_fake("int", f, None) for f in range(3)]
+    ext = tables.task_table(ms, "ext", preprint={"source": {"protocol_note": "n"}})
+    assert (ext["n_folds"].tolist(), ext["n_patients"].tolist(), ext["n_images"].tolist()) == ([3], [3], [6])
+    internal = tables.task_table(ms, "int", preprint={"source": {"protocol_note": "n"}})
+    assert internal["n_patients"].tolist() == [9]
+
+
 def demo_config():
     return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
