@@ -62,6 +62,21 @@ def test_a_test_image_or_patient_also_in_training_fails(column, text):
         _external(2, test=test)
 
 
+def test_image_grouped_paths_are_not_compared_as_patient_ids():
+    """Two folder datasets without patients CSV: patient = path, so both sites' X00/img0.png are
+    different images (sha256), not a shared patient."""
+    train = _manifest("X", 10).assign(patient=lambda d: d["path"], patient_source="image")
+    test = _manifest("X", 3, per_patient=1).assign(patient=lambda d: d["path"], patient_source="image",
+                                                   sha256=lambda d: "other-" + d["sha256"])
+    splits = _external(2, train=train, test=test)
+    assert (splits["split"] == "test").sum() == 2 * 3
+    with pytest.raises(UserError, match="1 image"):  # the same bytes are still refused
+        _external(2, train=train, test=test.assign(sha256=train["sha256"].iloc[:3].tolist()).iloc[:1])
+    # A patients CSV's ids are compared as before.
+    with pytest.raises(UserError, match="patient id"):
+        _external(2, train=train.assign(patient_source="csv"), test=test.assign(patient_source="csv"))
+
+
 def test_subset_of_classes_is_accepted_and_a_foreign_class_refused():
     only_benign = _manifest("X", 3, classes=("benign",))
     splits = _external(2, test=only_benign)
