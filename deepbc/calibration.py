@@ -16,9 +16,9 @@ from matplotlib.figure import Figure
 
 from deepbc import atomic
 from deepbc.errors import UserError
-from deepbc.figures import PROTOCOL_STYLE, _level_title, load_predictions, save_figure
+from deepbc.figures import PROTOCOL_STYLE, _external, _level_title, load_predictions, save_figure
 from deepbc.metrics import CALIBRATION_METRICS, ECE_BINS, confidence_bin, grouping_of, prob_column
-from deepbc.tables import (INTERVAL_NOTE, LABELS, _aggregate, _cell, _fmt, fold_frame,
+from deepbc.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, _aggregate, _cell, _fmt, fold_frame,
                            load_metrics, protocol_label, to_latex, to_markdown)
 
 # (level, metric) columns of the table, in display order.
@@ -41,13 +41,14 @@ CALIBRATION_NOTE = (
 def calibration_table(metrics) -> pd.DataFrame:
     """One row per task, protocol and architecture: ECE and Brier at image and patient level.
 
-    Columns: task, architecture, protocol (labelled as in the task tables), n_folds, n_patients,
+    Columns: task, test (internal or external, as in the task tables), architecture, protocol
+    (labelled as in the task tables), n_folds, n_patients,
     n_images, ``{level}_{ece,brier}_{mean,sd,ci_low,ci_high}``, the same after temperature
     scaling (prefix ``scaled_``) and the fitted temperature's mean and sd over folds
     (``temperature_{mean,sd}``; NaN for a fold without validation images).
     """
     metrics = load_metrics(metrics)
-    keys = ["task", "arch", "protocol", "grouping"]
+    keys = ["task", "test", "arch", "protocol", "grouping"]
     folds = fold_frame(metrics)
     table = _aggregate(folds, keys)
     # The scaled figures go through the same aggregation, as blocks of look-alike metrics.
@@ -69,7 +70,7 @@ def calibration_table(metrics) -> pd.DataFrame:
                               key=lambda s: s.map(order) if s.name == "protocol" else s)
     table["protocol"] = [protocol_label(p, g) for p, g in zip(table["protocol"], table["grouping"])]
     table = table.rename(columns={"arch": "architecture"})
-    keep = ["task", "architecture", "protocol", "n_folds", "n_patients", "n_images"]
+    keep = ["task", "test", "architecture", "protocol", "n_folds", "n_patients", "n_images"]
     keep += [f"{lv}_{m}_{s}" for lv, m in COLUMNS for s in STATS]
     keep += ["temperature_mean", "temperature_sd"]
     keep += [f"scaled_{lv}_{m}_{s}" for lv, m in COLUMNS for s in STATS]
@@ -77,18 +78,20 @@ def calibration_table(metrics) -> pd.DataFrame:
 
 
 def write_calibration_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None) -> None:
-    header = ["task", "architecture", "protocol", "folds"]
+    header = ["task", "test", "architecture", "protocol", "folds"]
     header += [f"{lv} {LABELS[m]}" for lv, m in COLUMNS]
     header += ["temperature"] + [f"scaled {lv} {LABELS[m]}" for lv, m in COLUMNS]
     rows = []
     for _, r in table.iterrows():
-        cells = [r["task"], r["architecture"], r["protocol"], str(r["n_folds"])]
+        cells = [r["task"], r["test"], r["architecture"], r["protocol"], str(r["n_folds"])]
         cells += [_cell(r, lv, m) for lv, m in COLUMNS]
         cells.append(_fmt(r["temperature_mean"], r["temperature_sd"], False))
         cells += [_cell(r, f"scaled_{lv}", m) for lv, m in COLUMNS]
         rows.append(cells)
     footnotes = [CALIBRATION_NOTE, TEMPERATURE_NOTE,
                  "Reliability diagrams: results/figures/calibration/{task}.png."]
+    if table["test"].str.startswith("external").any():
+        footnotes.insert(0, EXTERNAL_NOTE)
     if any(table[f"{lv}_{m}_ci_low"].notna().any() for lv, m in COLUMNS):
         footnotes.append(INTERVAL_NOTE)
     title = "Calibration of the test probabilities"
@@ -119,10 +122,11 @@ def reliability(df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, flo
 
 
 def plot_reliability(pred_paths, classes: list[str], task: str, manifest, out_png=None,
-                     out_pdf=None) -> Figure:
+                     out_pdf=None, test_dataset: str | None = None) -> Figure:
     """Reliability diagrams of one task: patient level (left) and image level (right), one line
     per architecture and protocol, the test predictions of all folds pooled; the bars below show
-    how many units each bin holds. ``manifest``: the task's dataset manifest, for the grouping."""
+    how many units each bin holds. ``manifest``: the task's test dataset manifest, for the grouping;
+    ``test_dataset``: an external test dataset, named in the title."""
     grouping = grouping_of(manifest)
     images, patients = load_predictions(pred_paths, classes)
     other = sorted(set(images["task"]) - {task})
@@ -154,7 +158,7 @@ def plot_reliability(pred_paths, classes: list[str], task: str, manifest, out_pn
         ax.legend(loc="best", fontsize=6)
         hist.set(xlabel="confidence (highest class probability)", ylabel="units")
     fig.suptitle(f"Reliability, {task}: {ECE_BINS} equal-width confidence bins, test predictions "
-                 "of all folds pooled")
+                 f"of all folds pooled{_external(test_dataset)}")
     fig.tight_layout()
     save_figure(fig, out_png, out_pdf)
     return fig

@@ -185,13 +185,15 @@ def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_p
     run, arch = groups.iloc[0]
     fig = Figure(figsize=(9, 8.5))
     axes = fig.subplots(2, 2)
+    folds = sorted(images["fold"].unique())
     for row, (level, df) in enumerate((("image", images), ("patient", patients))):
         cm = confusion_matrix(df["label"], df["pred"], labels=classes)
         title = _level_title(level, grouping)
         unit = {"image": ", images", "patient": ", patients"}[level] if title.endswith("level") else ""
-        _draw_matrix(axes[row, 0], cm, classes, f"{title}{unit} (n={cm.sum()})", False)
+        # An external test's folds all predict the same units: the counts are k models x N units.
+        n = f"{len(folds)} models x {cm.sum() // len(folds)}" if test_dataset else f"{cm.sum()}"
+        _draw_matrix(axes[row, 0], cm, classes, f"{title}{unit} (n={n})", False)
         _draw_matrix(axes[row, 1], cm, classes, f"{title}, row-normalised", True)
-    folds = sorted(images["fold"].unique())
     protocol = parse_run(run)[1]
     fig.suptitle(f"{run} / {arch}: {protocol_label(protocol, grouping)}, "
                  f"folds {', '.join(map(str, folds))} pooled{_external(test_dataset)}")

@@ -9,8 +9,10 @@ on, magnification it was tested on, and architecture:
   magnification's test images: the magnification-independent protocol;
 - models trained on one magnification (a task with ``magnification: 40X`` ...), tested on it.
 
-Rows of tasks with the same classes sit together, so that a per-magnification task is read beside
-the all-magnification one. Only patient-wise runs are shown (the image-level protocol is the
+Rows of tasks with the same classes sit together, by magnification tested on (40X ... 400X) and
+the model trained on all first, so that a per-magnification task is read below the
+all-magnification one tested on the same magnification (each task makes its own patient folds, so
+the two rows' test patients differ). Only patient-wise runs are shown (the image-level protocol is the
 preprint's leaky split, and an image-grouped run is not patient-wise); folder datasets carry no
 magnification, so the table covers BreakHis tasks only. Figures are means over the test folds with
 the 95 % interval of the mean over folds of deepbc.tables (same bootstrap draws).
@@ -21,21 +23,21 @@ import pandas as pd
 from deepbc import atomic
 from deepbc.breakhis import MAGNIFICATIONS
 from deepbc.errors import UserError
-from deepbc.tables import (INTERVAL_NOTE, LABELS, RECOGNITION_NOTE, _aggregate, _cell, fold_frame,
+from deepbc.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, RECOGNITION_NOTE, _aggregate, _cell, fold_frame,
                            load_metrics, to_latex, to_markdown)
 
 # (level, metric) columns of the table, in display order.
 COLUMNS = (("image", "accuracy"), ("image", "patient_recognition_rate"), ("image", "auc"),
            ("patient", "accuracy"), ("patient", "auc"))
-KEYS = ["family", "task", "tested_on", "trained_on", "arch"]
+KEYS = ["family", "test", "tested_on", "trained_on", "task", "arch"]
 
 
 def magnification_table(metrics) -> pd.DataFrame:
     """One row per (task, tested_on, trained_on, architecture) of the patient-wise BreakHis runs.
 
     Columns: task, trained_on (all or one magnification), tested_on, architecture, n_folds,
-    n_patients, n_images (summed over the test folds) and ``{level}_{metric}_{mean,sd,ci_low,
-    ci_high}`` as in the task tables. Empty (with a log line) when no run has magnifications.
+    n_patients, n_images (summed over the test folds; counted once for an external test) and
+    ``{level}_{metric}_{mean,sd,ci_low,ci_high}`` as in the task tables. Empty (with a log line) when no run has magnifications.
     """
     metrics = load_metrics(metrics)
     pseudo = []
@@ -51,29 +53,32 @@ def magnification_table(metrics) -> pd.DataFrame:
             pseudo.append({**block, "meta": {**meta, "family": " ".join(m["classes"]),
                                              "trained_on": meta["magnification"], "tested_on": mag}})
     if not pseudo:
-        return pd.DataFrame(columns=["task", "trained_on", "tested_on", "architecture", "n_folds"])
+        return pd.DataFrame(columns=["task", "test", "trained_on", "tested_on", "architecture", "n_folds"])
     table = _aggregate(fold_frame(pseudo), KEYS)
+    # Magnifications in their optical order (a text sort puts 400X before 40X), "all" first, so a
+    # one-magnification model sits right below the all-magnification model tested on the same one.
     order = {m: i for i, m in enumerate(("all", *MAGNIFICATIONS))}
     table = table.sort_values(KEYS, key=lambda s: s.map(order) if s.name in ("tested_on", "trained_on")
                               else s, kind="stable")
     table = table.drop(columns="family").rename(columns={"arch": "architecture"})
-    keep = ["task", "trained_on", "tested_on", "architecture", "n_folds", "n_patients", "n_images"]
+    keep = ["task", "test", "trained_on", "tested_on", "architecture", "n_folds", "n_patients", "n_images"]
     keep += [c for lv, m in COLUMNS for c in (f"{lv}_{m}_{s}" for s in ("mean", "sd", "ci_low", "ci_high"))]
     return table[keep].reset_index(drop=True)
 
 
 def write_magnification_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None) -> None:
-    header = ["task", "trained on", "tested on", "architecture", "folds"]
+    header = ["task", "test", "trained on", "tested on", "architecture", "folds"]
     # The recognition rate is a patient figure made of image predictions: no level prefix.
     header += [LABELS[m] if m == "patient_recognition_rate" else f"{lv} {LABELS[m]}" for lv, m in COLUMNS]
-    rows = [[r["task"], r["trained_on"], r["tested_on"], r["architecture"], str(r["n_folds"])]
+    rows = [[r["task"], r["test"], r["trained_on"], r["tested_on"], r["architecture"], str(r["n_folds"])]
             + [_cell(r, lv, m) for lv, m in COLUMNS] for _, r in table.iterrows()]
     footnotes = [
         "Per magnification, as BreakHis results are published (Spanhol et al. 2016): trained on "
         "all = one model for all magnifications, evaluated on the test images of each "
         "(magnification-independent); trained on 40X etc. = a task trained and tested on that "
-        "magnification only. Patient-wise runs of BreakHis tasks only: folder datasets have no "
-        "magnification.",
+        "magnification only. A one-magnification task makes its own patient-wise folds, so its "
+        "test patients differ from those of the all-magnification row above it. Patient-wise runs "
+        "tested on BreakHis-kind datasets only: folder datasets have no magnification.",
         "Mean ± sample sd over test folds. Patient level: a patient's probabilities are the mean "
         "of its images at that magnification. AUC: for two classes of the second class's "
         "probability, for more the mean of the one-vs-rest AUCs.",
@@ -81,6 +86,8 @@ def write_magnification_table(table: pd.DataFrame, out_csv=None, out_md=None, ou
     ]
     if table.empty:
         footnotes.insert(0, "No patient-wise run of a BreakHis task: nothing to show.")
+    elif table["test"].str.startswith("external").any():
+        footnotes.insert(0, EXTERNAL_NOTE)
     elif any(table[f"{lv}_{m}_ci_low"].notna().any() for lv, m in COLUMNS):
         footnotes.append(INTERVAL_NOTE)
     title = "Results per magnification (BreakHis)"

@@ -18,7 +18,7 @@ train/val of each fold (or, with k = 1, of all patients) and makes every usable 
 dataset the ``test`` rows of every fold; the internal test fold is left unused. Such tables have a
 ``dataset`` column naming each row's dataset (write_shards reads each row under that dataset's
 root), and ``assert_external_disjoint`` refuses a test image (sha256) or patient id also in
-training or validation.
+training or validation (patient ids only where they are patients, not image paths).
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ def make_external_splits(train_df: pd.DataFrame, test_df: pd.DataFrame, k: int, 
     out = pd.concat(parts, ignore_index=True)[columns + ["dataset"]]
     out = out.astype({"fold": "int64"}).sort_values(["fold", "split", "path"], kind="stable")
     out = out.reset_index(drop=True)
-    assert_external_disjoint(out)
+    assert_external_disjoint(out.assign(patient_source=np.where(
+        out["split"] == "test", out["path"].map(_patient_sources(test_df)),
+        out["path"].map(_patient_sources(train_df)))))
     LOG.info("external test on %s: %d images of %d patients in every fold's test split",
              test_dataset, len(test), test["patient"].nunique())
     return out
@@ -141,13 +143,24 @@ def dataset_roots(splits: pd.DataFrame, root, test_root) -> dict:
     return {own.pop(): str(root), other.pop(): str(test_root)}
 
 
+def _patient_sources(df: pd.DataFrame) -> dict:
+    """{path: patient_source} of a manifest-derived table; empty where the column is absent (BreakHis)."""
+    return dict(zip(df["path"], df["patient_source"])) if "patient_source" in df.columns else {}
+
+
 def assert_external_disjoint(splits: pd.DataFrame) -> None:
-    """Raise UserError if an image (sha256) or patient id of the test rows is also in train or val."""
+    """Raise UserError if an image (sha256) or patient id of the test rows is also in train or val.
+
+    Rows whose ``patient_source`` is ``image`` (a folder dataset without patients CSV, where the
+    patient id is the image's path) have no patient id to compare: two sites may both hold a
+    ``benign/001.png``. Their sha256 is still checked."""
     test = splits[splits["split"] == "test"]
     seen = splits[splits["split"] != "test"]
     for column, what in (("sha256", "image(s) (same sha256)"), ("patient", "patient id(s)")):
         if column not in splits.columns:
             continue
+        if column == "patient" and "patient_source" in splits.columns:
+            test, seen = (t[t["patient_source"] != "image"] for t in (test, seen))
         shared = sorted(set(test[column].astype(str)) & set(seen[column].astype(str)))
         if shared:
             example = test[test[column].astype(str) == shared[0]]["path"].iloc[0]

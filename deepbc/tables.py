@@ -159,8 +159,10 @@ def _aggregate(folds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     value_cols = [f"{lv}_{m}" for lv in LEVELS for m in TABLE_METRICS + LEVEL_EXTRA[lv]]
     grouped = folds.groupby(keys, sort=True)
     out = grouped.size().rename("n_folds").reset_index()
-    out["n_patients"] = grouped["n_patients"].sum().to_numpy()
-    out["n_images"] = grouped["n_images"].sum().to_numpy()
+    # Folds of an external test all test the same images: count them once, not once per fold.
+    external = grouped["test"].agg(lambda s: (s != INTERNAL_TEST).any()).to_numpy()
+    for n in ("n_patients", "n_images"):
+        out[n] = np.where(external, grouped[n].max().to_numpy(), grouped[n].sum().to_numpy())
     mean = grouped[value_cols].mean().reset_index(drop=True)
     sd = grouped[value_cols].std(ddof=1).reset_index(drop=True)
     for col in value_cols:
@@ -206,7 +208,7 @@ def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame
     """One row per architecture and protocol of ``task``; the preprint's figures beside ours.
 
     Columns: architecture, protocol, run, n_folds, n_patients and n_images (summed over the test
-    folds), ``{patient,image}_{metric}_{mean,sd}``, ``preprint_{metric}`` and ``preprint_note``.
+    folds; counted once for an external test, whose folds share their test images), ``{patient,image}_{metric}_{mean,sd}``, ``preprint_{metric}`` and ``preprint_note``.
     An architecture the preprint reported for this task but that did not run here gets a row of
     its own, labelled ``preprint only (not run here)``.
     """

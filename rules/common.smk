@@ -198,8 +198,10 @@ def patient_model_files(name):
 
 
 def magnification_runs():
-    """The patient-wise runs of BreakHis-kind tasks: the only ones with magnifications."""
-    return [r for r in RUNS if run_protocol(r) == "patient" and DATASET_SPECS[run_dataset(r)]["kind"] == "breakhis"]
+    """The patient-wise runs tested on a BreakHis-kind dataset: the only test images with magnifications."""
+    return [
+        r for r in RUNS if run_protocol(r) == "patient" and DATASET_SPECS[run_test_dataset(r)]["kind"] == "breakhis"
+    ]
 
 
 def all_tables():

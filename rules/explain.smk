@@ -27,7 +27,8 @@ rule gradcam_figure:
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
         classes=lambda wc: task_classes(run_task(wc.run)),
         seed=config["seed"],
-        title=lambda wc: f"{wc.run} / {wc.arch} / fold {wc.fold}",
+        title=lambda wc: f"{wc.run} / {wc.arch} / fold {wc.fold}"
+        + (f", external test: {run_test_dataset(wc.run)}" if is_external(wc.run) else ""),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}'
         " --predictions {input.predictions:q} --classes {params.classes:q} --seed {params.seed}"

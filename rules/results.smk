@@ -176,9 +176,10 @@ rule calibration_figure:
     params:
         script=script("plot_calibration.py"),
         classes=lambda wc: task_classes(wc.task),
+        external=external_option("--external-test", run_test_dataset),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --classes {params.classes:q}'
-        " --predictions {input.predictions:q} --manifest {input.manifest:q}"
+        " --predictions {input.predictions:q} --manifest {input.manifest:q} {params.external}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 

@@ -57,6 +57,20 @@ def test_calibration_table_means_and_intervals(tmp_path):
     assert "15 equal-width bins" in md
 
 
+def test_calibration_table_and_diagram_mark_an_external_test(tmp_path):
+    ms = [real_metrics("benign_vs_malignant", "resnet_small", f) for f in range(3)]
+    for m in ms:
+        m["meta"]["test_dataset"] = "site_b"
+    t = calibration.calibration_table(ms)
+    assert t["test"].tolist() == ["external: site_b"] and t["n_patients"].tolist() == [ms[0]["n_patients"]]
+    calibration.write_calibration_table(t, out_md=tmp_path / "c.md")
+    assert "| benign_vs_malignant | external: site_b |" in (tmp_path / "c.md").read_text()
+    paths = [write_predictions(tmp_path, "benign_vs_malignant", "resnet_small", f, BM) for f in range(2)]
+    fig = calibration.plot_reliability(paths, BM, "benign_vs_malignant", write_manifest(tmp_path),
+                                       test_dataset="site_b")
+    assert "external test: site_b" in fig._suptitle.get_text()
+
+
 def overconfident(n, temperature, seed):
     """Predictions whose labels follow softmax(z) but whose probabilities are softmax(z * T)."""
     rng = np.random.default_rng(seed)

@@ -62,6 +62,21 @@ def test_a_test_image_or_patient_also_in_training_fails(column, text):
         _external(2, test=test)
 
 
+def test_image_grouped_paths_are_not_compared_as_patient_ids():
+    """Two folder datasets without patients CSV: patient = path, so both sites' X00/img0.png are
+    different images (sha256), not a shared patient."""
+    train = _manifest("X", 10).assign(patient=lambda d: d["path"], patient_source="image")
+    test = _manifest("X", 3, per_patient=1).assign(patient=lambda d: d["path"], patient_source="image",
+                                                   sha256=lambda d: "other-" + d["sha256"])
+    splits = _external(2, train=train, test=test)
+    assert (splits["split"] == "test").sum() == 2 * 3
+    with pytest.raises(UserError, match="1 image"):  # the same bytes are still refused
+        _external(2, train=train, test=test.assign(sha256=train["sha256"].iloc[:3].tolist()).iloc[:1])
+    # A patients CSV's ids are compared as before.
+    with pytest.raises(UserError, match="patient id"):
+        _external(2, train=train.assign(patient_source="csv"), test=test.assign(patient_source="csv"))
+
+
 def test_subset_of_classes_is_accepted_and_a_foreign_class_refused():
     only_benign = _manifest("X", 3, classes=("benign",))
     splits = _external(2, test=only_benign)
@@ -133,6 +148,15 @@ def test_tables_mark_the_test_external_and_leave_it_out_of_the_leakage_table(tmp
     md = (tmp_path / "t.md").read_text()
     assert "| external: site_b |" in md and tables.EXTERNAL_NOTE in md
     assert tables.leakage_table(ms).empty
+
+
+def test_external_folds_count_their_shared_test_set_once():
+    """Three folds each tested on the same 3 patients: 3 patients in the table, not 9."""
+    ms = [_fake("ext", f, "site_b") for f in range(3)] + [_fake("int", f, None) for f in range(3)]
+    ext = tables.task_table(ms, "ext", preprint={"source": {"protocol_note": "n"}})
+    assert (ext["n_folds"].tolist(), ext["n_patients"].tolist(), ext["n_images"].tolist()) == ([3], [3], [6])
+    internal = tables.task_table(ms, "int", preprint={"source": {"protocol_note": "n"}})
+    assert internal["n_patients"].tolist() == [9]
 
 
 def demo_config():

@@ -126,6 +126,14 @@ def test_confusion(tmp_path):
         figures.plot_confusion(paths + [other], ABC, write_manifest(tmp_path), tmp_path / "x.png")
 
 
+def test_confusion_of_an_external_test_counts_models_times_images(tmp_path):
+    # Both folds' models predict the same 40 external images: 2 x 40 predictions, not 80 images.
+    paths = [write_predictions(tmp_path, "cancer_types", "resnet_small", f, ABC) for f in range(2)]
+    fig = figures.plot_confusion(paths, ABC, write_manifest(tmp_path), test_dataset="site_b")
+    assert fig.axes[0].get_title().endswith("(n=2 models x 40)")
+    assert "external test: site_b" in fig._suptitle.get_text()
+
+
 def test_training_curves(tmp_path):
     paths = []
     for fold in range(2):

@@ -58,8 +58,9 @@ def test_rows_per_trained_and_tested_magnification(tmp_path):
         "image_patient_recognition_rate_ci_high"]
     magnification.write_magnification_table(t, tmp_path / "m.csv", tmp_path / "m.md", tmp_path / "m.tex")
     md = (tmp_path / "m.md").read_text()
-    assert "| benign_vs_malignant_400X | 400X | 400X | resnet_small | 2 |" in md
+    assert "| benign_vs_malignant_400X | internal (held-out folds) | 400X | 400X | resnet_small | 2 |" in md
     assert "patient recognition rate" in md and "folder datasets have no magnification" in md
+    assert "its test patients differ" in md
     assert pd.read_csv(tmp_path / "m.csv").shape[0] == 5
 
 
@@ -77,3 +78,22 @@ def test_old_metrics_json_is_a_user_error():
     del m["meta"]["magnification"]
     with pytest.raises(UserError, match="recompute it"):
         magnification.magnification_table([m])
+
+
+def test_one_magnification_rows_sit_below_the_all_row_of_their_magnification():
+    # A text sort of the task names put "_40X" after "_400X", away from the 40X rows.
+    ms = [fold_metrics("bm", 0, "all", MAGS, n_boot=0), fold_metrics("bm_400X", 0, "400X", ["400X"], n_boot=0),
+          fold_metrics("bm_40X", 0, "40X", ["40X"], n_boot=0)]
+    t = magnification.magnification_table(ms)
+    assert list(zip(t["trained_on"], t["tested_on"])) == [
+        ("all", "40X"), ("40X", "40X"), ("all", "100X"), ("all", "200X"), ("all", "400X"), ("400X", "400X")]
+
+
+def test_external_test_is_marked_and_counted_once(tmp_path):
+    ms = [fold_metrics("bm", f, "all", ["40X"], n_boot=0) for f in range(3)]
+    for m in ms:
+        m["meta"]["test_dataset"] = "site_b"
+    t = magnification.magnification_table(ms)
+    assert (t["test"].tolist(), t["n_patients"].tolist()) == (["external: site_b"], [6])
+    magnification.write_magnification_table(t, out_md=tmp_path / "m.md")
+    assert "| bm | external: site_b | all | 40X |" in (tmp_path / "m.md").read_text()

@@ -328,4 +328,6 @@ def test_dry_run_of_a_third_dataset_and_an_external_task(tmp_path):
     assert "--root results/demo/tma/images --test-root site_b --fold 0" in out
     assert re.search(r"--run cancer_types_site_b .*--manifest results/manifest/site_b.parquet .*--external-test site_b",
                      out)
+    assert re.search(r"plot_calibration\.py\S* --task cancer_types_site_b .*--external-test site_b", out)
+    assert "--title 'cancer_types_site_b / resnet_small / fold 0, external test: site_b'" in out
 

@@ -14,6 +14,8 @@ def arguments(p):
                    help="results/predictions/{run}/{arch}/fold{k}.parquet of the task's runs")
     p.add_argument("--manifest", required=True,
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
+    p.add_argument("--external-test", default=None,
+                   help="the task's test_dataset, when the test images are an external dataset's")
     p.add_argument("--out-png", required=True, help="PNG output")
     p.add_argument("--out-pdf", required=True, help="PDF output")
 
@@ -22,7 +24,7 @@ def run(args):
     from deepbc import calibration
 
     calibration.plot_reliability(args.predictions, args.classes, args.task, args.manifest,
-                                 args.out_png, args.out_pdf)
+                                 args.out_png, args.out_pdf, test_dataset=args.external_test)
 
 
 main = cli.script(__doc__, arguments, run)
