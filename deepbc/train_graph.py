@@ -51,6 +51,16 @@ def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, 
     return loss, logits
 
 
+def train_step(tf, opt, loss, global_step, var_list, update_ops):
+    """(train op, the loss scale its step multiplies the loss by, or None without loss scaling).
+
+    The scale is read before the step: the train op updates it, and a read fetched in the same
+    run with no order between the two could return the old or the updated value."""
+    scale = precision_mod.loss_scale(opt)
+    with tf.control_dependencies(update_ops + ([scale] if scale is not None else [])):
+        return opt.minimize(loss, global_step=global_step, var_list=var_list), scale
+
+
 @dataclass
 class Graph:
     graph: object
@@ -127,11 +137,11 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
                 staircase=True)
             with tf.compat.v1.variable_scope(f"optimizer_{stage['name']}"):
                 opt = precision_mod.wrap_optimizer(make_optimizer(tf, settings, lr), precision)
-                with tf.control_dependencies(update_ops):
-                    train_ops.append(opt.minimize(loss, global_step=global_step,
-                                                  var_list=logits_vars if stage["logits_only"] else trainable))
+                train_op, scale = train_step(tf, opt, loss, global_step,
+                                             logits_vars if stage["logits_only"] else trainable, update_ops)
+            train_ops.append(train_op)
             lr_tensors.append(lr)
-            loss_scales.append(precision_mod.loss_scale(opt))
+            loss_scales.append(scale)
 
         summaries = tf.compat.v1.summary.merge([tf.compat.v1.summary.scalar("loss", loss),
                                                 tf.compat.v1.summary.scalar("accuracy", accuracy)])
