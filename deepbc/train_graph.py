@@ -96,7 +96,7 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         tf.compat.v1.set_random_seed(seed)
         global_step = tf.compat.v1.train.get_or_create_global_step()
         train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
-                                                    augment=settings.get("augment"))
+                                                    augment=settings["augment"])
         eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
         train_ds = shard_reader.make_dataset(train_json, batch_size=batch_size, is_training=True,
                                        preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
@@ -108,7 +108,7 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         val_images, val_labels = val_iter.get_next()
 
         weights = None
-        if settings.get("class_balance") == "loss_weights":
+        if settings["class_balance"] == "loss_weights":
             counts = [train_index["count_per_class"][c] for c in class_names]
             weights = tf.gather(tf.constant(class_weights(counts), tf.float32), labels)
         loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights, seed=seed)
