@@ -50,14 +50,18 @@ def _resolve(node: dict, schema: dict) -> dict:
     target = schema
     for part in ref.lstrip("#/").split("/"):
         target = target[part]
-    merged = dict(_resolve(target, schema))
-    for key, value in node.items():
-        if key == "$ref":
-            continue
+    return _overlay(_resolve(target, schema), {k: v for k, v in node.items() if k != "$ref"})
+
+
+def _overlay(base: dict, extra: dict) -> dict:
+    """``extra``'s entries over ``base``'s, ``properties`` merged key by key at every depth (defaults
+    beside a reference reach into its nested groups, e.g. train.defaults.augment)."""
+    merged = dict(base)
+    for key, value in extra.items():
         if key == "properties":
-            props = {k: dict(v) for k, v in merged.get("properties", {}).items()}
-            for name, extra in value.items():
-                props[name] = {**props.get(name, {}), **extra}
+            props = dict(merged.get("properties", {}))
+            for name, sub in value.items():
+                props[name] = _overlay(props.get(name, {}), sub)
             merged["properties"] = props
         else:
             merged[key] = value

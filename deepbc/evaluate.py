@@ -90,14 +90,6 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
 
     columns = ["path", "patient", "magnification", "label", "label_index",
                *[f"prob_{c}" for c in class_names], "pred", "pred_index"]
-    if index["count"] == 0:
-        # A split can be empty (a fold whose training patients left none for validation).
-        df = pd.DataFrame({c: pd.Series(dtype="int64" if c.endswith("_index") else
-                                        "float64" if c.startswith("prob_") else "object")
-                           for c in columns})
-        atomic.write_parquet(out_path, df)
-        LOG.info("%s has no images: empty predictions written to %s", shard_index, out_path)
-        return df
     chunks = list(_run_predictions(model_dir, inputs, index["count"], batch_size, threads))
     df = _frame(chunks, class_names).rename(columns={"filename": "path"})
     df["label_index"] = df["label_index"].astype("int64")
@@ -106,7 +98,7 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
     df = df.sort_values("path", kind="stable").reset_index(drop=True)
     atomic.write_parquet(out_path, df)
     LOG.info("%d predictions written to %s (image-level accuracy %.3f)", len(df), out_path,
-             float((df["pred_index"] == df["label_index"]).mean()) if len(df) else float("nan"))
+             float((df["pred_index"] == df["label_index"]).mean()))
     return df
 
 

@@ -266,9 +266,6 @@ def temperature_scaling(test_df: pd.DataFrame, val_df: pd.DataFrame, classes: li
                         n_boot: int, seed: int, where: str, stream: int) -> dict:
     """The temperature fitted on ``val_df`` and the calibration of ``test_df`` scaled by it."""
     cols = [prob_column(c) for c in classes]
-    if len(val_df) == 0:
-        LOG.warning("%s: no validation images, so no temperature scaling", where)
-        return {"temperature": None, "n_validation_images": 0}
     y_val, _, prob_val, _, _ = _validated(val_df, classes, f"{where} (validation)")
     temperature = fit_temperature(prob_val, y_val)
     scaled = test_df.copy()

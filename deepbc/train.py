@@ -60,7 +60,7 @@ def stage_plan(settings: dict) -> list[dict]:
     if settings["init"] == "imagenet":
         stages = [{"name": "logits", "steps": settings["max_number_of_steps"],
                    "learning_rate": settings["learning_rate"], "logits_only": True}]
-        if settings.get("stage2_steps", 0) > 0:
+        if settings["stage2_steps"] > 0:
             stages.append({"name": "all_layers", "steps": settings["stage2_steps"],
                            "learning_rate": settings["stage2_learning_rate"], "logits_only": False})
         return stages
@@ -222,6 +222,10 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
     """Train ``arch`` on the shards of the ``train_json`` index, validating on those of ``val_json``;
     write the kept model to ``out_dir``.
 
+    ``settings``: a complete ``train.defaults`` as the schema validates it (every key present; the
+    code keeps no defaults of its own), except ``image_size`` and ``batch_norm_decay``, whose
+    absence means the network's own value.
+
     Returns the summary written to ``out_dir/settings.json``.
     """
     if settings["xla"]:
@@ -290,7 +294,7 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
                log_every: int) -> None:
     """The training loop, from the step after ``history``'s last to the end of the last stage."""
     batch_size = settings["batch_size"]
-    plan = _Stages(stages, settings["keep_best_by"], settings.get("early_stopping_patience", 0))
+    plan = _Stages(stages, settings["keep_best_by"], settings["early_stopping_patience"])
     for row in history:
         plan.update(row)
     step = history[-1]["step"] if history else 0

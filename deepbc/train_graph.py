@@ -51,6 +51,16 @@ def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, 
     return loss, logits
 
 
+def train_step(tf, opt, loss, global_step, var_list, update_ops):
+    """(train op, the loss scale its step multiplies the loss by, or None without loss scaling).
+
+    The scale is read before the step: the train op updates it, and a read fetched in the same
+    run with no order between the two could return the old or the updated value."""
+    scale = precision_mod.loss_scale(opt)
+    with tf.control_dependencies(update_ops + ([scale] if scale is not None else [])):
+        return opt.minimize(loss, global_step=global_step, var_list=var_list), scale
+
+
 @dataclass
 class Graph:
     graph: object
@@ -86,7 +96,7 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         tf.compat.v1.set_random_seed(seed)
         global_step = tf.compat.v1.train.get_or_create_global_step()
         train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
-                                                    augment=settings.get("augment"))
+                                                    augment=settings["augment"])
         eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
         train_ds = shard_reader.make_dataset(train_json, batch_size=batch_size, is_training=True,
                                        preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
@@ -98,7 +108,7 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         val_images, val_labels = val_iter.get_next()
 
         weights = None
-        if settings.get("class_balance") == "loss_weights":
+        if settings["class_balance"] == "loss_weights":
             counts = [train_index["count_per_class"][c] for c in class_names]
             weights = tf.gather(tf.constant(class_weights(counts), tf.float32), labels)
         loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights, seed=seed)
@@ -127,11 +137,11 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
                 staircase=True)
             with tf.compat.v1.variable_scope(f"optimizer_{stage['name']}"):
                 opt = precision_mod.wrap_optimizer(make_optimizer(tf, settings, lr), precision)
-                with tf.control_dependencies(update_ops):
-                    train_ops.append(opt.minimize(loss, global_step=global_step,
-                                                  var_list=logits_vars if stage["logits_only"] else trainable))
+                train_op, scale = train_step(tf, opt, loss, global_step,
+                                             logits_vars if stage["logits_only"] else trainable, update_ops)
+            train_ops.append(train_op)
             lr_tensors.append(lr)
-            loss_scales.append(precision_mod.loss_scale(opt))
+            loss_scales.append(scale)
 
         summaries = tf.compat.v1.summary.merge([tf.compat.v1.summary.scalar("loss", loss),
                                                 tf.compat.v1.summary.scalar("accuracy", accuracy)])

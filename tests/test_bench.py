@@ -144,3 +144,24 @@ def test_benchmark_images_come_from_the_demo_painter():
     # Image 9: the second style (F) at the second magnification (100X), patient 0.
     expected = synthetic_he.paint("F", synthetic_he.MAG_SCALE[100], (70, 46), 1, "bench/9", "bench0", supersample=1)
     assert np.array_equal(common.he_image(1, 9, 46, 70), np.asarray(expected))
+
+
+def test_trainer_benchmark_trains_as_the_workflow_does(tmp_path, monkeypatch):
+    """The trainer variant logs and writes summaries as often as `rule train` (train_model.py
+    passes no log_every), not every step: otherwise it times summaries the workflow never runs."""
+    import inspect
+
+    from deepbc import train
+
+    workflow_default = inspect.signature(train.train).parameters["log_every"].default
+    calls = []
+
+    def recording_train(train_json, val_json, out_dir, state_dir, arch, settings, seed, **kwargs):
+        calls.append(kwargs)
+        out_dir.mkdir()
+        (out_dir / "training.csv").write_text("step,images_per_sec\n1,8.0\n2,8.0\n3,8.0\n")
+        return {"precision": "fp32"}
+
+    monkeypatch.setattr(train, "train", recording_train)
+    training.trainer_rate(tmp_path, tmp_path, "resnet_small", {"batch_size": 4}, 0, 1, warmup=1)
+    assert calls[0].get("log_every", workflow_default) == workflow_default

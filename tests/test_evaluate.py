@@ -153,16 +153,6 @@ def test_evaluate_script_predicts_validation_in_the_same_job(model, tmp_path):
     assert pd.read_parquet(tmp_path / "test.parquet")["path"].str.contains("/test_").all()
 
 
-def test_an_empty_split_gives_empty_predictions(tmp_path):
-    import json
-
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "settings.json").write_text(json.dumps({"class_names": ["benign", "malignant"]}))
-    (tmp_path / "val.json").write_text(json.dumps({"class_names": ["benign", "malignant"], "count": 0}))
-    df = evaluate.predict_shards(tmp_path / "model", tmp_path / "val.json", tmp_path / "val.parquet")
-    assert df.empty and list(df.columns) == ["path", "patient", "magnification", "label", "label_index",
-                                             "prob_benign", "prob_malignant", "pred", "pred_index"]
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "val.parquet"), df)
 def test_gradcam_maps_and_figure(model, tmp_path):
     from deepbc import gradcam
 

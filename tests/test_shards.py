@@ -406,3 +406,12 @@ def test_a_record_has_the_same_bytes_in_every_process():
                               env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(root)}).stdout
                for seed in (1, 2, 3)}
     assert len(digests) == 1, digests
+
+
+def test_a_fold_with_an_empty_split_is_refused(dataset, tmp_path):
+    """What lets evaluation and temperature scaling assume every split has images."""
+    root, table = dataset
+    no_val = table[~((table["fold"] == 0) & (table["split"] == "val"))]
+    with pytest.raises(UserError, match="fold 0 has no val images"):
+        shard_writer.write_shards(no_val, 0, root, tmp_path / "shards", workers=1)
+    assert not (tmp_path / "shards").exists()

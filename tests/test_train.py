@@ -460,6 +460,36 @@ def checkpoint_dtypes(prefix) -> dict:
     return tf.train.load_checkpoint(str(prefix)).get_variable_to_dtype_map()
 
 
+def _ancestors(op) -> set:
+    """Every op ``op`` depends on, through data or control inputs."""
+    seen, todo = set(), [op]
+    while todo:
+        current = todo.pop()
+        for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
+def test_float16_loss_scale_is_read_before_the_step_updates_it():
+    """The scale fetched with a step must be the one that step used: its read runs before the
+    step's update of the scale variable, not in an order the session chooses."""
+    from deepbc import precision
+
+    with tf.Graph().as_default():
+        w = tf.compat.v1.get_variable("w", initializer=1.0)
+        opt = precision.wrap_optimizer(tf.compat.v1.train.GradientDescentOptimizer(0.1),
+                                       precision.Precision("fp16", ""))
+        step, scale = train_graph.train_step(tf, opt, tf.square(w), tf.compat.v1.train.get_or_create_global_step(),
+                                             [w], [])
+        # The scale variable; the step updates it inside a cond.
+        handle = next(op for op in _ancestors(scale.op) if op.type == "VarHandleOp")
+        updates = [op for op in _ancestors(step) if op.type != "ReadVariableOp"
+                   and handle in [t.op for t in op.inputs]]
+        assert updates and all(scale.op in _ancestors(u) for u in updates)
+
+
 def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpoints(
         shard_dir, tmp_path, monkeypatch, caplog):
     """On a CPU with bfloat16 instructions (pretended where this one has none: oneDNN's rewrite then

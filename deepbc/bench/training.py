@@ -157,7 +157,7 @@ def trainer_rate(shard_dir: Path, tmp: Path, arch: str, settings: dict, seed: in
 
     out = tmp / "trainer_model"
     summary = train.train(shard_dir / "train.json", shard_dir / "val.json", out, tmp / "trainer_state", arch,
-                          settings, seed, threads=threads, log_every=1)
+                          settings, seed, threads=threads)
     with (out / "training.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     # The trainer logs cumulative images/s since its first step: elapsed = images seen / rate.
