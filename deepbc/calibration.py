@@ -14,12 +14,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from deepbc import atomic
 from deepbc.errors import UserError
 from deepbc.figures import PROTOCOL_STYLE, _external, _level_title, load_predictions, save_figure
 from deepbc.metrics import CALIBRATION_METRICS, ECE_BINS, confidence_bin, grouping_of, prob_column
 from deepbc.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, _aggregate, _cell, _fmt, fold_frame,
-                           load_metrics, protocol_label, to_latex, to_markdown)
+                           load_metrics, protocol_label, write_formats)
 
 # (level, metric) columns of the table, in display order.
 COLUMNS = tuple((lv, m) for lv in ("image", "patient") for m in CALIBRATION_METRICS)
@@ -94,13 +93,8 @@ def write_calibration_table(table: pd.DataFrame, out_csv=None, out_md=None, out_
         footnotes.insert(0, EXTERNAL_NOTE)
     if any(table[f"{lv}_{m}_ci_low"].notna().any() for lv, m in COLUMNS):
         footnotes.append(INTERVAL_NOTE)
-    title = "Calibration of the test probabilities"
-    if out_csv:
-        atomic.write_csv(out_csv, table)
-    if out_md:
-        atomic.write_text(out_md, to_markdown(header, rows, footnotes, title))
-    if out_tex:
-        atomic.write_text(out_tex, to_latex(header, rows, footnotes, title))
+    write_formats(table, header, rows, footnotes,
+                  "Calibration of the test probabilities", out_csv, out_md, out_tex)
 
 
 def reliability(df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, float]:

@@ -20,11 +20,10 @@ the 95 % interval of the mean over folds of deepbc.tables (same bootstrap draws)
 
 import pandas as pd
 
-from deepbc import atomic
 from deepbc.breakhis import MAGNIFICATIONS
 from deepbc.errors import UserError
 from deepbc.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, RECOGNITION_NOTE, _aggregate, _cell, fold_frame,
-                           load_metrics, to_latex, to_markdown)
+                           load_metrics, write_formats)
 
 # (level, metric) columns of the table, in display order.
 COLUMNS = (("image", "accuracy"), ("image", "patient_recognition_rate"), ("image", "auc"),
@@ -88,12 +87,7 @@ def write_magnification_table(table: pd.DataFrame, out_csv=None, out_md=None, ou
         footnotes.insert(0, "No patient-wise run of a BreakHis task: nothing to show.")
     elif table["test"].str.startswith("external").any():
         footnotes.insert(0, EXTERNAL_NOTE)
-    elif any(table[f"{lv}_{m}_ci_low"].notna().any() for lv, m in COLUMNS):
+    if not table.empty and any(table[f"{lv}_{m}_ci_low"].notna().any() for lv, m in COLUMNS):
         footnotes.append(INTERVAL_NOTE)
-    title = "Results per magnification (BreakHis)"
-    if out_csv:
-        atomic.write_csv(out_csv, table)
-    if out_md:
-        atomic.write_text(out_md, to_markdown(header, rows, footnotes, title))
-    if out_tex:
-        atomic.write_text(out_tex, to_latex(header, rows, footnotes, title))
+    write_formats(table, header, rows, footnotes,
+                  "Results per magnification (BreakHis)", out_csv, out_md, out_tex)

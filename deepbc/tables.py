@@ -346,7 +346,12 @@ def write_task_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=Non
     preprint = load_preprint() if preprint is None else preprint
     task = table["task"].iloc[0]
     header, rows, footnotes = _display(table, preprint)
-    title = f"Results: {task}"
+    write_formats(table, header, rows, footnotes, f"Results: {task}", out_csv, out_md, out_tex)
+
+
+def write_formats(table: pd.DataFrame, header, rows, footnotes, title, out_csv=None, out_md=None,
+                  out_tex=None) -> None:
+    """A table's numbers as CSV, and its formatted rows with footnotes as Markdown and LaTeX."""
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:

@@ -97,3 +97,12 @@ def test_external_test_is_marked_and_counted_once(tmp_path):
     assert (t["test"].tolist(), t["n_patients"].tolist()) == (["external: site_b"], [6])
     magnification.write_magnification_table(t, out_md=tmp_path / "m.md")
     assert "| bm | external: site_b | all | 40X |" in (tmp_path / "m.md").read_text()
+
+
+def test_an_external_table_with_intervals_says_how_they_were_computed(tmp_path):
+    ms = [fold_metrics("bm", f, "all", ["40X"], n_boot=20) for f in range(2)]
+    for m in ms:
+        m["meta"]["test_dataset"] = "site_b"
+    magnification.write_magnification_table(magnification.magnification_table(ms), out_md=tmp_path / "m.md")
+    text = (tmp_path / "m.md").read_text()
+    assert magnification.EXTERNAL_NOTE in text and magnification.INTERVAL_NOTE in text
