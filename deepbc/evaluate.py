@@ -112,12 +112,15 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     ``SMALL_IMAGE_FRACTION`` of the network's input: they are enlarged that much, which the
     network never saw in training. Images are decoded as the dataset check and the shard writer
     decode them (``deepbc.imageio``); 8-bit RGB JPEGs as the shard reader does, at a reduced scale.
+    ``model_dir`` may also be a model's SavedModel export (``deepbc.export``): other images then
+    reach it as PNGs (lossless), and it decodes and preprocesses them as evaluation does.
     """
     import tensorflow as tf
 
-    from deepbc import shard_reader
+    from deepbc import export, shard_reader
 
-    settings = model_folder.load_settings(model_dir)
+    saved_model = export.is_saved_model(model_dir)
+    settings = export.load_info(model_dir) if saved_model else model_folder.load_settings(model_dir)
     class_names, image_size = settings["class_names"], settings["image_size"]
     folder = Path(folder)
     if not folder.is_dir():
@@ -148,7 +151,19 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
         return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
-    chunks = list(_run_predictions(model_dir, inputs, len(paths), batch_size, threads))
+    def encoded_inputs(batch):
+        spec = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3], tf.uint8))
+        ds = tf.data.Dataset.from_generator(
+            lambda: _decoded(folder, paths, None, threads or os.cpu_count() or 1, rejected, sizes),
+            output_signature=spec)
+        ds = ds.map(lambda rel, jpeg, pixels: (tf.cond(tf.strings.length(jpeg) > 0, lambda: jpeg,
+                                                       lambda: tf.io.encode_png(pixels)), {"path": rel}))
+        return ds.batch(batch)
+
+    if saved_model:
+        chunks = list(_run_saved_model(model_dir, encoded_inputs(batch_size), len(paths)))
+    else:
+        chunks = list(_run_predictions(model_dir, inputs, len(paths), batch_size, threads))
     df = _frame(chunks, class_names)
     if "path" not in df:  # nothing predicted
         df.insert(0, "path", pd.Series([], dtype=object))
@@ -184,6 +199,31 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
         per_patient["pred"] = [class_names[i] for i in per_patient[prob_cols].to_numpy().argmax(axis=1)]
         atomic.write_csv(out_patients_csv, per_patient.reset_index())
     return df
+
+
+def _run_saved_model(export_dir, dataset, total: int):
+    """Yield (probabilities, metadata) of a SavedModel export over a dataset of (encoded images, metadata)."""
+    import tensorflow as tf
+
+    from deepbc import export
+
+    serve = tf.saved_model.load(str(export_dir)).signatures[export.SIGNATURE]
+    progress = Progress(total, "predicting", "images")
+    for encoded, meta in dataset:
+        # A JPEG that Pillow decoded but TensorFlow cannot fails its whole batch: retry one by one.
+        try:
+            probs = serve(images=encoded)["probabilities"].numpy()
+        except tf.errors.InvalidArgumentError:
+            for i in range(len(encoded)):
+                try:
+                    p = serve(images=encoded[i:i + 1])["probabilities"].numpy()
+                except tf.errors.InvalidArgumentError:
+                    continue
+                yield p, {k: v[i:i + 1].numpy() for k, v in meta.items()}
+            progress.update(len(encoded))
+            continue
+        progress.update(len(probs))
+        yield probs, {k: v.numpy() for k, v in meta.items()}
 
 
 def _decoded(folder: Path, paths: list[str], min_side, workers: int, rejected: dict, sizes: dict):

@@ -1,0 +1,80 @@
+"""The SavedModel export: served without this package, with evaluation's probabilities."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deepbc import evaluate, export, shard_reader, train
+from tests import trainkit
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    shard_dir = trainkit.make_shards(base / "images", base / "shards", per_split=(32, 16, 16))
+    train.train(*trainkit.indexes(shard_dir), base / "model", base / "state", "resnet_small",
+                trainkit.settings(max_number_of_steps=20, eval_every_steps=10, save_every_steps=10), seed=3)
+    export.export_saved_model(base / "model", base / "export")
+    return base
+
+
+def _test_records(base):
+    index = shard_reader.read_index(base / "shards" / "test.json")
+    names, encoded = [], []
+    for record in tf.data.TFRecordDataset(index["paths"]):
+        example = tf.train.Example.FromString(record.numpy())
+        names.append(example.features.feature["image/filename"].bytes_list.value[0].decode())
+        encoded.append(example.features.feature["image/encoded"].bytes_list.value[0])
+    return names, encoded
+
+
+@pytest.mark.slow
+def test_saved_model_serves_evaluations_probabilities_without_the_package(exported, tmp_path):
+    expected = evaluate.predict_shards(exported / "model", exported / "shards" / "test.json", tmp_path / "p.parquet")
+    names, encoded = _test_records(exported)
+    np.save(tmp_path / "encoded.npy", np.array(encoded, dtype=object), allow_pickle=True)
+    # Only tensorflow: no PYTHONPATH, cwd elsewhere, so deepbc cannot be imported by the loader.
+    code = ("import sys, numpy as np, tensorflow as tf\n"
+            "assert 'deepbc' not in sys.modules\n"
+            "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+            "enc = np.load(sys.argv[2], allow_pickle=True).tolist()\n"
+            "out = serve(images=tf.constant(enc))\n"
+            "np.save(sys.argv[3], out['probabilities'].numpy())\n"
+            "print(','.join(c.decode() for c in out['class_names'].numpy()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code, str(exported / "export"), str(tmp_path / "encoded.npy"),
+                             str(tmp_path / "probs.npy")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    class_names = result.stdout.strip().split(",")
+    assert class_names == trainkit.CLASSES
+    probs = pd.DataFrame(np.load(tmp_path / "probs.npy"), columns=[f"prob_{c}" for c in class_names])
+    probs["path"] = names
+    merged = expected.merge(probs, on="path", suffixes=("", "_served"))
+    assert len(merged) == len(expected) == 16
+    for c in class_names:
+        np.testing.assert_allclose(merged[f"prob_{c}_served"], merged[f"prob_{c}"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_folder_with_the_export_matches_the_checkpoint(exported, tmp_path):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        pixels = trainkit.draw(rng, i % 2, size=120)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)  # decoded at a reduced scale
+        Image.fromarray(pixels).save(folder / f"{i}.tif")  # re-encoded as PNG for the export
+    by_checkpoint = evaluate.predict_folder(exported / "model", folder, tmp_path / "a.csv")
+    by_export = evaluate.predict_folder(exported / "export", folder, tmp_path / "b.csv")
+    assert list(by_export["path"]) == list(by_checkpoint["path"]) and (by_export["reason"] == "").all()
+    prob_cols = [f"prob_{c}" for c in trainkit.CLASSES]
+    np.testing.assert_allclose(by_export[prob_cols].to_numpy(float), by_checkpoint[prob_cols].to_numpy(float),
+                               atol=1e-5)
+    assert list(by_export["pred"]) == list(by_checkpoint["pred"])
