@@ -51,3 +51,9 @@ rule tables:
 rule figures:
     input:
         all_figures(),
+
+
+# Not part of `all`: each export is one more TensorFlow job per model; run `snakemake --cores N exports`.
+rule exports:
+    input:
+        expand("results/export/{run}/{arch}/fold{fold}", run=RUNS, arch=ARCHS, fold=FOLDS),

@@ -32,8 +32,9 @@ def load_info(export_dir) -> dict:
     return json.loads((Path(export_dir) / INFO_FILE).read_text())
 
 
-def export_saved_model(model_dir, out_dir) -> Path:
-    """Write the kept checkpoint of ``model_dir`` as a SavedModel in ``out_dir`` (replaced as a whole)."""
+def export_saved_model(model_dir, out_dir, threads: int = 0) -> Path:
+    """Write the kept checkpoint of ``model_dir`` as a SavedModel in ``out_dir`` (replaced as a whole);
+    ``threads``: TensorFlow threads of the session that restores it (0: one per core)."""
     import tensorflow as tf
 
     from deepbc import nets, preprocessing, shard_reader
@@ -68,7 +69,9 @@ def export_saved_model(model_dir, out_dir) -> Path:
                 inputs={"images": info(encoded)},
                 outputs={"probabilities": info(probs), "class_names": info(names)},
                 method_name=tf.compat.v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
-            with tf.compat.v1.Session(graph=graph) as sess:
+            config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
+                                              inter_op_parallelism_threads=threads)
+            with tf.compat.v1.Session(graph=graph, config=config) as sess:
                 saver.restore(sess, model_folder.checkpoint_prefix(model_dir))
                 builder = tf.compat.v1.saved_model.Builder(str(staging / "model"))
                 builder.add_meta_graph_and_variables(

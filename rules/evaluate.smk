@@ -53,3 +53,29 @@ rule predict_folder:
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --images {input.images:q}'
         " --out {output:q} {params.patients} --threads {threads} --log {log:q}"
+
+
+rule export_model:
+    """A kept model as a TensorFlow SavedModel: encoded images in, class probabilities out."""
+    input:
+        model=rules.train.output.settings,
+        checkpoint=rules.train.output.model,
+    output:
+        directory("results/export/{run}/{arch}/fold{fold}"),
+    log:
+        "results/logs/export/{run}/{arch}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/export/{run}/{arch}/fold{fold}.tsv"
+    conda:
+        GPU_ENV
+    threads: RES["eval_threads"]
+    resources:
+        gpu=RES["gpu"],
+        mem_mb=RES["eval_mem_mb"],
+        runtime=RES["eval_runtime"],
+    params:
+        script=script("export_model.py"),
+        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+    shell:
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --out {output:q}'
+        " --threads {threads} --log {log:q}"
