@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from deepbc import atomic, model_dir as model_folder
+from deepbc.errors import UserError
 
 LOG = logging.getLogger("deepbc.export")
 SIGNATURE = "serving_default"
@@ -29,7 +30,11 @@ def is_saved_model(path) -> bool:
 
 
 def load_info(export_dir) -> dict:
-    return json.loads((Path(export_dir) / INFO_FILE).read_text())
+    path = Path(export_dir) / INFO_FILE
+    if not path.is_file():
+        raise UserError(f"a SavedModel without {INFO_FILE}: not an export of this workflow", str(export_dir),
+                        "point at a folder results/export/{run}/{arch}/fold{k} written by the export_model rule")
+    return json.loads(path.read_text())
 
 
 def export_saved_model(model_dir, out_dir, threads: int = 0) -> Path:

@@ -13,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deepbc import evaluate, export, shard_reader, train
+from deepbc.errors import UserError
 from tests import trainkit
 
 
@@ -86,3 +87,9 @@ def test_predict_folder_with_the_export_matches_the_checkpoint(exported, tmp_pat
     np.testing.assert_allclose(by_export[prob_cols].to_numpy(float), by_checkpoint[prob_cols].to_numpy(float),
                                atol=1e-5)
     assert list(by_export["pred"]) == list(by_checkpoint["pred"])
+
+
+def test_a_foreign_saved_model_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(UserError, match="not an export of this workflow"):
+        evaluate.predict_folder(tmp_path, tmp_path, tmp_path / "out.csv")

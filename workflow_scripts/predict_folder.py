@@ -15,7 +15,7 @@ from deepbc import cli, gpu
 
 
 def arguments(p):
-    p.add_argument("--model-dir", required=True, help="a trained model folder (holds settings.json, model.ckpt.*)")
+    p.add_argument("--model-dir", required=True, help="a trained model folder (holds settings.json, model.ckpt.*), or its SavedModel export (results/export/...)")
     p.add_argument("--images", required=True, help="folder of PNG/JPEG/TIFF images (searched recursively)")
     p.add_argument("--out", required=True, help="per-image CSV")
     p.add_argument("--patients-csv", default=None, help="optional CSV with columns path,patient")
