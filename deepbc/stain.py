@@ -1,0 +1,280 @@
+"""Stain normalization of H&E images: Macenko (2009) and Reinhard (2001), on torchstain's numpy backend.
+
+``fit(reference)`` returns the parameters as a plain JSON-able dict (the method, its reference
+statistics, the torchstain version); ``normalize(image, params)`` maps a uint8 RGB image onto the
+reference's colours. The workflow fits once per workflow on one configured reference image
+(``shards.stain_reference``, never an image of the workflow's datasets: ``check_reference``), the
+shard writer applies it to every image, the trainer copies the parameters into the model's
+settings.json, and predict_folder and the SavedModel export (``deepbc.export``, a TensorFlow port
+of ``normalize`` with fixed parameters) apply the same ones.
+
+Macenko without a reference image uses torchstain's default stain matrix and maximal
+concentrations, the values of Macenko's published reference implementation
+(https://github.com/mitkovetta/staining-normalization, normalizeStaining.m: HERef, maxCRef).
+
+Tiles on which a fit fails get a reasoned fallback instead of NaNs or a crash (``apply`` names it):
+
+- ``no_tissue``: no pixel has optical density >= beta in every channel (white background): the
+  tile is returned unchanged, there is no stain to map.
+- ``few_tissue``: fewer than ``MIN_TISSUE_PIXELS`` or ``MIN_TISSUE_FRACTION`` of the pixels are
+  tissue. The tile's own stain vectors (1st/99th percentile angles) would rest on a handful of
+  pixels, and its maximal concentrations, the 99th percentile over *all* pixels as in torchstain,
+  would be background's (~0) and blow the tissue up to saturation. The reference stain matrix is
+  used as the tile's own, and the 99th percentiles are taken over the tissue pixels only.
+- ``one_stain``: the two estimated stain vectors are less than ``MIN_STAIN_ANGLE_DEG`` apart (a tile
+  of one stain: the second eigenvector is noise), which makes unmixing ill-conditioned: as
+  ``few_tissue``.
+- ``non_finite``: the tile's own fit gave a non-finite or non-positive maximal concentration: as
+  ``few_tissue``; if that too is non-finite, the tile is returned unchanged.
+- Reinhard ``flat_channel``: a LAB channel with (near) zero standard deviation cannot be scaled
+  (torchstain divides by it): that channel is only shifted to the reference mean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from deepbc.errors import UserError
+
+# shards.stain_normalization's enum in config/schema.yaml, apart from "none" (tests/test_stain.py).
+METHODS = ("macenko", "reinhard")
+# torchstain's (and Macenko's) defaults: transmitted light intensity, the percentile of the stain
+# angles, the optical-density threshold of a tissue pixel.
+IO, ALPHA, BETA = 240.0, 1.0, 0.15
+MIN_TISSUE_PIXELS = 200
+# The concentrations are scaled by their 99th percentile: a tile needs well over 1 % of tissue for
+# that percentile to be tissue's.
+MIN_TISSUE_FRACTION = 0.02
+# H and E of Macenko's reference are 22 degrees apart; vectors within 5 degrees are one stain.
+MIN_STAIN_ANGLE_DEG = 5.0
+# LAB standard deviations below this (on L in 0..100, a/b in -128..127) are a flat channel.
+MIN_STD = 1e-3
+
+
+def torchstain_version() -> str:
+    return metadata.version("torchstain")
+
+
+def published_macenko() -> dict:
+    """Macenko's published reference (torchstain's defaults, from the original implementation)."""
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    n = NumpyMacenkoNormalizer()
+    return _macenko_params(n.HERef, n.maxCRef, {"published": "Macenko et al. 2009 (normalizeStaining.m)"})
+
+
+def fit(reference: np.ndarray, method: str, source: dict | None = None) -> dict:
+    """The parameters of ``method`` fitted on ``reference`` (uint8 RGB, HxWx3); ``source`` describes it."""
+    _check_method(method)
+    reference = _rgb(reference)
+    if method == "macenko":
+        from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+        if _tissue(reference.reshape(-1, 3))[1].sum() < max(MIN_TISSUE_PIXELS, MIN_TISSUE_FRACTION * reference.shape[0] * reference.shape[1]):
+            raise UserError("the stain reference image has too little tissue to fit Macenko's stain matrix",
+                            (source or {}).get("path", "reference image"),
+                            "choose a reference image mostly covered by H&E-stained tissue")
+        n = NumpyMacenkoNormalizer()
+        with np.errstate(all="ignore"):
+            n.fit(reference, Io=IO, alpha=ALPHA, beta=BETA)
+        if not (np.all(np.isfinite(n.HERef)) and np.all(np.isfinite(n.maxCRef)) and np.all(n.maxCRef > 0)):
+            raise UserError("Macenko's fit on the stain reference image failed (non-finite stain matrix)",
+                            (source or {}).get("path", "reference image"),
+                            "choose a reference image with both haematoxylin and eosin")
+        return _macenko_params(n.HERef, n.maxCRef, source)
+    from torchstain.numpy.normalizers import NumpyReinhardNormalizer
+
+    n = NumpyReinhardNormalizer()
+    n.fit(reference)
+    if np.any(np.asarray(n.target_stds) < MIN_STD):
+        raise UserError("the stain reference image has a flat LAB channel (one colour)",
+                        (source or {}).get("path", "reference image"), "choose an H&E image of tissue")
+    return {"method": "reinhard", "means": [float(v) for v in n.target_means],
+            "stds": [float(v) for v in n.target_stds], "source": source or {},
+            "torchstain": torchstain_version()}
+
+
+def _macenko_params(he, max_c, source) -> dict:
+    return {"method": "macenko", "HERef": np.asarray(he, float).tolist(),
+            "maxCRef": np.asarray(max_c, float).tolist(), "Io": IO, "alpha": ALPHA, "beta": BETA,
+            "source": source or {}, "torchstain": torchstain_version()}
+
+
+def normalize(image: np.ndarray, params: dict) -> np.ndarray:
+    """``image`` (uint8 RGB) with the reference's stain colours."""
+    return apply(image, params)[0]
+
+
+def apply(image: np.ndarray, params: dict) -> tuple[np.ndarray, str | None]:
+    """(normalised uint8 image, the fallback used or None); see the module's docstring."""
+    _check_method(params.get("method"))
+    image = _rgb(image)
+    with np.errstate(all="ignore"):
+        if params["method"] == "macenko":
+            return _macenko(image, params)
+        return _reinhard(image, params)
+
+
+def _tissue(pixels: np.ndarray):
+    """Optical density of every pixel and the mask of tissue pixels (OD >= beta in every channel)."""
+    od = -np.log((pixels.astype(float) + 1) / IO)
+    return od, ~np.any(od < BETA, axis=1)
+
+
+def _macenko(image: np.ndarray, params: dict) -> tuple[np.ndarray, str | None]:
+    """torchstain's NumpyMacenkoNormalizer.normalize (same operations, same results) with the fallbacks."""
+    he_ref, max_c_ref = np.asarray(params["HERef"], float), np.asarray(params["maxCRef"], float)
+    h, w, _ = image.shape
+    od, tissue = _tissue(image.reshape(-1, 3))
+    n_tissue = int(tissue.sum())
+    if n_tissue == 0:
+        return image.copy(), "no_tissue"
+    fallback = None
+    if n_tissue < max(MIN_TISSUE_PIXELS, MIN_TISSUE_FRACTION * h * w):
+        fallback = "few_tissue"
+    else:
+        od_hat = od[tissue]
+        _, eigvecs = np.linalg.eigh(np.cov(od_hat.T))
+        plane = eigvecs[:, 1:3]
+        phi = np.arctan2(*(od_hat @ plane).T[::-1])
+        v_min = plane @ np.array([np.cos(np.percentile(phi, ALPHA)), np.sin(np.percentile(phi, ALPHA))])
+        v_max = plane @ np.array([np.cos(np.percentile(phi, 100 - ALPHA)), np.sin(np.percentile(phi, 100 - ALPHA))])
+        # Haematoxylin first (torchstain's heuristic).
+        he = np.array((v_min, v_max)).T if v_min[0] > v_max[0] else np.array((v_max, v_min)).T
+        cos = abs(float(he[:, 0] @ he[:, 1]))  # unit vectors
+        if not np.isfinite(cos) or np.degrees(np.arccos(min(cos, 1.0))) < MIN_STAIN_ANGLE_DEG:
+            fallback = "one_stain"
+        else:
+            c = np.linalg.lstsq(he, od.T, rcond=None)[0]
+            max_c = np.array([np.percentile(c[0, :], 99), np.percentile(c[1, :], 99)])
+            if not (np.all(np.isfinite(c)) and np.all(np.isfinite(max_c)) and np.all(max_c > 0)):
+                fallback = "non_finite"
+    if fallback:
+        c = np.linalg.lstsq(he_ref, od.T, rcond=None)[0]
+        max_c = np.percentile(c[:, tissue], 99, axis=1)
+        if not (np.all(np.isfinite(c)) and np.all(np.isfinite(max_c)) and np.all(max_c > 0)):
+            return image.copy(), "non_finite"
+    c2 = c / (max_c / max_c_ref)[:, np.newaxis]
+    out = IO * np.exp(-he_ref @ c2)
+    out[out > 255] = 255
+    return np.reshape(out.T, (h, w, 3)).astype(np.uint8), fallback
+
+
+def _reinhard(image: np.ndarray, params: dict) -> tuple[np.ndarray, str | None]:
+    """torchstain's NumpyReinhardNormalizer.normalize (its colour conversions), with flat channels
+    only shifted."""
+    from torchstain.numpy.utils import get_mean_std, lab2rgb, lab_merge, lab_split, rgb2lab
+
+    labs = lab_split(rgb2lab(image.astype("float32") / 255))
+    result, fallback = [], None
+    for x, mu_t, std_t in zip(labs, params["means"], params["stds"]):
+        mu, std = get_mean_std(x)
+        if std < MIN_STD:
+            result.append(x - mu + mu_t)
+            fallback = "flat_channel"
+        else:
+            result.append((x - mu) / std * std_t + mu_t)
+    return (lab2rgb(lab_merge(*result)) * 255).astype("uint8"), fallback
+
+
+def _rgb(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
+    return image
+
+
+def _check_method(method) -> None:
+    if method not in METHODS:
+        raise UserError(f"unknown stain normalization {method!r}", "config key shards.stain_normalization",
+                        f"use none or one of {list(METHODS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# The workflow's reference
+# --------------------------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def check_reference(reference, manifests) -> str:
+    """The reference image's sha256; a UserError if any image of the manifests has the same bytes
+    (every dataset image is a test image in some fold, so a reference among them leaks test colours)."""
+    import pandas as pd
+
+    digest = _sha256(Path(reference))
+    for manifest in manifests:
+        table = pd.read_parquet(manifest, columns=["path", "sha256"])
+        same = table.loc[table["sha256"] == digest, "path"]
+        if len(same):
+            raise UserError(f"the stain reference image is the dataset image {same.iloc[0]} of {manifest}: every "
+                            "dataset image is a test image in some fold, so fitting on it would leak test data",
+                            f"config key shards.stain_reference = {reference}",
+                            "use an H&E image from outside the workflow's datasets (or null for macenko)")
+    return digest
+
+
+def fit_reference(method: str, reference, manifests, out_json) -> dict:
+    """Fit ``method`` on the configured reference image (or Macenko's published reference when
+    ``reference`` is None), after the leakage check; write the parameters to ``out_json``."""
+    import logging
+
+    from deepbc import imageio
+    from deepbc.atomic import write_json
+
+    log = logging.getLogger(__name__)
+    _check_method(method)
+    if reference is None:
+        if method != "macenko":
+            raise UserError(f"{method} normalization needs a reference image", "config key shards.stain_reference",
+                            "set shards.stain_reference to an H&E image outside the workflow's datasets")
+        params = published_macenko()
+    else:
+        path = Path(reference)
+        if not path.is_file():
+            raise UserError("the stain reference image does not exist", f"config key shards.stain_reference = {path}",
+                            "point it at an existing PNG/JPEG/TIFF H&E image")
+        digest = check_reference(path, manifests)
+        data = path.read_bytes()
+        try:
+            with imageio.strict(), imageio.open_image(data) as im:
+                imageio.load(im, lambda: io.BytesIO(data))
+                pixels = imageio.to_rgb(im)
+        except imageio.Rejected as err:
+            raise UserError(f"cannot decode the stain reference image ({err.reason}: {err.detail})",
+                            f"config key shards.stain_reference = {path}", "give a PNG, JPEG or TIFF image") from err
+        params = fit(pixels, method, {"path": path.name, "sha256": digest})
+    log.info("stain normalization %s: %s", method, {k: v for k, v in params.items() if k != "torchstain"})
+    write_json(out_json, params)
+    return params
+
+
+def load(path) -> dict:
+    import json
+
+    params = json.loads(Path(path).read_text(encoding="utf-8"))
+    _check_method(params.get("method"))
+    return params
+
+
+def params_for(method: str, stain_json) -> dict | None:
+    """The parameters the shard writer applies for ``shards.stain_normalization`` = ``method``:
+    None for none, else those of ``stain_json``, which must be of that method."""
+    if method == "none":
+        return None
+    _check_method(method)
+    if not stain_json:
+        raise UserError(f"shards.stain_normalization is {method} but no fitted parameters were given",
+                        "write_shards --stain-json", "pass results/stain/reference.json written by fit_stain.py")
+    params = load(stain_json)
+    if params["method"] != method:
+        raise UserError(f"the stain parameters are of {params['method']}, the config asks for {method}",
+                        str(stain_json), "rerun fit_stain (delete the file)")
+    return params

@@ -1,0 +1,232 @@
+"""Stain normalization (deepbc.stain): against torchstain and Macenko's published constants, the
+fallbacks on tiles where a fit fails, the leakage refusal, and its use by the shard writer."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from deepbc import stain, synthetic_he
+from deepbc.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+H_VECTOR, E_VECTOR = np.array([0.5626, 0.7201, 0.4062]), np.array([0.2159, 0.8012, 0.5581])
+
+
+def _tile(identity, patient, style="F", size=(96, 64)):
+    return np.asarray(synthetic_he.paint(style, synthetic_he.MAG_SCALE[100], size, 1, identity, patient, supersample=1))
+
+
+def _beer_lambert(h, e, seed=0):
+    """uint8 RGB of haematoxylin/eosin optical densities, with sensor noise."""
+    od = h[..., None] * H_VECTOR + e[..., None] * E_VECTOR
+    noise = np.random.default_rng(seed).normal(0, 1, od.shape)
+    return np.clip(240 * np.exp(-od) - 1 + noise, 0, 255).round().astype(np.uint8)
+
+
+def test_methods_are_the_schema_enum():
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    prop = schema["properties"]["shards"]["properties"]["stain_normalization"]
+    assert prop["enum"] == ["none", *stain.METHODS] and prop["default"] == "none"
+
+
+def test_published_macenko_reference():
+    """Macenko's normalizeStaining.m: HERef = [0.5626 0.2159; 0.7201 0.8012; 0.4062 0.5581], maxCRef = [1.9705 1.0308]."""
+    params = stain.published_macenko()
+    assert params["HERef"] == [[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]]
+    assert params["maxCRef"] == [1.9705, 1.0308]
+    assert (params["Io"], params["alpha"], params["beta"]) == (240, 1, 0.15)
+
+
+def test_macenko_equals_torchstain():
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    reference, image = _tile("a", "p1"), _tile("b", "p2", "DC")
+    params = stain.fit(reference, "macenko")
+    expected = NumpyMacenkoNormalizer()
+    expected.fit(reference)
+    np.testing.assert_array_equal(params["HERef"], expected.HERef)
+    out, fallback = stain.apply(image, params)
+    assert fallback is None
+    np.testing.assert_array_equal(out, expected.normalize(image, stains=False)[0])
+    # The published reference, too.
+    np.testing.assert_array_equal(stain.normalize(image, stain.published_macenko()),
+                                  NumpyMacenkoNormalizer().normalize(image, stains=False)[0])
+    assert np.abs(out.astype(int) - image).mean() > 5  # it does change the colours
+
+
+def test_reinhard_equals_torchstain():
+    from torchstain.numpy.normalizers import NumpyReinhardNormalizer
+
+    reference, image = _tile("a", "p1"), _tile("b", "p2", "DC")
+    params = stain.fit(reference, "reinhard")
+    expected = NumpyReinhardNormalizer()
+    expected.fit(reference)
+    out, fallback = stain.apply(image, params)
+    assert fallback is None
+    np.testing.assert_array_equal(out, expected.normalize(image))
+
+
+@pytest.mark.parametrize("method", stain.METHODS)
+def test_deterministic_through_json(method):
+    params = stain.fit(_tile("a", "p1"), method)
+    again = json.loads(json.dumps(params))
+    image = _tile("c", "p3", "PT")
+    np.testing.assert_array_equal(stain.normalize(image, params), stain.normalize(image, again))
+    assert again == stain.fit(_tile("a", "p1"), method)
+
+
+def test_white_tile_is_unchanged():
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    white = np.full((32, 48, 3), 245, np.uint8)
+    with pytest.raises(Exception), np.errstate(all="ignore"):  # torchstain's own failure
+        NumpyMacenkoNormalizer().normalize(white, stains=False)
+    out, fallback = stain.apply(white, stain.published_macenko())
+    assert fallback == "no_tissue"
+    np.testing.assert_array_equal(out, white)
+
+
+def test_single_stain_tile_uses_the_reference_matrix():
+    rng = np.random.default_rng(1)
+    tile = _beer_lambert(rng.uniform(0.3, 1.5, (64, 64)), np.zeros((64, 64)))
+    params = stain.published_macenko()
+    out, fallback = stain.apply(tile, params)
+    assert fallback == "one_stain"
+    # Haematoxylin only in, haematoxylin only out: every pixel's OD is along the reference H vector.
+    od = -np.log((out.reshape(-1, 3).astype(float) + 1) / 240)
+    dense = od[od.min(axis=1) > 0.3]
+    cos = dense @ H_VECTOR / np.linalg.norm(dense, axis=1) / np.linalg.norm(H_VECTOR)
+    assert len(dense) > 100 and np.median(cos) > 0.995 and cos.min() > 0.95  # quantisation noise aside
+
+
+def test_tiny_tissue_fraction_keeps_the_background():
+    h, e = np.zeros((64, 64)), np.zeros((64, 64))
+    h[:3, :3], e[3:6, :3] = 1.0, 1.0  # 18 of 4096 pixels
+    tile = _beer_lambert(h, e)
+    out, fallback = stain.apply(tile, stain.published_macenko())
+    assert fallback == "few_tissue"
+    background = np.ones((64, 64), bool)
+    background[:6, :3] = False
+    # Background stays background, tissue stays stained.
+    assert np.abs(out[background].astype(int) - tile[background]).mean() < 2
+    assert 60 < out[:6, :3].mean() < 200
+    # torchstain scales by the 99th percentile of all pixels, the background's: the tissue turns black.
+    from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+
+    with np.errstate(all="ignore"):
+        theirs = NumpyMacenkoNormalizer().normalize(tile, stains=False)[0]
+    assert np.abs(theirs[background].astype(int) - tile[background]).mean() > 10 and theirs[:6, :3].max() < 20
+
+
+def test_reinhard_flat_channel_is_shifted_not_divided():
+    flat = np.full((16, 16, 3), (200, 120, 180), np.uint8)
+    params = stain.fit(_tile("a", "p1"), "reinhard")
+    out, fallback = stain.apply(flat, params)
+    assert fallback == "flat_channel"
+    assert out.reshape(-1, 3).std(axis=0).max() == 0 and out.min() > 0  # torchstain divides by zero: black
+
+
+def test_fit_refuses_a_reference_without_tissue():
+    with pytest.raises(UserError, match="too little tissue"):
+        stain.fit(np.full((32, 32, 3), 250, np.uint8), "macenko", {"path": "white.png"})
+
+
+def _manifest(tmp_path, images):
+    rows = [{"path": p, "sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()} for p, f in images.items()]
+    path = tmp_path / "breakhis.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def test_fit_reference_refuses_a_dataset_image(tmp_path):
+    Image.fromarray(_tile("a", "p1")).save(tmp_path / "a.png")
+    Image.fromarray(_tile("b", "p2")).save(tmp_path / "ref.png")
+    manifest = _manifest(tmp_path, {"benign/a.png": tmp_path / "a.png"})
+    with pytest.raises(UserError) as err:
+        stain.fit_reference("macenko", str(tmp_path / "a.png"), [manifest], tmp_path / "out.json")
+    assert "shards.stain_reference" in str(err.value) and "benign/a.png" in str(err.value)
+    assert not (tmp_path / "out.json").exists()
+    params = stain.fit_reference("reinhard", str(tmp_path / "ref.png"), [manifest], tmp_path / "out.json")
+    assert stain.load(tmp_path / "out.json") == params
+    assert params["source"]["sha256"] == hashlib.sha256((tmp_path / "ref.png").read_bytes()).hexdigest()
+
+
+def test_reinhard_needs_a_reference_macenko_has_a_published_one(tmp_path):
+    with pytest.raises(UserError, match="shards.stain_reference"):
+        stain.fit_reference("reinhard", None, [], tmp_path / "out.json")
+    assert stain.fit_reference("macenko", None, [], tmp_path / "out.json") == stain.published_macenko()
+
+
+def test_fit_stain_script(tmp_path):
+    Image.fromarray(_tile("a", "p1")).save(tmp_path / "a.png")
+    manifest = _manifest(tmp_path, {"benign/a.png": tmp_path / "a.png"})
+    log = tmp_path / "fit.log"
+    proc = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "fit_stain.py"), "--shards-json",
+                           json.dumps({"stain_normalization": "macenko", "stain_reference": str(tmp_path / "a.png")}),
+                           "--manifests", str(manifest), "--out", str(tmp_path / "out.json"), "--log", str(log)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "would leak test data" in log.read_text()
+
+
+def test_params_for_checks_the_method(tmp_path):
+    assert stain.params_for("none", None) is None
+    with pytest.raises(UserError, match="--stain-json"):
+        stain.params_for("macenko", None)
+    (tmp_path / "p.json").write_text(json.dumps(stain.published_macenko()))
+    with pytest.raises(UserError, match="config asks for reinhard"):
+        stain.params_for("reinhard", tmp_path / "p.json")
+
+
+def _shard_dataset(tmp_path):
+    root = tmp_path / "root"
+    rows = []
+    for i, split in enumerate(["train", "train", "val", "test"]):
+        path = f"img{i}.png"
+        root.mkdir(exist_ok=True)
+        image = np.full((40, 60, 3), 250, np.uint8) if i == 1 else _tile(f"i{i}", f"p{i}", size=(60, 40))
+        Image.fromarray(image).save(root / path)
+        rows.append({"path": path, "patient": f"p{i}", "magnification": "100X", "label": "benign",
+                     "label_index": 0, "fold": 0, "split": split, "protocol": "patient"})
+    return root, pd.DataFrame(rows)
+
+
+def test_write_shards_stores_normalised_pixels(tmp_path):
+    from deepbc import shard_reader, shard_writer
+
+    root, table = _shard_dataset(tmp_path)
+    params = stain.fit(_tile("ref", "pr"), "macenko")
+    indexes = shard_writer.write_shards(table, 0, root, tmp_path / "out", image_format="png", seed=1, stain=params)
+    assert indexes["train"]["encoding"]["stain"] == params
+    assert indexes["train"]["stain_fallbacks"] == {"no_tissue": 1} and indexes["test"]["stain_fallbacks"] == {}
+    import tensorflow as tf
+
+    index = shard_reader.read_index(tmp_path / "out" / "test.json")
+    record = shard_reader.parse_example(next(iter(tf.data.TFRecordDataset(index["paths"]))))
+    stored = tf.io.decode_png(record["image/encoded"]).numpy()
+    original = np.asarray(Image.open(root / "img3.png"))
+    np.testing.assert_array_equal(stored, stain.normalize(original, params))
+    assert not np.array_equal(stored, original)
+
+
+def test_write_shards_script_with_stain(tmp_path):
+    from deepbc import shard_reader
+    from deepbc.atomic import write_parquet
+
+    root, table = _shard_dataset(tmp_path)
+    write_parquet(tmp_path / "s.parquet", table)
+    (tmp_path / "p.json").write_text(json.dumps(stain.published_macenko()))
+    shards = {"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0,
+              "stain_normalization": "macenko", "stain_reference": None}
+    subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "write_shards.py"), "--splits",
+                    str(tmp_path / "s.parquet"), "--root", str(root), "--fold", "0", "--out-dir", str(tmp_path / "out"),
+                    "--shards-json", json.dumps(shards), "--stain-json", str(tmp_path / "p.json"), "--seed", "1",
+                    "--workers", "1"], check=True, capture_output=True)
+    assert shard_reader.read_index(tmp_path / "out" / "val.json")["encoding"]["stain"] == stain.published_macenko()
