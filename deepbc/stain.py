@@ -278,3 +278,119 @@ def params_for(method: str, stain_json) -> dict | None:
         raise UserError(f"the stain parameters are of {params['method']}, the config asks for {method}",
                         str(stain_json), "rerun fit_stain (delete the file)")
     return params
+
+
+# --------------------------------------------------------------------------------------------
+# TensorFlow port (the SavedModel export): ``normalize`` with fixed parameters as graph ops
+# --------------------------------------------------------------------------------------------
+
+def normalize_tf(image, params: dict):
+    """``normalize`` as TensorFlow ops on a uint8 [H, W, 3] tensor, fallbacks included, so that an
+    exported model normalises without this package. Same arithmetic in the same precision (float64
+    for Macenko, float32 as torchstain for Reinhard); tests/test_stain.py bounds the difference."""
+    import tensorflow as tf
+
+    _check_method(params.get("method"))
+    if params["method"] == "macenko":
+        return _macenko_tf(tf, image, params)
+    return _reinhard_tf(tf, image, params)
+
+
+def _percentile_tf(tf, x, q):
+    """numpy's default (linear) percentile of the last axis of a float64 tensor."""
+    x = tf.sort(x, axis=-1)
+    n = tf.shape(x)[-1]
+    pos = tf.constant(q / 100.0, tf.float64) * tf.cast(n - 1, tf.float64)
+    lo = tf.cast(tf.floor(pos), tf.int32)
+    hi = tf.minimum(lo + 1, n - 1)
+    t = pos - tf.floor(pos)
+    a, b = tf.gather(x, lo, axis=-1), tf.gather(x, hi, axis=-1)
+    # numpy's _lerp: the formula from the nearer end.
+    return tf.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
+
+
+def _solve_tf(tf, he, y):
+    """Least squares ``he`` [3, 2] x = ``y`` [3, N] by the normal equations (inf/NaN when singular)."""
+    g = tf.matmul(he, he, transpose_a=True)
+    det = g[0, 0] * g[1, 1] - g[0, 1] * g[1, 0]
+    inverse = tf.stack([tf.stack([g[1, 1], -g[0, 1]]), tf.stack([-g[1, 0], g[0, 0]])]) / det
+    return tf.matmul(inverse, tf.matmul(he, y, transpose_a=True))
+
+
+def _usable_tf(tf, c, max_c):
+    return (tf.reduce_all(tf.math.is_finite(c)) & tf.reduce_all(tf.math.is_finite(max_c))
+            & tf.reduce_all(max_c > 0))
+
+
+def _macenko_tf(tf, image, params):
+    f64 = tf.float64
+    he_ref = tf.constant(params["HERef"], f64)
+    max_c_ref = tf.constant(params["maxCRef"], f64)
+    shape = tf.shape(image)
+    pixels = tf.reshape(tf.cast(image, f64), [-1, 3])
+    od = -tf.math.log((pixels + 1) / IO)
+    y = tf.transpose(od)
+    tissue = tf.reduce_all(od >= BETA, axis=1)
+    n_tissue = tf.reduce_sum(tf.cast(tissue, tf.int32))
+    enough = tf.cast(n_tissue, f64) >= tf.maximum(tf.constant(MIN_TISSUE_PIXELS, f64),
+                                                   MIN_TISSUE_FRACTION * tf.cast(shape[0] * shape[1], f64))
+
+    def own():
+        od_hat = tf.boolean_mask(od, tissue)
+        centred = od_hat - tf.reduce_mean(od_hat, axis=0)
+        cov = tf.matmul(centred, centred, transpose_a=True) / tf.cast(n_tissue - 1, f64)
+        _, eigvecs = tf.linalg.eigh(cov)
+        plane = eigvecs[:, 1:3]
+        t = tf.matmul(od_hat, plane)
+        phi = tf.atan2(t[:, 1], t[:, 0])
+
+        def vector(angle):
+            return tf.linalg.matvec(plane, tf.stack([tf.cos(angle), tf.sin(angle)]))
+
+        v_min, v_max = vector(_percentile_tf(tf, phi, ALPHA)), vector(_percentile_tf(tf, phi, 100 - ALPHA))
+        he = tf.where(v_min[0] > v_max[0], tf.stack([v_min, v_max], axis=1), tf.stack([v_max, v_min], axis=1))
+        cos = tf.minimum(tf.abs(tf.reduce_sum(he[:, 0] * he[:, 1])), 1.0)
+        two_stains = tf.math.is_finite(cos) & (tf.acos(cos) * (180 / np.pi) >= MIN_STAIN_ANGLE_DEG)
+        c = _solve_tf(tf, he, y)
+        max_c = _percentile_tf(tf, c, 99)
+        return c, max_c, two_stains & _usable_tf(tf, c, max_c)
+
+    def none():
+        return tf.zeros([2, tf.shape(y)[1]], f64), tf.ones([2], f64), tf.constant(False)
+
+    c_own, max_c_own, use_own = tf.cond(enough, own, none)
+    c_ref = _solve_tf(tf, he_ref, y)
+    max_c_fb = tf.cond(n_tissue > 0, lambda: _percentile_tf(tf, tf.boolean_mask(c_ref, tissue, axis=1), 99),
+                       lambda: tf.ones([2], f64))
+    c = tf.where(use_own, c_own, c_ref)
+    max_c = tf.where(use_own, max_c_own, max_c_fb)
+    out = IO * tf.exp(-tf.matmul(he_ref, c / (max_c / max_c_ref)[:, tf.newaxis]))
+    out = tf.cast(tf.reshape(tf.transpose(tf.minimum(out, 255.0)), shape), tf.uint8)
+    unchanged = tf.equal(n_tissue, 0) | (~use_own & ~_usable_tf(tf, c_ref, max_c_fb))
+    return tf.where(unchanged, image, out)
+
+
+def _reinhard_tf(tf, image, params):
+    """torchstain's numpy rgb2lab / lab2rgb (float32, the back conversion's matrix product in float64)."""
+    from torchstain.numpy.utils.rgb2lab import _rgb2xyz
+
+    f32 = tf.float32
+    white = tf.constant([0.95047, 1.0, 1.08883], f32)
+    rgb = tf.cast(image, f32) / 255
+    rgb = tf.where(rgb > 0.04045, tf.pow((rgb + 0.055) / 1.055, 2.4), rgb / 12.92)
+    xyz = tf.tensordot(rgb, tf.constant(_rgb2xyz.T, f32), 1) / white
+    xyz = tf.where(xyz > 0.008856, tf.pow(tf.maximum(xyz, 0.008856), 1 / 3), 7.787 * xyz + 16.0 / 116)
+    x, y, z = tf.unstack(xyz, axis=-1)
+    labs = [(116 * y - 16) * 2.55 / 2.55, 500 * (x - y) + 128 - 128, 200 * (y - z) + 128 - 128]
+    result = []
+    for channel, mu_t, std_t in zip(labs, params["means"], params["stds"]):
+        mu = tf.reduce_mean(channel)
+        std = tf.math.reduce_std(channel)
+        result.append(tf.where(std < MIN_STD, channel - mu + mu_t, (channel - mu) / std * std_t + mu_t))
+    l, a, b = result[0] * 2.55 / 2.55, result[1] + 128 - 128, result[2] + 128 - 128
+    y = (l + 16) / 116
+    xyz = tf.stack([a / 500 + y, y, y - b / 200], axis=-1)
+    xyz = tf.where(xyz > 0.2068966, tf.pow(xyz, 3), (xyz - 16.0 / 116) / 7.787) * white
+    rgb = tf.tensordot(tf.cast(xyz, tf.float64), tf.constant(np.linalg.inv(_rgb2xyz).T, tf.float64), 1)
+    rgb = tf.where(rgb > 0.0031308, 1.055 * tf.pow(tf.maximum(rgb, 0.0031308), 1 / 2.4) - 0.055, rgb * 12.92)
+    return tf.cast(tf.clip_by_value(rgb, 0, 1) * 255, tf.uint8)

@@ -284,6 +284,8 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
                # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
                "device": gpu.describe_device(threads, precision.name),
                "precision": precision.name,
+               # The shards' stain normalization: predict_folder and the export apply the same.
+               "stain": train_index["encoding"].get("stain"),
                "inputs_fingerprint": fingerprint(inputs)}
     model_dir.publish(state_dir / "best", out_dir, history, summary)
     shutil.rmtree(state_dir)  # published: a rerun starts afresh

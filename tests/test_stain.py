@@ -230,3 +230,108 @@ def test_write_shards_script_with_stain(tmp_path):
                     "--shards-json", json.dumps(shards), "--stain-json", str(tmp_path / "p.json"), "--seed", "1",
                     "--workers", "1"], check=True, capture_output=True)
     assert shard_reader.read_index(tmp_path / "out" / "val.json")["encoding"]["stain"] == stain.published_macenko()
+
+
+def _parity_tiles():
+    rng = np.random.default_rng(1)
+    h, e = np.zeros((64, 64)), np.zeros((64, 64))
+    h[:3, :3], e[3:6, :3] = 1.0, 1.0
+    return {"F": _tile("b", "p2"), "DC": _tile("c", "p3", "DC", size=(140, 92)), "PT": _tile("d", "p4", "PT"),
+            "white": np.full((32, 48, 3), 245, np.uint8), "tiny": _beer_lambert(h, e),
+            "one_stain": _beer_lambert(rng.uniform(0.3, 1.5, (64, 64)), np.zeros((64, 64))),
+            "flat": np.full((16, 16, 3), (200, 120, 180), np.uint8)}
+
+
+@pytest.mark.parametrize("method", stain.METHODS)
+def test_tensorflow_port_equals_numpy(method):
+    """The export's normalization: Macenko identical; Reinhard (float32 sums in another order) within
+    one grey level on at most 0.1 % of the pixels."""
+    import tensorflow as tf
+
+    params = stain.fit(_tile("a", "p1"), method)
+    port = tf.function(lambda x: stain.normalize_tf(x, params), input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
+                       autograph=False)
+    fallbacks = set()
+    for name, tile in _parity_tiles().items():
+        expected, fallback = stain.apply(tile, params)
+        fallbacks.add(fallback)
+        diff = np.abs(port(tf.constant(tile)).numpy().astype(int) - expected)
+        assert diff.max() <= (0 if method == "macenko" else 1) and (diff > 0).mean() <= 1e-3, name
+    assert len(fallbacks) >= (4 if method == "macenko" else 2)  # the fallbacks are exercised, not only the fit
+
+
+@pytest.fixture(scope="module")
+def stain_model(tmp_path_factory):
+    """A tiny model trained on shards normalised with Macenko's published reference, and its export."""
+    from deepbc import export, train
+    from tests import trainkit
+
+    base = tmp_path_factory.mktemp("stain_model")
+    params = stain.published_macenko()
+    shard_dir = trainkit.make_shards(base / "images", base / "shards", per_split=(32, 16, 16), stain=params)
+    train.train(*trainkit.indexes(shard_dir), base / "model", base / "state", "resnet_small",
+                trainkit.settings(max_number_of_steps=20, eval_every_steps=10, save_every_steps=10), seed=3)
+    export.export_saved_model(base / "model", base / "export", threads=1)
+    return base, params
+
+
+@pytest.mark.slow
+def test_model_carries_the_stain_and_predict_folder_applies_it(stain_model, tmp_path):
+    import shutil
+
+    from deepbc import evaluate, model_dir
+    from tests import trainkit
+
+    base, params = stain_model
+    assert model_dir.load_settings(base / "model")["stain"] == params
+    raw, normalised = tmp_path / "raw", tmp_path / "normalised"
+    raw.mkdir(), normalised.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        pixels = trainkit.draw(rng, i % 2, size=48)
+        Image.fromarray(pixels).save(raw / f"{i}.png")
+        Image.fromarray(stain.normalize(pixels, params)).save(normalised / f"{i}.png")
+    # The same network without the stain in its settings, given images normalised beforehand.
+    plain = tmp_path / "plain"
+    shutil.copytree(base / "model", plain)
+    settings = json.loads((plain / "settings.json").read_text())
+    (plain / "settings.json").write_text(json.dumps(dict(settings, stain=None)))
+    cols = [f"prob_{c}" for c in trainkit.CLASSES]
+    by_model = evaluate.predict_folder(base / "model", raw, tmp_path / "a.csv")[cols].to_numpy(float)
+    by_hand = evaluate.predict_folder(plain, normalised, tmp_path / "b.csv")[cols].to_numpy(float)
+    unnormalised = evaluate.predict_folder(plain, raw, tmp_path / "c.csv")[cols].to_numpy(float)
+    np.testing.assert_allclose(by_model, by_hand, atol=1e-6)
+    assert np.abs(unnormalised - by_model).max() > 1e-4
+
+
+@pytest.mark.slow
+def test_export_normalises_inside_without_the_package(stain_model, tmp_path):
+    """The export, given the original images, gives predict_shards' probabilities on the normalised shards."""
+    import os
+
+    import tensorflow as tf
+
+    from deepbc import evaluate, shard_reader
+
+    base, _ = stain_model
+    expected = evaluate.predict_shards(base / "model", base / "shards" / "test.json", tmp_path / "p.parquet")
+    index = shard_reader.read_index(base / "shards" / "test.json")
+    names = [shard_reader.parse_example(r)["image/filename"].numpy().decode()
+             for r in tf.data.TFRecordDataset(index["paths"])]
+    originals = [(base / "images" / n).read_bytes() for n in names]
+    np.save(tmp_path / "encoded.npy", np.array(originals, dtype=object), allow_pickle=True)
+    code = ("import sys, numpy as np, tensorflow as tf\n"
+            "assert 'deepbc' not in sys.modules\n"
+            "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+            "out = serve(images=tf.constant(np.load(sys.argv[2], allow_pickle=True).tolist()))\n"
+            "np.save(sys.argv[3], out['probabilities'].numpy())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code, str(base / "export"), str(tmp_path / "encoded.npy"),
+                             str(tmp_path / "probs.npy")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    served = pd.DataFrame(np.load(tmp_path / "probs.npy"), columns=[f"prob_{c}" for c in ("benign", "malignant")])
+    served["path"] = names
+    merged = expected.merge(served, on="path", suffixes=("", "_served"))
+    assert len(merged) == len(expected) == 16
+    for c in ("benign", "malignant"):
+        np.testing.assert_allclose(merged[f"prob_{c}_served"], merged[f"prob_{c}"], atol=1e-5)
