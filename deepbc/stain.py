@@ -34,12 +34,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import logging
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from deepbc.errors import UserError
+
+LOG = logging.getLogger(__name__)
 
 # shards.stain_normalization's enum in config/schema.yaml, apart from "none" (tests/test_stain.py).
 METHODS = ("macenko", "reinhard")
@@ -75,7 +79,8 @@ def fit(reference: np.ndarray, method: str, source: dict | None = None) -> dict:
     if method == "macenko":
         from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
 
-        if _tissue(reference.reshape(-1, 3))[1].sum() < max(MIN_TISSUE_PIXELS, MIN_TISSUE_FRACTION * reference.shape[0] * reference.shape[1]):
+        pixels = reference.reshape(-1, 3)
+        if _too_little_tissue(int(_tissue(pixels)[1].sum()), len(pixels)):
             raise UserError("the stain reference image has too little tissue to fit Macenko's stain matrix",
                             (source or {}).get("path", "reference image"),
                             "choose a reference image mostly covered by H&E-stained tissue")
@@ -126,6 +131,10 @@ def _tissue(pixels: np.ndarray):
     return od, ~np.any(od < BETA, axis=1)
 
 
+def _too_little_tissue(n_tissue: int, n_pixels: int) -> bool:
+    return n_tissue < max(MIN_TISSUE_PIXELS, MIN_TISSUE_FRACTION * n_pixels)
+
+
 def _macenko(image: np.ndarray, params: dict) -> tuple[np.ndarray, str | None]:
     """torchstain's NumpyMacenkoNormalizer.normalize (same operations, same results) with the fallbacks."""
     he_ref, max_c_ref = np.asarray(params["HERef"], float), np.asarray(params["maxCRef"], float)
@@ -135,7 +144,7 @@ def _macenko(image: np.ndarray, params: dict) -> tuple[np.ndarray, str | None]:
     if n_tissue == 0:
         return image.copy(), "no_tissue"
     fallback = None
-    if n_tissue < max(MIN_TISSUE_PIXELS, MIN_TISSUE_FRACTION * h * w):
+    if _too_little_tissue(n_tissue, h * w):
         fallback = "few_tissue"
     else:
         od_hat = od[tissue]
@@ -224,12 +233,9 @@ def check_reference(reference, manifests) -> str:
 def fit_reference(method: str, reference, manifests, out_json) -> dict:
     """Fit ``method`` on the configured reference image (or Macenko's published reference when
     ``reference`` is None), after the leakage check; write the parameters to ``out_json``."""
-    import logging
-
     from deepbc import imageio
     from deepbc.atomic import write_json
 
-    log = logging.getLogger(__name__)
     _check_method(method)
     if reference is None:
         if method != "macenko":
@@ -251,14 +257,12 @@ def fit_reference(method: str, reference, manifests, out_json) -> dict:
             raise UserError(f"cannot decode the stain reference image ({err.reason}: {err.detail})",
                             f"config key shards.stain_reference = {path}", "give a PNG, JPEG or TIFF image") from err
         params = fit(pixels, method, {"path": path.name, "sha256": digest})
-    log.info("stain normalization %s: %s", method, {k: v for k, v in params.items() if k != "torchstain"})
+    LOG.info("stain normalization %s: %s", method, {k: v for k, v in params.items() if k != "torchstain"})
     write_json(out_json, params)
     return params
 
 
 def load(path) -> dict:
-    import json
-
     params = json.loads(Path(path).read_text(encoding="utf-8"))
     _check_method(params.get("method"))
     return params
@@ -381,6 +385,7 @@ def _reinhard_tf(tf, image, params):
     xyz = tf.tensordot(rgb, tf.constant(_rgb2xyz.T, f32), 1) / white
     xyz = tf.where(xyz > 0.008856, tf.pow(tf.maximum(xyz, 0.008856), 1 / 3), 7.787 * xyz + 16.0 / 116)
     x, y, z = tf.unstack(xyz, axis=-1)
+    # torchstain's round trip through OpenCV's LAB scaling, kept: it rounds in float32.
     labs = [(116 * y - 16) * 2.55 / 2.55, 500 * (x - y) + 128 - 128, 200 * (y - z) + 128 - 128]
     result = []
     for channel, mu_t, std_t in zip(labs, params["means"], params["stds"]):

@@ -38,7 +38,8 @@ def test_methods_are_the_schema_enum():
 
 
 def test_published_macenko_reference():
-    """Macenko's normalizeStaining.m: HERef = [0.5626 0.2159; 0.7201 0.8012; 0.4062 0.5581], maxCRef = [1.9705 1.0308]."""
+    """Macenko's normalizeStaining.m: HERef = [0.5626 0.2159; 0.7201 0.8012; 0.4062 0.5581],
+    maxCRef = [1.9705 1.0308]."""
     params = stain.published_macenko()
     assert params["HERef"] == [[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]]
     assert params["maxCRef"] == [1.9705, 1.0308]
@@ -165,15 +166,26 @@ def test_reinhard_needs_a_reference_macenko_has_a_published_one(tmp_path):
     assert stain.fit_reference("macenko", None, [], tmp_path / "out.json") == stain.published_macenko()
 
 
+def _script(name):
+    """A workflow script's module, run in this process (cheaper than a subprocess importing TensorFlow)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "workflow_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_fit_stain_script(tmp_path):
+    from deepbc import logs
+
     Image.fromarray(_tile("a", "p1")).save(tmp_path / "a.png")
     manifest = _manifest(tmp_path, {"benign/a.png": tmp_path / "a.png"})
     log = tmp_path / "fit.log"
-    proc = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "fit_stain.py"), "--shards-json",
-                           json.dumps({"stain_normalization": "macenko", "stain_reference": str(tmp_path / "a.png")}),
-                           "--manifests", str(manifest), "--out", str(tmp_path / "out.json"), "--log", str(log)],
-                          capture_output=True, text=True)
-    assert proc.returncode != 0 and "would leak test data" in log.read_text()
+    code = logs.run_main(_script("fit_stain").main, [
+        "--shards-json", json.dumps({"stain_normalization": "macenko", "stain_reference": str(tmp_path / "a.png")}),
+        "--manifests", str(manifest), "--out", str(tmp_path / "out.json"), "--log", str(log)])
+    assert code != 0 and "would leak test data" in log.read_text()
 
 
 def test_params_for_checks_the_method(tmp_path):
@@ -225,10 +237,9 @@ def test_write_shards_script_with_stain(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps(stain.published_macenko()))
     shards = {"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0,
               "stain_normalization": "macenko", "stain_reference": None}
-    subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "write_shards.py"), "--splits",
-                    str(tmp_path / "s.parquet"), "--root", str(root), "--fold", "0", "--out-dir", str(tmp_path / "out"),
-                    "--shards-json", json.dumps(shards), "--stain-json", str(tmp_path / "p.json"), "--seed", "1",
-                    "--workers", "1"], check=True, capture_output=True)
+    _script("write_shards").main(["--splits", str(tmp_path / "s.parquet"), "--root", str(root), "--fold", "0",
+                                  "--out-dir", str(tmp_path / "out"), "--shards-json", json.dumps(shards),
+                                  "--stain-json", str(tmp_path / "p.json"), "--seed", "1", "--workers", "1"])
     assert shard_reader.read_index(tmp_path / "out" / "val.json")["encoding"]["stain"] == stain.published_macenko()
 
 
@@ -249,8 +260,8 @@ def test_tensorflow_port_equals_numpy(method):
     import tensorflow as tf
 
     params = stain.fit(_tile("a", "p1"), method)
-    port = tf.function(lambda x: stain.normalize_tf(x, params), input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
-                       autograph=False)
+    port = tf.function(lambda x: stain.normalize_tf(x, params), autograph=False,
+                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     fallbacks = set()
     for name, tile in _parity_tiles().items():
         expected, fallback = stain.apply(tile, params)
