@@ -226,6 +226,10 @@ def test_write_shards_stores_normalised_pixels(tmp_path):
     original = np.asarray(Image.open(root / "img3.png"))
     np.testing.assert_array_equal(stored, stain.normalize(original, params))
     assert not np.array_equal(stored, original)
+    # Same bytes from worker processes.
+    again = shard_writer.write_shards(table, 0, root, tmp_path / "again", image_format="png", seed=1, stain=params,
+                                      workers=2)
+    assert [again[s]["shard_sha256"] for s in again] == [indexes[s]["shard_sha256"] for s in indexes]
 
 
 def test_write_shards_script_with_stain(tmp_path):
