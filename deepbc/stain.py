@@ -213,6 +213,14 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def check_setting(method: str, reference) -> None:
+    """The config's method and reference make sense together (the workflow checks this at start)."""
+    _check_method(method)
+    if reference is None and method != "macenko":
+        raise UserError(f"{method} normalization needs a reference image", "config key shards.stain_reference",
+                        "set shards.stain_reference to an H&E image outside the workflow's datasets")
+
+
 def check_reference(reference, manifests) -> str:
     """The reference image's sha256; a UserError if any image of the manifests has the same bytes
     (every dataset image is a test image in some fold, so a reference among them leaks test colours)."""
@@ -236,11 +244,8 @@ def fit_reference(method: str, reference, manifests, out_json) -> dict:
     from deepbc import imageio
     from deepbc.atomic import write_json
 
-    _check_method(method)
+    check_setting(method, reference)
     if reference is None:
-        if method != "macenko":
-            raise UserError(f"{method} normalization needs a reference image", "config key shards.stain_reference",
-                            "set shards.stain_reference to an H&E image outside the workflow's datasets")
         params = published_macenko()
     else:
         path = Path(reference)

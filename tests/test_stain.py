@@ -350,3 +350,14 @@ def test_export_normalises_inside_without_the_package(stain_model, tmp_path):
     assert len(merged) == len(expected) == 16
     for c in ("benign", "malignant"):
         np.testing.assert_allclose(merged[f"prob_{c}_served"], merged[f"prob_{c}"], atol=1e-5)
+
+
+def test_workflow_refuses_reinhard_without_a_reference_at_start():
+    from deepbc import workflow_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["shards"] = {"stain_normalization": "reinhard", "stain_reference": None}
+    with pytest.raises(UserError, match="set shards.stain_reference"):
+        workflow_config.check(config)
+    config["shards"]["stain_normalization"] = "macenko"  # Macenko's published reference
+    workflow_config.check(config)
