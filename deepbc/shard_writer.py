@@ -60,15 +60,15 @@ def shard_name(split: str, i: int, n: int) -> str:
 
 def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_side: int,
                  sha256: str | None = None, stain: dict | None = None) -> tuple:
-    """Read one image file and return (encoded bytes, height, width) in ``image_format``.
+    """Read one image file and return (encoded bytes, height, width, stain fallback) in ``image_format``.
 
     ``sha256``: the manifest's hash of the file; a file that no longer matches it is an error.
     An 8-bit RGB image already in the target format and not resized is stored as it is, without
     decoding (check_dataset decoded exactly these bytes); anything else is decoded by
     ``imageio`` (as check_dataset and predict_folder decode it) and re-encoded.
     ``stain``: stain normalization parameters (``deepbc.stain.fit``): the decoded image is
-    normalised at full size (as predict_folder normalises it) before resizing and encoding, and
-    the result has a fourth item, the fit's fallback on this image or None.
+    normalised at full size (as predict_folder normalises it) before resizing and encoding; the
+    fourth item is the fit's fallback on this image (``deepbc.stain.apply``), else None.
     """
     from deepbc import imageio
 
@@ -84,7 +84,7 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
             if max_shorter_side and min(width, height) > max_shorter_side:
                 scale = max_shorter_side / min(width, height)
             if scale == 1.0 and not stain and _stored_as_is(im, data, image_format):
-                return data, height, width
+                return data, height, width, None
             imageio.load(im, lambda: io.BytesIO(data))
             if stain:
                 from PIL import Image
@@ -94,7 +94,7 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
                 pixels, fallback = stain_mod.apply(imageio.to_rgb(im), stain)
                 return *_encode(Image.fromarray(pixels, "RGB"), image_format, jpeg_quality, scale), fallback
             # Encoded inside the block: for an RGB image, rgb_image is im, which closing would empty.
-            return _encode(imageio.rgb_image(im), image_format, jpeg_quality, scale)
+            return *_encode(imageio.rgb_image(im), image_format, jpeg_quality, scale), None
     except imageio.Rejected as err:
         raise UserError(f"cannot decode image ({err.reason}: {err.detail})", path,
                         "rebuild the manifest (check_dataset verifies every file) and rerun") from err
@@ -244,10 +244,10 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
                 results = pool.map(_encode_star, jobs, chunksize=_CHUNK) if pool else map(_encode_star, jobs)
                 with atomic_path(out_dir / name) as tmp:
                     with tf.io.TFRecordWriter(str(tmp)) as writer:
-                        for row, (encoded, height, width, *fallback) in zip(shard.itertuples(index=False), results):
+                        for row, (encoded, height, width, fallback) in zip(shard.itertuples(index=False), results):
                             writer.write(_example(encoded, image_format, row, height, width))
-                            if fallback and fallback[0]:
-                                fallbacks[split][fallback[0]] = fallbacks[split].get(fallback[0], 0) + 1
+                            if fallback:
+                                fallbacks[split][fallback] = fallbacks[split].get(fallback, 0) + 1
                             progress.update(1, split=split)
                 names.append(name)
                 hashes_written.append(_file_sha256(out_dir / name))

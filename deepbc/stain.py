@@ -12,28 +12,34 @@ Macenko without a reference image uses torchstain's default stain matrix and max
 concentrations, the values of Macenko's published reference implementation
 (https://github.com/mitkovetta/staining-normalization, normalizeStaining.m: HERef, maxCRef).
 
+Departures from torchstain, on purpose (on a tile that is tissue everywhere the results equal
+torchstain's; tests/test_stain.py): the statistics (Macenko's 99th-percentile maximal
+concentrations, Reinhard's LAB means and standard deviations) are taken over the tissue pixels
+(optical density >= beta in every channel), for the reference as for every tile. torchstain takes
+them over all pixels: on a tile with background (a TMA core on white) they are mostly the
+background's, and the tissue's colour then depends on how much background the tile has.
+
 Tiles on which a fit fails get a reasoned fallback instead of NaNs or a crash (``apply`` names it):
 
-- ``no_tissue``: no pixel has optical density >= beta in every channel (white background): the
-  tile is returned unchanged, there is no stain to map.
-- ``few_tissue``: fewer than ``MIN_TISSUE_PIXELS`` or ``MIN_TISSUE_FRACTION`` of the pixels are
-  tissue. The tile's own stain vectors (1st/99th percentile angles) would rest on a handful of
-  pixels, and its maximal concentrations, the 99th percentile over *all* pixels as in torchstain,
-  would be background's (~0) and blow the tissue up to saturation. The reference stain matrix is
-  used as the tile's own, and the 99th percentiles are taken over the tissue pixels only.
-- ``one_stain``: the two estimated stain vectors are less than ``MIN_STAIN_ANGLE_DEG`` apart (a tile
-  of one stain: the second eigenvector is noise), which makes unmixing ill-conditioned: as
-  ``few_tissue``.
-- ``non_finite``: the tile's own fit gave a non-finite or non-positive maximal concentration: as
-  ``few_tissue``; if that too is non-finite, the tile is returned unchanged.
+- ``no_tissue``: no tissue pixel (white background): the tile is returned unchanged, there is no
+  stain to map.
+- ``few_tissue``: fewer than ``MIN_TISSUE_PIXELS`` tissue pixels. Macenko: the tile's own stain
+  vectors (1st/99th percentile angles) would rest on a handful of pixels, so the reference stain
+  matrix is used as the tile's own, and both stains are scaled by one factor, that of the stain
+  densest relative to the reference (a per-stain factor would amplify the noise of a stain the
+  tile lacks into a false colour). Reinhard: the tile is returned unchanged (its LAB statistics
+  would rest on a handful of pixels).
+- ``one_stain``: Macenko's two estimated stain vectors are less than ``MIN_STAIN_ANGLE_DEG`` apart
+  (a tile of one stain: the second eigenvector is noise), which makes unmixing ill-conditioned: as
+  Macenko's ``few_tissue``.
+- ``non_finite``: the tile's own Macenko fit gave a non-finite or non-positive maximal
+  concentration: as ``few_tissue``; if that too is non-finite, the tile is returned unchanged.
 - Reinhard ``flat_channel``: a LAB channel with (near) zero standard deviation cannot be scaled
   (torchstain divides by it): that channel is only shifted to the reference mean.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 from importlib import metadata
@@ -50,10 +56,8 @@ METHODS = ("macenko", "reinhard")
 # torchstain's (and Macenko's) defaults: transmitted light intensity, the percentile of the stain
 # angles, the optical-density threshold of a tissue pixel.
 IO, ALPHA, BETA = 240.0, 1.0, 0.15
+# Fewer tissue pixels than this give no usable stain vectors or LAB statistics.
 MIN_TISSUE_PIXELS = 200
-# The concentrations are scaled by their 99th percentile: a tile needs well over 1 % of tissue for
-# that percentile to be tissue's.
-MIN_TISSUE_FRACTION = 0.02
 # H and E of Macenko's reference are 22 degrees apart; vectors within 5 degrees are one stain.
 MIN_STAIN_ANGLE_DEG = 5.0
 # LAB standard deviations below this (on L in 0..100, a/b in -128..127) are a flat channel.
@@ -73,35 +77,33 @@ def published_macenko() -> dict:
 
 
 def fit(reference: np.ndarray, method: str, source: dict | None = None) -> dict:
-    """The parameters of ``method`` fitted on ``reference`` (uint8 RGB, HxWx3); ``source`` describes it."""
+    """The parameters of ``method`` fitted on ``reference`` (uint8 RGB, HxWx3); ``source`` describes it.
+
+    Estimated as ``apply`` estimates a tile (statistics over the tissue pixels), so that a reference
+    with some background gets the same maximal concentrations / LAB statistics as its tissue alone;
+    on a reference that is tissue everywhere this is torchstain's fit."""
     _check_method(method)
     reference = _rgb(reference)
-    if method == "macenko":
-        from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
-
-        pixels = reference.reshape(-1, 3)
-        if _too_little_tissue(int(_tissue(pixels)[1].sum()), len(pixels)):
-            raise UserError("the stain reference image has too little tissue to fit Macenko's stain matrix",
-                            (source or {}).get("path", "reference image"),
-                            "choose a reference image mostly covered by H&E-stained tissue")
-        n = NumpyMacenkoNormalizer()
-        with np.errstate(all="ignore"):
-            n.fit(reference, Io=IO, alpha=ALPHA, beta=BETA)
-        if not (np.all(np.isfinite(n.HERef)) and np.all(np.isfinite(n.maxCRef)) and np.all(n.maxCRef > 0)):
-            raise UserError("Macenko's fit on the stain reference image failed (non-finite stain matrix)",
-                            (source or {}).get("path", "reference image"),
-                            "choose a reference image with both haematoxylin and eosin")
-        return _macenko_params(n.HERef, n.maxCRef, source)
-    from torchstain.numpy.normalizers import NumpyReinhardNormalizer
-
-    n = NumpyReinhardNormalizer()
-    n.fit(reference)
-    if np.any(np.asarray(n.target_stds) < MIN_STD):
-        raise UserError("the stain reference image has a flat LAB channel (one colour)",
-                        (source or {}).get("path", "reference image"), "choose an H&E image of tissue")
-    return {"method": "reinhard", "means": [float(v) for v in n.target_means],
-            "stds": [float(v) for v in n.target_stds], "source": source or {},
-            "torchstain": torchstain_version()}
+    where = (source or {}).get("path", "reference image")
+    od, tissue = _tissue(reference.reshape(-1, 3))
+    if int(tissue.sum()) < MIN_TISSUE_PIXELS:
+        raise UserError(f"the stain reference image has too little tissue (fewer than {MIN_TISSUE_PIXELS} pixels "
+                        f"of optical density >= {BETA})", where, "choose a reference image mostly covered by "
+                        "H&E-stained tissue")
+    with np.errstate(all="ignore"):
+        if method == "macenko":
+            he = _stain_vectors(od[tissue])
+            c, max_c = _concentrations(he, od, tissue)
+            if not (_two_stains(he) and _usable(c, max_c)):
+                raise UserError("Macenko's fit on the stain reference image failed (one stain or a non-finite "
+                                "stain matrix)", where, "choose a reference image with both haematoxylin and eosin")
+            return _macenko_params(he, max_c, source)
+        stats = [_mean_std(x, tissue) for x in _labs(reference)]
+    if any(std < MIN_STD for _, std in stats):
+        raise UserError("the stain reference image has a flat LAB channel (one colour)", where,
+                        "choose an H&E image of tissue")
+    return {"method": "reinhard", "means": [float(m) for m, _ in stats], "stds": [float(s) for _, s in stats],
+            "source": source or {}, "torchstain": torchstain_version()}
 
 
 def _macenko_params(he, max_c, source) -> dict:
@@ -131,12 +133,37 @@ def _tissue(pixels: np.ndarray):
     return od, ~np.any(od < BETA, axis=1)
 
 
-def _too_little_tissue(n_tissue: int, n_pixels: int) -> bool:
-    return n_tissue < max(MIN_TISSUE_PIXELS, MIN_TISSUE_FRACTION * n_pixels)
+def _stain_vectors(od_hat: np.ndarray) -> np.ndarray:
+    """torchstain's H and E vectors [3, 2] of the tissue pixels' optical densities."""
+    _, eigvecs = np.linalg.eigh(np.cov(od_hat.T))
+    plane = eigvecs[:, 1:3]
+    phi = np.arctan2(*(od_hat @ plane).T[::-1])
+    v_min = plane @ np.array([np.cos(np.percentile(phi, ALPHA)), np.sin(np.percentile(phi, ALPHA))])
+    v_max = plane @ np.array([np.cos(np.percentile(phi, 100 - ALPHA)), np.sin(np.percentile(phi, 100 - ALPHA))])
+    # Haematoxylin first (torchstain's heuristic).
+    return np.array((v_min, v_max)).T if v_min[0] > v_max[0] else np.array((v_max, v_min)).T
+
+
+def _two_stains(he: np.ndarray) -> bool:
+    cos = abs(float(he[:, 0] @ he[:, 1]))  # unit vectors
+    return bool(np.isfinite(cos)) and np.degrees(np.arccos(min(cos, 1.0))) >= MIN_STAIN_ANGLE_DEG
+
+
+def _concentrations(he, od, tissue):
+    """Every pixel's concentrations [2, N] and their 99th percentiles over the tissue pixels.
+    torchstain takes the percentiles over all pixels: on a tile with background these are the
+    background's, and the tissue's colour then jumps with the tissue fraction."""
+    c = np.linalg.lstsq(he, od.T, rcond=None)[0]
+    return c, np.percentile(c[:, tissue], 99, axis=1)
+
+
+def _usable(c, max_c) -> bool:
+    return bool(np.all(np.isfinite(c)) and np.all(np.isfinite(max_c)) and np.all(max_c > 0))
 
 
 def _macenko(image: np.ndarray, params: dict) -> tuple[np.ndarray, str | None]:
-    """torchstain's NumpyMacenkoNormalizer.normalize (same operations, same results) with the fallbacks."""
+    """torchstain's NumpyMacenkoNormalizer.normalize (same operations; same results on a tile that
+    is tissue everywhere) with the percentiles over tissue pixels and the fallbacks."""
     he_ref, max_c_ref = np.asarray(params["HERef"], float), np.asarray(params["maxCRef"], float)
     h, w, _ = image.shape
     od, tissue = _tissue(image.reshape(-1, 3))
@@ -144,45 +171,58 @@ def _macenko(image: np.ndarray, params: dict) -> tuple[np.ndarray, str | None]:
     if n_tissue == 0:
         return image.copy(), "no_tissue"
     fallback = None
-    if _too_little_tissue(n_tissue, h * w):
+    if n_tissue < MIN_TISSUE_PIXELS:
         fallback = "few_tissue"
     else:
-        od_hat = od[tissue]
-        _, eigvecs = np.linalg.eigh(np.cov(od_hat.T))
-        plane = eigvecs[:, 1:3]
-        phi = np.arctan2(*(od_hat @ plane).T[::-1])
-        v_min = plane @ np.array([np.cos(np.percentile(phi, ALPHA)), np.sin(np.percentile(phi, ALPHA))])
-        v_max = plane @ np.array([np.cos(np.percentile(phi, 100 - ALPHA)), np.sin(np.percentile(phi, 100 - ALPHA))])
-        # Haematoxylin first (torchstain's heuristic).
-        he = np.array((v_min, v_max)).T if v_min[0] > v_max[0] else np.array((v_max, v_min)).T
-        cos = abs(float(he[:, 0] @ he[:, 1]))  # unit vectors
-        if not np.isfinite(cos) or np.degrees(np.arccos(min(cos, 1.0))) < MIN_STAIN_ANGLE_DEG:
+        he = _stain_vectors(od[tissue])
+        if not _two_stains(he):
             fallback = "one_stain"
         else:
-            c = np.linalg.lstsq(he, od.T, rcond=None)[0]
-            max_c = np.array([np.percentile(c[0, :], 99), np.percentile(c[1, :], 99)])
-            if not (np.all(np.isfinite(c)) and np.all(np.isfinite(max_c)) and np.all(max_c > 0)):
+            c, max_c = _concentrations(he, od, tissue)
+            if _usable(c, max_c):
+                ratio = max_c / max_c_ref
+            else:
                 fallback = "non_finite"
     if fallback:
-        c = np.linalg.lstsq(he_ref, od.T, rcond=None)[0]
-        max_c = np.percentile(c[:, tissue], 99, axis=1)
-        if not (np.all(np.isfinite(c)) and np.all(np.isfinite(max_c)) and np.all(max_c > 0)):
+        c, max_c = _concentrations(he_ref, od, tissue)
+        # One factor for both stains, the densest stain's: per-stain factors would blow up the
+        # noise of a stain the tile lacks (its 99th percentile is ~0) into a false colour.
+        scale = np.max(max_c / max_c_ref)
+        if not (np.all(np.isfinite(c)) and np.isfinite(scale) and scale > 0):
             return image.copy(), "non_finite"
-    c2 = c / (max_c / max_c_ref)[:, np.newaxis]
+        ratio = np.array([scale, scale])
+    c2 = c / ratio[:, np.newaxis]
     out = IO * np.exp(-he_ref @ c2)
     out[out > 255] = 255
     return np.reshape(out.T, (h, w, 3)).astype(np.uint8), fallback
 
 
-def _reinhard(image: np.ndarray, params: dict) -> tuple[np.ndarray, str | None]:
-    """torchstain's NumpyReinhardNormalizer.normalize (its colour conversions), with flat channels
-    only shifted."""
-    from torchstain.numpy.utils import get_mean_std, lab2rgb, lab_merge, lab_split, rgb2lab
+def _labs(image: np.ndarray):
+    from torchstain.numpy.utils import lab_split, rgb2lab
 
-    labs = lab_split(rgb2lab(image.astype("float32") / 255))
+    return lab_split(rgb2lab(image.astype("float32") / 255))
+
+
+def _mean_std(channel, tissue):
+    """torchstain's get_mean_std over the tissue pixels (over all pixels it would follow the background)."""
+    from torchstain.numpy.utils import get_mean_std
+
+    return get_mean_std(channel.reshape(-1)[tissue])
+
+
+def _reinhard(image: np.ndarray, params: dict) -> tuple[np.ndarray, str | None]:
+    """torchstain's NumpyReinhardNormalizer.normalize (its colour conversions), with the LAB
+    statistics over the tissue pixels, tiles without enough tissue unchanged and flat channels
+    only shifted."""
+    from torchstain.numpy.utils import lab2rgb, lab_merge
+
+    _, tissue = _tissue(image.reshape(-1, 3))
+    n_tissue = int(tissue.sum())
+    if n_tissue < MIN_TISSUE_PIXELS:
+        return image.copy(), "no_tissue" if n_tissue == 0 else "few_tissue"
     result, fallback = [], None
-    for x, mu_t, std_t in zip(labs, params["means"], params["stds"]):
-        mu, std = get_mean_std(x)
+    for x, mu_t, std_t in zip(_labs(image), params["means"], params["stds"]):
+        mu, std = _mean_std(x, tissue)
         if std < MIN_STD:
             result.append(x - mu + mu_t)
             fallback = "flat_channel"
@@ -208,11 +248,6 @@ def _check_method(method) -> None:
 # The workflow's reference
 # --------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def check_setting(method: str, reference) -> None:
     """The config's method and reference make sense together (the workflow checks this at start)."""
     _check_method(method)
@@ -221,26 +256,37 @@ def check_setting(method: str, reference) -> None:
                         "set shards.stain_reference to an H&E image outside the workflow's datasets")
 
 
-def check_reference(reference, manifests) -> str:
-    """The reference image's sha256; a UserError if any image of the manifests has the same bytes
-    (every dataset image is a test image in some fold, so a reference among them leaks test colours)."""
+def check_reference(reference, manifests, roots=()) -> str:
+    """The reference image's sha256; a UserError if it lies under a dataset root (resolved paths) or
+    any image of the manifests has the same bytes (every dataset image is a test image in some fold,
+    so a reference among them leaks test colours). A dataset image re-saved or cropped outside the
+    roots is not caught: comparing decoded pixels would mean decoding every dataset image."""
     import pandas as pd
 
-    digest = _sha256(Path(reference))
+    from deepbc.download import sha256_file
+
+    where, fix = f"config key shards.stain_reference = {reference}", \
+        "use an H&E image from outside the workflow's datasets (or null for macenko)"
+    resolved = Path(reference).resolve()
+    for root in roots:
+        if resolved.is_relative_to(Path(root).resolve()):
+            raise UserError(f"the stain reference image lies under the dataset root {root}: every dataset image is "
+                            "a test image in some fold, so fitting on it would leak test data", where, fix)
+    digest = sha256_file(reference)
     for manifest in manifests:
         table = pd.read_parquet(manifest, columns=["path", "sha256"])
         same = table.loc[table["sha256"] == digest, "path"]
         if len(same):
             raise UserError(f"the stain reference image is the dataset image {same.iloc[0]} of {manifest}: every "
                             "dataset image is a test image in some fold, so fitting on it would leak test data",
-                            f"config key shards.stain_reference = {reference}",
-                            "use an H&E image from outside the workflow's datasets (or null for macenko)")
+                            where, fix)
     return digest
 
 
-def fit_reference(method: str, reference, manifests, out_json) -> dict:
+def fit_reference(method: str, reference, manifests, out_json, roots=()) -> dict:
     """Fit ``method`` on the configured reference image (or Macenko's published reference when
-    ``reference`` is None), after the leakage check; write the parameters to ``out_json``."""
+    ``reference`` is None), after the leakage check against the dataset ``roots`` and ``manifests``;
+    write the parameters to ``out_json``."""
     from deepbc import imageio
     from deepbc.atomic import write_json
 
@@ -249,18 +295,13 @@ def fit_reference(method: str, reference, manifests, out_json) -> dict:
         params = published_macenko()
     else:
         path = Path(reference)
-        if not path.is_file():
-            raise UserError("the stain reference image does not exist", f"config key shards.stain_reference = {path}",
-                            "point it at an existing PNG/JPEG/TIFF H&E image")
-        digest = check_reference(path, manifests)
-        data = path.read_bytes()
         try:
-            with imageio.strict(), imageio.open_image(data) as im:
-                imageio.load(im, lambda: io.BytesIO(data))
-                pixels = imageio.to_rgb(im)
+            pixels = imageio.decode(path)
         except imageio.Rejected as err:
-            raise UserError(f"cannot decode the stain reference image ({err.reason}: {err.detail})",
-                            f"config key shards.stain_reference = {path}", "give a PNG, JPEG or TIFF image") from err
+            raise UserError(f"cannot read the stain reference image ({err.reason}: {err.detail})",
+                            f"config key shards.stain_reference = {path}",
+                            "point it at an existing PNG, JPEG or TIFF H&E image") from err
+        digest = check_reference(path, manifests, roots)
         params = fit(pixels, method, {"path": path.name, "sha256": digest})
     LOG.info("stain normalization %s: %s", method, {k: v for k, v in params.items() if k != "torchstain"})
     write_json(out_json, params)
@@ -332,6 +373,7 @@ def _usable_tf(tf, c, max_c):
 
 
 def _macenko_tf(tf, image, params):
+    """``_macenko``; each fallback is computed only when taken (tf.cond runs one branch)."""
     f64 = tf.float64
     he_ref = tf.constant(params["HERef"], f64)
     max_c_ref = tf.constant(params["maxCRef"], f64)
@@ -341,8 +383,20 @@ def _macenko_tf(tf, image, params):
     y = tf.transpose(od)
     tissue = tf.reduce_all(od >= BETA, axis=1)
     n_tissue = tf.reduce_sum(tf.cast(tissue, tf.int32))
-    enough = tf.cast(n_tissue, f64) >= tf.maximum(tf.constant(MIN_TISSUE_PIXELS, f64),
-                                                   MIN_TISSUE_FRACTION * tf.cast(shape[0] * shape[1], f64))
+
+    def concentrations(he):
+        c = _solve_tf(tf, he, y)
+        return c, _percentile_tf(tf, tf.boolean_mask(c, tissue, axis=1), 99)
+
+    def render(c, ratio):
+        out = IO * tf.exp(-tf.matmul(he_ref, c / ratio[:, tf.newaxis]))
+        return tf.cast(tf.reshape(tf.transpose(tf.minimum(out, 255.0)), shape), tf.uint8)
+
+    def fallback():
+        c, max_c = concentrations(he_ref)
+        scale = tf.reduce_max(max_c / max_c_ref)
+        usable = tf.reduce_all(tf.math.is_finite(c)) & tf.math.is_finite(scale) & (scale > 0)
+        return tf.cond(usable, lambda: render(c, tf.stack([scale, scale])), lambda: image)
 
     def own():
         od_hat = tf.boolean_mask(od, tissue)
@@ -360,47 +414,47 @@ def _macenko_tf(tf, image, params):
         he = tf.where(v_min[0] > v_max[0], tf.stack([v_min, v_max], axis=1), tf.stack([v_max, v_min], axis=1))
         cos = tf.minimum(tf.abs(tf.reduce_sum(he[:, 0] * he[:, 1])), 1.0)
         two_stains = tf.math.is_finite(cos) & (tf.acos(cos) * (180 / np.pi) >= MIN_STAIN_ANGLE_DEG)
-        c = _solve_tf(tf, he, y)
-        max_c = _percentile_tf(tf, c, 99)
-        return c, max_c, two_stains & _usable_tf(tf, c, max_c)
 
-    def none():
-        return tf.zeros([2, tf.shape(y)[1]], f64), tf.ones([2], f64), tf.constant(False)
+        def unmix():
+            c, max_c = concentrations(he)
+            return tf.cond(_usable_tf(tf, c, max_c), lambda: render(c, max_c / max_c_ref), fallback)
 
-    c_own, max_c_own, use_own = tf.cond(enough, own, none)
-    c_ref = _solve_tf(tf, he_ref, y)
-    max_c_fb = tf.cond(n_tissue > 0, lambda: _percentile_tf(tf, tf.boolean_mask(c_ref, tissue, axis=1), 99),
-                       lambda: tf.ones([2], f64))
-    c = tf.where(use_own, c_own, c_ref)
-    max_c = tf.where(use_own, max_c_own, max_c_fb)
-    out = IO * tf.exp(-tf.matmul(he_ref, c / (max_c / max_c_ref)[:, tf.newaxis]))
-    out = tf.cast(tf.reshape(tf.transpose(tf.minimum(out, 255.0)), shape), tf.uint8)
-    unchanged = tf.equal(n_tissue, 0) | (~use_own & ~_usable_tf(tf, c_ref, max_c_fb))
-    return tf.where(unchanged, image, out)
+        return tf.cond(two_stains, unmix, fallback)
+
+    return tf.cond(tf.equal(n_tissue, 0), lambda: image,
+                   lambda: tf.cond(n_tissue < MIN_TISSUE_PIXELS, fallback, own))
 
 
 def _reinhard_tf(tf, image, params):
-    """torchstain's numpy rgb2lab / lab2rgb (float32, the back conversion's matrix product in float64)."""
+    """``_reinhard``: torchstain's numpy rgb2lab / lab2rgb (float32, the back conversion's matrix
+    product in float64)."""
     from torchstain.numpy.utils.rgb2lab import _rgb2xyz
 
     f32 = tf.float32
-    white = tf.constant([0.95047, 1.0, 1.08883], f32)
-    rgb = tf.cast(image, f32) / 255
-    rgb = tf.where(rgb > 0.04045, tf.pow((rgb + 0.055) / 1.055, 2.4), rgb / 12.92)
-    xyz = tf.tensordot(rgb, tf.constant(_rgb2xyz.T, f32), 1) / white
-    xyz = tf.where(xyz > 0.008856, tf.pow(tf.maximum(xyz, 0.008856), 1 / 3), 7.787 * xyz + 16.0 / 116)
-    x, y, z = tf.unstack(xyz, axis=-1)
-    # torchstain's round trip through OpenCV's LAB scaling, kept: it rounds in float32.
-    labs = [(116 * y - 16) * 2.55 / 2.55, 500 * (x - y) + 128 - 128, 200 * (y - z) + 128 - 128]
-    result = []
-    for channel, mu_t, std_t in zip(labs, params["means"], params["stds"]):
-        mu = tf.reduce_mean(channel)
-        std = tf.math.reduce_std(channel)
-        result.append(tf.where(std < MIN_STD, channel - mu + mu_t, (channel - mu) / std * std_t + mu_t))
-    l, a, b = result[0] * 2.55 / 2.55, result[1] + 128 - 128, result[2] + 128 - 128
-    y = (l + 16) / 116
-    xyz = tf.stack([a / 500 + y, y, y - b / 200], axis=-1)
-    xyz = tf.where(xyz > 0.2068966, tf.pow(xyz, 3), (xyz - 16.0 / 116) / 7.787) * white
-    rgb = tf.tensordot(tf.cast(xyz, tf.float64), tf.constant(np.linalg.inv(_rgb2xyz).T, tf.float64), 1)
-    rgb = tf.where(rgb > 0.0031308, 1.055 * tf.pow(tf.maximum(rgb, 0.0031308), 1 / 2.4) - 0.055, rgb * 12.92)
-    return tf.cast(tf.clip_by_value(rgb, 0, 1) * 255, tf.uint8)
+    od = -tf.math.log((tf.cast(image, tf.float64) + 1) / IO)
+    tissue = tf.reduce_all(od >= BETA, axis=-1)
+
+    def normalise():
+        white = tf.constant([0.95047, 1.0, 1.08883], f32)
+        rgb = tf.cast(image, f32) / 255
+        rgb = tf.where(rgb > 0.04045, tf.pow((rgb + 0.055) / 1.055, 2.4), rgb / 12.92)
+        xyz = tf.tensordot(rgb, tf.constant(_rgb2xyz.T, f32), 1) / white
+        xyz = tf.where(xyz > 0.008856, tf.pow(tf.maximum(xyz, 0.008856), 1 / 3), 7.787 * xyz + 16.0 / 116)
+        x, y, z = tf.unstack(xyz, axis=-1)
+        # torchstain's round trip through OpenCV's LAB scaling, kept: it rounds in float32.
+        labs = [(116 * y - 16) * 2.55 / 2.55, 500 * (x - y) + 128 - 128, 200 * (y - z) + 128 - 128]
+        result = []
+        for channel, mu_t, std_t in zip(labs, params["means"], params["stds"]):
+            values = tf.boolean_mask(channel, tissue)
+            mu = tf.reduce_mean(values)
+            std = tf.math.reduce_std(values)
+            result.append(tf.where(std < MIN_STD, channel - mu + mu_t, (channel - mu) / std * std_t + mu_t))
+        l, a, b = result[0] * 2.55 / 2.55, result[1] + 128 - 128, result[2] + 128 - 128
+        y = (l + 16) / 116
+        xyz = tf.stack([a / 500 + y, y, y - b / 200], axis=-1)
+        xyz = tf.where(xyz > 0.2068966, tf.pow(xyz, 3), (xyz - 16.0 / 116) / 7.787) * white
+        rgb = tf.tensordot(tf.cast(xyz, tf.float64), tf.constant(np.linalg.inv(_rgb2xyz).T, tf.float64), 1)
+        rgb = tf.where(rgb > 0.0031308, 1.055 * tf.pow(tf.maximum(rgb, 0.0031308), 1 / 2.4) - 0.055, rgb * 12.92)
+        return tf.cast(tf.clip_by_value(rgb, 0, 1) * 255, tf.uint8)
+
+    return tf.cond(tf.reduce_sum(tf.cast(tissue, tf.int32)) < MIN_TISSUE_PIXELS, lambda: image, normalise)

@@ -86,9 +86,10 @@ rule fit_stain:
     params:
         script=script("fit_stain.py"),
         stain=json.dumps({k: config["shards"][k] for k in ("stain_normalization", "stain_reference")}, sort_keys=True),
+        roots=[dataset_root(d) for d in DATASETS],
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --shards-json {params.stain:q} --manifests {input.manifests:q}'
-        " --out {output:q} --log {log:q}"
+        " --roots {params.roots:q} --out {output:q} --log {log:q}"
 
 
 rule write_shards:

@@ -21,7 +21,7 @@ def arguments(p):
     p.add_argument("--out-dir", required=True, help="folder for the shards and index JSONs")
     p.add_argument("--shards-json", required=True,
                    type=cli.config_section("shards", ["images_per_shard", "format", "jpeg_quality", "max_shorter_side",
-                                                       "stain_normalization", "stain_reference"]),
+                                                       "stain_normalization"]),
                    help='the config section shards as JSON (config/schema.yaml), e.g. \'{"images_per_shard": 256, '
                         '"format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0}\'')
     p.add_argument("--stain-json", default=None,
