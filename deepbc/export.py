@@ -7,7 +7,8 @@ does it: a JPEG decoded at the reduced scale the shard reader uses (``shard_read
 others decoded in full, then ``preprocessing.get_preprocessing(..., is_training=False)``.
 A model trained on stain-normalised shards (settings.json's ``stain``) has the normalization
 inside, with its fitted parameters, as TensorFlow ops (``deepbc.stain.normalize_tf``), after a full
-decode, as predict_folder does it.
+decode, then stored as the shards stored it (``deepbc.stain.as_stored_tf``: JPEG shards re-encoded
+and decoded at the reader's scale), as predict_folder does it.
 The graph computes in float32 whatever precision the model was trained in (the kept variables are
 float32). ``export.json`` beside ``saved_model.pb`` records the class names and input size.
 """
@@ -66,8 +67,9 @@ def export_saved_model(model_dir, out_dir, threads: int = 0) -> Path:
                 def full():
                     return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
 
-                if params:  # normalised at full size, as the shard writer and predict_folder do
-                    image = stain.normalize_tf(full(), params)
+                if params:  # normalised at full size and stored, as the shard writer and predict_folder do
+                    image = stain.as_stored_tf(stain.normalize_tf(full(), params), settings.get("shard_encoding"),
+                                               min_side)
                 else:
                     image = tf.cond(tf.io.is_jpeg(data), lambda: shard_reader.decode_jpeg(data, min_side), full)
                 image.set_shape([None, None, 3])

@@ -330,6 +330,29 @@ def params_for(method: str, stain_json) -> dict | None:
     return params
 
 
+def as_stored(pixels: np.ndarray, encoding: dict | None):
+    """Normalised ``pixels`` as the shard writer stores them under the shards' ``encoding``
+    (settings.json's ``shard_encoding``: resized, encoded): (JPEG bytes, None) for JPEG shards, to be
+    decoded as the shard reader decodes them, else (b"", the stored pixels). Without it the pixels
+    as they are; a model then sees lossless pixels where training saw JPEG q95 (README)."""
+    if not encoding:
+        return b"", pixels
+    from PIL import Image
+
+    from deepbc import imageio, shard_writer
+
+    height, width = pixels.shape[:2]
+    shorter, limit = min(height, width), encoding["max_shorter_side"]
+    scale = limit / shorter if limit and shorter > limit else 1.0
+    data, height, width = shard_writer._encode(Image.fromarray(pixels, "RGB"), encoding["format"],
+                                               encoding["jpeg_quality"], scale)
+    if encoding["format"] == "jpeg":
+        return data, None
+    if encoding["format"] == "png":
+        return b"", imageio.decode(data)
+    return b"", np.frombuffer(data, np.uint8).reshape(height, width, 3)
+
+
 # --------------------------------------------------------------------------------------------
 # TensorFlow port (the SavedModel export): ``normalize`` with fixed parameters as graph ops
 # --------------------------------------------------------------------------------------------
@@ -370,6 +393,32 @@ def _solve_tf(tf, he, y):
 def _usable_tf(tf, c, max_c):
     return (tf.reduce_all(tf.math.is_finite(c)) & tf.reduce_all(tf.math.is_finite(max_c))
             & tf.reduce_all(max_c > 0))
+
+
+def as_stored_tf(image, encoding: dict | None, min_side):
+    """``as_stored`` as TensorFlow ops, then decoded as the shard reader decodes (``min_side``):
+    tf.io.encode_jpeg at the same quality gives Pillow's pixels (tests/test_stain.py); the resize
+    (``max_shorter_side``) is TensorFlow's antialiased Lanczos, close to but not Pillow's."""
+    import tensorflow as tf
+
+    from deepbc import shard_reader
+
+    if not encoding:
+        return image
+    limit = encoding["max_shorter_side"]
+    if limit:
+        size = tf.cast(tf.shape(image)[:2], tf.float64)
+        scale = limit / tf.reduce_min(size)
+
+        def shrink():
+            new = tf.cast(tf.round(size * scale), tf.int32)
+            resized = tf.image.resize(image, new, method="lanczos3", antialias=True)
+            return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+        image = tf.cond(scale < 1, shrink, lambda: image)
+    if encoding["format"] == "jpeg":
+        return shard_reader.decode_jpeg(tf.io.encode_jpeg(image, quality=encoding["jpeg_quality"]), min_side)
+    return image
 
 
 def _macenko_tf(tf, image, params):

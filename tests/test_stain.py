@@ -343,6 +343,33 @@ def test_macenko_port_computes_each_fallback_only_when_taken():
     assert {"If", "StatelessIf"} & top and not top & {"MatMul", "BatchMatMulV2", "TopKV2", "MatrixInverse"}
 
 
+@pytest.mark.parametrize("image_format", ["jpeg", "png", "raw"])
+def test_stored_as_the_shards_store_it(tmp_path, image_format):
+    """predict_folder's and the export's ``as_stored`` give the shard reader's pixels of what the
+    shard writer stored; tf.io.encode_jpeg reproduces Pillow's JPEG pixels exactly, the resize
+    (max_shorter_side) is TensorFlow's Lanczos, within 2 grey levels (JPEG: 11) of Pillow's."""
+    import tensorflow as tf
+
+    from deepbc import shard_reader, shard_writer
+
+    pixels = _tile("a", "p1", "DC", size=(140, 92))
+    params = stain.published_macenko()
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    for limit, tolerance in ((0, 0), (46, 2 if image_format != "jpeg" else 11)):
+        encoding = {"format": image_format, "jpeg_quality": 95, "max_shorter_side": limit}
+        data, height, width, _ = shard_writer.encode_image(str(tmp_path / "a.png"), image_format, 95, limit,
+                                                           stain=params)
+        stored = shard_reader.decode({"image/encoded": data, "image/height": height, "image/width": width},
+                                     image_format, 24).numpy()
+        jpeg, as_stored = stain.as_stored(stain.normalize(pixels, params), encoding)
+        if image_format == "jpeg":
+            assert as_stored is None
+            as_stored = shard_reader.decode_jpeg(jpeg, 24).numpy()
+        np.testing.assert_array_equal(as_stored, stored)
+        port = stain.as_stored_tf(stain.normalize_tf(tf.constant(pixels), params), encoding, 24).numpy()
+        assert port.shape == stored.shape and np.abs(port.astype(int) - stored).max() <= tolerance, limit
+
+
 def _parity_tiles():
     rng = np.random.default_rng(1)
     h, e = np.zeros((64, 64)), np.zeros((64, 64))
@@ -373,13 +400,15 @@ def test_tensorflow_port_equals_numpy(method):
 
 @pytest.fixture(scope="module")
 def stain_model(tmp_path_factory):
-    """A tiny model trained on shards normalised with Macenko's published reference, and its export."""
+    """A tiny model trained on JPEG shards (the default) normalised with Macenko's published
+    reference, and its export."""
     from deepbc import export, train
     from tests import trainkit
 
     base = tmp_path_factory.mktemp("stain_model")
     params = stain.published_macenko()
-    shard_dir = trainkit.make_shards(base / "images", base / "shards", per_split=(32, 16, 16), stain=params)
+    shard_dir = trainkit.make_shards(base / "images", base / "shards", per_split=(32, 16, 16), stain=params,
+                                   image_format="jpeg")
     train.train(*trainkit.indexes(shard_dir), base / "model", base / "state", "resnet_small",
                 trainkit.settings(max_number_of_steps=20, eval_every_steps=10, save_every_steps=10), seed=3)
     export.export_saved_model(base / "model", base / "export", threads=1)
@@ -398,10 +427,13 @@ def test_model_carries_the_stain_and_predict_folder_applies_it(stain_model, tmp_
     raw, normalised = tmp_path / "raw", tmp_path / "normalised"
     raw.mkdir(), normalised.mkdir()
     rng = np.random.default_rng(5)
+    encoding = model_dir.load_settings(base / "model")["shard_encoding"]
+    assert encoding["format"] == "jpeg"
     for i in range(4):
         pixels = trainkit.draw(rng, i % 2, size=48)
         Image.fromarray(pixels).save(raw / f"{i}.png")
-        Image.fromarray(stain.normalize(pixels, params)).save(normalised / f"{i}.png")
+        # Normalised and stored as the JPEG shards store it: what the network was trained on.
+        (normalised / f"{i}.jpg").write_bytes(stain.as_stored(stain.normalize(pixels, params), encoding)[0])
     # The same network without the stain in its settings, given images normalised beforehand.
     plain = tmp_path / "plain"
     shutil.copytree(base / "model", plain)
@@ -413,6 +445,11 @@ def test_model_carries_the_stain_and_predict_folder_applies_it(stain_model, tmp_
     unnormalised = evaluate.predict_folder(plain, raw, tmp_path / "c.csv")[cols].to_numpy(float)
     np.testing.assert_allclose(by_model, by_hand, atol=1e-6)
     assert np.abs(unnormalised - by_model).max() > 1e-4
+    # Normalised but lossless (as before settings.json had shard_encoding): not what training saw.
+    lossless = dict(model_dir.load_settings(base / "model"), shard_encoding=None)
+    (plain / "settings.json").write_text(json.dumps(lossless))
+    old = evaluate.predict_folder(plain, raw, tmp_path / "d.csv")[cols].to_numpy(float)
+    assert np.abs(old - by_model).max() > 1e-4
 
 
 @pytest.mark.slow
