@@ -111,7 +111,10 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     rejects) and no probabilities. ``warning`` flags images whose shorter side is below
     ``SMALL_IMAGE_FRACTION`` of the network's input: they are enlarged that much, which the
     network never saw in training. Images are decoded as the dataset check and the shard writer
-    decode them (``deepbc.imageio``); 8-bit RGB JPEGs as the shard reader does, at a reduced scale.
+    decode them (``deepbc.imageio``); 8-bit RGB JPEGs as the shard reader does, at a reduced scale,
+    unless the model was trained on stain-normalised shards (settings.json's ``stain``): then every
+    image is decoded in full, normalised with the same parameters (``deepbc.stain``) and stored as
+    the shards stored it (JPEG shards: re-encoded, then decoded as the shard reader does).
     ``model_dir`` may also be a model's SavedModel export (``deepbc.export``): other images then
     reach it as PNGs (lossless), and it decodes and preprocesses them as evaluation does.
     """
@@ -122,6 +125,10 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     saved_model = export.is_saved_model(model_dir)
     settings = export.load_info(model_dir) if saved_model else model_folder.load_settings(model_dir)
     class_names, image_size = settings["class_names"], settings["image_size"]
+    # An export normalises inside its graph.
+    stain = None if saved_model else settings.get("stain")
+    # Models trained before settings.json recorded it: normalised pixels go in as they are.
+    encoding = settings.get("shard_encoding")
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError("the folder of images to predict does not exist", str(folder),
@@ -139,7 +146,8 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
         workers = threads or os.cpu_count() or 1
         spec = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3], tf.uint8))
         ds = tf.data.Dataset.from_generator(
-            lambda: _decoded(folder, paths, min_side, workers, rejected, sizes), output_signature=spec)
+            lambda: _decoded(folder, paths, min_side, workers, rejected, sizes, stain, encoding),
+            output_signature=spec)
 
         def load(rel, jpeg, pixels):
             image = tf.cond(tf.strings.length(jpeg) > 0, lambda: shard_reader.decode_jpeg(jpeg, min_side),
@@ -226,7 +234,8 @@ def _run_saved_model(export_dir, dataset, total: int):
         yield probs, {k: v.numpy() for k, v in meta.items()}
 
 
-def _decoded(folder: Path, paths: list[str], min_side, workers: int, rejected: dict, sizes: dict):
+def _decoded(folder: Path, paths: list[str], min_side, workers: int, rejected: dict, sizes: dict, stain=None,
+             encoding=None):
     """Yield (path, JPEG bytes or b"", pixels) per usable file in order; record the others in ``rejected``.
 
     Decoding runs in threads (Pillow releases the GIL while decoding), a few files ahead of the network.
@@ -234,7 +243,8 @@ def _decoded(folder: Path, paths: list[str], min_side, workers: int, rejected: d
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(paths), 4 * workers):
             chunk = paths[start:start + 4 * workers]
-            for rel, result in zip(chunk, pool.map(lambda r: _read_for_prediction(folder / r, min_side), chunk)):
+            results = pool.map(lambda r: _read_for_prediction(folder / r, min_side, stain, encoding), chunk)
+            for rel, result in zip(chunk, results):
                 if isinstance(result, imageio.Rejected):
                     rejected[rel] = (result.reason, result.detail)
                     continue
@@ -246,20 +256,27 @@ def _decoded(folder: Path, paths: list[str], min_side, workers: int, rejected: d
 _NO_PIXELS = np.zeros((0, 0, 3), np.uint8)
 
 
-def _read_for_prediction(path: Path, min_side):
+def _read_for_prediction(path: Path, min_side, stain=None, encoding=None):
     """(JPEG bytes, no pixels) for an 8-bit RGB JPEG, which TensorFlow decodes as the shard reader
-    does; else (b"", imageio's pixels); with the width and height. Returns imageio.Rejected, not raises."""
+    does; else (b"", imageio's pixels); with the width and height. With ``stain``, imageio's pixels
+    normalised (as the shard writer normalises, at full size) and stored as the shards stored them
+    (``encoding``: ``deepbc.stain.as_stored``). Returns imageio.Rejected, not raises."""
     try:
         data = imageio.read_file(path)
         with imageio.strict(), imageio.open_image(data) as im:
             width, height = im.size
-            if im.format in ("JPEG", "MPO") and im.mode == "RGB":
+            if im.format in ("JPEG", "MPO") and im.mode == "RGB" and not stain:
                 if min_side:
                     # Checked at the scale TensorFlow will decode it: as thorough, a fraction of the work.
                     im.draft("RGB", (min_side, min_side))
                 imageio.load(im)
                 return data, _NO_PIXELS, width, height
             imageio.load(im, lambda: io.BytesIO(data))
+            if stain:
+                from deepbc import stain as stain_mod
+
+                jpeg, pixels = stain_mod.as_stored(stain_mod.normalize(imageio.to_rgb(im), stain), encoding)
+                return jpeg, _NO_PIXELS if pixels is None else pixels, width, height
             return b"", imageio.to_rgb(im), width, height
     except imageio.Rejected as rejected:
         return rejected

@@ -5,7 +5,10 @@ strings (also BMP/GIF, first frame), and returns ``probabilities`` [batch, class
 ``class_names`` [classes]. The network's evaluation preprocessing is inside, exactly as evaluation
 does it: a JPEG decoded at the reduced scale the shard reader uses (``shard_reader.decode_jpeg``),
 others decoded in full, then ``preprocessing.get_preprocessing(..., is_training=False)``.
-Stain normalization is not implemented in this project yet, so none is inside either.
+A model trained on stain-normalised shards (settings.json's ``stain``) has the normalization
+inside, with its fitted parameters, as TensorFlow ops (``deepbc.stain.normalize_tf``), after a full
+decode, then stored as the shards stored it (``deepbc.stain.as_stored_tf``: JPEG shards re-encoded
+and decoded at the reader's scale), as predict_folder does it.
 The graph computes in float32 whatever precision the model was trained in (the kept variables are
 float32). ``export.json`` beside ``saved_model.pb`` records the class names and input size.
 """
@@ -42,7 +45,7 @@ def export_saved_model(model_dir, out_dir, threads: int = 0) -> Path:
     ``threads``: TensorFlow threads of the session that restores it (0: one per core)."""
     import tensorflow as tf
 
-    from deepbc import nets, preprocessing, shard_reader
+    from deepbc import nets, preprocessing, shard_reader, stain
 
     settings = model_folder.load_settings(model_dir)
     arch, image_size, class_names = settings["arch"], settings["image_size"], settings["class_names"]
@@ -58,9 +61,17 @@ def export_saved_model(model_dir, out_dir, threads: int = 0) -> Path:
             min_side = preprocess.min_source_side(image_size, image_size)
             encoded = tf.compat.v1.placeholder(tf.string, [None], name="images")
 
+            params = settings.get("stain")
+
             def one(data):
-                image = tf.cond(tf.io.is_jpeg(data), lambda: shard_reader.decode_jpeg(data, min_side),
-                                lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False))
+                def full():
+                    return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+                if params:  # normalised at full size and stored, as the shard writer and predict_folder do
+                    image = stain.as_stored_tf(stain.normalize_tf(full(), params), settings.get("shard_encoding"),
+                                               min_side)
+                else:
+                    image = tf.cond(tf.io.is_jpeg(data), lambda: shard_reader.decode_jpeg(data, min_side), full)
                 image.set_shape([None, None, 3])
                 return preprocess(image, image_size, image_size)
 
@@ -84,7 +95,7 @@ def export_saved_model(model_dir, out_dir, threads: int = 0) -> Path:
                     signature_def_map={SIGNATURE: signature}, strip_default_attrs=True)
                 builder.save()
         atomic.write_json(staging / "model" / INFO_FILE, {
-            "arch": arch, "class_names": class_names, "image_size": image_size,
+            "arch": arch, "class_names": class_names, "image_size": image_size, "stain": settings.get("stain"),
             "signature": SIGNATURE, "input": "images", "outputs": ["probabilities", "class_names"]})
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -59,13 +59,16 @@ def shard_name(split: str, i: int, n: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_side: int,
-                 sha256: str | None = None) -> tuple[bytes, int, int]:
-    """Read one image file and return (encoded bytes, height, width) in ``image_format``.
+                 sha256: str | None = None, stain: dict | None = None) -> tuple:
+    """Read one image file and return (encoded bytes, height, width, stain fallback) in ``image_format``.
 
     ``sha256``: the manifest's hash of the file; a file that no longer matches it is an error.
     An 8-bit RGB image already in the target format and not resized is stored as it is, without
     decoding (check_dataset decoded exactly these bytes); anything else is decoded by
     ``imageio`` (as check_dataset and predict_folder decode it) and re-encoded.
+    ``stain``: stain normalization parameters (``deepbc.stain.fit``): the decoded image is
+    normalised at full size (as predict_folder normalises it) before resizing and encoding; the
+    fourth item is the fit's fallback on this image (``deepbc.stain.apply``), else None.
     """
     from deepbc import imageio
 
@@ -80,11 +83,18 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
             scale = 1.0
             if max_shorter_side and min(width, height) > max_shorter_side:
                 scale = max_shorter_side / min(width, height)
-            if scale == 1.0 and _stored_as_is(im, data, image_format):
-                return data, height, width
+            if scale == 1.0 and not stain and _stored_as_is(im, data, image_format):
+                return data, height, width, None
             imageio.load(im, lambda: io.BytesIO(data))
+            if stain:
+                from PIL import Image
+
+                from deepbc import stain as stain_mod
+
+                pixels, fallback = stain_mod.apply(imageio.to_rgb(im), stain)
+                return *_encode(Image.fromarray(pixels, "RGB"), image_format, jpeg_quality, scale), fallback
             # Encoded inside the block: for an RGB image, rgb_image is im, which closing would empty.
-            return _encode(imageio.rgb_image(im), image_format, jpeg_quality, scale)
+            return *_encode(imageio.rgb_image(im), image_format, jpeg_quality, scale), None
     except imageio.Rejected as err:
         raise UserError(f"cannot decode image ({err.reason}: {err.detail})", path,
                         "rebuild the manifest (check_dataset verifies every file) and rerun") from err
@@ -164,13 +174,15 @@ def _example(encoded: bytes, image_format: str, row, height: int, width: int):
 
 def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_shard: int = 256,
                  image_format: str = "jpeg", jpeg_quality: int = 95, max_shorter_side: int = 0,
-                 seed: int = 42, workers: int = 1) -> dict[str, dict]:
+                 seed: int = 42, workers: int = 1, stain: dict | None = None) -> dict[str, dict]:
     """Write the train/val/test shards of ``fold`` and their index JSONs; return the indexes by split.
 
     Every shard is written under a temporary name and renamed; the three index JSONs are written
     last (after removing any old ones first), so an interrupted run leaves no index to trust.
     ``root``: the folder the table's paths are relative to, or {dataset: folder} for a table with a
     ``dataset`` column (an external test, deepbc.splits.make_external_splits).
+    ``stain``: stain normalization parameters applied to every image (``encode_image``), recorded
+    in the index's encoding with the count of images per fallback (``stain_fallbacks``).
     """
     import tensorflow as tf
 
@@ -211,7 +223,7 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
         (out_dir / f"{split}.json").unlink(missing_ok=True)
 
     encoding = {"format": image_format, "jpeg_quality": int(jpeg_quality) if image_format == "jpeg" else None,
-                "max_shorter_side": int(max_shorter_side)}
+                "max_shorter_side": int(max_shorter_side), **({"stain": stain} if stain else {})}
     plans = {split: plan_shards(rows[rows["split"] == split], images_per_shard, seed, fold, split)
              for split in SPLITS}
     total = len(rows)
@@ -220,19 +232,22 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
              images_per_shard, workers)
     progress = Progress(total, f"fold {fold} shards", unit="images")
     indexes = {}
+    fallbacks = {split: {} for split in SPLITS}
     with _pool(workers) as pool:
         for split, shards in plans.items():
             names, hashes_written = [], []
             for i, shard in enumerate(shards):
                 name = shard_name(split, i, len(shards))
                 hashes = shard["sha256"] if "sha256" in shard else [None] * len(shard)
-                jobs = [(f, image_format, jpeg_quality, max_shorter_side, h)
+                jobs = [(f, image_format, jpeg_quality, max_shorter_side, h, stain)
                         for f, h in zip(shard["file"], hashes)]
                 results = pool.map(_encode_star, jobs, chunksize=_CHUNK) if pool else map(_encode_star, jobs)
                 with atomic_path(out_dir / name) as tmp:
                     with tf.io.TFRecordWriter(str(tmp)) as writer:
-                        for row, (encoded, height, width) in zip(shard.itertuples(index=False), results):
+                        for row, (encoded, height, width, fallback) in zip(shard.itertuples(index=False), results):
                             writer.write(_example(encoded, image_format, row, height, width))
+                            if fallback:
+                                fallbacks[split][fallback] = fallbacks[split].get(fallback, 0) + 1
                             progress.update(1, split=split)
                 names.append(name)
                 hashes_written.append(_file_sha256(out_dir / name))
@@ -253,12 +268,17 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
                 # Content hashes: a trainer's resumable state is bound to exactly these shards.
                 "shard_sha256": hashes_written,
                 "encoding": encoding,
+                **({"stain_fallbacks": dict(sorted(fallbacks[split].items()))} if stain else {}),
                 "images_per_shard": int(images_per_shard),
                 "seed": int(seed),
             }
     _remove_stale(out_dir, {n for idx in indexes.values() for n in idx["shards"]})
     for split in SPLITS:
         write_json(out_dir / f"{split}.json", indexes[split])
+    for split in SPLITS:
+        if fallbacks[split]:
+            LOG.warning("fold %d %s: stain normalization fell back on %s image(s) (deepbc.stain): %s", fold, split,
+                        sum(fallbacks[split].values()), fallbacks[split])
     LOG.info("fold %d: wrote %s", fold, ", ".join(f"{s}: {idx['count']} images in {len(idx['shards'])} shard(s)"
                                                    for s, idx in indexes.items()))
     return indexes

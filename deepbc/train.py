@@ -284,6 +284,11 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
                # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
                "device": gpu.describe_device(threads, precision.name),
                "precision": precision.name,
+               # The shards' stain normalization: predict_folder and the export apply the same.
+               "stain": train_index["encoding"].get("stain"),
+               # How the shards stored the images (normalised ones re-encoded): predict_folder and
+               # the export store normalised images the same way before decoding them as the reader.
+               "shard_encoding": {k: train_index["encoding"][k] for k in ("format", "jpeg_quality", "max_shorter_side")},
                "inputs_fingerprint": fingerprint(inputs)}
     model_dir.publish(state_dir / "best", out_dir, history, summary)
     shutil.rmtree(state_dir)  # published: a rerun starts afresh

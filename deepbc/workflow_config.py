@@ -29,6 +29,11 @@ def check(config: dict) -> None:
     from deepbc import datasets_config
 
     datasets = datasets_config.resolve(config)
+    shards = config.get("shards", {})
+    if shards.get("stain_normalization", "none") != "none":
+        from deepbc import stain  # numpy: only when it is on, so the workflow starts as fast otherwise
+
+        stain.check_setting(shards["stain_normalization"], shards.get("stain_reference"))
     defined = config["task_definitions"]
     unknown = [t for t in config["tasks"] if t not in defined]
     if unknown:

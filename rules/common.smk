@@ -155,6 +155,22 @@ def all_shards():
     return [wfconfig.shard_index(run, fold, split) for run in RUNS for fold in FOLDS for split in SPLITS]
 
 
+STAIN_JSON = "results/stain/reference.json"
+
+
+def stain_input(wildcards):
+    """The fitted stain normalization, an input of the shards when it is on."""
+    return [] if config["shards"]["stain_normalization"] == "none" else STAIN_JSON
+
+
+def stain_option(wildcards):
+    return "" if config["shards"]["stain_normalization"] == "none" else f"--stain-json {STAIN_JSON}"
+
+
+def stain_reference(wildcards):
+    return config["shards"]["stain_reference"] or []
+
+
 def dataset_options(dataset):
     return datasets_config.options(DATASET_SPECS, dataset)
 

@@ -71,9 +71,31 @@ rule make_splits:
         " --seed {params.seed} {params.test_manifest} --out {output:q} --log {log:q}"
 
 
+rule fit_stain:
+    input:
+        reference=stain_reference,
+        manifests=expand("results/manifest/{dataset}.parquet", dataset=DATASETS),
+    output:
+        STAIN_JSON,
+    log:
+        "results/logs/fit_stain.log",
+    benchmark:
+        "results/benchmarks/fit_stain.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    params:
+        script=script("fit_stain.py"),
+        stain=json.dumps({k: config["shards"][k] for k in ("stain_normalization", "stain_reference")}, sort_keys=True),
+        roots=[dataset_root(d) for d in DATASETS],
+    shell:
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --shards-json {params.stain:q} --manifests {input.manifests:q}'
+        " --roots {params.roots:q} --out {output:q} --log {log:q}"
+
+
 rule write_shards:
     input:
         splits="results/splits/{run}.parquet",
+        stain=stain_input,
     output:
         [wfconfig.shard_index("{run}", "{fold}", split) for split in SPLITS],
     log:
@@ -92,7 +114,8 @@ rule write_shards:
         out_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
         shards=section_json("shards"),
         seed=config["seed"],
+        stain=stain_option,
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --splits {input.splits:q} --root {params.root:q}'
         " {params.test_root} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
-        " --shards-json {params.shards:q} --seed {params.seed} --workers {threads} --log {log:q}"
+        " --shards-json {params.shards:q} {params.stain} --seed {params.seed} --workers {threads} --log {log:q}"

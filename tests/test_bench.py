@@ -165,3 +165,12 @@ def test_trainer_benchmark_trains_as_the_workflow_does(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train", recording_train)
     training.trainer_rate(tmp_path, tmp_path, "resnet_small", {"batch_size": 4}, 0, 1, warmup=1)
     assert calls[0].get("log_every", workflow_default) == workflow_default
+
+
+def test_stain_tiny():
+    proc = subprocess.run([sys.executable, str(BENCH / "stain.py"), "--images", "1", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert set(result["methods"]) == {"none", "macenko", "reinhard"}
+    assert positive(*(v["ms_per_image_median"] for v in result["methods"].values()))

@@ -105,8 +105,8 @@ def test_a_folder_with_bad_small_16_bit_and_tiff_files_gets_a_row_for_each(model
     Image.fromarray(pixels).save(folder / "e_tf_fails.jpg", quality=95)
     read = evaluate._read_for_prediction
 
-    def tensorflow_cannot_decode(path, min_side):  # a JPEG Pillow accepts but TensorFlow does not
-        result = read(path, min_side)
+    def tensorflow_cannot_decode(path, *args):  # a JPEG Pillow accepts but TensorFlow does not
+        result = read(path, *args)
         return (b"\xff\xd8\xff garbage", *result[1:]) if path.name == "e_tf_fails.jpg" else result
 
     monkeypatch.setattr(evaluate, "_read_for_prediction", tensorflow_cannot_decode)

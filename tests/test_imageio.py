@@ -115,7 +115,7 @@ def test_the_check_the_shard_writer_and_predict_folder_agree_on_every_mode(tmp_p
         pixels = imageio.decode(Path(path))
         assert (row.height, row.width) == pixels.shape[:2]
         for fmt in ("png", "raw"):
-            encoded, height, width = shard_writer.encode_image(path, fmt, 95, 0, row.sha256)
+            encoded, height, width, _ = shard_writer.encode_image(path, fmt, 95, 0, row.sha256)
             features = {"image/encoded": encoded, "image/height": height, "image/width": width}
             np.testing.assert_array_equal(shard_reader.decode(features, fmt).numpy(), pixels, err_msg=f"{row.path} {fmt}")
         jpeg, predicted, width, height = evaluate._read_for_prediction(Path(path), None)

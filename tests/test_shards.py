@@ -344,7 +344,8 @@ def test_write_shards_script(dataset, tmp_path):
     out = tmp_path / "fold1"
     subprocess.run([sys.executable, script, "--splits", str(tmp_path / "s.parquet"), "--root", str(root),
                     "--fold", "1", "--out-dir", str(out), "--shards-json",
-                    json.dumps({"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0}),
+                    json.dumps({"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0,
+                                "stain_normalization": "none"}),
                     "--seed", "1", "--workers", "1"],
                    check=True, capture_output=True)
     assert shard_reader.read_index(out / "test.json")["count"] == 4

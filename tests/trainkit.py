@@ -22,8 +22,9 @@ def draw(rng, label: int, size: int = 40) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_shards(root: Path, out_dir: Path, per_split=(64, 32, 32), seed: int = 0) -> Path:
-    """Write PNGs under root and shards of fold 0 under out_dir; returns out_dir."""
+def make_shards(root: Path, out_dir: Path, per_split=(64, 32, 32), seed: int = 0, stain: dict | None = None,
+                image_format: str = "png") -> Path:
+    """Write PNGs under root and shards of fold 0 under out_dir (normalised with ``stain``); returns out_dir."""
     rng = np.random.default_rng(seed)
     rows = []
     for split, n in zip(("train", "val", "test"), per_split):
@@ -35,8 +36,8 @@ def make_shards(root: Path, out_dir: Path, per_split=(64, 32, 32), seed: int = 0
             rows.append({"path": rel, "patient": f"{split}-p{i // 4}", "slide": f"{split}-p{i // 4}",
                          "magnification": "NA", "label": CLASSES[label], "label_index": label,
                          "fold": 0, "split": split, "protocol": "patient"})
-    shard_writer.write_shards(pd.DataFrame(rows), 0, root, out_dir, images_per_shard=32, image_format="png",
-                        jpeg_quality=95, max_shorter_side=0, seed=seed, workers=1)
+    shard_writer.write_shards(pd.DataFrame(rows), 0, root, out_dir, images_per_shard=32, image_format=image_format,
+                        jpeg_quality=95, max_shorter_side=0, seed=seed, workers=1, stain=stain)
     return out_dir
 
 

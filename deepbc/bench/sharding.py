@@ -117,7 +117,7 @@ def measure_steps(tmp: Path, root: Path, count: int, source_bytes: int, workers:
         commands[f"write_shards_{fmt}"] = common.script_command(
             "write_shards.py", "--splits", splits, "--root", root, "--fold", 0, "--out-dir", tmp / f"shards_{fmt}",
             "--shards-json", json.dumps({"images_per_shard": 256, "format": fmt, "jpeg_quality": 95,
-                                         "max_shorter_side": 0}), "--seed", seed, "--workers", workers)
+                                         "max_shorter_side": 0, "stain_normalization": "none"}), "--seed", seed, "--workers", workers)
     for name, cmd in commands.items():
         LOG.info("running %s", name)
         steps[name] = common.timed_command(cmd, log_path=logs / f"{name}.log")
