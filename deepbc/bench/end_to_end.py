@@ -90,12 +90,13 @@ def dataset_images(workdir: Path) -> dict:
 
 
 def run(cores: int = 2, config: list[str] | None = None, configfiles: list[str] | None = None,
-        workdir: str | None = None, keep: bool = False) -> dict:
+        workdir: str | None = None, keep: bool = False, targets: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=workdir, prefix="e2e-") as tmp:
-        result = run_once(Path(tmp) / "wd", cores, config, configfiles)
+        result = run_once(Path(tmp) / "wd", cores, config, configfiles, targets)
         if keep:
             shutil.copytree(Path(tmp), Path(workdir or ".") / "end_to_end_run", dirs_exist_ok=True)
-    return {"cores": cores, "config": list(config or []), "configfiles": list(map(str, configfiles or [])), **result,
+    return {"cores": cores, "config": list(config or []), "configfiles": list(map(str, configfiles or [])),
+            "targets": list(targets or []), **result,
             "goals": {"seconds": 300, "peak_rss_mb": 4096, "noop_seconds": 5}}
 
 
