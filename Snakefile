@@ -13,7 +13,6 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/results.smk"
-include: "rules/explain.smk"
 
 
 rule all:

@@ -5,6 +5,7 @@ the rules' benchmark files, summed per rule. Prints one JSON line.
 
     .venv/bin/python bench/end_to_end.py --cores 2
     .venv/bin/python bench/end_to_end.py --config "tasks=[cancer_types]" "folds=[0]"   # a smaller run
+    .venv/bin/python bench/end_to_end.py --targets models   # part of the workflow
 """
 
 import argparse
@@ -18,6 +19,8 @@ def parse_args(argv=None):
                         help="config overrides passed to snakemake --config")
     parser.add_argument("--configfile", nargs="*", default=[], metavar="YAML",
                         help="config overlays on config/config.yaml (snakemake --configfile)")
+    parser.add_argument("--targets", nargs="*", default=[], metavar="TARGET",
+                        help="Snakemake targets to run (default: the default target, the whole workflow)")
     parser.add_argument("--workdir", help="where the run's directory goes (default: the system's temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the run (copied to WORKDIR/end_to_end_run)")
     return parser.parse_args(argv)
@@ -30,8 +33,7 @@ def main(argv=None) -> int:
     common.log_to_stderr()
 
     common.emit("end_to_end", end_to_end.run(cores=args.cores, config=args.config, configfiles=args.configfile,
-                                             workdir=args.workdir,
-                                             keep=args.keep))
+                                             workdir=args.workdir, keep=args.keep, targets=args.targets))
     return 0
 
 

@@ -3,6 +3,7 @@
 the growth exponent of time in images (at most 1: no faster than linear). Prints one JSON line.
 
     .venv/bin/python bench/scaling.py --scales 1 2 4
+    .venv/bin/python bench/scaling.py --scales 1 2 --targets manifests   # the dataset checks only
 """
 
 import argparse
@@ -17,6 +18,8 @@ def parse_args(argv=None):
                         help="config overrides passed to snakemake --config")
     parser.add_argument("--configfile", nargs="*", default=[], metavar="YAML",
                         help="config overlays on config/config.yaml (snakemake --configfile)")
+    parser.add_argument("--targets", nargs="*", default=[], metavar="TARGET",
+                        help="Snakemake targets to run (default: the default target, the whole workflow)")
     parser.add_argument("--workdir", help="where the runs go (default: the system's temp folder)")
     return parser.parse_args(argv)
 
@@ -30,7 +33,8 @@ def main(argv=None) -> int:
     common.log_to_stderr()
 
     common.emit("scaling", end_to_end.scaling(args.scales, cores=args.cores, config=args.config,
-                                              configfiles=args.configfile, workdir=args.workdir))
+                                              configfiles=args.configfile, workdir=args.workdir,
+                                              targets=args.targets))
     return 0
 
 

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from deepbc.errors import UserError
-from deepbc.figures import PROTOCOL_STYLE, _external, _level_title, load_predictions, save_figure
+from deepbc.figures import PROTOCOL_STYLE, _external, _level_title, load_task_predictions, save_figure
 from deepbc.metrics import CALIBRATION_METRICS, ECE_BINS, confidence_bin, grouping_of, prob_column
 from deepbc.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, _aggregate, _cell, _fmt, fold_frame,
                            load_metrics, protocol_label, write_formats)
@@ -122,11 +121,7 @@ def plot_reliability(pred_paths, classes: list[str], task: str, manifest, out_pn
     how many units each bin holds. ``manifest``: the task's test dataset manifest, for the grouping;
     ``test_dataset``: an external test dataset, named in the title."""
     grouping = grouping_of(manifest)
-    images, patients = load_predictions(pred_paths, classes)
-    other = sorted(set(images["task"]) - {task})
-    if other:
-        raise UserError(f"predictions of other task(s) {other} given for the calibration of {task}",
-                        "--predictions", f"pass only predictions of runs of task {task}")
+    images, patients = load_task_predictions(pred_paths, classes, task, "the calibration")
     fig = Figure(figsize=(10, 6.4))
     axes = fig.subplots(2, 2, sharex="col", gridspec_kw={"height_ratios": [3, 1]})
     archs = sorted(images["arch"].unique())

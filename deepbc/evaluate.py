@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 SMALL_IMAGE_FRACTION = 0.5
 
 
-def _run_predictions(model_dir, build_inputs, total: int, batch_size: int, threads: int = 0, more_outputs=None):
+def run_predictions(model_dir, build_inputs, total: int, batch_size: int, threads: int = 0, more_outputs=None):
     """Run the network over the batches of ``build_inputs(preprocess_fn, image_size)``.
 
     ``build_inputs`` returns a dataset of (images, metadata dict); yields (probabilities, metadata).
@@ -90,7 +90,7 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
 
     columns = ["path", "patient", "magnification", "label", "label_index",
                *[f"prob_{c}" for c in class_names], "pred", "pred_index"]
-    chunks = list(_run_predictions(model_dir, inputs, index["count"], batch_size, threads))
+    chunks = list(run_predictions(model_dir, inputs, index["count"], batch_size, threads))
     df = _frame(chunks, class_names).rename(columns={"filename": "path"})
     df["label_index"] = df["label_index"].astype("int64")
     df["label"] = [class_names[i] for i in df["label_index"]]
@@ -100,6 +100,23 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
     LOG.info("%d predictions written to %s (image-level accuracy %.3f)", len(df), out_path,
              float((df["pred_index"] == df["label_index"]).mean()))
     return df
+
+
+def evaluate_fold(model_dir, test_index, test_out, val_index, val_out, gradcam_png, class_names: list[str],
+                  seed: int, title: str, batch_size: int = 64, threads: int = 0):
+    """A fold's evaluation job: test predictions, validation predictions (what temperature scaling
+    is fitted on) and the Grad-CAM figure of a seeded sample of the test predictions.
+
+    One job, not three: each process loading TensorFlow and the model costs seconds, as much as
+    the demo's predictions and maps themselves."""
+    from deepbc import gradcam, shard_reader
+
+    with shard_reader.naming_corrupt_shards([test_index]):
+        predict_shards(model_dir, test_index, test_out, batch_size, threads)
+    with shard_reader.naming_corrupt_shards([val_index]):
+        predict_shards(model_dir, val_index, val_out, batch_size, threads)
+    with shard_reader.naming_corrupt_shards([test_index]):
+        gradcam.plot_gradcam(model_dir, test_index, test_out, class_names, seed, title, gradcam_png, threads)
 
 
 def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_csv=None,
@@ -171,7 +188,7 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     if saved_model:
         chunks = list(_run_saved_model(model_dir, encoded_inputs(batch_size), len(paths)))
     else:
-        chunks = list(_run_predictions(model_dir, inputs, len(paths), batch_size, threads))
+        chunks = list(run_predictions(model_dir, inputs, len(paths), batch_size, threads))
     df = _frame(chunks, class_names)
     if "path" not in df:  # nothing predicted
         df.insert(0, "path", pd.Series([], dtype=object))

@@ -109,6 +109,17 @@ def _roc(df: pd.DataFrame, classes: list[str]):
     return grid, tpr, auc
 
 
+def load_task_predictions(paths, classes: list[str], task: str, purpose: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``load_predictions`` of the runs of one ``task``; another task's files are refused (``purpose``,
+    e.g. "the ROC", names the figure in the error)."""
+    images, patients = load_predictions(paths, classes)
+    other = sorted(set(images["task"]) - {task})
+    if other:
+        raise UserError(f"predictions of other task(s) {other} given for {purpose} of {task}",
+                        "--predictions", f"pass only predictions of runs of task {task}")
+    return images, patients
+
+
 def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, out_pdf=None,
              test_dataset: str | None = None) -> Figure:
     """ROC curves of one task: patient level (left) and image level (right), one curve per
@@ -116,11 +127,7 @@ def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, 
     the per-fold AUCs. ``manifest``: the test dataset's manifest, for the grouping;
     ``test_dataset``: an external test dataset, named in the title."""
     grouping = grouping_of(manifest)
-    images, patients = load_predictions(pred_paths, classes)
-    other = sorted(set(images["task"]) - {task})
-    if other:
-        raise UserError(f"predictions of other task(s) {other} given for the ROC of {task}",
-                        "--predictions", f"pass only predictions of runs of task {task}")
+    images, patients = load_task_predictions(pred_paths, classes, task, "the ROC")
     fig = Figure(figsize=(10, 5.2))
     kind = "binary, positive: " + classes[1] if len(classes) == 2 else "macro one-vs-rest"
     archs = sorted(images["arch"].unique())

@@ -47,11 +47,6 @@ def _count(listing: str | None) -> int:
     return sum(1 for line in (listing or "").splitlines() if line.startswith("GPU "))
 
 
-def detect_gpu_count() -> int:
-    """GPUs listed by nvidia-smi; 0 where there is no driver (or it fails: see host_gpu_count)."""
-    return _count(_nvidia_smi("-L"))
-
-
 def _run_nvidia_smi(*args: str) -> tuple[str | None, str | None]:
     """(output, None) where nvidia-smi succeeds; (None, its error output) where it fails;
     (None, None) where it is not installed."""

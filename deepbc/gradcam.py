@@ -72,7 +72,7 @@ def gradcam_maps(model_dir, shard_index, paths: list[str], threads: int = 0) -> 
                 "image": _displayable(images, spec.preprocessing, preprocessing.VGG_MEANS)}
 
     found = {}
-    for _, meta in evaluate._run_predictions(model_dir, inputs, len(paths), len(paths), threads, outputs):
+    for _, meta in evaluate.run_predictions(model_dir, inputs, len(paths), len(paths), threads, outputs):
         for path, image, cam in zip(meta["path"], meta["image"], meta["map"]):
             peak = cam.max()
             found[path.decode()] = {"image": image, "map": cam / peak if peak > 0 else cam}

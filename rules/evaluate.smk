@@ -8,6 +8,13 @@ rule evaluate:
     output:
         test="results/predictions/{run}/{arch}/fold{fold}.parquet",
         val="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
+        # Grad-CAM in the same job: one TensorFlow start-up per fold, not two.
+        gradcam=report(
+            "results/figures/gradcam/{run}/{arch}/fold{fold}.png",
+            caption="../report/gradcam.rst",
+            category="Grad-CAM",
+            subcategory="{run} / {arch}",
+        ),
     log:
         "results/logs/evaluate/{run}/{arch}/fold{fold}.log",
     benchmark:
@@ -22,10 +29,15 @@ rule evaluate:
     params:
         script=script("evaluate_model.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        classes=lambda wc: task_classes(run_task(wc.run)),
+        seed=config["seed"],
+        title=lambda wc: f"{wc.run} / {wc.arch} / fold {wc.fold}"
+        + (f", external test: {run_test_dataset(wc.run)}" if is_external(wc.run) else ""),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}'
         " --out {output.test:q} --val-shard-index {input.val_index:q} --val-out {output.val:q}"
-        " --threads {threads} --log {log:q}"
+        " --gradcam-png {output.gradcam:q} --classes {params.classes:q} --seed {params.seed}"
+        " --title {params.title:q} --threads {threads} --log {log:q}"
 
 
 rule predict_folder:

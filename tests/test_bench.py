@@ -110,20 +110,30 @@ def test_synthetic_images_repeat_their_original(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_tiny(tmp_path, tiny_steps):
-    r = run_bench("end_to_end.py", "--config", *TINY_CONFIG, "--configfile", tiny_steps, tmp_path=tmp_path)
+    # Up to the TensorFlow jobs (the whole default target runs in tests/test_workflow.py's demo fixture).
+    target = "results/predictions/cancer_types/resnet_small/fold0.parquet"
+    r = run_bench("end_to_end.py", "--config", *TINY_CONFIG, "--configfile", tiny_steps, "--targets", target,
+                  tmp_path=tmp_path)
     assert positive(r["seconds"], r["peak_rss_mb"], r["noop_seconds"])
     assert r["jobs"] == sum(rule["jobs"] for rule in r["job_seconds_by_rule"].values())
-    assert {"make_demo", "check_dataset", "write_shards", "train", "evaluate"} <= set(r["job_seconds_by_rule"])
+    assert set(r["job_seconds_by_rule"]) == {"make_demo", "check_dataset", "make_splits", "write_shards", "train",
+                                             "evaluate"}
+    assert r["targets"] == [target]
     assert r["images"] == {"tma": 96}
 
 
 @pytest.mark.slow
-def test_scaling_tiny(tmp_path, tiny_steps):
-    r = run_bench("scaling.py", "--scales", 1, 2, "--config", *TINY_CONFIG, "--configfile", tiny_steps,
+def test_scaling_tiny(tmp_path):
+    # The scaling arithmetic over two real runs; the dataset check alone scales with demo_scale, and
+    # test_end_to_end_tiny already runs the whole workflow through the same run_once.
+    r = run_bench("scaling.py", "--scales", 1, 2, "--config", *TINY_CONFIG, "--targets", "manifests",
                   tmp_path=tmp_path)
     assert r["images"] == {"1": 96, "2": 192}  # JSON keys are strings
     assert r["images_vs_base"]["2"] == 2.0
     assert set(r["exponent"]) == {"2"}
+    assert r["targets"] == ["manifests"]
+    assert {"make_demo", "check_dataset"} == set(r["job_seconds_by_rule"]["1"])
+    assert r["seconds_vs_base"]["2"] == pytest.approx(r["seconds"]["2"] / r["seconds"]["1"], rel=0.01)
 
 
 def test_rule_seconds_sums_benchmark_files(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deepbc import evaluate, shard_reader, train
+from deepbc import evaluate, gradcam, shard_reader, train
 from deepbc.errors import UserError
 from tests import trainkit
 
@@ -134,7 +134,7 @@ def test_a_folder_with_bad_small_16_bit_and_tiff_files_gets_a_row_for_each(model
 
 
 @pytest.mark.slow
-def test_evaluate_script_predicts_validation_in_the_same_job(model, tmp_path):
+def test_evaluate_script_predicts_validation_and_draws_gradcam_in_the_same_job(model, tmp_path):
     import importlib.util
     from pathlib import Path
 
@@ -145,17 +145,20 @@ def test_evaluate_script_predicts_validation_in_the_same_job(model, tmp_path):
     script.main(["--model-dir", str(model / "model"), "--shard-index", str(model / "shards" / "test.json"),
                  "--out", str(tmp_path / "test.parquet"), "--val-shard-index",
                  str(model / "shards" / "val.json"), "--val-out", str(tmp_path / "val.parquet"),
-                 "--threads", "1"])
+                 "--gradcam-png", str(tmp_path / "fold0.png"), "--classes", *trainkit.CLASSES, "--seed", "1",
+                 "--title", "t / resnet_small / fold 0", "--threads", "1"])
     val = pd.read_parquet(tmp_path / "val.parquet")
     assert len(val) == 32 and val["path"].str.contains("/val_").all()
     pd.testing.assert_frame_equal(val, evaluate.predict_shards(model / "model", model / "shards" / "val.json",
                                                                tmp_path / "again.parquet"))
     assert pd.read_parquet(tmp_path / "test.parquet")["path"].str.contains("/test_").all()
+    # The figure of the sample that the test predictions and the seed choose.
+    _, sample = gradcam.plot_gradcam(model / "model", model / "shards" / "test.json", tmp_path / "test.parquet",
+                                     trainkit.CLASSES, 1, "t / resnet_small / fold 0", tmp_path / "again.png")
+    assert (tmp_path / "fold0.png").read_bytes() == (tmp_path / "again.png").read_bytes() and len(sample) > 0
 
 
 def test_gradcam_maps_and_figure(model, tmp_path):
-    from deepbc import gradcam
-
     index = model / "shards" / "test.json"
     df = evaluate.predict_shards(model / "model", index, tmp_path / "pred.parquet")
     sample = gradcam.select_samples(df, trainkit.CLASSES, seed=1)

@@ -319,7 +319,7 @@ def test_dry_run_of_a_third_dataset_and_an_external_task(tmp_path):
     out = dry_run_with_overlay(tmp_path, EXTERNAL_OVERLAY, "-p", "--config", "folds=[0]", check=True).stdout
     jobs = re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M)
     assert sorted(set(jobs)) == ["all", "calibration_figure", "calibration_table", "check_dataset",
-                                 "confusion_figure", "evaluate", "gradcam_figure", "make_demo", "make_splits",
+                                 "confusion_figure", "evaluate", "make_demo", "make_splits",
                                  "metrics", "roc_figure", "summary_table", "task_table", "train", "training_figure",
                                  "write_shards"]
     assert jobs.count("check_dataset") == 2 and jobs.count("train") == 2
@@ -329,5 +329,7 @@ def test_dry_run_of_a_third_dataset_and_an_external_task(tmp_path):
     assert re.search(r"--run cancer_types_site_b .*--manifest results/manifest/site_b.parquet .*--external-test site_b",
                      out)
     assert re.search(r"plot_calibration\.py\S* --task cancer_types_site_b .*--external-test site_b", out)
-    assert "--title 'cancer_types_site_b / resnet_small / fold 0, external test: site_b'" in out
+    # Grad-CAM is drawn by the evaluate job (one TensorFlow start-up per fold), titled with the external test.
+    assert re.search(r"evaluate_model\.py\S* .*--gradcam-png results/figures/gradcam/cancer_types_site_b/resnet_small/"
+                     r"fold0\.png .*--title 'cancer_types_site_b / resnet_small / fold 0, external test: site_b'", out)
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Predict a fold's test split with the kept checkpoint of a trained model.
+"""Predict a fold's test split with the kept checkpoint of a trained model, and draw its Grad-CAM figure.
 
 Writes one row per test image: path, patient, magnification, label, one probability column per
 class (prob_<class>), and the predicted class; the same for the validation split (what
-temperature scaling is fitted on), in the same job.
+temperature scaling is fitted on); and the Grad-CAM maps of a seeded sample of the test images (up
+to two correct and two wrong per true class, each shown as the network's input and the map over
+it), all in the same job.
 """
 
 from deepbc import cli, gpu, locks
@@ -15,6 +17,10 @@ def arguments(p):
     p.add_argument("--out", required=True, help="predictions parquet")
     p.add_argument("--val-shard-index", required=True, help="the fold's validation index, .../fold0/val.json")
     p.add_argument("--val-out", required=True, help="validation predictions parquet")
+    p.add_argument("--gradcam-png", required=True, help="the Grad-CAM figure, results/figures/gradcam/.../fold{k}.png")
+    p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
+    p.add_argument("--seed", required=True, type=int, help="chooses the Grad-CAM sample of images")
+    p.add_argument("--title", required=True, help="Grad-CAM figure title, e.g. run / arch / fold k")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
     gpu.add_arguments(p)
@@ -24,12 +30,10 @@ def arguments(p):
 def run(args):
     # One job per output; the lock comes before the GPU lease, so that a waiting job holds no GPU.
     with locks.exclusive(args.out, "these predictions", args.lock_timeout), gpu.lease_from_args(args):
-        from deepbc import evaluate, shard_reader
+        from deepbc import evaluate
 
-        with shard_reader.naming_corrupt_shards([args.shard_index]):
-            evaluate.predict_shards(args.model_dir, args.shard_index, args.out, args.batch_size, args.threads)
-        with shard_reader.naming_corrupt_shards([args.val_shard_index]):
-            evaluate.predict_shards(args.model_dir, args.val_shard_index, args.val_out, args.batch_size, args.threads)
+        evaluate.evaluate_fold(args.model_dir, args.shard_index, args.out, args.val_shard_index, args.val_out,
+                               args.gradcam_png, args.classes, args.seed, args.title, args.batch_size, args.threads)
 
 
 main = cli.script(__doc__, arguments, run)

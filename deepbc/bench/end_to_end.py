@@ -24,12 +24,13 @@ LOG = logging.getLogger("deepbc.bench.end_to_end")
 SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 
 
-def snakemake_command(workdir: Path, cores: int, config: list[str], configfiles: list[str]) -> list[str]:
+def snakemake_command(workdir: Path, cores: int, config: list[str], configfiles: list[str],
+                      targets: list[str] | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
            "--cores", str(cores)]
     if configfiles:  # overlays on the default config, as a user would give them
         cmd += ["--configfile", str(SNAKEFILE.parent / "config" / "config.yaml"), *map(str, configfiles)]
-    return cmd + (["--config", *config] if config else [])
+    return cmd + (["--config", *config] if config else []) + (["--", *targets] if targets else [])
 
 
 def job_environment() -> dict:
@@ -40,15 +41,15 @@ def job_environment() -> dict:
 
 
 def run_once(workdir: Path, cores: int = 2, config: list[str] | None = None,
-             configfiles: list[str] | None = None) -> dict:
-    """One full run from an empty ``workdir`` and its no-op rerun."""
+             configfiles: list[str] | None = None, targets: list[str] | None = None) -> dict:
+    """One full run (of ``targets``; default: the default target) from an empty ``workdir`` and its no-op rerun."""
     config, configfiles = list(config or []), list(configfiles or [])
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     logs = workdir.parent / f"{workdir.name}.logs"
     logs.mkdir(exist_ok=True)
-    cmd = snakemake_command(workdir, cores, config, configfiles)
+    cmd = snakemake_command(workdir, cores, config, configfiles, targets)
     LOG.info("running %s", " ".join(cmd))
     env = job_environment()
     full = common.timed_command(cmd, env=env, log_path=logs / "full.log")
@@ -89,28 +90,31 @@ def dataset_images(workdir: Path) -> dict:
 
 
 def run(cores: int = 2, config: list[str] | None = None, configfiles: list[str] | None = None,
-        workdir: str | None = None, keep: bool = False) -> dict:
+        workdir: str | None = None, keep: bool = False, targets: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=workdir, prefix="e2e-") as tmp:
-        result = run_once(Path(tmp) / "wd", cores, config, configfiles)
+        result = run_once(Path(tmp) / "wd", cores, config, configfiles, targets)
         if keep:
             shutil.copytree(Path(tmp), Path(workdir or ".") / "end_to_end_run", dirs_exist_ok=True)
-    return {"cores": cores, "config": list(config or []), "configfiles": list(map(str, configfiles or [])), **result,
+    return {"cores": cores, "config": list(config or []), "configfiles": list(map(str, configfiles or [])),
+            "targets": list(targets or []), **result,
             "goals": {"seconds": 300, "peak_rss_mb": 4096, "noop_seconds": 5}}
 
 
 def scaling(scales: list[int], cores: int = 2, config: list[str] | None = None,
-            configfiles: list[str] | None = None, workdir: str | None = None) -> dict:
-    """The full run at each ``demo_scale``; the growth exponent of time in images between each pair."""
+            configfiles: list[str] | None = None, workdir: str | None = None,
+            targets: list[str] | None = None) -> dict:
+    """The full run (or of ``targets`` only) at each ``demo_scale``; the growth exponent of time in
+    images between each pair."""
     runs = {}
     with tempfile.TemporaryDirectory(dir=workdir, prefix="scaling-") as tmp:
         for scale in scales:
             LOG.info("demo_scale=%d", scale)
             runs[scale] = run_once(Path(tmp) / f"scale{scale}", cores, [*(config or []), f"demo_scale={scale}"],
-                                   configfiles)
+                                   configfiles, targets)
     base = scales[0]
     images = {s: sum(r["images"].values()) for s, r in runs.items()}
     result = {"cores": cores, "config": list(config or []), "configfiles": list(map(str, configfiles or [])),
-              "scales": scales, "images": images,
+              "targets": list(targets or []), "scales": scales, "images": images,
               "seconds": {s: runs[s]["seconds"] for s in scales},
               "peak_rss_mb": {s: runs[s]["peak_rss_mb"] for s in scales},
               "seconds_vs_base": {s: common.ratio(runs[s]["seconds"], runs[base]["seconds"]) for s in scales},
