@@ -59,7 +59,9 @@ def test_corrupt_shard_is_named_in_the_job_log(tmp_path):
     from tests import trainkit
 
     shard_dir = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", per_split=(32, 8, 8))
-    shard = sorted(shard_dir.glob("train-*.tfrecord"))[0]
+    from deepbc import shard_reader
+
+    shard = Path(shard_reader.read_index(shard_dir / "train.json")["paths"][0])  # a shard of the dataset's store
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte inside a record: its checksum no longer matches
     shard.write_bytes(bytes(data))
@@ -75,7 +77,7 @@ def test_corrupt_shard_is_named_in_the_job_log(tmp_path):
     assert proc.returncode == 1
     text = log.read_text()
     assert "corrupt shard: corrupted record at" in text and f"where: {shard}" in text, text[-3000:]
-    assert f"delete the folder {shard_dir}/ and rerun" in text
+    assert f"delete the folder {shard.parent}/ and rerun" in text
     assert not (tmp_path / "model" / "settings.json").exists()
 
 
@@ -143,7 +145,7 @@ def test_cli_main_parses_logs_and_runs(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("script, option, section", [
-    ("write_shards.py", "--shards-json", "shards"),
+    ("encode_dataset.py", "--shards-json", "shards"),
     ("make_splits.py", "--splits-json", "splits"),
     ("compute_metrics.py", "--evaluation-json", "evaluation"),
 ])
