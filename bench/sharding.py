@@ -56,7 +56,8 @@ def main(argv=None) -> int:
 
         workdir = Path(args.workdir or args.images_dir) / "designs"
         result = encode_once.run(args.filelist, args.images_dir, workdir, sample=args.sample, workers=args.workers,
-                                 seed=args.seed, rounds=args.rounds, batches=args.batches, image_size=args.image_size)
+                                 seed=args.seed, rounds=args.rounds, batches=args.batches, image_size=args.image_size,
+                                 every=args.every)
         common.emit("sharding_designs", result)
         return 0
     result = sharding.run(args.filelist, every=args.every, workers=args.workers, read_images=args.read_images,

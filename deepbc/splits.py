@@ -27,7 +27,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from deepbc.errors import UserError
 from deepbc.layout import SPLITS
@@ -182,6 +181,9 @@ def _patient_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -
         if n < k:
             LOG.warning("class %r has %d patient(s), fewer than k=%d: %d test fold(s) will have none of it",
                         label, n, k, k - n)
+    # Imported here: scikit-learn takes seconds to import, and write_shards reads tables through this module.
+    from sklearn.model_selection import StratifiedGroupKFold
+
     outer = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     result = []
     for fold, (train_val, test) in enumerate(outer.split(np.zeros(len(y)), y, groups)):
@@ -228,6 +230,8 @@ def _image_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -> 
     if smallest < k:
         raise UserError(f"a class has only {smallest} image(s), fewer than k={k}", "config key splits.k",
                         "lower k or use a dataset with more images per class")
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
     outer = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     result = []
     for train_val, test in outer.split(np.zeros(len(y)), y):

@@ -67,8 +67,8 @@ def _paint(job) -> None:
     np.save(base_file, common.he_image(seed, i))
 
 
-def prepare_images(images_dir: Path, filelist: Path, seed: int, workers: int) -> tuple[Path, int]:
-    rels, same_as = listing(filelist)
+def prepare_images(images_dir: Path, filelist: Path, seed: int, workers: int, every: int = 1) -> tuple[Path, int]:
+    rels, same_as = listing(filelist, every)
     root = images_dir / "BreaKHis_v1"
     done = images_dir / f".complete-{len(rels)}-{seed}"
     if not done.is_file():
@@ -215,10 +215,10 @@ def old_index_for_reading(old: dict, split: str, out_dir: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 def run(filelist: Path, images_dir: Path, workdir: Path, sample: int = 3, workers: int = 2, seed: int = 0,
-        rounds: int = 3, batches: int = 40, image_size: int = 224) -> dict:
+        rounds: int = 3, batches: int = 40, image_size: int = 224, every: int = 1) -> dict:
     from deepbc.layout import SPLITS
 
-    root, n_files = prepare_images(images_dir, filelist, seed, workers)
+    root, n_files = prepare_images(images_dir, filelist, seed, workers, every)
     manifest_path, runs, settings = paper_runs(images_dir, root, seed, workers)
     manifest = pd.read_parquet(manifest_path)
     source_bytes = int(manifest["bytes"].sum())
