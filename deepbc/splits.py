@@ -129,10 +129,11 @@ def make_external_splits(train_df: pd.DataFrame, test_df: pd.DataFrame, k: int, 
 
 def dataset_roots(splits: pd.DataFrame, root, test_root) -> dict:
     """{dataset: root} of an external test's splits: ``root`` for the train/val rows' dataset,
-    ``test_root`` for the test rows' (the ``dataset`` column of ``make_external_splits``)."""
+    ``test_root`` for the test rows' (the ``dataset`` column of ``make_external_splits``); the
+    shard writer gives it the two datasets' stores."""
     if "dataset" not in splits.columns:
-        raise UserError("a test root was given but the splits table has no dataset column (not an external test)",
-                        "write_shards --test-root", "remake the splits, or leave --test-root out")
+        raise UserError("a test store was given but the splits table has no dataset column (not an external test)",
+                        "write_shards --test-store", "remake the splits, or leave --test-store out")
     test = splits["split"] == "test"
     own, other = set(splits.loc[~test, "dataset"]), set(splits.loc[test, "dataset"])
     if len(own) != 1 or len(other) != 1 or own == other:
