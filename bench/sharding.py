@@ -5,6 +5,15 @@ images/s, MB/s, bytes on disk, and what re-encoding to JPEG does to training inp
 one JSON line. The full run writes ~4 GB of PNGs into --workdir.
 
     .venv/bin/python bench/sharding.py --filelist ../shared/breakhis/BreaKHis_v1_filelist.txt
+
+With --compare-designs (issue 14 item 5): every BreakHis run and fold of config/paper.yaml, encoded
+once per run x fold x split (the design before the store, on a sample of --sample complete run x
+fold jobs, scaled by the images encoded in all of them) against once per dataset (the store and all
+the indexes, for real): encodes, time, disk, and training-read images/s of one fold's train split
+(deepbc/bench/encode_once.py):
+
+    .venv/bin/python bench/sharding.py --filelist ../shared/breakhis/BreaKHis_v1_filelist.txt \
+        --compare-designs --images-dir /tmp/encode_bench --sample 3 --rounds 3
 """
 
 import argparse
@@ -23,6 +32,12 @@ def parse_args(argv=None):
     parser.add_argument("--workdir", help="where the images and shards go (default: the system's temp folder)")
     parser.add_argument("--images-dir", type=Path,
                         help="keep the synthetic images here and reuse them next time (default: drawn each run)")
+    parser.add_argument("--compare-designs", action="store_true",
+                        help="old (per run x fold) against new (per dataset) encoding at config/paper.yaml scale; "
+                             "needs --images-dir")
+    parser.add_argument("--sample", type=int, default=3, help="old design: complete run x fold jobs timed (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="reading: alternating rounds per design (default 3)")
+    parser.add_argument("--batches", type=int, default=40, help="reading: batches of 16 timed per round (default 40)")
     return parser.parse_args(argv)
 
 
@@ -34,6 +49,17 @@ def main(argv=None) -> int:
 
     if not args.filelist.is_file():
         sys.exit(f"error: {args.filelist}: file list not found; pass the shared BreakHis listing with --filelist")
+    if args.compare_designs:
+        if not args.images_dir:
+            sys.exit("error: --compare-designs needs --images-dir (the images are cached there)")
+        from deepbc.bench import encode_once
+
+        workdir = Path(args.workdir or args.images_dir) / "designs"
+        result = encode_once.run(args.filelist, args.images_dir, workdir, sample=args.sample, workers=args.workers,
+                                 seed=args.seed, rounds=args.rounds, batches=args.batches, image_size=args.image_size,
+                                 every=args.every)
+        common.emit("sharding_designs", result)
+        return 0
     result = sharding.run(args.filelist, every=args.every, workers=args.workers, read_images=args.read_images,
                           image_size=args.image_size, seed=args.seed, workdir=args.workdir,
                           images_dir=args.images_dir)

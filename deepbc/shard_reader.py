@@ -1,8 +1,9 @@
-"""Reading the TFRecord shards of one fold: the index JSON, record parsing and decoding, the
-tf.data pipeline with its seeded stream, and naming a corrupt shard.
+"""Reading one split of a fold: its index JSON, the store shards it lists (keeping only the
+split's members, with their labels), record parsing and decoding, the tf.data pipeline with its
+seeded stream, and naming a corrupt shard.
 
-The shards, their records and the index keys are written by ``deepbc.shard_writer`` (layout in its
-docstring). TensorFlow is imported inside the functions that need it.
+The store shards, their records and the index keys are written by ``deepbc.shard_writer`` (layout
+in its docstring). TensorFlow is imported inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from deepbc.errors import UserError
 
 # The image encodings (``image/format``), also the schema's shards.format enum (tests/test_schema.py
@@ -22,7 +25,6 @@ FORMATS = ("jpeg", "png", "raw")
 FEATURES = {
     "image/encoded": "bytes",
     "image/format": "bytes",
-    "image/class/label": "int64",
     "image/height": "int64",
     "image/width": "int64",
     "image/filename": "bytes",
@@ -40,15 +42,23 @@ def read_index(path) -> dict:
         index = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserError(f"shard index is not valid JSON: {err}", str(path), "delete it and rerun write_shards") from err
-    keys = ["count", "count_per_class", "class_names", "shards", "encoding"]
+    keys = ["count", "count_per_class", "class_names", "shards", "shard_records", "members", "encoding"]
     missing = [k for k in keys if k not in index]
     if missing:
-        raise UserError(f"shard index lacks key(s) {missing}", str(path), "delete it and rerun write_shards")
-    index["paths"] = [str(path.parent / name) for name in index["shards"]]
+        raise UserError(f"shard index lacks key(s) {missing} (an index of per-run shards, before the "
+                        "per-dataset store, lacks shard_records and members)", str(path),
+                        f"delete the folder {path.parent}/ and rerun write_shards")
+    if len(index["members"]) != index["count"] or len(index["shard_records"]) != len(index["shards"]):
+        raise UserError(f"shard index lists {len(index['members'])} members for a count of {index['count']} "
+                        f"and {len(index['shard_records'])} shard sizes for {len(index['shards'])} shards",
+                        str(path), f"delete the folder {path.parent}/ and rerun write_shards")
+    # The listed shards are the dataset's store's, named relative to the index.
+    index["paths"] = [os.path.normpath(path.parent / name) for name in index["shards"]]
     absent = [p for p in index["paths"] if not os.path.isfile(p)]
     if absent:
         raise UserError(f"{len(absent)} shard(s) listed in the index are missing, e.g. {absent[0]}", str(path),
-                        "delete the folder and rerun write_shards")
+                        f"delete the folder {os.path.dirname(absent[0])}/ and rerun the workflow (encode_dataset "
+                        "rebuilds the store, write_shards the indexes)")
     if index["encoding"]["format"] not in FORMATS:
         raise UserError(f"unknown image format {index['encoding']['format']!r}", str(path),
                         f"rewrite the shards with one of {list(FORMATS)}")
@@ -127,6 +137,79 @@ def stream_key(seed, use: str, counter):
     return tf.random.experimental.stateless_fold_in(base, tf.cast(counter, tf.int64))
 
 
+def _member_table(index: dict, where) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Each listed shard's first record number, and for every record of the listed shards (numbered
+    through them in listed order) its label (-1: not a member) and expected file name."""
+    offsets = [0]
+    for n in index["shard_records"][:-1]:
+        offsets.append(offsets[-1] + int(n))
+    total = offsets[-1] + int(index["shard_records"][-1]) if offsets else 0
+    labels = np.full(total, -1, np.int64)
+    names = np.full(total, b"", object)
+    for shard, position, filename, label in index["members"]:
+        if not 0 <= position < index["shard_records"][shard]:
+            raise UserError(f"member {filename} is record {position} of a shard of {index['shard_records'][shard]}",
+                            str(where), "delete the index's folder and rerun write_shards")
+        labels[offsets[shard] + position] = label
+        names[offsets[shard] + position] = filename.encode()
+    return offsets, labels, names
+
+
+class _Members:
+    """The split's members among the records of its listed shards, as constants of the pipeline
+    (a lookup table would be a stateful resource, which one-shot iterators cannot capture)."""
+
+    def __init__(self, index: dict, where):
+        import tensorflow as tf
+
+        offsets, labels, names = _member_table(index, where)
+        self.where = where
+        self.paths = tf.constant(index["paths"])
+        self.offsets = tf.constant(offsets, tf.int64)
+        self.labels = tf.constant(labels)
+        self.names = tf.constant(names.astype(bytes))
+        self.cycle = min(len(index["paths"]), 8)
+
+    def records(self, files, num_parallel_calls, deterministic: bool):
+        """(record number, serialized record) of the members in ``files``, a dataset of (shard path,
+        number of its first record) in the order to read them."""
+        import tensorflow as tf
+
+        def numbered(path, base):
+            return tf.data.TFRecordDataset(path).enumerate().map(lambda i, record: (base + i, record))
+
+        # tf.data refuses more parallel calls than the cycle length (e.g. 2 threads over 1 shard).
+        calls = num_parallel_calls if num_parallel_calls == tf.data.AUTOTUNE else min(num_parallel_calls, self.cycle)
+        records = files.interleave(numbered, cycle_length=self.cycle, num_parallel_calls=calls,
+                                   deterministic=deterministic)
+        # Only the record number is looked at: non-members are skipped before being parsed.
+        return records.filter(lambda number, record: tf.gather(self.labels, number) >= 0)
+
+    def in_order(self, num_parallel_calls, deterministic: bool):
+        import tensorflow as tf
+
+        files = tf.data.Dataset.from_tensor_slices((self.paths, self.offsets))
+        return self.records(files, num_parallel_calls, deterministic)
+
+    def label(self, number, features):
+        """The member's label, once its record's file name is checked against the index."""
+        import tensorflow as tf
+
+        # A store rebuilt after the index was written could otherwise pair records with wrong labels.
+        check = tf.debugging.assert_equal(features["image/filename"], tf.gather(self.names, number),
+                                          message=f"a store record is not the member {self.where} lists there; "
+                                                  "rerun write_shards")
+        with tf.control_dependencies([check]):
+            return tf.gather(self.labels, number)
+
+
+def member_records(index_json_path):
+    """The split's members as a dataset of (serialized record, label), in evaluation order."""
+    members = _Members(read_index(index_json_path), index_json_path)
+    return members.in_order(1, True).map(
+        lambda number, record: (record, members.label(number, parse_example(record))))
+
+
 def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess_fn=None, image_size: int = 224,
                  shuffle_buffer: int = 1024, seed: int = 0, num_parallel_calls=None,
                  repeat: bool = False, with_metadata: bool = False, first_record: int = 0,
@@ -143,7 +226,9 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
     stream), each use with its own key (:func:`stream_key`), so the stream is the same whatever the
     parallelism. ``first_record`` starts the stream that many records in (a resumed run passes the records its restored steps consumed);
     the skipped records are read but not decoded. The last partial batch is dropped.
-    Evaluation: index order, every image once per pass.
+    Only the split's members (the index's ``members``) are kept from the listed store shards, each
+    with its label from the index; the stream counts members only.
+    Evaluation: the listed shards in index order (interleaved), every member once per pass.
     ``deterministic=False`` lets parallel stages deliver out of order (faster, not reproducible).
     Works eagerly and in tf.compat.v1 graph mode (one-shot or initializable iterators).
     """
@@ -163,42 +248,39 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
     # A preprocessing that says how large a source it needs lets JPEGs decode at a reduced scale.
     needs = getattr(preprocess, "min_source_side", None)
     min_side = needs(image_size, image_size) if needs else None
+    members = _Members(index, index_json_path)
     paths = index["paths"]
-    cycle = min(len(paths), 8)
-    # tf.data refuses more parallel calls than the cycle length (e.g. 2 threads over 1 shard).
-    interleave_calls = calls if calls == autotune else min(calls, cycle)
-
-    def read(files):
-        return files.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=interleave_calls,
-                                deterministic=deterministic)
 
     if is_training:
         def epoch_records(epoch):
             order = tf.argsort(tf.random.stateless_uniform([len(paths)], stream_key(seed, "file_order", epoch)))
-            files = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(paths), order))
+            files = tf.data.Dataset.from_tensor_slices((tf.gather(members.paths, order),
+                                                        tf.gather(members.offsets, order)))
             # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
             shuffle_seed = tf.random.stateless_uniform([], stream_key(seed, "shuffle", epoch), minval=None,
                                                        maxval=None, dtype=tf.int64)
-            records = read(files).shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-            return records.enumerate().map(lambda i, record: (stream_key(seed, "augment", epoch * count + i), record))
+            records = members.records(files, calls, deterministic)
+            records = records.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+            return records.enumerate().map(
+                lambda i, element: (stream_key(seed, "augment", epoch * count + i), *element))
 
         first_epoch, offset = divmod(int(first_record), count)
         last_epoch = 2**62 if repeat else first_epoch + 1
         records = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_records).skip(offset)
     else:
-        records = read(tf.data.Dataset.from_tensor_slices(paths))
-        records = records.map(lambda record: (tf.zeros([2], tf.int64), record))
+        records = members.in_order(calls, deterministic)
+        records = records.map(lambda number, record: (tf.zeros([2], tf.int64), number, record))
         if repeat:
             records = records.repeat()
 
-    def load(element_seed, serialized):
+    def load(element_seed, number, serialized):
         features = parse_example(serialized)
         image = decode(features, image_format, min_side)
         if takes_seed:
             image = preprocess(image, image_size, image_size, seed=element_seed)
         else:
             image = preprocess(image, image_size, image_size)
-        label = features["image/class/label"]
+        label = members.label(number, features)
         if with_metadata:
             return image, label, {"filename": features["image/filename"], "patient": features["image/patient"],
                                   "magnification": features["image/magnification"]}

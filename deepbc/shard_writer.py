@@ -1,33 +1,44 @@
-"""Writing the TFRecord shards of one fold (atomic, balanced, deterministic) and their index JSON.
+"""Encoding each image of a dataset once into a store of TFRecord shards, and the per-run indexes
+that select a fold's split from it (both atomic and deterministic).
 
-Layout of ``out_dir`` (``results/tfrecords/{run}/fold{k}``)::
+The store (``results/encoded/{dataset}``, rule encode_dataset, :func:`encode_store`)::
 
-    {split}-{i:05d}-of-{n:05d}.tfrecord   for split in train, val, test
-    {split}.json                          the index: count, count_per_class, class_names, shards, encoding
+    shard-{i:05d}-of-{n:05d}.tfrecord     every usable image of the manifest, encoded once
+    store.json                            its index: encoding, shards, their sizes and sha256,
+                                          and each record's shard, position and file sha256
+
+A split's index (``results/tfrecords/{run}/fold{k}/{split}.json``, rule write_shards,
+:func:`write_split_indexes`; no TensorFlow) lists the store shards holding at least one of the
+split's images (paths relative to the index, their sha256) and the members: which record of which
+listed shard, its file name and its label index in this task. ``deepbc.shard_reader`` reads the
+listed shards and keeps the members only, with their labels; docs/shards.md has the keys.
 
 Each record is a ``tf.train.Example`` with TF-Slim's keys (``image/encoded``, ``image/format``,
-``image/class/label``, ``image/height``, ``image/width``) plus ``image/filename`` (path relative to
-the dataset root), ``image/patient`` and ``image/magnification``; ``deepbc.shard_reader.FEATURES``
-lists them with their types, for both sides.
+``image/height``, ``image/width``) plus ``image/filename`` (path relative to the dataset root),
+``image/patient`` and ``image/magnification``, and no label: a store serves every task of its
+dataset. ``deepbc.shard_reader.FEATURES`` lists them with their types, for both sides.
 
 Encodings (``image/format``): ``jpeg`` (default; see docs/shards.md for the measurements), ``png``
 and ``raw`` (uint8 RGB pixels, row-major). An image already in the target format, 8-bit RGB and not
 resized is stored byte for byte, without decoding; anything else is decoded by ``deepbc.imageio``
 (16-bit and alpha images scaled and composited as documented there) and re-encoded with Pillow.
-When the splits table carries the manifest's ``sha256``, every file is checked against it.
+When the table carries the manifest's ``sha256``, every file is checked against it.
 
 TensorFlow is imported inside the functions that need it, so that the encoding workers (separate
-processes) start without it.
+processes) and the index writer start without it.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import io
+import json
 import logging
 import math
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +55,17 @@ LOG = logging.getLogger(__name__)
 # The schema's jpeg_quality range (tests/test_schema.py checks they agree): write_shards also runs
 # outside the workflow (bench/), where no schema checks its arguments.
 JPEG_QUALITY = (50, 100)
-INDEX_VERSION = 1
+# 2: the split's index lists store shards and members (1: per-run shards, labels in the records).
+INDEX_VERSION = 2
+STORE_VERSION = 1
+STORE_INDEX = "store.json"
 # Images sent to a worker at a time: large enough to amortise inter-process overhead, small
 # enough to keep the memory of in-flight encoded images bounded.
 _CHUNK = 16
 
 
-def shard_name(split: str, i: int, n: int) -> str:
-    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+def store_shard_name(i: int, n: int) -> str:
+    return f"shard-{i:05d}-of-{n:05d}.tfrecord"
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,22 +139,24 @@ def _stored_as_is(im, data: bytes, image_format: str) -> bool:
     return image_format != "png" or data[24] == 8
 
 
-def _encode_star(args):
-    return encode_image(*args)
+def _encode_job(job):
+    path, sha256, encode_kwargs = job
+    return encode_image(path, sha256=sha256, **encode_kwargs)
 
 
 # --------------------------------------------------------------------------------------------
-# Writing
+# The store: every image of a dataset, encoded once
 # --------------------------------------------------------------------------------------------
 
-def plan_shards(rows: pd.DataFrame, images_per_shard: int, seed: int, fold: int, split: str) -> list[pd.DataFrame]:
-    """Shuffle the split's rows deterministically and deal them round-robin into balanced shards.
+def plan_shards(rows: pd.DataFrame, images_per_shard: int, seed: int) -> list[pd.DataFrame]:
+    """Shuffle the rows deterministically and deal them round-robin into balanced shards.
 
-    The shuffle depends only on (seed, fold, split) and the rows sorted by path. Shard sizes differ
-    by at most one.
+    The shuffle depends only on ``seed`` and the rows sorted by path. Shard sizes differ by at most
+    one. Shuffling the whole dataset spreads every split of every task evenly over the shards, so a
+    split's records arrive from the shards as well mixed as from shards of its own.
     """
     rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
-    rng = np.random.default_rng([seed, fold, SPLITS.index(split)])
+    rng = np.random.default_rng([seed])
     rows = rows.iloc[rng.permutation(len(rows))].reset_index(drop=True)
     n = max(1, math.ceil(len(rows) / images_per_shard))
     return [rows.iloc[i::n].reset_index(drop=True) for i in range(n)]
@@ -157,7 +173,6 @@ def _example(encoded: bytes, image_format: str, row, height: int, width: int):
     values = {
         "image/encoded": encoded,
         "image/format": image_format.encode(),
-        "image/class/label": row.label_index,
         "image/height": height,
         "image/width": width,
         "image/filename": str(row.path).encode(),
@@ -172,21 +187,7 @@ def _example(encoded: bytes, image_format: str, row, height: int, width: int):
     return example.SerializeToString(deterministic=True)
 
 
-def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_shard: int = 256,
-                 image_format: str = "jpeg", jpeg_quality: int = 95, max_shorter_side: int = 0,
-                 seed: int = 42, workers: int = 1, stain: dict | None = None) -> dict[str, dict]:
-    """Write the train/val/test shards of ``fold`` and their index JSONs; return the indexes by split.
-
-    Every shard is written under a temporary name and renamed; the three index JSONs are written
-    last (after removing any old ones first), so an interrupted run leaves no index to trust.
-    ``root``: the folder the table's paths are relative to, or {dataset: folder} for a table with a
-    ``dataset`` column (an external test, deepbc.splits.make_external_splits).
-    ``stain``: stain normalization parameters applied to every image (``encode_image``), recorded
-    in the index's encoding with the count of images per fallback (``stain_fallbacks``).
-    """
-    import tensorflow as tf
-
-    out_dir = Path(out_dir)
+def check_encoding(images_per_shard: int, image_format: str, jpeg_quality: int) -> None:
     if image_format not in FORMATS:
         raise UserError(f"unknown image format {image_format!r}", "config key shards.format",
                         f"use one of {list(FORMATS)}")
@@ -196,7 +197,126 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
     if not JPEG_QUALITY[0] <= jpeg_quality <= JPEG_QUALITY[1]:
         raise UserError(f"jpeg_quality must be {JPEG_QUALITY[0]}..{JPEG_QUALITY[1]}, got {jpeg_quality}",
                         "config key shards.jpeg_quality", "use e.g. 95")
-    needed = ["path", "patient", "magnification", "label", "label_index", "fold", "split"]
+
+
+def encode_store(table: pd.DataFrame, root, out_dir, images_per_shard: int = 256, image_format: str = "jpeg",
+                 jpeg_quality: int = 95, max_shorter_side: int = 0, seed: int = 42, workers: int = 1,
+                 stain: dict | None = None) -> dict:
+    """Encode every image of ``table`` (a manifest: path, patient, magnification, sha256) once into
+    the store ``out_dir``: shards, then ``store.json``; return the store index.
+
+    ``stain``: stain normalization parameters (``deepbc.stain.fit``) applied to every image
+    (``encode_image``); they are part of the encoding, and the store counts the images per
+    fallback (``stain_fallbacks``).
+
+    Every shard is written under a temporary name and renamed; ``store.json`` is removed first and
+    written last, so an interrupted run leaves no index to trust.
+    """
+    import tensorflow as tf
+
+    out_dir = Path(out_dir)
+    check_encoding(images_per_shard, image_format, jpeg_quality)
+    needed = ["path", "patient", "magnification"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise UserError(f"the manifest has no column(s) {missing}", "encode_dataset input",
+                        "pass a manifest written by check_dataset.py")
+    rows = table.drop_duplicates("path").reset_index(drop=True)
+    if rows.empty:
+        raise UserError("the manifest lists no image", "encode_dataset input", "rebuild it with check_dataset.py")
+    rows = rows.assign(file=[str(Path(root) / p) for p in rows["path"]])
+    absent = sorted(rows.loc[[not Path(f).is_file() for f in rows["file"]], "path"])
+    if absent:
+        raise UserError(f"{len(absent)} image(s) of the manifest are missing under the dataset root, "
+                        f"e.g. {absent[:3]}", str(root), "point --root at the dataset the manifest was built from")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / STORE_INDEX).unlink(missing_ok=True)
+    encoding = {"format": image_format, "jpeg_quality": int(jpeg_quality) if image_format == "jpeg" else None,
+                "max_shorter_side": int(max_shorter_side), **({"stain": stain} if stain else {})}
+    # encode_image's keyword arguments, one dict from the encoding settings to every worker.
+    encode_kwargs = {"image_format": image_format, "jpeg_quality": int(jpeg_quality),
+                     "max_shorter_side": int(max_shorter_side), "stain": stain}
+    shards = plan_shards(rows, images_per_shard, seed)
+    LOG.info("%d images -> %s as %s, %d shard(s) of <= %d, %d worker(s)", len(rows), out_dir, encoding,
+             len(shards), images_per_shard, workers)
+    progress = Progress(len(rows), "encoded images", unit="images")
+    names, hashes_written, records, fallbacks = [], [], {}, {}
+    with _pool(workers) as pool:
+        for i, shard in enumerate(shards):
+            name = store_shard_name(i, len(shards))
+            hashes = shard["sha256"] if "sha256" in shard else [None] * len(shard)
+            jobs = [(f, h, encode_kwargs) for f, h in zip(shard["file"], hashes)]
+            results = pool.map(_encode_job, jobs, chunksize=_CHUNK) if pool else map(_encode_job, jobs)
+            with atomic_path(out_dir / name) as tmp:
+                with tf.io.TFRecordWriter(str(tmp)) as writer:
+                    for position, (row, (encoded, height, width, fallback)) in enumerate(
+                            zip(shard.itertuples(index=False), results)):
+                        writer.write(_example(encoded, image_format, row, height, width))
+                        if fallback:
+                            fallbacks[str(row.path)] = fallback
+                        records[str(row.path)] = [i, position, getattr(row, "sha256", None)]
+                        progress.update(1)
+            names.append(name)
+            hashes_written.append(_file_sha256(out_dir / name))
+    store = {
+        "version": STORE_VERSION,
+        "count": len(rows),
+        "shards": names,
+        "shard_sizes": [int(len(s)) for s in shards],
+        "shard_sha256": hashes_written,
+        "encoding": encoding,
+        # path -> the stain fallback taken on it (deepbc.stain.apply), for the images that took one.
+        **({"stain_fallbacks": dict(sorted(fallbacks.items()))} if stain else {}),
+        "images_per_shard": int(images_per_shard),
+        "seed": int(seed),
+        # path -> [shard number, position in the shard, the file's sha256 when encoded]
+        "records": dict(sorted(records.items())),
+    }
+    _remove_stale(out_dir, set(names))
+    write_json(out_dir / STORE_INDEX, store)
+    if fallbacks:
+        LOG.warning("stain normalization fell back on %d image(s) (deepbc.stain): %s", len(fallbacks),
+                    _fallback_counts(fallbacks.values()))
+    LOG.info("wrote %d images in %d shard(s), %.1f MB", len(rows), len(names),
+             sum((out_dir / n).stat().st_size for n in names) / 1e6)
+    return store
+
+
+def encode_store_file(manifest_path, root, out_dir, **settings) -> dict:
+    """``encode_store`` on a manifest parquet written by check_dataset.py."""
+    from deepbc.splits import read_table
+
+    return encode_store(read_table(manifest_path, "manifest"), root, out_dir, **settings)
+
+
+def read_store(path) -> dict:
+    path = Path(path)
+    try:
+        store = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UserError("encoded store index not found", str(path),
+                        "run the workflow's encode_dataset rule for this dataset") from err
+    except json.JSONDecodeError as err:
+        raise UserError(f"encoded store index is not valid JSON: {err}", str(path),
+                        f"delete the folder {path.parent}/ and rerun encode_dataset") from err
+    return store
+
+
+# --------------------------------------------------------------------------------------------
+# A fold's split indexes: which store records, with which labels (no TensorFlow)
+# --------------------------------------------------------------------------------------------
+
+def write_split_indexes(splits_df: pd.DataFrame, fold: int, stores, out_dir) -> dict[str, dict]:
+    """Write the train/val/test index JSONs of ``fold`` into ``out_dir``; return them by split.
+
+    ``stores``: the ``store.json`` of the table's dataset, or {dataset: store.json} for a table
+    with a ``dataset`` column (an external test, deepbc.splits.make_external_splits). Each image of
+    the split must be in its store with the manifest's sha256 (the store is then of this manifest).
+    The old index JSONs are removed first and the new ones written together at the end.
+    """
+    out_dir = Path(out_dir)
+    needed = ["path", "patient", "label", "label_index", "fold", "split"]
     missing = [c for c in needed if c not in splits_df.columns]
     if missing:
         raise UserError(f"the splits table has no column(s) {missing}", "write_shards input",
@@ -210,100 +330,124 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, images_per_s
         if not (rows["split"] == split).any():
             raise UserError(f"fold {fold} has no {split} images", "write_shards input",
                             "remake the splits with more data or a smaller k")
-    rows = rows.assign(file=_image_files(rows, root))
-    absent = sorted(rows.loc[[not Path(f).is_file() for f in rows["file"]], "path"].unique())
-    if absent:
-        raise UserError(f"{len(absent)} image(s) of the splits are missing under the dataset root, "
-                        f"e.g. {absent[:3]}", str(root),
-                        "point --root at the dataset the manifest was built from")
+    if isinstance(stores, dict):
+        if "dataset" not in rows:
+            raise UserError("stores given by dataset but the splits table has no dataset column",
+                            "write_shards input", "pass the one store of the table's dataset")
+        unknown = sorted(set(rows["dataset"]) - set(stores))
+        if unknown:
+            raise UserError(f"no encoded store given for dataset(s) {unknown} of the splits table",
+                            "write_shards input", f"give a store for every dataset (given: {sorted(stores)})")
+        store_of = list(rows["dataset"])
+    else:
+        stores, store_of = {None: stores}, [None] * len(rows)
+    loaded = {d: read_store(p) for d, p in stores.items()}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # An old index could otherwise describe a mix of old and new shards if this run dies midway.
     for split in SPLITS:
         (out_dir / f"{split}.json").unlink(missing_ok=True)
-
-    encoding = {"format": image_format, "jpeg_quality": int(jpeg_quality) if image_format == "jpeg" else None,
-                "max_shorter_side": int(max_shorter_side), **({"stain": stain} if stain else {})}
-    plans = {split: plan_shards(rows[rows["split"] == split], images_per_shard, seed, fold, split)
-             for split in SPLITS}
-    total = len(rows)
-    LOG.info("fold %d: %d images (%s) -> %s as %s, %d per shard, %d worker(s)", fold, total,
-             ", ".join(f"{s} {sum(map(len, p))}" for s, p in plans.items()), out_dir, encoding,
-             images_per_shard, workers)
-    progress = Progress(total, f"fold {fold} shards", unit="images")
+    rows = rows.assign(store=store_of)
     indexes = {}
-    fallbacks = {split: {} for split in SPLITS}
-    with _pool(workers) as pool:
-        for split, shards in plans.items():
-            names, hashes_written = [], []
-            for i, shard in enumerate(shards):
-                name = shard_name(split, i, len(shards))
-                hashes = shard["sha256"] if "sha256" in shard else [None] * len(shard)
-                jobs = [(f, image_format, jpeg_quality, max_shorter_side, h, stain)
-                        for f, h in zip(shard["file"], hashes)]
-                results = pool.map(_encode_star, jobs, chunksize=_CHUNK) if pool else map(_encode_star, jobs)
-                with atomic_path(out_dir / name) as tmp:
-                    with tf.io.TFRecordWriter(str(tmp)) as writer:
-                        for row, (encoded, height, width, fallback) in zip(shard.itertuples(index=False), results):
-                            writer.write(_example(encoded, image_format, row, height, width))
-                            if fallback:
-                                fallbacks[split][fallback] = fallbacks[split].get(fallback, 0) + 1
-                            progress.update(1, split=split)
-                names.append(name)
-                hashes_written.append(_file_sha256(out_dir / name))
-            split_rows = pd.concat(shards)
-            counts = split_rows["label"].value_counts()
-            indexes[split] = {
-                "version": INDEX_VERSION,
-                "split": split,
-                "fold": int(fold),
-                "protocol": str(split_rows["protocol"].iloc[0]) if "protocol" in split_rows else None,
-                "count": int(len(split_rows)),
-                "count_per_class": {c: int(counts.get(c, 0)) for c in class_names},
-                "class_names": class_names,
-                "num_classes": len(class_names),
-                "patients": int(split_rows["patient"].nunique()),
-                "shards": names,
-                "shard_sizes": [int(len(s)) for s in shards],
-                # Content hashes: a trainer's resumable state is bound to exactly these shards.
-                "shard_sha256": hashes_written,
-                "encoding": encoding,
-                **({"stain_fallbacks": dict(sorted(fallbacks[split].items()))} if stain else {}),
-                "images_per_shard": int(images_per_shard),
-                "seed": int(seed),
-            }
-    _remove_stale(out_dir, {n for idx in indexes.values() for n in idx["shards"]})
+    for split in SPLITS:
+        split_rows = rows[rows["split"] == split].sort_values("path", kind="stable")
+        datasets = split_rows["store"].unique()
+        if len(datasets) != 1:
+            raise UserError(f"fold {fold}'s {split} split mixes datasets {sorted(map(str, datasets))}",
+                            "write_shards input", "remake the splits with make_splits.py")
+        dataset = datasets[0]
+        indexes[split] = _split_index(split_rows, split, fold, class_names, loaded[dataset],
+                                      Path(stores[dataset]), out_dir)
+    _remove_stale(out_dir, set())  # per-run shards of the design before the store: now unread
     for split in SPLITS:
         write_json(out_dir / f"{split}.json", indexes[split])
-    for split in SPLITS:
-        if fallbacks[split]:
-            LOG.warning("fold %d %s: stain normalization fell back on %s image(s) (deepbc.stain): %s", fold, split,
-                        sum(fallbacks[split].values()), fallbacks[split])
-    LOG.info("fold %d: wrote %s", fold, ", ".join(f"{s}: {idx['count']} images in {len(idx['shards'])} shard(s)"
-                                                   for s, idx in indexes.items()))
+    LOG.info("fold %d: %s", fold, ", ".join(f"{s}: {idx['count']} images in {len(idx['shards'])} store shard(s)"
+                                            for s, idx in indexes.items()))
     return indexes
 
 
-def write_shards_file(splits_path, fold: int, root, out_dir, test_root=None, **settings) -> dict[str, dict]:
-    """``write_shards`` on a splits parquet written by make_splits.py; ``test_root``: the root of an
-    external test dataset (the test rows' ``dataset``)."""
+def _split_index(rows: pd.DataFrame, split: str, fold: int, class_names: list[str], store: dict, store_path: Path,
+                 out_dir: Path) -> dict:
+    records = store["records"]
+    absent = [p for p in rows["path"] if p not in records]
+    if absent:
+        raise UserError(f"{len(absent)} image(s) of fold {fold}'s {split} split are not in the encoded store, "
+                        f"e.g. {absent[:3]}", str(store_path),
+                        f"delete the folder {store_path.parent}/ and rerun: encode_dataset re-encodes the dataset")
+    if "sha256" in rows:
+        changed = [p for p, h in zip(rows["path"], rows["sha256"]) if records[p][2] not in (None, h)]
+        if changed:
+            raise UserError(f"{len(changed)} image(s) were encoded from other bytes than the manifest's, "
+                            f"e.g. {changed[:3]}", str(store_path),
+                            f"delete the folder {store_path.parent}/ and rerun: encode_dataset re-encodes the dataset")
+    placed = sorted((records[p][0], records[p][1], p, int(label))
+                    for p, label in zip(rows["path"], rows["label_index"]))
+    listed = sorted({shard for shard, *_ in placed})
+    slot = {shard: k for k, shard in enumerate(listed)}
+    counts = rows["label"].value_counts()
+    rel = os.path.relpath(store_path.parent, out_dir)
+    return {
+        "version": INDEX_VERSION,
+        "split": split,
+        "fold": int(fold),
+        "protocol": str(rows["protocol"].iloc[0]) if "protocol" in rows else None,
+        "count": int(len(rows)),
+        "count_per_class": {c: int(counts.get(c, 0)) for c in class_names},
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "patients": int(rows["patient"].nunique()),
+        "store": f"{rel}/{STORE_INDEX}",
+        # The store shards holding a member, relative to this index; the readers read only these.
+        "shards": [f"{rel}/{store['shards'][s]}" for s in listed],
+        "shard_sizes": [sum(1 for shard, *_ in placed if shard == s) for s in listed],
+        "shard_records": [int(store["shard_sizes"][s]) for s in listed],
+        # Content hashes: a trainer's resumable state is bound to exactly these shards.
+        "shard_sha256": [store["shard_sha256"][s] for s in listed],
+        "encoding": store["encoding"],
+        # fallback -> the split's images that took it (README "Stain normalization").
+        **({"stain_fallbacks": _fallback_counts(store["stain_fallbacks"][p] for p in rows["path"]
+                                                if p in store["stain_fallbacks"])}
+           if "stain_fallbacks" in store else {}),
+        "images_per_shard": int(store["images_per_shard"]),
+        "seed": int(store["seed"]),
+        # In reading order: [listed shard, record position in it, file name, label index].
+        "members": [[slot[shard], position, path, label] for shard, position, path, label in placed],
+    }
+
+
+def write_split_indexes_file(splits_path, fold: int, store, out_dir, test_store=None) -> dict[str, dict]:
+    """``write_split_indexes`` on a splits parquet written by make_splits.py; ``test_store``: the
+    store of an external test dataset (the test rows' ``dataset``)."""
     from deepbc.splits import dataset_roots, read_table
 
     table = read_table(splits_path, "splits table")
-    if test_root:
-        root = dataset_roots(table, root, test_root)
-    return write_shards(table, fold, root, out_dir, **settings)
+    if test_store:
+        store = dataset_roots(table, store, test_store)
+    return write_split_indexes(table, fold, store, out_dir)
 
 
-def _image_files(rows: pd.DataFrame, root) -> list[str]:
-    """Each row's image file: under ``root``, or under the root of its ``dataset`` given {dataset: root}."""
-    if not isinstance(root, dict):
-        return [str(Path(root) / p) for p in rows["path"]]
-    unknown = sorted(set(rows["dataset"]) - set(root))
-    if unknown:
-        raise UserError(f"no root folder given for dataset(s) {unknown} of the splits table", "write_shards input",
-                        f"give a root for every dataset (given: {sorted(root)})")
-    return [str(Path(root[d]) / p) for d, p in zip(rows["dataset"], rows["path"])]
+def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, store_dir=None, workers: int = 1,
+                 **settings) -> dict[str, dict]:
+    """Both steps at once, outside the workflow (tests, benchmarks): encode the table's images into
+    a store per dataset under ``store_dir`` (default ``out_dir/encoded/{dataset}``), then write the
+    fold's indexes into ``out_dir``. ``root``: as for the table's paths, or {dataset: root}.
+    ``settings``: :func:`encode_store`'s."""
+    store_dir = Path(store_dir) if store_dir else Path(out_dir) / "encoded"
+    if isinstance(root, dict):
+        stores = {}
+        for dataset, rows in splits_df.groupby("dataset", sort=True):
+            if dataset not in root:
+                raise UserError(f"no root folder given for dataset {dataset!r} of the splits table",
+                                "write_shards input", f"give a root for every dataset (given: {sorted(root)})")
+            encode_store(rows, root[dataset], store_dir / dataset, workers=workers, **settings)
+            stores[dataset] = store_dir / dataset / STORE_INDEX
+    else:
+        encode_store(splits_df, root, store_dir / "dataset", workers=workers, **settings)
+        stores = store_dir / "dataset" / STORE_INDEX
+    return write_split_indexes(splits_df, fold, stores, out_dir)
+
+
+def _fallback_counts(fallbacks) -> dict[str, int]:
+    return dict(sorted(collections.Counter(fallbacks).items()))
 
 
 def _file_sha256(path: Path) -> str:

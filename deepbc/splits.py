@@ -27,7 +27,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from deepbc.errors import UserError
 from deepbc.layout import SPLITS
@@ -130,10 +129,11 @@ def make_external_splits(train_df: pd.DataFrame, test_df: pd.DataFrame, k: int, 
 
 def dataset_roots(splits: pd.DataFrame, root, test_root) -> dict:
     """{dataset: root} of an external test's splits: ``root`` for the train/val rows' dataset,
-    ``test_root`` for the test rows' (the ``dataset`` column of ``make_external_splits``)."""
+    ``test_root`` for the test rows' (the ``dataset`` column of ``make_external_splits``); the
+    shard writer gives it the two datasets' stores."""
     if "dataset" not in splits.columns:
-        raise UserError("a test root was given but the splits table has no dataset column (not an external test)",
-                        "write_shards --test-root", "remake the splits, or leave --test-root out")
+        raise UserError("a test store was given but the splits table has no dataset column (not an external test)",
+                        "write_shards --test-store", "remake the splits, or leave --test-store out")
     test = splits["split"] == "test"
     own, other = set(splits.loc[~test, "dataset"]), set(splits.loc[test, "dataset"])
     if len(own) != 1 or len(other) != 1 or own == other:
@@ -182,6 +182,9 @@ def _patient_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -
         if n < k:
             LOG.warning("class %r has %d patient(s), fewer than k=%d: %d test fold(s) will have none of it",
                         label, n, k, k - n)
+    # Imported here: scikit-learn takes seconds to import, and write_shards reads tables through this module.
+    from sklearn.model_selection import StratifiedGroupKFold
+
     outer = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     result = []
     for fold, (train_val, test) in enumerate(outer.split(np.zeros(len(y)), y, groups)):
@@ -228,6 +231,8 @@ def _image_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int) -> 
     if smallest < k:
         raise UserError(f"a class has only {smallest} image(s), fewer than k={k}", "config key splits.k",
                         "lower k or use a dataset with more images per class")
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
     outer = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     result = []
     for train_val, test in outer.split(np.zeros(len(y)), y):

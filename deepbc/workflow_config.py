@@ -209,6 +209,11 @@ def shard_index(run: str, fold, split: str) -> str:
     return f"results/tfrecords/{run}/fold{fold}/{split}.json"
 
 
+def store_index(dataset: str) -> str:
+    """The index of a dataset's encoded store (deepbc.shard_writer.encode_store)."""
+    return f"results/encoded/{dataset}/store.json"
+
+
 def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]:
     """predict_folder.py's per-patient arguments, when new_images/{folder}.patients.csv exists."""
     csv = f"new_images/{folder}.patients.csv"
@@ -231,8 +236,10 @@ def check_shards_present(index_path) -> None:
     except (OSError, ValueError, AttributeError):
         return
     folder = os.path.dirname(index_path)
-    missing = [name for name in listed if not os.path.isfile(os.path.join(folder, name))]
+    missing = [os.path.normpath(os.path.join(folder, name)) for name in listed
+               if not os.path.isfile(os.path.join(folder, name))]
     if missing:
-        raise UserError(f"{len(missing)} shard(s) listed in this index are missing, e.g. "
-                        f"{os.path.join(folder, missing[0])}", str(index_path),
-                        f"delete the folder {folder}/ and rerun: write_shards rebuilds the fold's shards")
+        store = os.path.dirname(missing[0])
+        raise UserError(f"{len(missing)} shard(s) listed in this index are missing, e.g. {missing[0]}",
+                        str(index_path), f"delete the folder {store}/ and rerun: encode_dataset rebuilds "
+                                         "the dataset's store and write_shards the indexes")

@@ -125,6 +125,10 @@ def external_test_manifest(wildcards):
     return test_manifest(wildcards.run) if is_external(wildcards.run) else []
 
 
+def external_test_store(wildcards):
+    return wfconfig.store_index(run_test_dataset(wildcards.run)) if is_external(wildcards.run) else []
+
+
 def external_option(flag, value_of_run):
     """A param: ``flag value`` (value shell-quoted) for an external run (or task), nothing otherwise."""
 

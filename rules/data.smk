@@ -92,10 +92,39 @@ rule fit_stain:
         " --roots {params.roots:q} --out {output:q} --log {log:q}"
 
 
+rule encode_dataset:
+    input:
+        manifest="results/manifest/{dataset}.parquet",
+        stain=stain_input,
+    output:
+        wfconfig.store_index("{dataset}"),
+    log:
+        "results/logs/encode_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/encode_dataset/{dataset}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    threads: RES["data_threads"]
+    resources:
+        mem_mb=RES["data_mem_mb"],
+    params:
+        script=script("encode_dataset.py"),
+        root=lambda wc: dataset_root(wc.dataset),
+        out_dir=lambda wc: os.path.dirname(wfconfig.store_index(wc.dataset)),
+        shards=section_json("shards"),
+        seed=config["seed"],
+        stain=stain_option,
+    shell:
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --manifest {input.manifest:q} --root {params.root:q}'
+        " --out-dir {params.out_dir:q} --shards-json {params.shards:q} {params.stain} --seed {params.seed}"
+        " --workers {threads} --log {log:q}"
+
+
 rule write_shards:
     input:
         splits="results/splits/{run}.parquet",
-        stain=stain_input,
+        store=lambda wc: wfconfig.store_index(run_dataset(wc.run)),
+        test_store=external_test_store,
     output:
         [wfconfig.shard_index("{run}", "{fold}", split) for split in SPLITS],
     log:
@@ -104,18 +133,10 @@ rule write_shards:
         "results/benchmarks/write_shards/{run}/fold{fold}.tsv"
     conda:
         "../envs/cpu.yaml"
-    threads: RES["data_threads"]
-    resources:
-        mem_mb=RES["data_mem_mb"],
     params:
         script=script("write_shards.py"),
-        root=root_of_run,
-        test_root=external_option("--test-root", test_root),
+        test_store=external_option("--test-store", lambda run: wfconfig.store_index(run_test_dataset(run))),
         out_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
-        shards=section_json("shards"),
-        seed=config["seed"],
-        stain=stain_option,
     shell:
-        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --splits {input.splits:q} --root {params.root:q}'
-        " {params.test_root} --fold {wildcards.fold} --out-dir {params.out_dir:q}"
-        " --shards-json {params.shards:q} {params.stain} --seed {params.seed} --workers {threads} --log {log:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --splits {input.splits:q} --store {input.store:q}'
+        " {params.test_store} --fold {wildcards.fold} --out-dir {params.out_dir:q} --log {log:q}"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from deepbc import metrics, shard_writer, tables, tasks, workflow_config
+from deepbc import metrics, shard_reader, shard_writer, tables, tasks, workflow_config
 from deepbc import splits as sp
 from deepbc.errors import UserError
 
@@ -103,13 +103,24 @@ def test_shards_read_each_row_under_its_dataset_root(tmp_path):
         file = roots[ds] / path
         file.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((12, 16, 3), len(path), np.uint8)).save(file)
-    splits.drop(columns="sha256").to_parquet(tmp_path / "s.parquet")
-    indexes = shard_writer.write_shards_file(tmp_path / "s.parquet", 0, roots["home"], tmp_path / "out",
-                                       test_root=roots["site_b"], images_per_shard=64, seed=0)
+    splits = splits.drop(columns="sha256")
+    splits.to_parquet(tmp_path / "s.parquet")
+    stores = {}
+    for ds, rows in splits.groupby("dataset"):  # each dataset's store, as encode_dataset makes it
+        shard_writer.encode_store(rows, roots[ds], tmp_path / "encoded" / ds, images_per_shard=64, seed=0)
+        stores[ds] = tmp_path / "encoded" / ds / "store.json"
+    indexes = shard_writer.write_split_indexes_file(tmp_path / "s.parquet", 0, stores["home"], tmp_path / "out",
+                                                    test_store=stores["site_b"])
     assert indexes["test"]["count"] == 6 and indexes["train"]["count"] + indexes["val"]["count"] == 20
-    # Without the test root the external images are looked for under the training root.
-    with pytest.raises(UserError, match="6 image\\(s\\) of the splits are missing"):
-        shard_writer.write_shards_file(tmp_path / "s.parquet", 0, roots["home"], tmp_path / "out2", seed=0)
+    # The test split reads the external dataset's store; train and val their own.
+    assert all(n.startswith("../encoded/site_b/") for n in indexes["test"]["shards"])
+    assert all(n.startswith("../encoded/home/") for s in ("train", "val") for n in indexes[s]["shards"])
+    files = [f["image/filename"].numpy().decode() for f in
+             (shard_reader.parse_example(r) for r, _ in shard_reader.member_records(tmp_path / "out" / "test.json"))]
+    assert sorted(files) == sorted(splits.loc[(splits["fold"] == 0) & (splits["split"] == "test"), "path"])
+    # Without the test store the external images are looked for in the training dataset's store.
+    with pytest.raises(UserError, match="6 image\\(s\\) of fold 0's test split are not in the encoded store"):
+        shard_writer.write_split_indexes_file(tmp_path / "s.parquet", 0, stores["home"], tmp_path / "out2")
 
 
 def test_external_folds_resample_the_same_test_patients(tmp_path):

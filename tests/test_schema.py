@@ -29,8 +29,8 @@ def test_shard_settings_are_the_shard_writers():
     spec = PROPS["shards"]["properties"]
     assert sorted(spec["format"]["enum"]) == sorted(shard_reader.FORMATS)
     assert (spec["jpeg_quality"]["minimum"], spec["jpeg_quality"]["maximum"]) == shard_writer.JPEG_QUALITY
-    # write_shards also runs outside the workflow (bench/, tests): its defaults are the schema's.
-    defaults = inspect.signature(shard_writer.write_shards).parameters
+    # encode_store also runs outside the workflow (bench/, tests): its defaults are the schema's.
+    defaults = inspect.signature(shard_writer.encode_store).parameters
     for key, param in [("images_per_shard", "images_per_shard"), ("format", "image_format"),
                        ("jpeg_quality", "jpeg_quality"), ("max_shorter_side", "max_shorter_side")]:
         assert defaults[param].default == spec[key]["default"], key

@@ -1,9 +1,9 @@
-"""TFRecord shards: every feature read back (eager and graph mode), atomicity, balance, determinism."""
+"""TFRecord shards: the per-dataset store (each image encoded once) and the per-split indexes over
+it; every feature read back (eager and graph mode), atomicity, balance, determinism."""
 
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -57,8 +57,9 @@ def _write(dataset, out, **settings):
 
 
 def _records(index_path):
-    index = shard_reader.read_index(index_path)
-    return [shard_reader.parse_example(r) for r in tf.data.TFRecordDataset(index["paths"])]
+    """The split's members: parsed features, with the label the index gives them."""
+    return [dict(shard_reader.parse_example(r), label=label)
+            for r, label in shard_reader.member_records(index_path)]
 
 
 def test_index_and_every_feature(dataset, tmp_path):
@@ -70,12 +71,12 @@ def test_index_and_every_feature(dataset, tmp_path):
         assert index == {k: v for k, v in shard_reader.read_index(tmp_path / f"{split}.json").items() if k != "paths"}
         assert index == indexes[split]
         rows = fold[fold["split"] == split].set_index("path")
-        assert index["count"] == len(rows) == sum(index["shard_sizes"])
+        assert index["count"] == len(rows) == sum(index["shard_sizes"]) == len(index["members"])
         assert index["class_names"] == CLASSES
         assert index["count_per_class"] == {c: int((rows["label"] == c).sum()) for c in CLASSES}
         assert index["encoding"] == {"format": "png", "jpeg_quality": None, "max_shorter_side": 0}
-        n = len(index["shards"])
-        assert index["shards"] == [f"{split}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)]
+        assert all(name.startswith("encoded/dataset/shard-") for name in index["shards"])
+        assert {path: label for _, _, path, label in index["members"]} == rows["label_index"].to_dict()
         seen = []
         for f in _records(tmp_path / f"{split}.json"):
             name = f["image/filename"].numpy().decode()
@@ -85,7 +86,8 @@ def test_index_and_every_feature(dataset, tmp_path):
             # PNG sources stored as PNG keep their bytes.
             assert f["image/encoded"].numpy() == source
             assert f["image/format"].numpy() == b"png"
-            assert f["image/class/label"].numpy() == row["label_index"]
+            assert "image/class/label" not in f  # a store serves every task: the label is the index's
+            assert f["label"].numpy() == row["label_index"]
             assert f["image/patient"].numpy().decode() == row["patient"]
             assert f["image/magnification"].numpy().decode() == row["magnification"]
             w, h = Image.open(root / name).size
@@ -211,62 +213,125 @@ def test_make_dataset_graph_mode_and_custom_preprocess(dataset, tmp_path):
 
 def test_balanced_shards():
     rows = pd.DataFrame({"path": [f"x{i:04d}" for i in range(1000)]})
-    plan = shard_writer.plan_shards(rows, images_per_shard=256, seed=0, fold=0, split="train")
+    plan = shard_writer.plan_shards(rows, images_per_shard=256, seed=0)
     assert [len(s) for s in plan] == [250] * 4
-    plan = shard_writer.plan_shards(rows.head(10), images_per_shard=3, seed=0, fold=0, split="train")
+    plan = shard_writer.plan_shards(rows.head(10), images_per_shard=3, seed=0)
     assert [len(s) for s in plan] == [3, 3, 2, 2]
     assert sorted(pd.concat(plan)["path"]) == sorted(rows.head(10)["path"])
     # The shuffle depends on the seed, not on the input order.
-    again = shard_writer.plan_shards(rows.head(10).iloc[::-1], images_per_shard=3, seed=0, fold=0, split="train")
+    again = shard_writer.plan_shards(rows.head(10).iloc[::-1], images_per_shard=3, seed=0)
     assert all(a["path"].tolist() == b["path"].tolist() for a, b in zip(plan, again))
-    other = shard_writer.plan_shards(rows.head(10), images_per_shard=3, seed=1, fold=0, split="train")
+    other = shard_writer.plan_shards(rows.head(10), images_per_shard=3, seed=1)
     assert any(a["path"].tolist() != b["path"].tolist() for a, b in zip(plan, other))
 
 
 def test_written_shard_sizes_are_balanced(dataset, tmp_path):
-    indexes = _write(dataset, tmp_path, images_per_shard=4)
-    train = indexes["train"]
-    assert len(train["shards"]) == math.ceil(9 / 4) and sorted(train["shard_sizes"]) == [3, 3, 3]
-    for name, size in zip(train["shards"], train["shard_sizes"]):
-        assert sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / name))) == size
+    indexes = _write(dataset, tmp_path, images_per_shard=5)
+    store = json.loads((tmp_path / "encoded" / "dataset" / "store.json").read_text())
+    assert store["count"] == 16 and sorted(store["shard_sizes"]) == [4, 4, 4, 4]  # 16 images, ceil(16 / 5) shards
+    for name, size in zip(store["shards"], store["shard_sizes"]):
+        assert sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / "encoded" / "dataset" / name))) == size
+    for index in indexes.values():
+        assert index["shard_records"] == [4] * len(index["shards"])
+        assert sum(index["shard_sizes"]) == index["count"]
+
+
+def test_each_image_is_encoded_once_per_dataset_whatever_the_folds(dataset, tmp_path, monkeypatch):
+    root, table = dataset
+    encoded = []
+    real = shard_writer.encode_image
+    monkeypatch.setattr(shard_writer, "encode_image", lambda path, **kw: encoded.append(path) or real(path, **kw))
+    store = shard_writer.encode_store(table, root, tmp_path / "store", images_per_shard=2, workers=1)
+    assert sorted(encoded) == sorted(str(root / p) for p in table["path"].unique())  # 16 images, 2 folds
+    for fold in (0, 1):
+        indexes = shard_writer.write_split_indexes(table, fold, tmp_path / "store" / "store.json", tmp_path / f"f{fold}")
+        # Only the store shards holding a member are listed, each with its members' records.
+        for index in indexes.values():
+            holding = sorted({store["records"][path][0] for _, _, path, _ in index["members"]})
+            assert index["shards"] == [f"../store/{store['shards'][s]}" for s in holding]
+            assert index["shard_sha256"] == [store["shard_sha256"][s] for s in holding]
+            assert 0 < len(holding) < len(store["shards"]) or index["split"] == "train"
+    assert len(encoded) == 16
+
+
+def test_the_index_writer_does_not_import_tensorflow(dataset, tmp_path):
+    """write_shards runs once per run x fold: without TensorFlow it starts in a fraction of a second."""
+    root, table = dataset
+    shard_writer.encode_store(table, root, tmp_path / "store", workers=1)
+    table.to_parquet(tmp_path / "s.parquet")
+    script = REPO / "workflow_scripts" / "write_shards.py"
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['write_shards.py', '--splits', {str(tmp_path / 's.parquet')!r}, '--store', "
+            f"{str(tmp_path / 'store' / 'store.json')!r}, '--fold', '1', '--out-dir', {str(tmp_path / 'out')!r}]\n"
+            "try:\n"
+            f"    runpy.run_path({str(script)!r}, run_name='__main__')\n"
+            "except SystemExit as exit:\n"
+            "    assert not exit.code, exit.code\n"
+            "print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+    assert shard_reader.read_index(tmp_path / "out" / "test.json")["count"] == 4
+
+
+def test_a_stale_index_over_a_rebuilt_store_is_an_error(dataset, tmp_path):
+    """Records are matched by position: a store rebuilt in another order must not pass its images
+    off under the old index's labels."""
+    root, table = dataset
+    shard_writer.write_shards(table, 0, root, tmp_path, images_per_shard=4, workers=1)
+    shard_writer.encode_store(table, root, tmp_path / "encoded" / "dataset", images_per_shard=4, seed=9, workers=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="is not the member"):
+        list(shard_reader.make_dataset(tmp_path / "train.json", batch_size=3, is_training=False, image_size=8))
+
+
+def test_an_index_of_per_run_shards_is_refused(dataset, tmp_path):
+    _write(dataset, tmp_path)
+    old = json.loads((tmp_path / "val.json").read_text())
+    del old["members"], old["shard_records"]
+    (tmp_path / "val.json").write_text(json.dumps(old))
+    with pytest.raises(UserError, match="before the per-dataset store"):
+        shard_reader.read_index(tmp_path / "val.json")
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_rerun_is_byte_identical_with_any_worker_count(dataset, tmp_path):
     _write(dataset, tmp_path / "a", workers=1, max_shorter_side=20)
     _write(dataset, tmp_path / "b", workers=2, max_shorter_side=20)
     a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
-    assert a == b and len(a) == 3 + 5 + 2 + 2
+    assert a == b and len(a) == 3 + 8 + 1  # the indexes, the store's 16 images in 8 shards, its index
     _write(dataset, tmp_path / "c", seed=4, max_shorter_side=20)
     assert _tree(tmp_path / "c") != a
 
 
 def test_failure_midway_leaves_nothing_that_looks_complete(dataset, tmp_path, monkeypatch):
     _write(dataset, tmp_path, images_per_shard=4)  # an earlier complete run, with other shard names
+    (tmp_path / "train-00000-of-00001.tfrecord").write_bytes(b"")  # a per-run shard of the old design
+    store = tmp_path / "encoded" / "dataset"
     real = shard_writer._example
     calls = []
 
     def failing(*args):
         calls.append(1)
-        if len(calls) == 4:  # second image of the second train shard (2 per shard)
+        if len(calls) == 4:  # second image of the second store shard (2 per shard)
             raise RuntimeError("disk full")
         return real(*args)
 
     monkeypatch.setattr(shard_writer, "_example", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         _write(dataset, tmp_path, images_per_shard=2)
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert not any(n.endswith(".json") for n in names)
+    names = sorted(p.name for p in store.iterdir())
+    assert not (store / "store.json").exists()
     assert not any(n.endswith(".tmp") for n in names)
-    assert "train-00001-of-00005.tfrecord" not in names and "train-00000-of-00005.tfrecord" in names
-    # The next run completes and removes the shards no index lists.
+    assert "shard-00001-of-00008.tfrecord" not in names and "shard-00000-of-00008.tfrecord" in names
+    # The next run completes and removes the shards the store does not list, and old per-run shards.
     monkeypatch.setattr(shard_writer, "_example", real)
-    indexes = _write(dataset, tmp_path, images_per_shard=2)
-    listed = {n for idx in indexes.values() for n in idx["shards"]}
-    assert {p.name for p in tmp_path.glob("*.tfrecord")} == listed
+    _write(dataset, tmp_path, images_per_shard=2)
+    listed = json.loads((store / "store.json").read_text())["shards"]
+    assert sorted(p.name for p in store.glob("*.tfrecord")) == listed
+    assert not list(tmp_path.glob("*.tfrecord"))
 
 
 def _hashed(root, table):
@@ -283,6 +348,12 @@ def test_a_file_changed_since_the_manifest_is_an_error(dataset, tmp_path):
     Image.new("RGB", (40, 30), "white").save(copy / victim)  # still a valid image, but not the checked one
     with pytest.raises(UserError, match="changed after the manifest") as err:
         shard_writer.write_shards(hashed, 0, copy, tmp_path / "bad", images_per_shard=4, workers=1)
+    assert victim in str(err.value)
+    # A store encoded from other bytes than the splits' manifest says is refused by the index writer.
+    stale = hashed.assign(sha256=hashed["sha256"].where(hashed["path"] != victim, "0" * 64))
+    with pytest.raises(UserError, match="encoded from other bytes") as err:
+        shard_writer.write_split_indexes(stale, 0, tmp_path / "ok" / "encoded" / "dataset" / "store.json",
+                                         tmp_path / "ok")
     assert victim in str(err.value)
 
 
@@ -322,6 +393,8 @@ def test_bad_inputs_are_user_errors(dataset, tmp_path):
         shard_writer.write_shards(table, 7, root, tmp_path)
     with pytest.raises(UserError, match="missing under the dataset root"):
         shard_writer.write_shards(table, 0, tmp_path / "elsewhere", tmp_path / "out")
+    with pytest.raises(UserError, match="encoded store index not found"):
+        shard_writer.write_split_indexes(table, 0, tmp_path / "none" / "store.json", tmp_path / "out")
     broken = tmp_path / "broken"
     broken.mkdir()
     for path in table["path"].unique():
@@ -333,21 +406,24 @@ def test_bad_inputs_are_user_errors(dataset, tmp_path):
         shard_reader.read_index(tmp_path / "nope.json")
 
 
-def test_write_shards_script(dataset, tmp_path):
+def test_encode_dataset_and_write_shards_scripts(dataset, tmp_path):
     root, table = dataset
     from deepbc.atomic import write_parquet
 
+    write_parquet(tmp_path / "m.parquet", table.drop_duplicates("path"))
     write_parquet(tmp_path / "s.parquet", table)
-    script = str(REPO / "workflow_scripts" / "write_shards.py")
-    assert "--shards-json" in subprocess.run([sys.executable, script, "--help"], check=True,
+    encode = str(REPO / "workflow_scripts" / "encode_dataset.py")
+    assert "--shards-json" in subprocess.run([sys.executable, encode, "--help"], check=True,
                                              capture_output=True, text=True).stdout
-    out = tmp_path / "fold1"
-    subprocess.run([sys.executable, script, "--splits", str(tmp_path / "s.parquet"), "--root", str(root),
-                    "--fold", "1", "--out-dir", str(out), "--shards-json",
+    subprocess.run([sys.executable, encode, "--manifest", str(tmp_path / "m.parquet"), "--root", str(root),
+                    "--out-dir", str(tmp_path / "store"), "--shards-json",
                     json.dumps({"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0,
                                 "stain_normalization": "none"}),
-                    "--seed", "1", "--workers", "1"],
-                   check=True, capture_output=True)
+                    "--seed", "1", "--workers", "1"], check=True, capture_output=True)
+    out = tmp_path / "fold1"
+    subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "write_shards.py"), "--splits",
+                    str(tmp_path / "s.parquet"), "--store", str(tmp_path / "store" / "store.json"),
+                    "--fold", "1", "--out-dir", str(out)], check=True, capture_output=True)
     assert shard_reader.read_index(out / "test.json")["count"] == 4
 
 
@@ -357,7 +433,7 @@ def test_training_stream_depends_on_seed_and_position_only(dataset, tmp_path):
     started ``first_record`` in is the tail of the full one (exact resume); epochs differ."""
     from deepbc import preprocessing
 
-    _write(dataset, tmp_path)  # 9 training images in 5 shards
+    _write(dataset, tmp_path)  # 9 training images among 16 in 8 store shards
     augment = preprocessing.get_preprocessing("vgg", is_training=True)  # random flips and rotations
 
     def stream(first_record=0, calls=None, seed=1):
@@ -415,4 +491,4 @@ def test_a_fold_with_an_empty_split_is_refused(dataset, tmp_path):
     no_val = table[~((table["fold"] == 0) & (table["split"] == "val"))]
     with pytest.raises(UserError, match="fold 0 has no val images"):
         shard_writer.write_shards(no_val, 0, root, tmp_path / "shards", workers=1)
-    assert not (tmp_path / "shards").exists()
+    assert not list((tmp_path / "shards").glob("*.json"))

@@ -252,7 +252,8 @@ def test_fit_stain_script(tmp_path):
     log = tmp_path / "fit.log"
     code = logs.run_main(_script("fit_stain").main, [
         "--shards-json", json.dumps({"stain_normalization": "macenko", "stain_reference": str(tmp_path / "a.png")}),
-        "--manifests", str(manifest), "--out", str(tmp_path / "out.json"), "--log", str(log)])
+        "--manifests", str(manifest), "--roots", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "out.json"),
+        "--log", str(log)])
     assert code != 0 and "would leak test data" in log.read_text()
     # The rule passes the dataset roots.
     Image.fromarray(_tile("b", "p2")).save(tmp_path / "b.png")
@@ -294,8 +295,10 @@ def test_write_shards_stores_normalised_pixels(tmp_path):
     assert indexes["train"]["stain_fallbacks"] == {"no_tissue": 1} and indexes["test"]["stain_fallbacks"] == {}
     import tensorflow as tf
 
-    index = shard_reader.read_index(tmp_path / "out" / "test.json")
-    record = shard_reader.parse_example(next(iter(tf.data.TFRecordDataset(index["paths"]))))
+    # The test split's one member (img3), read from the dataset's store through its index.
+    [(serialized, _)] = list(shard_reader.member_records(tmp_path / "out" / "test.json"))
+    record = shard_reader.parse_example(serialized)
+    assert record["image/filename"].numpy() == b"img3.png"
     stored = tf.io.decode_png(record["image/encoded"]).numpy()
     original = np.asarray(Image.open(root / "img3.png"))
     np.testing.assert_array_equal(stored, stain.normalize(original, params))
@@ -306,7 +309,7 @@ def test_write_shards_stores_normalised_pixels(tmp_path):
     assert [again[s]["shard_sha256"] for s in again] == [indexes[s]["shard_sha256"] for s in indexes]
 
 
-def test_write_shards_script_with_stain(tmp_path):
+def test_encode_dataset_script_with_stain(tmp_path):
     from deepbc import shard_reader
     from deepbc.atomic import write_parquet
 
@@ -316,9 +319,12 @@ def test_write_shards_script_with_stain(tmp_path):
     # No stain_reference: the script reads the fitted parameters (--stain-json), not the reference.
     shards = {"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0,
               "stain_normalization": "macenko"}
-    _script("write_shards").main(["--splits", str(tmp_path / "s.parquet"), "--root", str(root), "--fold", "0",
-                                  "--out-dir", str(tmp_path / "out"), "--shards-json", json.dumps(shards),
-                                  "--stain-json", str(tmp_path / "p.json"), "--seed", "1", "--workers", "1"])
+    write_parquet(tmp_path / "m.parquet", table)
+    _script("encode_dataset").main(["--manifest", str(tmp_path / "m.parquet"), "--root", str(root),
+                                    "--out-dir", str(tmp_path / "store"), "--shards-json", json.dumps(shards),
+                                    "--stain-json", str(tmp_path / "p.json"), "--seed", "1", "--workers", "1"])
+    _script("write_shards").main(["--splits", str(tmp_path / "s.parquet"), "--fold", "0",
+                                  "--store", str(tmp_path / "store" / "store.json"), "--out-dir", str(tmp_path / "out")])
     assert shard_reader.read_index(tmp_path / "out" / "val.json")["encoding"]["stain"] == stain.published_macenko()
 
 

@@ -286,18 +286,20 @@ def test_dry_run_sees_a_shard_missing_from_its_index(tmp_path):
 
     fold = tmp_path / "results" / "tfrecords" / "cancer_types" / "fold0"
     fold.mkdir(parents=True)
-    for split in ("train", "val", "test"):
-        name = f"{split}-00000-of-00001.tfrecord"
-        (fold / f"{split}.json").write_text(json.dumps({"count": 1, "shards": [name]}))
+    store = tmp_path / "results" / "encoded" / "tma"
+    store.mkdir(parents=True)
+    for i, split in enumerate(("train", "val", "test")):
+        name = f"shard-{i:05d}-of-00003.tfrecord"
+        (fold / f"{split}.json").write_text(json.dumps({"count": 1, "shards": [f"../../../encoded/tma/{name}"]}))
         if split != "val":
-            (fold / name).write_bytes(b"")
+            (store / name).write_bytes(b"")
     proc = snakemake(tmp_path, "-n", "--config", "folds=[0]", "--",
                      "results/predictions/cancer_types/resnet_small/fold0.parquet", check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "1 shard(s) listed in this index are missing" in out, out[-3000:]
-    assert "results/tfrecords/cancer_types/fold0/val-00000-of-00001.tfrecord" in out
-    assert "delete the folder results/tfrecords/cancer_types/fold0/ and rerun" in out
+    assert "results/encoded/tma/shard-00001-of-00003.tfrecord" in out
+    assert "delete the folder results/encoded/tma/ and rerun: encode_dataset rebuilds" in out
 
 
 EXTERNAL_OVERLAY = """\
@@ -319,13 +321,16 @@ def test_dry_run_of_a_third_dataset_and_an_external_task(tmp_path):
     out = dry_run_with_overlay(tmp_path, EXTERNAL_OVERLAY, "-p", "--config", "folds=[0]", check=True).stdout
     jobs = re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M)
     assert sorted(set(jobs)) == ["all", "calibration_figure", "calibration_table", "check_dataset",
-                                 "confusion_figure", "evaluate", "make_demo", "make_splits",
+                                 "confusion_figure", "encode_dataset", "evaluate", "make_demo",
+                                 "make_splits",
                                  "metrics", "roc_figure", "summary_table", "task_table", "train", "training_figure",
                                  "write_shards"]
-    assert jobs.count("check_dataset") == 2 and jobs.count("train") == 2
+    assert jobs.count("check_dataset") == 2 and jobs.count("train") == 2 and jobs.count("encode_dataset") == 2
     assert "results/manifest/site_b.parquet" in out and "leakage" not in out
     assert "--test-manifest results/manifest/site_b.parquet --out results/splits/cancer_types_site_b.parquet" in out
-    assert "--root results/demo/tma/images --test-root site_b --fold 0" in out
+    # Each dataset encoded once; the external run's test split indexes site_b's store.
+    assert "--manifest results/manifest/site_b.parquet --root site_b --out-dir results/encoded/site_b" in out
+    assert "--store results/encoded/tma/store.json --test-store results/encoded/site_b/store.json --fold 0" in out
     assert re.search(r"--run cancer_types_site_b .*--manifest results/manifest/site_b.parquet .*--external-test site_b",
                      out)
     assert re.search(r"plot_calibration\.py\S* --task cancer_types_site_b .*--external-test site_b", out)

@@ -17,7 +17,7 @@ def arguments(p):
                         '\'{"stain_normalization": "macenko", "stain_reference": "ref.png"}\'')
     p.add_argument("--manifests", required=True, nargs="+",
                    help="the manifests of all the workflow's datasets (the reference must be none of their images)")
-    p.add_argument("--roots", nargs="*", default=[],
+    p.add_argument("--roots", nargs="*", required=True,
                    help="the root folders of all the workflow's datasets (the reference must lie under none)")
     p.add_argument("--out", required=True, help="results/stain/reference.json")
 

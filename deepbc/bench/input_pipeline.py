@@ -75,10 +75,9 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
     from_shards = shard_reader.make_dataset(index_json, batch_size=batch_size, is_training=True, preprocess_fn=pre,
                                       image_size=image_size, seed=seed, num_parallel_calls=parallel, repeat=True)
     encoded, labels = [], []
-    for record in tf.data.TFRecordDataset(index["paths"]):
-        features = shard_reader.parse_example(record)
-        encoded.append(features["image/encoded"].numpy())
-        labels.append(int(features["image/class/label"]))
+    for record, label in shard_reader.member_records(index_json):
+        encoded.append(shard_reader.parse_example(record)["image/encoded"].numpy())
+        labels.append(int(label))
 
     min_side = pre.min_source_side(image_size, image_size)
 

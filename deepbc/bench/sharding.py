@@ -114,13 +114,21 @@ def measure_steps(tmp: Path, root: Path, count: int, source_bytes: int, workers:
             "--out", splits),
     }
     for fmt in ("jpeg", "png"):
-        commands[f"write_shards_{fmt}"] = common.script_command(
-            "write_shards.py", "--splits", splits, "--root", root, "--fold", 0, "--out-dir", tmp / f"shards_{fmt}",
+        # The dataset's store (every image encoded once), then fold 0's indexes over it.
+        commands[f"write_shards_{fmt}"] = [common.script_command(
+            "encode_dataset.py", "--manifest", manifest, "--root", root, "--out-dir", tmp / f"shards_{fmt}" / "store",
             "--shards-json", json.dumps({"images_per_shard": 256, "format": fmt, "jpeg_quality": 95,
-                                         "max_shorter_side": 0, "stain_normalization": "none"}), "--seed", seed, "--workers", workers)
+                                         "max_shorter_side": 0, "stain_normalization": "none"}),
+            "--seed", seed, "--workers", workers),
+            common.script_command("write_shards.py", "--splits", splits, "--store",
+                                  tmp / f"shards_{fmt}" / "store" / "store.json", "--fold", 0,
+                                  "--out-dir", tmp / f"shards_{fmt}")]
     for name, cmd in commands.items():
         LOG.info("running %s", name)
-        steps[name] = common.timed_command(cmd, log_path=logs / f"{name}.log")
+        parts = [common.timed_command(c, log_path=logs / f"{name}.{i}.log")
+                 for i, c in enumerate(cmd if isinstance(cmd[0], list) else [cmd])]
+        steps[name] = {"seconds": round(sum(p["seconds"] for p in parts), 2),
+                       "peak_rss_mb": max(p["peak_rss_mb"] for p in parts)}
     for name, step in steps.items():
         step["images_per_s"] = round(count / step["seconds"], 1)
         step["source_mb_per_s"] = round(source_bytes / 1e6 / step["seconds"], 1)
@@ -154,4 +162,4 @@ def _read_rate(index_json: Path, images: int, image_size: int, parallel: int) ->
 
 
 def _dir_bytes(folder: Path) -> int:
-    return sum(os.path.getsize(p) for p in folder.iterdir() if p.is_file())
+    return sum(os.path.getsize(p) for p in folder.rglob("*") if p.is_file())
