@@ -338,3 +338,14 @@ def test_dry_run_of_a_third_dataset_and_an_external_task(tmp_path):
     assert re.search(r"evaluate_model\.py\S* .*--gradcam-png results/figures/gradcam/cancer_types_site_b/resnet_small/"
                      r"fold0\.png .*--title 'cancer_types_site_b / resnet_small / fold 0, external test: site_b'", out)
 
+
+
+def test_dry_run_with_stain_normalization_fits_once_and_encodes_each_dataset_with_it(tmp_path):
+    out = dry_run_with_overlay(tmp_path, "shards: {stain_normalization: macenko}\n", "-p", "--config", "folds=[0]",
+                               check=True).stdout
+    jobs = re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M)
+    assert jobs.count("fit_stain") == 1 and jobs.count("encode_dataset") == 2
+    assert len(re.findall(r"encode_dataset\.py\S* .*--stain-json results/stain/reference\.json", out)) == 2
+    # Off by default: no fit, and the stores are encoded without it.
+    default = dry_run_with_overlay(tmp_path, "{}\n", "-p", "--config", "folds=[0]", check=True).stdout
+    assert "fit_stain" not in default and "--stain-json" not in default
