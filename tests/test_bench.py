@@ -91,6 +91,9 @@ def test_shard_encoding_tiny():
     assert set(result["variants"]) == {"png_original", "jpeg95_full", "jpeg95_256", "raw_full"}
     assert positive(*(v["images_per_cpu_s"] for v in result["variants"].values()))
     assert result["variants"]["png_original"]["mean_abs_pixel_error"] == 0
+    # The store's bytes per record: the train split (2 of the 4 images) shares its shard with val and test.
+    raw = 700 * 460 * 3
+    assert raw <= result["variants"]["raw_full"]["bytes_per_image"] < 1.05 * raw
 
 
 def test_sharding_listing_pairs_the_duplicated_slide():
