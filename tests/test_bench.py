@@ -76,7 +76,7 @@ def test_sharding_tiny(tmp_path):
     r = run_bench("sharding.py", "--filelist", breakhis_listing(), "--every", 150, "--read-images", 16,
                   "--image-size", 32, tmp_path=tmp_path)
     assert r["images"] == len(sharding.listing(breakhis_listing(), 150)[0])
-    assert set(r["steps"]) == {"copy", "check_dataset", "make_splits", "write_shards_jpeg", "write_shards_png"}
+    assert set(r["steps"]) == {"copy", "check_dataset", "make_splits", "encode_and_index_jpeg", "encode_and_index_png"}
     assert positive(*(s["seconds"] for s in r["steps"].values()), r["pipeline_vs_copy"])
     disk = r["bytes_on_disk_mb"]
     assert disk["shards_jpeg95"] < disk["source_png"]  # re-encoding to JPEG shrinks BreakHis-like PNGs
