@@ -12,6 +12,7 @@ per wall-second, bytes per image on disk and the pixel error against the source.
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -67,9 +68,12 @@ def measure(index_path: Path, image_size: int, passes: int, batch_size: int) -> 
         for images, _ in dataset:
             seen += int(images.shape[0])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    disk = sum(os.path.getsize(p) for p in index["paths"])
+    # The store's bytes over its records: the listed shards also hold other splits' records.
+    store_path = Path(index_path).parent / index["store"]
+    store = json.loads(store_path.read_text(encoding="utf-8"))
+    disk = sum(os.path.getsize(store_path.parent / name) for name in store["shards"])
     return {"images_per_cpu_s": round(seen / cpu, 1), "images_per_wall_s": round(seen / wall, 1),
-            "bytes_per_image": int(disk / index["count"]), "images_read": seen}
+            "bytes_per_image": int(disk / store["count"]), "images_read": seen}
 
 
 def pixel_error(root: Path, index_path: Path, rels: list[str]) -> float:

@@ -76,7 +76,7 @@ def test_sharding_tiny(tmp_path):
     r = run_bench("sharding.py", "--filelist", breakhis_listing(), "--every", 150, "--read-images", 16,
                   "--image-size", 32, tmp_path=tmp_path)
     assert r["images"] == len(sharding.listing(breakhis_listing(), 150)[0])
-    assert set(r["steps"]) == {"copy", "check_dataset", "make_splits", "write_shards_jpeg", "write_shards_png"}
+    assert set(r["steps"]) == {"copy", "check_dataset", "make_splits", "encode_and_index_jpeg", "encode_and_index_png"}
     assert positive(*(s["seconds"] for s in r["steps"].values()), r["pipeline_vs_copy"])
     disk = r["bytes_on_disk_mb"]
     assert disk["shards_jpeg95"] < disk["source_png"]  # re-encoding to JPEG shrinks BreakHis-like PNGs
@@ -91,6 +91,9 @@ def test_shard_encoding_tiny():
     assert set(result["variants"]) == {"png_original", "jpeg95_full", "jpeg95_256", "raw_full"}
     assert positive(*(v["images_per_cpu_s"] for v in result["variants"].values()))
     assert result["variants"]["png_original"]["mean_abs_pixel_error"] == 0
+    # The store's bytes per record: the train split (2 of the 4 images) shares its shard with val and test.
+    raw = 700 * 460 * 3
+    assert raw <= result["variants"]["raw_full"]["bytes_per_image"] < 1.05 * raw
 
 
 def test_sharding_listing_pairs_the_duplicated_slide():

@@ -254,6 +254,25 @@ def test_each_image_is_encoded_once_per_dataset_whatever_the_folds(dataset, tmp_
     assert len(encoded) == 16
 
 
+def test_a_one_magnification_split_lists_only_its_magnifications_shards(dataset, tmp_path):
+    """A store of several magnifications deals each into shards of its own: a per-magnification
+    run's split reads its magnification's records only, not ~4x its members."""
+    root, table = dataset
+    number = table["path"].str.extract(r"img(\d+)", expand=False).astype(int)
+    table = table.assign(magnification=np.where(number // 2 % 2 == 0, "40X", "100X"))
+    store = shard_writer.encode_store(table, root, tmp_path / "store", images_per_shard=3, seed=3, workers=1)
+    magnification = dict(zip(table["path"], table["magnification"]))
+    shard_mags = [{magnification[p] for p, (s, *_) in store["records"].items() if s == k}
+                  for k in range(len(store["shards"]))]
+    # 8 images per magnification -> ceil(8 / 3) shards each, magnifications in sorted order.
+    assert shard_mags == [{"100X"}] * 3 + [{"40X"}] * 3 and store["shard_sizes"] == [3, 3, 2] * 2
+    indexes = shard_writer.write_split_indexes(table[table["magnification"] == "40X"], 0,
+                                               tmp_path / "store" / "store.json", tmp_path / "run")
+    for index in indexes.values():
+        assert all(shard_mags[store["shards"].index(Path(s).name)] == {"40X"} for s in index["shards"])
+    assert {s for index in indexes.values() for s in index["shards"]} == {f"../store/{n}" for n in store["shards"][3:]}
+
+
 def test_the_index_writer_does_not_import_tensorflow(dataset, tmp_path):
     """write_shards runs once per run x fold: without TensorFlow it starts in a fraction of a second."""
     root, table = dataset

@@ -7,8 +7,9 @@ as the workflow runs it (the rule's script in its own process, so start-up count
 - ``copy``: ``shutil.copytree`` of the dataset, the baseline: what any tool must at least do;
 - ``check_dataset``: decode and hash every file, write the manifest and the rejects;
 - ``make_splits``: the patient-wise benign vs malignant folds (k = 5, as config/paper.yaml);
-- ``write_shards``: fold 0's train/val/test shards as JPEG q95 (the default, re-encoded) and as
-  PNG (the source bytes stored as they are), to show what re-encoding costs at sharding time;
+- ``encode_and_index``: the dataset's store (rule encode_dataset, every image of the manifest) and
+  fold 0's train/val/test indexes over it (rule write_shards), as JPEG q95 (the default,
+  re-encoded) and as PNG (the source bytes stored as they are), to show what re-encoding costs;
 - reading both back through ``shard_reader.make_dataset`` at 224 px: what re-encoding buys at training.
 
 The source files are in the page cache for every step (they were just written), so the copy and
@@ -78,7 +79,7 @@ def run(filelist: Path, every: int = 1, workers: int = 2, read_images: int = 512
         # Slide 14-13412's images (the same bytes under two labels) are left out of the splits.
         in_shards = sum(json.loads((tmp / "shards_jpeg" / f"{s}.json").read_text())["count"]
                         for s in ("train", "val", "test"))
-    pipeline = sum(steps[s]["seconds"] for s in ("check_dataset", "make_splits", "write_shards_jpeg"))
+    pipeline = sum(steps[s]["seconds"] for s in ("check_dataset", "make_splits", "encode_and_index_jpeg"))
     return {
         "images": len(rels), "label_conflict_copies": len(same_as), "images_in_shards": in_shards, "workers": workers,
         "source_mb": round(source_bytes / 1e6, 1), "steps": steps,
@@ -115,7 +116,7 @@ def measure_steps(tmp: Path, root: Path, count: int, source_bytes: int, workers:
     }
     for fmt in ("jpeg", "png"):
         # The dataset's store (every image encoded once), then fold 0's indexes over it.
-        commands[f"write_shards_{fmt}"] = [common.script_command(
+        commands[f"encode_and_index_{fmt}"] = [common.script_command(
             "encode_dataset.py", "--manifest", manifest, "--root", root, "--out-dir", tmp / f"shards_{fmt}" / "store",
             "--shards-json", json.dumps({"images_per_shard": 256, "format": fmt, "jpeg_quality": 95,
                                          "max_shorter_side": 0, "stain_normalization": "none"}),
