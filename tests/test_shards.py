@@ -492,3 +492,13 @@ def test_a_fold_with_an_empty_split_is_refused(dataset, tmp_path):
     with pytest.raises(UserError, match="fold 0 has no val images"):
         shard_writer.write_shards(no_val, 0, root, tmp_path / "shards", workers=1)
     assert not list((tmp_path / "shards").glob("*.json"))
+
+
+def test_an_image_listed_twice_in_a_split_is_refused(dataset, tmp_path):
+    """The index writer checks it itself rather than trusting deepbc.splits: it would count twice."""
+    root, table = dataset
+    shard_writer.encode_store(table, root, tmp_path / "store", workers=1)
+    twice = pd.concat([table, table[(table["fold"] == 0) & (table["split"] == "val")].iloc[:1]])
+    with pytest.raises(UserError, match="listed more than once in fold 0's val split") as err:
+        shard_writer.write_split_indexes(twice, 0, tmp_path / "store" / "store.json", tmp_path / "out")
+    assert "make_splits.py" in str(err.value)
