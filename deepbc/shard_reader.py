@@ -21,6 +21,8 @@ from deepbc.errors import UserError
 # The image encodings (``image/format``), also the schema's shards.format enum (tests/test_schema.py
 # checks they agree); the writer refuses others and the reader refuses an index with another.
 FORMATS = ("jpeg", "png", "raw")
+# Marks the reader's own checks of an index against the shards it reads (naming_corrupt_shards).
+STALE = "shard index does not match its store"
 # The record's features and their types: what the writer stores and the reader parses.
 FEATURES = {
     "image/encoded": "bytes",
@@ -42,7 +44,8 @@ def read_index(path) -> dict:
         index = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserError(f"shard index is not valid JSON: {err}", str(path), "delete it and rerun write_shards") from err
-    keys = ["count", "count_per_class", "class_names", "shards", "shard_records", "members", "encoding"]
+    keys = ["count", "count_per_class", "class_names", "store", "shards", "shard_records", "shard_sha256",
+            "members", "encoding"]
     missing = [k for k in keys if k not in index]
     if missing:
         raise UserError(f"shard index lacks key(s) {missing} (an index of per-run shards, before the "
@@ -59,10 +62,38 @@ def read_index(path) -> dict:
         raise UserError(f"{len(absent)} shard(s) listed in the index are missing, e.g. {absent[0]}", str(path),
                         f"delete the folder {os.path.dirname(absent[0])}/ and rerun the workflow (encode_dataset "
                         "rebuilds the store, write_shards the indexes)")
+    _check_against_store(index, path)
     if index["encoding"]["format"] not in FORMATS:
         raise UserError(f"unknown image format {index['encoding']['format']!r}", str(path),
                         f"rewrite the shards with one of {list(FORMATS)}")
     return index
+
+
+def _rerun_write_shards(index_path: Path) -> str:
+    # results/tfrecords/{run}/fold{k}/{split}.json: the run's folder holds all its indexes.
+    return (f"rerun write_shards for this run (e.g. delete {index_path.parent.parent}/ and rerun the "
+            "workflow): its indexes predate the store's last encoding")
+
+
+def _check_against_store(index: dict, path: Path) -> None:
+    """Refuse an index written over an earlier encoding of its store: a store re-encoded with other
+    settings (jpeg_quality, stain fit) may keep its file names and sizes, and the index would then
+    pass on a stale encoding (settings.json, predict_folder, export) and stale shard hashes (resume)."""
+    from deepbc.shard_writer import read_store
+
+    store_path = Path(os.path.normpath(path.parent / index["store"]))
+    store = read_store(store_path)
+    by_name = {name: k for k, name in enumerate(store["shards"])}
+    stale = []
+    for shard_path, sha, records in zip(index["paths"], index["shard_sha256"], index["shard_records"]):
+        k = by_name.get(os.path.basename(shard_path))
+        if (k is None or os.path.dirname(shard_path) != str(store_path.parent) or store["shard_sha256"][k] != sha
+                or store["shard_sizes"][k] != records):
+            stale.append(os.path.basename(shard_path))
+    if stale or store["encoding"] != index["encoding"]:
+        what = (f"{len(stale)} listed shard(s) differ from the store's (sha256 or size), e.g. {stale[0]}"
+                if stale else f"its encoding {index['encoding']} differs from the store's {store['encoding']}")
+        raise UserError(f"shard index is stale: {what} ({store_path})", str(path), _rerun_write_shards(path))
 
 
 def _features():
@@ -166,17 +197,25 @@ class _Members:
         self.where = where
         self.paths = tf.constant(index["paths"])
         self.offsets = tf.constant(offsets, tf.int64)
+        self.sizes = tf.constant(index["shard_records"], tf.int64)
         self.labels = tf.constant(labels)
         self.names = tf.constant(names.astype(bytes))
         self.cycle = min(len(index["paths"]), 8)
 
     def records(self, files, num_parallel_calls, deterministic: bool):
         """(record number, serialized record) of the members in ``files``, a dataset of (shard path,
-        number of its first record) in the order to read them."""
+        number of its first record, its number of records) in the order to read them."""
         import tensorflow as tf
 
-        def numbered(path, base):
-            return tf.data.TFRecordDataset(path).enumerate().map(lambda i, record: (base + i, record))
+        def numbered(path, base, size):
+            def number(i, record):
+                # A shard with more records than the index says would shift every later number.
+                check = tf.debugging.assert_less(i, size, message=f"{STALE}: a shard has more records than "
+                                                                  f"{self.where} lists")
+                with tf.control_dependencies([check]):
+                    return base + i, record
+
+            return tf.data.TFRecordDataset(path).enumerate().map(number)
 
         # tf.data refuses more parallel calls than the cycle length (e.g. 2 threads over 1 shard).
         calls = num_parallel_calls if num_parallel_calls == tf.data.AUTOTUNE else min(num_parallel_calls, self.cycle)
@@ -188,7 +227,7 @@ class _Members:
     def in_order(self, num_parallel_calls, deterministic: bool):
         import tensorflow as tf
 
-        files = tf.data.Dataset.from_tensor_slices((self.paths, self.offsets))
+        files = tf.data.Dataset.from_tensor_slices((self.paths, self.offsets, self.sizes))
         return self.records(files, num_parallel_calls, deterministic)
 
     def label(self, number, features):
@@ -197,8 +236,8 @@ class _Members:
 
         # A store rebuilt after the index was written could otherwise pair records with wrong labels.
         check = tf.debugging.assert_equal(features["image/filename"], tf.gather(self.names, number),
-                                          message=f"a store record is not the member {self.where} lists there; "
-                                                  "rerun write_shards")
+                                          message=f"{STALE}: a store record is not the member {self.where} "
+                                                  "lists there")
         with tf.control_dependencies([check]):
             return tf.gather(self.labels, number)
 
@@ -255,7 +294,8 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
         def epoch_records(epoch):
             order = tf.argsort(tf.random.stateless_uniform([len(paths)], stream_key(seed, "file_order", epoch)))
             files = tf.data.Dataset.from_tensor_slices((tf.gather(members.paths, order),
-                                                        tf.gather(members.offsets, order)))
+                                                        tf.gather(members.offsets, order),
+                                                        tf.gather(members.sizes, order)))
             # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
             shuffle_seed = tf.random.stateless_uniform([], stream_key(seed, "shuffle", epoch), minval=None,
                                                        maxval=None, dtype=tf.int64)
@@ -309,14 +349,23 @@ def find_corrupt_shards(index_paths) -> list[tuple[str, str]]:
 @contextlib.contextmanager
 def naming_corrupt_shards(index_paths):
     """Turn TensorFlow's 'corrupted record at N', which names no file, into a UserError naming the
-    shard and how to rebuild it."""
+    shard and how to rebuild it; and the reader's own checks of an index against its shards (a
+    record that is not the listed member, a shard with more records than listed), raised by
+    TensorFlow as InvalidArgumentError, into a UserError naming the index and how to rewrite it."""
     try:
         yield
     except Exception as err:
         # Without TensorFlow imported, the error cannot be one of its own.
         tf = sys.modules.get("tensorflow")
-        if tf is None or not isinstance(err, tf.errors.DataLossError):
+        if tf is None or not isinstance(err, (tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
             raise
+        if isinstance(err, tf.errors.InvalidArgumentError):
+            if STALE not in err.message:
+                raise
+            named = [p for p in map(str, index_paths) if p in err.message]
+            index_path = Path(named[0] if named else list(index_paths)[0])
+            detail = err.message.split(STALE, 1)[1].split("\n", 1)[0].lstrip(": ")
+            raise UserError(f"{STALE}: {detail}", str(index_path), _rerun_write_shards(index_path)) from err
         corrupt = find_corrupt_shards(index_paths)
         if not corrupt:
             raise

@@ -362,6 +362,12 @@ def write_split_indexes(splits_df: pd.DataFrame, fold: int, stores, out_dir) -> 
     indexes = {}
     for split in SPLITS:
         split_rows = rows[rows["split"] == split].sort_values("path", kind="stable")
+        # Checked here too, not only by deepbc.splits: a twice-listed image would count twice.
+        twice = sorted(set(split_rows.loc[split_rows["path"].duplicated(), "path"]))
+        if twice:
+            raise UserError(f"{len(twice)} image(s) are listed more than once in fold {fold}'s {split} split, "
+                            f"e.g. {twice[:3]}", "write_shards input (splits table)",
+                            "remake the splits with make_splits.py")
         datasets = split_rows["store"].unique()
         if len(datasets) != 1:
             raise UserError(f"fold {fold}'s {split} split mixes datasets {sorted(map(str, datasets))}",
@@ -429,11 +435,11 @@ def _split_index(rows: pd.DataFrame, split: str, fold: int, class_names: list[st
 def write_split_indexes_file(splits_path, fold: int, store, out_dir, test_store=None) -> dict[str, dict]:
     """``write_split_indexes`` on a splits parquet written by make_splits.py; ``test_store``: the
     store of an external test dataset (the test rows' ``dataset``)."""
-    from deepbc.splits import dataset_roots, read_table
+    from deepbc.splits import by_dataset, read_table
 
     table = read_table(splits_path, "splits table")
     if test_store:
-        store = dataset_roots(table, store, test_store)
+        store = by_dataset(table, store, test_store)
     return write_split_indexes(table, fold, store, out_dir)
 
 

@@ -127,10 +127,10 @@ def make_external_splits(train_df: pd.DataFrame, test_df: pd.DataFrame, k: int, 
     return out
 
 
-def dataset_roots(splits: pd.DataFrame, root, test_root) -> dict:
-    """{dataset: root} of an external test's splits: ``root`` for the train/val rows' dataset,
-    ``test_root`` for the test rows' (the ``dataset`` column of ``make_external_splits``); the
-    shard writer gives it the two datasets' stores."""
+def by_dataset(splits: pd.DataFrame, own_value, test_value) -> dict:
+    """{dataset: value} of an external test's splits: ``own_value`` for the train/val rows'
+    dataset, ``test_value`` for the test rows' (the ``dataset`` column of ``make_external_splits``). The shard
+    writer maps the two datasets to their encoded stores (store.json paths) with it."""
     if "dataset" not in splits.columns:
         raise UserError("a test store was given but the splits table has no dataset column (not an external test)",
                         "write_shards --test-store", "remake the splits, or leave --test-store out")
@@ -140,7 +140,7 @@ def dataset_roots(splits: pd.DataFrame, root, test_root) -> dict:
         raise UserError(f"the splits table's train/val rows come from {sorted(own)} and its test rows from "
                         f"{sorted(other)}: not one training and one external test dataset",
                         "write_shards input", "remake the splits with make_splits.py")
-    return {own.pop(): str(root), other.pop(): str(test_root)}
+    return {own.pop(): str(own_value), other.pop(): str(test_value)}
 
 
 def _patient_sources(df: pd.DataFrame) -> dict:

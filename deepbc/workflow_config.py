@@ -8,6 +8,7 @@ the rules stay thin and the logic is tested.
 """
 
 import copy
+import functools
 import json
 import os
 
@@ -223,6 +224,15 @@ def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]
             "--out-patients", f"results/new_predictions/{run}/{arch}/fold{fold}/{folder}.patients.csv"]
 
 
+@functools.lru_cache(maxsize=None)
+def _listed_shards(index_path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The shards an index lists. Snakemake asks for each index many times while it builds the
+    DAG, and an index (with its members) takes milliseconds to parse: parsed once per version of
+    the file (``mtime_ns``, ``size``)."""
+    with open(index_path, encoding="utf-8") as fh:
+        return tuple(json.load(fh).get("shards", []))
+
+
 def check_shards_present(index_path) -> None:
     """Raise UserError if a shard index exists but a shard it lists does not.
 
@@ -231,8 +241,8 @@ def check_shards_present(index_path) -> None:
     (write_shards makes it) and to the job (which names what is wrong with it).
     """
     try:
-        with open(index_path, encoding="utf-8") as fh:
-            listed = json.load(fh).get("shards", [])
+        stat = os.stat(index_path)
+        listed = _listed_shards(os.fspath(index_path), stat.st_mtime_ns, stat.st_size)
     except (OSError, ValueError, AttributeError):
         return
     folder = os.path.dirname(index_path)

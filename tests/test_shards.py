@@ -299,8 +299,58 @@ def test_a_stale_index_over_a_rebuilt_store_is_an_error(dataset, tmp_path):
     root, table = dataset
     shard_writer.write_shards(table, 0, root, tmp_path, images_per_shard=4, workers=1)
     shard_writer.encode_store(table, root, tmp_path / "encoded" / "dataset", images_per_shard=4, seed=9, workers=1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="is not the member"):
-        list(shard_reader.make_dataset(tmp_path / "train.json", batch_size=3, is_training=False, image_size=8))
+    with pytest.raises(UserError, match="shard index is stale: .* differ from the store's") as err:
+        shard_reader.make_dataset(tmp_path / "train.json", batch_size=3, is_training=False, image_size=8)
+    assert "rerun write_shards" in str(err.value) and str(tmp_path / "train.json") in str(err.value)
+
+
+def test_an_index_over_a_store_re_encoded_in_the_same_layout_is_an_error(dataset, tmp_path):
+    """Same seed and count, another jpeg_quality: the same shard names and sizes, other bytes. The
+    index must not pass off the old encoding (settings.json, predict_folder) and shard hashes (resume)."""
+    root, table = dataset
+    _write(dataset, tmp_path)
+    shard_writer.encode_store(table, root, tmp_path / "encoded" / "dataset", images_per_shard=2, image_format="jpeg",
+                              jpeg_quality=50, max_shorter_side=0, seed=3, workers=1)
+    with pytest.raises(UserError, match="shard index is stale") as err:
+        shard_reader.read_index(tmp_path / "val.json")
+    assert f"delete {tmp_path.parent}/" in str(err.value)
+    # Hashes made to agree, the encoding alone still differs.
+    index = json.loads((tmp_path / "val.json").read_text())
+    store = json.loads((tmp_path / "encoded" / "dataset" / "store.json").read_text())
+    index["shard_sha256"] = [store["shard_sha256"][store["shards"].index(n.split("/")[-1])] for n in index["shards"]]
+    (tmp_path / "val.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match="its encoding .*'jpeg_quality': 95.* differs from the store's"):
+        shard_reader.read_index(tmp_path / "val.json")
+
+
+def _read_all(index_path):
+    with shard_reader.naming_corrupt_shards([index_path]):
+        list(shard_reader.make_dataset(index_path, batch_size=3, is_training=False, image_size=8))
+
+
+def test_a_record_that_is_not_the_listed_member_is_a_user_error(dataset, tmp_path):
+    """Shards swapped after the index was checked: TensorFlow's InvalidArgumentError reaches the user
+    as a UserError naming the index."""
+    root, table = dataset
+    _write(dataset, tmp_path)
+    index = shard_reader.read_index(tmp_path / "train.json")
+    first, second = index["paths"][:2]
+    a, b = Path(first).read_bytes(), Path(second).read_bytes()
+    Path(first).write_bytes(b)
+    Path(second).write_bytes(a)
+    with pytest.raises(UserError, match="a store record is not the member") as err:
+        _read_all(tmp_path / "train.json")
+    assert str(tmp_path / "train.json") in str(err.value) and "rerun write_shards" in str(err.value)
+
+
+def test_a_shard_with_more_records_than_listed_is_a_user_error(dataset, tmp_path):
+    _write(dataset, tmp_path)
+    index = shard_reader.read_index(tmp_path / "train.json")
+    last = Path(index["paths"][-1])
+    last.write_bytes(last.read_bytes() * 2)  # TFRecord files concatenate
+    with pytest.raises(UserError, match="a shard has more records than") as err:
+        _read_all(tmp_path / "train.json")
+    assert str(tmp_path / "train.json") in str(err.value) and "rerun write_shards" in str(err.value)
 
 
 def test_an_index_of_per_run_shards_is_refused(dataset, tmp_path):
@@ -511,3 +561,13 @@ def test_a_fold_with_an_empty_split_is_refused(dataset, tmp_path):
     with pytest.raises(UserError, match="fold 0 has no val images"):
         shard_writer.write_shards(no_val, 0, root, tmp_path / "shards", workers=1)
     assert not list((tmp_path / "shards").glob("*.json"))
+
+
+def test_an_image_listed_twice_in_a_split_is_refused(dataset, tmp_path):
+    """The index writer checks it itself rather than trusting deepbc.splits: it would count twice."""
+    root, table = dataset
+    shard_writer.encode_store(table, root, tmp_path / "store", workers=1)
+    twice = pd.concat([table, table[(table["fold"] == 0) & (table["split"] == "val")].iloc[:1]])
+    with pytest.raises(UserError, match="listed more than once in fold 0's val split") as err:
+        shard_writer.write_split_indexes(twice, 0, tmp_path / "store" / "store.json", tmp_path / "out")
+    assert "make_splits.py" in str(err.value)

@@ -109,3 +109,27 @@ def test_rule_helpers(demo_config, tmp_path, monkeypatch):
     assert wc.predict_patient_options("cancer_types", "resnet_small", 0, "slides") == [
         "--patients-csv", "new_images/slides.patients.csv",
         "--out-patients", "results/new_predictions/cancer_types/resnet_small/fold0/slides.patients.csv"]
+
+
+def test_check_shards_present_parses_each_index_once(tmp_path, monkeypatch):
+    """Snakemake asks for every index many times while building the DAG: parse each version once."""
+    import json
+    import os
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "shard-0.tfrecord").write_bytes(b"")
+    index = tmp_path / "run" / "train.json"
+    index.parent.mkdir()
+    index.write_text(json.dumps({"shards": ["../store/shard-0.tfrecord"], "members": [[0, 0, "a.png", 0]]}))
+    parsed = []
+    real = json.load
+    monkeypatch.setattr(wc.json, "load", lambda fh, **kw: parsed.append(fh.name) or real(fh, **kw))
+    for _ in range(5):
+        wc.check_shards_present(index)
+    assert parsed == [str(index)]
+    # A rewritten index is read again: here it lists a shard that is missing.
+    index.write_text(json.dumps({"shards": ["../store/shard-1.tfrecord"], "members": []}))
+    os.utime(index, ns=(1, 1))
+    with pytest.raises(UserError, match="1 shard\\(s\\) listed in this index are missing"):
+        wc.check_shards_present(index)
+    assert parsed == [str(index)] * 2
