@@ -119,8 +119,8 @@ def test_end_to_end_tiny(tmp_path, tiny_steps):
                   tmp_path=tmp_path)
     assert positive(r["seconds"], r["peak_rss_mb"], r["noop_seconds"])
     assert r["jobs"] == sum(rule["jobs"] for rule in r["job_seconds_by_rule"].values())
-    assert set(r["job_seconds_by_rule"]) == {"make_demo", "check_dataset", "make_splits", "write_shards", "train",
-                                             "evaluate"}
+    assert set(r["job_seconds_by_rule"]) == {"make_demo", "check_dataset", "make_splits", "encode_dataset",
+                                             "write_shards", "train", "evaluate"}
     assert r["targets"] == [target]
     assert r["images"] == {"tma": 96}
 
