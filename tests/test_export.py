@@ -1,9 +1,6 @@
 """The SavedModel export: served without this package, with evaluation's probabilities."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,22 +43,9 @@ def _test_records(base):
 def test_saved_model_serves_evaluations_probabilities_without_the_package(exported, tmp_path):
     expected = evaluate.predict_shards(exported / "model", exported / "shards" / "test.json", tmp_path / "p.parquet")
     names, encoded = _test_records(exported)
-    np.save(tmp_path / "encoded.npy", np.array(encoded, dtype=object), allow_pickle=True)
-    # Only tensorflow: no PYTHONPATH, cwd elsewhere, so deepbc cannot be imported by the loader.
-    code = ("import sys, numpy as np, tensorflow as tf\n"
-            "assert 'deepbc' not in sys.modules\n"
-            "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-            "enc = np.load(sys.argv[2], allow_pickle=True).tolist()\n"
-            "out = serve(images=tf.constant(enc))\n"
-            "np.save(sys.argv[3], out['probabilities'].numpy())\n"
-            "print(','.join(c.decode() for c in out['class_names'].numpy()))\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", code, str(exported / "export"), str(tmp_path / "encoded.npy"),
-                             str(tmp_path / "probs.npy")], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    class_names = result.stdout.strip().split(",")
+    probs, class_names = trainkit.serve_without_the_package(exported / "export", encoded, tmp_path)
     assert class_names == trainkit.CLASSES
-    probs = pd.DataFrame(np.load(tmp_path / "probs.npy"), columns=[f"prob_{c}" for c in class_names])
+    probs = pd.DataFrame(probs, columns=[f"prob_{c}" for c in class_names])
     probs["path"] = names
     merged = expected.merge(probs, on="path", suffixes=("", "_served"))
     assert len(merged) == len(expected) == 16

@@ -3,8 +3,6 @@ fallbacks on tiles where a fit fails, the leakage refusal, and its use by the sh
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -461,29 +459,16 @@ def test_model_carries_the_stain_and_predict_folder_applies_it(stain_model, tmp_
 @pytest.mark.slow
 def test_export_normalises_inside_without_the_package(stain_model, tmp_path):
     """The export, given the original images, gives predict_shards' probabilities on the normalised shards."""
-    import os
-
-    import tensorflow as tf
-
     from deepbc import evaluate, shard_reader
+    from tests import trainkit
 
     base, _ = stain_model
     expected = evaluate.predict_shards(base / "model", base / "shards" / "test.json", tmp_path / "p.parquet")
-    index = shard_reader.read_index(base / "shards" / "test.json")
-    names = [shard_reader.parse_example(r)["image/filename"].numpy().decode()
-             for r in tf.data.TFRecordDataset(index["paths"])]
+    names = [shard_reader.parse_example(record)["image/filename"].numpy().decode()
+             for record, _ in shard_reader.member_records(base / "shards" / "test.json")]
     originals = [(base / "images" / n).read_bytes() for n in names]
-    np.save(tmp_path / "encoded.npy", np.array(originals, dtype=object), allow_pickle=True)
-    code = ("import sys, numpy as np, tensorflow as tf\n"
-            "assert 'deepbc' not in sys.modules\n"
-            "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-            "out = serve(images=tf.constant(np.load(sys.argv[2], allow_pickle=True).tolist()))\n"
-            "np.save(sys.argv[3], out['probabilities'].numpy())\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", code, str(base / "export"), str(tmp_path / "encoded.npy"),
-                             str(tmp_path / "probs.npy")], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    served = pd.DataFrame(np.load(tmp_path / "probs.npy"), columns=[f"prob_{c}" for c in ("benign", "malignant")])
+    probs, class_names = trainkit.serve_without_the_package(base / "export", originals, tmp_path)
+    served = pd.DataFrame(probs, columns=[f"prob_{c}" for c in class_names])
     served["path"] = names
     merged = expected.merge(served, on="path", suffixes=("", "_served"))
     assert len(merged) == len(expected) == 16

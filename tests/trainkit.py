@@ -57,3 +57,25 @@ def settings(**overrides) -> dict:
             "xla": False}
     base.update(overrides)
     return base
+
+
+def serve_without_the_package(export_dir, encoded, tmp_path):
+    """(probabilities, class names) of the SavedModel at ``export_dir`` on the ``encoded`` image
+    bytes, served by a fresh Python that imports only TensorFlow (no PYTHONPATH, cwd elsewhere, so
+    deepbc cannot be imported by the loader)."""
+    import os
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "encoded.npy", np.array(encoded, dtype=object), allow_pickle=True)
+    code = ("import sys, numpy as np, tensorflow as tf\n"
+            "assert 'deepbc' not in sys.modules\n"
+            "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+            "out = serve(images=tf.constant(np.load(sys.argv[2], allow_pickle=True).tolist()))\n"
+            "np.save(sys.argv[3], out['probabilities'].numpy())\n"
+            "print(','.join(c.decode() for c in out['class_names'].numpy()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code, str(export_dir), str(tmp_path / "encoded.npy"),
+                             str(tmp_path / "probs.npy")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return np.load(tmp_path / "probs.npy"), result.stdout.strip().split(",")
