@@ -152,7 +152,9 @@ def _job_args(name, tmp_path):
                             "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"), "--seed", "1",
                             "--threads", "1"],
             "evaluate_model": ["--model-dir", missing, "--shard-index", missing, "--out", str(tmp_path / "out"),
-                               "--val-shard-index", missing, "--val-out", str(tmp_path / "val out"), "--threads", "1"],
+                               "--val-shard-index", missing, "--val-out", str(tmp_path / "val out"), "--threads", "1",
+                               "--gradcam-png", str(tmp_path / "gradcam.png"), "--classes", "a", "b", "--seed", "1",
+                               "--title", "t"],
             "predict_folder": ["--model-dir", missing, "--images", missing, "--out", str(tmp_path / "out"),
                                "--threads", "1"]}[name]
 
