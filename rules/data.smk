@@ -10,7 +10,9 @@ rule make_demo:
         "results/benchmarks/make_demo.tsv"
     conda:
         "../envs/cpu.yaml"
-    threads: RES["data_threads"]
+    # The first job, which every other waits for: at least both cores of a small machine
+    # (the images are the same whatever the number of workers).
+    threads: max(2, RES["data_threads"])
     params:
         script=script("make_demo.py"),
         seed=config["seed"],
