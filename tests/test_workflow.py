@@ -281,6 +281,13 @@ def test_moved_checkout_reruns_nothing(tmp_path):
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-4000:]
 
 
+def test_a_task_on_one_dataset_draws_only_its_demo(tmp_path):
+    out = snakemake(tmp_path, "-n", "-p", "--config", "tasks=[cancer_types]", "--",
+                    "results/splits/cancer_types.parquet").stdout
+    assert re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M).count("make_demo") == 1
+    assert "--demo tma --out results/demo/tma" in out and "--demo breakhis" not in out
+
+
 def test_dry_run_sees_a_shard_missing_from_its_index(tmp_path):
     import json
 
