@@ -21,8 +21,10 @@ SHORTCUTS = {
     "tma_dir": ("tma", "root"),
     "tma_patients_csv": ("tma", "patients_csv"),
 }
-# The folders the make_demo rule writes; a dataset whose root lies inside one needs it in demo mode.
-DEMO_OUTPUTS = ("results/demo/breakhis", "results/demo/tma")
+# The demo datasets, by name: the make_demo rule writes each into results/demo/{name}/, its root in
+# the folder named here. A dataset whose root lies inside one needs that demo in demo mode.
+DEMO_ROOT_FOLDERS = {"breakhis": "BreaKHis_v1", "tma": "images"}
+DEMO_OUTPUTS = tuple(f"results/demo/{name}" for name in DEMO_ROOT_FOLDERS)
 
 
 def resolve(config: dict) -> dict:

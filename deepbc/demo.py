@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from deepbc.breakhis import SUBTYPES
+from deepbc.datasets_config import DEMO_ROOT_FOLDERS
 from deepbc.errors import UserError
 from deepbc.logs import Progress
 from deepbc.synthetic_he import MAG_SCALE, paint, rng_for
@@ -101,13 +102,15 @@ def make_tma_demo(out_root: Path, seed: int, image_size: tuple[int, int] = TMA_S
     return _generate(Path(out_root), seed, specs, workers, "TMA demo", extra_files={PATIENTS_CSV: csv_text})
 
 
-def make_demos(breakhis_out: Path, tma_out: Path, seed: int, scale: int = 1, workers: int = 1) -> dict[str, int]:
-    """Both demo datasets as the workflow's make_demo rule writes them: the default sizes, with
-    ``scale`` times the images of every slide and magnification and of every TMA patient (the
-    patients stay the same)."""
+def make_demo(name: str, out: Path, seed: int, scale: int = 1, workers: int = 1) -> int:
+    """One demo dataset as the workflow's make_demo rule writes it, into its root folder under ``out``
+    (datasets_config.DEMO_ROOT_FOLDERS): the default sizes, with ``scale`` times the images of every
+    slide and magnification or of every TMA patient (the patients stay the same). Returns the file count."""
     _check_count("scale", scale, 1, 16)
-    return {"breakhis": make_breakhis_demo(breakhis_out, seed, images_per_magnification=3 * scale, workers=workers),
-            "tma": make_tma_demo(tma_out, seed, images_per_patient=4 * scale, workers=workers)}
+    root = Path(out) / DEMO_ROOT_FOLDERS[name]
+    if name == "breakhis":
+        return make_breakhis_demo(root, seed, images_per_magnification=3 * scale, workers=workers)
+    return make_tma_demo(root, seed, images_per_patient=4 * scale, workers=workers)
 
 
 @dataclass(frozen=True)

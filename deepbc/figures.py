@@ -25,7 +25,6 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
 
 from deepbc import atomic  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
@@ -94,6 +93,9 @@ def _external(test_dataset) -> str:
 
 def _roc(df: pd.DataFrame, classes: list[str]):
     """(fpr, tpr, auc) pooled over ``df``; macro average of one-vs-rest curves for >2 classes."""
+    # Imported here (as in deepbc.metrics): the other figure jobs need no scikit-learn.
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     y = df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     present = [i for i in range(len(classes)) if (y == i).any()]
     if len(present) < 2:
@@ -182,6 +184,8 @@ def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_p
     patient level (bottom), counts (left) and row-normalised (right). Rows true, columns predicted.
     ``manifest``: the run's test dataset manifest, for the grouping; ``test_dataset``: an external
     test dataset, named in the title."""
+    from sklearn.metrics import confusion_matrix
+
     grouping = grouping_of(manifest)
     images, patients = load_predictions(pred_paths, classes)
     groups = images[["run", "arch"]].drop_duplicates()

@@ -167,9 +167,19 @@ def selected_tasks(config: dict) -> dict:
     return {name: config["task_definitions"][name] for name in config["tasks"]}
 
 
+def partial_folds_warning(config: dict) -> str | None:
+    """A warning when a study (not the demo) runs only some of its folds."""
+    run, k = folds(config), config["splits"]["k"]
+    if config.get("demo") or len(run) == k:
+        return None
+    return (f"training and testing only fold(s) {run} of splits.k={k} (config key folds): every table "
+            "averages over these folds only; set folds: all to run every fold")
+
+
 def folds(config: dict) -> list[int]:
     """The folds to run; values given on the command line arrive as strings."""
-    return [int(f) for f in (config.get("folds") or range(config["splits"]["k"]))]
+    listed = config.get("folds", "all")
+    return list(range(config["splits"]["k"])) if listed == "all" else [int(f) for f in listed]
 
 
 def train_settings(config: dict, task: str, arch: str) -> dict:

@@ -2,6 +2,7 @@ import json
 import os
 import shlex
 
+from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -21,6 +22,9 @@ try:
     wfconfig.check(config)
 except UserError as err:
     raise WorkflowError(f"invalid configuration:\n{err}") from None
+PARTIAL_FOLDS = wfconfig.partial_folds_warning(config)
+if PARTIAL_FOLDS:
+    logger.warning(PARTIAL_FOLDS)
 
 
 def script(name):

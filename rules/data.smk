@@ -1,13 +1,14 @@
 rule make_demo:
     output:
         # Snakemake marks directory outputs with a .snakemake_timestamp file: keep it outside the
-        # dataset roots, which must hold only dataset files.
-        breakhis=directory("results/demo/breakhis"),
-        tma=directory("results/demo/tma"),
+        # dataset root, which must hold only dataset files.
+        directory("results/demo/{demo}"),
     log:
-        "results/logs/make_demo.log",
+        "results/logs/make_demo/{demo}.log",
     benchmark:
-        "results/benchmarks/make_demo.tsv"
+        "results/benchmarks/make_demo/{demo}.tsv"
+    wildcard_constraints:
+        demo="|".join(datasets_config.DEMO_ROOT_FOLDERS),
     conda:
         "../envs/cpu.yaml"
     threads: RES["data_threads"]
@@ -16,7 +17,7 @@ rule make_demo:
         seed=config["seed"],
         scale=config["demo_scale"],
     shell:
-        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --breakhis-out {output.breakhis:q}/BreaKHis_v1 --tma-out {output.tma:q}/images'
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --demo {wildcards.demo} --out {output:q}'
         " --seed {params.seed} --scale {params.scale} --workers {threads} --log {log:q}"
 
 

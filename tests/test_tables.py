@@ -1,6 +1,7 @@
 """deepbc.tables: task tables with the preprint's figures, summary, leakage arithmetic."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -285,3 +286,16 @@ def test_bad_metrics_inputs(tmp_path):
         tables.load_metrics([path])
     with pytest.raises(UserError, match="not found"):
         tables.load_metrics([tmp_path / "missing.json"])
+
+
+def test_table_and_figure_modules_leave_scikit_learn_to_the_functions_that_use_it():
+    """Every table and figure job imports these modules; scikit-learn's import alone costs about
+    1.5 s of CPU per job, so only the functions computing AUCs and confusion matrices import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deepbc.tables, deepbc.calibration, deepbc.figures, deepbc.metrics; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')[:3])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -23,9 +24,8 @@ OFTEN_SAVED = "train:\n  defaults:\n    save_every_steps: 10\n"
 
 
 def demo_args(workdir):
-    """The demo run's config: the demo, saving often, one fold."""
-    return ["--configfile", str(ROOT / "config" / "config.yaml"), str(workdir / "often_saved.yaml"),
-            "--config", "folds=[0]"]
+    """The demo run's config (one fold of three), saving often."""
+    return ["--configfile", str(ROOT / "config" / "config.yaml"), str(workdir / "often_saved.yaml")]
 TASKS = ["cancer_types", "benign_vs_malignant", "benign_subtypes", "malignant_subtypes"]
 
 
@@ -111,9 +111,10 @@ def test_killed_training_resumed_from_its_last_saved_step(demo_run):
     run, arch = state.parts[-3], state.parts[-2]
     log = (workdir / "results" / "logs" / "train" / run / arch / "fold0.log").read_text()
     resumed = re.search(r"resuming from .* at step (\d+)", log)
-    assert resumed and 10 <= int(resumed.group(1)) < 150, log[-3000:]
+    steps = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["train"]["defaults"]["max_number_of_steps"]
+    assert resumed and 10 <= int(resumed.group(1)) < steps, log[-3000:]
     curve = pd.read_csv(workdir / "results" / "models" / run / arch / "fold0" / "training.csv")
-    assert list(curve["step"]) == list(range(1, 151))
+    assert list(curve["step"]) == list(range(1, steps + 1))
 
 
 @pytest.mark.slow
@@ -153,8 +154,7 @@ def test_other_gpu_settings_rerun_nothing(demo_run):
     workdir, _ = demo_run
     machine = workdir / "other_machine.yaml"
     machine.write_text("resources: {gpu: 0, gpu_devices: 3, gpu_lock_dir: other leases}\n")
-    configfiles, config = demo_args(workdir)[:3], demo_args(workdir)[3:]
-    assert planned_jobs(workdir, *configfiles, str(machine), *config) == []
+    assert planned_jobs(workdir, *demo_args(workdir), str(machine)) == []
 
 
 @pytest.mark.slow
@@ -279,6 +279,13 @@ def test_moved_checkout_reruns_nothing(tmp_path):
                            "--directory", str(workdir), "-n", *args], capture_output=True, text=True, env=_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-4000:]
+
+
+def test_a_task_on_one_dataset_draws_only_its_demo(tmp_path):
+    out = snakemake(tmp_path, "-n", "-p", "--config", "tasks=[cancer_types]", "--",
+                    "results/splits/cancer_types.parquet").stdout
+    assert re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M).count("make_demo") == 1
+    assert "--demo tma --out results/demo/tma" in out and "--demo breakhis" not in out
 
 
 def test_dry_run_sees_a_shard_missing_from_its_index(tmp_path):

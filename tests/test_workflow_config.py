@@ -45,7 +45,23 @@ def test_bad_values_name_the_key_and_allowed_values(demo_config, mutate, key, al
 
 def test_folds_from_the_command_line_are_numbers(demo_config):
     assert wc.folds({**demo_config, "folds": ["0", "2"]}) == [0, 2]
-    assert wc.folds(demo_config) == [0, 1, 2]
+    assert wc.folds({**demo_config, "folds": "all"}) == [0, 1, 2]
+    assert wc.folds(demo_config) == [0]  # the demo runs one fold of three, to fit its budget
+
+
+def test_a_study_running_some_folds_is_warned(demo_config):
+    study = {**demo_config, "demo": False}
+    assert "only fold(s) [0] of splits.k=3" in wc.partial_folds_warning(study)
+    assert wc.partial_folds_warning({**study, "folds": "all"}) is None
+    assert wc.partial_folds_warning({**study, "folds": ["0", "1", "2"]}) is None
+    assert wc.partial_folds_warning(demo_config) is None  # the demo says so in its config
+
+
+def test_the_paper_config_runs_every_fold(demo_config):
+    """config/paper.yaml is layered over config/config.yaml (the Snakefile's configfile): the demo's
+    one fold must not reach a study."""
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    assert wc.folds({**demo_config, **paper}) == list(range(paper["splits"]["k"]))
 
 
 def test_train_settings_layering(demo_config):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the synthetic demo datasets: BreakHis layout and a 4-class TMA-like folder layout.
+"""Generate one synthetic demo dataset: the BreakHis layout, or a 4-class TMA-like folder layout.
 
 The images imitate H&E staining (pink stroma, purple nuclei) with class-specific tissue
 architecture, per-patient stain variation and magnification-dependent scale. The same seed gives
@@ -14,19 +14,21 @@ from deepbc import cli
 
 
 def arguments(p):
-    p.add_argument("--breakhis-out", required=True,
-                   help="the BreakHis demo folder to write (named BreaKHis_v1, e.g. results/demo/BreaKHis_v1)")
-    p.add_argument("--tma-out", required=True, help="the TMA demo folder to write (e.g. results/demo/tma)")
+    from deepbc.datasets_config import DEMO_ROOT_FOLDERS
+
+    p.add_argument("--demo", required=True, choices=sorted(DEMO_ROOT_FOLDERS), help="which demo dataset to draw")
+    p.add_argument("--out", required=True,
+                   help="the folder to write it into (e.g. results/demo/breakhis, which gets BreaKHis_v1/)")
     p.add_argument("--seed", type=int, required=True, help="random seed (non-negative integer)")
     p.add_argument("--scale", type=cli.positive_int, required=True,
-                   help="multiply the images per slide and magnification and per TMA patient")
+                   help="multiply the images per slide and magnification, or per TMA patient")
     p.add_argument("--workers", type=cli.positive_int, required=True, help="processes drawing images")
 
 
 def run(args):
-    from deepbc.demo import make_demos
+    from deepbc.demo import make_demo
 
-    make_demos(args.breakhis_out, args.tma_out, args.seed, scale=args.scale, workers=args.workers)
+    make_demo(args.demo, args.out, args.seed, scale=args.scale, workers=args.workers)
 
 
 main = cli.script(__doc__, arguments, run)
