@@ -44,8 +44,8 @@ def positive(*values) -> bool:
 
 @pytest.mark.slow
 def test_train_throughput_tiny(tmp_path):
-    # The variants new with mixed precision (the others are the same functions at fp32): each
-    # variant is a fresh process importing TensorFlow, so all eight would cost CI twice as much.
+    # The variants new with mixed precision (the others are the same functions at fp32). --quick
+    # runs them all in one process (one TensorFlow import) with Keras' VGG16, quick to trace.
     variants = ["trainer_mixed", "trainer_mixed_xla", "in_memory_mixed", "keras_mixed_bfloat16"]
     r = run_bench("train_throughput.py", "--quick", "--variants", ",".join(variants), tmp_path=tmp_path)
     rates = r["images_per_s"]
