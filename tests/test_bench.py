@@ -64,7 +64,7 @@ def test_train_throughput_tiny(tmp_path):
 def test_input_pipeline_tiny(tmp_path):
     r = run_bench("input_pipeline.py", "--images", 4, "--batches", 2, "--batch-size", 2, "--image-size", 32,
                   "--arch", "resnet_small", "--trainer-steps", 1, "--trainer-batch-size", 2, "--rounds", 1,
-                  tmp_path=tmp_path)
+                  "--one-process", tmp_path=tmp_path)
     assert set(r["images_per_s"]) == {"shards", "shards_hed", "memory", "trainer"}
     assert positive(*r["images_per_s"].values(), r["shards_vs_memory"], r["shards_vs_trainer"], r["hed_vs_without"])
     assert set(r["images_per_s_range"]) == {"shards", "shards_hed"}
