@@ -74,7 +74,7 @@ def test_input_pipeline_tiny(tmp_path):
 @pytest.mark.slow
 def test_sharding_tiny(tmp_path):
     r = run_bench("sharding.py", "--filelist", breakhis_listing(), "--every", 150, "--read-images", 16,
-                  "--image-size", 32, tmp_path=tmp_path)
+                  "--image-size", 32, "--one-process", tmp_path=tmp_path)
     assert r["images"] == len(sharding.listing(breakhis_listing(), 150)[0])
     assert set(r["steps"]) == {"copy", "check_dataset", "make_splits", "encode_and_index_jpeg", "encode_and_index_png"}
     assert positive(*(s["seconds"] for s in r["steps"].values()), r["pipeline_vs_copy"])
