@@ -5,6 +5,8 @@ what the project's network consumes in training on this CPU, and with HED stain 
 added (its cost). Prints one JSON line.
 
     .venv/bin/python bench/input_pipeline.py --images 128 --batches 150 --image-size 224
+    .venv/bin/python bench/input_pipeline.py --images 4 --batches 2 --batch-size 2 --image-size 32 \
+        --arch resnet_small --trainer-steps 1 --trainer-batch-size 2 --rounds 1 --one-process   # the smoke test
 """
 
 import argparse
@@ -26,6 +28,9 @@ def parse_args(argv=None):
                         help="alternating timings of the shard pipeline without and with HED augmentation (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="where temporary shards go (default: the system's temp folder)")
+    parser.add_argument("--one-process", action="store_true",
+                        help="a check that every measurement runs, not a measurement: all in one fresh process "
+                             "instead of one each (one TensorFlow import)")
     return parser.parse_args(argv)
 
 
@@ -38,7 +43,8 @@ def main(argv=None) -> int:
     result = input_pipeline.run(images=args.images, batches=args.batches, batch_size=args.batch_size,
                                 image_size=args.image_size, parallel=args.parallel, arch=args.arch,
                                 trainer_steps=args.trainer_steps, trainer_batch_size=args.trainer_batch_size,
-                                seed=args.seed, workdir=args.workdir, rounds=args.rounds)
+                                seed=args.seed, workdir=args.workdir, rounds=args.rounds,
+                                one_process=args.one_process)
     common.emit("input_pipeline", result)
     return 0
 

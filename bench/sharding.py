@@ -28,6 +28,9 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="--workers of the rules (default 2)")
     parser.add_argument("--read-images", type=int, default=512, help="images read back per encoding (default 512)")
     parser.add_argument("--image-size", type=int, default=224, help="network input size when reading (default 224)")
+    parser.add_argument("--one-process", action="store_true",
+                        help="a check that reading runs, not a measurement: both reads in one fresh process "
+                             "instead of one each (one TensorFlow import)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="where the images and shards go (default: the system's temp folder)")
     parser.add_argument("--images-dir", type=Path,
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
         return 0
     result = sharding.run(args.filelist, every=args.every, workers=args.workers, read_images=args.read_images,
                           image_size=args.image_size, seed=args.seed, workdir=args.workdir,
-                          images_dir=args.images_dir)
+                          images_dir=args.images_dir, one_process=args.one_process)
     common.emit("sharding", result)
     return 0
 

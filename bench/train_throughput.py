@@ -8,7 +8,7 @@ one JSON line; progress goes to stderr.
 
     .venv/bin/python bench/train_throughput.py --arch resnet_v1_50 --image-size 128 --batch-size 16 --repeats 2
     .venv/bin/python bench/train_throughput.py --variants trainer,trainer_nondeterministic --repeats 3
-    .venv/bin/python bench/train_throughput.py --quick   # seconds: resnet_small, 32 px (the smoke test)
+    .venv/bin/python bench/train_throughput.py --quick   # seconds: resnet_small, 32 px, one process (the smoke test)
 """
 
 import argparse
@@ -34,10 +34,11 @@ def parse_args(argv=None):
     parser.add_argument("--workdir", help="where temporary shards go (default: the system's temp folder)")
     parser.add_argument("--quick", action="store_true",
                         help="a check that every variant runs, not a measurement: resnet_small, 32 px, batch 2, "
-                             "2 steps after 1, 4 images, 1 thread, Keras MobileNetV2")
+                             "2 steps after 1, 4 images, 1 thread, Keras VGG16 (the quickest Keras application "
+                             "to trace), every variant in one fresh process")
     args = parser.parse_args(argv)
     if args.quick:
-        args.arch, args.keras_model, args.image_size, args.batch_size = "resnet_small", "MobileNetV2", 32, 2
+        args.arch, args.keras_model, args.image_size, args.batch_size = "resnet_small", "VGG16", 32, 2
         args.steps, args.warmup, args.images, args.threads = 2, 1, 4, 1
     return args
 
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
                           warmup=args.warmup, images=args.images, threads=args.threads, seed=args.seed,
                           keras_model=args.keras_model, workdir=args.workdir,
                           variants=tuple(args.variants.split(",")) if args.variants else training.VARIANTS,
-                          repeats=args.repeats)
+                          repeats=args.repeats, one_process=args.quick)
     common.emit("train_throughput", result)
     return 0
 

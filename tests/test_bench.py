@@ -44,8 +44,8 @@ def positive(*values) -> bool:
 
 @pytest.mark.slow
 def test_train_throughput_tiny(tmp_path):
-    # The variants new with mixed precision (the others are the same functions at fp32): each
-    # variant is a fresh process importing TensorFlow, so all eight would cost CI twice as much.
+    # The variants new with mixed precision (the others are the same functions at fp32). --quick
+    # runs them all in one process (one TensorFlow import) with Keras' VGG16, quick to trace.
     variants = ["trainer_mixed", "trainer_mixed_xla", "in_memory_mixed", "keras_mixed_bfloat16"]
     r = run_bench("train_throughput.py", "--quick", "--variants", ",".join(variants), tmp_path=tmp_path)
     rates = r["images_per_s"]
@@ -64,7 +64,7 @@ def test_train_throughput_tiny(tmp_path):
 def test_input_pipeline_tiny(tmp_path):
     r = run_bench("input_pipeline.py", "--images", 4, "--batches", 2, "--batch-size", 2, "--image-size", 32,
                   "--arch", "resnet_small", "--trainer-steps", 1, "--trainer-batch-size", 2, "--rounds", 1,
-                  tmp_path=tmp_path)
+                  "--one-process", tmp_path=tmp_path)
     assert set(r["images_per_s"]) == {"shards", "shards_hed", "memory", "trainer"}
     assert positive(*r["images_per_s"].values(), r["shards_vs_memory"], r["shards_vs_trainer"], r["hed_vs_without"])
     assert set(r["images_per_s_range"]) == {"shards", "shards_hed"}
@@ -74,7 +74,7 @@ def test_input_pipeline_tiny(tmp_path):
 @pytest.mark.slow
 def test_sharding_tiny(tmp_path):
     r = run_bench("sharding.py", "--filelist", breakhis_listing(), "--every", 150, "--read-images", 16,
-                  "--image-size", 32, tmp_path=tmp_path)
+                  "--image-size", 32, "--one-process", tmp_path=tmp_path)
     assert r["images"] == len(sharding.listing(breakhis_listing(), 150)[0])
     assert set(r["steps"]) == {"copy", "check_dataset", "make_splits", "encode_and_index_jpeg", "encode_and_index_png"}
     assert positive(*(s["seconds"] for s in r["steps"].values()), r["pipeline_vs_copy"])

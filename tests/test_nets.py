@@ -8,6 +8,7 @@ from deepbc.compat import import_slim
 from deepbc.errors import UserError
 from deepbc.nets import NETWORKS, get_network_fn, get_spec
 from deepbc.preprocessing import STYLES
+from tests import trainkit
 
 slim = import_slim()
 
@@ -85,7 +86,7 @@ def build(name: str, num_classes: int, size: int | None = None, is_training: boo
     """Build ``name`` in a fresh graph on a [1, size, size, 3] placeholder; return (graph, logits, end_points)."""
     size = size or NETWORKS[name].default_image_size
     graph = tf.Graph()
-    with graph.as_default():
+    with graph.as_default(), trainkit.identity_equality():
         images = tf.compat.v1.placeholder(tf.float32, [1, size, size, 3])
         logits, end_points = get_network_fn(name, num_classes, is_training=is_training)(images)
     return graph, logits, end_points

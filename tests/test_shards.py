@@ -550,7 +550,7 @@ def test_a_record_has_the_same_bytes_in_every_process():
     root = Path(__file__).resolve().parents[1]
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(root)}).stdout
-               for seed in (1, 2, 3)}
+               for seed in (1, 2)}  # two hash seeds show it: each process imports TensorFlow (~10 s)
     assert len(digests) == 1, digests
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -46,6 +47,15 @@ def in_fresh_process(func, *args):
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=log_to_stderr) as pool:
         return pool.submit(func, *args).result()
+
+
+@contextlib.contextmanager
+def one_process(initializer=log_to_stderr, initargs=()):
+    """A ``call(func, *args)`` that runs every call in one new interpreter, started once: for checks
+    that code runs, where a fresh interpreter per call would cost a TensorFlow import each."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=initializer, initargs=initargs) as pool:
+        yield lambda func, *args: pool.submit(func, *args).result()
 
 
 def ratio(numerator: float, denominator: float) -> float | None:

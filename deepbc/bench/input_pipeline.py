@@ -10,10 +10,14 @@ the trainer consumes.
 - ``shards_hed``: ``shards`` with HED stain augmentation added (``HED``, Tellez' "HED-light"),
   timed in ``rounds`` alternating with ``shards`` so that both see the same machine load; the
   result gives each one's median and range over the rounds, and the cost of HED per image.
+
+Each measurement runs in a fresh process; ``one_process`` (the smoke test's) runs the data
+preparation and all of them in one new interpreter: a check that they run, not a measurement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -29,18 +33,18 @@ HED = {"sigma": 0.05, "bias": 0.05}
 
 def run(images: int = 128, batches: int = 150, batch_size: int = 32, image_size: int = 224, parallel: int = 2,
         arch: str = "resnet_v1_50", trainer_steps: int = 4, trainer_batch_size: int = 16, seed: int = 0,
-        workdir: str | None = None, rounds: int = 3) -> dict:
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        workdir: str | None = None, rounds: int = 3, one_process: bool = False) -> dict:
+    runner = common.one_process() if one_process else contextlib.nullcontext(common.in_fresh_process)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp, runner as call:
         tmp = Path(tmp)
-        shard_dir, arrays = training.prepare_data(tmp, arch, images, image_size, seed)
-        rates = common.in_fresh_process(_pipeline_rates, shard_dir / "train.json", arch, batch_size, image_size,
+        shard_dir, arrays = training.prepare_data(tmp, arch, images, image_size, seed, call)
+        rates = call(_pipeline_rates, shard_dir / "train.json", arch, batch_size, image_size,
                                           parallel, batches, seed, rounds)
         if trainer_steps:
             settings = dict(training.SETTINGS, image_size=image_size, batch_size=trainer_batch_size,
                             max_number_of_steps=trainer_steps + 1)
             LOG.info("measuring what %s consumes in training", arch)
-            rates["trainer"] = common.in_fresh_process(training.in_memory_rate, arrays, arch, settings, seed,
-                                                         parallel, 1)["images_per_s"]
+            rates["trainer"] = call(training.in_memory_rate, arrays, arch, settings, seed, parallel, 1)["images_per_s"]
         encoding = json.loads((shard_dir / "train.json").read_text())["encoding"]
     result = {"arch": arch, "image_size": image_size, "batch_size": batch_size, "parallel": parallel,
               "batches": batches, "images": images, "source_size": [common.BREAKHIS_HEIGHT, common.BREAKHIS_WIDTH],

@@ -10,7 +10,8 @@ as the workflow runs it (the rule's script in its own process, so start-up count
 - ``encode_and_index``: the dataset's store (rule encode_dataset, every image of the manifest) and
   fold 0's train/val/test indexes over it (rule write_shards), as JPEG q95 (the default,
   re-encoded) and as PNG (the source bytes stored as they are), to show what re-encoding costs;
-- reading both back through ``shard_reader.make_dataset`` at 224 px: what re-encoding buys at training.
+- reading both back through ``shard_reader.make_dataset`` at 224 px: what re-encoding buys at training
+  (each in a fresh process; ``one_process``, the smoke test's: both in one, a check that they run).
 
 The source files are in the page cache for every step (they were just written), so the copy and
 the rules read them at memory speed alike.
@@ -18,6 +19,7 @@ the rules read them at memory speed alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -53,7 +55,7 @@ def listing(filelist: Path, every: int = 1) -> tuple[list[str], dict[str, str]]:
 
 
 def run(filelist: Path, every: int = 1, workers: int = 2, read_images: int = 512, image_size: int = 224,
-        seed: int = 0, workdir: str | None = None, images_dir: Path | None = None) -> dict:
+        seed: int = 0, workdir: str | None = None, images_dir: Path | None = None, one_process: bool = False) -> dict:
     """``images_dir``: keep the synthetic dataset there and reuse it on the next run (it takes
     ~6 min to draw at full size on 2 cores); by default it is drawn in the temporary folder."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -74,7 +76,8 @@ def run(filelist: Path, every: int = 1, workers: int = 2, read_images: int = 512
             if images_dir:
                 done.touch()
         steps = measure_steps(tmp, root, len(rels), source_bytes, workers, seed)
-        reading = read_rates(tmp, read_images, image_size, workers)
+        with common.one_process() if one_process else contextlib.nullcontext(common.in_fresh_process) as call:
+            reading = read_rates(tmp, read_images, image_size, workers, call)
         jpeg_bytes, png_bytes = (_dir_bytes(tmp / name) for name in ("shards_jpeg", "shards_png"))
         # Slide 14-13412's images (the same bytes under two labels) are left out of the splits.
         in_shards = sum(json.loads((tmp / "shards_jpeg" / f"{s}.json").read_text())["count"]
@@ -137,8 +140,8 @@ def measure_steps(tmp: Path, root: Path, count: int, source_bytes: int, workers:
     return steps
 
 
-def read_rates(tmp: Path, images: int, image_size: int, parallel: int) -> dict:
-    return {name: common.in_fresh_process(_read_rate, tmp / f"shards_{fmt}" / "train.json", images, image_size, parallel)
+def read_rates(tmp: Path, images: int, image_size: int, parallel: int, call=common.in_fresh_process) -> dict:
+    return {name: call(_read_rate, tmp / f"shards_{fmt}" / "train.json", images, image_size, parallel)
             for name, fmt in (("jpeg95", "jpeg"), ("png", "png"))}
 
 

@@ -21,11 +21,14 @@ them):
 
 Throughput is images per second over the steps after ``warmup`` (graph optimisation, first
 allocation and the trainer's validation pass fall outside it). ``repeats`` measures every variant
-that many times, interleaved, for the spread.
+that many times, interleaved, for the spread. ``one_process`` (the smoke test's ``--quick``) runs
+the data preparation and every variant in one new interpreter instead: a check that each variant
+runs, without a TensorFlow import per variant, not a measurement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -57,7 +60,7 @@ GOALS = {"trainer_mixed_vs_trainer": 1.4, "trainer_vs_keras": 1.3, "trainer_mixe
 
 def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16, steps: int = 30,
         warmup: int = 5, images: int = 64, threads: int = 2, seed: int = 0, keras_model: str = "ResNet50",
-        workdir: str | None = None, variants=VARIANTS, repeats: int = 1) -> dict:
+        workdir: str | None = None, variants=VARIANTS, repeats: int = 1, one_process: bool = False) -> dict:
     """Measure the variants; return images/s of each (median over ``repeats``, and every
     measurement) and the ratios of the issues."""
     if steps < 2 or warmup < 1 or repeats < 1:
@@ -65,9 +68,11 @@ def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16,
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}: use {VARIANTS}")
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    runner = (common.one_process(_one_process_init, (threads,)) if one_process
+              else contextlib.nullcontext(common.in_fresh_process))
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp, runner as call:
         tmp = Path(tmp)
-        shard_dir, arrays = prepare_data(tmp, arch, images, image_size, seed)
+        shard_dir, arrays = prepare_data(tmp, arch, images, image_size, seed, call)
         settings = dict(SETTINGS, image_size=image_size, batch_size=batch_size,
                         max_number_of_steps=warmup + steps, eval_every_steps=10**9, save_every_steps=10**9)
         mixed = dict(settings, precision="mixed")
@@ -88,7 +93,7 @@ def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16,
             for name in variants:
                 func, *args = jobs[name]
                 LOG.info("measuring %s (%d/%d)", name, repeat + 1, repeats)
-                results[name].append(common.in_fresh_process(func, *args))
+                results[name].append(call(func, *args))
                 LOG.info("%s: %.2f images/s", name, results[name][-1]["images_per_s"])
     runs = {name: [r["images_per_s"] for r in rs] for name, rs in results.items()}
     rates = {name: float(np.median(r)) for name, r in runs.items()}
@@ -110,8 +115,10 @@ def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16,
     }
 
 
-def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int) -> tuple[Path, Path]:
-    """BreakHis-sized PNGs -> the workflow's JPEG shards, and the same images preprocessed into an .npz."""
+def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int,
+                 call=common.in_fresh_process) -> tuple[Path, Path]:
+    """BreakHis-sized PNGs -> the workflow's JPEG shards, and the same images preprocessed into an
+    .npz (by ``call``: in a fresh process by default)."""
     import pandas as pd
 
     from deepbc import shard_writer
@@ -128,8 +135,22 @@ def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int) 
     shard_dir = tmp / "shards"
     shard_writer.write_shards(table, 0, root, shard_dir, images_per_shard=32, seed=seed)
     arrays = tmp / "arrays.npz"
-    common.in_fresh_process(_preprocess_to_npz, shard_dir / "train.json", arch, image_size, arrays)
+    call(_preprocess_to_npz, shard_dir / "train.json", arch, image_size, arrays)
     return shard_dir, arrays
+
+
+def _one_process_init(threads: int) -> None:
+    """The shared interpreter of ``one_process``: what a variant sets process-wide and TensorFlow
+    fixes once it has started, set once before anything runs: XLA's CPU clustering (the XLA
+    variant's, read at the first graph) and the thread counts (the Keras variants')."""
+    common.log_to_stderr()
+    from deepbc import precision
+
+    precision.allow_cpu_xla()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def _preprocess_to_npz(index_json: Path, arch: str, image_size: int, out: Path) -> None:
