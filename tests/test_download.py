@@ -409,12 +409,13 @@ def test_http_404_is_a_clear_error(server, tmp_path):
 
 
 def test_connection_refused_is_a_clear_error(tmp_path):
+    # Bound but not listening: connections are refused, and no other test or worker can take the port
+    # meanwhile (a port merely freed could become another worker's loopback server).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/BreaKHis_v1.tar.gz"
-    with pytest.raises(UserError, match=r"(?s)could not download .*could not connect.*put it at"):
-        ensure_root(tmp_path / "data" / "BreaKHis_v1", url, "", True, tmp_path / "dl")
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/BreaKHis_v1.tar.gz"
+        with pytest.raises(UserError, match=r"(?s)could not download .*could not connect.*put it at"):
+            ensure_root(tmp_path / "data" / "BreaKHis_v1", url, "", True, tmp_path / "dl")
     assert _files(tmp_path / "dl") == []
 
 

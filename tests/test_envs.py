@@ -5,7 +5,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# Needed to develop and test, not to run the workflow: not in the conda environments.
+# Needed to develop and test, not to run the workflow: not in the conda environments
+# ("pytest" also covers its plugins, pytest-xdist).
 DEV_TOOLS = ("pytest", "snakefmt")
 
 
