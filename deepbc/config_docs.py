@@ -97,6 +97,8 @@ def _walk(node: dict, schema: dict, prefix: str, out: list, listed: dict[str, st
 def _type(node: dict, schema: dict) -> str:
     node = _resolve(node, schema)
     kind = node.get("type")
+    if "const" in node:
+        return f"`{node['const']}`"
     if kind is None and "anyOf" in node:
         return " or ".join(sorted({_type(alt, schema) for alt in node["anyOf"]}))
     if isinstance(kind, list):

@@ -43,7 +43,8 @@ def _environment_restored():
 
 def _shared_scope(item) -> str | None:
     """The module whose module-scoped fixture the test uses, if any."""
-    for defs in item._fixtureinfo.name2fixturedefs.values():
+    info = getattr(item, "_fixtureinfo", None)  # None for non-function items (e.g. doctests)
+    for defs in (info.name2fixturedefs.values() if info else ()):
         if defs and defs[-1].scope in ("module", "class", "package"):
             return item.module.__name__
     return None

@@ -52,7 +52,8 @@ def no_scheduler(monkeypatch):
 
 
 def test_two_concurrent_jobs_get_different_gpus(tmp_path):
-    a, b = _holder(tmp_path, 3), _holder(tmp_path, 3)
+    # Held long enough for both holders to start even when other tests load the cores.
+    a, b = _holder(tmp_path, 10), _holder(tmp_path, 10)
     got = {a.stdout.readline().strip(), b.stdout.readline().strip()}
     a.wait(), b.wait()
     assert got == {"0", "1"}

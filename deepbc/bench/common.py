@@ -58,6 +58,12 @@ def one_process(initializer=log_to_stderr, initargs=()):
         yield lambda func, *args: pool.submit(func, *args).result()
 
 
+def runner(one: bool, initializer=log_to_stderr, initargs=()):
+    """A context giving ``call(func, *args)``: every call in one shared interpreter when ``one`` (the
+    smoke tests'), else each in a fresh one (the measurements')."""
+    return one_process(initializer, initargs) if one else contextlib.nullcontext(in_fresh_process)
+
+
 def ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator else None
 

@@ -17,7 +17,6 @@ preparation and all of them in one new interpreter: a check that they run, not a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import statistics
@@ -34,7 +33,7 @@ HED = {"sigma": 0.05, "bias": 0.05}
 def run(images: int = 128, batches: int = 150, batch_size: int = 32, image_size: int = 224, parallel: int = 2,
         arch: str = "resnet_v1_50", trainer_steps: int = 4, trainer_batch_size: int = 16, seed: int = 0,
         workdir: str | None = None, rounds: int = 3, one_process: bool = False) -> dict:
-    runner = common.one_process() if one_process else contextlib.nullcontext(common.in_fresh_process)
+    runner = common.runner(one_process)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp, runner as call:
         tmp = Path(tmp)
         shard_dir, arrays = training.prepare_data(tmp, arch, images, image_size, seed, call)

@@ -19,7 +19,6 @@ the rules read them at memory speed alike.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -76,7 +75,7 @@ def run(filelist: Path, every: int = 1, workers: int = 2, read_images: int = 512
             if images_dir:
                 done.touch()
         steps = measure_steps(tmp, root, len(rels), source_bytes, workers, seed)
-        with common.one_process() if one_process else contextlib.nullcontext(common.in_fresh_process) as call:
+        with common.runner(one_process) as call:
             reading = read_rates(tmp, read_images, image_size, workers, call)
         jpeg_bytes, png_bytes = (_dir_bytes(tmp / name) for name in ("shards_jpeg", "shards_png"))
         # Slide 14-13412's images (the same bytes under two labels) are left out of the splits.

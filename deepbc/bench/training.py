@@ -28,7 +28,6 @@ runs, without a TensorFlow import per variant, not a measurement.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import time
@@ -68,8 +67,7 @@ def run(arch: str = "resnet_v1_50", image_size: int = 128, batch_size: int = 16,
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}: use {VARIANTS}")
-    runner = (common.one_process(_one_process_init, (threads,)) if one_process
-              else contextlib.nullcontext(common.in_fresh_process))
+    runner = common.runner(one_process, _one_process_init, (threads,))
     with tempfile.TemporaryDirectory(dir=workdir) as tmp, runner as call:
         tmp = Path(tmp)
         shard_dir, arrays = prepare_data(tmp, arch, images, image_size, seed, call)
