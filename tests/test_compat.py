@@ -75,8 +75,7 @@ def test_require_graph_mode():
 def test_tensorflow_imported_after_the_package_does_not_load_keras_3():
     """Keras 3's import is about 1 s of CPU in each of the workflow's TensorFlow processes, for
     modules nothing here uses (TF-Slim uses tf-keras)."""
-    code = ("import sys, deepbc, tensorflow; "
-            "print(sorted(m for m in sys.modules if m == 'keras' or m.startswith('keras.'))[:3])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env={k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"})
-    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+    from tests.trainkit import packages_imported
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    assert packages_imported("deepbc, tensorflow", "keras", env) == []

@@ -1,7 +1,6 @@
 """deepbc.tables: task tables with the preprint's figures, summary, leakage arithmetic."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -291,11 +290,6 @@ def test_bad_metrics_inputs(tmp_path):
 def test_table_and_figure_modules_leave_scikit_learn_to_the_functions_that_use_it():
     """Every table and figure job imports these modules; scikit-learn's import alone costs about
     1.5 s of CPU per job, so only the functions computing AUCs and confusion matrices import it."""
-    import subprocess
-    import sys
+    from tests.trainkit import packages_imported
 
-    code = ("import sys, deepbc.tables, deepbc.calibration, deepbc.figures, deepbc.metrics; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')[:3])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).resolve().parents[1])
-    assert proc.stdout.strip() == "[]", proc.stdout
+    assert packages_imported("deepbc.tables, deepbc.calibration, deepbc.figures, deepbc.metrics", "sklearn") == []

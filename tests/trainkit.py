@@ -96,3 +96,17 @@ def identity_equality():
         yield
     finally:
         tf.compat.v1.enable_tensor_equality()
+
+
+def packages_imported(modules: str, package: str, env=None) -> list[str]:
+    """The modules of ``package`` a fresh interpreter holds after ``import <modules>``, run from the
+    checkout (so its deepbc is the one imported)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (f"import json, sys, {modules}; "
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == {package!r})[:3]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])

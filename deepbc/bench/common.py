@@ -43,16 +43,15 @@ def log_to_stderr() -> None:
 
 def in_fresh_process(func, *args):
     """``func(*args)`` in a new interpreter: TensorFlow's threading settings and graph state start clean."""
-    # spawn: a fork would inherit this process's TensorFlow state and threads.
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=log_to_stderr) as pool:
-        return pool.submit(func, *args).result()
+    with one_process() as call:
+        return call(func, *args)
 
 
 @contextlib.contextmanager
 def one_process(initializer=log_to_stderr, initargs=()):
     """A ``call(func, *args)`` that runs every call in one new interpreter, started once: for checks
     that code runs, where a fresh interpreter per call would cost a TensorFlow import each."""
+    # spawn: a fork would inherit this process's TensorFlow state and threads.
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=initializer, initargs=initargs) as pool:
         yield lambda func, *args: pool.submit(func, *args).result()
