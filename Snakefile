@@ -4,8 +4,12 @@
 import os
 
 
-# The demo config, found next to this Snakefile whatever the working directory.
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+# The config files given with --configfile are the whole config (layered in the order given, over
+# the schema's defaults); config/config.yaml, the demo, is read only when none is given, so that no
+# demo value (64 px, 60 steps, one fold) reaches a study (config/README.md, "How configs layer").
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"

@@ -15,7 +15,9 @@ logged message and exit code 1 (deepbc.logs.run_main).
 """
 
 import argparse
+import functools
 import json
+import os
 import sys
 
 from deepbc import logs
@@ -34,20 +36,21 @@ def script(doc: str, arguments, body):
     """A script's ``main(argv)``: parse ``argv`` with the options ``arguments(parser)`` adds (plus
     --log), log to --log and stderr, then run ``body(args)``."""
 
-    def main(argv=None):
+    def main(argv=None, script: bool = False):
         parser = _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         arguments(parser)
         parser.add_argument("--log", default=None, help="log file (appended)")
         args = parser.parse_args(argv)
-        logs.setup(args.log)
+        logs.setup(args.log, script=script)
         body(args)
 
     return main
 
 
 def run(main) -> None:
-    """Run a script's main on the command line and exit with its code (0, or 1 after logging why)."""
-    sys.exit(logs.run_main(main))
+    """Run a script's main on the command line and exit with its code (0, or 1 after logging why);
+    its stderr goes to its log file, the console gets warnings, errors and progress (deepbc.logs)."""
+    sys.exit(logs.run_main(functools.partial(main, script=True)))
 
 
 def positive_int(text: str) -> int:
@@ -56,6 +59,23 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def job_cpus(text: str) -> int:
+    """An argparse type: a job's threads, at most the CPUs it was given.
+
+    The rule's ``threads`` (0: every CPU the job may use), capped at SLURM's allocation
+    (SLURM_CPUS_PER_TASK) and at the process's CPU affinity: TensorFlow's thread pools and the
+    input pipeline then match the CPUs the job has, not a number written in a config.
+    """
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (every CPU given) or more, got {value}")
+    given = [len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1]
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        given.append(int(slurm))
+    return min([*given, value]) if value else min(given)
 
 
 def config_section(section: str, keys):

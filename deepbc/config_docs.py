@@ -17,10 +17,28 @@ _INTRO = f"""# Configuration
 
 <!-- Generated from config/schema.yaml by `{COMMAND}`; edit the schema, not this file. -->
 
-The workflow reads one YAML config file: `config/config.yaml` is the demo (synthetic images,
-`demo: true`), `config/paper.yaml` the real BreakHis and TMA data. Give another with
-`--configfile`, and single values with `--config key=value`. `config/schema.yaml` checks every
-key before anything runs and fills in the defaults below.
+`config/config.yaml` is the demo (synthetic images, `demo: true`, small-data settings: 64 px
+inputs, 60 steps, one fold of three); `config/paper.yaml` is the study on the real BreakHis and TMA
+data. `config/schema.yaml` checks every key before anything runs and fills in the defaults below.
+
+## How configs layer
+
+1. The files given with `--configfile` are the whole config, merged in the order given (a later
+   file's keys replace an earlier one's, mappings key by key, lists whole). `config/config.yaml`
+   is read **only when no `--configfile` is given**: no demo value reaches a study.
+2. `--config key=value` comes last, over the files.
+3. The schema's defaults fill every key still absent. Keys whose absence means "the network's
+   own" (`train.*.image_size`, `train.*.batch_norm_decay`) take the network's value: 224 px for
+   ResNet V1, VGG and Inception V1/V2, 299 px for Inception V3/V4 and ResNet V2 (`deepbc/nets`).
+4. Training settings: `train.defaults`, then `train.per_architecture.<arch>`, then
+   `train.per_task.<task>` (which must name a task of `task_definitions`).
+
+So: `snakemake --cores 2` runs the demo; `--configfile config/paper.yaml` the study;
+`--configfile config/paper.yaml config/cpu_only.yaml` the study without GPUs; an overlay on the demo
+names the demo first, `--configfile config/config.yaml my_overlay.yaml`. A study (`demo: false`)
+built on config/config.yaml is refused: start from config/paper.yaml or a file of your own. Put the
+targets before `--configfile`, which takes every file name after it
+(`snakemake results/tables/summary.csv --configfile config/paper.yaml`).
 
 Keys are dotted paths; `<name>` stands for a name of your choosing (a dataset, a task, an
 architecture). A key marked *required* must be given; the others default as shown.

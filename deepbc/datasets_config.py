@@ -42,8 +42,7 @@ def resolve(config: dict) -> dict:
         if own and own != value:
             raise UserError(f"{shortcut}={value!r} contradicts datasets.{name}.{key}={own!r}",
                             f"config keys {shortcut} and datasets.{name}.{key}",
-                            f"set {shortcut} only (config/config.yaml, which Snakemake always reads "
-                            "first, sets it for the demo), or give both the same value")
+                            "set only one of them, or give both the same value")
         datasets[name][key] = value
     for name, spec in datasets.items():
         where = f"config key datasets.{name}"

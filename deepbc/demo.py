@@ -16,8 +16,9 @@ the ``BreaKHis_v1`` folder), with two of the real dataset's traps: slide folders
 14-22549CD of one patient, and slide 14-13412 filed under both ductal and lobular carcinoma with
 byte-identical images.
 
-TMA demo: ``<out_root>/{breast,bladder,lung,lymphoma}/<patient>_<k>.{png,jpg}`` plus
-``<out_root>/patients.csv`` (columns ``path,patient``, path relative to ``out_root``).
+TMA demo: ``<out_root>/{breast,bladder,lung,lymphoma}/<patient>_<k>.{png,jpg}`` plus a patients
+CSV (columns ``path,patient``, path relative to ``out_root``) outside ``out_root``, by default
+``patients.csv`` beside it: the dataset root holds images only, so check_dataset rejects nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deepbc import atomic
 from deepbc.breakhis import SUBTYPES
 from deepbc.datasets_config import DEMO_ROOT_FOLDERS
 from deepbc.errors import UserError
@@ -82,30 +84,35 @@ def make_breakhis_demo(out_root: Path, seed: int, image_size: tuple[int, int] = 
     _check_count("patients_per_subtype", patients_per_subtype, 1, MAX_PATIENTS_PER_SUBTYPE)
     _check_count("images_per_magnification", images_per_magnification, 1, 50)
     specs = breakhis_specs(seed, image_size, patients_per_subtype, images_per_magnification)
-    return _generate(Path(out_root), seed, specs, workers, "BreakHis demo", extra_files={})
+    return _generate(Path(out_root), seed, specs, workers, "BreakHis demo")
 
 
 def make_tma_demo(out_root: Path, seed: int, image_size: tuple[int, int] = TMA_SIZE,
-                  patients_per_class: int = 6, images_per_patient: int = 4, workers: int = 1) -> int:
+                  patients_per_class: int = 6, images_per_patient: int = 4, workers: int = 1,
+                  patients_csv: Path | None = None) -> int:
     """Write the TMA-like folder demo into ``out_root``; return the number of image files.
 
     One folder per class (breast, bladder, lung, lymphoma), ``patients_per_class`` patients each
     with ``images_per_patient`` images; every second image of a patient is a JPEG, the rest PNG.
-    ``patients.csv`` (``path,patient``) in ``out_root`` maps every image to its patient.
+    ``patients_csv`` (``path,patient``; default ``patients.csv`` beside ``out_root``) maps every
+    image to its patient.
     """
     _check_common(seed, image_size, workers)
     _check_count("patients_per_class", patients_per_class, 1, 99)
     _check_count("images_per_patient", images_per_patient, 1, 50)
     specs = tma_specs(seed, image_size, patients_per_class, images_per_patient)
     rows = sorted((path, spec.patient) for spec in specs for path in spec.paths)
-    csv_text = "path,patient\n" + "".join(f"{p},{q}\n" for p, q in rows)
-    return _generate(Path(out_root), seed, specs, workers, "TMA demo", extra_files={PATIENTS_CSV: csv_text})
+    written = _generate(Path(out_root), seed, specs, workers, "TMA demo")
+    atomic.write_text(patients_csv or Path(out_root).parent / PATIENTS_CSV,
+                      "path,patient\n" + "".join(f"{p},{q}\n" for p, q in rows))
+    return written
 
 
 def make_demo(name: str, out: Path, seed: int, scale: int = 1, workers: int = 1) -> int:
     """One demo dataset as the workflow's make_demo rule writes it, into its root folder under ``out``
-    (datasets_config.DEMO_ROOT_FOLDERS): the default sizes, with ``scale`` times the images of every
-    slide and magnification or of every TMA patient (the patients stay the same). Returns the file count."""
+    (datasets_config.DEMO_ROOT_FOLDERS; the TMA demo's patients CSV beside it, ``out/patients.csv``):
+    the default sizes, with ``scale`` times the images of every slide and magnification or of every
+    TMA patient (the patients stay the same). Returns the file count."""
     _check_count("scale", scale, 1, 16)
     root = Path(out) / DEMO_ROOT_FOLDERS[name]
     if name == "breakhis":
@@ -176,8 +183,7 @@ def render(spec: ImageSpec, seed: int) -> Image.Image:
 
 # --------------------------------------------------------------------------- generation
 
-def _generate(out_root: Path, seed: int, specs: list[ImageSpec], workers: int, what: str,
-              extra_files: dict[str, str]) -> int:
+def _generate(out_root: Path, seed: int, specs: list[ImageSpec], workers: int, what: str) -> int:
     total = sum(len(s.paths) for s in specs)
     LOG.info("%s: drawing %d images (%d files) into %s with %d worker(s)", what, len(specs), total,
              out_root, workers)
@@ -197,8 +203,6 @@ def _generate(out_root: Path, seed: int, specs: list[ImageSpec], workers: int, w
             for job in jobs:
                 written += _write_one(job)
                 progress.update()
-        for name, text in extra_files.items():
-            (tmp / name).write_text(text, encoding="utf-8", newline="\n")
     LOG.info("%s: wrote %d files to %s", what, written, out_root)
     return written
 

@@ -1,18 +1,39 @@
-"""Logging for workflow scripts: to the rule's log file and to stderr, plus an ETA progress line."""
+"""Logging for workflow scripts: to the rule's log file and to stderr, plus an ETA progress line.
+
+The job's log file gets everything. The console, which Snakemake shows for every job of a run,
+gets the workflow's warnings and errors, and its progress lines at most every
+``CONSOLE_PROGRESS_EVERY`` seconds; a workflow job (``script=True``) also sends whatever else
+reaches its stderr (TensorFlow's C++ log, libraries' deprecation warnings) to the log file alone.
+"""
 
 import argparse
 import errno
 import logging
+import os
 import sys
 import time
 
 from deepbc.errors import UserError
 
 LOG = logging.getLogger("deepbc")
+# ``LOG.info(..., extra=PROGRESS)``: a progress line (step, rate, ETA), shown on the console too.
+PROGRESS = {"progress": True}
+CONSOLE_PROGRESS_EVERY = 30.0
 
 
-def setup(log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+def setup(log_file: str | None = None, level: int = logging.INFO, script: bool = False) -> logging.Logger:
+    """Log to ``log_file`` (everything) and the console (see the module docstring).
+
+    ``script``: this process is a workflow job run from the command line (deepbc.cli.run), whose
+    file descriptor 2 then points at the log file, the console keeping a copy of the old one. Not
+    for a script's main called in-process (tests): the process's stderr is not its own.
+    """
+    console_stream = sys.stderr
+    if script and log_file:
+        console_stream = _stderr_into(log_file)
+    console = logging.StreamHandler(console_stream)
+    console.addFilter(_ConsoleFilter())
+    handlers: list[logging.Handler] = [console]
     if log_file:
         handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -23,7 +44,36 @@ def setup(log_file: str | None = None, level: int = logging.INFO) -> logging.Log
         h.setFormatter(fmt)
         root.addHandler(h)
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings as records: to the log file, not the console
     return LOG
+
+
+def _stderr_into(log_file: str):
+    """Point file descriptor 2 at ``log_file`` (appending); return a stream on the old stderr."""
+    sys.stderr.flush()
+    console = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="backslashreplace", buffering=1)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return console
+
+
+class _ConsoleFilter(logging.Filter):
+    """The workflow's warnings and errors, and a progress line at most every CONSOLE_PROGRESS_EVERY s."""
+
+    def __init__(self):
+        super().__init__()
+        self.last_progress = -float("inf")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("deepbc"):
+            return False
+        if record.levelno >= logging.WARNING:
+            return True
+        if getattr(record, "progress", False) and record.created - self.last_progress >= CONSOLE_PROGRESS_EVERY:
+            self.last_progress = record.created
+            return True
+        return False
 
 
 def run_main(main, argv=None) -> int:
@@ -79,7 +129,7 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.every or self.done >= self.total:
             self.last = now
-            LOG.info("%s", self.line(now, **extra))
+            LOG.info("%s", self.line(now, **extra), extra=PROGRESS)
 
     def line(self, now: float | None = None, **extra) -> str:
         now = time.monotonic() if now is None else now

@@ -43,7 +43,7 @@ import numpy as np
 
 from deepbc import atomic, gpu, model_dir, train_graph
 from deepbc import precision as precision_mod
-from deepbc.logs import format_seconds
+from deepbc.logs import PROGRESS, format_seconds
 from deepbc.model_dir import MODEL_PREFIX
 from deepbc.model_dir import write_history as _write_history
 from deepbc.shard_reader import read_index
@@ -344,7 +344,8 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
                      step, step + remaining, row["stage"], loss_v, acc_v, lr_v,
                      f" loss_scale={row[model_dir.LOSS_SCALE_FIELD]:g}" if loss_scale is not None else "", rate,
                      format_seconds(remaining * batch_size / rate),
-                     f" val_loss={row['val_loss']:.4f} val_acc={row['val_accuracy']:.3f}" if is_eval else "")
+                     f" val_loss={row['val_loss']:.4f} val_acc={row['val_accuracy']:.3f}" if is_eval else "",
+                     extra=PROGRESS)
         if stopped:
             LOG.info("early stopping of stage %s at step %d: no validation improvement in %d evaluations%s",
                      stage["name"], step, plan.patience,

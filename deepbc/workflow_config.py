@@ -72,6 +72,12 @@ def check(config: dict) -> None:
         _check_task_on(task, test, datasets[test], f"{where} (test_dataset {test!r})", external=True)
     for name in datasets_config.used(config):
         datasets_config.root(datasets, name)
+    # per_architecture's names are checked by the schema (the network registry's enum).
+    typos = sorted(set(config["train"].get("per_task") or {}) - set(defined))
+    if typos:
+        raise UserError(f"train.per_task names task(s) {typos} that are not defined, so their settings would "
+                        "never apply", "config key train.per_task",
+                        f"name a task of task_definitions: {sorted(defined)}")
     # Here rather than uniqueItems in the schema: folds given on the command line are strings.
     listed = folds(config)
     repeated = sorted({f for f in listed if listed.count(f) > 1})
@@ -82,6 +88,24 @@ def check(config: dict) -> None:
         if fold >= k:
             raise UserError(f"fold {fold} does not exist with k={k}", "config key folds",
                             f"use fold indices 0..{k - 1}")
+
+
+def check_layering(config: dict, configfiles, demo_config) -> None:
+    """Refuse a study (demo: false) built on the demo's config file.
+
+    ``configfiles`` are the files given with --configfile (Snakemake reads ``demo_config``,
+    config/config.yaml, only when there are none). The demo's small-data settings (64 px, 60 steps,
+    one fold) must never train on real data: a study comes from a config file of its own.
+    """
+    demo_file_read = not configfiles or any(os.path.exists(f) and os.path.samefile(f, demo_config)
+                                            for f in configfiles)
+    if demo_file_read and not config.get("demo"):
+        raise UserError("demo: false on the demo's config (config/config.yaml): its small-data settings "
+                        "(64 px inputs, 60 steps, one fold of three, a small network from scratch) would "
+                        "train on your data", "config key demo",
+                        "give a study config with --configfile, e.g. snakemake --cores 8 --resources gpu=1 "
+                        "--configfile config/paper.yaml --config breakhis_dir=/data/BreaKHis_v1 tma_dir=/data/tma "
+                        "(or a copy of config/paper.yaml edited for your data; config/README.md)")
 
 
 def check_schema(config: dict, schema_path) -> None:
@@ -107,8 +131,42 @@ def check_schema(config: dict, schema_path) -> None:
         unknown = sorted(k for k in err.instance if k not in allowed)
         if allowed:
             raise UserError(f"unknown config key(s) {unknown}", where, f"use one of the keys allowed there: {allowed}")
+    if err.validator == "required" and not place:
+        raise UserError(f"{err.message}: the config files given are not a whole config", where, LAYERING)
+    if err.validator in ("anyOf", "oneOf"):
+        # jsonschema's own text ("... is not valid under any of the given schemas") says neither what
+        # is allowed nor which part of the value is wrong: the key's description does.
+        described = _description(schema, list(err.absolute_path))
+        if described:
+            key, text = described
+            raise UserError(f"{err.instance!r} is not allowed for {key}", where,
+                            f"give {key} a value it allows: {text}")
     what = err.message if len(err.message) <= 300 else err.message[:300] + " ..."
     raise UserError(what, where, "see config/schema.yaml for the values allowed there")
+
+
+# What --configfile does; said wherever a config looks like a partial one.
+LAYERING = ("the files given with --configfile are the whole config, layered in the order given (config/config.yaml, "
+            "the demo, is read only when no --configfile is given): start the list with a whole config, e.g. "
+            "--configfile config/paper.yaml your_overlay.yaml, or config/config.yaml your_overlay.yaml to change "
+            "the demo (config/README.md)")
+
+
+def _description(schema: dict, path: list) -> tuple[str, str] | None:
+    """The dotted key and description of the deepest key on ``path`` that the schema describes."""
+    found, node, keys = None, schema, []
+    for part in path:
+        if isinstance(part, int):
+            node = node.get("items", {}) if isinstance(node, dict) else {}
+            continue
+        props = node.get("properties", {}) if isinstance(node, dict) else {}
+        node = props.get(part) or (node.get("additionalProperties") if isinstance(node, dict) else None) or {}
+        if "$ref" in node:
+            node = schema["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+        keys.append(str(part))
+        if node.get("description"):
+            found = (".".join(keys), " ".join(node["description"].split()))
+    return found
 
 
 def _check_task_on(task: dict, name: str, spec: dict, where: str, external: bool) -> None:
@@ -183,7 +241,13 @@ def folds(config: dict) -> list[int]:
 
 
 def train_settings(config: dict, task: str, arch: str) -> dict:
-    """Training settings for one task and architecture: defaults < per_architecture < per_task."""
+    """Training settings for one task and architecture: defaults < per_architecture < per_task.
+
+    An absent image_size is the network's own (224 px for ResNet V1, 299 for Inception V3...),
+    written out so that the job's settings, settings.json and a dry run's command say it.
+    """
+    from deepbc.nets import NETWORKS  # the registry imports no TensorFlow
+
     train = config["train"]
     settings = copy.deepcopy(train["defaults"])
     for layer in (train["per_architecture"].get(arch), train["per_task"].get(task)):
@@ -192,6 +256,7 @@ def train_settings(config: dict, task: str, arch: str) -> dict:
                 settings[key] = {**settings.get(key, {}), **value}
             else:
                 settings[key] = value
+    settings.setdefault("image_size", NETWORKS[arch].default_image_size)
     return settings
 
 

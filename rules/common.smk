@@ -20,6 +20,9 @@ try:
     wfconfig.check_schema(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
     validate(config, schema="../config/schema.yaml")
     wfconfig.check(config)
+    wfconfig.check_layering(
+        config, workflow.overwrite_configfiles, os.path.join(workflow.basedir, "config", "config.yaml")
+    )
 except UserError as err:
     raise WorkflowError(f"invalid configuration:\n{err}") from None
 PARTIAL_FOLDS = wfconfig.partial_folds_warning(config)

@@ -32,7 +32,7 @@ def test_shortcuts_fill_the_named_entries(demo_config):
     datasets = datasets_config.resolve(demo_config)
     assert datasets["breakhis"]["root"] == "results/demo/breakhis/BreaKHis_v1"
     assert datasets["tma"]["root"] == "results/demo/tma/images"
-    assert datasets["tma"]["patients_csv"] == "results/demo/tma/images/patients.csv"
+    assert datasets["tma"]["patients_csv"] == "results/demo/tma/patients.csv"  # outside the root
     assert "root" not in demo_config["datasets"]["tma"]  # the config itself is left as given
 
 

@@ -59,6 +59,7 @@ def test_same_seed_gives_identical_bytes_whatever_the_workers(data, tmp_path):
     out, _, _ = data
     assert demo.make_tma_demo(tmp_path / "tma", SEED, workers=1) == 96
     assert files(tmp_path / "tma") == files(out / "tma")
+    assert (tmp_path / "patients.csv").read_bytes() == (out / "patients.csv").read_bytes()
     small = dict(patients_per_subtype=1, images_per_magnification=1)
     demo.make_breakhis_demo(tmp_path / "a" / "BreaKHis_v1", SEED, workers=1, **small)
     demo.make_breakhis_demo(tmp_path / "b" / "BreaKHis_v1", SEED, workers=2, **small)
@@ -104,8 +105,9 @@ def test_rerun_replaces_an_existing_folder(tmp_path):
     (target / "stale" / "old.png").write_bytes(b"old")
     n = demo.make_tma_demo(target, SEED, patients_per_class=1, images_per_patient=1)
     assert n == 4
-    assert sorted(p.name for p in target.iterdir()) == sorted([*demo.TMA_CLASSES, "patients.csv"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tma"]
+    # The dataset root holds the class folders only; the patients CSV lies beside it.
+    assert sorted(p.name for p in target.iterdir()) == sorted(demo.TMA_CLASSES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["patients.csv", "tma"]
 
 
 @pytest.mark.parametrize("kwargs, where", [
@@ -208,11 +210,11 @@ def test_magnification_sets_the_scale(data):
 def test_tma_layout_and_patients_csv(data):
     out, _, n = data
     root = out / "tma"
-    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "patients.csv")
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert n == len(images) == 96
     assert {p.split("/")[0] for p in images} == set(demo.TMA_CLASSES)
     assert {Path(p).suffix for p in images} == {".png", ".jpg"}
-    with open(root / "patients.csv", newline="") as f:
+    with open(out / "patients.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "patient"]
     assert sorted(r["path"] for r in rows) == images
@@ -278,7 +280,7 @@ def test_classes_are_learnable_patient_wise_but_not_by_colour(data):
         results[name] = (patientwise_accuracy(texture[mask], y, patient[mask]),
                          patientwise_accuracy(colour[mask], y, patient[mask]), chance)
 
-    with open(out / "tma" / "patients.csv", newline="") as f:
+    with open(out / "patients.csv", newline="") as f:
         tma = list(csv.DictReader(f))
     feats = [features(out / "tma" / r["path"]) for r in tma]
     y = np.array([r["path"].split("/")[0] for r in tma])

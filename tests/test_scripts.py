@@ -54,6 +54,40 @@ def test_failures_reach_the_log_file(tmp_path, error, before_setup, expected):
         assert text in log.read_text() and text in proc.stderr, (text, log.read_text(), proc.stderr)
 
 
+NOISY_SCRIPT = """
+import logging, os, sys, warnings
+sys.path.insert(0, {root!r})
+from deepbc import cli, logs
+
+def body(args):
+    logs.LOG.info("a detail for the log")
+    logs.LOG.info("step 1/9 loss=1.0", extra=logs.PROGRESS)
+    logs.LOG.info("step 2/9 loss=0.9", extra=logs.PROGRESS)  # within CONSOLE_PROGRESS_EVERY of the first
+    warnings.warn("layer.apply is deprecated", DeprecationWarning)
+    logging.getLogger("tensorflow").warning("a TensorFlow warning")
+    os.write(2, b"I tensorflow/core/util/port.cc: oneDNN custom operations are on\\n")
+    logs.LOG.warning("a warning of the workflow")
+
+cli.run(cli.script("A noisy job.", lambda p: None, body))
+"""
+
+
+def test_a_jobs_console_shows_warnings_and_progress_and_its_log_everything(tmp_path):
+    """The demo printed 1,402 lines, TensorFlow's deprecation warnings among them: a job's console
+    gets the workflow's warnings, errors and progress; the rest goes to its log file alone."""
+    log = tmp_path / "job.log"
+    proc = subprocess.run([sys.executable, "-W", "always", "-c", NOISY_SCRIPT.format(root=str(ROOT)),
+                           "--log", str(log)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    console = proc.stderr.splitlines()
+    assert len(console) == 2, proc.stderr
+    assert "step 1/9" in console[0] and "WARNING a warning of the workflow" in console[1]
+    text = log.read_text()
+    for line in ("a detail for the log", "step 1/9", "step 2/9", "layer.apply is deprecated", "a TensorFlow warning",
+                 "oneDNN custom operations are on", "a warning of the workflow"):
+        assert line in text, (line, text)
+
+
 @pytest.mark.slow
 def test_corrupt_shard_is_named_in_the_job_log(tmp_path):
     from tests import trainkit

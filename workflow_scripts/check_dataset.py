@@ -31,7 +31,7 @@ def arguments(p):
     p.add_argument("--max-compression-ratio", type=float, default=None,
                    help="refuse an archive member unpacking to more than this times its compressed size "
                         "(needed with --url)")
-    p.add_argument("--workers", type=cli.positive_int, required=True, help="processes decoding and hashing images")
+    p.add_argument("--workers", type=cli.job_cpus, required=True, help="processes decoding and hashing images")
     p.add_argument("--manifest", required=True, help="output manifest (.parquet)")
     p.add_argument("--rejects", required=True, help="output rejects (.csv)")
 

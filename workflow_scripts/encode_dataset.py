@@ -25,7 +25,7 @@ def arguments(p):
                    help="the stain normalization fitted by fit_stain.py (results/stain/reference.json); "
                         "required unless shards.stain_normalization is none")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--workers", type=cli.positive_int, required=True, help="processes decoding/encoding images")
+    p.add_argument("--workers", type=cli.job_cpus, required=True, help="processes decoding/encoding images")
 
 
 def run(args):

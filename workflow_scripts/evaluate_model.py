@@ -22,7 +22,8 @@ def arguments(p):
     p.add_argument("--seed", required=True, type=int, help="chooses the Grad-CAM sample of images")
     p.add_argument("--title", required=True, help="Grad-CAM figure title, e.g. run / arch / fold k")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--threads", type=cli.job_cpus, required=True,
+                   help="threads (0: every CPU given; capped at the job's CPUs and SLURM's allocation)")
     gpu.add_arguments(p)
     locks.add_arguments(p)
 

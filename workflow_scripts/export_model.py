@@ -15,7 +15,8 @@ from deepbc import cli, gpu, locks
 def arguments(p):
     p.add_argument("--model-dir", required=True, help="results/models/{run}/{arch}/fold{k}")
     p.add_argument("--out", required=True, help="the SavedModel folder, results/export/{run}/{arch}/fold{k}")
-    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--threads", type=cli.job_cpus, required=True,
+                   help="threads (0: every CPU given; capped at the job's CPUs and SLURM's allocation)")
     gpu.add_arguments(p)
     locks.add_arguments(p)
 

@@ -6,8 +6,9 @@ architecture, per-patient stain variation and magnification-dependent scale. The
 byte-identical files. The BreakHis demo (396 PNG, 112x74) has the official folder layout and two of
 the real dataset's traps: two slide folders of one patient (14-22549AB, 14-22549CD) and slide
 14-13412 filed under ductal and lobular carcinoma with byte-identical images. The TMA demo (96
-images, 96x96, PNG and JPEG) has folders breast/, bladder/, lung/, lymphoma/ and patients.csv
-(path,patient). Each output folder is replaced atomically when its generation finishes.
+images, 96x96, PNG and JPEG) has folders breast/, bladder/, lung/, lymphoma/ under images/, and
+patients.csv (path,patient) beside images/, outside the dataset root. Each output folder is replaced
+atomically when its generation finishes.
 """
 
 from deepbc import cli
@@ -22,7 +23,7 @@ def arguments(p):
     p.add_argument("--seed", type=int, required=True, help="random seed (non-negative integer)")
     p.add_argument("--scale", type=cli.positive_int, required=True,
                    help="multiply the images per slide and magnification, or per TMA patient")
-    p.add_argument("--workers", type=cli.positive_int, required=True, help="processes drawing images")
+    p.add_argument("--workers", type=cli.job_cpus, required=True, help="processes drawing images")
 
 
 def run(args):

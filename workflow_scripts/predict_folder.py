@@ -21,7 +21,8 @@ def arguments(p):
     p.add_argument("--patients-csv", default=None, help="optional CSV with columns path,patient")
     p.add_argument("--out-patients", default=None, help="per-patient CSV (needs --patients-csv)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--threads", type=cli.job_cpus, required=True,
+                   help="threads (0: every CPU given; capped at the job's CPUs and SLURM's allocation)")
     gpu.add_arguments(p)
 
 

@@ -22,7 +22,8 @@ def arguments(p):
     p.add_argument("--out-dir", required=True, help="where the kept model, training.csv, settings.json go")
     p.add_argument("--state-dir", required=True, help="resumable training state")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--threads", type=int, required=True, help="TensorFlow threads (0: all cores)")
+    p.add_argument("--threads", type=cli.job_cpus, required=True,
+                   help="threads (0: every CPU given; capped at the job's CPUs and SLURM's allocation)")
     gpu.add_arguments(p)
     locks.add_arguments(p)
 
