@@ -3,7 +3,6 @@
 
 import os
 
-
 # The config files given with --configfile are the whole config (layered in the order given, over
 # the schema's defaults); config/config.yaml, the demo, is read only when none is given, so that no
 # demo value (64 px, 60 steps, one fold) reaches a study (config/README.md, "How configs layer").

@@ -2,9 +2,9 @@
 """Measure shard reading throughput per core for each way of storing images at sharding time.
 
 Makes BreakHis-sized synthetic H&E-like micrographs (700x460 RGB PNG), writes them into shards with
-deepbc.shard_writer.write_shards as (a) the original PNG bytes, (b) JPEG q95 full size, (c) JPEG q95
+deepbc.shards.writer.write_shards as (a) the original PNG bytes, (b) JPEG q95 full size, (c) JPEG q95
 with the shorter side resized to 256, (d) raw uint8 pixels (plus extra variants given with
---extra), then reads them back with deepbc.shard_reader.make_dataset pinned to one core (parse + decode +
+--extra), then reads them back with deepbc.shards.reader.make_dataset pinned to one core (parse + decode +
 resize to the network size) and prints one JSON line: per variant, images per CPU-second, images
 per wall-second, bytes per image on disk and the pixel error against the source.
 
@@ -51,7 +51,7 @@ def splits_table(paths: list[str]):
 def measure(index_path: Path, image_size: int, passes: int, batch_size: int) -> dict:
     import tensorflow as tf
 
-    from deepbc import shard_reader
+    from deepbc.shards import reader as shard_reader
 
     index = shard_reader.read_index(index_path)
     dataset = shard_reader.make_dataset(index_path, batch_size=batch_size, is_training=False, image_size=image_size,
@@ -81,13 +81,14 @@ def pixel_error(root: Path, index_path: Path, rels: list[str]) -> float:
     import tensorflow as tf
     from PIL import Image
 
-    from deepbc import shard_reader
+    from deepbc.shards import reader as shard_reader
+    from deepbc.shards import records
 
     index = shard_reader.read_index(index_path)
     errors = []
     for record in tf.data.TFRecordDataset(index["paths"]).take(8):
-        features = shard_reader.parse_example(record)
-        stored = shard_reader.decode(features, index["encoding"]["format"]).numpy().astype(np.float32)
+        features = records.parse_example(record)
+        stored = records.decode(features, index["encoding"]["format"]).numpy().astype(np.float32)
         source = Image.open(root / features["image/filename"].numpy().decode()).convert("RGB")
         if source.size != (stored.shape[1], stored.shape[0]):
             source = source.resize((stored.shape[1], stored.shape[0]), Image.Resampling.LANCZOS)
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    from deepbc import shard_writer
+    from deepbc.shards import writer as shard_writer
 
     variants = dict(VARIANTS)
     for spec in args.extra:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cost of stain normalization per image at sharding time: deepbc.shard_writer.encode_image (read,
+"""Cost of stain normalization per image at sharding time: deepbc.shards.writer.encode_image (read,
 check sha256, decode, [normalise], encode JPEG q95) on BreakHis-sized synthetic H&E images (700x460
 PNG), with shards.stain_normalization none, macenko and reinhard, interleaved in one process on one
 core. Prints one JSON line: per method, milliseconds per image (median, min and max over the
@@ -28,9 +28,9 @@ def main(argv=None) -> int:
     import numpy as np
     from PIL import Image
 
-    from deepbc import stain
     from deepbc.bench.common import emit, write_he_images
-    from deepbc.shard_writer import encode_image
+    from deepbc.shards import stain
+    from deepbc.shards.writer import encode_image
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -9,11 +9,11 @@ min_version("9.0")
 
 # Make the deepbc package importable in every job (plain venv, conda env or SLURM node).
 sys.path.insert(0, workflow.basedir)
-from deepbc import workflow_config as wfconfig  # noqa: E402
-from deepbc.runs import parse_run  # noqa: E402
-from deepbc import datasets_config  # noqa: E402
-from deepbc.errors import UserError  # noqa: E402
-from deepbc.layout import SPLITS  # noqa: E402
+from deepbc.workflow import config as wfconfig  # noqa: E402
+from deepbc.data.runs import parse_run  # noqa: E402
+from deepbc.data import datasets as datasets_config  # noqa: E402
+from deepbc.jobs.errors import UserError  # noqa: E402
+from deepbc.data.runs import SPLITS  # noqa: E402
 
 try:
     # A short message first; Snakemake's validate() then fills in the schema's defaults.
@@ -53,7 +53,7 @@ GPU_ENV = "../envs/gpu.yaml" if RES["gpu"] > 0 else "../envs/cpu.yaml"
 # and Snakemake records neither the prefix nor the formatted command, so moving the checkout
 # changes no job's provenance (params, code). Which GPUs a job may lease, and where their locks
 # are, describe the machine, not the results: they too reach the GPU jobs' scripts through the
-# environment (deepbc.gpu.add_arguments), so that changing them reruns no job.
+# environment (deepbc.jobs.gpu.add_arguments), so that changing them reruns no job.
 shell.prefix(
     f"export DEEPBC_WORKFLOW_DIR={shlex.quote(workflow.basedir)}"
     f" PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"
@@ -90,7 +90,7 @@ def run_dataset(run):
 
 
 def section_json(name):
-    """A config section as the one JSON option its script takes (deepbc.cli), defaults filled in."""
+    """A config section as the one JSON option its script takes (deepbc.jobs.cli), defaults filled in."""
     return json.dumps(config[name], sort_keys=True)
 
 

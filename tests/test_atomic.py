@@ -5,7 +5,7 @@ import os
 import pandas as pd
 import pytest
 
-from deepbc import atomic
+from deepbc.jobs import atomic
 
 
 def test_failed_write_leaves_nothing(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deepbc import precision
 from deepbc.bench import common, end_to_end, sharding, training
+from deepbc.training import precision
 from tests.shared_data import breakhis_listing
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -152,7 +152,7 @@ def test_rule_seconds_sums_benchmark_files(tmp_path):
 def test_benchmark_images_come_from_the_demo_painter():
     import numpy as np
 
-    from deepbc import synthetic_he
+    from deepbc.data import synthetic_he
 
     # Image 9: the second style (F) at the second magnification (100X), patient 0.
     expected = synthetic_he.paint("F", synthetic_he.MAG_SCALE[100], (70, 46), 1, "bench/9", "bench0", supersample=1)
@@ -164,7 +164,7 @@ def test_trainer_benchmark_trains_as_the_workflow_does(tmp_path, monkeypatch):
     passes no log_every), not every step: otherwise it times summaries the workflow never runs."""
     import inspect
 
-    from deepbc import train
+    from deepbc.training import train
 
     workflow_default = inspect.signature(train.train).parameters["log_every"].default
     calls = []

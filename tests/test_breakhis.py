@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from deepbc.data import breakhis
+from deepbc.data.breakhis import UnparsableName, parse_path, resolve_root
+from deepbc.jobs.errors import UserError
 from tests import shared_data
-
-from deepbc import breakhis
-from deepbc.breakhis import UnparsableName, parse_path, resolve_root
-from deepbc.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = ("BreaKHis_v1/histology_slides/breast/malignant/SOB/ductal_carcinoma/SOB_M_DC_14-13412/100X/"

@@ -1,11 +1,12 @@
-"""deepbc.calibration: reliability bins by hand, the reliability diagram and the calibration table."""
+"""deepbc.results.calibration: reliability bins by hand, the reliability diagram and the calibration table."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from deepbc import calibration, metrics
-from deepbc.errors import UserError
+from deepbc.evaluation import metrics
+from deepbc.jobs.errors import UserError
+from deepbc.results import calibration
 from tests.test_figures import assert_images, legend, write_manifest, write_predictions
 from tests.test_metrics import BM, binary_case
 from tests.test_tables import real_metrics

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deepbc import checkpoints
-from deepbc.compat import import_slim
-from deepbc.errors import UserError
-from deepbc.nets import NETWORKS, get_network_fn
+from deepbc.jobs.errors import UserError
+from deepbc.training import checkpoints
+from deepbc.training.compat import import_slim
+from deepbc.training.nets import NETWORKS, get_network_fn
 from tests import trainkit
 
 slim = import_slim()
@@ -178,7 +178,7 @@ def test_checkpoint_found_in_the_folder_or_an_arch_subfolder(tmp_path):
 
 def test_download_extracts_the_checkpoint_from_the_official_archive(tmp_path, monkeypatch):
     # The archive is made here (a V2 checkpoint plus extra files, in a subfolder); fetch is faked,
-    # extraction is deepbc.archives' real safe_extract.
+    # extraction is deepbc.data.archives' real safe_extract.
     made = tmp_path / "made"
     save_variables(made / "resnet_v2_50.ckpt", {"resnet_v2_50/conv1/weights": [7, 7, 3, 64]})
     (made / "train.graph").write_text("graph")
@@ -194,7 +194,7 @@ def test_download_extracts_the_checkpoint_from_the_official_archive(tmp_path, mo
         Path(dest).write_bytes(archive_src.read_bytes())
         return Path(dest)
 
-    from deepbc import download
+    from deepbc.data import download
 
     monkeypatch.setattr(download, "fetch", fake_fetch)
     ckpt_dir = tmp_path / "checkpoints"
@@ -222,7 +222,7 @@ def test_downloaded_checkpoint_archive_is_held_to_size_limits(tmp_path, monkeypa
         Path(dest).write_bytes(archive_src.read_bytes())
         return Path(dest)
 
-    from deepbc import download
+    from deepbc.data import download
 
     monkeypatch.setattr(download, "fetch", fake_fetch)
     ckpt_dir = tmp_path / "checkpoints"
@@ -248,7 +248,7 @@ def test_prepare_checkpoint_writes_a_stable_record(tmp_path):
 def test_script_help_and_missing_checkpoint(tmp_path):
     help_run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert help_run.returncode == 0 and "--allow-download" in help_run.stdout
-    from deepbc.logs import run_main
+    from deepbc.jobs.logs import run_main
 
     sys.path.insert(0, str(SCRIPT.parent))
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deepbc.compat import import_slim, require_graph_mode
+from deepbc.training.compat import import_slim, require_graph_mode
 
 # In a fresh interpreter (this test process may already hold the alias): build a batch norm with
 # plain tf_slim, which must fail, then install the fix and build again in the same process.
@@ -26,7 +26,7 @@ FAIL_THEN_FIX = textwrap.dedent("""
         print("plain: built")
     except ModuleNotFoundError as err:
         print(f"plain: {err}")
-    from deepbc.compat import import_slim
+    from deepbc.training.compat import import_slim
     import_slim()
     build()
     print("fixed: built")

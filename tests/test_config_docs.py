@@ -1,8 +1,8 @@
-"""config/README.md is generated from config/schema.yaml (deepbc.config_docs) and kept in step."""
+"""config/README.md is generated from config/schema.yaml (deepbc.workflow.config_docs) and kept in step."""
 
 from pathlib import Path
 
-from deepbc import config_docs
+from deepbc.workflow import config_docs
 
 REPO = Path(__file__).resolve().parents[1]
 

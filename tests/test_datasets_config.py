@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepbc import datasets_config, workflow_config
-from deepbc.errors import UserError
+from deepbc.data import datasets as datasets_config
+from deepbc.jobs.errors import UserError
+from deepbc.workflow import config as workflow_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

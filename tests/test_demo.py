@@ -16,12 +16,12 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from deepbc import demo
-from deepbc.breakhis import parse_path
-from deepbc.errors import UserError
+from deepbc.data import demo
+from deepbc.data.breakhis import parse_path
+from deepbc.jobs.errors import UserError
 
 SEED = 42
-# Written independently of deepbc.breakhis, from /work/shared/breakhis/README.md.
+# Written independently of deepbc.data.breakhis, from /work/shared/breakhis/README.md.
 OFFICIAL = re.compile(
     r"BreaKHis_v1/histology_slides/breast/(?P<tissue>benign|malignant)/SOB/(?P<subdir>[a-z_]+)/"
     r"SOB_(?P<cls>[BM])_(?P<sub>A|F|PT|TA|DC|LC|MC|PC)_(?P<year>\d\d)-(?P<slide>\d+[A-Z]*)/(?P<mag>40|100|200|400)X/"

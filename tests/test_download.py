@@ -1,4 +1,4 @@
-"""deepbc.download and deepbc.archives against an HTTP server on loopback: fetch, checksums, resume, safe extraction."""
+"""deepbc.data.download and deepbc.data.archives against an HTTP server on loopback: fetch, checksums, resume, safe extraction."""
 
 import fcntl
 import hashlib
@@ -14,13 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 import yaml
 
-from deepbc import archives, download
-from deepbc.archives import ExtractLimits, safe_extract
-from deepbc.download import fetch, sha256_file
-from deepbc.errors import UserError
+from deepbc.data import archives, download
+from deepbc.data.archives import ExtractLimits, safe_extract
+from deepbc.data.download import fetch, sha256_file
+from deepbc.jobs.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 5.0

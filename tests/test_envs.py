@@ -32,7 +32,7 @@ def test_gpu_env_matches_requirements_with_cuda_tensorflow():
 
 def test_readme_gpu_install_line_has_the_requirements_pin():
     """The line README gives and the line a GPU job's error gives are one, with requirements.txt's pin."""
-    from deepbc import gpu
+    from deepbc.jobs import gpu
 
     pin = next(r for r in _requirements() if r.startswith("tensorflow=="))
     assert f'"tensorflow[and-cuda]=={pin.split("==")[1]}"' in gpu.install_line()

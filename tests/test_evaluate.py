@@ -5,8 +5,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from deepbc import evaluate, gradcam, shard_reader, train
-from deepbc.errors import UserError
+from deepbc.evaluation import gradcam, inference, predict
+from deepbc.jobs.errors import UserError
+from deepbc.shards import reader as shard_reader
+from deepbc.shards import records
+from deepbc.training import train
 from tests import trainkit
 
 
@@ -22,7 +25,7 @@ def model(tmp_path_factory):
 @pytest.mark.slow
 def test_predicts_every_test_image(model):
     out = model / "pred.parquet"
-    df = evaluate.predict_shards(model / "model", model / "shards" / "test.json", out)
+    df = inference.predict_shards(model / "model", model / "shards" / "test.json", out)
     assert len(df) == 32 and df["path"].is_unique
     assert list(df.columns) == ["path", "patient", "magnification", "label", "label_index",
                                 "prob_benign", "prob_malignant", "pred", "pred_index"]
@@ -43,7 +46,7 @@ def test_predicts_a_folder_with_patients(model, tmp_path):
         rows.append({"path": rel, "patient": f"P{i % 2}"})
     (folder / "notes.txt").write_text("not an image")
     pd.DataFrame(rows).to_csv(tmp_path / "patients.csv", index=False)
-    df = evaluate.predict_folder(model / "model", folder, tmp_path / "pred.csv", tmp_path / "patients.csv",
+    df = predict.predict_folder(model / "model", folder, tmp_path / "pred.csv", tmp_path / "patients.csv",
                                  tmp_path / "per_patient.csv")
     assert sorted(df["path"]) == [r["path"] for r in rows]
     per_patient = pd.read_csv(tmp_path / "per_patient.csv")
@@ -53,13 +56,13 @@ def test_predicts_a_folder_with_patients(model, tmp_path):
 
 @pytest.mark.slow
 def test_a_folder_of_the_test_images_gets_their_test_predictions(model, tmp_path):
-    by_shards = evaluate.predict_shards(model / "model", model / "shards" / "test.json", tmp_path / "p.parquet")
+    by_shards = inference.predict_shards(model / "model", model / "shards" / "test.json", tmp_path / "p.parquet")
     for record, _ in shard_reader.member_records(model / "shards" / "test.json"):  # the very bytes the shards hold
-        features = shard_reader.parse_example(record)
+        features = records.parse_example(record)
         path = tmp_path / "folder" / features["image/filename"].numpy().decode()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(features["image/encoded"].numpy())
-    by_folder = evaluate.predict_folder(model / "model", tmp_path / "folder", tmp_path / "f.csv")
+    by_folder = predict.predict_folder(model / "model", tmp_path / "folder", tmp_path / "f.csv")
     both = by_shards.merge(by_folder, on="path", suffixes=("", "_folder"))
     assert len(both) == len(by_shards) == 32
     np.testing.assert_allclose(both["prob_malignant"], both["prob_malignant_folder"], atol=1e-5)
@@ -67,7 +70,7 @@ def test_a_folder_of_the_test_images_gets_their_test_predictions(model, tmp_path
 
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="settings.json"):
-        evaluate.predict_folder(tmp_path, tmp_path, tmp_path / "out.csv")
+        predict.predict_folder(tmp_path, tmp_path, tmp_path / "out.csv")
 
 
 @pytest.mark.slow
@@ -101,14 +104,14 @@ def test_a_folder_with_bad_small_16_bit_and_tiff_files_gets_a_row_for_each(model
 
     monkeypatch.setattr(builtins, "open", guarded_open)
     Image.fromarray(pixels).save(folder / "e_tf_fails.jpg", quality=95)
-    read = evaluate._read_for_prediction
+    read = predict._read_for_prediction
 
     def tensorflow_cannot_decode(path, *args):  # a JPEG Pillow accepts but TensorFlow does not
         result = read(path, *args)
         return (b"\xff\xd8\xff garbage", *result[1:]) if path.name == "e_tf_fails.jpg" else result
 
-    monkeypatch.setattr(evaluate, "_read_for_prediction", tensorflow_cannot_decode)
-    df = evaluate.predict_folder(model / "model", folder, tmp_path / "pred.csv").set_index("path")
+    monkeypatch.setattr(predict, "_read_for_prediction", tensorflow_cannot_decode)
+    df = predict.predict_folder(model / "model", folder, tmp_path / "pred.csv").set_index("path")
     assert list(df.index) == sorted(p.name for p in folder.iterdir())
     assert df["reason"].to_dict() == {"a_16bit_grey.png": "", "a_8bit.png": "", "a_grey_8bit.png": "", "b.tif": "",
                                       "c.jpg": "", "d_tiny.png": "", "e_tf_fails.jpg": "undecodable",
@@ -147,7 +150,7 @@ def test_evaluate_script_predicts_validation_and_draws_gradcam_in_the_same_job(m
                  "--title", "t / resnet_small / fold 0", "--threads", "1"])
     val = pd.read_parquet(tmp_path / "val.parquet")
     assert len(val) == 32 and val["path"].str.contains("/val_").all()
-    pd.testing.assert_frame_equal(val, evaluate.predict_shards(model / "model", model / "shards" / "val.json",
+    pd.testing.assert_frame_equal(val, inference.predict_shards(model / "model", model / "shards" / "val.json",
                                                                tmp_path / "again.parquet"))
     assert pd.read_parquet(tmp_path / "test.parquet")["path"].str.contains("/test_").all()
     # The figure of the sample that the test predictions and the seed choose.
@@ -158,7 +161,7 @@ def test_evaluate_script_predicts_validation_and_draws_gradcam_in_the_same_job(m
 
 def test_gradcam_maps_and_figure(model, tmp_path):
     index = model / "shards" / "test.json"
-    df = evaluate.predict_shards(model / "model", index, tmp_path / "pred.parquet")
+    df = inference.predict_shards(model / "model", index, tmp_path / "pred.parquet")
     sample = gradcam.select_samples(df, trainkit.CLASSES, seed=1)
     maps = gradcam.gradcam_maps(model / "model", index, list(sample["path"]))
     assert set(maps) == set(sample["path"])

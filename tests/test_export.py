@@ -9,8 +9,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deepbc import evaluate, export, shard_reader, train
-from deepbc.errors import UserError
+from deepbc.evaluation import inference, predict
+from deepbc.jobs.errors import UserError
+from deepbc.shards import reader as shard_reader
+from deepbc.training import export, train
 from tests import trainkit
 
 
@@ -41,7 +43,7 @@ def _test_records(base):
 
 @pytest.mark.slow
 def test_saved_model_serves_evaluations_probabilities_without_the_package(exported, tmp_path):
-    expected = evaluate.predict_shards(exported / "model", exported / "shards" / "test.json", tmp_path / "p.parquet")
+    expected = inference.predict_shards(exported / "model", exported / "shards" / "test.json", tmp_path / "p.parquet")
     names, encoded = _test_records(exported)
     probs, class_names = trainkit.serve_without_the_package(exported / "export", encoded, tmp_path)
     assert class_names == trainkit.CLASSES
@@ -63,8 +65,8 @@ def test_predict_folder_with_the_export_matches_the_checkpoint(exported, tmp_pat
         Image.fromarray(pixels).save(folder / f"{i}.png")
         Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)  # decoded at a reduced scale
         Image.fromarray(pixels).save(folder / f"{i}.tif")  # re-encoded as PNG for the export
-    by_checkpoint = evaluate.predict_folder(exported / "model", folder, tmp_path / "a.csv")
-    by_export = evaluate.predict_folder(exported / "export", folder, tmp_path / "b.csv")
+    by_checkpoint = predict.predict_folder(exported / "model", folder, tmp_path / "a.csv")
+    by_export = predict.predict_folder(exported / "export", folder, tmp_path / "b.csv")
     assert list(by_export["path"]) == list(by_checkpoint["path"]) and (by_export["reason"] == "").all()
     prob_cols = [f"prob_{c}" for c in trainkit.CLASSES]
     np.testing.assert_allclose(by_export[prob_cols].to_numpy(float), by_checkpoint[prob_cols].to_numpy(float),
@@ -75,4 +77,4 @@ def test_predict_folder_with_the_export_matches_the_checkpoint(exported, tmp_pat
 def test_a_foreign_saved_model_is_refused_with_the_fix(tmp_path):
     (tmp_path / "saved_model.pb").write_bytes(b"")
     with pytest.raises(UserError, match="not an export of this workflow"):
-        evaluate.predict_folder(tmp_path, tmp_path, tmp_path / "out.csv")
+        predict.predict_folder(tmp_path, tmp_path, tmp_path / "out.csv")

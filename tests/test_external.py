@@ -10,9 +10,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from deepbc import metrics, shard_reader, shard_writer, tables, tasks, workflow_config
-from deepbc import splits as sp
-from deepbc.errors import UserError
+from deepbc.data import splits as sp
+from deepbc.data import tasks
+from deepbc.evaluation import metrics
+from deepbc.jobs.errors import UserError
+from deepbc.results import tables
+from deepbc.shards import reader as shard_reader
+from deepbc.shards import records
+from deepbc.shards import writer as shard_writer
+from deepbc.workflow import config as workflow_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +122,7 @@ def test_shards_read_each_row_under_its_dataset_root(tmp_path):
     assert all(n.startswith("../encoded/site_b/") for n in indexes["test"]["shards"])
     assert all(n.startswith("../encoded/home/") for s in ("train", "val") for n in indexes[s]["shards"])
     files = [f["image/filename"].numpy().decode() for f in
-             (shard_reader.parse_example(r) for r, _ in shard_reader.member_records(tmp_path / "out" / "test.json"))]
+             (records.parse_example(r) for r, _ in shard_reader.member_records(tmp_path / "out" / "test.json"))]
     assert sorted(files) == sorted(splits.loc[(splits["fold"] == 0) & (splits["split"] == "test"), "path"])
     # Without the test store the external images are looked for in the training dataset's store.
     with pytest.raises(UserError, match="6 image\\(s\\) of fold 0's test split are not in the encoded store"):

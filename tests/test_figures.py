@@ -1,13 +1,14 @@
-"""deepbc.figures: ROC, confusion and training figures written as non-empty, stable PNG and PDF."""
+"""deepbc.results.figures: ROC, confusion and training figures written as non-empty, stable PNG and PDF."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from deepbc import figures, metrics
-from deepbc.errors import UserError
-from deepbc.tables import PROTOCOL_LABELS
+from deepbc.evaluation import metrics
+from deepbc.jobs.errors import UserError
+from deepbc.results import figures
+from deepbc.results.tables import PROTOCOL_LABELS
 
 BM = ["benign", "malignant"]
 ABC = ["a", "b", "c"]

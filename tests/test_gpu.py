@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from deepbc import gpu
-from deepbc.errors import UserError
+from deepbc.jobs import gpu
+from deepbc.jobs.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from deepbc import gpu
+from deepbc.jobs import gpu
 with gpu.lease({lock_dir!r}, n_devices=2, timeout=20, poll=0.05) as index:
     print(index, flush=True)
     time.sleep(float(sys.argv[1]))
@@ -163,7 +163,7 @@ def _job_args(name, tmp_path):
 @needs_no_visible_gpu
 @pytest.mark.parametrize("name", ["train_model", "evaluate_model", "predict_folder"])
 def test_leased_gpu_that_tensorflow_cannot_see_stops_the_job_with_its_cause(name, tmp_path, monkeypatch):
-    from deepbc.logs import run_main
+    from deepbc.jobs.logs import run_main
 
     _fake_nvidia_smi(tmp_path, monkeypatch, cuda="11.4")
     log, locks = tmp_path / "job.log", tmp_path / "locks"
@@ -179,7 +179,7 @@ def test_leased_gpu_that_tensorflow_cannot_see_stops_the_job_with_its_cause(name
 
 @needs_no_visible_gpu
 def test_scheduler_assigned_gpu_that_tensorflow_cannot_see_stops_the_job(tmp_path, monkeypatch):
-    from deepbc.logs import run_main
+    from deepbc.jobs.logs import run_main
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: only the scheduler says there is a GPU
     monkeypatch.setenv("SLURM_JOB_ID", "123")
@@ -324,7 +324,7 @@ def test_gpus_0_hides_every_gpu_even_one_the_scheduler_assigned(tmp_path, monkey
 @pytest.mark.slow
 def test_gpus_0_trains_on_the_cpu_without_complaint_and_records_it(tmp_path, monkeypatch):
     """Even where nvidia-smi and the scheduler both say there is a GPU."""
-    from deepbc.logs import run_main
+    from deepbc.jobs.logs import run_main
     from tests import trainkit
 
     # The smallest training the trainer accepts (one step of 4 images): the device is the point.

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from deepbc.gradcam import select_samples
+from deepbc.evaluation.gradcam import select_samples
 
 CLASSES = ["benign", "malignant", "normal"]
 

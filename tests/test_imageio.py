@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepbc import evaluate, imageio, shard_reader, shard_writer
-from deepbc.manifest import build_manifest
+from deepbc.data import imageio
+from deepbc.data.manifest import build_manifest
+from deepbc.evaluation import predict
+from deepbc.shards import records
+from deepbc.shards import writer as shard_writer
 
 RNG = np.random.default_rng(11)
 GREY = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
@@ -117,8 +120,8 @@ def test_the_check_the_shard_writer_and_predict_folder_agree_on_every_mode(tmp_p
         for fmt in ("png", "raw"):
             encoded, height, width, _ = shard_writer.encode_image(path, fmt, 95, 0, row.sha256)
             features = {"image/encoded": encoded, "image/height": height, "image/width": width}
-            np.testing.assert_array_equal(shard_reader.decode(features, fmt).numpy(), pixels, err_msg=f"{row.path} {fmt}")
-        jpeg, predicted, width, height = evaluate._read_for_prediction(Path(path), None)
+            np.testing.assert_array_equal(records.decode(features, fmt).numpy(), pixels, err_msg=f"{row.path} {fmt}")
+        jpeg, predicted, width, height = predict._read_for_prediction(Path(path), None)
         assert (height, width) == pixels.shape[:2]
         if row.path in ("x/CMYK.jpg", "x/L.jpg"):  # not 8-bit RGB: decoded by imageio, not as JPEG bytes
             assert jpeg == b""
@@ -127,4 +130,4 @@ def test_the_check_the_shard_writer_and_predict_folder_agree_on_every_mode(tmp_p
         else:
             np.testing.assert_array_equal(predicted, pixels, err_msg=row.path)
     for name in ("x/F.tif", "x/I32-signed.tif"):
-        assert evaluate._read_for_prediction(tmp_path / name, None).reason == "unsupported_mode"
+        assert predict._read_for_prediction(tmp_path / name, None).reason == "unsupported_mode"

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from deepbc import locks
-from deepbc.errors import UserError
+from deepbc.jobs import locks
+from deepbc.jobs.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow_scripts"
 HOLDER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from deepbc import locks
+from deepbc.jobs import locks
 with locks.exclusive({target!r}, "the test folder"):
     print("held", flush=True)
     time.sleep(120)

@@ -1,10 +1,11 @@
-"""deepbc.magnification: the per-magnification BreakHis table from small metrics of fake predictions."""
+"""deepbc.results.magnification: the per-magnification BreakHis table from small metrics of fake predictions."""
 
 import pandas as pd
 import pytest
 
-from deepbc import magnification, metrics
-from deepbc.errors import UserError
+from deepbc.evaluation import metrics
+from deepbc.jobs.errors import UserError
+from deepbc.results import magnification
 
 BM = ["benign", "malignant"]
 MAGS = ["40X", "100X", "200X", "400X"]

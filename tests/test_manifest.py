@@ -13,14 +13,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from tests import shared_data
 from PIL import Image
 
-from deepbc.breakhis import SUBTYPES
-from deepbc.errors import UserError
-from deepbc.manifest import (BREAKHIS_COLUMNS, FOLDER_COLUMNS, REJECT_COLUMNS, build_manifest, check_dataset,
-                             inspect_file)
+from deepbc.data.breakhis import SUBTYPES
+from deepbc.data.manifest import (
+    BREAKHIS_COLUMNS,
+    FOLDER_COLUMNS,
+    REJECT_COLUMNS,
+    build_manifest,
+    check_dataset,
+    inspect_file,
+)
+from deepbc.jobs.errors import UserError
+from tests import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 TMA_CLASSES = ["breast", "bladder", "lung", "lymphoma"]

@@ -1,4 +1,4 @@
-"""deepbc.metrics against cases computed by hand, and the patient bootstrap."""
+"""deepbc.evaluation.metrics against cases computed by hand, and the patient bootstrap."""
 
 import json
 
@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from deepbc import metrics
-from deepbc.errors import UserError
+from deepbc.evaluation import metrics
+from deepbc.jobs.errors import UserError
 
 BM = ["benign", "malignant"]
 
 
 def frame(rows, classes):
-    """rows: (patient, label, [probabilities]); pred = arg-max, as deepbc.evaluate writes it."""
+    """rows: (patient, label, [probabilities]); pred = arg-max, as deepbc.evaluation.evaluate writes it."""
     out = pd.DataFrame({
         "path": [f"img{i}.png" for i in range(len(rows))],
         "patient": [r[0] for r in rows],

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deepbc.compat import import_slim
-from deepbc.errors import UserError
-from deepbc.nets import NETWORKS, get_network_fn, get_spec
-from deepbc.preprocessing import STYLES
+from deepbc.jobs.errors import UserError
+from deepbc.training.compat import import_slim
+from deepbc.training.nets import NETWORKS, get_network_fn, get_spec
+from deepbc.training.preprocessing import STYLES
 from tests import trainkit
 
 slim = import_slim()
@@ -204,7 +204,7 @@ def test_inception_v4_matches_the_official_structure():
 
 
 def test_inception_v4_base_stops_at_the_final_endpoint():
-    from deepbc.nets.inception_v4 import inception_v4_base
+    from deepbc.training.nets.inception_v4 import inception_v4_base
 
     with tf.Graph().as_default():
         net, end_points = inception_v4_base(tf.compat.v1.placeholder(tf.float32, [1, 299, 299, 3]),

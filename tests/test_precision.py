@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 
-from deepbc import precision
+from deepbc.training import precision
 
 ON = rewriter_config_pb2.RewriterConfig.ON
 

@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deepbc.errors import UserError
-from deepbc.preprocessing import (AUGMENT_DEFAULTS, RGB_FROM_HED, VGG_MEANS, check_augment, get_preprocessing,
-                                  hed_jitter, hed_to_rgb, rgb_to_hed)
+from deepbc.jobs.errors import UserError
+from deepbc.training.preprocessing import (
+    AUGMENT_DEFAULTS,
+    RGB_FROM_HED,
+    VGG_MEANS,
+    check_augment,
+    get_preprocessing,
+    hed_jitter,
+    hed_to_rgb,
+    rgb_to_hed,
+)
 
 RNG = np.random.default_rng(0)
 # A histology-sized, asymmetric image: a gradient plus noise, so every flip/rotation differs.

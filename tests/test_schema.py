@@ -10,9 +10,13 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from deepbc import breakhis, manifest, preprocessing, shard_reader, shard_writer, tasks, workflow_config
-from deepbc.errors import UserError
-from deepbc.nets import NETWORKS
+from deepbc.data import breakhis, manifest, tasks
+from deepbc.jobs.errors import UserError
+from deepbc.shards import records
+from deepbc.shards import writer as shard_writer
+from deepbc.training import preprocessing
+from deepbc.training.nets import NETWORKS
+from deepbc.workflow import config as workflow_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = ROOT / "config" / "schema.yaml"
@@ -27,8 +31,8 @@ def test_architecture_enum_is_the_network_registry():
 
 def test_shard_settings_are_the_shard_writers():
     spec = PROPS["shards"]["properties"]
-    assert sorted(spec["format"]["enum"]) == sorted(shard_reader.FORMATS)
-    assert (spec["jpeg_quality"]["minimum"], spec["jpeg_quality"]["maximum"]) == shard_writer.JPEG_QUALITY
+    assert sorted(spec["format"]["enum"]) == sorted(records.FORMATS)
+    assert (spec["jpeg_quality"]["minimum"], spec["jpeg_quality"]["maximum"]) == records.JPEG_QUALITY
     # encode_store also runs outside the workflow (bench/, tests): its defaults are the schema's.
     defaults = inspect.signature(shard_writer.encode_store).parameters
     for key, param in [("images_per_shard", "images_per_shard"), ("format", "image_format"),
@@ -97,7 +101,7 @@ def test_no_rule_reads_a_section_that_may_be_absent_without_its_schema_default()
 
 # The trainer's settings that may be absent: the network's own value is used then.
 NETWORK_DEFAULT_SETTINGS = {"image_size", "batch_norm_decay"}
-TRAINER_FILES = [ROOT / "deepbc" / "train.py", ROOT / "deepbc" / "train_graph.py"]
+TRAINER_FILES = [ROOT / "deepbc" / "training" / "train.py", ROOT / "deepbc" / "training" / "graph.py"]
 
 
 def _train_defaults_schema():

@@ -25,8 +25,8 @@ def test_script_help(script, tmp_path):
 FAILING_MAIN = """
 import errno, sys
 sys.path.insert(0, {root!r})
-from deepbc import logs
-from deepbc.errors import UserError
+from deepbc.jobs import logs
+from deepbc.jobs.errors import UserError
 
 def main(argv):
     if {before_setup!r} == "no":
@@ -57,7 +57,7 @@ def test_failures_reach_the_log_file(tmp_path, error, before_setup, expected):
 NOISY_SCRIPT = """
 import logging, os, sys, warnings
 sys.path.insert(0, {root!r})
-from deepbc import cli, logs
+from deepbc.jobs import cli, logs
 
 def body(args):
     logs.LOG.info("a detail for the log")
@@ -93,7 +93,7 @@ def test_corrupt_shard_is_named_in_the_job_log(tmp_path):
     from tests import trainkit
 
     shard_dir = trainkit.make_shards(tmp_path / "images", tmp_path / "shards", per_split=(32, 8, 8))
-    from deepbc import shard_reader
+    from deepbc.shards import reader as shard_reader
 
     shard = Path(shard_reader.read_index(shard_dir / "train.json")["paths"][0])  # a shard of the dataset's store
     data = bytearray(shard.read_bytes())
@@ -120,7 +120,7 @@ WORKFLOW_SCRIPTS = sorted((ROOT / "workflow_scripts").glob("*.py"))
 
 @pytest.mark.parametrize("script", WORKFLOW_SCRIPTS, ids=[s.name for s in WORKFLOW_SCRIPTS])
 def test_every_script_starts_through_the_shared_cli(script):
-    """Parser, logging and exit code come from deepbc.cli, not from a copy in each script."""
+    """Parser, logging and exit code come from deepbc.jobs.cli, not from a copy in each script."""
     text = script.read_text()
     assert "main = cli.script(__doc__, arguments, run)" in text and "cli.run(main)" in text
     assert "ArgumentParser" not in text and "logs.setup" not in text and "run_main" not in text
@@ -163,7 +163,7 @@ def test_values_the_rules_always_pass_have_no_script_default():
 
 
 def test_cli_main_parses_logs_and_runs(tmp_path, capsys):
-    from deepbc import cli
+    from deepbc.jobs import cli
 
     seen = []
     main = cli.script("A test script.", lambda p: p.add_argument("--n", type=cli.positive_int, required=True),
@@ -172,7 +172,7 @@ def test_cli_main_parses_logs_and_runs(tmp_path, capsys):
     main(["--n", "3", "--log", str(log)])
     assert seen == [3] and log.exists()
     # A bad argument is a UserError, which run_main writes to the job's log file, not only stderr.
-    from deepbc import logs
+    from deepbc.jobs import logs
 
     assert logs.run_main(main, ["--n", "0", "--log", str(log)]) == 1
     assert "bad command line: argument --n: must be at least 1, got 0" in log.read_text()
@@ -202,7 +202,7 @@ def test_a_script_takes_its_whole_config_section(script, option, section, read_e
 def test_config_section_option_names_what_is_wrong():
     import argparse
 
-    from deepbc import cli
+    from deepbc.jobs import cli
 
     parse = cli.config_section("shards", ["format", "jpeg_quality"])
     assert parse('{"format": "png", "jpeg_quality": 90}') == {"format": "png", "jpeg_quality": 90}

@@ -16,9 +16,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageFile
 
-from deepbc import shard_reader, shard_writer
-from deepbc.errors import UserError
-from deepbc.layout import SPLITS
+from deepbc.data.runs import SPLITS
+from deepbc.jobs.errors import UserError
+from deepbc.shards import reader as shard_reader
+from deepbc.shards import records
+from deepbc.shards import writer as shard_writer
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["benign", "malignant"]
@@ -58,7 +60,7 @@ def _write(dataset, out, **settings):
 
 def _records(index_path):
     """The split's members: parsed features, with the label the index gives them."""
-    return [dict(shard_reader.parse_example(r), label=label)
+    return [dict(records.parse_example(r), label=label)
             for r, label in shard_reader.member_records(index_path)]
 
 
@@ -102,11 +104,11 @@ def test_jpeg_resize_and_raw_pixels(dataset, tmp_path):
         h, w = int(f["image/height"]), int(f["image/width"])
         assert min(h, w) == 20 and f["image/format"].numpy() == b"jpeg"
         assert Image.open(io.BytesIO(f["image/encoded"].numpy())).format == "JPEG"
-        assert shard_reader.decode(f, "jpeg").shape == (h, w, 3)
+        assert records.decode(f, "jpeg").shape == (h, w, 3)
     _write(dataset, tmp_path / "raw", image_format="raw")
     for f in _records(tmp_path / "raw" / "test.json"):
         source = np.asarray(Image.open(root / f["image/filename"].numpy().decode()).convert("RGB"))
-        np.testing.assert_array_equal(shard_reader.decode(f, "raw").numpy(), source)
+        np.testing.assert_array_equal(records.decode(f, "raw").numpy(), source)
 
 
 def test_make_dataset_eager_with_metadata(dataset, tmp_path):
@@ -142,12 +144,12 @@ def _jpeg(height, width) -> bytes:
 
 def test_decode_jpeg_at_the_smallest_scale_that_keeps_min_side():
     data = tf.constant(_jpeg(300, 400))
-    full = shard_reader.decode_jpeg(data)
+    full = records.decode_jpeg(data)
     assert full.shape == (300, 400, 3)
     for min_side, shape in [(301, (300, 400)), (151, (300, 400)), (140, (150, 200)), (75, (75, 100)),
                             (10, (38, 50))]:
-        assert shard_reader.decode_jpeg(data, min_side).shape == (*shape, 3), min_side
-    half = tf.cast(shard_reader.decode_jpeg(data, 140), tf.float32)
+        assert records.decode_jpeg(data, min_side).shape == (*shape, 3), min_side
+    half = tf.cast(records.decode_jpeg(data, 140), tf.float32)
     area = tf.image.resize(full, [150, 200], method="area")
     assert float(tf.reduce_mean(tf.abs(half - area))) < 2.0  # the same picture, resampled
 
@@ -379,7 +381,7 @@ def test_failure_midway_leaves_nothing_that_looks_complete(dataset, tmp_path, mo
     _write(dataset, tmp_path, images_per_shard=4)  # an earlier complete run, with other shard names
     (tmp_path / "train-00000-of-00001.tfrecord").write_bytes(b"")  # a per-run shard of the old design
     store = tmp_path / "encoded" / "dataset"
-    real = shard_writer._example
+    real = records.example
     calls = []
 
     def failing(*args):
@@ -388,7 +390,7 @@ def test_failure_midway_leaves_nothing_that_looks_complete(dataset, tmp_path, mo
             raise RuntimeError("disk full")
         return real(*args)
 
-    monkeypatch.setattr(shard_writer, "_example", failing)
+    monkeypatch.setattr(records, "example", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         _write(dataset, tmp_path, images_per_shard=2)
     names = sorted(p.name for p in store.iterdir())
@@ -396,7 +398,7 @@ def test_failure_midway_leaves_nothing_that_looks_complete(dataset, tmp_path, mo
     assert not any(n.endswith(".tmp") for n in names)
     assert "shard-00001-of-00008.tfrecord" not in names and "shard-00000-of-00008.tfrecord" in names
     # The next run completes and removes the shards the store does not list, and old per-run shards.
-    monkeypatch.setattr(shard_writer, "_example", real)
+    monkeypatch.setattr(records, "example", real)
     _write(dataset, tmp_path, images_per_shard=2)
     listed = json.loads((store / "store.json").read_text())["shards"]
     assert sorted(p.name for p in store.glob("*.tfrecord")) == listed
@@ -438,7 +440,7 @@ def test_a_16_bit_png_is_scaled_not_clipped(dataset, tmp_path):
     for fmt in ("jpeg", "png"):
         shard_writer.write_shards(table, 0, copy, tmp_path / fmt, images_per_shard=4, image_format=fmt, workers=1)
         record = next(r for r in _records(tmp_path / fmt / "test.json") if r["image/filename"] == victim.encode())
-        pixels = shard_reader.decode(record, fmt).numpy().astype(np.float64)
+        pixels = records.decode(record, fmt).numpy().astype(np.float64)
         assert abs(pixels.mean() - gradient.mean() / 257) < 1.0, fmt  # JPEG q95 moves the mean a little
         assert (pixels >= 254).mean() < 0.01
 
@@ -477,7 +479,7 @@ def test_bad_inputs_are_user_errors(dataset, tmp_path):
 
 def test_encode_dataset_and_write_shards_scripts(dataset, tmp_path):
     root, table = dataset
-    from deepbc.atomic import write_parquet
+    from deepbc.jobs.atomic import write_parquet
 
     write_parquet(tmp_path / "m.parquet", table.drop_duplicates("path"))
     write_parquet(tmp_path / "s.parquet", table)
@@ -500,7 +502,7 @@ def test_encode_dataset_and_write_shards_scripts(dataset, tmp_path):
 def test_training_stream_depends_on_seed_and_position_only(dataset, tmp_path):
     """The same seed gives the same batches and augmentations whatever the parallelism; a stream
     started ``first_record`` in is the tail of the full one (exact resume); epochs differ."""
-    from deepbc import preprocessing
+    from deepbc.training import preprocessing
 
     _write(dataset, tmp_path)  # 9 training images among 16 in 8 store shards
     augment = preprocessing.get_preprocessing("vgg", is_training=True)  # random flips and rotations
@@ -544,9 +546,9 @@ def test_a_record_has_the_same_bytes_in_every_process():
     """The same image gives the same record in every job (protobuf's map order follows a
     per-process hash unless serialised deterministically), so rewritten shards keep their sha256."""
     code = ("import hashlib, types\n"
-            "from deepbc import shard_writer\n"
+            "from deepbc.shards import records\n"
             "row = types.SimpleNamespace(label_index=1, path='a/b.png', patient='p1', magnification='40X')\n"
-            "print(hashlib.sha256(shard_writer._example(b'x' * 100, 'jpeg', row, 10, 12)).hexdigest())")
+            "print(hashlib.sha256(records.example(b'x' * 100, 'jpeg', row, 10, 12)).hexdigest())")
     root = Path(__file__).resolve().parents[1]
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(root)}).stdout
@@ -564,7 +566,7 @@ def test_a_fold_with_an_empty_split_is_refused(dataset, tmp_path):
 
 
 def test_an_image_listed_twice_in_a_split_is_refused(dataset, tmp_path):
-    """The index writer checks it itself rather than trusting deepbc.splits: it would count twice."""
+    """The index writer checks it itself rather than trusting deepbc.data.splits: it would count twice."""
     root, table = dataset
     shard_writer.encode_store(table, root, tmp_path / "store", workers=1)
     twice = pd.concat([table, table[(table["fold"] == 0) & (table["split"] == "val")].iloc[:1]])

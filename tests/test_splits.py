@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from deepbc.breakhis import parse_path
-from tests import shared_data
 import yaml
 
-from deepbc import splits as sp
-from deepbc import tasks
-from deepbc.atomic import write_parquet
-from deepbc.errors import UserError
+from deepbc.data import splits as sp
+from deepbc.data import tasks
+from deepbc.data.breakhis import parse_path
+from deepbc.jobs.atomic import write_parquet
+from deepbc.jobs.errors import UserError
+from tests import shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())

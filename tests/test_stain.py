@@ -1,4 +1,4 @@
-"""Stain normalization (deepbc.stain): against torchstain and Macenko's published constants, the
+"""Stain normalization (deepbc.shards.stain): against torchstain and Macenko's published constants, the
 fallbacks on tiles where a fit fails, the leakage refusal, and its use by the shard writer."""
 
 import hashlib
@@ -11,8 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from deepbc import stain, synthetic_he
-from deepbc.errors import UserError
+from deepbc.data import synthetic_he
+from deepbc.jobs.errors import UserError
+from deepbc.shards import records, stain
 
 REPO = Path(__file__).resolve().parents[1]
 H_VECTOR, E_VECTOR = np.array([0.5626, 0.7201, 0.4062]), np.array([0.2159, 0.8012, 0.5581])
@@ -30,7 +31,7 @@ def _beer_lambert(h, e, seed=0):
 
 
 def _full_tissue(seed, size=(128, 128), eosin=1.0):
-    """H&E everywhere (every pixel a tissue pixel): where deepbc.stain equals torchstain."""
+    """H&E everywhere (every pixel a tissue pixel): where deepbc.shards.stain equals torchstain."""
     rng = np.random.default_rng(seed)
     h = 0.35 + 1.2 * (rng.random(size) < 0.3) * rng.uniform(0.5, 1, size)  # nuclei on a haematoxylin wash
     tile = _beer_lambert(h, eosin * rng.uniform(0.3, 1.0, size), seed)
@@ -243,7 +244,7 @@ def _script(name):
 
 
 def test_fit_stain_script(tmp_path):
-    from deepbc import logs
+    from deepbc.jobs import logs
 
     Image.fromarray(_tile("a", "p1")).save(tmp_path / "a.png")
     manifest = _manifest(tmp_path, {"benign/a.png": tmp_path / "a.png"})
@@ -284,7 +285,8 @@ def _shard_dataset(tmp_path):
 
 
 def test_write_shards_stores_normalised_pixels(tmp_path):
-    from deepbc import shard_reader, shard_writer
+    from deepbc.shards import reader as shard_reader
+    from deepbc.shards import writer as shard_writer
 
     root, table = _shard_dataset(tmp_path)
     params = stain.fit(_tile("ref", "pr"), "macenko")
@@ -295,7 +297,7 @@ def test_write_shards_stores_normalised_pixels(tmp_path):
 
     # The test split's one member (img3), read from the dataset's store through its index.
     [(serialized, _)] = list(shard_reader.member_records(tmp_path / "out" / "test.json"))
-    record = shard_reader.parse_example(serialized)
+    record = records.parse_example(serialized)
     assert record["image/filename"].numpy() == b"img3.png"
     stored = tf.io.decode_png(record["image/encoded"]).numpy()
     original = np.asarray(Image.open(root / "img3.png"))
@@ -308,8 +310,8 @@ def test_write_shards_stores_normalised_pixels(tmp_path):
 
 
 def test_encode_dataset_script_with_stain(tmp_path):
-    from deepbc import shard_reader
-    from deepbc.atomic import write_parquet
+    from deepbc.jobs.atomic import write_parquet
+    from deepbc.shards import reader as shard_reader
 
     root, table = _shard_dataset(tmp_path)
     write_parquet(tmp_path / "s.parquet", table)
@@ -328,7 +330,7 @@ def test_encode_dataset_script_with_stain(tmp_path):
 
 @pytest.mark.parametrize("stain_params", [None, stain.published_macenko()], ids=["none", "macenko"])
 def test_encode_image_always_returns_the_fallback(tmp_path, stain_params):
-    from deepbc import shard_writer
+    from deepbc.shards import writer as shard_writer
 
     Image.fromarray(np.full((20, 30, 3), 250, np.uint8)).save(tmp_path / "white.png")
     for image_format in ("png", "jpeg"):  # stored as it is, and re-encoded
@@ -354,7 +356,7 @@ def test_stored_as_the_shards_store_it(tmp_path, image_format):
     (max_shorter_side) is TensorFlow's Lanczos, within 2 grey levels (JPEG: 11) of Pillow's."""
     import tensorflow as tf
 
-    from deepbc import shard_reader, shard_writer
+    from deepbc.shards import writer as shard_writer
 
     pixels = _tile("a", "p1", "DC", size=(140, 92))
     params = stain.published_macenko()
@@ -363,14 +365,14 @@ def test_stored_as_the_shards_store_it(tmp_path, image_format):
         encoding = {"format": image_format, "jpeg_quality": 95, "max_shorter_side": limit}
         data, height, width, _ = shard_writer.encode_image(str(tmp_path / "a.png"), image_format, 95, limit,
                                                            stain=params)
-        stored = shard_reader.decode({"image/encoded": data, "image/height": height, "image/width": width},
+        stored = records.decode({"image/encoded": data, "image/height": height, "image/width": width},
                                      image_format, 24).numpy()
-        jpeg, as_stored = stain.as_stored(stain.normalize(pixels, params), encoding)
+        jpeg, as_stored = records.as_stored(stain.normalize(pixels, params), encoding)
         if image_format == "jpeg":
             assert as_stored is None
-            as_stored = shard_reader.decode_jpeg(jpeg, 24).numpy()
+            as_stored = records.decode_jpeg(jpeg, 24).numpy()
         np.testing.assert_array_equal(as_stored, stored)
-        port = stain.as_stored_tf(stain.normalize_tf(tf.constant(pixels), params), encoding, 24).numpy()
+        port = records.as_stored_tf(stain.normalize_tf(tf.constant(pixels), params), encoding, 24).numpy()
         assert port.shape == stored.shape and np.abs(port.astype(int) - stored).max() <= tolerance, limit
 
 
@@ -406,7 +408,7 @@ def test_tensorflow_port_equals_numpy(method):
 def stain_model(tmp_path_factory):
     """A tiny model trained on JPEG shards (the default) normalised with Macenko's published
     reference, and its export."""
-    from deepbc import export, train
+    from deepbc.training import export, train
     from tests import trainkit
 
     base = tmp_path_factory.mktemp("stain_model")
@@ -423,7 +425,8 @@ def stain_model(tmp_path_factory):
 def test_model_carries_the_stain_and_predict_folder_applies_it(stain_model, tmp_path):
     import shutil
 
-    from deepbc import evaluate, model_dir
+    from deepbc.evaluation import predict
+    from deepbc.training import model_dir
     from tests import trainkit
 
     base, params = stain_model
@@ -437,34 +440,35 @@ def test_model_carries_the_stain_and_predict_folder_applies_it(stain_model, tmp_
         pixels = trainkit.draw(rng, i % 2, size=48)
         Image.fromarray(pixels).save(raw / f"{i}.png")
         # Normalised and stored as the JPEG shards store it: what the network was trained on.
-        (normalised / f"{i}.jpg").write_bytes(stain.as_stored(stain.normalize(pixels, params), encoding)[0])
+        (normalised / f"{i}.jpg").write_bytes(records.as_stored(stain.normalize(pixels, params), encoding)[0])
     # The same network without the stain in its settings, given images normalised beforehand.
     plain = tmp_path / "plain"
     shutil.copytree(base / "model", plain)
     settings = json.loads((plain / "settings.json").read_text())
     (plain / "settings.json").write_text(json.dumps(dict(settings, stain=None)))
     cols = [f"prob_{c}" for c in trainkit.CLASSES]
-    by_model = evaluate.predict_folder(base / "model", raw, tmp_path / "a.csv")[cols].to_numpy(float)
-    by_hand = evaluate.predict_folder(plain, normalised, tmp_path / "b.csv")[cols].to_numpy(float)
-    unnormalised = evaluate.predict_folder(plain, raw, tmp_path / "c.csv")[cols].to_numpy(float)
+    by_model = predict.predict_folder(base / "model", raw, tmp_path / "a.csv")[cols].to_numpy(float)
+    by_hand = predict.predict_folder(plain, normalised, tmp_path / "b.csv")[cols].to_numpy(float)
+    unnormalised = predict.predict_folder(plain, raw, tmp_path / "c.csv")[cols].to_numpy(float)
     np.testing.assert_allclose(by_model, by_hand, atol=1e-6)
     assert np.abs(unnormalised - by_model).max() > 1e-4
     # Normalised but lossless (as before settings.json had shard_encoding): not what training saw.
     lossless = dict(model_dir.load_settings(base / "model"), shard_encoding=None)
     (plain / "settings.json").write_text(json.dumps(lossless))
-    old = evaluate.predict_folder(plain, raw, tmp_path / "d.csv")[cols].to_numpy(float)
+    old = predict.predict_folder(plain, raw, tmp_path / "d.csv")[cols].to_numpy(float)
     assert np.abs(old - by_model).max() > 1e-4
 
 
 @pytest.mark.slow
 def test_export_normalises_inside_without_the_package(stain_model, tmp_path):
     """The export, given the original images, gives predict_shards' probabilities on the normalised shards."""
-    from deepbc import evaluate, shard_reader
+    from deepbc.evaluation import inference
+    from deepbc.shards import reader as shard_reader
     from tests import trainkit
 
     base, _ = stain_model
-    expected = evaluate.predict_shards(base / "model", base / "shards" / "test.json", tmp_path / "p.parquet")
-    names = [shard_reader.parse_example(record)["image/filename"].numpy().decode()
+    expected = inference.predict_shards(base / "model", base / "shards" / "test.json", tmp_path / "p.parquet")
+    names = [records.parse_example(record)["image/filename"].numpy().decode()
              for record, _ in shard_reader.member_records(base / "shards" / "test.json")]
     originals = [(base / "images" / n).read_bytes() for n in names]
     probs, class_names = trainkit.serve_without_the_package(base / "export", originals, tmp_path)
@@ -477,7 +481,7 @@ def test_export_normalises_inside_without_the_package(stain_model, tmp_path):
 
 
 def test_workflow_refuses_reinhard_without_a_reference_at_start():
-    from deepbc import workflow_config
+    from deepbc.workflow import config as workflow_config
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["shards"] = {"stain_normalization": "reinhard", "stain_reference": None}

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from deepbc import workflow_config as wc
-from deepbc.errors import UserError
-from deepbc.nets import NETWORKS
+from deepbc.jobs.errors import UserError
+from deepbc.training.nets import NETWORKS
+from deepbc.workflow import config as wc
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -162,7 +162,7 @@ def test_slurm_gives_each_job_its_threads_and_the_job_uses_them():
 
 
 def test_job_threads_are_capped_at_the_cpus_given(monkeypatch):
-    from deepbc import cli
+    from deepbc.jobs import cli
 
     monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)

@@ -1,4 +1,4 @@
-"""deepbc.tables: task tables with the preprint's figures, summary, leakage arithmetic."""
+"""deepbc.results.tables: task tables with the preprint's figures, summary, leakage arithmetic."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepbc import tables
-from deepbc.errors import UserError
+from deepbc.jobs.errors import UserError
+from deepbc.results import tables
 
 
 def fake(task, protocol, arch, fold, patient=None, image=None, grouping="patient"):
@@ -209,7 +209,7 @@ def test_image_grouped_runs_are_never_called_patient_wise(tmp_path, caplog):
 
 def real_metrics(task, arch, fold, n_boot=100):
     """Metrics of a small random predictions table, with their bootstrap draws."""
-    from deepbc import metrics
+    from deepbc.evaluation import metrics
 
     rng = np.random.default_rng(fold)
     patients = np.repeat(np.arange(12), 3)
@@ -292,4 +292,4 @@ def test_table_and_figure_modules_leave_scikit_learn_to_the_functions_that_use_i
     1.5 s of CPU per job, so only the functions computing AUCs and confusion matrices import it."""
     from tests.trainkit import packages_imported
 
-    assert packages_imported("deepbc.tables, deepbc.calibration, deepbc.figures, deepbc.metrics", "sklearn") == []
+    assert packages_imported("deepbc.results.tables, deepbc.results.calibration, deepbc.results.figures, deepbc.evaluation.metrics", "sklearn") == []

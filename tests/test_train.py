@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from deepbc import evaluate, train, train_graph
+from deepbc.evaluation import inference
+from deepbc.training import graph as train_graph
+from deepbc.training import train
 from tests import trainkit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,8 +174,8 @@ def test_same_seed_same_model_whatever_the_threads(shard_dir, reference, tmp_pat
 
     assert not tf_config.is_op_determinism_enabled()  # train() left the process switch as it was
     test_index = shard_dir / "test.json"
-    a = evaluate.predict_shards(reference, test_index, tmp_path / "a.parquet", threads=1)
-    b = evaluate.predict_shards(tmp_path / "model", test_index, tmp_path / "b.parquet", threads=2)
+    a = inference.predict_shards(reference, test_index, tmp_path / "a.parquet", threads=1)
+    b = inference.predict_shards(tmp_path / "model", test_index, tmp_path / "b.parquet", threads=2)
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
@@ -190,7 +192,7 @@ def test_a_state_of_other_settings_is_discarded(shard_dir, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1)
     monkeypatch.setattr(train, "_save_state", save_state)
-    caplog.set_level(logging.INFO, logger="deepbc.train")
+    caplog.set_level(logging.INFO, logger="deepbc.training.train")
     train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", dict(SHORT, learning_rate=0.02), seed=1)
     assert "learning_rate 0.01 -> 0.02" in caplog.text
     curve = pd.read_csv(out / "training.csv")
@@ -213,7 +215,7 @@ def test_a_model_already_trained_with_these_inputs_is_not_trained_again(shard_di
     out, state = tmp_path / "model", tmp_path / "state"
     first = train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", settings, seed=1)
     assert json.loads((out / "settings.json").read_text())["inputs_fingerprint"] == first["inputs_fingerprint"]
-    caplog.set_level(logging.INFO, logger="deepbc.train")
+    caplog.set_level(logging.INFO, logger="deepbc.training.train")
     caplog.clear()  # the first call's lines are captured too where an earlier test set INFO on the root logger
     again = train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", settings, seed=1)
     assert "already holds a model trained with these inputs" in caplog.text
@@ -262,7 +264,7 @@ def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
     train._bind_state(state, train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small",
                                                    dict(SHORT, save_every_steps=2), 1, None, "fp32"))
     assert marker.exists()  # when states are saved does not change the model
-    caplog.set_level(logging.INFO, logger="deepbc.train")
+    caplog.set_level(logging.INFO, logger="deepbc.training.train")
     for changed, said in [(train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 2, None, "fp32"),
                            "seed 1 -> 2"),
                           (train.training_inputs(*trainkit.indexes(other_shards), "resnet_small", SHORT, 1, None, "fp32"),
@@ -277,7 +279,7 @@ def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
 @pytest.fixture(scope="module")
 def imagenet_checkpoint(tmp_path_factory):
     """An "ImageNet" checkpoint of the small network, 1000 classes, saved by the test itself."""
-    from deepbc import nets
+    from deepbc.training import nets
 
     prefix = tmp_path_factory.mktemp("imagenet") / "resnet_small.ckpt"
     with tf.Graph().as_default():
@@ -401,8 +403,8 @@ def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
 def test_dropout_masks_follow_the_step_so_a_restored_session_draws_the_same(tmp_path):
     """The mask of step N in a fresh session restored at step N is that of the continuous session
     (TF-Slim's stateful dropout restarts at step 1's masks)."""
-    from deepbc.compat import import_slim
-    from deepbc.nets.dropout import stateless_dropout
+    from deepbc.training.compat import import_slim
+    from deepbc.training.nets.dropout import stateless_dropout
 
     slim = import_slim()
     with tf.Graph().as_default():
@@ -427,8 +429,8 @@ def test_dropout_masks_follow_the_step_so_a_restored_session_draws_the_same(tmp_
 
 
 def test_stateless_dropout_keeps_tf_slims_semantics():
-    from deepbc.compat import import_slim
-    from deepbc.nets.dropout import stateless_dropout
+    from deepbc.training.compat import import_slim
+    from deepbc.training.nets.dropout import stateless_dropout
 
     slim = import_slim()
     original = slim.dropout
@@ -475,7 +477,7 @@ def _ancestors(op) -> set:
 def test_float16_loss_scale_is_read_before_the_step_updates_it():
     """The scale fetched with a step must be the one that step used: its read runs before the
     step's update of the scale variable, not in an order the session chooses."""
-    from deepbc import precision
+    from deepbc.training import precision
 
     with tf.Graph().as_default():
         w = tf.compat.v1.get_variable("w", initializer=1.0)
@@ -494,7 +496,7 @@ def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpo
         shard_dir, tmp_path, monkeypatch, caplog):
     """On a CPU with bfloat16 instructions (pretended where this one has none: oneDNN's rewrite then
     still runs, emulated), ``mixed`` trains in bfloat16, says so, and keeps float32 weights."""
-    from deepbc import precision
+    from deepbc.training import precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     caplog.set_level(logging.INFO, logger="deepbc")
@@ -513,10 +515,10 @@ def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_follows
     the loss dynamically and the scale is logged and in training.csv. Without such a GPU the float16
     rewrite itself cannot run (Grappler skips it on a CPU), but the loss scaling, its variable and
     the reading of it can: that is what runs here. Evaluation builds its session in the model's precision."""
-    from deepbc import precision
+    from deepbc.training import precision
 
     monkeypatch.setattr(precision, "for_this_machine", lambda requested: precision.resolve(requested, (8, 0)))
-    caplog.set_level(logging.INFO, logger="deepbc.train")
+    caplog.set_level(logging.INFO, logger="deepbc.training.train")
     out = tmp_path / "model"
     summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", dict(TINY, precision="mixed"), seed=1,
                           log_every=1)
@@ -530,7 +532,7 @@ def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_follows
     apply_to_config = precision.apply_to_config
     monkeypatch.setattr(precision, "apply_to_config", lambda config, p, xla=False: (
         used.append(p.name), apply_to_config(config, p, xla)))
-    evaluate.predict_shards(out, shard_dir / "test.json", tmp_path / "p.parquet", threads=1)
+    inference.predict_shards(out, shard_dir / "test.json", tmp_path / "p.parquet", threads=1)
     assert used == ["fp16"]
 
 

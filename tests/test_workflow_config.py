@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepbc import workflow_config as wc
-from deepbc.errors import UserError
+from deepbc.jobs.errors import UserError
+from deepbc.workflow import config as wc
 
 ROOT = Path(__file__).resolve().parents[1]
 

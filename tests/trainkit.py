@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from deepbc import shard_writer
+from deepbc.shards import writer as shard_writer
 
 CLASSES = ["benign", "malignant"]
 

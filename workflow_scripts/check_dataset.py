@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Verify every file of a dataset and write its manifest (usable images) and rejects.
 
-Each file under the root is identified from its header, decoded in full with Pillow (deepbc.imageio) and
+Each file under the root is identified from its header, decoded in full with Pillow (deepbc.data.imageio) and
 hashed; each lands in
 exactly one of the manifest (parquet, sorted by path) and the rejects (CSV: path, reason, detail).
 With --url, the dataset is first fetched and extracted into the root if it is not there yet.
 """
 
-from deepbc import cli
-from deepbc.manifest import KINDS, check_dataset
+from deepbc.data.manifest import KINDS, check_dataset
+from deepbc.jobs import cli
 
 
 def arguments(p):

@@ -6,10 +6,10 @@ FP/FN, ROC AUC, the patient recognition rate, calibration (ECE, Brier; also afte
 scaling fitted on the validation predictions), the same per magnification (BreakHis), confusion
 matrices and 95% CIs from resampling patients, plus ``meta`` (run, task, protocol, grouping, arch,
 fold, magnification trained on) for the tables; the grouping (patient, or image when the dataset
-has no patient mapping) comes from the manifest. Conventions: see deepbc/metrics.py.
+has no patient mapping) comes from the manifest. Conventions: see deepbc/evaluation/metrics.py.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -35,7 +35,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import metrics
+    from deepbc.evaluation import metrics
 
     metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, args.fold,
                          args.manifest, args.magnification, n_boot=args.evaluation_json["n_bootstrap"],

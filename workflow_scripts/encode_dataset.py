@@ -9,7 +9,7 @@ every image is normalised with the parameters of --stain-json (store.json record
 temporary name and renamed; store.json comes last. Same inputs and seed give byte-identical files.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -29,8 +29,8 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import stain
-    from deepbc.shard_writer import encode_store_file
+    from deepbc.shards import stain
+    from deepbc.shards.writer import encode_store_file
 
     settings = args.shards_json
     params = stain.params_for(settings["stain_normalization"], args.stain_json)

@@ -8,7 +8,7 @@ to two correct and two wrong per true class, each shown as the network's input a
 it), all in the same job.
 """
 
-from deepbc import cli, gpu, locks
+from deepbc.jobs import cli, gpu, locks
 
 
 def arguments(p):
@@ -31,7 +31,7 @@ def arguments(p):
 def run(args):
     # One job per output; the lock comes before the GPU lease, so that a waiting job holds no GPU.
     with locks.exclusive(args.out, "these predictions", args.lock_timeout), gpu.lease_from_args(args):
-        from deepbc import evaluate
+        from deepbc.evaluation import evaluate
 
         evaluate.evaluate_fold(args.model_dir, args.shard_index, args.out, args.val_shard_index, args.val_out,
                                args.gradcam_png, args.classes, args.seed, args.title, args.batch_size, args.threads)

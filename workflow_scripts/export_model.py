@@ -9,7 +9,7 @@ Signature serving_default: images (a batch of encoded JPEG/PNG strings) -> proba
 [batch, classes] and class_names; the network's evaluation preprocessing is inside.
 """
 
-from deepbc import cli, gpu, locks
+from deepbc.jobs import cli, gpu, locks
 
 
 def arguments(p):
@@ -24,7 +24,7 @@ def arguments(p):
 def run(args):
     # The lock comes before the GPU lease, so that a waiting job holds no GPU.
     with locks.exclusive(args.out, "this export", args.lock_timeout), gpu.lease_from_args(args):
-        from deepbc import export
+        from deepbc.training import export
 
         export.export_saved_model(args.model_dir, args.out, args.threads)
 

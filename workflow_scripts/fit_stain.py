@@ -7,7 +7,7 @@ applies them to every image and the trained models carry them. The reference ima
 image (every dataset image is a test image in some fold); without one, macenko uses Macenko's published reference stain matrix.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -23,7 +23,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import stain
+    from deepbc.shards import stain
 
     settings = args.shards_json
     stain.fit_reference(settings["stain_normalization"], settings["stain_reference"], args.manifests, args.out,

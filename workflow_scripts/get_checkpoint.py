@@ -9,7 +9,7 @@ not match. Writes --out (JSON, atomically): arch, checkpoint prefix, variable co
 scopes and the checkpoint's number of classes.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -21,7 +21,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc.checkpoints import prepare_checkpoint
+    from deepbc.training.checkpoints import prepare_checkpoint
 
     prepare_checkpoint(args.arch, args.checkpoint_dir, args.allow_download, args.out)
 

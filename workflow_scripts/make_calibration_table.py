@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The calibration table: per task, protocol and architecture, the expected calibration error and
 the Brier score at image and patient level, mean ± sd over folds with a 95 % interval. CSV holds
-the numbers; Markdown and LaTeX are formatted. See deepbc/calibration.py.
+the numbers; Markdown and LaTeX are formatted. See deepbc/results/calibration.py.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -16,7 +16,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import calibration
+    from deepbc.results import calibration
 
     calibration.write_calibration_table(calibration.calibration_table(args.metrics),
                                         args.out_csv, args.out_md, args.out_tex)

@@ -11,11 +11,11 @@ patients.csv (path,patient) beside images/, outside the dataset root. Each outpu
 atomically when its generation finishes.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
-    from deepbc.datasets_config import DEMO_ROOT_FOLDERS
+    from deepbc.data.datasets import DEMO_ROOT_FOLDERS
 
     p.add_argument("--demo", required=True, choices=sorted(DEMO_ROOT_FOLDERS), help="which demo dataset to draw")
     p.add_argument("--out", required=True,
@@ -27,7 +27,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc.demo import make_demo
+    from deepbc.data.demo import make_demo
 
     make_demo(args.demo, args.out, args.seed, scale=args.scale, workers=args.workers)
 

@@ -6,7 +6,7 @@ level: the image-level-protocol value, the patient-wise value (means over folds)
 difference and their ratio. Empty (header only) when no task ran both protocols.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -16,7 +16,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import tables
+    from deepbc.results import tables
 
     tables.write_leakage(tables.leakage_table(args.metrics), args.out_csv, args.out_md)
 

@@ -4,10 +4,10 @@
 Image accuracy, patient recognition rate, AUC and patient-level accuracy and AUC with 95 %
 intervals, for models trained on all magnifications (evaluated on each magnification's test
 images) and models trained on one. CSV holds the numbers; Markdown and LaTeX are formatted.
-See deepbc/magnification.py.
+See deepbc/results/magnification.py.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -19,7 +19,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import magnification
+    from deepbc.results import magnification
 
     magnification.write_magnification_table(magnification.magnification_table(args.metrics),
                                             args.out_csv, args.out_md, args.out_tex)

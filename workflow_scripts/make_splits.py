@@ -10,7 +10,7 @@ A task with a test_dataset (--test-manifest) keeps train/val patient-wise on its
 every fold on all of the test dataset's images (column dataset says which dataset a row is from).
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -32,8 +32,8 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc.splits import build_splits_file
-    from deepbc.tasks import Task
+    from deepbc.data.splits import build_splits_file
+    from deepbc.data.tasks import Task
 
     task = Task.from_config(args.task, args.task_json)
     splits = args.splits_json

@@ -3,10 +3,10 @@
 on validation data.
 
 Chosen = best validation metric (the models' keep_best_by) of the kept checkpoints, mean over
-folds; the test figures never enter the choice (deepbc.tables.summary_table).
+folds; the test figures never enter the choice (deepbc.results.tables.summary_table).
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -19,7 +19,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import tables
+    from deepbc.results import tables
 
     tables.write_summary(tables.summary_table(args.metrics, args.models), args.out_csv, args.out_md)
 

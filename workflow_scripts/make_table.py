@@ -2,11 +2,11 @@
 """Result table of one task: one row per architecture and protocol, mean ± sd over folds.
 
 Patient- and image-level accuracy, balanced accuracy, macro sensitivity and specificity, AUC, FP
-and FN, with the preprint's own figures (deepbc/data/preprint.yaml) beside ours and its
+and FN, with the preprint's own figures (deepbc/results/preprint.yaml) beside ours and its
 ambiguities as footnotes. CSV holds the numbers; Markdown and LaTeX are formatted.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -19,7 +19,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import tables
+    from deepbc.results import tables
 
     tables.write_task_table(tables.task_table(args.metrics, args.task),
                             args.out_csv, args.out_md, args.out_tex)

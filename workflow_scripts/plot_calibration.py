@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Reliability diagram of one task: patient level and image level, one line per architecture and
 protocol, test predictions pooled over folds, 15 equal-width bins of the confidence (the highest
-class probability). The legend gives the pooled expected calibration error. See deepbc/calibration.py.
+class probability). The legend gives the pooled expected calibration error. See deepbc/results/calibration.py.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -21,7 +21,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import calibration
+    from deepbc.results import calibration
 
     calibration.plot_reliability(args.predictions, args.classes, args.task, args.manifest,
                                  args.out_png, args.out_pdf, test_dataset=args.external_test)

@@ -3,7 +3,7 @@
 counts and row-normalised (rows true class, columns predicted class).
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -19,7 +19,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import figures
+    from deepbc.results import figures
 
     figures.plot_confusion(args.predictions, args.classes, args.manifest, args.out_png, args.out_pdf,
                            test_dataset=args.external_test)

@@ -4,7 +4,7 @@ protocol, test predictions pooled over folds (macro one-vs-rest for more than tw
 legend gives the pooled AUC and the mean of the per-fold AUCs (the tables' figure).
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -21,7 +21,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import figures
+    from deepbc.results import figures
 
     figures.plot_roc(args.predictions, args.classes, args.task, args.manifest, args.out_png,
                      args.out_pdf, test_dataset=args.external_test)

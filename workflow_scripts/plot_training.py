@@ -3,7 +3,7 @@
 validation, one colour per fold, stage changes marked.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -15,7 +15,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc import figures
+    from deepbc.results import figures
 
     figures.plot_training(args.training, args.title, args.out_png, args.out_pdf)
 

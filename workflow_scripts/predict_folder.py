@@ -11,7 +11,7 @@ file that cannot be read, which gets no probabilities); with a CSV mapping image
 (columns path,patient), also one row per patient (mean probabilities of its predicted images).
 """
 
-from deepbc import cli, gpu
+from deepbc.jobs import cli, gpu
 
 
 def arguments(p):
@@ -28,9 +28,9 @@ def arguments(p):
 
 def run(args):
     with gpu.lease_from_args(args):
-        from deepbc import evaluate
+        from deepbc.evaluation import predict
 
-        evaluate.predict_folder(args.model_dir, args.images, args.out, args.patients_csv, args.out_patients,
+        predict.predict_folder(args.model_dir, args.images, args.out, args.patients_csv, args.out_patients,
                                 args.batch_size, args.threads)
 
 

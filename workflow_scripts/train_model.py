@@ -8,7 +8,7 @@ checkpoint, training.csv and settings.json to --out-dir only at the end.
 
 import json
 
-from deepbc import cli, gpu, locks
+from deepbc.jobs import cli, gpu, locks
 
 
 def arguments(p):
@@ -39,7 +39,8 @@ def run(args):
     # The lease sets CUDA_VISIBLE_DEVICES, so TensorFlow is imported only inside it.
     with locks.exclusive(args.state_dir, "this model's training state", args.lock_timeout), \
             gpu.lease_from_args(args):
-        from deepbc import shard_reader, train
+        from deepbc.shards import reader as shard_reader
+        from deepbc.training import train
 
         with shard_reader.naming_corrupt_shards([args.train_index, args.val_index]):
             train.train(args.train_index, args.val_index, args.out_dir, args.state_dir, args.arch,

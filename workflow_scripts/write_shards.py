@@ -7,7 +7,7 @@ encoded here (encode_dataset did that once per dataset), and TensorFlow is not i
 JSONs are removed first and written last. Same inputs give byte-identical files.
 """
 
-from deepbc import cli
+from deepbc.jobs import cli
 
 
 def arguments(p):
@@ -20,7 +20,7 @@ def arguments(p):
 
 
 def run(args):
-    from deepbc.shard_writer import write_split_indexes_file
+    from deepbc.shards.writer import write_split_indexes_file
 
     write_split_indexes_file(args.splits, args.fold, args.store, args.out_dir, test_store=args.test_store)
 

@@ -76,10 +76,10 @@ IMAGES_PER_PATIENT = 24
 
 
 def he_image(seed: int, i: int, h: int = BREAKHIS_HEIGHT, w: int = BREAKHIS_WIDTH) -> np.ndarray:
-    """Benchmark image ``i`` (uint8 RGB) from deepbc.synthetic_he. Its PNG is ~0.45-0.6 MB at 700x460,
+    """Benchmark image ``i`` (uint8 RGB) from deepbc.data.synthetic_he. Its PNG is ~0.45-0.6 MB at 700x460,
     like BreakHis', not a flat image that compresses to nothing and would flatter every reader.
     Painted without supersampling: at this size nuclei are many pixels across."""
-    from deepbc.synthetic_he import MAG_SCALE, paint
+    from deepbc.data.synthetic_he import MAG_SCALE, paint
 
     mags = sorted(MAG_SCALE)
     image = paint(BENCH_STYLES[i % len(BENCH_STYLES)], MAG_SCALE[mags[i // len(BENCH_STYLES) % len(mags)]], (w, h),

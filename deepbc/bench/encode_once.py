@@ -16,7 +16,7 @@ Then training reads: one fold's train split through ``shard_reader.make_dataset`
 network's training preprocessing, shuffle, decode included) from the old per-run shards and from
 the store through the new index, alternating in ``rounds`` so both see the same machine load.
 
-The synthetic images are cached in ``images_dir``: 32 images painted by ``deepbc.synthetic_he``,
+The synthetic images are cached in ``images_dir``: 32 images painted by ``deepbc.data.synthetic_he``,
 each file one of them rolled by a per-file offset (so every file has its own bytes and sha256),
 saved as PNG (zlib level 1, ~0.65 MB each; BreakHis' are ~0.5 MB); the manifest (check_dataset) and splits (make_splits) are cached beside them.
 """
@@ -93,9 +93,9 @@ def paper_runs(images_dir: Path, root: Path, seed: int, workers: int) -> tuple[P
     """The manifest and, for every BreakHis run of config/paper.yaml, its splits parquet."""
     import yaml
 
-    from deepbc import manifest, splits
-    from deepbc.runs import run_name
-    from deepbc.tasks import Task
+    from deepbc.data import manifest, splits
+    from deepbc.data.runs import run_name
+    from deepbc.data.tasks import Task
 
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     manifest_path = images_dir / "breakhis.parquet"
@@ -126,7 +126,7 @@ def paper_runs(images_dir: Path, root: Path, seed: int, workers: int) -> tuple[P
 # --------------------------------------------------------------------------------------------
 
 def _old_plan(rows: pd.DataFrame, images_per_shard: int, seed: int, fold: int, split: str) -> list[pd.DataFrame]:
-    from deepbc.layout import SPLITS
+    from deepbc.data.runs import SPLITS
 
     rows = rows.sort_values("path", kind="stable").reset_index(drop=True)
     rng = np.random.default_rng([seed, fold, SPLITS.index(split)])
@@ -136,7 +136,7 @@ def _old_plan(rows: pd.DataFrame, images_per_shard: int, seed: int, fold: int, s
 
 
 def _old_encode(args):
-    from deepbc.shard_writer import encode_image
+    from deepbc.shards.writer import encode_image
 
     path, image_format, quality, max_side, sha256 = args
     return encode_image(path, image_format, quality, max_side, sha256)
@@ -166,7 +166,7 @@ def old_write_shards(splits_path: Path, fold: int, root: Path, out_dir: Path, se
     its encodes, bytes and, per split, the shards and their records' labels (for reading back)."""
     import tensorflow as tf
 
-    from deepbc.layout import SPLITS
+    from deepbc.data.runs import SPLITS
 
     table = pd.read_parquet(splits_path)
     rows = table[table["fold"] == fold]
@@ -298,7 +298,8 @@ def run(filelist: Path, images_dir: Path, workdir: Path, sample: int = 3, worker
 def _read_rates(indexes: dict, image_size: int, parallel: int, batches: int, seed: int, rounds: int) -> dict:
     import tensorflow as tf
 
-    from deepbc import preprocessing, shard_reader
+    from deepbc.shards import reader as shard_reader
+    from deepbc.training import preprocessing
 
     pre = preprocessing.get_preprocessing("vgg", is_training=True)
     options = tf.data.Options()

@@ -66,7 +66,9 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
                     seed: int, rounds: int) -> dict:
     import tensorflow as tf
 
-    from deepbc import nets, preprocessing, shard_reader
+    from deepbc.shards import reader as shard_reader
+    from deepbc.shards import records
+    from deepbc.training import nets, preprocessing
 
     index = shard_reader.read_index(index_json)
     image_format = index["encoding"]["format"]
@@ -79,13 +81,13 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
                                       image_size=image_size, seed=seed, num_parallel_calls=parallel, repeat=True)
     encoded, labels = [], []
     for record, label in shard_reader.member_records(index_json):
-        encoded.append(shard_reader.parse_example(record)["image/encoded"].numpy())
+        encoded.append(records.parse_example(record)["image/encoded"].numpy())
         labels.append(int(label))
 
     min_side = pre.min_source_side(image_size, image_size)
 
     def decode_in_memory(data, label):
-        return pre(shard_reader.decode({"image/encoded": data}, image_format, min_side), image_size, image_size), label
+        return pre(records.decode({"image/encoded": data}, image_format, min_side), image_size, image_size), label
 
     from_memory = (tf.data.Dataset.from_tensor_slices((encoded, labels)).repeat()
                    .map(decode_in_memory, num_parallel_calls=parallel).batch(batch_size, drop_remainder=True)

@@ -147,7 +147,8 @@ def read_rates(tmp: Path, images: int, image_size: int, parallel: int, call=comm
 def _read_rate(index_json: Path, images: int, image_size: int, parallel: int) -> float:
     import tensorflow as tf
 
-    from deepbc import preprocessing, shard_reader
+    from deepbc.shards import reader as shard_reader
+    from deepbc.training import preprocessing
 
     pre = preprocessing.get_preprocessing("vgg", is_training=True)
     options = tf.data.Options()

@@ -4,7 +4,7 @@ The variants train on the same images, at the same image size and batch size, ea
 process (so that threading settings, graph state and Keras' global dtype policy do not leak between
 them):
 
-- ``trainer``: ``deepbc.train.train`` reading the TFRecord shards through ``shard_reader.make_dataset``
+- ``trainer``: ``deepbc.training.train.train`` reading the TFRecord shards through ``shard_reader.make_dataset``
   with the network's preprocessing and augmentation: what ``rule train`` runs (``deterministic``,
   ``precision: fp32``);
 - ``trainer_mixed``, ``trainer_mixed_xla``: the same with ``precision: mixed`` (bfloat16 where the
@@ -13,7 +13,7 @@ them):
 - ``trainer_nondeterministic``: ``deterministic: false`` (no op determinism, out-of-order
   tf.data): what bit-reproducibility costs;
 - ``in_memory``, ``in_memory_mixed``: the same TF-Slim network, loss and optimizer, in the same
-  session configuration (deepbc.model_dir.session_config), fed from preprocessed arrays already in
+  session configuration (deepbc.training.model_dir.session_config), fed from preprocessed arrays already in
   memory: the trainer's upper bound at each precision, with no input pipeline at all;
 - ``keras``, ``keras_mixed_bfloat16``: ``keras.applications.ResNet50(weights=None)`` compiled with
   the same optimizer and trained with ``model.fit`` on the same preprocessed arrays, at float32 and
@@ -119,7 +119,7 @@ def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int,
     .npz (by ``call``: in a fresh process by default)."""
     import pandas as pd
 
-    from deepbc import shard_writer
+    from deepbc.shards import writer as shard_writer
 
     root = tmp / "images"
     val_test = 2 * max(2, images // 8)
@@ -142,7 +142,7 @@ def _one_process_init(threads: int) -> None:
     fixes once it has started, set once before anything runs: XLA's CPU clustering (the XLA
     variant's, read at the first graph) and the thread counts (the Keras variants')."""
     common.log_to_stderr()
-    from deepbc import precision
+    from deepbc.training import precision
 
     precision.allow_cpu_xla()
     import tensorflow as tf
@@ -153,7 +153,8 @@ def _one_process_init(threads: int) -> None:
 
 def _preprocess_to_npz(index_json: Path, arch: str, image_size: int, out: Path) -> None:
     """The training images decoded and preprocessed as the network expects them (no augmentation)."""
-    from deepbc import nets, preprocessing, shard_reader
+    from deepbc.shards import reader as shard_reader
+    from deepbc.training import nets, preprocessing
 
     pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=False)
     batches = list(shard_reader.make_dataset(index_json, batch_size=64, is_training=False, preprocess_fn=pre,
@@ -172,7 +173,7 @@ def trainer_rate(shard_dir: Path, tmp: Path, arch: str, settings: dict, seed: in
                  warmup: int) -> dict:
     import csv
 
-    from deepbc import train
+    from deepbc.training import train
 
     out = tmp / "trainer_model"
     summary = train.train(shard_dir / "train.json", shard_dir / "val.json", out, tmp / "trainer_state", arch,
@@ -188,7 +189,8 @@ def trainer_rate(shard_dir: Path, tmp: Path, arch: str, settings: dict, seed: in
 def in_memory_rate(arrays: Path, arch: str, settings: dict, seed: int, threads: int, warmup: int) -> dict:
     import tensorflow as tf
 
-    from deepbc import model_dir, nets, precision as precision_mod
+    from deepbc.training import model_dir, nets
+    from deepbc.training import precision as precision_mod
 
     chosen = precision_mod.for_this_machine(settings["precision"])
     data = np.load(arrays)

@@ -1,0 +1,148 @@
+"""Logging for workflow scripts: to the rule's log file and to stderr, plus an ETA progress line.
+
+The job's log file gets everything. The console, which Snakemake shows for every job of a run,
+gets the workflow's warnings and errors, and its progress lines at most every
+``CONSOLE_PROGRESS_EVERY`` seconds; a workflow job (``script=True``) also sends whatever else
+reaches its stderr (TensorFlow's C++ log, libraries' deprecation warnings) to the log file alone.
+"""
+
+import argparse
+import errno
+import logging
+import os
+import sys
+import time
+
+from deepbc.jobs.errors import UserError
+
+LOG = logging.getLogger("deepbc")
+# ``LOG.info(..., extra=PROGRESS)``: a progress line (step, rate, ETA), shown on the console too.
+PROGRESS = {"progress": True}
+CONSOLE_PROGRESS_EVERY = 30.0
+
+
+def setup(log_file: str | None = None, level: int = logging.INFO, script: bool = False) -> logging.Logger:
+    """Log to ``log_file`` (everything) and the console (see the module docstring).
+
+    ``script``: this process is a workflow job run from the command line (deepbc.jobs.cli.run), whose
+    file descriptor 2 then points at the log file, the console keeping a copy of the old one. Not
+    for a script's main called in-process (tests): the process's stderr is not its own.
+    """
+    console_stream = sys.stderr
+    if script and log_file:
+        console_stream = _stderr_into(log_file)
+    console = logging.StreamHandler(console_stream)
+    console.addFilter(_ConsoleFilter())
+    handlers: list[logging.Handler] = [console]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings as records: to the log file, not the console
+    return LOG
+
+
+def _stderr_into(log_file: str):
+    """Point file descriptor 2 at ``log_file`` (appending); return a stream on the old stderr."""
+    sys.stderr.flush()
+    console = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="backslashreplace", buffering=1)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return console
+
+
+class _ConsoleFilter(logging.Filter):
+    """The workflow's warnings and errors, and a progress line at most every CONSOLE_PROGRESS_EVERY s."""
+
+    def __init__(self):
+        super().__init__()
+        self.last_progress = -float("inf")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("deepbc"):
+            return False
+        if record.levelno >= logging.WARNING:
+            return True
+        if getattr(record, "progress", False) and record.created - self.last_progress >= CONSOLE_PROGRESS_EVERY:
+            self.last_progress = record.created
+            return True
+        return False
+
+
+def run_main(main, argv=None) -> int:
+    """Run a script's main; every failure goes to the log file as well as stderr, exit code 1.
+
+    A UserError becomes its what/where/what-to-do message, a full disk a message saying so, and
+    anything else its full traceback.
+    """
+    try:
+        main(argv)
+    except Exception as err:
+        _ensure_logging(argv)
+        if isinstance(err, UserError):
+            LOG.error("%s", err)
+        elif _disk_full(err):
+            LOG.error("%s", UserError(f"no space left on device: {err}",
+                                      getattr(err, "filename", None) or "the job's output folder",
+                                      "free disk space there (or move results/ to a larger disk) and rerun"))
+        else:
+            LOG.exception("unexpected error")
+        return 1
+    return 0
+
+
+def _disk_full(err: Exception) -> bool:
+    # TensorFlow reports a full disk in its own error types, with the OS message in the text.
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+
+
+def _ensure_logging(argv) -> None:
+    """A failure before the script set up logging still reaches its --log file."""
+    if logging.getLogger().handlers:
+        return
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--log")
+    log_file = parser.parse_known_args(sys.argv[1:] if argv is None else argv)[0].log
+    try:
+        setup(log_file)
+    except OSError:
+        setup(None)
+
+
+class Progress:
+    """Logs 'done/total, rate, ETA' at most every ``every`` seconds."""
+
+    def __init__(self, total: int, what: str, unit: str = "items", every: float = 5.0):
+        self.total, self.what, self.unit, self.every = total, what, unit, every
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def update(self, n: int = 1, **extra) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            LOG.info("%s", self.line(now, **extra), extra=PROGRESS)
+
+    def line(self, now: float | None = None, **extra) -> str:
+        now = time.monotonic() if now is None else now
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+        return (f"{self.what}: {self.done}/{self.total} {fields} {rate:.1f} {self.unit}/s "
+                f"ETA {format_seconds(eta)}").replace("  ", " ")
+
+
+def format_seconds(s: float) -> str:
+    if s == float("inf"):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"

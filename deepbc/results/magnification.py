@@ -1,0 +1,93 @@
+"""The BreakHis literature's per-magnification table (Spanhol et al. 2016, IEEE TBME).
+
+BreakHis results are published per magnification (40X, 100X, 200X, 400X) with the image-level
+accuracy and the patient recognition rate. ``magnification_table`` builds, from the metrics JSONs'
+``by_magnification`` blocks (deepbc.evaluation.metrics), one row per task, magnification the model trained
+on, magnification it was tested on, and architecture:
+
+- models trained on all magnifications (task ``magnification: all``), evaluated on each
+  magnification's test images: the magnification-independent protocol;
+- models trained on one magnification (a task with ``magnification: 40X`` ...), tested on it.
+
+Rows of tasks with the same classes sit together, by magnification tested on (40X ... 400X) and
+the model trained on all first, so that a per-magnification task is read below the
+all-magnification one tested on the same magnification (each task makes its own patient folds, so
+the two rows' test patients differ). Only patient-wise runs are shown (the image-level protocol is the
+preprint's leaky split, and an image-grouped run is not patient-wise); folder datasets carry no
+magnification, so the table covers BreakHis tasks only. Figures are means over the test folds with
+the 95 % interval of the mean over folds of deepbc.results.tables (same bootstrap draws).
+"""
+
+import pandas as pd
+
+from deepbc.data.breakhis import MAGNIFICATIONS
+from deepbc.jobs.errors import UserError
+from deepbc.results.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, RECOGNITION_NOTE, _aggregate, _cell, fold_frame,
+                           load_metrics, write_formats)
+
+# (level, metric) columns of the table, in display order.
+COLUMNS = (("image", "accuracy"), ("image", "patient_recognition_rate"), ("image", "auc"),
+           ("patient", "accuracy"), ("patient", "auc"))
+KEYS = ["family", "test", "tested_on", "trained_on", "task", "arch"]
+
+
+def magnification_table(metrics) -> pd.DataFrame:
+    """One row per (task, tested_on, trained_on, architecture) of the patient-wise BreakHis runs.
+
+    Columns: task, trained_on (all or one magnification), tested_on, architecture, n_folds,
+    n_patients, n_images (summed over the test folds; counted once for an external test) and
+    ``{level}_{metric}_{mean,sd,ci_low,ci_high}`` as in the task tables. Empty (with a log line) when no run has magnifications.
+    """
+    metrics = load_metrics(metrics)
+    pseudo = []
+    for m in metrics:
+        meta = m["meta"]
+        if meta["protocol"] != "patient" or meta["grouping"] != "patient":
+            continue
+        if "by_magnification" not in m or "magnification" not in meta:
+            raise UserError("metrics JSON without by_magnification or meta.magnification",
+                            meta.get("predictions", meta["run"]),
+                            "recompute it with workflow_scripts/compute_metrics.py")
+        for mag, block in m["by_magnification"].items():
+            pseudo.append({**block, "meta": {**meta, "family": " ".join(m["classes"]),
+                                             "trained_on": meta["magnification"], "tested_on": mag}})
+    if not pseudo:
+        return pd.DataFrame(columns=["task", "test", "trained_on", "tested_on", "architecture", "n_folds"])
+    table = _aggregate(fold_frame(pseudo), KEYS)
+    # Magnifications in their optical order (a text sort puts 400X before 40X), "all" first, so a
+    # one-magnification model sits right below the all-magnification model tested on the same one.
+    order = {m: i for i, m in enumerate(("all", *MAGNIFICATIONS))}
+    table = table.sort_values(KEYS, key=lambda s: s.map(order) if s.name in ("tested_on", "trained_on")
+                              else s, kind="stable")
+    table = table.drop(columns="family").rename(columns={"arch": "architecture"})
+    keep = ["task", "test", "trained_on", "tested_on", "architecture", "n_folds", "n_patients", "n_images"]
+    keep += [c for lv, m in COLUMNS for c in (f"{lv}_{m}_{s}" for s in ("mean", "sd", "ci_low", "ci_high"))]
+    return table[keep].reset_index(drop=True)
+
+
+def write_magnification_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None) -> None:
+    header = ["task", "test", "trained on", "tested on", "architecture", "folds"]
+    # The recognition rate is a patient figure made of image predictions: no level prefix.
+    header += [LABELS[m] if m == "patient_recognition_rate" else f"{lv} {LABELS[m]}" for lv, m in COLUMNS]
+    rows = [[r["task"], r["test"], r["trained_on"], r["tested_on"], r["architecture"], str(r["n_folds"])]
+            + [_cell(r, lv, m) for lv, m in COLUMNS] for _, r in table.iterrows()]
+    footnotes = [
+        "Per magnification, as BreakHis results are published (Spanhol et al. 2016): trained on "
+        "all = one model for all magnifications, evaluated on the test images of each "
+        "(magnification-independent); trained on 40X etc. = a task trained and tested on that "
+        "magnification only. A one-magnification task makes its own patient-wise folds, so its "
+        "test patients differ from those of the all-magnification row above it. Patient-wise runs "
+        "tested on BreakHis-kind datasets only: folder datasets have no magnification.",
+        "Mean ± sample sd over test folds. Patient level: a patient's probabilities are the mean "
+        "of its images at that magnification. AUC: for two classes of the second class's "
+        "probability, for more the mean of the one-vs-rest AUCs.",
+        RECOGNITION_NOTE,
+    ]
+    if table.empty:
+        footnotes.insert(0, "No patient-wise run of a BreakHis task: nothing to show.")
+    elif table["test"].str.startswith("external").any():
+        footnotes.insert(0, EXTERNAL_NOTE)
+    if not table.empty and any(table[f"{lv}_{m}_ci_low"].notna().any() for lv, m in COLUMNS):
+        footnotes.append(INTERVAL_NOTE)
+    write_formats(table, header, rows, footnotes,
+                  "Results per magnification (BreakHis)", out_csv, out_md, out_tex)

@@ -1,0 +1,609 @@
+"""Result tables from per-fold metrics JSONs: one per task, a summary, and the leakage table.
+
+Every metrics JSON carries ``meta`` (run, task, protocol, grouping, arch, fold; see
+deepbc.evaluation.metrics.metrics_file). A patient-protocol run whose groups are single images (no patient
+mapping) is labelled "image-grouped (no patient mapping)", never patient-wise, and is left out of
+the leakage table (both of its protocols can split a patient's images). The tables average over
+folds: mean and sample standard deviation (ddof=1; none with one fold).
+"Patient level" is the mean-probability aggregation of deepbc.evaluation.metrics; "image level" counts images.
+The headline metrics (INTERVAL_METRICS) also get a 95% interval of their mean over folds, from the
+bootstrap draws the metrics JSONs keep (see ``_interval``): it resamples test patients with each
+fold's model fixed, so it leaves out the variation between trained models, and under the
+image-level protocol (a patient in several folds' test sets) it is too narrow (INTERVAL_NOTE).
+Sensitivity and specificity are those of the positive (second) class for two classes, and macro
+means over classes for more (deepbc.evaluation.metrics). The task tables also show the patient recognition
+rate (image level, LEVEL_EXTRA); the fold frame carries the calibration figures too, which
+deepbc.results.calibration tabulates.
+"""
+
+import json
+import logging
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from deepbc.jobs import atomic
+from deepbc.jobs.errors import UserError
+from deepbc.evaluation.metrics import CONFIDENCE, GROUPING_LABELS, IMAGE_EXTRA, KEPT_DRAWS, PATIENT_EXTRA
+from deepbc.data.runs import parse_run
+
+LOG = logging.getLogger("deepbc")
+
+PREPRINT_FILE = Path(__file__).parent / "preprint.yaml"
+TABLE_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "fp", "fn")
+# FP/FN counts scale with the test-set size, so the leakage table compares rates only.
+LEAKAGE_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
+PREPRINT_METRICS = ("accuracy", "sensitivity", "auc")
+LEVELS = ("patient", "image")
+PROTOCOL_LABELS = {"patient": "patient-wise", "image": "image-level (preprint's split)"}
+IMAGE_GROUPED = GROUPING_LABELS["image"]
+IMAGE_GROUPED_NOTE = (
+    f"{IMAGE_GROUPED}: the dataset maps no image to a patient, so each image is its own group: "
+    "its patient-level figures are image-level ones, and images of one patient may sit on both "
+    "sides of the split. Give the dataset a patients CSV (path, patient) to make it patient-wise.")
+PREPRINT_ONLY = "preprint only (not run here)"
+LABELS = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "sensitivity": "sens.",
+          "specificity": "spec.", "auc": "AUC", "fp": "FP", "fn": "FN",
+          "patient_recognition_rate": "patient recognition rate", "ece": "ECE", "brier": "Brier"}
+COUNT_METRICS = ("fp", "fn")
+INTERVAL_METRICS = KEPT_DRAWS
+# Figures of one level only, each with its interval: the patient recognition rate (made of the
+# image predictions) and calibration; old metrics JSONs without them give NaN.
+LEVEL_EXTRA = {"patient": PATIENT_EXTRA, "image": IMAGE_EXTRA}
+RECOGNITION_NOTE = (
+    "Patient recognition rate (Spanhol et al. 2016): for each test patient the fraction of its "
+    "images classified right, then the mean over the fold's patients; unlike image-level "
+    "accuracy, every patient weighs the same.")
+INTERVAL_NOTE = (
+    "[low, high]: 95 % interval of the mean over folds. Each of the metrics' bootstrap draws "
+    "resamples every test fold's patients with replacement (a drawn patient brings all its "
+    "images), recomputes each fold's figure and averages the folds (a fold whose figure is "
+    "undefined in a draw is left out of that draw's mean); the interval spans the 2.5th to 97.5th "
+    "percentiles of these means. It covers the sampling of test patients only: each fold's trained "
+    "model is held fixed, so the variation between the models of different folds or trainings is "
+    "not in it. Under the image-level protocol a patient's images sit in several folds' test sets, "
+    "and each fold resamples that patient on its own: the folds are not independent, and the "
+    "interval is too narrow there.")
+SELECTION_NOTE = (
+    "Patient-wise k-fold reuses patients: fold k's validation patients are test patients of other "
+    "folds, so the choice of architecture is not fully independent of those patients' labels, "
+    "though never of the reported models' test predictions.")
+
+
+def load_metrics(items) -> list[dict]:
+    """Metrics dicts from JSON paths or already-loaded dicts; checks meta and duplicates."""
+    out, seen = [], {}
+    for item in items:
+        if isinstance(item, dict):
+            where, m = "metrics passed in memory", item
+        else:
+            where = str(item)
+            try:
+                m = json.loads(Path(item).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise UserError("metrics file not found", where,
+                                "run compute_metrics.py for this run, architecture and fold") from None
+            except json.JSONDecodeError as err:
+                raise UserError(f"metrics file is not valid JSON ({err})", where,
+                                "delete it and let the workflow recompute it") from None
+        meta = m.get("meta") or {}
+        missing = [k for k in ("run", "task", "protocol", "grouping", "arch", "fold") if k not in meta]
+        if missing or "image_level" not in m or "patient_level" not in m:
+            raise UserError(f"not a metrics JSON of deepbc.evaluation.metrics (meta lacks {missing})", where,
+                            "recompute it with workflow_scripts/compute_metrics.py")
+        key = (meta["task"], meta["protocol"], meta["arch"], meta["fold"])
+        if key in seen:
+            raise UserError(f"two metrics files for task {key[0]}, protocol {key[1]}, "
+                            f"arch {key[2]}, fold {key[3]}", f"{seen[key]} and {where}",
+                            "pass each fold's metrics once")
+        seen[key] = where
+        out.append(m)
+    if not out:
+        raise UserError("no metrics files given", "command line", "pass at least one metrics JSON")
+    return out
+
+
+def load_preprint(path=PREPRINT_FILE) -> dict:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+# Where a run's test images come from (the tables' "test" column).
+INTERNAL_TEST = "internal (held-out folds)"
+EXTERNAL_NOTE = (
+    "external: <dataset>: trained and validated patient-wise on the task's dataset, tested on every "
+    "usable image of another dataset (none of whose images, by sha256, or patient ids is in training "
+    "or validation). Every fold's model is tested on the same images; the interval resamples those "
+    "patients jointly across the folds.")
+
+
+def test_label(test_dataset) -> str:
+    return f"external: {test_dataset}" if test_dataset else INTERNAL_TEST
+
+
+def protocol_label(protocol: str, grouping: str) -> str:
+    """What a run's split is: patient-wise only when images map to patients."""
+    if protocol == "patient" and grouping == "image":
+        return IMAGE_GROUPED
+    return PROTOCOL_LABELS.get(protocol, protocol)
+
+
+def fold_frame(metrics: list[dict]) -> pd.DataFrame:
+    """One row per (task, protocol, arch, fold): ``{level}_{metric}`` columns, None as NaN."""
+    rows = []
+    for m in metrics:
+        row = dict(m["meta"])
+        row["test"] = test_label(row.pop("test_dataset", None))
+        blocks = {"patient": m["patient_level"]["mean_probability"], "image": m["image_level"]}
+        for level, block in blocks.items():
+            for metric in TABLE_METRICS + LEVEL_EXTRA[level]:
+                value = block.get(metric)
+                row[f"{level}_{metric}"] = math.nan if value is None else float(value)
+            draws = block.get("bootstrap_values") or {}
+            for metric in INTERVAL_METRICS + LEVEL_EXTRA[level]:
+                values = draws.get(metric)
+                row[f"{level}_{metric}_draws"] = (
+                    None if values is None else np.array(values, dtype=np.float64))
+        row["n_patients"] = m["n_patients"]
+        row["n_images"] = m["n_images"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _aggregate(folds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean and sd over folds of every ``{level}_{metric}`` column, per group of ``keys``."""
+    value_cols = [f"{lv}_{m}" for lv in LEVELS for m in TABLE_METRICS + LEVEL_EXTRA[lv]]
+    grouped = folds.groupby(keys, sort=True)
+    out = grouped.size().rename("n_folds").reset_index()
+    # Folds of an external test all test the same images: count them once, not once per fold.
+    external = grouped["test"].agg(lambda s: (s != INTERNAL_TEST).any()).to_numpy()
+    for n in ("n_patients", "n_images"):
+        out[n] = np.where(external, grouped[n].max().to_numpy(), grouped[n].sum().to_numpy())
+    mean = grouped[value_cols].mean().reset_index(drop=True)
+    sd = grouped[value_cols].std(ddof=1).reset_index(drop=True)
+    for col in value_cols:
+        out[f"{col}_mean"] = mean[col].to_numpy()
+        out[f"{col}_sd"] = sd[col].to_numpy()
+    for col in (f"{lv}_{m}" for lv in LEVELS for m in INTERVAL_METRICS + LEVEL_EXTRA[lv]):
+        bounds = [_interval(list(g[f"{col}_draws"])) for _, g in grouped]
+        out[f"{col}_ci_low"] = [b[0] for b in bounds]
+        out[f"{col}_ci_high"] = [b[1] for b in bounds]
+    return out
+
+
+def _interval(draws: list) -> tuple[float, float]:
+    """Percentile interval of the mean over folds, from each fold's bootstrap draws.
+
+    Draw b of every fold resamples that fold's patients independently (deepbc.evaluation.metrics draws each
+    fold from its own stream), so averaging the folds' draw b gives one draw of the mean over
+    folds. NaN when a fold has no draws (metrics computed without a bootstrap).
+    """
+    if any(d is None for d in draws) or len({len(d) for d in draws}) != 1:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # draws undefined in every fold
+        means = np.nanmean(np.vstack(draws), axis=0)
+    means = means[np.isfinite(means)]
+    if len(means) < 2:
+        return math.nan, math.nan
+    alpha = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(means, [alpha, 100 - alpha])
+    return float(low), float(high)
+
+
+def _preprint_figures(preprint: dict, task: str) -> dict:
+    """{arch: {metric: figure}} of the preprint's figures for one task."""
+    out: dict = {}
+    for fig in preprint.get("figures", []):
+        if fig["task"] == task:
+            out.setdefault(fig["architecture"], {})[fig["metric"]] = fig
+    return out
+
+
+def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame:
+    """One row per architecture and protocol of ``task``; the preprint's figures beside ours.
+
+    Columns: architecture, protocol, run, n_folds, n_patients and n_images (summed over the test
+    folds; counted once for an external test, whose folds share their test images), ``{patient,image}_{metric}_{mean,sd}``, ``preprint_{metric}`` and ``preprint_note``.
+    An architecture the preprint reported for this task but that did not run here gets a row of
+    its own, labelled ``preprint only (not run here)``.
+    """
+    metrics = load_metrics(metrics)
+    preprint = load_preprint() if preprint is None else preprint
+    folds = fold_frame(metrics)
+    folds = folds[folds["task"] == task]
+    if folds.empty:
+        tasks = sorted({m["meta"]["task"] for m in metrics})
+        raise UserError(f"no metrics of task {task!r} among the files given (tasks: {tasks})",
+                        "--metrics", f"pass the metrics JSONs of task {task}")
+    table = _aggregate(folds, ["arch", "protocol", "run", "grouping", "test"]).rename(
+        columns={"arch": "architecture"})
+    figures = _preprint_figures(preprint, task)
+    for arch in sorted(set(figures) - set(table["architecture"])):
+        table.loc[len(table), ["architecture", "protocol", "run", "n_folds"]] = [
+            arch, PREPRINT_ONLY, "", None]
+    # Patient-wise first, then the image-level protocol, then preprint-only rows.
+    order = {"patient": 0, "image": 1, PREPRINT_ONLY: 2}
+    table = table.sort_values(["architecture", "protocol"],
+                              key=lambda s: s.map(order) if s.name == "protocol" else s)
+    for metric in PREPRINT_METRICS:
+        table[f"preprint_{metric}"] = [
+            figures.get(a, {}).get(metric, {}).get("value") for a in table["architecture"]]
+    table["preprint_note"] = [
+        " ".join(dict.fromkeys(f["note"] for f in figures.get(a, {}).values() if f.get("note")))
+        for a in table["architecture"]]
+    table["protocol"] = [protocol_label(p, g) for p, g in zip(table["protocol"], table["grouping"])]
+    table = table.drop(columns="grouping")
+    table.insert(0, "task", task)
+    for col in ("n_folds", "n_patients", "n_images"):
+        table[col] = table[col].astype("Int64")
+    return table.reset_index(drop=True)
+
+
+def _fmt(mean, sd, count: bool, low=math.nan, high=math.nan) -> str:
+    if mean is None or pd.isna(mean):
+        return "–"
+    digits = 1 if count else 3
+    text = f"{mean:.{digits}f}"
+    text = text if pd.isna(sd) else f"{text} ± {sd:.{digits}f}"
+    return text if pd.isna(low) else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _cell(r, level: str, metric: str) -> str:
+    """mean ± sd [interval] of one metric of a table row."""
+    ci = (r[f"{level}_{metric}_ci_low"], r[f"{level}_{metric}_ci_high"]) if (
+        f"{level}_{metric}_ci_low" in r.index) else (math.nan, math.nan)
+    return _fmt(r[f"{level}_{metric}_mean"], r[f"{level}_{metric}_sd"], metric in COUNT_METRICS, *ci)
+
+
+def _has_intervals(table: pd.DataFrame, levels=LEVELS) -> bool:
+    return any(table[f"{lv}_{m}_ci_low"].notna().any() for lv in levels for m in INTERVAL_METRICS)
+
+
+def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, formatted cells and footnotes shared by the Markdown and LaTeX writers."""
+    header = ["architecture", "protocol", "test", "folds"]
+    header += [f"{lv} {LABELS[m]}" for lv in LEVELS for m in TABLE_METRICS]
+    header += [LABELS["patient_recognition_rate"]]
+    header += [f"preprint {LABELS[m]}" for m in PREPRINT_METRICS]
+    notes: list[str] = []
+    rows = []
+    for _, r in table.iterrows():
+        cells = [r["architecture"], r["protocol"], "" if pd.isna(r["test"]) else r["test"],
+                 "" if pd.isna(r["n_folds"]) else str(r["n_folds"])]
+        for lv in LEVELS:
+            for m in TABLE_METRICS:
+                cells.append(_cell(r, lv, m))
+        cells.append(_cell(r, "image", "patient_recognition_rate"))
+        marker = ""
+        if r["preprint_note"]:
+            if r["preprint_note"] not in notes:
+                notes.append(r["preprint_note"])
+            marker = f" [{notes.index(r['preprint_note']) + 1}]"
+        for m in PREPRINT_METRICS:
+            v = r[f"preprint_{m}"]
+            cells.append("" if v is None or pd.isna(v) else f"{v:.3f}{marker}")
+        rows.append(cells)
+    ranges = preprint.get("ranges", [])
+    general = [
+        "Mean ± sample sd over test folds. Patient level: a patient's probabilities are the mean of "
+        "its images'. Two classes: sensitivity and specificity of the second (positive) class, FP "
+        "= first class predicted as second, FN = the reverse; more classes: macro means, and FP/FN "
+        "sums of the one-vs-rest counts.",
+        RECOGNITION_NOTE,
+        "Preprint: " + " ".join(preprint["source"]["protocol_note"].split()),
+    ]
+    if (table["protocol"] == IMAGE_GROUPED).any():
+        general.insert(0, IMAGE_GROUPED_NOTE)
+    if table["test"].fillna("").str.startswith("external").any():
+        general.insert(0, EXTERNAL_NOTE)
+    if _has_intervals(table):
+        general.insert(1, INTERVAL_NOTE)
+    if ranges:
+        counts = " and ".join(f"{r['metric'].upper()} {r['min']} to {r['max']}" for r in ranges)
+        range_notes = " ".join(dict.fromkeys(" ".join(r["note"].split()) for r in ranges))
+        general.append(f"Preprint, all tasks together: {counts} images. {range_notes}")
+    footnotes = [f"[{i + 1}] {' '.join(n.split())}" for i, n in enumerate(notes)] + general
+    return header, rows, footnotes
+
+
+def to_markdown(header: list[str], rows: list[list[str]], footnotes: list[str], title: str) -> str:
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
+             "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    if footnotes:
+        lines += [""] + [f"- {f}" for f in footnotes]
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
+                 ("#", r"\#"), ("±", r"$\pm$"), ("–", "--")):
+        text = text.replace(a, b)
+    return text
+
+
+def to_latex(header: list[str], rows: list[list[str]], footnotes: list[str], caption: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}) with the footnotes under it."""
+    esc = _tex_escape
+    lines = [r"\begin{table}", r"\centering", rf"\caption{{{esc(caption)}}}",
+             r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}", r"\toprule",
+             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\par\smallskip\footnotesize " + esc(f) for f in footnotes]
+    lines += [r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_task_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None,
+                     preprint: dict | None = None) -> None:
+    """Write the task table as CSV (numbers), Markdown and LaTeX (formatted, with footnotes)."""
+    preprint = load_preprint() if preprint is None else preprint
+    task = table["task"].iloc[0]
+    header, rows, footnotes = _display(table, preprint)
+    write_formats(table, header, rows, footnotes, f"Results: {task}", out_csv, out_md, out_tex)
+
+
+def write_formats(table: pd.DataFrame, header, rows, footnotes, title, out_csv=None, out_md=None,
+                  out_tex=None) -> None:
+    """A table's numbers as CSV, and its formatted rows with footnotes as Markdown and LaTeX."""
+    if out_csv:
+        atomic.write_csv(out_csv, table)
+    if out_md:
+        atomic.write_text(out_md, to_markdown(header, rows, footnotes, title))
+    if out_tex:
+        atomic.write_text(out_tex, to_latex(header, rows, footnotes, title))
+
+
+_MODEL_PATH = re.compile(r"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>\d+)/settings\.json$")
+# Validation metrics a choice can rest on, as (column, lower is better).
+VALIDATION_METRICS = {"val_loss": True, "val_accuracy": False}
+VALIDATION_LABELS = {"val_loss": "val. loss", "val_accuracy": "val. acc."}
+
+
+def validation_figures(settings_paths) -> pd.DataFrame:
+    """Validation figures of each kept checkpoint: one row per ``{run}/{arch}/fold{k}/settings.json``.
+
+    Columns run, task, protocol, arch, fold, kept (the model's keep_best_by), kept_step, val_loss
+    and val_accuracy: the training.csv row (beside settings.json) of the kept step; for ``last``,
+    the last evaluated row. NaN when no validation ran (an empty validation split).
+    """
+    rows = []
+    for path in settings_paths:
+        path = Path(path)
+        match = _MODEL_PATH.search(path.as_posix())
+        if not match:
+            raise UserError("model settings path does not end in {run}/{arch}/fold{k}/settings.json",
+                            str(path), "pass files from results/models/{run}/{arch}/fold{k}/")
+        curve_path = path.with_name("training.csv")
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+            curve = pd.read_csv(curve_path)
+        except FileNotFoundError as err:
+            raise UserError(f"model file not found ({Path(err.filename).name})", str(err.filename),
+                            "run the train rule for this run, architecture and fold") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"settings.json is not valid JSON ({err})", str(path),
+                            "delete the model folder and let the workflow retrain it") from None
+        missing = [c for c in ("step", "val_loss", "val_accuracy") if c not in curve.columns]
+        if missing or "kept" not in settings or "best_step" not in settings:
+            raise UserError(f"training.csv lacks {missing} or settings.json lacks kept/best_step",
+                            str(path.parent), "retrain this model with the train rule")
+        evaluated = curve.dropna(subset=["val_loss"])
+        kept = settings["kept"]
+        if kept == "last":
+            row = evaluated.iloc[-1] if len(evaluated) else None
+        else:
+            at_step = evaluated[evaluated["step"] == settings["best_step"]]
+            if evaluated.empty:
+                row = None
+            elif at_step.empty:
+                raise UserError(f"the kept step {settings['best_step']} has no validation row in "
+                                "training.csv", str(curve_path), "retrain this model with the train rule")
+            else:
+                row = at_step.iloc[0]
+        task, protocol = parse_run(match["run"])
+        rows.append({"run": match["run"], "task": task, "protocol": protocol, "arch": match["arch"],
+                     "fold": int(match["fold"]), "kept": kept,
+                     "kept_step": int(row["step"]) if row is not None else None,
+                     "val_loss": math.nan if row is None else float(row["val_loss"]),
+                     "val_accuracy": math.nan if row is None else float(row["val_accuracy"])})
+    return pd.DataFrame(rows, columns=["run", "task", "protocol", "arch", "fold", "kept", "kept_step",
+                                       "val_loss", "val_accuracy"])
+
+
+def _selection_metric(kept: set, task: str) -> str:
+    """The task's models' own keep_best_by when they share one; else the validation loss."""
+    if len(kept) == 1 and next(iter(kept)) in VALIDATION_METRICS:
+        return next(iter(kept))
+    LOG.info("task %s: models kept by %s; the architecture is chosen on the validation loss of the "
+             "kept checkpoints", task, sorted(kept))
+    return "val_loss"
+
+
+def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame:
+    """One row per task: the architecture chosen on validation data, and its test figures.
+
+    ``models``: the settings.json of every patient-protocol (run, arch, fold) in ``metrics``. The choice
+    uses only validation data (see ``validation_figures``): the models' keep_best_by metric (lower
+    val_loss or higher val_accuracy; val_loss when the models of a task differ or keep the last
+    step), mean over folds; ties go to the other validation metric, then to the architecture name.
+    The test metrics never enter the choice, so the reported test figures are not inflated by it;
+    but fold k's validation patients are test patients of other folds (SELECTION_NOTE).
+    The preprint's accuracy for the task is shown for context.
+    """
+    metrics = load_metrics(metrics)
+    preprint = load_preprint() if preprint is None else preprint
+    folds = fold_frame(metrics)
+    patient = folds[folds["protocol"] == "patient"]
+    for task in sorted(set(folds["task"]) - set(patient["task"])):
+        LOG.warning("task %s ran only the image-level protocol: left out of the summary", task)
+    if patient.empty:
+        raise UserError("no patient-wise metrics among the files given", "--metrics",
+                        "pass the metrics JSONs of the patient-wise runs")
+    keys = ["task", "arch", "fold"]
+    val = validation_figures(models)
+    val = patient[keys].merge(val[val["protocol"] == "patient"], on=keys, how="left", indicator=True)
+    lacking = val[val["_merge"] == "left_only"]
+    if len(lacking):
+        shown = ", ".join(f"{r.task}/{r.arch}/fold{r.fold}" for r in lacking.head(5).itertuples())
+        raise UserError(f"no model settings for {len(lacking)} patient-wise metrics file(s) ({shown})",
+                        "--models", "pass results/models/{run}/{arch}/fold{k}/settings.json of "
+                                    "every run, architecture and fold in --metrics")
+    grouped = val.groupby(["task", "arch"], sort=True)
+    choice = grouped[["val_loss", "val_accuracy"]].mean()
+    choice_sd = grouped[["val_loss", "val_accuracy"]].std(ddof=1)
+    kept = grouped["kept"].agg(set)
+
+    agg = _aggregate(patient, ["task", "arch", "grouping", "test"]).set_index(["task", "arch"])
+    rows = []
+    for task, task_rows in choice.groupby(level="task", sort=True):
+        metric = _selection_metric(set().union(*kept.loc[task]), task)
+        other = next(m for m in VALIDATION_METRICS if m != metric)
+        # Lower is better after the sign flip; a missing figure never wins.
+        order = task_rows.reset_index().assign(
+            _primary=lambda d: (d[metric] if VALIDATION_METRICS[metric] else -d[metric]).fillna(math.inf),
+            _secondary=lambda d: (d[other] if VALIDATION_METRICS[other] else -d[other]).fillna(math.inf),
+        ).sort_values(["_primary", "_secondary", "arch"])
+        arch = order.iloc[0]["arch"]
+        n_archs = len(order)
+        word = "lowest" if VALIDATION_METRICS[metric] else "highest"
+        name = "loss" if metric == "val_loss" else "accuracy"
+        chosen_by = (f"{word} validation {name} of the kept checkpoints (mean over folds)"
+                     if n_archs > 1 else "the only architecture run")
+        row = {"task": task, "split": protocol_label("patient", agg.loc[(task, arch), "grouping"]),
+               "test": agg.loc[(task, arch), "test"],
+               "chosen_architecture": arch, "chosen_by": chosen_by,
+               "architectures_compared": n_archs, "validation_metric": metric,
+               "validation_mean": choice.loc[(task, arch), metric],
+               "validation_sd": choice_sd.loc[(task, arch), metric]}
+        row.update(agg.loc[(task, arch)].to_dict())
+        rows.append(row)
+    best = pd.DataFrame(rows)
+    keep = ["task", "split", "test", "chosen_architecture", "chosen_by", "architectures_compared",
+            "validation_metric", "validation_mean", "validation_sd", "n_folds", "n_patients", "n_images"]
+    keep += [f"patient_{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
+    keep += [f"patient_{m}_{s}" for m in INTERVAL_METRICS for s in ("ci_low", "ci_high")]
+    best = best[keep].astype({"n_folds": "int64", "n_patients": "int64", "n_images": "int64"})
+    acc = {f["task"]: f for f in preprint.get("figures", []) if f["metric"] == "accuracy"}
+    best["preprint_accuracy"] = [acc.get(t, {}).get("value") for t in best["task"]]
+    best["preprint_architecture"] = [acc.get(t, {}).get("architecture") for t in best["task"]]
+    return best
+
+
+def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
+    header = ["task", "split", "test", "architecture", "chosen by", "validation (chosen on)", "folds"]
+    header += [f"patient {LABELS[m]}" for m in TABLE_METRICS]
+    header += ["preprint acc. (image-level, leaky)"]
+    rows = []
+    for _, r in table.iterrows():
+        validation = (f"{VALIDATION_LABELS[r['validation_metric']]} "
+                      f"{_fmt(r['validation_mean'], r['validation_sd'], False)}")
+        cells = [r["task"], r["split"], r["test"], r["chosen_architecture"], r["chosen_by"], validation,
+                 str(r["n_folds"])]
+        cells += [_cell(r, "patient", m) for m in TABLE_METRICS]
+        v = r["preprint_accuracy"]
+        cells.append("" if v is None or pd.isna(v) else f"{v:.3f} ({r['preprint_architecture']})")
+        rows.append(cells)
+    footnotes = [
+        "Chosen on validation data, never on the test folds: per architecture, the validation "
+        "metric of each fold's kept checkpoint (the models' keep_best_by: lowest validation loss "
+        "or highest validation accuracy; the validation loss when they differ or keep the last "
+        "step), mean over folds. The test figures shown played no part in the choice; "
+        "results/tables/{task}.md shows every architecture's test figures. " + SELECTION_NOTE,
+        "Patient level: a patient's probabilities are the mean of its images'. Mean ± sample sd "
+        "over test folds.",
+        "The preprint's figures are image-level accuracies under an image-level split with "
+        "leakage, not comparable with patient-wise figures; see results/tables/leakage.md.",
+    ]
+    if (table["split"] == IMAGE_GROUPED).any():
+        footnotes.insert(1, IMAGE_GROUPED_NOTE)
+    if table["test"].str.startswith("external").any():
+        footnotes.insert(1, EXTERNAL_NOTE)
+    if _has_intervals(table, ["patient"]):
+        footnotes.insert(-1, INTERVAL_NOTE)
+    if out_csv:
+        atomic.write_csv(out_csv, table)
+    if out_md:
+        atomic.write_text(out_md, to_markdown(
+            header, rows, footnotes,
+            "Summary: per task, the architecture chosen on validation data, and its test figures"))
+
+
+def leakage_table(metrics) -> pd.DataFrame:
+    """How much the image-level protocol inflates each metric, per task and architecture.
+
+    Only tasks and architectures that ran both protocols, and only tasks whose groups are patients:
+    without a patient mapping both protocols can split a patient's images, so their difference is
+    no measure of leakage (such tasks are logged and listed in ``attrs["left_out"]``). Per metric
+    and level, the means over folds under each protocol, the difference (image-level protocol minus
+    patient-wise) and the ratio (image-level protocol / patient-wise; empty when the patient-wise
+    value is 0).
+    """
+    folds = fold_frame(load_metrics(metrics))
+    left_out = sorted(set(folds.loc[folds["grouping"] == "image", "task"]))
+    for task in left_out:
+        LOG.warning("task %s left out of the leakage table: its dataset has no patient mapping, so "
+                    "both protocols can put one patient's images on both sides of the split", task)
+    folds = folds[~folds["task"].isin(left_out)]
+    agg = _aggregate(folds, ["task", "arch", "protocol"])
+    rows = []
+    for (task, arch), group in agg.groupby(["task", "arch"], sort=True):
+        by_protocol = {r["protocol"]: r for _, r in group.iterrows()}
+        if not {"patient", "image"} <= set(by_protocol):
+            continue
+        leaky, honest = by_protocol["image"], by_protocol["patient"]
+        for level in LEVELS:
+            for metric in LEAKAGE_METRICS:
+                col = f"{level}_{metric}_mean"
+                a, b = leaky[col], honest[col]
+                rows.append({
+                    "task": task, "architecture": arch, "level": level, "metric": metric,
+                    "image_level_protocol": a, "patient_wise": b,
+                    "difference": a - b,
+                    "ratio": a / b if b and not pd.isna(b) else math.nan,
+                    "n_folds_image_level_protocol": int(leaky["n_folds"]),
+                    "n_folds_patient_wise": int(honest["n_folds"]),
+                })
+    columns = ["task", "architecture", "level", "metric", "image_level_protocol", "patient_wise",
+               "difference", "ratio", "n_folds_image_level_protocol", "n_folds_patient_wise"]
+    if not rows:
+        LOG.warning("no task with a patient mapping ran both protocols: the leakage table is empty")
+    table = pd.DataFrame(rows, columns=columns)
+    table.attrs["left_out"] = left_out
+    return table
+
+
+def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
+    header = ["task", "architecture", "level", "metric", "image-level protocol", "patient-wise",
+              "difference", "ratio"]
+
+    def num(v, digits=3):
+        return "–" if pd.isna(v) else f"{v:.{digits}f}"
+
+    rows = [[r["task"], r["architecture"], r["level"], r["metric"], num(r["image_level_protocol"]),
+             num(r["patient_wise"]), f"{r['difference']:+.3f}" if not pd.isna(r["difference"]) else "–",
+             num(r["ratio"], 2)] for _, r in table.iterrows()]
+    footnotes = [
+        "Means over test folds. Image-level protocol: the preprint's random split of images, with "
+        "patients on both sides; patient-wise: no patient in two splits. Difference = image-level "
+        "protocol minus patient-wise; ratio = image-level protocol / patient-wise.",
+    ]
+    left_out = table.attrs.get("left_out", [])
+    if left_out:
+        footnotes.append(f"Left out: {', '.join(left_out)}, whose dataset has no patient mapping "
+                         f"({IMAGE_GROUPED}): both protocols can put one patient's images on both "
+                         "sides, so their difference measures no leakage.")
+    if table.empty:
+        footnotes.insert(0, "No task with a patient mapping ran both protocols (set protocols: "
+                            "[patient, image] for a task).")
+    if out_csv:
+        atomic.write_csv(out_csv, table)
+    if out_md:
+        atomic.write_text(out_md, to_markdown(header, rows, footnotes,
+                                              "Leakage: image-level protocol vs patient-wise"))

@@ -1,0 +1,312 @@
+"""Reading one split of a fold: its index JSON, the store shards it lists (keeping only the
+split's members, with their labels), record parsing and decoding, the tf.data pipeline with its
+seeded stream, and naming a corrupt shard.
+
+The store shards, their records and the index keys are written by ``deepbc.shards.writer`` (layout
+in its docstring). TensorFlow is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from deepbc.jobs.errors import UserError
+from deepbc.shards.records import FORMATS, decode, parse_example, read_store
+
+# Marks the reader's own checks of an index against the shards it reads (naming_corrupt_shards).
+STALE = "shard index does not match its store"
+
+
+def read_index(path) -> dict:
+    """Load a ``{split}.json`` index and check it; ``paths`` (absolute shard paths) is added."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("shard index not found", str(path), "run the workflow's write_shards rule for this run and fold")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"shard index is not valid JSON: {err}", str(path), "delete it and rerun write_shards") from err
+    keys = ["count", "count_per_class", "class_names", "store", "shards", "shard_records", "shard_sha256",
+            "members", "encoding"]
+    missing = [k for k in keys if k not in index]
+    if missing:
+        raise UserError(f"shard index lacks key(s) {missing} (an index of per-run shards, before the "
+                        "per-dataset store, lacks shard_records and members)", str(path),
+                        f"delete the folder {path.parent}/ and rerun write_shards")
+    if len(index["members"]) != index["count"] or len(index["shard_records"]) != len(index["shards"]):
+        raise UserError(f"shard index lists {len(index['members'])} members for a count of {index['count']} "
+                        f"and {len(index['shard_records'])} shard sizes for {len(index['shards'])} shards",
+                        str(path), f"delete the folder {path.parent}/ and rerun write_shards")
+    # The listed shards are the dataset's store's, named relative to the index.
+    index["paths"] = [os.path.normpath(path.parent / name) for name in index["shards"]]
+    absent = [p for p in index["paths"] if not os.path.isfile(p)]
+    if absent:
+        raise UserError(f"{len(absent)} shard(s) listed in the index are missing, e.g. {absent[0]}", str(path),
+                        f"delete the folder {os.path.dirname(absent[0])}/ and rerun the workflow (encode_dataset "
+                        "rebuilds the store, write_shards the indexes)")
+    _check_against_store(index, path)
+    if index["encoding"]["format"] not in FORMATS:
+        raise UserError(f"unknown image format {index['encoding']['format']!r}", str(path),
+                        f"rewrite the shards with one of {list(FORMATS)}")
+    return index
+
+
+def _rerun_write_shards(index_path: Path) -> str:
+    # results/tfrecords/{run}/fold{k}/{split}.json: the run's folder holds all its indexes.
+    return (f"rerun write_shards for this run (e.g. delete {index_path.parent.parent}/ and rerun the "
+            "workflow): its indexes predate the store's last encoding")
+
+
+def _check_against_store(index: dict, path: Path) -> None:
+    """Refuse an index written over an earlier encoding of its store: a store re-encoded with other
+    settings (jpeg_quality, stain fit) may keep its file names and sizes, and the index would then
+    pass on a stale encoding (settings.json, predict_folder, export) and stale shard hashes (resume)."""
+    store_path = Path(os.path.normpath(path.parent / index["store"]))
+    store = read_store(store_path)
+    by_name = {name: k for k, name in enumerate(store["shards"])}
+    stale = []
+    for shard_path, sha, records in zip(index["paths"], index["shard_sha256"], index["shard_records"]):
+        k = by_name.get(os.path.basename(shard_path))
+        if (k is None or os.path.dirname(shard_path) != str(store_path.parent) or store["shard_sha256"][k] != sha
+                or store["shard_sizes"][k] != records):
+            stale.append(os.path.basename(shard_path))
+    if stale or store["encoding"] != index["encoding"]:
+        what = (f"{len(stale)} listed shard(s) differ from the store's (sha256 or size), e.g. {stale[0]}"
+                if stale else f"its encoding {index['encoding']} differs from the store's {store['encoding']}")
+        raise UserError(f"shard index is stale: {what} ({store_path})", str(path), _rerun_write_shards(path))
+
+
+def default_preprocess(image, height: int, width: int, seed=None):
+    """Cast to float32 (0..255) and resize to (height, width); no cropping, no augmentation (``seed`` unused)."""
+    import tensorflow as tf
+
+    return tf.image.resize(tf.cast(image, tf.float32), [height, width])
+
+
+# Each use of the run seed in the training stream has its own tag, so no two uses share a key.
+_STREAM_TAGS = {"file_order": 1, "shuffle": 2, "augment": 3}
+
+
+def stream_key(seed, use: str, counter):
+    """The stateless key (int64 [2]) of one use of randomness in the training stream: ``use`` is
+    "file_order" or "shuffle" (``counter``: the epoch) or "augment" (``counter``: the element's
+    position in the stream); keys of different uses never coincide by construction of their tags."""
+    import tensorflow as tf
+
+    base = tf.constant([int(seed), _STREAM_TAGS[use]], tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(counter, tf.int64))
+
+
+def _member_table(index: dict, where) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Each listed shard's first record number, and for every record of the listed shards (numbered
+    through them in listed order) its label (-1: not a member) and expected file name."""
+    offsets = [0]
+    for n in index["shard_records"][:-1]:
+        offsets.append(offsets[-1] + int(n))
+    total = offsets[-1] + int(index["shard_records"][-1]) if offsets else 0
+    labels = np.full(total, -1, np.int64)
+    names = np.full(total, b"", object)
+    for shard, position, filename, label in index["members"]:
+        if not 0 <= position < index["shard_records"][shard]:
+            raise UserError(f"member {filename} is record {position} of a shard of {index['shard_records'][shard]}",
+                            str(where), "delete the index's folder and rerun write_shards")
+        labels[offsets[shard] + position] = label
+        names[offsets[shard] + position] = filename.encode()
+    return offsets, labels, names
+
+
+class _Members:
+    """The split's members among the records of its listed shards, as constants of the pipeline
+    (a lookup table would be a stateful resource, which one-shot iterators cannot capture)."""
+
+    def __init__(self, index: dict, where):
+        import tensorflow as tf
+
+        offsets, labels, names = _member_table(index, where)
+        self.where = where
+        self.paths = tf.constant(index["paths"])
+        self.offsets = tf.constant(offsets, tf.int64)
+        self.sizes = tf.constant(index["shard_records"], tf.int64)
+        self.labels = tf.constant(labels)
+        self.names = tf.constant(names.astype(bytes))
+        self.cycle = min(len(index["paths"]), 8)
+
+    def records(self, files, num_parallel_calls, deterministic: bool):
+        """(record number, serialized record) of the members in ``files``, a dataset of (shard path,
+        number of its first record, its number of records) in the order to read them."""
+        import tensorflow as tf
+
+        def numbered(path, base, size):
+            def number(i, record):
+                # A shard with more records than the index says would shift every later number.
+                check = tf.debugging.assert_less(i, size, message=f"{STALE}: a shard has more records than "
+                                                                  f"{self.where} lists")
+                with tf.control_dependencies([check]):
+                    return base + i, record
+
+            return tf.data.TFRecordDataset(path).enumerate().map(number)
+
+        # tf.data refuses more parallel calls than the cycle length (e.g. 2 threads over 1 shard).
+        calls = num_parallel_calls if num_parallel_calls == tf.data.AUTOTUNE else min(num_parallel_calls, self.cycle)
+        records = files.interleave(numbered, cycle_length=self.cycle, num_parallel_calls=calls,
+                                   deterministic=deterministic)
+        # Only the record number is looked at: non-members are skipped before being parsed.
+        return records.filter(lambda number, record: tf.gather(self.labels, number) >= 0)
+
+    def in_order(self, num_parallel_calls, deterministic: bool):
+        import tensorflow as tf
+
+        files = tf.data.Dataset.from_tensor_slices((self.paths, self.offsets, self.sizes))
+        return self.records(files, num_parallel_calls, deterministic)
+
+    def label(self, number, features):
+        """The member's label, once its record's file name is checked against the index."""
+        import tensorflow as tf
+
+        # A store rebuilt after the index was written could otherwise pair records with wrong labels.
+        check = tf.debugging.assert_equal(features["image/filename"], tf.gather(self.names, number),
+                                          message=f"{STALE}: a store record is not the member {self.where} "
+                                                  "lists there")
+        with tf.control_dependencies([check]):
+            return tf.gather(self.labels, number)
+
+
+def member_records(index_json_path):
+    """The split's members as a dataset of (serialized record, label), in evaluation order."""
+    members = _Members(read_index(index_json_path), index_json_path)
+    return members.in_order(1, True).map(
+        lambda number, record: (record, members.label(number, parse_example(record))))
+
+
+def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess_fn=None, image_size: int = 224,
+                 shuffle_buffer: int = 1024, seed: int = 0, num_parallel_calls=None,
+                 repeat: bool = False, with_metadata: bool = False, first_record: int = 0,
+                 deterministic: bool = True):
+    """A tf.data pipeline over the shards of one index JSON.
+
+    Yields ``(images, labels)`` batches (float images from ``preprocess_fn(image_uint8, image_size,
+    image_size[, seed])``, int64 labels), or ``(images, labels, metadata)`` with ``with_metadata``,
+    where metadata is a dict of string tensors ``filename``, ``patient``, ``magnification``.
+
+    Training: a stream of epochs (one, or endless with ``repeat``); in each, the shard order and
+    the records (buffer ``shuffle_buffer``) are shuffled by seeds that depend only on (``seed``,
+    epoch), and each image gets a stateless augmentation seed from (``seed``, its position in the
+    stream), each use with its own key (:func:`stream_key`), so the stream is the same whatever the
+    parallelism. ``first_record`` starts the stream that many records in (a resumed run passes the records its restored steps consumed);
+    the skipped records are read but not decoded. The last partial batch is dropped.
+    Only the split's members (the index's ``members``) are kept from the listed store shards, each
+    with its label from the index; the stream counts members only.
+    Evaluation: the listed shards in index order (interleaved), every member once per pass.
+    ``deterministic=False`` lets parallel stages deliver out of order (faster, not reproducible).
+    Works eagerly and in tf.compat.v1 graph mode (one-shot or initializable iterators).
+    """
+    import inspect
+
+    import tensorflow as tf
+
+    index = read_index(index_json_path)
+    count = index["count"]
+    if count == 0:
+        raise UserError("the shard index lists no images", str(index_json_path), "remake the splits and shards")
+    autotune = tf.data.AUTOTUNE
+    calls = autotune if num_parallel_calls is None else num_parallel_calls
+    preprocess = preprocess_fn or default_preprocess
+    takes_seed = "seed" in inspect.signature(preprocess).parameters
+    image_format = index["encoding"]["format"]
+    # A preprocessing that says how large a source it needs lets JPEGs decode at a reduced scale.
+    needs = getattr(preprocess, "min_source_side", None)
+    min_side = needs(image_size, image_size) if needs else None
+    members = _Members(index, index_json_path)
+    paths = index["paths"]
+
+    if is_training:
+        def epoch_records(epoch):
+            order = tf.argsort(tf.random.stateless_uniform([len(paths)], stream_key(seed, "file_order", epoch)))
+            files = tf.data.Dataset.from_tensor_slices((tf.gather(members.paths, order),
+                                                        tf.gather(members.offsets, order),
+                                                        tf.gather(members.sizes, order)))
+            # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
+            shuffle_seed = tf.random.stateless_uniform([], stream_key(seed, "shuffle", epoch), minval=None,
+                                                       maxval=None, dtype=tf.int64)
+            records = members.records(files, calls, deterministic)
+            records = records.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+            return records.enumerate().map(
+                lambda i, element: (stream_key(seed, "augment", epoch * count + i), *element))
+
+        first_epoch, offset = divmod(int(first_record), count)
+        last_epoch = 2**62 if repeat else first_epoch + 1
+        records = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_records).skip(offset)
+    else:
+        records = members.in_order(calls, deterministic)
+        records = records.map(lambda number, record: (tf.zeros([2], tf.int64), number, record))
+        if repeat:
+            records = records.repeat()
+
+    def load(element_seed, number, serialized):
+        features = parse_example(serialized)
+        image = decode(features, image_format, min_side)
+        if takes_seed:
+            image = preprocess(image, image_size, image_size, seed=element_seed)
+        else:
+            image = preprocess(image, image_size, image_size)
+        label = members.label(number, features)
+        if with_metadata:
+            return image, label, {"filename": features["image/filename"], "patient": features["image/patient"],
+                                  "magnification": features["image/magnification"]}
+        return image, label
+
+    dataset = records.map(load, num_parallel_calls=calls, deterministic=deterministic)
+    dataset = dataset.batch(batch_size, drop_remainder=is_training)
+    return dataset.prefetch(autotune)
+
+
+def find_corrupt_shards(index_paths) -> list[tuple[str, str]]:
+    """(shard path, reader's message) of every shard of these indexes that does not read to the end."""
+    import tensorflow as tf
+
+    corrupt = []
+    for index_path in index_paths:
+        for path in read_index(index_path)["paths"]:
+            try:
+                for _ in tf.compat.v1.io.tf_record_iterator(path):
+                    pass
+            except tf.errors.DataLossError as err:
+                corrupt.append((path, err.message))
+    return corrupt
+
+
+@contextlib.contextmanager
+def naming_corrupt_shards(index_paths):
+    """Turn TensorFlow's 'corrupted record at N', which names no file, into a UserError naming the
+    shard and how to rebuild it; and the reader's own checks of an index against its shards (a
+    record that is not the listed member, a shard with more records than listed), raised by
+    TensorFlow as InvalidArgumentError, into a UserError naming the index and how to rewrite it."""
+    try:
+        yield
+    except Exception as err:
+        # Without TensorFlow imported, the error cannot be one of its own.
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(err, (tf.errors.DataLossError, tf.errors.InvalidArgumentError)):
+            raise
+        if isinstance(err, tf.errors.InvalidArgumentError):
+            if STALE not in err.message:
+                raise
+            named = [p for p in map(str, index_paths) if p in err.message]
+            index_path = Path(named[0] if named else list(index_paths)[0])
+            detail = err.message.split(STALE, 1)[1].split("\n", 1)[0].lstrip(": ")
+            raise UserError(f"{STALE}: {detail}", str(index_path), _rerun_write_shards(index_path)) from err
+        corrupt = find_corrupt_shards(index_paths)
+        if not corrupt:
+            raise
+        path, detail = corrupt[0]
+        others = f" (and {len(corrupt) - 1} more shard(s) of this fold)" if len(corrupt) > 1 else ""
+        folder = Path(path).parent
+        raise UserError(f"corrupt shard: {detail}{others}", path,
+                        f"delete the folder {folder}/ and rerun the workflow, which rebuilds its shards "
+                        "from the dataset") from err

@@ -1,0 +1,158 @@
+"""The training graph: a training tower reading the training shards and a validation tower (shared
+variables, inference-mode batch norm) reading the validation shards, TF-Slim's loss, one optimizer
+per stage (with dynamic loss scaling where the graph computes in float16), and the savers of the
+training state and of the kept weights. deepbc.training.train runs it."""
+
+from dataclasses import dataclass
+
+from deepbc.training import model_dir
+from deepbc.training import precision as precision_mod
+
+# TF-Slim's train_image_classifier: weights=0.4 on the cross-entropy of end_points['AuxLogits'].
+AUX_LOSS_WEIGHT = 0.4
+
+
+def class_weights(count_per_class: list[int]) -> list[float]:
+    """Inverse-frequency weights, normalised so that a balanced set gets weight 1 everywhere."""
+    total, n = sum(count_per_class), len(count_per_class)
+    return [total / (n * c) if c else 0.0 for c in count_per_class]
+
+
+def make_optimizer(tf, settings, learning_rate):
+    name = settings["optimizer"]
+    if name == "rmsprop":
+        return tf.compat.v1.train.RMSPropOptimizer(
+            learning_rate, decay=settings["rmsprop_decay"], momentum=settings["rmsprop_momentum"],
+            epsilon=settings["opt_epsilon"])
+    if name == "adam":
+        return tf.compat.v1.train.AdamOptimizer(learning_rate, epsilon=settings["opt_epsilon"])
+    if name == "momentum":  # the schema defaults momentum to TF-Slim's 0.9
+        return tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=settings["momentum"])
+    return tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
+
+
+def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, weights=None, seed: int = 0):
+    """The training tower: (total loss, logits). TF-Slim's loss: cross-entropy of the logits, plus
+    0.4 x that of Inception's auxiliary logits, plus the weight decay terms. Its dropout layers are
+    stateless, seeded by (``seed``, global step, layer), so a resumed run draws the same masks."""
+    from deepbc.training import nets
+    from deepbc.training.nets.dropout import stateless_dropout
+
+    network = nets.get_network_fn(arch, num_classes, is_training=True, weight_decay=settings["weight_decay"],
+                                  batch_norm_decay=settings.get("batch_norm_decay"))
+    with stateless_dropout(seed):
+        logits, end_points = network(images)
+    weights = 1.0 if weights is None else weights
+    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights=weights)
+    if "AuxLogits" in end_points:
+        aux = tf.reshape(end_points["AuxLogits"], [-1, num_classes])
+        loss += tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, aux, weights=AUX_LOSS_WEIGHT * weights,
+                                                                 scope="aux_loss")
+    loss += tf.add_n([tf.constant(0.0)] + tf.compat.v1.losses.get_regularization_losses())
+    return loss, logits
+
+
+def train_step(tf, opt, loss, global_step, var_list, update_ops):
+    """(train op, the loss scale its step multiplies the loss by, or None without loss scaling).
+
+    The scale is read before the step: the train op updates it, and a read fetched in the same
+    run with no order between the two could return the old or the updated value."""
+    scale = precision_mod.loss_scale(opt)
+    with tf.control_dependencies(update_ops + ([scale] if scale is not None else [])):
+        return opt.minimize(loss, global_step=global_step, var_list=var_list), scale
+
+
+@dataclass
+class Graph:
+    graph: object
+    train_ops: list
+    lr_tensors: list
+    stage_start: object  # placeholder: global step before the current stage's first step
+    loss: object
+    accuracy: object
+    summaries: object
+    loss_scales: list  # per stage: its optimizer's current loss scale (float16 only), else None
+    val_iter: object
+    val_fetches: list
+    state_saver: object
+    best_saver: object
+    restore_init: object
+
+
+def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint, first_record,
+          precision: precision_mod.Precision) -> Graph:
+    """The graph of a run whose input stream starts at record ``first_record`` (a resumed run's)."""
+    from deepbc.shards import reader as shard_reader
+    from deepbc.training import checkpoints, nets, preprocessing
+
+    spec = nets.NETWORKS[arch]
+    class_names = train_index["class_names"]
+    num_classes = len(class_names)
+    image_size = settings.get("image_size") or spec.default_image_size
+    batch_size = settings["batch_size"]
+    deterministic = settings["deterministic"]
+    steps_per_epoch = max(1, train_index["count"] // batch_size)
+    decay_steps = max(1, int(steps_per_epoch * settings["num_epochs_per_decay"]))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(seed)
+        global_step = tf.compat.v1.train.get_or_create_global_step()
+        train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
+                                                    augment=settings["augment"])
+        eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
+        train_ds = shard_reader.make_dataset(train_json, batch_size=batch_size, is_training=True,
+                                       preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
+                                       first_record=first_record, deterministic=deterministic)
+        val_ds = shard_reader.make_dataset(val_json, batch_size=batch_size, is_training=False,
+                                     preprocess_fn=eval_pre, image_size=image_size, deterministic=deterministic)
+        images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
+        val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
+        val_images, val_labels = val_iter.get_next()
+
+        weights = None
+        if settings["class_balance"] == "loss_weights":
+            counts = [train_index["count_per_class"][c] for c in class_names]
+            weights = tf.gather(tf.constant(class_weights(counts), tf.float32), labels)
+        loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights, seed=seed)
+        eval_net = nets.get_network_fn(arch, num_classes, is_training=False, weight_decay=settings["weight_decay"],
+                                       batch_norm_decay=settings.get("batch_norm_decay"))
+        with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(), reuse=True):
+            val_logits, _ = eval_net(val_images)
+        accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32),
+                                                   tf.cast(labels, tf.int32)), tf.float32))
+        val_labels = tf.cast(val_labels, tf.int32)
+        val_fetches = [
+            tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=val_labels, logits=val_logits)),
+            tf.reduce_sum(tf.cast(tf.equal(tf.argmax(val_logits, 1, output_type=tf.int32), val_labels), tf.float32)),
+            tf.shape(val_labels)[0]]
+
+        model_vars = model_dir.model_variables(tf, spec)
+        logits_vars = [v for v in model_vars if any(v.op.name.startswith(s) for s in spec.exclude_scopes)]
+        trainable = [v for v in tf.compat.v1.trainable_variables() if v in set(model_vars)]
+        update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        stage_start = tf.compat.v1.placeholder(tf.int64, [], name="stage_start")
+        local_step = tf.maximum(tf.cast(global_step, tf.int64) - stage_start, 0)
+        train_ops, lr_tensors, loss_scales = [], [], []
+        for stage in stages:
+            lr = tf.compat.v1.train.exponential_decay(
+                stage["learning_rate"], local_step, decay_steps, settings["learning_rate_decay_factor"],
+                staircase=True)
+            with tf.compat.v1.variable_scope(f"optimizer_{stage['name']}"):
+                opt = precision_mod.wrap_optimizer(make_optimizer(tf, settings, lr), precision)
+                train_op, scale = train_step(tf, opt, loss, global_step,
+                                             logits_vars if stage["logits_only"] else trainable, update_ops)
+            train_ops.append(train_op)
+            lr_tensors.append(lr)
+            loss_scales.append(scale)
+
+        summaries = tf.compat.v1.summary.merge([tf.compat.v1.summary.scalar("loss", loss),
+                                                tf.compat.v1.summary.scalar("accuracy", accuracy)])
+        restore_init = None
+        if settings["init"] == "imagenet":
+            restore_init = checkpoints.restore_fn(arch, checkpoint, spec.exclude_scopes)[0]
+        return Graph(graph=graph, train_ops=train_ops, lr_tensors=lr_tensors, stage_start=stage_start,
+                     loss=loss, accuracy=accuracy, summaries=summaries, loss_scales=loss_scales, val_iter=val_iter,
+                     val_fetches=val_fetches, state_saver=tf.compat.v1.train.Saver(max_to_keep=2),
+                     best_saver=tf.compat.v1.train.Saver(var_list=model_vars, max_to_keep=None),
+                     restore_init=restore_init)
+

@@ -1,0 +1,243 @@
+"""Image preprocessing as TF-Slim does it (VGG style, Inception style), plus on-the-fly augmentation.
+
+Modelled on research/slim/preprocessing/{vgg,inception}_preprocessing.py of tensorflow/models
+(Apache License 2.0), at a configurable output size:
+
+- ``vgg`` (ResNet V1, VGG): aspect-preserving resize of the shorter side to ``S = size * 256/224``,
+  central crop ``size x size`` (training with ``random_crop``: shorter side uniform in [S, 2S] and a
+  random crop, TF-Slim's 256..512 for 224), then ImageNet channel means subtracted (0..255 scale).
+- ``inception`` (Inception, ResNet V2): central crop of 87.5% of each side (76.6% of the area) and
+  resize (training with ``random_crop``: a random box of 25-100% of the area, aspect 3/4..4/3,
+  resized), scaled to [-1, 1].
+
+Differences from TF-Slim, on purpose: resizing is antialiased (area averaging when shrinking),
+because histology images of 700x460 px are shrunk up to 10x here and plain bilinear would alias
+the texture; random crops keep at least 25% of the area (TF-Slim: 5%) because magnification
+carries class information in histopathology.
+
+Training augmentation (never at evaluation): ``rotate`` (multiples of 90 degrees; 0/180 only when
+the output is not square) and ``flip`` (left-right and up-down) together give all 8 symmetries of
+the square, as in the preprint; ``random_crop`` as above; ``color_jitter``: mild brightness
+(+-0.1), saturation and contrast (x0.8..1.2) and hue (+-0.02) changes, for stain variation;
+``hed: {sigma, bias}`` (off when null): HED stain augmentation (Tellez et al. 2019, Med. Image
+Anal. 58:101544 and IEEE TMI 37(9):2126): the image is converted to haematoxylin-eosin-DAB optical
+densities, each channel ``s`` becomes ``alpha * s + beta`` with ``alpha ~ U(1 - sigma, 1 + sigma)``
+and ``beta ~ U(-bias, bias)`` per image and channel, and converted back (:func:`hed_jitter`).
+
+All random choices use stateless ops driven by one ``seed`` tensor per image, so a pipeline that
+passes per-element seeds is reproducible whatever its parallelism. Only graph-safe tf ops are used:
+the functions run inside ``tf.data.Dataset.map``.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from deepbc.jobs.errors import UserError
+
+STYLES = ("vgg", "inception")
+AUGMENT_DEFAULTS = {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False, "hed": None}
+
+# ImageNet RGB means of the Caffe-converted ResNet V1 / VGG checkpoints (vgg_preprocessing.py).
+VGG_MEANS = (123.68, 116.78, 103.94)
+INCEPTION_CENTRAL_FRACTION = 0.875
+RANDOM_CROP_AREA = (0.25, 1.0)
+RANDOM_CROP_ASPECT = (3 / 4, 4 / 3)
+
+# Ruifrok & Johnston's stain vectors (Anal. Quant. Cytol. Histol. 23(4):291-299, 2001), rows H, E,
+# DAB, as scikit-image's skimage.color.colorconv.rgb_from_hed (not row-normalised), with its
+# optical-density scale (log(rgb) / log(1e-6)), so that sigma and bias mean what they mean in
+# Tellez et al., who perturbed skimage's rgb2hed output.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+_OD_FLOOR = 1e-6
+# The HED draws' key is the element's seed folded with this tag, apart from the other augmentations'
+# keys (stateless_split of the seed), as shard_reader.stream_key keeps each use of the run seed apart.
+_HED_TAG = 4
+
+
+def check_augment(augment: dict | None) -> dict:
+    """Merge ``augment`` over the defaults; unknown keys or bad values are a UserError."""
+    merged = dict(AUGMENT_DEFAULTS)
+    for key, value in (augment or {}).items():
+        if key not in AUGMENT_DEFAULTS:
+            raise UserError(f"unknown augmentation {key!r}", where="train augment",
+                            fix=f"use only the keys {', '.join(AUGMENT_DEFAULTS)}")
+        if key == "hed":
+            merged[key] = _check_hed(value)
+            continue
+        if not isinstance(value, bool):
+            raise UserError(f"augmentation {key!r} must be true or false, got {value!r}",
+                            where="train augment", fix="set it to true or false")
+        merged[key] = value
+    return merged
+
+
+def _check_hed(value) -> dict | None:
+    """None (off) or ``{"sigma": s, "bias": b}`` with s in [0, 1) and b >= 0."""
+    if value is None:
+        return None
+    if (not isinstance(value, dict) or set(value) != {"sigma", "bias"}
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())):
+        raise UserError(f"augmentation 'hed' must be null or {{sigma: <number>, bias: <number>}}, got {value!r}",
+                        where="train augment hed", fix="e.g. hed: {sigma: 0.05, bias: 0.05}, or hed: null for none")
+    if not (0 <= value["sigma"] < 1 and value["bias"] >= 0):
+        raise UserError(f"augmentation 'hed' needs 0 <= sigma < 1 and bias >= 0, got {value!r}",
+                        where="train augment hed", fix="e.g. hed: {sigma: 0.05, bias: 0.05}")
+    return {"sigma": float(value["sigma"]), "bias": float(value["bias"])}
+
+
+def get_preprocessing(name: str, is_training: bool, augment: dict | None = None):
+    """Return ``fn(image, height, width, seed=None) -> float32 [height, width, 3]``.
+
+    ``name``: "vgg" or "inception" (``NETWORKS[arch].preprocessing``). ``image``: uint8
+    [H, W, 3] of any size. ``seed``: int32/int64 [2] tensor for the stateless random ops (training
+    only; when None one is drawn at random per call). ``augment`` applies only when ``is_training``;
+    None means the defaults (rotate and flip on).
+    """
+    if name not in STYLES:
+        raise UserError(f"unknown preprocessing {name!r}", where="preprocessing name",
+                        fix=f"use one of: {', '.join(STYLES)}")
+    aug = check_augment(augment) if is_training else {key: None for key in AUGMENT_DEFAULTS}
+
+    def preprocess(image, height: int, width: int, seed=None):
+        image = tf.convert_to_tensor(image)
+        if image.dtype != tf.uint8:
+            raise ValueError(f"preprocessing expects a uint8 image, got {image.dtype.name}")
+        image.shape.assert_is_compatible_with([None, None, 3])
+        with tf.name_scope(f"{name}_preprocessing"):
+            if seed is None:
+                # No draw without augmentation: under op determinism an unseeded random op raises.
+                seed = (tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64) if any(aug.values())
+                        else tf.zeros([2], tf.int64))
+            seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, num=10)))
+            crop = _vgg_crop if name == "vgg" else _inception_crop
+            # Cropping and resizing the uint8 image first: one pass over the full-size pixels.
+            image = crop(image, height, width, aug["random_crop"], seeds) / 255.0
+            if aug["flip"]:
+                image = tf.image.stateless_random_flip_left_right(image, next(seeds))
+                image = tf.image.stateless_random_flip_up_down(image, next(seeds))
+            if aug["rotate"]:
+                image = _random_rot90(image, height == width, next(seeds))
+            if aug["hed"]:
+                key = tf.random.experimental.stateless_fold_in(seed, _HED_TAG)
+                image = hed_jitter(image, aug["hed"]["sigma"], aug["hed"]["bias"], key)
+            if aug["color_jitter"]:
+                image = _color_jitter(image, seeds)
+            image.set_shape([height, width, 3])
+            if name == "vgg":
+                return image * 255.0 - tf.constant(VGG_MEANS, tf.float32)
+            return (image - 0.5) * 2.0
+
+    preprocess.min_source_side = lambda height, width: min_source_side(name, aug["random_crop"], height, width)
+    return preprocess
+
+
+def min_source_side(name: str, random_crop: bool, height: int, width: int) -> int | None:
+    """The shorter side a source image needs so that preprocessing to (height, width) only shrinks it.
+
+    Readers may decode a JPEG at a reduced scale down to this size (``records.decode_jpeg``) without
+    changing what the network sees beyond resampling. None: the full image is needed (random
+    crops may take a small part of it).
+    """
+    if random_crop:
+        return None
+    if name == "vgg":
+        return round(min(height, width) * 256 / 224)
+    return math.ceil(max(height, width) / INCEPTION_CENTRAL_FRACTION)
+
+
+def _resize(image, size):
+    """uint8 in, float32 0..255 out. Shrinking averages the source pixels under each output pixel
+    (area: antialiased, and ~1.8x faster than antialiased bilinear, BENCHMARKS.md); enlarging is bilinear."""
+    size = tf.convert_to_tensor(size, tf.int32)
+    shrinking = tf.reduce_all(size <= tf.shape(image)[:2])
+    return tf.cond(shrinking, lambda: tf.image.resize(image, size, method="area"),
+                   lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
+
+
+def _vgg_crop(image, height, width, random_crop, seeds):
+    side = round(min(height, width) * 256 / 224)
+    if random_crop:
+        side = tf.random.stateless_uniform([], next(seeds), side, 2 * side + 1, dtype=tf.int32)
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    scale = tf.cast(side, tf.float32) / tf.minimum(h, w)
+    new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), height)
+    new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), width)
+    image = _resize(image, tf.stack([new_h, new_w]))
+    if random_crop:
+        return tf.image.stateless_random_crop(image, [height, width, 3], next(seeds))
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return tf.slice(image, tf.stack([top, left, 0]), [height, width, 3])
+
+
+def _inception_crop(image, height, width, random_crop, seeds):
+    if random_crop:
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=next(seeds),
+            min_object_covered=0.0, aspect_ratio_range=RANDOM_CROP_ASPECT, area_range=RANDOM_CROP_AREA,
+            max_attempts=100, use_image_if_no_bounding_boxes=True)
+        image = tf.slice(image, begin, size)
+    else:
+        image = tf.image.central_crop(image, INCEPTION_CENTRAL_FRACTION)
+    return _resize(image, [height, width])
+
+
+def _random_rot90(image, square: bool, seed):
+    if square:
+        k = tf.random.stateless_uniform([], seed, 0, 4, dtype=tf.int32)
+    else:  # a quarter turn would swap height and width
+        k = 2 * tf.random.stateless_uniform([], seed, 0, 2, dtype=tf.int32)
+    return tf.image.rot90(image, k)
+
+
+def _color_jitter(image, seeds):
+    image = tf.image.stateless_random_brightness(image, 0.1, next(seeds))
+    image = tf.image.stateless_random_saturation(image, 0.8, 1.2, next(seeds))
+    image = tf.image.stateless_random_hue(image, 0.02, next(seeds))
+    image = tf.image.stateless_random_contrast(image, 0.8, 1.2, next(seeds))
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def rgb_to_hed(rgb):
+    """RGB in [0, 1] (float, [..., 3]) to H, E, DAB optical densities as skimage's rgb2hed, except that
+    negative densities are kept (rgb2hed clips them at 0), so that :func:`hed_to_rgb` inverts it."""
+    return _times(_optical_density(rgb), tf.constant(HED_FROM_RGB, rgb.dtype))
+
+
+def hed_to_rgb(hed):
+    """H, E, DAB densities back to RGB clipped to [0, 1] (skimage's hed2rgb)."""
+    return _from_optical_density(_times(hed, tf.constant(RGB_FROM_HED, hed.dtype)))
+
+
+def hed_jitter(rgb, sigma: float, bias: float, key):
+    """Tellez et al.'s HED augmentation of one float RGB image in [0, 1]: each stain channel ``s``
+    becomes ``alpha * s + beta``, ``alpha ~ U(1 - sigma, 1 + sigma)``, ``beta ~ U(-bias, bias)``,
+    drawn per channel from the stateless ``key`` (int64 [2]).
+
+    Equal to ``hed_to_rgb(rgb_to_hed(rgb) * alpha + beta)``, with the three linear steps folded into
+    one 3x3 matrix and offset first: per pixel, one log, one 3x3 product and one exp.
+    """
+    alpha_key, beta_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
+    alpha = tf.random.stateless_uniform([3], alpha_key, 1.0 - sigma, 1.0 + sigma, dtype=rgb.dtype)
+    beta = tf.random.stateless_uniform([3], beta_key, -bias, bias, dtype=rgb.dtype)
+    to_rgb = tf.constant(RGB_FROM_HED, rgb.dtype)
+    matrix = tf.constant(HED_FROM_RGB, rgb.dtype) @ (alpha[:, None] * to_rgb)
+    offset = tf.linalg.matvec(to_rgb, beta, transpose_a=True)
+    return _from_optical_density(_times(_optical_density(rgb), matrix) + offset)
+
+
+def _optical_density(rgb):
+    return tf.math.log(tf.maximum(rgb, _OD_FLOOR)) / math.log(_OD_FLOOR)
+
+
+def _from_optical_density(od):
+    return tf.clip_by_value(tf.exp(od * math.log(_OD_FLOOR)), 0.0, 1.0)
+
+
+def _times(pixels, matrix):
+    """``pixels`` [..., 3] times a 3x3 ``matrix``, as one matrix product over the flattened pixels."""
+    shape = tf.shape(pixels)
+    return tf.reshape(tf.reshape(pixels, [-1, 3]) @ matrix, shape)

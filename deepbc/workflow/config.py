@@ -1,0 +1,330 @@
+"""Config checks and lookups shared by the Snakefile and the scripts.
+
+The JSON schema (config/schema.yaml) checks keys and types and, through Snakemake's validate, fills
+in every default: the functions here take a validated config and repeat no default. This module
+checks what a schema cannot express (a class a dataset does not have, a fold beyond k) and answers
+the workflow's questions (which runs, which settings, which inputs and options a job gets), so that
+the rules stay thin and the logic is tested.
+"""
+
+import copy
+import functools
+import json
+import os
+
+from deepbc.data import breakhis
+from deepbc.data.runs import parse_run, run_name
+from deepbc.jobs.errors import UserError
+
+# The values of the BreakHis manifest's label columns, from the parser that produces them.
+BREAKHIS_LABELS = {
+    "tissue": list(breakhis.TISSUES),
+    "subtype": list(breakhis.SUBTYPES),
+    "subtype_name": list(breakhis.SUBTYPE_NAMES.values()),
+    "magnification": list(breakhis.MAGNIFICATIONS),
+}
+
+
+def check(config: dict) -> None:
+    """Raise UserError on the first value the schema cannot catch, naming the key and what is allowed."""
+    from deepbc.data import datasets as datasets_config
+
+    datasets = datasets_config.resolve(config)
+    shards = config.get("shards", {})
+    if shards.get("stain_normalization", "none") != "none":
+        from deepbc.shards import stain  # numpy: only when it is on, so the workflow starts as fast otherwise
+
+        stain.check_setting(shards["stain_normalization"], shards.get("stain_reference"))
+    defined = config["task_definitions"]
+    unknown = [t for t in config["tasks"] if t not in defined]
+    if unknown:
+        raise UserError(f"unknown task(s) {unknown}", "config key tasks",
+                        f"allowed values (task_definitions): {sorted(defined)}")
+    k = config["splits"]["k"]
+    for name in config["tasks"]:
+        task = defined[name]
+        where = f"config key task_definitions.{name}"
+        if "__" in name:
+            raise UserError(f"task name {name!r} contains '__', which is reserved for run names",
+                            where, "rename the task")
+        ds = task["dataset"]
+        if ds not in datasets:
+            raise UserError(f"task uses dataset {ds!r}, which is not configured under datasets",
+                            f"{where}.dataset", f"add datasets.{ds} or use one of {sorted(datasets)}")
+        _check_task_on(task, ds, datasets[ds], where, external=False)
+        test = task.get("test_dataset")
+        if test is None:
+            if k < 2:
+                raise UserError(f"splits.k={k} leaves no test patients for task {name!r}, which has no "
+                                "test_dataset", "config key splits.k",
+                                f"set k to 2 or more, or give task {name!r} an external test_dataset")
+            continue
+        if test not in datasets:
+            raise UserError(f"task tests on dataset {test!r}, which is not configured under datasets",
+                            f"{where}.test_dataset", f"add datasets.{test} or use one of {sorted(datasets)}")
+        if test == ds:
+            raise UserError(f"test_dataset is the task's own dataset {ds!r}", f"{where}.test_dataset",
+                            "name another dataset, or remove test_dataset for patient-wise k-fold testing")
+        if list(task.get("protocols", ["patient"])) != ["patient"]:
+            raise UserError("an external test runs under the patient protocol only (the image protocol "
+                            "measures leakage inside one dataset)", f"{where}.protocols",
+                            "set protocols: [patient]")
+        _check_task_on(task, test, datasets[test], f"{where} (test_dataset {test!r})", external=True)
+    for name in datasets_config.used(config):
+        datasets_config.root(datasets, name)
+    # per_architecture's names are checked by the schema (the network registry's enum).
+    typos = sorted(set(config["train"].get("per_task") or {}) - set(defined))
+    if typos:
+        raise UserError(f"train.per_task names task(s) {typos} that are not defined, so their settings would "
+                        "never apply", "config key train.per_task",
+                        f"name a task of task_definitions: {sorted(defined)}")
+    # Here rather than uniqueItems in the schema: folds given on the command line are strings.
+    listed = folds(config)
+    repeated = sorted({f for f in listed if listed.count(f) > 1})
+    if repeated:
+        raise UserError(f"fold(s) {repeated} listed more than once", "config key folds",
+                        "list each fold once, e.g. folds=[0,1]")
+    for fold in listed:
+        if fold >= k:
+            raise UserError(f"fold {fold} does not exist with k={k}", "config key folds",
+                            f"use fold indices 0..{k - 1}")
+
+
+def check_layering(config: dict, configfiles, demo_config) -> None:
+    """Refuse a study (demo: false) built on the demo's config file.
+
+    ``configfiles`` are the files given with --configfile (Snakemake reads ``demo_config``,
+    config/config.yaml, only when there are none). The demo's small-data settings (64 px, 60 steps,
+    one fold) must never train on real data: a study comes from a config file of its own.
+    """
+    demo_file_read = not configfiles or any(os.path.exists(f) and os.path.samefile(f, demo_config)
+                                            for f in configfiles)
+    if demo_file_read and not config.get("demo"):
+        raise UserError("demo: false on the demo's config (config/config.yaml): its small-data settings "
+                        "(64 px inputs, 60 steps, one fold of three, a small network from scratch) would "
+                        "train on your data", "config key demo",
+                        "give a study config with --configfile, e.g. snakemake --cores 8 --resources gpu=1 "
+                        "--configfile config/paper.yaml --config breakhis_dir=/data/BreaKHis_v1 tma_dir=/data/tma "
+                        "(or a copy of config/paper.yaml edited for your data; config/README.md)")
+
+
+def check_schema(config: dict, schema_path) -> None:
+    """Raise a short UserError on the first value the JSON schema (a YAML file) refuses.
+
+    Snakemake's own validate() prints the whole schema after the error; this names the key, its
+    place and, for an unknown key, the keys allowed there.
+    """
+    import jsonschema
+    import yaml
+
+    with open(schema_path, encoding="utf-8") as fh:
+        schema = yaml.safe_load(fh)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
+        return
+    err = errors[0]
+    place = ".".join(str(p) for p in err.absolute_path)
+    where = f"config key {place}" if place else "the top level of the config"
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        unknown = sorted(k for k in err.instance if k not in allowed)
+        if allowed:
+            raise UserError(f"unknown config key(s) {unknown}", where, f"use one of the keys allowed there: {allowed}")
+    if err.validator == "required" and not place:
+        raise UserError(f"{err.message}: the config files given are not a whole config", where, LAYERING)
+    if err.validator in ("anyOf", "oneOf"):
+        # jsonschema's own text ("... is not valid under any of the given schemas") says neither what
+        # is allowed nor which part of the value is wrong: the key's description does.
+        described = _description(schema, list(err.absolute_path))
+        if described:
+            key, text = described
+            raise UserError(f"{err.instance!r} is not allowed for {key}", where,
+                            f"give {key} a value it allows: {text}")
+    what = err.message if len(err.message) <= 300 else err.message[:300] + " ..."
+    raise UserError(what, where, "see config/schema.yaml for the values allowed there")
+
+
+# What --configfile does; said wherever a config looks like a partial one.
+LAYERING = ("the files given with --configfile are the whole config, layered in the order given (config/config.yaml, "
+            "the demo, is read only when no --configfile is given): start the list with a whole config, e.g. "
+            "--configfile config/paper.yaml your_overlay.yaml, or config/config.yaml your_overlay.yaml to change "
+            "the demo (config/README.md)")
+
+
+def _description(schema: dict, path: list) -> tuple[str, str] | None:
+    """The dotted key and description of the deepest key on ``path`` that the schema describes."""
+    found, node, keys = None, schema, []
+    for part in path:
+        if isinstance(part, int):
+            node = node.get("items", {}) if isinstance(node, dict) else {}
+            continue
+        props = node.get("properties", {}) if isinstance(node, dict) else {}
+        node = props.get(part) or (node.get("additionalProperties") if isinstance(node, dict) else None) or {}
+        if "$ref" in node:
+            node = schema["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+        keys.append(str(part))
+        if node.get("description"):
+            found = (".".join(keys), " ".join(node["description"].split()))
+    return found
+
+
+def _check_task_on(task: dict, name: str, spec: dict, where: str, external: bool) -> None:
+    """The task's label, classes, filter and magnification exist in dataset ``name``.
+
+    On an external test dataset the classes may be a subset of the task's: each of the dataset's
+    classes must be one of the task's, and a filter must be on columns the dataset has.
+    """
+    if spec["kind"] == "breakhis":
+        _check_breakhis_task(task, where)
+        return
+    if task["label"] != "label":
+        raise UserError(f"folder dataset {name!r} has one label column, 'label', not {task['label']!r}",
+                        f"{where}.label", "set label: label, or use a dataset of the same kind")
+    allowed = spec.get("classes")
+    if external:
+        _check_values(allowed, task["classes"], f"config key datasets.{name}.classes")
+        if task.get("filter"):
+            raise UserError(f"folder dataset {name!r} has no columns to filter on", f"{where}.filter",
+                            "remove the filter or test on a dataset of the task's kind")
+    elif allowed:
+        _check_values(task["classes"], allowed, f"{where}.classes")
+    if task.get("magnification", "all") != "all":
+        raise UserError(f"folder dataset {name!r} has no magnification", f"{where}.magnification",
+                        "set magnification: all")
+
+
+def _check_breakhis_task(task: dict, where: str) -> None:
+    label = task["label"]
+    if label not in BREAKHIS_LABELS:
+        raise UserError(f"BreakHis has no label column {label!r}", f"{where}.label",
+                        f"use one of {sorted(BREAKHIS_LABELS)}")
+    _check_values(task["classes"], BREAKHIS_LABELS[label], f"{where}.classes")
+    for column, values in (task.get("filter") or {}).items():
+        if column not in BREAKHIS_LABELS:
+            raise UserError(f"BreakHis has no column {column!r} to filter on", f"{where}.filter",
+                            f"filter on one of {sorted(BREAKHIS_LABELS)}")
+        _check_values(values if isinstance(values, list) else [values], BREAKHIS_LABELS[column],
+                      f"{where}.filter.{column}")
+
+
+def _check_values(values, allowed, where: str) -> None:
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise UserError(f"unknown value(s) {unknown}", where, f"allowed values: {list(allowed)}")
+
+
+def runs(config: dict) -> list[str]:
+    return [run_name(task, protocol)
+            for task, spec in selected_tasks(config).items()
+            for protocol in spec["protocols"]]
+
+
+def selected_tasks(config: dict) -> dict:
+    """The definitions of the tasks to run, in the order config["tasks"] lists them."""
+    return {name: config["task_definitions"][name] for name in config["tasks"]}
+
+
+def partial_folds_warning(config: dict) -> str | None:
+    """A warning when a study (not the demo) runs only some of its folds."""
+    run, k = folds(config), config["splits"]["k"]
+    if config.get("demo") or len(run) == k:
+        return None
+    return (f"training and testing only fold(s) {run} of splits.k={k} (config key folds): every table "
+            "averages over these folds only; set folds: all to run every fold")
+
+
+def folds(config: dict) -> list[int]:
+    """The folds to run; values given on the command line arrive as strings."""
+    listed = config.get("folds", "all")
+    return list(range(config["splits"]["k"])) if listed == "all" else [int(f) for f in listed]
+
+
+def train_settings(config: dict, task: str, arch: str) -> dict:
+    """Training settings for one task and architecture: defaults < per_architecture < per_task.
+
+    An absent image_size is the network's own (224 px for ResNet V1, 299 for Inception V3...),
+    written out so that the job's settings, settings.json and a dry run's command say it.
+    """
+    from deepbc.training.nets import NETWORKS  # the registry imports no TensorFlow
+
+    train = config["train"]
+    settings = copy.deepcopy(train["defaults"])
+    for layer in (train["per_architecture"].get(arch), train["per_task"].get(task)):
+        for key, value in (layer or {}).items():
+            if isinstance(value, dict):
+                settings[key] = {**settings.get(key, {}), **value}
+            else:
+                settings[key] = value
+    settings.setdefault("image_size", NETWORKS[arch].default_image_size)
+    return settings
+
+
+def has_both_protocols(config: dict) -> bool:
+    """Whether some selected task runs both protocols (then the leakage table is made)."""
+    return any(len(set(spec["protocols"])) > 1 for spec in selected_tasks(config).values())
+
+
+def train_settings_json(config: dict, run: str, arch: str) -> str:
+    """The training settings of a run's model as the one JSON argument of train_model.py."""
+    return json.dumps(train_settings(config, parse_run(run)[0], arch), sort_keys=True)
+
+
+def checkpoint_record(config: dict, run: str, arch: str) -> str | None:
+    """The ImageNet checkpoint record a model trains from, or None for a model trained from scratch."""
+    if train_settings(config, parse_run(run)[0], arch)["init"] == "imagenet":
+        return f"results/checkpoints/{arch}.json"
+    return None
+
+
+def model_dir(run: str, arch: str, fold) -> str:
+    return f"results/models/{run}/{arch}/fold{fold}"
+
+
+def shard_index(run: str, fold, split: str) -> str:
+    return f"results/tfrecords/{run}/fold{fold}/{split}.json"
+
+
+def store_index(dataset: str) -> str:
+    """The index of a dataset's encoded store (deepbc.shards.writer.encode_store)."""
+    return f"results/encoded/{dataset}/store.json"
+
+
+def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]:
+    """predict_folder.py's per-patient arguments, when new_images/{folder}.patients.csv exists."""
+    csv = f"new_images/{folder}.patients.csv"
+    if not os.path.exists(csv):
+        return []
+    return ["--patients-csv", csv,
+            "--out-patients", f"results/new_predictions/{run}/{arch}/fold{fold}/{folder}.patients.csv"]
+
+
+@functools.lru_cache(maxsize=None)
+def _listed_shards(index_path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The shards an index lists. Snakemake asks for each index many times while it builds the
+    DAG, and an index (with its members) takes milliseconds to parse: parsed once per version of
+    the file (``mtime_ns``, ``size``)."""
+    with open(index_path, encoding="utf-8") as fh:
+        return tuple(json.load(fh).get("shards", []))
+
+
+def check_shards_present(index_path) -> None:
+    """Raise UserError if a shard index exists but a shard it lists does not.
+
+    Called by the train and evaluate rules' input functions, so that ``snakemake -n`` reports it
+    rather than the job once training starts. A missing or unreadable index is left to the rules
+    (write_shards makes it) and to the job (which names what is wrong with it).
+    """
+    try:
+        stat = os.stat(index_path)
+        listed = _listed_shards(os.fspath(index_path), stat.st_mtime_ns, stat.st_size)
+    except (OSError, ValueError, AttributeError):
+        return
+    folder = os.path.dirname(index_path)
+    missing = [os.path.normpath(os.path.join(folder, name)) for name in listed
+               if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        store = os.path.dirname(missing[0])
+        raise UserError(f"{len(missing)} shard(s) listed in this index are missing, e.g. {missing[0]}",
+                        str(index_path), f"delete the folder {store}/ and rerun: encode_dataset rebuilds "
+                                         "the dataset's store and write_shards the indexes")
