@@ -6,16 +6,26 @@ import logging
 import sys
 import time
 
+from deepbc import names
 from deepbc.errors import UserError
 
 LOG = logging.getLogger("deepbc")
 
 
+class _Formatter(logging.Formatter):
+    """Shows the bytes of a file name that is not UTF-8 as ``\\xNN``, as the CSVs do
+    (``names.printable``): such a name must never make a message, least of all an error, fail."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return names.printable(super().format(record))
+
+
 def setup(log_file: str | None = None, level: int = logging.INFO) -> logging.Logger:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        # backslashreplace: any other text UTF-8 cannot hold (a lone surrogate no file name gives) still logs.
+        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8", errors="backslashreplace"))
+    fmt = _Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
