@@ -4,7 +4,8 @@ Every file under the scanned folder (hidden ones too) ends in exactly one of the
 
 - manifest: one row per usable image, sorted by ``path`` (columns in ``BREAKHIS_COLUMNS`` /
   ``FOLDER_COLUMNS``, see docs/DESIGN.md);
-- rejects: ``path, reason, detail`` with reason one of ``REJECT_REASONS``.
+- rejects: ``path, reason, detail`` with reason one of ``REJECT_REASONS``; a ``path`` shows each byte
+  that is not UTF-8 as ``\\xNN`` (``names.printable``).
 
 ``path`` is always relative to the root the user gave (``breakhis_dir``/``tma_dir``), so
 ``Path(root) / path`` opens the image. For BreakHis only the resolved ``breast/`` folder is scanned
@@ -16,7 +17,9 @@ permission denied (``unreadable``, the OS error in the detail), not a regular fi
 (``not_an_image``), more than ``imageio.MAX_PIXELS`` pixels by its header (``too_large``), the full
 decode or the PNG chunk checksums fail (``truncated`` when the data ends early, ``undecodable``
 otherwise), its pixel mode has no defined conversion to 8-bit RGB (``unsupported_mode``, see
-``deepbc.imageio``), the path does not parse to labels (``unparsable_name``),
+``deepbc.imageio``), the path is not valid UTF-8 (``undecodable_name``: manifests, shards and CSVs
+hold paths as UTF-8 text, so the detail gives a command renaming it; see ``deepbc.names``), the path
+does not parse to labels (``unparsable_name``),
 identical bytes already kept under the same labels (``duplicate``). Identical bytes under
 *different* labels are all kept with ``label_conflict`` set, because neither copy can be trusted
 more than the other (BreakHis slide 14-13412 is filed under both ductal and lobular carcinoma).
@@ -33,7 +36,7 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from deepbc import breakhis, folder_dataset, imageio
+from deepbc import breakhis, folder_dataset, imageio, names
 from deepbc.atomic import write_csv, write_parquet
 from deepbc.breakhis import UnparsableName
 from deepbc.errors import UserError
@@ -43,7 +46,7 @@ LOG = logging.getLogger(__name__)
 
 KINDS = ("breakhis", "folder")
 REJECT_REASONS = ("unreadable", "zero_bytes", "not_an_image", "too_large", "undecodable", "truncated",
-                  "unsupported_mode", "unparsable_name", "duplicate")
+                  "unsupported_mode", "undecodable_name", "unparsable_name", "duplicate")
 REJECT_COLUMNS = ["path", "reason", "detail"]
 _COMMON = {"path": "str", "sha256": "str", "bytes": "int64", "width": "int64", "height": "int64", "format": "str"}
 _TAIL = {"slide": "str", "patient": "str", "magnification": "str", "label_conflict": "bool"}
@@ -194,6 +197,10 @@ def build_manifest(root: str | Path, kind: str, classes=None, patients_csv: str 
         if info["reason"]:
             rejects.append((path, info["reason"], info["detail"]))
             continue
+        if not names.is_utf8(path):
+            rejects.append((path, "undecodable_name", f"the path is not valid UTF-8, which manifests, shards and "
+                                                      f"CSVs need; rename it: {names.rename_command(root, path)}"))
+            continue
         row = {"path": path, "sha256": info["sha256"], "bytes": info["bytes"], "width": info["width"],
                "height": info["height"], "format": info["format"]}
         try:
@@ -212,6 +219,7 @@ def build_manifest(root: str | Path, kind: str, classes=None, patients_csv: str 
 
     manifest = pd.DataFrame(rows, columns=list(columns)).astype(columns)
     manifest = manifest.sort_values("path", ignore_index=True)
+    rejects = [(names.printable(path), reason, names.printable(detail)) for path, reason, detail in rejects]
     rejects_df = pd.DataFrame(rejects, columns=REJECT_COLUMNS).astype("str")
     rejects_df = rejects_df.sort_values("path", ignore_index=True)
     assert len(manifest) + len(rejects_df) == len(files), "every file must land in exactly one table"
