@@ -447,6 +447,26 @@ def test_large_files_are_judged_from_their_header_and_hashed_in_chunks(tma_tree)
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
 
 
+def test_too_large_details_state_the_limit_the_code_enforces_and_readme_quotes(tmp_path):
+    """One limit, imageio.MAX_PIXELS: Pillow's own check (which fires at twice it) never speaks."""
+    from deepbc import imageio
+
+    png = _image(tmp_path / "small.png", 1)
+    limit = f"{imageio.MAX_PIXELS:,}"
+    # 5 x 17,895,697 is exactly the limit, 2 x 44,739,243 one pixel more.
+    assert 5 * 17_895_697 == imageio.MAX_PIXELS and 2 * 44_739_243 == imageio.MAX_PIXELS + 1
+    with imageio.strict(), imageio.open_image(_claiming_size(png, 5, 17_895_697)) as im:
+        assert im.size == (5, 17_895_697)
+    for width, height in ((2, 44_739_243), (10_000, 10_000), (20_000, 20_000)):
+        path = _write(tmp_path / f"{width}x{height}.png", _claiming_size(png, width, height))
+        info = inspect_file(str(path))
+        assert info["reason"] == "too_large"
+        assert info["detail"] == (f"{width} x {height} = {width * height:,} pixels, more than the {limit} accepted; "
+                                  f"cut the image into tiles")
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"`too_large` (over {limit} pixels by its header" in readme
+
+
 def test_a_path_that_is_not_utf8_is_rejected_with_a_rename_that_works(tma_tree, tmp_path):
     """Linux names are bytes: one that is not UTF-8 cannot be written to the manifest or a CSV, so
     it is a reject whose detail is a bash command; run as given, the file is then accepted."""
