@@ -315,10 +315,28 @@ def _summarise(dataset: str, kind: str, manifest: pd.DataFrame, rejects: pd.Data
         absent = [k for k in order if k not in stats.index]
         if kind == "breakhis" and absent:
             LOG.warning("%s: no usable images for %s %s", dataset, col, ", ".join(absent))
+    if kind == "folder":
+        _warn_patients_in_several_classes(dataset, manifest)
     if kind == "folder" and (manifest["patient_source"] == "image").any():
         LOG.warning("%s: no patients CSV, so every image is its own patient group; if several images come "
                     "from one patient a patient-wise split can leak. Give a CSV (path, patient) to fix this.",
                     dataset)
+
+
+def _warn_patients_in_several_classes(dataset: str, manifest: pd.DataFrame) -> None:
+    """A patient of the patients CSV with images in two class folders: legitimate (two diagnoses) or a
+    CSV mistake (two patients sharing an id); either way the user should know what the split does."""
+    counts = manifest.groupby(["patient", "label"]).size()
+    per_patient = counts.groupby(level="patient").size()
+    mixed = per_patient.index[per_patient > 1]
+    if mixed.empty:
+        return
+    shown = ", ".join(f"{p} (" + ", ".join(f"{label} {n}" for label, n in counts.loc[p].items()) + ")"
+                      for p in mixed[:5]) + (", ..." if len(mixed) > 5 else "")
+    LOG.warning("%s: %d patient(s) of the patients CSV have images in more than one class folder (images per "
+                "class): %s. The patient-wise split keeps each patient's images together, so such a patient lands "
+                "in one split with images of several labels. If these are different patients sharing an id, give "
+                "them distinct ids in the patients CSV.", dataset, len(mixed), shown)
 
 
 def check_dataset(dataset: str, kind: str, root: str | Path, manifest_path: str | Path, rejects_path: str | Path,

@@ -251,6 +251,18 @@ def test_folder_dataset_with_patient_csv(tma_tree, caplog):
     assert rejects.values.tolist() == [["patients.csv", "not_an_image",
                                         "the patients CSV (--patients-csv): patient metadata, not an image"]]
     assert "1 of 14 row(s) of the patients CSV" in caplog.text and "lung/gone.png" in caplog.text
+    assert "more than one class folder" not in caplog.text
+
+
+def test_a_csv_patient_with_images_in_two_classes_is_warned_about(tma_tree, caplog):
+    root, patients = tma_tree
+    csv = _write_csv(root.parent / "patients.csv", {**patients, "lung/core0.png": "P00"})
+    caplog.set_level(logging.INFO)
+    build_manifest(root, "folder", classes=TMA_CLASSES, patients_csv=csv, dataset="tma")
+    assert ("tma: 1 patient(s) of the patients CSV have images in more than one class folder (images per "
+            "class): P00 (breast 2, lung 1). The patient-wise split keeps each patient's images together, so such "
+            "a patient lands in one split with images of several labels. If these are different patients sharing "
+            "an id, give them distinct ids in the patients CSV.") in caplog.text
 
 
 def test_folder_dataset_without_csv_makes_each_image_its_own_group(tma_tree, caplog):
