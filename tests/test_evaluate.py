@@ -1,5 +1,8 @@
 """Predictions of a trained model: on test shards and on a folder of new images."""
 
+import logging
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -132,6 +135,63 @@ def test_a_folder_with_bad_small_16_bit_and_tiff_files_gets_a_row_for_each(model
     assert (df.loc["b.tif", "width"], df.loc["b.tif", "height"]) == (40, 40)
     written = pd.read_csv(tmp_path / "pred.csv", keep_default_na=False)
     assert len(written) == len(df) and set(written["reason"]) == set(df["reason"])
+
+
+@pytest.mark.slow
+def test_a_name_that_is_not_utf8_gets_its_row_and_prediction(model, tmp_path, caplog):
+    """Its path is shown as the logs and the dataset check's rejects show it; a patients CSV names it so."""
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "names"
+    folder.mkdir()
+    pixels = trainkit.draw(rng, 1)
+    Image.fromarray(pixels).save(folder / "ok.png")
+    Image.fromarray(pixels).save(folder / os.fsdecode(b"zero_\xe9.png"))  # the same image under a Latin-1 name
+    (folder / os.fsdecode(b"text_\xff.png")).write_text("not an image")
+    pd.DataFrame({"path": ["zero_\\xe9.png", "ok.png"], "patient": "P1"}).to_csv(tmp_path / "p.csv", index=False)
+    caplog.set_level(logging.INFO)
+    df = predict.predict_folder(model / "model", folder, tmp_path / "pred.csv", tmp_path / "p.csv",
+                                 tmp_path / "per_patient.csv").set_index("path")
+    rows = ["ok.png", "text_\\xff.png", "zero_\\xe9.png"]
+    assert list(df.index) == rows
+    written = pd.read_csv(tmp_path / "pred.csv", keep_default_na=False).set_index("path")
+    assert list(written.index) == rows and list(written["warning"]) == list(df["warning"])
+    assert df["reason"].to_list() == ["", "not_an_image", ""]
+    np.testing.assert_allclose(df.loc["zero_\\xe9.png", "prob_malignant"], df.loc["ok.png", "prob_malignant"],
+                               atol=1e-6)
+    assert df.loc["zero_\\xe9.png", "patient"] == "P1"
+    assert pd.read_csv(tmp_path / "per_patient.csv").set_index("patient").loc["P1", "n_images"] == 2
+    name = "the file name is not valid UTF-8: path shows its undecodable bytes as \\xNN"
+    assert df["warning"].to_list() == ["", name, name]
+    assert "2 file name(s) are not valid UTF-8: the CSV shows their undecodable bytes as \\xNN, and so must a " \
+           "patients CSV: text_\\xff.png, zero_\\xe9.png" in caplog.text
+    assert "not predicted: text_\\xff.png: not_an_image" in caplog.text
+
+
+@pytest.mark.slow
+def test_blank_images_are_predicted_with_a_warning(model, tmp_path, caplog):
+    """Fully transparent (composited on white) or one flat colour, even as a JPEG: warned about, and the
+    warning joins the small-image one; noise of a couple of levels, as on empty glass, is no blank."""
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    Image.fromarray(trainkit.draw(rng, 1)).save(folder / "ok.png")
+    Image.fromarray(np.dstack([trainkit.draw(rng, 1), np.zeros((40, 40), np.uint8)])).save(folder / "clear.png")
+    Image.fromarray(np.full((40, 40, 3), (230, 180, 200), np.uint8)).save(folder / "pink.jpg", quality=90)
+    Image.fromarray(np.full((12, 12, 3), 255, np.uint8)).save(folder / "tiny_white.png")
+    glass = np.clip(np.round(rng.normal(240, 2, (40, 40, 3))), 0, 255).astype(np.uint8)
+    Image.fromarray(glass).save(folder / "glass.png")
+    caplog.set_level(logging.INFO)
+    df = predict.predict_folder(model / "model", folder, tmp_path / "pred.csv").set_index("path")
+    assert (df["reason"] == "").all() and df["prob_malignant"].notna().all()
+    blank = ("blank: no channel's standard deviation reaches 1 level (largest 0.00), e.g. a fully transparent "
+             "image, composited on white; the prediction says nothing")
+    assert df["warning"].to_dict() == {
+        "clear.png": blank, "glass.png": "", "ok.png": "", "pink.jpg": blank,
+        "tiny_white.png": "shorter side 12 px is below half the network input (32 px): enlarged 2.7x; " + blank}
+    assert pd.read_csv(tmp_path / "pred.csv", keep_default_na=False)["warning"].to_list() == df["warning"].to_list()
+    assert "3 image(s) are blank (no channel's standard deviation reaches 1 level), so their predictions say " \
+           "nothing: clear.png, pink.jpg, tiny_white.png" in caplog.text
+    assert "1 image(s) have a shorter side below 16 px" in caplog.text
 
 
 @pytest.mark.slow

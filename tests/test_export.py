@@ -1,6 +1,7 @@
 """The SavedModel export: served without this package, with evaluation's probabilities."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +66,11 @@ def test_predict_folder_with_the_export_matches_the_checkpoint(exported, tmp_pat
         Image.fromarray(pixels).save(folder / f"{i}.png")
         Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)  # decoded at a reduced scale
         Image.fromarray(pixels).save(folder / f"{i}.tif")  # re-encoded as PNG for the export
+    Image.fromarray(pixels).save(folder / os.fsdecode(b"2_\xe9.png"))  # a name that is not UTF-8
     by_checkpoint = predict.predict_folder(exported / "model", folder, tmp_path / "a.csv")
     by_export = predict.predict_folder(exported / "export", folder, tmp_path / "b.csv")
     assert list(by_export["path"]) == list(by_checkpoint["path"]) and (by_export["reason"] == "").all()
+    assert "2_\\xe9.png" in set(by_export["path"])
     prob_cols = [f"prob_{c}" for c in trainkit.CLASSES]
     np.testing.assert_allclose(by_export[prob_cols].to_numpy(float), by_checkpoint[prob_cols].to_numpy(float),
                                atol=1e-5)

@@ -121,7 +121,7 @@ def test_the_check_the_shard_writer_and_predict_folder_agree_on_every_mode(tmp_p
             encoded, height, width, _ = shard_writer.encode_image(path, fmt, 95, 0, row.sha256)
             features = {"image/encoded": encoded, "image/height": height, "image/width": width}
             np.testing.assert_array_equal(records.decode(features, fmt).numpy(), pixels, err_msg=f"{row.path} {fmt}")
-        jpeg, predicted, width, height = predict._read_for_prediction(Path(path), None)
+        jpeg, predicted, width, height, _ = predict._read_for_prediction(Path(path), None)
         assert (height, width) == pixels.shape[:2]
         if row.path in ("x/CMYK.jpg", "x/L.jpg"):  # not 8-bit RGB: decoded by imageio, not as JPEG bytes
             assert jpeg == b""

@@ -174,7 +174,8 @@ def test_check_dataset_reruns_byte_identically_with_and_without_a_pool(breakhis_
     assert len(pd.read_csv(tmp_path / "out1" / "r.csv")) == len(expected)
     log = caplog.text
     assert "16 files scanned, 6 usable, 10 rejected (unreadable: 0, zero_bytes: 1, not_an_image: 4, too_large: 0, " \
-           "undecodable: 1, truncated: 1, unsupported_mode: 0, unparsable_name: 2, duplicate: 1)" in log
+           "undecodable: 1, truncated: 1, unsupported_mode: 0, undecodable_name: 0, unparsable_name: 2, " \
+           "duplicate: 1)" in log
     assert "label conflict: 1 distinct image(s) filed as malignant/DC vs malignant/LC (slide(s) 14-13412)" in log
     assert "bh: 4 patients" in log
     assert "bh per subtype: A 2 images/1 patients, F 1 images/1 patients, DC 1 images/1 patients" in log
@@ -255,6 +256,18 @@ def test_folder_dataset_with_patient_csv(tma_tree, caplog):
     assert rejects.values.tolist() == [["patients.csv", "not_an_image",
                                         "the patients CSV (--patients-csv): patient metadata, not an image"]]
     assert "1 of 14 row(s) of the patients CSV" in caplog.text and "lung/gone.png" in caplog.text
+    assert "more than one class folder" not in caplog.text
+
+
+def test_a_csv_patient_with_images_in_two_classes_is_warned_about(tma_tree, caplog):
+    root, patients = tma_tree
+    csv = _write_csv(root.parent / "patients.csv", {**patients, "lung/core0.png": "P00"})
+    caplog.set_level(logging.INFO)
+    build_manifest(root, "folder", classes=TMA_CLASSES, patients_csv=csv, dataset="tma")
+    assert ("tma: 1 patient(s) of the patients CSV have images in more than one class folder (images per "
+            "class): P00 (breast 2, lung 1). The patient-wise split keeps each patient's images together, so such "
+            "a patient lands in one split with images of several labels. If these are different patients sharing "
+            "an id, give them distinct ids in the patients CSV.") in caplog.text
 
 
 def test_folder_dataset_without_csv_makes_each_image_its_own_group(tma_tree, caplog):
@@ -449,3 +462,66 @@ def test_large_files_are_judged_from_their_header_and_hashed_in_chunks(tma_tree)
         assert row["sha256"] == hashlib.file_digest(fh, "sha256").hexdigest()
     assert row["bytes"] == len(head) + big
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_too_large_details_state_the_limit_the_code_enforces_and_readme_quotes(tmp_path):
+    """One limit, imageio.MAX_PIXELS: Pillow's own check (which fires at twice it) never speaks."""
+    from deepbc.data import imageio
+
+    png = _image(tmp_path / "small.png", 1)
+    limit = f"{imageio.MAX_PIXELS:,}"
+    # 5 x 17,895,697 is exactly the limit, 2 x 44,739,243 one pixel more.
+    assert 5 * 17_895_697 == imageio.MAX_PIXELS and 2 * 44_739_243 == imageio.MAX_PIXELS + 1
+    with imageio.strict(), imageio.open_image(_claiming_size(png, 5, 17_895_697)) as im:
+        assert im.size == (5, 17_895_697)
+    for width, height in ((2, 44_739_243), (10_000, 10_000), (20_000, 20_000)):
+        path = _write(tmp_path / f"{width}x{height}.png", _claiming_size(png, width, height))
+        info = inspect_file(str(path))
+        assert info["reason"] == "too_large"
+        assert info["detail"] == (f"{width} x {height} = {width * height:,} pixels, more than the {limit} accepted; "
+                                  f"cut the image into tiles")
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"`too_large` (over {limit} pixels by its header" in readme
+
+
+def test_a_path_that_is_not_utf8_is_rejected_with_a_rename_that_works(tma_tree, tmp_path):
+    """Linux names are bytes: one that is not UTF-8 cannot be written to the manifest or a CSV, so
+    it is a reject whose detail is a bash command; run as given, the file is then accepted."""
+    root, patients = tma_tree
+    _image(root / "lung" / os.fsdecode(b"zero_\xe9.png"), 60)
+    _image(root / "lung" / "zero_\xe9.png", 61)  # its Latin-1 reading is taken: the command picks another name
+    _image(root / "breast" / os.fsdecode(b"case\x85") / "deep.png", 62)  # a folder; 0x85 is no printable character
+    _image(root / "breast" / os.fsdecode(b"case\x85") / "deeper.png", 63)
+    out = tmp_path / "out"
+    check_dataset("tma", "folder", root, out / "m.parquet", out / "r.csv", classes=TMA_CLASSES)
+    rejects = pd.read_csv(out / "r.csv")
+    assert rejects["path"].tolist() == ["breast/case\\x85/deep.png", "breast/case\\x85/deeper.png",
+                                        "lung/zero_\\xe9.png"]
+    assert (rejects["reason"] == "undecodable_name").all()
+    commands = rejects["detail"].str.split("rename it: ").str[1].tolist()
+    assert commands == [f"mv -- $'{root}/breast/case\\x85' {root}/breast/case_"] * 2 + [
+        f"mv -- $'{root}/lung/zero_\\xe9.png' '{root}/lung/zero_\xe9_2.png'"]
+    assert len(pd.read_parquet(out / "m.parquet")) == len(patients) + 1
+    for command in dict.fromkeys(commands):
+        subprocess.run(["bash", "-c", command], check=True, timeout=30)
+    manifest, rejects = build_manifest(root, "folder", classes=TMA_CLASSES)
+    assert rejects.empty
+    assert {"breast/case_/deep.png", "breast/case_/deeper.png", "lung/zero_\xe9_2.png"} <= set(manifest["path"])
+
+
+def test_check_dataset_script_lists_a_breakhis_file_whose_name_is_not_utf8(tmp_path):
+    root = tmp_path / "BreaKHis_v1"
+    _image(root / _bh("A", "22549AB", 40, 1), 1)
+    _image(root / _bh("DC", "2523", 40, 1), 3)
+    bad = _bh("A", "22549AB", 40, 2).replace("-002.png", "-002\xe9.png")
+    _image(root / os.fsdecode(bad.encode("latin-1")), 2)
+    out = tmp_path / "out"
+    done = _script("--dataset", "breakhis", "--kind", "breakhis", "--root", root, "--workers", 2,
+                   "--manifest", out / "m.parquet", "--rejects", out / "r.csv", "--log", tmp_path / "log.txt")
+    assert done.returncode == 0, done.stderr
+    shown = bad.replace("\xe9", "\\xe9")
+    assert pd.read_csv(out / "r.csv")[["path", "reason"]].values.tolist() == [[shown, "undecodable_name"]]
+    assert pd.read_parquet(out / "m.parquet")["path"].tolist() == [_bh("A", "22549AB", 40, 1), _bh("DC", "2523", 40, 1)]
+    log = (tmp_path / "log.txt").read_text(encoding="utf-8")
+    assert f"WARNING rejected {shown}: undecodable_name (the path is not valid UTF-8" in log
+    assert "Logging error" not in done.stderr

@@ -44,7 +44,11 @@ sys.exit(logs.run_main(main, ["--log", {log!r}]))
     ("UserError('bad thing', 'a/b.csv', 'fix it')", "yes", ["bad thing", "where: a/b.csv", "what to do: fix it"]),
     ("OSError(errno.ENOSPC, 'No space left on device', 'results/x.parquet')", "no",
      ["no space left on device", "where: results/x.parquet", "free disk space"]),
-], ids=["unexpected", "before_setup", "user_error", "disk_full"])
+    # A file name that is not UTF-8 (its byte 0xE9 held by Python as a surrogate), shown as the CSVs show it.
+    ("UserError('cannot use it', 'data/zero_\\udce9.png', 'rename it')", "yes",
+     ["cannot use it", "where: data/zero_\\xe9.png", "what to do: rename it"]),
+    ("RuntimeError('bad name data/zero_\\udce9.png')", "no", ["RuntimeError: bad name data/zero_\\xe9.png"]),
+], ids=["unexpected", "before_setup", "user_error", "disk_full", "name_not_utf8", "name_not_utf8_traceback"])
 def test_failures_reach_the_log_file(tmp_path, error, before_setup, expected):
     log = tmp_path / "job.log"
     code = FAILING_MAIN.format(root=str(ROOT), log=str(log), error=error, before_setup=before_setup)

@@ -6,8 +6,9 @@ Example:
       --images /data/new_slides --out predictions.csv --threads 0 [--patients-csv patients.csv --out-patients per_patient.csv]
 
 Writes one row per image file (path relative to --images, width, height, prob_<class> columns,
-predicted class, warning for images far smaller than the network's input, and reason/detail for a
-file that cannot be read, which gets no probabilities); with a CSV mapping images to patients
+predicted class, warning for images far smaller than the network's input, blank images and file
+names that are not UTF-8, and reason/detail for a file that cannot be read, which gets no
+probabilities); with a CSV mapping images to patients
 (columns path,patient), also one row per patient (mean probabilities of its predicted images).
 """
 

@@ -4,7 +4,8 @@ Every file under the scanned folder (hidden ones too) ends in exactly one of the
 
 - manifest: one row per usable image, sorted by ``path`` (columns in ``BREAKHIS_COLUMNS`` /
   ``FOLDER_COLUMNS``, see docs/DESIGN.md);
-- rejects: ``path, reason, detail`` with reason one of ``REJECT_REASONS``.
+- rejects: ``path, reason, detail`` with reason one of ``REJECT_REASONS``; a ``path`` shows each byte
+  that is not UTF-8 as ``\\xNN`` (``names.printable``).
 
 ``path`` is always relative to the root the user gave (``breakhis_dir``/``tma_dir``), so
 ``Path(root) / path`` opens the image. For BreakHis only the resolved ``breast/`` folder is scanned
@@ -16,7 +17,9 @@ permission denied (``unreadable``, the OS error in the detail), not a regular fi
 (``not_an_image``), more than ``imageio.MAX_PIXELS`` pixels by its header (``too_large``), the full
 decode or the PNG chunk checksums fail (``truncated`` when the data ends early, ``undecodable``
 otherwise), its pixel mode has no defined conversion to 8-bit RGB (``unsupported_mode``, see
-``deepbc.data.imageio``), the path does not parse to labels (``unparsable_name``),
+``deepbc.data.imageio``), the path is not valid UTF-8 (``undecodable_name``: manifests, shards and CSVs
+hold paths as UTF-8 text, so the detail gives a command renaming it; see ``deepbc.jobs.names``), the path
+does not parse to labels (``unparsable_name``),
 identical bytes already kept under the same labels (``duplicate``). Identical bytes under
 *different* labels are all kept with ``label_conflict`` set, because neither copy can be trusted
 more than the other (BreakHis slide 14-13412 is filed under both ductal and lobular carcinoma).
@@ -36,6 +39,7 @@ import pandas as pd
 
 from deepbc.data import breakhis, folder_dataset, imageio
 from deepbc.data.breakhis import UnparsableName
+from deepbc.jobs import names
 from deepbc.jobs.atomic import write_csv, write_parquet
 from deepbc.jobs.errors import UserError
 from deepbc.jobs.logs import Progress
@@ -44,7 +48,7 @@ LOG = logging.getLogger(__name__)
 
 KINDS = ("breakhis", "folder")
 REJECT_REASONS = ("unreadable", "zero_bytes", "not_an_image", "too_large", "undecodable", "truncated",
-                  "unsupported_mode", "unparsable_name", "duplicate")
+                  "unsupported_mode", "undecodable_name", "unparsable_name", "duplicate")
 REJECT_COLUMNS = ["path", "reason", "detail"]
 _COMMON = {"path": "str", "sha256": "str", "bytes": "int64", "width": "int64", "height": "int64", "format": "str"}
 _TAIL = {"slide": "str", "patient": "str", "magnification": "str", "label_conflict": "bool"}
@@ -195,6 +199,10 @@ def build_manifest(root: str | Path, kind: str, classes=None, patients_csv: str 
         if info["reason"]:
             rejects.append((path, info["reason"], info["detail"]))
             continue
+        if not names.is_utf8(path):
+            rejects.append((path, "undecodable_name", f"the path is not valid UTF-8, which manifests, shards and "
+                                                      f"CSVs need; rename it: {names.rename_command(root, path)}"))
+            continue
         row = {"path": path, "sha256": info["sha256"], "bytes": info["bytes"], "width": info["width"],
                "height": info["height"], "format": info["format"]}
         try:
@@ -213,6 +221,7 @@ def build_manifest(root: str | Path, kind: str, classes=None, patients_csv: str 
 
     manifest = pd.DataFrame(rows, columns=list(columns)).astype(columns)
     manifest = manifest.sort_values("path", ignore_index=True)
+    rejects = [(names.printable(path), reason, names.printable(detail)) for path, reason, detail in rejects]
     rejects_df = pd.DataFrame(rejects, columns=REJECT_COLUMNS).astype("str")
     rejects_df = rejects_df.sort_values("path", ignore_index=True)
     assert len(manifest) + len(rejects_df) == len(files), "every file must land in exactly one table"
@@ -308,10 +317,28 @@ def _summarise(dataset: str, kind: str, manifest: pd.DataFrame, rejects: pd.Data
         absent = [k for k in order if k not in stats.index]
         if kind == "breakhis" and absent:
             LOG.warning("%s: no usable images for %s %s", dataset, col, ", ".join(absent))
+    if kind == "folder":
+        _warn_patients_in_several_classes(dataset, manifest)
     if kind == "folder" and (manifest["patient_source"] == "image").any():
         LOG.warning("%s: no patients CSV, so every image is its own patient group; if several images come "
                     "from one patient a patient-wise split can leak. Give a CSV (path, patient) to fix this.",
                     dataset)
+
+
+def _warn_patients_in_several_classes(dataset: str, manifest: pd.DataFrame) -> None:
+    """A patient of the patients CSV with images in two class folders: legitimate (two diagnoses) or a
+    CSV mistake (two patients sharing an id); either way the user should know what the split does."""
+    counts = manifest.groupby(["patient", "label"]).size()
+    per_patient = counts.groupby(level="patient").size()
+    mixed = per_patient.index[per_patient > 1]
+    if mixed.empty:
+        return
+    shown = ", ".join(f"{p} (" + ", ".join(f"{label} {n}" for label, n in counts.loc[p].items()) + ")"
+                      for p in mixed[:5]) + (", ..." if len(mixed) > 5 else "")
+    LOG.warning("%s: %d patient(s) of the patients CSV have images in more than one class folder (images per "
+                "class): %s. The patient-wise split keeps each patient's images together, so such a patient lands "
+                "in one split with images of several labels. If these are different patients sharing an id, give "
+                "them distinct ids in the patients CSV.", dataset, len(mixed), shown)
 
 
 def check_dataset(dataset: str, kind: str, root: str | Path, manifest_path: str | Path, rejects_path: str | Path,

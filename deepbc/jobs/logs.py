@@ -13,12 +13,21 @@ import os
 import sys
 import time
 
+from deepbc.jobs import names
 from deepbc.jobs.errors import UserError
 
 LOG = logging.getLogger("deepbc")
 # ``LOG.info(..., extra=PROGRESS)``: a progress line (step, rate, ETA), shown on the console too.
 PROGRESS = {"progress": True}
 CONSOLE_PROGRESS_EVERY = 30.0
+
+
+class _Formatter(logging.Formatter):
+    """Shows the bytes of a file name that is not UTF-8 as ``\\xNN``, as the CSVs do
+    (``names.printable``): such a name must never make a message, least of all an error, fail."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return names.printable(super().format(record))
 
 
 def setup(log_file: str | None = None, level: int = logging.INFO, script: bool = False) -> logging.Logger:
@@ -35,8 +44,9 @@ def setup(log_file: str | None = None, level: int = logging.INFO, script: bool =
     console.addFilter(_ConsoleFilter())
     handlers: list[logging.Handler] = [console]
     if log_file:
-        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        # backslashreplace: any other text UTF-8 cannot hold (a lone surrogate no file name gives) still logs.
+        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8", errors="backslashreplace"))
+    fmt = _Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
