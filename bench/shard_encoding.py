@@ -130,8 +130,7 @@ def main(argv=None) -> int:
         for name, (fmt, quality, side) in variants.items():
             out = Path(tmp) / name
             start = time.process_time()
-            shard_writer.write_shards(table, 0, root, out, images_per_shard=16, image_format=fmt, jpeg_quality=quality,
-                                max_shorter_side=side, seed=args.seed, workers=1)
+            shard_writer.write_shards(table, 0, root, out, seed=args.seed, workers=1, shards={"images_per_shard": 16, "format": fmt, "jpeg_quality": quality, "max_shorter_side": side})
             write_cpu = time.process_time() - start
             result = measure(out / "train.json", args.image_size, args.passes, args.batch_size)
             result["write_ms_per_image"] = round(1000 * write_cpu / len(rels), 2)

@@ -12,12 +12,13 @@ sys.path.insert(0, workflow.basedir)
 from deepbc.workflow import config as wfconfig  # noqa: E402
 from deepbc.data.runs import parse_run  # noqa: E402
 from deepbc.data import datasets as datasets_config  # noqa: E402
+from deepbc.jobs import schema  # noqa: E402
 from deepbc.jobs.errors import UserError  # noqa: E402
 from deepbc.data.runs import SPLITS  # noqa: E402
 
 try:
     # A short message first; Snakemake's validate() then fills in the schema's defaults.
-    wfconfig.check_schema(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+    schema.check(config)
     validate(config, schema="../config/schema.yaml")
     wfconfig.check(config)
     wfconfig.check_layering(

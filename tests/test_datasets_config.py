@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from deepbc.data import datasets as datasets_config
+from deepbc.jobs import schema
 from deepbc.jobs.errors import UserError
 from deepbc.workflow import config as workflow_config
 
@@ -95,12 +96,11 @@ def test_task_on_a_named_dataset_is_checked(demo_config, task, expected):
 
 
 def test_schema_takes_any_dataset_name_of_word_characters(demo_config):
-    schema = ROOT / "config" / "schema.yaml"
-    workflow_config.check_schema(with_third_dataset(demo_config), schema)
+    schema.check(with_third_dataset(demo_config))
     config = copy.deepcopy(demo_config)
     config["datasets"]["site-b"] = {"kind": "breakhis"}
     with pytest.raises(UserError, match=r"'site-b' does not match(.|\n)*config key datasets"):
-        workflow_config.check_schema(config, schema)
+        schema.check(config)
 
 
 def _merged(base: dict, overlay: dict) -> dict:
@@ -117,5 +117,5 @@ def test_shipped_configs_pass(files):
     config = {}
     for name in files:
         config = _merged(config, yaml.safe_load((ROOT / "config" / name).read_text()))
-    workflow_config.check_schema(config, ROOT / "config" / "schema.yaml")
+    schema.check(config)
     workflow_config.check(config)

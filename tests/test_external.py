@@ -113,7 +113,7 @@ def test_shards_read_each_row_under_its_dataset_root(tmp_path):
     splits.to_parquet(tmp_path / "s.parquet")
     stores = {}
     for ds, rows in splits.groupby("dataset"):  # each dataset's store, as encode_dataset makes it
-        shard_writer.encode_store(rows, roots[ds], tmp_path / "encoded" / ds, images_per_shard=64, seed=0)
+        shard_writer.encode_store(rows, roots[ds], tmp_path / "encoded" / ds, seed=0, shards={"images_per_shard": 64})
         stores[ds] = tmp_path / "encoded" / ds / "store.json"
     indexes = shard_writer.write_split_indexes_file(tmp_path / "s.parquet", 0, stores["home"], tmp_path / "out",
                                                     test_store=stores["site_b"])

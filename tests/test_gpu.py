@@ -15,6 +15,7 @@ import pytest
 
 from deepbc.jobs import gpu
 from deepbc.jobs.errors import UserError
+from tests import trainkit
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
@@ -149,7 +150,7 @@ def _job_args(name, tmp_path):
     """Arguments naming inputs that do not exist: the GPU check must fail before any is read."""
     missing = str(tmp_path / "missing")
     return {"train_model": ["--train-index", missing, "--val-index", missing, "--arch", "resnet_small",
-                            "--settings-json", "{}",
+                            "--settings-json", json.dumps(trainkit.settings_values()),
                             "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"), "--seed", "1",
                             "--threads", "1"],
             "evaluate_model": ["--model-dir", missing, "--shard-index", missing, "--out", str(tmp_path / "out"),
@@ -332,7 +333,7 @@ def test_gpus_0_trains_on_the_cpu_without_complaint_and_records_it(tmp_path, mon
     _fake_nvidia_smi(tmp_path, monkeypatch)
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    settings = trainkit.settings(max_number_of_steps=1, eval_every_steps=1, save_every_steps=1,
+    settings = trainkit.settings_values(max_number_of_steps=1, eval_every_steps=1, save_every_steps=1,
                                  batch_size=4)
     log, out = tmp_path / "train.log", tmp_path / "model"
     code = run_main(_script_main("train_model"), [

@@ -1,5 +1,6 @@
 """Job locks: a second job on the same state folder or output names the holder; death frees the lock."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 
 from deepbc.jobs import locks
 from deepbc.jobs.errors import UserError
+from tests import trainkit
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow_scripts"
@@ -38,7 +40,7 @@ def holder(tmp_path):
 def _script(name, target, tmp_path, timeout="0.2"):
     args = {"train_model.py": ["--train-index", str(tmp_path / "no train.json"),
                                "--val-index", str(tmp_path / "no val.json"), "--arch", "resnet_small",
-                               "--settings-json", "{}", "--out-dir", str(tmp_path / "model"),
+                               "--settings-json", json.dumps(trainkit.settings_values()), "--out-dir", str(tmp_path / "model"),
                                "--state-dir", str(target), "--seed", "1", "--threads", "1"],
             "evaluate_model.py": ["--model-dir", str(tmp_path / "no model"), "--shard-index",
                                   str(tmp_path / "test.json"), "--out", str(target), "--val-shard-index",

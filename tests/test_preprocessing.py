@@ -5,11 +5,10 @@ import pytest
 import tensorflow as tf
 
 from deepbc.jobs.errors import UserError
+from deepbc.training import settings
 from deepbc.training.preprocessing import (
-    AUGMENT_DEFAULTS,
     RGB_FROM_HED,
     VGG_MEANS,
-    check_augment,
     get_preprocessing,
     hed_jitter,
     hed_to_rgb,
@@ -20,7 +19,7 @@ RNG = np.random.default_rng(0)
 # A histology-sized, asymmetric image: a gradient plus noise, so every flip/rotation differs.
 IMAGE = np.clip(np.linspace(0, 200, 700)[None, :, None] + np.linspace(0, 50, 460)[:, None, None]
                 + RNG.integers(0, 6, (460, 700, 3)), 0, 255).astype(np.uint8)
-NO_AUG = dict({key: False for key in AUGMENT_DEFAULTS}, hed=None)
+NO_AUG = {"rotate": False, "flip": False, "random_crop": False, "color_jitter": False, "hed": None}
 
 
 def run(style, is_training, image=IMAGE, size=(64, 64), augment=None, seed=(1, 2)):
@@ -95,7 +94,7 @@ def test_non_square_outputs_rotate_by_half_turns_only():
 def test_augmentations_switch_off_and_never_apply_at_eval():
     reference = run("vgg", False)
     np.testing.assert_allclose(run("vgg", True, augment=NO_AUG), reference, atol=1e-4)
-    everything = dict({key: True for key in AUGMENT_DEFAULTS}, hed={"sigma": 0.5, "bias": 0.5})
+    everything = {"rotate": True, "flip": True, "random_crop": True, "color_jitter": True, "hed": {"sigma": 0.5, "bias": 0.5}}
     np.testing.assert_array_equal(run("vgg", False, augment=everything), reference)
 
 
@@ -133,19 +132,20 @@ def test_runs_in_a_tf_data_map_inside_a_graph():
 def test_bad_input_is_clear():
     with pytest.raises(UserError, match="unknown preprocessing 'resnet'"):
         get_preprocessing("resnet", True)
-    with pytest.raises(UserError, match="unknown augmentation 'rotation'"):
-        check_augment({"rotation": True})
-    with pytest.raises(UserError, match="true or false"):
-        check_augment({"flip": "yes"})
-    assert check_augment(None) == AUGMENT_DEFAULTS == {"rotate": True, "flip": True, "random_crop": False,
-                                                       "color_jitter": False, "hed": None}
-    with pytest.raises(UserError, match="null or"):
-        check_augment({"hed": True})
-    with pytest.raises(UserError, match="null or"):
-        check_augment({"hed": {"sigma": 0.05}})
-    with pytest.raises(UserError, match="sigma < 1"):
-        check_augment({"hed": {"sigma": 1.5, "bias": 0.05}})
-    assert check_augment({"hed": {"sigma": 0, "bias": 0.1}})["hed"] == {"sigma": 0.0, "bias": 0.1}
+    # The augmentation is checked by the schema, which also gives its defaults.
+    with pytest.raises(UserError, match="'rotation' was unexpected"):
+        get_preprocessing("vgg", True, {"rotation": True})
+    with pytest.raises(UserError, match="'yes' is not of type 'boolean'"):
+        settings.augment({"flip": "yes"})
+    assert settings.as_dict(settings.augment()) == {"rotate": True, "flip": True, "random_crop": False,
+                                                    "color_jitter": False, "hed": None}
+    with pytest.raises(UserError, match="True is not of type 'object', 'null'"):
+        settings.augment({"hed": True})
+    with pytest.raises(UserError, match="'bias' is a required property"):
+        settings.augment({"hed": {"sigma": 0.05}})
+    with pytest.raises(UserError, match="1.5 is greater than or equal to the maximum of 1"):
+        settings.augment({"hed": {"sigma": 1.5, "bias": 0.05}})
+    assert settings.augment({"hed": {"sigma": 0, "bias": 0.1}}).hed.bias == 0.1
     with pytest.raises(ValueError, match="uint8"):
         get_preprocessing("vgg", False)(tf.zeros([10, 10, 3]), 8, 8)
 

@@ -11,10 +11,10 @@ import yaml
 from snakemake.utils import validate
 
 from deepbc.data import breakhis, manifest, tasks
+from deepbc.jobs import schema
 from deepbc.jobs.errors import UserError
 from deepbc.shards import records
 from deepbc.shards import writer as shard_writer
-from deepbc.training import preprocessing
 from deepbc.training.nets import NETWORKS
 from deepbc.workflow import config as workflow_config
 
@@ -29,15 +29,15 @@ def test_architecture_enum_is_the_network_registry():
     assert sorted(SCHEMA["definitions"]["architecture"]["enum"]) == sorted(NETWORKS)
 
 
-def test_shard_settings_are_the_shard_writers():
-    spec = PROPS["shards"]["properties"]
-    assert sorted(spec["format"]["enum"]) == sorted(records.FORMATS)
-    assert (spec["jpeg_quality"]["minimum"], spec["jpeg_quality"]["maximum"]) == records.JPEG_QUALITY
-    # encode_store also runs outside the workflow (bench/, tests): its defaults are the schema's.
-    defaults = inspect.signature(shard_writer.encode_store).parameters
-    for key, param in [("images_per_shard", "images_per_shard"), ("format", "image_format"),
-                       ("jpeg_quality", "jpeg_quality"), ("max_shorter_side", "max_shorter_side")]:
-        assert defaults[param].default == spec[key]["default"], key
+def test_shard_formats_are_the_records():
+    assert sorted(PROPS["shards"]["properties"]["format"]["enum"]) == sorted(records.FORMATS)
+
+
+def test_encode_store_keeps_no_default_of_its_own():
+    """encode_store also runs outside the workflow (bench/, tests): it takes the shards section and the
+    schema fills it, so its signature names none of the section's keys."""
+    params = set(inspect.signature(shard_writer.encode_store).parameters)
+    assert not params & set(PROPS["shards"]["properties"]) and "shards" in params
 
 
 def test_breakhis_enums_are_the_parsers():
@@ -99,68 +99,9 @@ def test_no_rule_reads_a_section_that_may_be_absent_without_its_schema_default()
         assert key in SCHEMA["required"] or "default" in PROPS[key], key
 
 
-# The trainer's settings that may be absent: the network's own value is used then.
-NETWORK_DEFAULT_SETTINGS = {"image_size", "batch_norm_decay"}
-TRAINER_FILES = [ROOT / "deepbc" / "training" / "train.py", ROOT / "deepbc" / "training" / "graph.py"]
-
-
-def _train_defaults_schema():
-    return PROPS["train"]["properties"]["defaults"]
-
-
-def _trainer_reads():
-    text = "".join(p.read_text() for p in TRAINER_FILES)
-    return set(re.findall(r'settings\["(\w+)"\]', text)), set(re.findall(r'settings\.get\("(\w+)"', text))
-
-
-def test_every_training_setting_the_trainer_reads_is_guaranteed_by_the_schema():
-    """A config the schema passes never fails a training job with a missing key."""
-    defaults = _train_defaults_schema()
-    guaranteed = set(defaults["required"]) | {k for k, v in defaults["properties"].items() if "default" in v}
-    indexed, optional = _trainer_reads()
-    assert indexed and indexed <= guaranteed, sorted(indexed - guaranteed)
-    assert optional == NETWORK_DEFAULT_SETTINGS and not optional & guaranteed
-    # Every setting is one of the two kinds: none is left without a rule.
-    assert set(SCHEMA["definitions"]["train_settings"]["properties"]) == guaranteed | NETWORK_DEFAULT_SETTINGS
-
-
-def test_a_config_naming_only_the_required_training_settings_gets_every_other():
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    required = _train_defaults_schema()["required"]
-    config["train"] = {"defaults": {k: config["train"]["defaults"][k] for k in required},
-                       "per_architecture": {"resnet_small": {"augment": {"flip": False}}}}
-    validate(config, str(SCHEMA_PATH))
-    assert config["train"]["per_architecture"] == {"resnet_small": {"augment": {"flip": False}}}  # still partial
-    settings = workflow_config.train_settings(config, config["tasks"][0], "resnet_small")
-    indexed, _ = _trainer_reads()
-    assert indexed <= set(settings)
-    assert settings["augment"] == dict(preprocessing.AUGMENT_DEFAULTS, flip=False)
-
-
-def test_augmentation_defaults_are_the_preprocessings():
-    # get_preprocessing also runs outside the workflow (bench/): its defaults are the schema's.
-    schema = _train_defaults_schema()["properties"]["augment"]["properties"]
-    assert {k: v["default"] for k, v in schema.items()} == preprocessing.AUGMENT_DEFAULTS
-
-
 @pytest.mark.parametrize("key", ["init", "learning_rate", "eval_every_steps"])
 def test_a_missing_training_setting_is_refused_before_any_job(key):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     del config["train"]["defaults"][key]
     with pytest.raises(UserError, match=rf"'{key}' is a required property(.|\n)*config key train.defaults"):
-        workflow_config.check_schema(config, SCHEMA_PATH)
-
-
-def test_the_settings_tests_and_benchmarks_train_with_are_valid_train_defaults():
-    """They call the trainer directly, without the workflow's validation."""
-    import jsonschema
-
-    from deepbc.bench import training
-    from tests import trainkit
-
-    schema = {**{k: v for k, v in _train_defaults_schema().items() if k != "$ref"},
-              "allOf": [{"$ref": "#/definitions/train_settings"}], "definitions": SCHEMA["definitions"]}
-    bench = dict(training.SETTINGS, image_size=64, batch_size=4, max_number_of_steps=3, eval_every_steps=3,
-                 save_every_steps=3)  # what training.run adds
-    for settings in (trainkit.settings(), bench):
-        jsonschema.validate(settings, schema)
+        schema.check(config)

@@ -51,11 +51,11 @@ def dataset(tmp_path_factory):
     return root, table
 
 
-def _write(dataset, out, **settings):
+def _write(dataset, out, seed=3, workers=1, **shards):
+    """The fold's indexes, with two images per store shard unless ``shards`` (config keys) says otherwise."""
     root, table = dataset
-    options = dict(images_per_shard=2, image_format="jpeg", jpeg_quality=95, max_shorter_side=0, seed=3, workers=1)
-    options.update(settings)
-    return shard_writer.write_shards(table, 0, root, out, **options)
+    return shard_writer.write_shards(table, 0, root, out, seed=seed, workers=workers,
+                                     shards={"images_per_shard": 2, **shards})
 
 
 def _records(index_path):
@@ -66,7 +66,7 @@ def _records(index_path):
 
 def test_index_and_every_feature(dataset, tmp_path):
     root, table = dataset
-    indexes = _write(dataset, tmp_path, image_format="png")
+    indexes = _write(dataset, tmp_path, format="png")
     fold = table[table["fold"] == 0]
     for split in SPLITS:
         index = json.loads((tmp_path / f"{split}.json").read_text())
@@ -105,7 +105,7 @@ def test_jpeg_resize_and_raw_pixels(dataset, tmp_path):
         assert min(h, w) == 20 and f["image/format"].numpy() == b"jpeg"
         assert Image.open(io.BytesIO(f["image/encoded"].numpy())).format == "JPEG"
         assert records.decode(f, "jpeg").shape == (h, w, 3)
-    _write(dataset, tmp_path / "raw", image_format="raw")
+    _write(dataset, tmp_path / "raw", format="raw")
     for f in _records(tmp_path / "raw" / "test.json"):
         source = np.asarray(Image.open(root / f["image/filename"].numpy().decode()).convert("RGB"))
         np.testing.assert_array_equal(records.decode(f, "raw").numpy(), source)
@@ -243,7 +243,7 @@ def test_each_image_is_encoded_once_per_dataset_whatever_the_folds(dataset, tmp_
     encoded = []
     real = shard_writer.encode_image
     monkeypatch.setattr(shard_writer, "encode_image", lambda path, **kw: encoded.append(path) or real(path, **kw))
-    store = shard_writer.encode_store(table, root, tmp_path / "store", images_per_shard=2, workers=1)
+    store = shard_writer.encode_store(table, root, tmp_path / "store", workers=1, shards={"images_per_shard": 2})
     assert sorted(encoded) == sorted(str(root / p) for p in table["path"].unique())  # 16 images, 2 folds
     for fold in (0, 1):
         indexes = shard_writer.write_split_indexes(table, fold, tmp_path / "store" / "store.json", tmp_path / f"f{fold}")
@@ -262,7 +262,7 @@ def test_a_one_magnification_split_lists_only_its_magnifications_shards(dataset,
     root, table = dataset
     number = table["path"].str.extract(r"img(\d+)", expand=False).astype(int)
     table = table.assign(magnification=np.where(number // 2 % 2 == 0, "40X", "100X"))
-    store = shard_writer.encode_store(table, root, tmp_path / "store", images_per_shard=3, seed=3, workers=1)
+    store = shard_writer.encode_store(table, root, tmp_path / "store", seed=3, workers=1, shards={"images_per_shard": 3})
     magnification = dict(zip(table["path"], table["magnification"]))
     shard_mags = [{magnification[p] for p, (s, *_) in store["records"].items() if s == k}
                   for k in range(len(store["shards"]))]
@@ -299,8 +299,8 @@ def test_a_stale_index_over_a_rebuilt_store_is_an_error(dataset, tmp_path):
     """Records are matched by position: a store rebuilt in another order must not pass its images
     off under the old index's labels."""
     root, table = dataset
-    shard_writer.write_shards(table, 0, root, tmp_path, images_per_shard=4, workers=1)
-    shard_writer.encode_store(table, root, tmp_path / "encoded" / "dataset", images_per_shard=4, seed=9, workers=1)
+    shard_writer.write_shards(table, 0, root, tmp_path, workers=1, shards={"images_per_shard": 4})
+    shard_writer.encode_store(table, root, tmp_path / "encoded" / "dataset", seed=9, workers=1, shards={"images_per_shard": 4})
     with pytest.raises(UserError, match="shard index is stale: .* differ from the store's") as err:
         shard_reader.make_dataset(tmp_path / "train.json", batch_size=3, is_training=False, image_size=8)
     assert "rerun write_shards" in str(err.value) and str(tmp_path / "train.json") in str(err.value)
@@ -311,8 +311,7 @@ def test_an_index_over_a_store_re_encoded_in_the_same_layout_is_an_error(dataset
     index must not pass off the old encoding (settings.json, predict_folder) and shard hashes (resume)."""
     root, table = dataset
     _write(dataset, tmp_path)
-    shard_writer.encode_store(table, root, tmp_path / "encoded" / "dataset", images_per_shard=2, image_format="jpeg",
-                              jpeg_quality=50, max_shorter_side=0, seed=3, workers=1)
+    shard_writer.encode_store(table, root, tmp_path / "encoded" / "dataset", seed=3, workers=1, shards={"images_per_shard": 2, "format": "jpeg", "jpeg_quality": 50, "max_shorter_side": 0})
     with pytest.raises(UserError, match="shard index is stale") as err:
         shard_reader.read_index(tmp_path / "val.json")
     assert f"delete {tmp_path.parent}/" in str(err.value)
@@ -414,11 +413,11 @@ def test_a_file_changed_since_the_manifest_is_an_error(dataset, tmp_path):
     copy = tmp_path / "root"
     shutil.copytree(root, copy)
     hashed = _hashed(copy, table)
-    shard_writer.write_shards(hashed, 0, copy, tmp_path / "ok", images_per_shard=4, workers=1)
+    shard_writer.write_shards(hashed, 0, copy, tmp_path / "ok", workers=1, shards={"images_per_shard": 4})
     victim = hashed.loc[hashed["split"] == "val", "path"].iloc[0]
     Image.new("RGB", (40, 30), "white").save(copy / victim)  # still a valid image, but not the checked one
     with pytest.raises(UserError, match="changed after the manifest") as err:
-        shard_writer.write_shards(hashed, 0, copy, tmp_path / "bad", images_per_shard=4, workers=1)
+        shard_writer.write_shards(hashed, 0, copy, tmp_path / "bad", workers=1, shards={"images_per_shard": 4})
     assert victim in str(err.value)
     # A store encoded from other bytes than the splits' manifest says is refused by the index writer.
     stale = hashed.assign(sha256=hashed["sha256"].where(hashed["path"] != victim, "0" * 64))
@@ -438,7 +437,7 @@ def test_a_16_bit_png_is_scaled_not_clipped(dataset, tmp_path):
     Image.fromarray(gradient).save(copy / victim)
     assert Image.open(copy / victim).mode == "I;16"
     for fmt in ("jpeg", "png"):
-        shard_writer.write_shards(table, 0, copy, tmp_path / fmt, images_per_shard=4, image_format=fmt, workers=1)
+        shard_writer.write_shards(table, 0, copy, tmp_path / fmt, workers=1, shards={"images_per_shard": 4, "format": fmt})
         record = next(r for r in _records(tmp_path / fmt / "test.json") if r["image/filename"] == victim.encode())
         pixels = records.decode(record, fmt).numpy().astype(np.float64)
         assert abs(pixels.mean() - gradient.mean() / 257) < 1.0, fmt  # JPEG q95 moves the mean a little
@@ -453,7 +452,7 @@ def test_images_stored_as_they_are_are_not_decoded(dataset, tmp_path, monkeypatc
 
     monkeypatch.setattr(Image.Image, "load", no_decoding)
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    shard_writer.write_shards(_hashed(root, table), 0, root, tmp_path, images_per_shard=4, image_format="png", workers=1)
+    shard_writer.write_shards(_hashed(root, table), 0, root, tmp_path, workers=1, shards={"images_per_shard": 4, "format": "png"})
     stored = {r["image/filename"].numpy().decode(): r["image/encoded"].numpy() for r in _records(tmp_path / "train.json")}
     assert all(data == (root / path).read_bytes() for path, data in stored.items())
 

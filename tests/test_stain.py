@@ -290,7 +290,7 @@ def test_write_shards_stores_normalised_pixels(tmp_path):
 
     root, table = _shard_dataset(tmp_path)
     params = stain.fit(_tile("ref", "pr"), "macenko")
-    indexes = shard_writer.write_shards(table, 0, root, tmp_path / "out", image_format="png", seed=1, stain=params)
+    indexes = shard_writer.write_shards(table, 0, root, tmp_path / "out", seed=1, stain=params, shards={"format": "png"})
     assert indexes["train"]["encoding"]["stain"] == params
     assert indexes["train"]["stain_fallbacks"] == {"no_tissue": 1} and indexes["test"]["stain_fallbacks"] == {}
     import tensorflow as tf
@@ -304,8 +304,8 @@ def test_write_shards_stores_normalised_pixels(tmp_path):
     np.testing.assert_array_equal(stored, stain.normalize(original, params))
     assert not np.array_equal(stored, original)
     # Same bytes from worker processes.
-    again = shard_writer.write_shards(table, 0, root, tmp_path / "again", image_format="png", seed=1, stain=params,
-                                      workers=2)
+    again = shard_writer.write_shards(table, 0, root, tmp_path / "again", seed=1, stain=params,
+                                      workers=2, shards={"format": "png"})
     assert [again[s]["shard_sha256"] for s in again] == [indexes[s]["shard_sha256"] for s in indexes]
 
 

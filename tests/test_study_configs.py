@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from deepbc.jobs import schema
 from deepbc.jobs.errors import UserError
 from deepbc.training.nets import NETWORKS
 from deepbc.workflow import config as wc
@@ -121,7 +122,7 @@ def test_check_layering():
 
 def test_per_task_settings_must_name_a_defined_task():
     config = load("paper.yaml")
-    wc.check_schema(config, CONFIG / "schema.yaml")
+    schema.check(config)
     config["train"]["per_task"] = {"benign_vs_malignent": {"batch_size": 8}}
     with pytest.raises(UserError) as err:
         wc.check(config)
@@ -133,14 +134,14 @@ def test_per_architecture_settings_must_name_a_known_network():
     config = load("paper.yaml")
     config["train"]["per_architecture"] = {"resnet_v1_5O": {"batch_size": 8}}
     with pytest.raises(UserError, match=r"resnet_v1_5O(.|\n)*train\.per_architecture"):
-        wc.check_schema(config, CONFIG / "schema.yaml")
+        schema.check(config)
 
 
 @pytest.mark.parametrize("folds", [[-1], [], "abc", ["x"]])
 def test_bad_folds_say_what_is_allowed(folds):
     config = {**load("config.yaml"), "folds": folds}
     with pytest.raises(UserError) as err:
-        wc.check_schema(config, CONFIG / "schema.yaml")
+        schema.check(config)
     text = str(err.value)
     assert "not valid under any of the given schemas" not in text
     assert "config key folds" in text and "all (every one of the splits.k folds) or a list of fold indices" in text

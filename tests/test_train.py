@@ -1,6 +1,7 @@
 """Training: the small network learns; runs are bit-reproducible; a killed run resumes exactly where
 it stopped, unless its inputs changed; ImageNet stages, each with its own early stopping."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -159,7 +160,7 @@ def test_kept_weights_newer_than_the_restored_step_are_redone(shard_dir, referen
     with pytest.raises(KeyboardInterrupt):
         train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1, threads=1)
     monkeypatch.setattr(train, "_save_best", save_best)
-    assert killed and killed[0] % SHORT["save_every_steps"]  # kept after the last state save (8)
+    assert killed and killed[0] % SHORT.save_every_steps  # kept after the last state save (8)
     assert (state / "best" / f"model.ckpt-{killed[0]}.index").exists()
     train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1, threads=1)
     assert_same_run(reference, out)
@@ -193,7 +194,7 @@ def test_a_state_of_other_settings_is_discarded(shard_dir, tmp_path, monkeypatch
         train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1)
     monkeypatch.setattr(train, "_save_state", save_state)
     caplog.set_level(logging.INFO, logger="deepbc.training.train")
-    train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", dict(SHORT, learning_rate=0.02), seed=1)
+    train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", dataclasses.replace(SHORT, learning_rate=0.02), seed=1)
     assert "learning_rate 0.01 -> 0.02" in caplog.text
     curve = pd.read_csv(out / "training.csv")
     assert list(curve["step"]) == list(range(1, 17))
@@ -223,7 +224,7 @@ def test_a_model_already_trained_with_these_inputs_is_not_trained_again(shard_di
     assert again == json.loads(json.dumps(first))
     monkeypatch.setattr(train, "_bind_state", would_train)
     with pytest.raises(WouldTrain):  # another setting: trained again
-        train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", dict(settings, learning_rate=0.02), seed=1)
+        train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", dataclasses.replace(settings, learning_rate=0.02), seed=1)
 
 
 def test_only_complete_outputs_of_the_same_inputs_count_as_trained(shard_dir, tmp_path, monkeypatch):
@@ -262,7 +263,7 @@ def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
     marker = state / "state.ckpt-4.index"
     marker.write_text("a saved state")
     train._bind_state(state, train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small",
-                                                   dict(SHORT, save_every_steps=2), 1, None, "fp32"))
+                                                   dataclasses.replace(SHORT, save_every_steps=2), 1, None, "fp32"))
     assert marker.exists()  # when states are saved does not change the model
     caplog.set_level(logging.INFO, logger="deepbc.training.train")
     for changed, said in [(train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 2, None, "fp32"),
@@ -501,7 +502,7 @@ def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpo
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     caplog.set_level(logging.INFO, logger="deepbc")
     out = tmp_path / "model"
-    summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", dict(TINY, precision="mixed"), seed=1)
+    summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", dataclasses.replace(TINY, precision="mixed"), seed=1)
     assert summary["precision"] == summary["device"]["precision"] == "bf16"
     assert json.loads((out / "settings.json").read_text())["precision"] == "bf16"
     assert "precision: bf16 (CPU with avx512_bf16: oneDNN's bfloat16 rewrite)" in caplog.text
@@ -520,7 +521,7 @@ def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_follows
     monkeypatch.setattr(precision, "for_this_machine", lambda requested: precision.resolve(requested, (8, 0)))
     caplog.set_level(logging.INFO, logger="deepbc.training.train")
     out = tmp_path / "model"
-    summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", dict(TINY, precision="mixed"), seed=1,
+    summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", dataclasses.replace(TINY, precision="mixed"), seed=1,
                           log_every=1)
     assert summary["precision"] == "fp16"
     curve = pd.read_csv(out / "training.csv")

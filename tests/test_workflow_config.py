@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deepbc.jobs import schema
 from deepbc.jobs.errors import UserError
 from deepbc.workflow import config as wc
 
@@ -94,18 +95,18 @@ def test_schema_errors_are_short_and_name_the_key(demo_config, mutate, expected)
     config = copy.deepcopy(demo_config)
     mutate(config)
     with pytest.raises(UserError) as err:
-        wc.check_schema(config, SCHEMA)
+        schema.check(config)
     for text in expected:
         assert text in str(err.value)
     assert len(str(err.value)) < 800
-    wc.check_schema(demo_config, SCHEMA)
+    schema.check(demo_config)
 
 
 @pytest.mark.parametrize("hed", [None, {"sigma": 0.05, "bias": 0.05}])
 def test_hed_augmentation_is_off_or_sigma_and_bias(demo_config, hed):
     config = copy.deepcopy(demo_config)
     config["train"]["defaults"]["augment"]["hed"] = hed
-    wc.check_schema(config, SCHEMA)
+    schema.check(config)
 def test_rule_helpers(demo_config, tmp_path, monkeypatch):
     config = copy.deepcopy(demo_config)
     config["train"]["per_architecture"] = {"resnet_small": {"init": "imagenet"}}

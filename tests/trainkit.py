@@ -37,8 +37,7 @@ def make_shards(root: Path, out_dir: Path, per_split=(64, 32, 32), seed: int = 0
             rows.append({"path": rel, "patient": f"{split}-p{i // 4}", "slide": f"{split}-p{i // 4}",
                          "magnification": "NA", "label": CLASSES[label], "label_index": label,
                          "fold": 0, "split": split, "protocol": "patient"})
-    shard_writer.write_shards(pd.DataFrame(rows), 0, root, out_dir, images_per_shard=32, image_format=image_format,
-                        jpeg_quality=95, max_shorter_side=0, seed=seed, workers=1, stain=stain)
+    shard_writer.write_shards(pd.DataFrame(rows), 0, root, out_dir, seed=seed, workers=1, stain=stain, shards={"images_per_shard": 32, "format": image_format, "jpeg_quality": 95, "max_shorter_side": 0})
     return out_dir
 
 
@@ -47,17 +46,21 @@ def indexes(shard_dir: Path) -> tuple[Path, Path]:
     return shard_dir / "train.json", shard_dir / "val.json"
 
 
-def settings(**overrides) -> dict:
-    base = {"init": "scratch", "image_size": 32, "batch_size": 16, "optimizer": "rmsprop",
-            "rmsprop_decay": 0.9, "rmsprop_momentum": 0.9, "opt_epsilon": 1.0, "learning_rate": 0.01,
-            "stage2_learning_rate": 0.001, "learning_rate_decay_factor": 0.94, "num_epochs_per_decay": 2.0,
-            "weight_decay": 4e-5, "batch_norm_decay": 0.9, "max_number_of_steps": 60, "stage2_steps": 0,
-            "augment": {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False},
-            "class_balance": "none", "keep_best_by": "val_loss", "early_stopping_patience": 0,
-            "eval_every_steps": 20, "save_every_steps": 20, "deterministic": True, "precision": "fp32",
-            "xla": False}
-    base.update(overrides)
-    return base
+def settings_values(**overrides) -> dict:
+    """The few training values the tests set (the schema's defaults fill the rest): a scratch network at
+    32 px, short runs; as the JSON a rule would pass."""
+    values = {"init": "scratch", "image_size": 32, "batch_size": 16, "learning_rate": 0.01,
+              "stage2_learning_rate": 0.001, "batch_norm_decay": 0.9, "max_number_of_steps": 60,
+              "eval_every_steps": 20, "save_every_steps": 20}
+    values.update(overrides)
+    return values
+
+
+def settings(**overrides):
+    """``settings_values`` as the trainer takes them: the TrainSettings the schema fills in."""
+    from deepbc.training.settings import build
+
+    return build(settings_values(**overrides), "resnet_small")
 
 
 def serve_without_the_package(export_dir, encoded, tmp_path):

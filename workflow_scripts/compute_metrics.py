@@ -27,7 +27,7 @@ def arguments(p):
                    help="the magnification the task trained on (all, 40X, ...), recorded in meta")
     p.add_argument("--external-test", default=None,
                    help="the task's test_dataset, when the test images are an external dataset's")
-    p.add_argument("--evaluation-json", required=True, type=cli.config_section("evaluation", ["n_bootstrap"]),
+    p.add_argument("--evaluation-json", required=True, type=cli.config_section("evaluation"),
                    help='the config section evaluation as JSON, e.g. \'{"n_bootstrap": 1000}\' '
                         "(bootstrap draws of patients; 0: no CIs)")
     p.add_argument("--seed", type=int, required=True, help="seed of the bootstrap draws")

@@ -17,10 +17,9 @@ def arguments(p):
     p.add_argument("--root", required=True, help="dataset root the manifest's paths are relative to")
     p.add_argument("--out-dir", required=True, help="folder for the store's shards and store.json")
     p.add_argument("--shards-json", required=True,
-                   type=cli.config_section("shards", ["images_per_shard", "format", "jpeg_quality", "max_shorter_side",
-                                                       "stain_normalization"]),
-                   help='the config section shards as JSON (config/schema.yaml), e.g. \'{"images_per_shard": 256, '
-                        '"format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0}\'')
+                   type=cli.config_section("shards"),
+                   help='the config section shards as JSON, whole or in part (config/schema.yaml fills the rest), '
+                        'e.g. \'{"format": "jpeg", "jpeg_quality": 95}\'')
     p.add_argument("--stain-json", default=None,
                    help="the stain normalization fitted by fit_stain.py (results/stain/reference.json); "
                         "required unless shards.stain_normalization is none")
@@ -34,9 +33,7 @@ def run(args):
 
     settings = args.shards_json
     params = stain.params_for(settings["stain_normalization"], args.stain_json)
-    encode_store_file(args.manifest, args.root, args.out_dir, images_per_shard=settings["images_per_shard"],
-                      image_format=settings["format"], jpeg_quality=settings["jpeg_quality"],
-                      max_shorter_side=settings["max_shorter_side"], seed=args.seed, workers=args.workers,
+    encode_store_file(args.manifest, args.root, args.out_dir, shards=settings, seed=args.seed, workers=args.workers,
                       stain=params)
 
 

@@ -12,7 +12,7 @@ from deepbc.jobs import cli
 
 def arguments(p):
     p.add_argument("--shards-json", required=True,
-                   type=cli.config_section("shards", ["stain_normalization", "stain_reference"]),
+                   type=cli.config_section("shards"),
                    help='the config section shards as JSON (config/schema.yaml), e.g. '
                         '\'{"stain_normalization": "macenko", "stain_reference": "ref.png"}\'')
     p.add_argument("--manifests", required=True, nargs="+",

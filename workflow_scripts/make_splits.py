@@ -17,12 +17,13 @@ def arguments(p):
     p.add_argument("--manifest", required=True, help="manifest parquet of the task's dataset")
     p.add_argument("--task", required=True, help="task name (config key tasks.NAME)")
     p.add_argument("--task-json", required=True,
-                   type=cli.config_section("task_definitions.<task>", ["dataset", "label", "classes"]),
+                   type=cli.config_section("task_definitions.<task>",
+                                           "/properties/task_definitions/additionalProperties"),
                    help='the task\'s config as JSON, e.g. \'{"dataset": "breakhis", "label": "tissue", '
                         '"classes": ["benign", "malignant"]}\'')
     p.add_argument("--protocol", required=True, help="patient (patient-wise folds) or image (the preprint's split)")
     p.add_argument("--splits-json", required=True,
-                   type=cli.config_section("splits", ["k", "val_fraction", "exclude_label_conflicts"]),
+                   type=cli.config_section("splits"),
                    help='the config section splits as JSON, e.g. \'{"k": 5, "val_fraction": 0.2, '
                         '"exclude_label_conflicts": true}\'')
     p.add_argument("--seed", type=int, required=True)

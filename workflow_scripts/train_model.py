@@ -9,13 +9,15 @@ checkpoint, training.csv and settings.json to --out-dir only at the end.
 import json
 
 from deepbc.jobs import cli, gpu, locks
+from deepbc.training import settings
 
 
 def arguments(p):
     p.add_argument("--train-index", required=True, help="the fold's training shard index, e.g. .../fold0/train.json")
     p.add_argument("--val-index", required=True, help="the fold's validation shard index, e.g. .../fold0/val.json")
     p.add_argument("--arch", required=True, help="network name, e.g. resnet_v1_50 or resnet_small")
-    p.add_argument("--settings-json", required=True, type=cli.config_section("train (merged)", []),
+    p.add_argument("--settings-json", required=True,
+                   type=cli.config_section("train.defaults", settings.DEFAULTS_POINTER),
                    help="training settings (the merged train.defaults/per_architecture/per_task config)")
     p.add_argument("--checkpoint-json", default=None,
                    help="ImageNet checkpoint record written by get_checkpoint.py (init: imagenet)")
@@ -29,6 +31,7 @@ def arguments(p):
 
 
 def run(args):
+    trained_with = settings.build(args.settings_json, args.arch)  # checked before any lock, lease or TensorFlow
     checkpoint = None
     if args.checkpoint_json:
         with open(args.checkpoint_json) as fh:
@@ -44,7 +47,7 @@ def run(args):
 
         with shard_reader.naming_corrupt_shards([args.train_index, args.val_index]):
             train.train(args.train_index, args.val_index, args.out_dir, args.state_dir, args.arch,
-                        args.settings_json, seed=args.seed, checkpoint=checkpoint, threads=args.threads)
+                        trained_with, seed=args.seed, checkpoint=checkpoint, threads=args.threads)
 
 
 main = cli.script(__doc__, arguments, run)

@@ -120,8 +120,7 @@ def measure_steps(tmp: Path, root: Path, count: int, source_bytes: int, workers:
         # The dataset's store (every image encoded once), then fold 0's indexes over it.
         commands[f"encode_and_index_{fmt}"] = [common.script_command(
             "encode_dataset.py", "--manifest", manifest, "--root", root, "--out-dir", tmp / f"shards_{fmt}" / "store",
-            "--shards-json", json.dumps({"images_per_shard": 256, "format": fmt, "jpeg_quality": 95,
-                                         "max_shorter_side": 0, "stain_normalization": "none"}),
+            "--shards-json", json.dumps({"format": fmt}),  # the schema's defaults for the rest
             "--seed", seed, "--workers", workers),
             common.script_command("write_shards.py", "--splits", splits, "--store",
                                   tmp / f"shards_{fmt}" / "store" / "store.json", "--fold", 0,

@@ -39,14 +39,9 @@ from deepbc.bench import common
 
 LOG = logging.getLogger("deepbc.bench.training")
 
-SETTINGS = {  # the preprint's optimiser (config/paper.yaml), from scratch: every layer trains
-    "init": "scratch", "optimizer": "rmsprop", "rmsprop_decay": 0.9, "rmsprop_momentum": 0.9, "opt_epsilon": 1.0,
-    "learning_rate": 0.01, "stage2_learning_rate": 0.001, "learning_rate_decay_factor": 0.94,
-    "num_epochs_per_decay": 2.0, "weight_decay": 4e-5, "stage2_steps": 0,
-    "augment": {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False},
-    "class_balance": "none", "keep_best_by": "last", "early_stopping_patience": 0, "deterministic": True,
-    "precision": "fp32", "xla": False,
-}
+# The preprint's optimiser (config/paper.yaml; the schema's defaults), from scratch: every layer
+# trains. The values the schema does not default; deepbc.training.settings fills in the rest.
+SETTINGS = {"init": "scratch", "learning_rate": 0.01, "stage2_learning_rate": 0.001, "keep_best_by": "last"}
 VARIANTS = ("trainer", "trainer_mixed", "trainer_mixed_xla", "trainer_nondeterministic", "in_memory",
             "in_memory_mixed", "keras", "keras_mixed_bfloat16")
 # (numerator, denominator) of the ratios reported: the goals of issue 14 and what they rest on.
@@ -131,7 +126,7 @@ def prepare_data(tmp: Path, arch: str, images: int, image_size: int, seed: int,
                           "label": [["benign", "malignant"][k] for k in labels], "label_index": labels,
                           "fold": 0, "split": split, "protocol": "patient"})
     shard_dir = tmp / "shards"
-    shard_writer.write_shards(table, 0, root, shard_dir, images_per_shard=32, seed=seed)
+    shard_writer.write_shards(table, 0, root, shard_dir, seed=seed, shards={"images_per_shard": 32})
     arrays = tmp / "arrays.npz"
     call(_preprocess_to_npz, shard_dir / "train.json", arch, image_size, arrays)
     return shard_dir, arrays
@@ -169,51 +164,56 @@ def steady_rate(step_ends: list[float], batch_size: int, warmup: int) -> float:
     return measured * batch_size / (step_ends[-1] - step_ends[warmup - 1])
 
 
-def trainer_rate(shard_dir: Path, tmp: Path, arch: str, settings: dict, seed: int, threads: int,
+def trainer_rate(shard_dir: Path, tmp: Path, arch: str, values: dict, seed: int, threads: int,
                  warmup: int) -> dict:
     import csv
 
     from deepbc.training import train
+    from deepbc.training.settings import build
 
+    settings = build(values, arch)
     out = tmp / "trainer_model"
     summary = train.train(shard_dir / "train.json", shard_dir / "val.json", out, tmp / "trainer_state", arch,
                           settings, seed, threads=threads)
     with (out / "training.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     # The trainer logs cumulative images/s since its first step: elapsed = images seen / rate.
-    batch = settings["batch_size"]
+    batch = settings.batch_size
     ends = [int(r["step"]) * batch / float(r["images_per_sec"]) for r in rows]
     return {"images_per_s": steady_rate(ends, batch, warmup), "precision": summary["precision"]}
 
 
-def in_memory_rate(arrays: Path, arch: str, settings: dict, seed: int, threads: int, warmup: int) -> dict:
+def in_memory_rate(arrays: Path, arch: str, values: dict, seed: int, threads: int, warmup: int) -> dict:
     import tensorflow as tf
+
+    from deepbc.training.settings import build
 
     from deepbc.training import model_dir, nets
     from deepbc.training import precision as precision_mod
 
-    chosen = precision_mod.for_this_machine(settings["precision"])
+    settings = build(values, arch)
+    chosen = precision_mod.for_this_machine(settings.precision)
     data = np.load(arrays)
     x, y = data["x"], data["y"]
-    batch, steps = settings["batch_size"], settings["max_number_of_steps"]
+    batch, steps = settings.batch_size, settings.max_number_of_steps
     num_classes = int(y.max()) + 1
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(seed)
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch).prefetch(2)
         images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
-        network = nets.get_network_fn(arch, max(2, num_classes), weight_decay=settings["weight_decay"],
+        network = nets.get_network_fn(arch, max(2, num_classes), weight_decay=settings.weight_decay,
                                       is_training=True)
         logits, _ = network(images)
         loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits) + tf.add_n(
             [tf.constant(0.0)] + tf.compat.v1.losses.get_regularization_losses())
-        optimizer = tf.compat.v1.train.RMSPropOptimizer(settings["learning_rate"], decay=settings["rmsprop_decay"],
-                                                        momentum=settings["rmsprop_momentum"],
-                                                        epsilon=settings["opt_epsilon"])
+        optimizer = tf.compat.v1.train.RMSPropOptimizer(settings.learning_rate, decay=settings.rmsprop_decay,
+                                                        momentum=settings.rmsprop_momentum,
+                                                        epsilon=settings.opt_epsilon)
         with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):
             optimizer = precision_mod.wrap_optimizer(optimizer, chosen)
             train_op = optimizer.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step())
-        config = model_dir.session_config(tf, threads, chosen, settings["xla"])
+        config = model_dir.session_config(tf, threads, chosen, settings.xla)
         with tf.compat.v1.Session(graph=graph, config=config) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             ends = []
@@ -223,10 +223,13 @@ def in_memory_rate(arrays: Path, arch: str, settings: dict, seed: int, threads: 
     return {"images_per_s": steady_rate(ends, batch, warmup), "precision": chosen.name}
 
 
-def keras_rate(arrays: Path, model_name: str, settings: dict, seed: int, threads: int, warmup: int,
+def keras_rate(arrays: Path, model_name: str, values: dict, seed: int, threads: int, warmup: int,
                policy: str) -> dict:
     import tensorflow as tf
 
+    from deepbc.training.settings import build
+
+    settings = build(values)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     import keras
@@ -234,14 +237,14 @@ def keras_rate(arrays: Path, model_name: str, settings: dict, seed: int, threads
     keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_global_policy(policy)
     data = np.load(arrays)
-    batch, steps = settings["batch_size"], settings["max_number_of_steps"]
+    batch, steps = settings.batch_size, settings.max_number_of_steps
     reps = -(-steps * batch // len(data["x"]))
     x, y = np.concatenate([data["x"]] * reps), np.concatenate([data["y"]] * reps)
     model = getattr(keras.applications, model_name)(weights=None, input_shape=x.shape[1:],
                                                     classes=max(2, int(y.max()) + 1))
-    model.compile(optimizer=keras.optimizers.RMSprop(settings["learning_rate"], rho=settings["rmsprop_decay"],
-                                                     momentum=settings["rmsprop_momentum"],
-                                                     epsilon=settings["opt_epsilon"]),
+    model.compile(optimizer=keras.optimizers.RMSprop(settings.learning_rate, rho=settings.rmsprop_decay,
+                                                     momentum=settings.rmsprop_momentum,
+                                                     epsilon=settings.opt_epsilon),
                   loss="sparse_categorical_crossentropy")
     ends: list[float] = []
     timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: ends.append(time.perf_counter()))

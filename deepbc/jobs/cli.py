@@ -78,8 +78,13 @@ def job_cpus(text: str) -> int:
     return min([*given, value]) if value else min(given)
 
 
-def config_section(section: str, keys):
-    """An argparse type: the JSON of the config section ``section``, holding at least ``keys``."""
+def config_section(section: str, pointer: str | None = None):
+    """An argparse type: the JSON of the config section ``section`` (a dotted key), whole or in part:
+    the schema fills in its defaults and checks it (``deepbc.jobs.schema.fill``; ``pointer``: where it is
+    in the schema, by default ``/properties/<section>``), so a script run alone gets the workflow's values."""
+    from deepbc.jobs import schema
+
+    where = pointer or f"/properties/{section}"
 
     def parse(text: str) -> dict:
         try:
@@ -89,11 +94,10 @@ def config_section(section: str, keys):
                                              "as a JSON object") from None
         if not isinstance(value, dict):
             raise argparse.ArgumentTypeError(f"the config section {section} must be a JSON object")
-        missing = [k for k in keys if k not in value]
-        if missing:
-            raise argparse.ArgumentTypeError(f"the config section {section} lacks {missing} "
-                                             "(see config/schema.yaml)")
-        return value
+        try:
+            return schema.fill(value, where, where=f"config section {section}")
+        except UserError as err:
+            raise argparse.ArgumentTypeError(f"{err.what} ({err.where}; see config/schema.yaml)") from None
 
-    parse.section, parse.keys = section, tuple(keys)
+    parse.section, parse.pointer = section, where
     return parse

@@ -23,9 +23,6 @@ from deepbc.jobs.errors import UserError
 # The image encodings (``image/format``), also the schema's shards.format enum (tests/test_schema.py
 # checks they agree); the writer refuses others and the reader refuses an index with another.
 FORMATS = ("jpeg", "png", "raw")
-# The schema's jpeg_quality range (tests/test_schema.py checks they agree): write_shards also runs
-# outside the workflow (bench/), where no schema checks its arguments.
-JPEG_QUALITY = (50, 100)
 # The record's features and their types: what the writer stores and the reader parses.
 FEATURES = {
     "image/encoded": "bytes",

@@ -44,11 +44,12 @@ import numpy as np
 import pandas as pd
 
 from deepbc.data.runs import SPLITS
+from deepbc.jobs import schema
 from deepbc.jobs.atomic import atomic_path, write_json
 from deepbc.jobs.errors import UserError
 from deepbc.jobs.logs import Progress
 from deepbc.shards import records
-from deepbc.shards.records import FORMATS, JPEG_QUALITY, STORE_INDEX
+from deepbc.shards.records import STORE_INDEX
 
 LOG = logging.getLogger(__name__)
 
@@ -153,23 +154,13 @@ def plan_shards(rows: pd.DataFrame, images_per_shard: int, seed: int) -> list[pd
     return shards
 
 
-def check_encoding(images_per_shard: int, image_format: str, jpeg_quality: int) -> None:
-    if image_format not in FORMATS:
-        raise UserError(f"unknown image format {image_format!r}", "config key shards.format",
-                        f"use one of {list(FORMATS)}")
-    if images_per_shard < 1:
-        raise UserError(f"images_per_shard must be >= 1, got {images_per_shard}", "config key shards.images_per_shard",
-                        "use e.g. 256")
-    if not JPEG_QUALITY[0] <= jpeg_quality <= JPEG_QUALITY[1]:
-        raise UserError(f"jpeg_quality must be {JPEG_QUALITY[0]}..{JPEG_QUALITY[1]}, got {jpeg_quality}",
-                        "config key shards.jpeg_quality", "use e.g. 95")
-
-
-def encode_store(table: pd.DataFrame, root, out_dir, images_per_shard: int = 256, image_format: str = "jpeg",
-                 jpeg_quality: int = 95, max_shorter_side: int = 0, seed: int = 42, workers: int = 1,
+def encode_store(table: pd.DataFrame, root, out_dir, shards: dict | None = None, seed: int = 42, workers: int = 1,
                  stain: dict | None = None) -> dict:
     """Encode every image of ``table`` (a manifest: path, patient, magnification, sha256) once into
     the store ``out_dir``: shards, then ``store.json``; return the store index.
+
+    ``shards``: the config section shards, whole or in part (the schema's defaults fill the rest and
+    check it: the workflow, benchmarks and tests encode with the same defaults).
 
     ``stain``: stain normalization parameters (``deepbc.shards.stain.fit``) applied to every image
     (``encode_image``); they are part of the encoding, and the store counts the images per
@@ -181,7 +172,9 @@ def encode_store(table: pd.DataFrame, root, out_dir, images_per_shard: int = 256
     import tensorflow as tf
 
     out_dir = Path(out_dir)
-    check_encoding(images_per_shard, image_format, jpeg_quality)
+    shards = schema.fill(shards, "/properties/shards")
+    images_per_shard, image_format = shards["images_per_shard"], shards["format"]
+    jpeg_quality, max_shorter_side = shards["jpeg_quality"], shards["max_shorter_side"]
     needed = ["path", "patient", "magnification"]
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -203,14 +196,14 @@ def encode_store(table: pd.DataFrame, root, out_dir, images_per_shard: int = 256
     # encode_image's keyword arguments, one dict from the encoding settings to every worker.
     encode_kwargs = {"image_format": image_format, "jpeg_quality": int(jpeg_quality),
                      "max_shorter_side": int(max_shorter_side), "stain": stain}
-    shards = plan_shards(rows, images_per_shard, seed)
+    planned = plan_shards(rows, images_per_shard, seed)
     LOG.info("%d images -> %s as %s, %d shard(s) of <= %d, %d worker(s)", len(rows), out_dir, encoding,
-             len(shards), images_per_shard, workers)
+             len(planned), images_per_shard, workers)
     progress = Progress(len(rows), "encoded images", unit="images")
     names, hashes_written, placed, fallbacks = [], [], {}, {}
     with _pool(workers) as pool:
-        for i, shard in enumerate(shards):
-            name = store_shard_name(i, len(shards))
+        for i, shard in enumerate(planned):
+            name = store_shard_name(i, len(planned))
             hashes = shard["sha256"] if "sha256" in shard else [None] * len(shard)
             jobs = [(f, h, encode_kwargs) for f, h in zip(shard["file"], hashes)]
             results = pool.map(_encode_job, jobs, chunksize=_CHUNK) if pool else map(_encode_job, jobs)
@@ -229,7 +222,7 @@ def encode_store(table: pd.DataFrame, root, out_dir, images_per_shard: int = 256
         "version": STORE_VERSION,
         "count": len(rows),
         "shards": names,
-        "shard_sizes": [int(len(s)) for s in shards],
+        "shard_sizes": [int(len(s)) for s in planned],
         "shard_sha256": hashes_written,
         "encoding": encoding,
         # path -> the stain fallback taken on it (deepbc.shards.stain.apply), for the images that took one.
@@ -249,11 +242,11 @@ def encode_store(table: pd.DataFrame, root, out_dir, images_per_shard: int = 256
     return store
 
 
-def encode_store_file(manifest_path, root, out_dir, **settings) -> dict:
+def encode_store_file(manifest_path, root, out_dir, **options) -> dict:
     """``encode_store`` on a manifest parquet written by check_dataset.py."""
     from deepbc.data.splits import read_table
 
-    return encode_store(read_table(manifest_path, "manifest"), root, out_dir, **settings)
+    return encode_store(read_table(manifest_path, "manifest"), root, out_dir, **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,11 +378,11 @@ def write_split_indexes_file(splits_path, fold: int, store, out_dir, test_store=
 
 
 def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, store_dir=None, workers: int = 1,
-                 **settings) -> dict[str, dict]:
+                 **options) -> dict[str, dict]:
     """Both steps at once, outside the workflow (tests, benchmarks): encode the table's images into
     a store per dataset under ``store_dir`` (default ``out_dir/encoded/{dataset}``), then write the
     fold's indexes into ``out_dir``. ``root``: as for the table's paths, or {dataset: root}.
-    ``settings``: :func:`encode_store`'s."""
+    ``options``: :func:`encode_store`'s (``shards``, ``seed``, ``stain``)."""
     store_dir = Path(store_dir) if store_dir else Path(out_dir) / "encoded"
     if isinstance(root, dict):
         stores = {}
@@ -397,10 +390,10 @@ def write_shards(splits_df: pd.DataFrame, fold: int, root, out_dir, store_dir=No
             if dataset not in root:
                 raise UserError(f"no root folder given for dataset {dataset!r} of the splits table",
                                 "write_shards input", f"give a root for every dataset (given: {sorted(root)})")
-            encode_store(rows, root[dataset], store_dir / dataset, workers=workers, **settings)
+            encode_store(rows, root[dataset], store_dir / dataset, workers=workers, **options)
             stores[dataset] = store_dir / dataset / STORE_INDEX
     else:
-        encode_store(splits_df, root, store_dir / "dataset", workers=workers, **settings)
+        encode_store(splits_df, root, store_dir / "dataset", workers=workers, **options)
         stores = store_dir / "dataset" / STORE_INDEX
     return write_split_indexes(splits_df, fold, stores, out_dir)
 

@@ -19,27 +19,27 @@ def class_weights(count_per_class: list[int]) -> list[float]:
 
 
 def make_optimizer(tf, settings, learning_rate):
-    name = settings["optimizer"]
+    name = settings.optimizer
     if name == "rmsprop":
         return tf.compat.v1.train.RMSPropOptimizer(
-            learning_rate, decay=settings["rmsprop_decay"], momentum=settings["rmsprop_momentum"],
-            epsilon=settings["opt_epsilon"])
+            learning_rate, decay=settings.rmsprop_decay, momentum=settings.rmsprop_momentum,
+            epsilon=settings.opt_epsilon)
     if name == "adam":
-        return tf.compat.v1.train.AdamOptimizer(learning_rate, epsilon=settings["opt_epsilon"])
+        return tf.compat.v1.train.AdamOptimizer(learning_rate, epsilon=settings.opt_epsilon)
     if name == "momentum":  # the schema defaults momentum to TF-Slim's 0.9
-        return tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=settings["momentum"])
+        return tf.compat.v1.train.MomentumOptimizer(learning_rate, momentum=settings.momentum)
     return tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
 
 
-def model_loss(tf, arch: str, num_classes: int, images, labels, settings: dict, weights=None, seed: int = 0):
+def model_loss(tf, arch: str, num_classes: int, images, labels, settings, weights=None, seed: int = 0):
     """The training tower: (total loss, logits). TF-Slim's loss: cross-entropy of the logits, plus
     0.4 x that of Inception's auxiliary logits, plus the weight decay terms. Its dropout layers are
     stateless, seeded by (``seed``, global step, layer), so a resumed run draws the same masks."""
     from deepbc.training import nets
     from deepbc.training.nets.dropout import stateless_dropout
 
-    network = nets.get_network_fn(arch, num_classes, is_training=True, weight_decay=settings["weight_decay"],
-                                  batch_norm_decay=settings.get("batch_norm_decay"))
+    network = nets.get_network_fn(arch, num_classes, is_training=True, weight_decay=settings.weight_decay,
+                                  batch_norm_decay=settings.batch_norm_decay)
     with stateless_dropout(seed):
         logits, end_points = network(images)
     weights = 1.0 if weights is None else weights
@@ -88,17 +88,17 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
     spec = nets.NETWORKS[arch]
     class_names = train_index["class_names"]
     num_classes = len(class_names)
-    image_size = settings.get("image_size") or spec.default_image_size
-    batch_size = settings["batch_size"]
-    deterministic = settings["deterministic"]
+    image_size = settings.image_size
+    batch_size = settings.batch_size
+    deterministic = settings.deterministic
     steps_per_epoch = max(1, train_index["count"] // batch_size)
-    decay_steps = max(1, int(steps_per_epoch * settings["num_epochs_per_decay"]))
+    decay_steps = max(1, int(steps_per_epoch * settings.num_epochs_per_decay))
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(seed)
         global_step = tf.compat.v1.train.get_or_create_global_step()
         train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
-                                                    augment=settings["augment"])
+                                                    augment=settings.augment)
         eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
         train_ds = shard_reader.make_dataset(train_json, batch_size=batch_size, is_training=True,
                                        preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
@@ -110,12 +110,12 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         val_images, val_labels = val_iter.get_next()
 
         weights = None
-        if settings["class_balance"] == "loss_weights":
+        if settings.class_balance == "loss_weights":
             counts = [train_index["count_per_class"][c] for c in class_names]
             weights = tf.gather(tf.constant(class_weights(counts), tf.float32), labels)
         loss, logits = model_loss(tf, arch, num_classes, images, labels, settings, weights, seed=seed)
-        eval_net = nets.get_network_fn(arch, num_classes, is_training=False, weight_decay=settings["weight_decay"],
-                                       batch_norm_decay=settings.get("batch_norm_decay"))
+        eval_net = nets.get_network_fn(arch, num_classes, is_training=False, weight_decay=settings.weight_decay,
+                                       batch_norm_decay=settings.batch_norm_decay)
         with tf.compat.v1.variable_scope(tf.compat.v1.get_variable_scope(), reuse=True):
             val_logits, _ = eval_net(val_images)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32),
@@ -135,7 +135,7 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         train_ops, lr_tensors, loss_scales = [], [], []
         for stage in stages:
             lr = tf.compat.v1.train.exponential_decay(
-                stage["learning_rate"], local_step, decay_steps, settings["learning_rate_decay_factor"],
+                stage["learning_rate"], local_step, decay_steps, settings.learning_rate_decay_factor,
                 staircase=True)
             with tf.compat.v1.variable_scope(f"optimizer_{stage['name']}"):
                 opt = precision_mod.wrap_optimizer(make_optimizer(tf, settings, lr), precision)
@@ -148,7 +148,7 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         summaries = tf.compat.v1.summary.merge([tf.compat.v1.summary.scalar("loss", loss),
                                                 tf.compat.v1.summary.scalar("accuracy", accuracy)])
         restore_init = None
-        if settings["init"] == "imagenet":
+        if settings.init == "imagenet":
             restore_init = checkpoints.restore_fn(arch, checkpoint, spec.exclude_scopes)[0]
         return Graph(graph=graph, train_ops=train_ops, lr_tensors=lr_tensors, stage_start=stage_start,
                      loss=loss, accuracy=accuracy, summaries=summaries, loss_scales=loss_scales, val_iter=val_iter,

@@ -35,9 +35,9 @@ import numpy as np
 import tensorflow as tf
 
 from deepbc.jobs.errors import UserError
+from deepbc.training import settings as train_settings
 
 STYLES = ("vgg", "inception")
-AUGMENT_DEFAULTS = {"rotate": True, "flip": True, "random_crop": False, "color_jitter": False, "hed": None}
 
 # ImageNet RGB means of the Caffe-converted ResNet V1 / VGG checkpoints (vgg_preprocessing.py).
 VGG_MEANS = (123.68, 116.78, 103.94)
@@ -57,49 +57,26 @@ _OD_FLOOR = 1e-6
 _HED_TAG = 4
 
 
-def check_augment(augment: dict | None) -> dict:
-    """Merge ``augment`` over the defaults; unknown keys or bad values are a UserError."""
-    merged = dict(AUGMENT_DEFAULTS)
-    for key, value in (augment or {}).items():
-        if key not in AUGMENT_DEFAULTS:
-            raise UserError(f"unknown augmentation {key!r}", where="train augment",
-                            fix=f"use only the keys {', '.join(AUGMENT_DEFAULTS)}")
-        if key == "hed":
-            merged[key] = _check_hed(value)
-            continue
-        if not isinstance(value, bool):
-            raise UserError(f"augmentation {key!r} must be true or false, got {value!r}",
-                            where="train augment", fix="set it to true or false")
-        merged[key] = value
-    return merged
-
-
-def _check_hed(value) -> dict | None:
-    """None (off) or ``{"sigma": s, "bias": b}`` with s in [0, 1) and b >= 0."""
-    if value is None:
-        return None
-    if (not isinstance(value, dict) or set(value) != {"sigma", "bias"}
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())):
-        raise UserError(f"augmentation 'hed' must be null or {{sigma: <number>, bias: <number>}}, got {value!r}",
-                        where="train augment hed", fix="e.g. hed: {sigma: 0.05, bias: 0.05}, or hed: null for none")
-    if not (0 <= value["sigma"] < 1 and value["bias"] >= 0):
-        raise UserError(f"augmentation 'hed' needs 0 <= sigma < 1 and bias >= 0, got {value!r}",
-                        where="train augment hed", fix="e.g. hed: {sigma: 0.05, bias: 0.05}")
-    return {"sigma": float(value["sigma"]), "bias": float(value["bias"])}
-
-
-def get_preprocessing(name: str, is_training: bool, augment: dict | None = None):
+def get_preprocessing(name: str, is_training: bool, augment=None):
     """Return ``fn(image, height, width, seed=None) -> float32 [height, width, 3]``.
 
     ``name``: "vgg" or "inception" (``NETWORKS[arch].preprocessing``). ``image``: uint8
     [H, W, 3] of any size. ``seed``: int32/int64 [2] tensor for the stateless random ops (training
-    only; when None one is drawn at random per call). ``augment`` applies only when ``is_training``;
-    None means the defaults (rotate and flip on).
+    only; when None one is drawn at random per call). ``augment`` applies only when ``is_training``:
+    the settings' ``augment``, or a dict of some of its keys (the schema's defaults fill the rest;
+    None: the defaults, rotate and flip on).
     """
     if name not in STYLES:
         raise UserError(f"unknown preprocessing {name!r}", where="preprocessing name",
                         fix=f"use one of: {', '.join(STYLES)}")
-    aug = check_augment(augment) if is_training else {key: None for key in AUGMENT_DEFAULTS}
+    if not is_training:
+        aug = None
+    elif augment is None or isinstance(augment, dict):
+        aug = train_settings.augment(augment)
+    else:
+        aug = augment
+    draws = aug is not None and any(train_settings.as_dict(aug).values())
+    random_crop = bool(aug and aug.random_crop)
 
     def preprocess(image, height: int, width: int, seed=None):
         image = tf.convert_to_tensor(image)
@@ -109,28 +86,28 @@ def get_preprocessing(name: str, is_training: bool, augment: dict | None = None)
         with tf.name_scope(f"{name}_preprocessing"):
             if seed is None:
                 # No draw without augmentation: under op determinism an unseeded random op raises.
-                seed = (tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64) if any(aug.values())
+                seed = (tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64) if draws
                         else tf.zeros([2], tf.int64))
             seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, num=10)))
             crop = _vgg_crop if name == "vgg" else _inception_crop
             # Cropping and resizing the uint8 image first: one pass over the full-size pixels.
-            image = crop(image, height, width, aug["random_crop"], seeds) / 255.0
-            if aug["flip"]:
+            image = crop(image, height, width, random_crop, seeds) / 255.0
+            if aug and aug.flip:
                 image = tf.image.stateless_random_flip_left_right(image, next(seeds))
                 image = tf.image.stateless_random_flip_up_down(image, next(seeds))
-            if aug["rotate"]:
+            if aug and aug.rotate:
                 image = _random_rot90(image, height == width, next(seeds))
-            if aug["hed"]:
+            if aug and aug.hed:
                 key = tf.random.experimental.stateless_fold_in(seed, _HED_TAG)
-                image = hed_jitter(image, aug["hed"]["sigma"], aug["hed"]["bias"], key)
-            if aug["color_jitter"]:
+                image = hed_jitter(image, aug.hed.sigma, aug.hed.bias, key)
+            if aug and aug.color_jitter:
                 image = _color_jitter(image, seeds)
             image.set_shape([height, width, 3])
             if name == "vgg":
                 return image * 255.0 - tf.constant(VGG_MEANS, tf.float32)
             return (image - 0.5) * 2.0
 
-    preprocess.min_source_side = lambda height, width: min_source_side(name, aug["random_crop"], height, width)
+    preprocess.min_source_side = lambda height, width: min_source_side(name, random_crop, height, width)
     return preprocess
 
 

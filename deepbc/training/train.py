@@ -49,6 +49,7 @@ from deepbc.training import model_dir
 from deepbc.training import precision as precision_mod
 from deepbc.training.model_dir import MODEL_PREFIX
 from deepbc.training.model_dir import write_history as _write_history
+from deepbc.training.settings import TrainSettings, as_dict
 
 LOG = logging.getLogger("deepbc.training.train")
 
@@ -57,24 +58,24 @@ INPUTS_FILE = "inputs.json"
 _SCHEDULE_ONLY = ("save_every_steps",)
 
 
-def stage_plan(settings: dict) -> list[dict]:
+def stage_plan(settings: TrainSettings) -> list[dict]:
     """The stages to run: (name, steps, learning rate, whether only the logits train)."""
-    if settings["init"] == "imagenet":
-        stages = [{"name": "logits", "steps": settings["max_number_of_steps"],
-                   "learning_rate": settings["learning_rate"], "logits_only": True}]
-        if settings["stage2_steps"] > 0:
-            stages.append({"name": "all_layers", "steps": settings["stage2_steps"],
-                           "learning_rate": settings["stage2_learning_rate"], "logits_only": False})
+    if settings.init == "imagenet":
+        stages = [{"name": "logits", "steps": settings.max_number_of_steps,
+                   "learning_rate": settings.learning_rate, "logits_only": True}]
+        if settings.stage2_steps > 0:
+            stages.append({"name": "all_layers", "steps": settings.stage2_steps,
+                           "learning_rate": settings.stage2_learning_rate, "logits_only": False})
         return stages
-    return [{"name": "all_layers", "steps": settings["max_number_of_steps"],
-             "learning_rate": settings["learning_rate"], "logits_only": False}]
+    return [{"name": "all_layers", "steps": settings.max_number_of_steps,
+             "learning_rate": settings.learning_rate, "logits_only": False}]
 
 
 # --------------------------------------------------------------------------------------------
 # The state's inputs
 # --------------------------------------------------------------------------------------------
 
-def training_inputs(train_json, val_json, arch: str, settings: dict, seed: int, checkpoint: str | None,
+def training_inputs(train_json, val_json, arch: str, settings: TrainSettings, seed: int, checkpoint: str | None,
                     precision: str) -> dict:
     """Everything that determines the trained model, by component (compared one by one on resume).
     ``precision`` is what the graph computes in here (fp32, bf16, fp16): the same ``precision:
@@ -83,8 +84,8 @@ def training_inputs(train_json, val_json, arch: str, settings: dict, seed: int, 
         "arch": arch,
         "seed": int(seed),
         "precision": precision,
-        "settings": {k: v for k, v in sorted(settings.items()) if k not in _SCHEDULE_ONLY},
-        "checkpoint": _checkpoint_identity(checkpoint) if settings["init"] == "imagenet" else None,
+        "settings": {k: v for k, v in sorted(as_dict(settings).items()) if k not in _SCHEDULE_ONLY},
+        "checkpoint": _checkpoint_identity(checkpoint) if settings.init == "imagenet" else None,
         "train_shards": _shards_identity(Path(train_json)),
         "val_shards": _shards_identity(Path(val_json)),
     }
@@ -221,18 +222,16 @@ class _Stages:
         return improved, stopped
 
 
-def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, seed: int,
+def train(train_json, val_json, out_dir, state_dir, arch: str, settings: TrainSettings, seed: int,
           checkpoint: str | None = None, threads: int = 0, log_every: int = 10) -> dict:
     """Train ``arch`` on the shards of the ``train_json`` index, validating on those of ``val_json``;
     write the kept model to ``out_dir``.
 
-    ``settings``: a complete ``train.defaults`` as the schema validates it (every key present; the
-    code keeps no defaults of its own), except ``image_size`` and ``batch_norm_decay``, whose
-    absence means the network's own value.
+    ``settings``: the TrainSettings (``deepbc.training.settings.build``: every value filled in and checked).
 
     Returns the summary written to ``out_dir/settings.json``.
     """
-    if settings["xla"]:
+    if settings.xla:
         precision_mod.allow_cpu_xla()
     import tensorflow as tf
 
@@ -246,7 +245,7 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
     random.seed(seed)
     np.random.seed(seed)
 
-    precision = precision_mod.for_this_machine(settings["precision"])
+    precision = precision_mod.for_this_machine(settings.precision)
     inputs = training_inputs(train_json, val_json, arch, settings, seed, checkpoint, precision.name)
     done = model_dir.published_summary(out_dir, fingerprint(inputs))
     if done is not None:
@@ -260,13 +259,13 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
     history = model_dir.read_history(state_dir / model_dir.CURVE_FILE, start_step)
     _drop_best_after(state_dir, start_step)
     g = train_graph.build(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
-                          first_record=start_step * settings["batch_size"], precision=precision)
+                          first_record=start_step * settings.batch_size, precision=precision)
     LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
              " starting at step %d%s", arch, train_json, len(train_index["class_names"]), train_index["count"],
              val_index["count"], sum(s["steps"] for s in stages), len(stages), start_step,
-             ", deterministic" if settings["deterministic"] else "")
-    config = model_dir.session_config(tf, threads, precision, settings["xla"])
-    with op_determinism(settings["deterministic"]), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
+             ", deterministic" if settings.deterministic else "")
+    config = model_dir.session_config(tf, threads, precision, settings.xla)
+    with op_determinism(settings.deterministic), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
         _initialise(sess, tf, g, state_dir, start_step)
         writer = tf.compat.v1.summary.FileWriter(str(out_dir.parent / f"{out_dir.name}.events"),
                                                  g.graph if start_step == 0 else None)
@@ -274,15 +273,15 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
             _run_steps(sess, tf, g, stages, settings, state_dir, history, writer, log_every)
         finally:
             writer.close()
-        if settings["keep_best_by"] == "last":
+        if settings.keep_best_by == "last":
             _save_best(sess, g, state_dir, history[-1]["step"])
 
     summary = {"arch": arch, "class_names": train_index["class_names"],
                "num_classes": len(train_index["class_names"]),
-               "image_size": settings.get("image_size") or spec.default_image_size,
-               "preprocessing": spec.preprocessing, "settings": settings, "seed": seed,
-               "steps": history[-1]["step"], "stages": stages, "kept": settings["keep_best_by"],
-               "best_step": _best_step(history, settings["keep_best_by"]),
+               "image_size": settings.image_size,
+               "preprocessing": spec.preprocessing, "settings": as_dict(settings), "seed": seed,
+               "steps": history[-1]["step"], "stages": stages, "kept": settings.keep_best_by,
+               "best_step": _best_step(history, settings.keep_best_by),
                "train_images": train_index["count"], "val_images": val_index["count"],
                "tensorflow": tf.__version__,
                # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
@@ -302,8 +301,8 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: dict, s
 def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path, history: list[dict], writer,
                log_every: int) -> None:
     """The training loop, from the step after ``history``'s last to the end of the last stage."""
-    batch_size = settings["batch_size"]
-    plan = _Stages(stages, settings["keep_best_by"], settings["early_stopping_patience"])
+    batch_size = settings.batch_size
+    plan = _Stages(stages, settings.keep_best_by, settings.early_stopping_patience)
     for row in history:
         plan.update(row)
     step = history[-1]["step"] if history else 0
@@ -331,13 +330,13 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
                "val_accuracy": math.nan}
         if loss_scale is not None:
             row[model_dir.LOSS_SCALE_FIELD] = float(values["loss_scale"])
-        is_eval = step % settings["eval_every_steps"] == 0 or plan.is_last_step(step)
+        is_eval = step % settings.eval_every_steps == 0 or plan.is_last_step(step)
         if is_eval:
             row["val_loss"], row["val_accuracy"] = _validate(sess, tf, g)
         remaining = plan.remaining_steps(step)
         improved, stopped = plan.update(row)
         history.append(row)
-        if improved and settings["keep_best_by"] != "last":
+        if improved and settings.keep_best_by != "last":
             _save_best(sess, g, state_dir, step)
         if write_summary:
             writer.add_summary(values["summaries"], step)
@@ -352,7 +351,7 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
             LOG.info("early stopping of stage %s at step %d: no validation improvement in %d evaluations%s",
                      stage["name"], step, plan.patience,
                      "" if plan.finished else f"; stage {plan.current['name']} starts")
-        if step % settings["save_every_steps"] == 0 or plan.finished:
+        if step % settings.save_every_steps == 0 or plan.finished:
             _save_state(sess, g, state_dir, step, history)
 
 

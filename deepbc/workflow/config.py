@@ -108,67 +108,6 @@ def check_layering(config: dict, configfiles, demo_config) -> None:
                         "(or a copy of config/paper.yaml edited for your data; config/README.md)")
 
 
-def check_schema(config: dict, schema_path) -> None:
-    """Raise a short UserError on the first value the JSON schema (a YAML file) refuses.
-
-    Snakemake's own validate() prints the whole schema after the error; this names the key, its
-    place and, for an unknown key, the keys allowed there.
-    """
-    import jsonschema
-    import yaml
-
-    with open(schema_path, encoding="utf-8") as fh:
-        schema = yaml.safe_load(fh)
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
-    if not errors:
-        return
-    err = errors[0]
-    place = ".".join(str(p) for p in err.absolute_path)
-    where = f"config key {place}" if place else "the top level of the config"
-    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = sorted(err.schema.get("properties", {}))
-        unknown = sorted(k for k in err.instance if k not in allowed)
-        if allowed:
-            raise UserError(f"unknown config key(s) {unknown}", where, f"use one of the keys allowed there: {allowed}")
-    if err.validator == "required" and not place:
-        raise UserError(f"{err.message}: the config files given are not a whole config", where, LAYERING)
-    if err.validator in ("anyOf", "oneOf"):
-        # jsonschema's own text ("... is not valid under any of the given schemas") says neither what
-        # is allowed nor which part of the value is wrong: the key's description does.
-        described = _description(schema, list(err.absolute_path))
-        if described:
-            key, text = described
-            raise UserError(f"{err.instance!r} is not allowed for {key}", where,
-                            f"give {key} a value it allows: {text}")
-    what = err.message if len(err.message) <= 300 else err.message[:300] + " ..."
-    raise UserError(what, where, "see config/schema.yaml for the values allowed there")
-
-
-# What --configfile does; said wherever a config looks like a partial one.
-LAYERING = ("the files given with --configfile are the whole config, layered in the order given (config/config.yaml, "
-            "the demo, is read only when no --configfile is given): start the list with a whole config, e.g. "
-            "--configfile config/paper.yaml your_overlay.yaml, or config/config.yaml your_overlay.yaml to change "
-            "the demo (config/README.md)")
-
-
-def _description(schema: dict, path: list) -> tuple[str, str] | None:
-    """The dotted key and description of the deepest key on ``path`` that the schema describes."""
-    found, node, keys = None, schema, []
-    for part in path:
-        if isinstance(part, int):
-            node = node.get("items", {}) if isinstance(node, dict) else {}
-            continue
-        props = node.get("properties", {}) if isinstance(node, dict) else {}
-        node = props.get(part) or (node.get("additionalProperties") if isinstance(node, dict) else None) or {}
-        if "$ref" in node:
-            node = schema["definitions"][node["$ref"].rsplit("/", 1)[-1]]
-        keys.append(str(part))
-        if node.get("description"):
-            found = (".".join(keys), " ".join(node["description"].split()))
-    return found
-
-
 def _check_task_on(task: dict, name: str, spec: dict, where: str, external: bool) -> None:
     """The task's label, classes, filter and magnification exist in dataset ``name``.
 
