@@ -11,10 +11,16 @@
   worker is a matter of scheduling.
 """
 
+import copy
+import functools
 import os
+from pathlib import Path
 
 import psutil
 import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # More workers than this mostly wait on one another (every worker's jobs use 1-2 threads and
 # the demo run alone is the longest chain); also one per core and per 3 GiB of free memory.
@@ -64,3 +70,26 @@ def pytest_collection_modifyitems(config, items):
     # start early. sorted() is stable: among equals, collection order.
     order = sorted(groups, key=lambda name: (-slow[name], -len(groups[name])))
     items[:] = [item for name in order for item in groups[name]]
+
+
+@functools.lru_cache(maxsize=None)
+def _validated(names: tuple[str, ...]) -> dict:
+    from snakemake.utils import update_config, validate
+
+    config = {}
+    for name in names:  # as --configfile layers them
+        update_config(config, yaml.safe_load((ROOT / "config" / name).read_text()))
+    validate(config, str(ROOT / "config" / "schema.yaml"))
+    return config
+
+
+def validated_config(*names: str) -> dict:
+    """Shipped configs (config/<name>, layered in order as --configfile does) as the workflow sees
+    them: the schema's defaults filled in by Snakemake's validator. A fresh copy: tests may change it."""
+    return copy.deepcopy(_validated(names))
+
+
+@pytest.fixture()
+def demo_config():
+    """config/config.yaml, the demo, as the workflow validates it."""
+    return validated_config("config.yaml")

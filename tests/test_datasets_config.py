@@ -4,19 +4,14 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
 
 from deepbc.data import datasets as datasets_config
 from deepbc.jobs import schema
 from deepbc.jobs.errors import UserError
 from deepbc.workflow import config as workflow_config
+from tests.conftest import validated_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def demo_config():
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
 def with_third_dataset(config, **task):
@@ -35,7 +30,7 @@ def test_shortcuts_fill_the_named_entries(demo_config):
     assert datasets["breakhis"]["root"] == "results/demo/breakhis/BreaKHis_v1"
     assert datasets["tma"]["root"] == "results/demo/tma/images"
     assert datasets["tma"]["patients_csv"] == "results/demo/tma/patients.csv"  # outside the root
-    assert "root" not in demo_config["datasets"]["tma"]  # the config itself is left as given
+    assert demo_config["datasets"]["tma"]["root"] == ""  # the config itself is left as given
 
 
 def test_any_named_folder_dataset_gets_its_own_root_options_and_no_demo_input(demo_config):
@@ -103,19 +98,9 @@ def test_schema_takes_any_dataset_name_of_word_characters(demo_config):
         schema.check(config)
 
 
-def _merged(base: dict, overlay: dict) -> dict:
-    """Config files given together, as Snakemake merges them (mappings key by key)."""
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-@pytest.mark.parametrize("files", [["config.yaml"], ["paper.yaml"], ["config.yaml", "cpu_only.yaml"],
+@pytest.mark.parametrize("files", [["config.yaml"], ["paper.yaml"], ["paper.yaml", "cpu_only.yaml"],
                                    ["paper.yaml", "external_example.yaml"]])
 def test_shipped_configs_pass(files):
-    config = {}
-    for name in files:
-        config = _merged(config, yaml.safe_load((ROOT / "config" / name).read_text()))
+    config = validated_config(*files)
     schema.check(config)
     workflow_config.check(config)

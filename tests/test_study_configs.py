@@ -15,6 +15,7 @@ from deepbc.jobs import schema
 from deepbc.jobs.errors import UserError
 from deepbc.training.nets import NETWORKS
 from deepbc.workflow import config as wc
+from tests.conftest import validated_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -54,22 +55,13 @@ def expected_settings(study: dict, task: str, arch: str) -> dict:
     return settings
 
 
-def load(*names) -> dict:
-    config = {}
-    for name in names:
-        for key, value in yaml.safe_load((CONFIG / name).read_text()).items():
-            config[key] = ({**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict)
-                           else value)
-    return config
-
-
 @pytest.mark.parametrize("files", [["paper.yaml"], ["paper.yaml", "external_example.yaml"]])
 def test_every_study_training_job_gets_the_networks_size_and_no_demo_value(tmp_path, files):
     """config/paper.yaml left image_size out, meaning "the network's own", and the demo's 64 px came
     in underneath it: every ResNet and Inception trained at 64 px."""
     out = dry_run(tmp_path, "models", "--configfile", *(str(CONFIG / f) for f in files)).stdout
     jobs = trained_settings(out)
-    study = load(*files)
+    study = validated_config(*files)
     runs = [f"{t}__image_level" if p == "image" else t for t in study["tasks"]
             for p in study["task_definitions"][t].get("protocols", ["patient"])]
     assert len(jobs) == len(runs) * len(study["architectures"]) * study["splits"]["k"]
@@ -121,7 +113,7 @@ def test_check_layering():
 
 
 def test_per_task_settings_must_name_a_defined_task():
-    config = load("paper.yaml")
+    config = validated_config("paper.yaml")
     schema.check(config)
     config["train"]["per_task"] = {"benign_vs_malignent": {"batch_size": 8}}
     with pytest.raises(UserError) as err:
@@ -131,7 +123,7 @@ def test_per_task_settings_must_name_a_defined_task():
 
 
 def test_per_architecture_settings_must_name_a_known_network():
-    config = load("paper.yaml")
+    config = validated_config("paper.yaml")
     config["train"]["per_architecture"] = {"resnet_v1_5O": {"batch_size": 8}}
     with pytest.raises(UserError, match=r"resnet_v1_5O(.|\n)*train\.per_architecture"):
         schema.check(config)
@@ -139,7 +131,7 @@ def test_per_architecture_settings_must_name_a_known_network():
 
 @pytest.mark.parametrize("folds", [[-1], [], "abc", ["x"]])
 def test_bad_folds_say_what_is_allowed(folds):
-    config = {**load("config.yaml"), "folds": folds}
+    config = {**validated_config("config.yaml"), "folds": folds}
     with pytest.raises(UserError) as err:
         schema.check(config)
     text = str(err.value)
@@ -154,7 +146,7 @@ def test_slurm_gives_each_job_its_threads_and_the_job_uses_them():
     from snakemake_executor_plugin_slurm.partitions import get_job_cpu_requirement
 
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
-    resources = load("paper.yaml")["resources"]
+    resources = validated_config("paper.yaml")["resources"]
     for rule, threads in (("train", resources["train_threads"]), ("evaluate", resources["eval_threads"]),
                           ("check_dataset", resources["data_threads"])):
         job = SimpleNamespace(threads=threads, resources={**profile["default-resources"],

@@ -4,18 +4,13 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
 
 from deepbc.jobs import schema
 from deepbc.jobs.errors import UserError
 from deepbc.workflow import config as wc
+from tests.conftest import validated_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def demo_config():
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
 def test_demo_config_passes(demo_config):
@@ -59,8 +54,8 @@ def test_a_study_running_some_folds_is_warned(demo_config):
 
 
 def test_the_paper_config_runs_every_fold():
-    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
-    assert wc.folds(paper) == list(range(paper["splits"]["k"]))
+    paper = validated_config("paper.yaml")
+    assert wc.folds(paper) == list(range(paper["splits"]["k"])) == [0, 1, 2, 3, 4]
 
 
 def test_train_settings_layering(demo_config):
