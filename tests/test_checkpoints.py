@@ -14,18 +14,18 @@ import tensorflow as tf
 from deepbc.jobs.errors import UserError
 from deepbc.training import checkpoints
 from deepbc.training.compat import import_slim
-from deepbc.training.nets import NETWORKS, get_network_fn
+from deepbc.training.nets import NETWORKS
 from tests import trainkit
 
 slim = import_slim()
 SCRIPT = Path(__file__).resolve().parent.parent / "workflow_scripts" / "get_checkpoint.py"
 
 
-def build(arch: str, num_classes: int):
-    size = NETWORKS[arch].default_image_size
-    with trainkit.identity_equality():
-        get_network_fn(arch, num_classes)(tf.compat.v1.placeholder(tf.float32, [1, size, size, 3]))
-    return slim.get_model_variables()
+def built(arch: str, num_classes: int):
+    """``arch`` built in a fresh graph (trainkit.build_network): (graph, its model variables)."""
+    graph, _, _ = trainkit.build_network(arch, num_classes)
+    with graph.as_default():
+        return graph, slim.get_model_variables()
 
 
 def save_checkpoint(arch: str, prefix: Path, num_classes: int = 1000, v1: bool = False) -> dict:
@@ -33,8 +33,8 @@ def save_checkpoint(arch: str, prefix: Path, num_classes: int = 1000, v1: bool =
     variables plus global_step); return the saved values by name."""
     rng = np.random.default_rng(1)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    with tf.Graph().as_default():
-        variables = build(arch, num_classes)
+    graph, variables = built(arch, num_classes)
+    with graph.as_default():
         tf.compat.v1.train.get_or_create_global_step()
         version = tf.compat.v1.train.SaverDef.V1 if v1 else tf.compat.v1.train.SaverDef.V2
         saver = tf.compat.v1.train.Saver(write_version=version)
@@ -59,8 +59,7 @@ def save_variables(prefix: Path, shapes: dict[str, list[int]]) -> None:
 
 
 def resnet_small_shapes() -> dict[str, list[int]]:
-    with tf.Graph().as_default():
-        return {v.op.name: v.shape.as_list() for v in build("resnet_small", 1000)}
+    return {v.op.name: v.shape.as_list() for v in built("resnet_small", 1000)[1]}
 
 
 @pytest.mark.parametrize("v1", [True, False], ids=["v1_format", "v2_format"])
@@ -68,8 +67,8 @@ def test_restores_everything_but_the_logits(tmp_path, v1):
     prefix = tmp_path / "resnet_small.ckpt"
     saved = save_checkpoint("resnet_small", prefix, 1000, v1=v1)
     assert checkpoints.checkpoint_exists(prefix)
-    with tf.Graph().as_default():
-        variables = build("resnet_small", 4)
+    graph, variables = built("resnet_small", 4)
+    with graph.as_default():
         init_fn, report = checkpoints.restore_fn("resnet_small", prefix)
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
@@ -94,8 +93,8 @@ def test_restores_everything_but_the_logits(tmp_path, v1):
 def test_resnet_v1_50_imagenet_layout_restores_into_a_4_class_network(tmp_path):
     prefix = tmp_path / "resnet_v1_50.ckpt"
     saved = save_checkpoint("resnet_v1_50", prefix, 1000, v1=True)
-    with tf.Graph().as_default():
-        variables = build("resnet_v1_50", 4)
+    graph, variables = built("resnet_v1_50", 4)
+    with graph.as_default():
         init_fn, report = checkpoints.restore_fn("resnet_v1_50", prefix)
         probe = [v for v in variables if v.op.name == "resnet_v1_50/block4/unit_3/bottleneck_v1/conv3/weights"][0]
         with tf.compat.v1.Session() as sess:
@@ -108,8 +107,8 @@ def test_resnet_v1_50_imagenet_layout_restores_into_a_4_class_network(tmp_path):
 def test_checkpoint_of_another_network_is_refused_with_a_list(tmp_path):
     prefix = tmp_path / "other.ckpt"
     save_variables(prefix, {"vgg_16/conv1/conv1_1/weights": [3, 3, 3, 64], "vgg_16/conv1/conv1_1/biases": [64]})
-    with tf.Graph().as_default():
-        variables = build("resnet_small", 4)
+    graph, variables = built("resnet_small", 4)
+    with graph.as_default():
         with pytest.raises(UserError) as err:
             checkpoints.restore_fn("resnet_small", prefix)
     message = str(err.value)
@@ -127,8 +126,8 @@ def test_missing_and_misshapen_variables_are_listed_with_both_shapes(tmp_path):
     del shapes[gone]
     prefix = tmp_path / "bad.ckpt"
     save_variables(prefix, shapes)
-    with tf.Graph().as_default():
-        variables = build("resnet_small", 4)
+    graph, variables = built("resnet_small", 4)
+    with graph.as_default():
         with pytest.raises(UserError) as err:
             checkpoints.restore_fn("resnet_small", prefix)
     message = str(err.value)
@@ -141,8 +140,8 @@ def test_missing_and_misshapen_variables_are_listed_with_both_shapes(tmp_path):
 def test_logits_are_only_skipped_when_excluded(tmp_path):
     prefix = tmp_path / "resnet_small.ckpt"
     save_checkpoint("resnet_small", prefix, 1000)
-    with tf.Graph().as_default():
-        build("resnet_small", 4)
+    graph, _ = built("resnet_small", 4)
+    with graph.as_default():
         with pytest.raises(UserError, match=r"resnet_small/logits/weights: network \[1, 1, 256, 4\] float32, "
                                             r"checkpoint \[1, 1, 256, 1000\] float32"):
             checkpoints.restore_fn("resnet_small", prefix, exclude_scopes=[])

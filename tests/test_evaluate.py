@@ -196,14 +196,7 @@ def test_blank_images_are_predicted_with_a_warning(model, tmp_path, caplog):
 
 @pytest.mark.slow
 def test_evaluate_script_predicts_validation_and_draws_gradcam_in_the_same_job(model, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "workflow_scripts" / "evaluate_model.py"
-    spec = importlib.util.spec_from_file_location("evaluate_model", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.main(["--model-dir", str(model / "model"), "--shard-index", str(model / "shards" / "test.json"),
+    trainkit.script("evaluate_model").main(["--model-dir", str(model / "model"), "--shard-index", str(model / "shards" / "test.json"),
                  "--out", str(tmp_path / "test.parquet"), "--val-shard-index",
                  str(model / "shards" / "val.json"), "--val-out", str(tmp_path / "val.parquet"),
                  "--gradcam-png", str(tmp_path / "fold0.png"), "--classes", *trainkit.CLASSES, "--seed", "1",

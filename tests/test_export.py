@@ -1,8 +1,6 @@
 """The SavedModel export: served without this package, with evaluation's probabilities."""
 
-import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,11 +22,7 @@ def exported(tmp_path_factory):
     train.train(*trainkit.indexes(shard_dir), base / "model", base / "state", "resnet_small",
                 trainkit.settings(max_number_of_steps=20, eval_every_steps=10, save_every_steps=10), seed=3)
     # Through the workflow's script, as the export_model rule runs it.
-    path = Path(__file__).resolve().parents[1] / "workflow_scripts" / "export_model.py"
-    spec = importlib.util.spec_from_file_location("export_model", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.main(["--model-dir", str(base / "model"), "--out", str(base / "export"), "--threads", "1"])
+    trainkit.script("export_model").main(["--model-dir", str(base / "model"), "--out", str(base / "export"), "--threads", "1"])
     assert export.load_info(base / "export")["class_names"] == trainkit.CLASSES
     return base
 

@@ -103,7 +103,6 @@ def test_all_leased_times_out_with_advice(tmp_path):
 
 # A GPU job whose TensorFlow cannot see its GPU (this machine has none, so TensorFlow sees none).
 
-SCRIPTS = ROOT / "workflow_scripts"
 FAKE_SMI = """#!/bin/sh
 case "$1" in
   -L) echo "GPU 0: NVIDIA Fake (UUID: GPU-00000000)" ;;
@@ -137,13 +136,6 @@ def _fake_nvidia_smi(tmp_path, monkeypatch, cuda="11.4"):
     monkeypatch.setenv("PATH", str(bin_dir))
 
 
-def _script_main(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def _job_args(name, tmp_path):
@@ -168,7 +160,7 @@ def test_leased_gpu_that_tensorflow_cannot_see_stops_the_job_with_its_cause(name
 
     _fake_nvidia_smi(tmp_path, monkeypatch, cuda="11.4")
     log, locks = tmp_path / "job.log", tmp_path / "locks"
-    code = run_main(_script_main(name), _job_args(name, tmp_path) + ["--gpu-lock-dir", str(locks), "--log", str(log)])
+    code = run_main(trainkit.script(name).main, _job_args(name, tmp_path) + ["--gpu-lock-dir", str(locks), "--log", str(log)])
     text = log.read_text()
     assert code == 1 and not (tmp_path / "out").exists()
     assert "holds GPU 0 (leased" in text and "TensorFlow sees no GPU" in text
@@ -186,7 +178,7 @@ def test_scheduler_assigned_gpu_that_tensorflow_cannot_see_stops_the_job(tmp_pat
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     log = tmp_path / "job.log"
-    code = run_main(_script_main("evaluate_model"), _job_args("evaluate_model", tmp_path) + ["--log", str(log)])
+    code = run_main(trainkit.script("evaluate_model").main, _job_args("evaluate_model", tmp_path) + ["--log", str(log)])
     text = log.read_text()
     assert code == 1 and "its scheduler assigned (CUDA_VISIBLE_DEVICES='0')" in text
     assert "TensorFlow sees no GPU" in text and gpu.install_line() in text
@@ -336,7 +328,7 @@ def test_gpus_0_trains_on_the_cpu_without_complaint_and_records_it(tmp_path, mon
     settings = trainkit.settings_values(max_number_of_steps=1, eval_every_steps=1, save_every_steps=1,
                                  batch_size=4)
     log, out = tmp_path / "train.log", tmp_path / "model"
-    code = run_main(_script_main("train_model"), [
+    code = run_main(trainkit.script("train_model").main, [
         "--train-index", str(shard_dir / "train.json"), "--val-index", str(shard_dir / "val.json"),
         "--arch", "resnet_small", "--settings-json", json.dumps(settings),
         "--out-dir", str(out), "--state-dir", str(tmp_path / "state"), "--seed", "1", "--threads", "1", "--gpus", "0",

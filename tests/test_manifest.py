@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from deepbc.data.manifest import (
     inspect_file,
 )
 from deepbc.jobs.errors import UserError
-from tests import shared_data
+from tests import shared_data, trainkit
 
 REPO = Path(__file__).resolve().parents[1]
 TMA_CLASSES = ["breast", "bladder", "lung", "lymphoma"]
@@ -339,8 +338,7 @@ def test_folder_dataset_root_and_class_errors(tma_tree, tmp_path):
 
 
 def _script(*args):
-    return subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "check_dataset.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return trainkit.run_script("check_dataset", *args, timeout=120)
 
 
 def test_cli_writes_outputs_and_reports_a_missing_root_without_traceback(tma_tree, tmp_path):

@@ -82,16 +82,6 @@ KNOWN = {
 SLOW = {"resnet_v1_101", "resnet_v1_152", "resnet_v1_200", "resnet_v2_101", "resnet_v2_152"}
 
 
-def build(name: str, num_classes: int, size: int | None = None, is_training: bool = False):
-    """Build ``name`` in a fresh graph on a [1, size, size, 3] placeholder; return (graph, logits, end_points)."""
-    size = size or NETWORKS[name].default_image_size
-    graph = tf.Graph()
-    with graph.as_default(), trainkit.identity_equality():
-        images = tf.compat.v1.placeholder(tf.float32, [1, size, size, 3])
-        logits, end_points = get_network_fn(name, num_classes, is_training=is_training)(images)
-    return graph, logits, end_points
-
-
 def model_variables(graph) -> dict[str, list[int]]:
     with graph.as_default():
         return {v.op.name: v.shape.as_list() for v in slim.get_model_variables()}
@@ -120,7 +110,7 @@ def check_official_names(name: str, graph, logits, classes: int) -> dict[str, li
                                   for n in sorted(NETWORKS) if n != "inception_v4"])
 def test_network_builds_with_official_variable_names(name):
     classes = NETWORKS[name].checkpoint_classes or 1000
-    graph, logits, end_points = build(name, classes)
+    graph, logits, end_points = trainkit.build_network(name, classes)
     check_official_names(name, graph, logits, classes)
     check_gradcam_end_point(name, end_points)
 
@@ -182,7 +172,7 @@ INCEPTION_V4 = {
 
 
 def test_inception_v4_matches_the_official_structure():
-    graph, logits, end_points = build("inception_v4", 1001)
+    graph, logits, end_points = trainkit.build_network("inception_v4", 1001)
     variables = check_official_names("inception_v4", graph, logits, 1001)
     for var, shape in INCEPTION_V4.items():
         assert variables.get(f"InceptionV4/{var}") == shape, var
@@ -261,7 +251,7 @@ def test_bad_arguments_are_clear():
 
 
 def test_vgg_logits_are_pooled_above_its_native_size():
-    _, logits, _ = build("vgg_16", 5, size=256)
+    _, logits, _ = trainkit.build_network("vgg_16", 5, size=256)
     assert logits.shape.as_list() == [1, 5]
     assert logits.op.name == "SpatialMean"
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import trainkit
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "workflow_scripts").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
 
@@ -25,6 +27,7 @@ def test_script_help(script, tmp_path):
 FAILING_MAIN = """
 import errno, sys
 sys.path.insert(0, {root!r})
+from tests import trainkit
 from deepbc.jobs import logs
 from deepbc.jobs.errors import UserError
 
@@ -130,13 +133,6 @@ def test_every_script_starts_through_the_shared_cli(script):
     assert "ArgumentParser" not in text and "logs.setup" not in text and "run_main" not in text
 
 
-def _script_module(path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _options_passed_by_rules():
@@ -160,7 +156,7 @@ def test_values_the_rules_always_pass_have_no_script_default():
     assert {"write_shards.py", "train_model.py", "compute_metrics.py"} <= set(passed)
     for script, options in passed.items():
         parser = argparse.ArgumentParser()
-        _script_module(ROOT / "workflow_scripts" / script).arguments(parser)
+        trainkit.script(Path(script).stem).arguments(parser)
         actions = {o: a for a in parser._actions for o in a.option_strings}
         for option in options - {"--log"}:  # the log file is optional when a script runs by hand
             assert actions[option].required and actions[option].default is None, (script, option)
@@ -197,7 +193,7 @@ def test_a_script_gets_its_whole_config_section_from_the_schema(script, option, 
 
     schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     parser = argparse.ArgumentParser()
-    _script_module(ROOT / "workflow_scripts" / script).arguments(parser)
+    trainkit.script(Path(script).stem).arguments(parser)
     action = next(a for a in parser._actions if option in a.option_strings)
     assert action.type.section == section
     defaults = {k: v["default"] for k, v in schema["properties"][section]["properties"].items() if "default" in v}

@@ -21,6 +21,7 @@ from deepbc.jobs.errors import UserError
 from deepbc.shards import reader as shard_reader
 from deepbc.shards import records
 from deepbc.shards import writer as shard_writer
+from tests import trainkit
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["benign", "malignant"]
@@ -482,18 +483,12 @@ def test_encode_dataset_and_write_shards_scripts(dataset, tmp_path):
 
     write_parquet(tmp_path / "m.parquet", table.drop_duplicates("path"))
     write_parquet(tmp_path / "s.parquet", table)
-    encode = str(REPO / "workflow_scripts" / "encode_dataset.py")
-    assert "--shards-json" in subprocess.run([sys.executable, encode, "--help"], check=True,
-                                             capture_output=True, text=True).stdout
-    subprocess.run([sys.executable, encode, "--manifest", str(tmp_path / "m.parquet"), "--root", str(root),
-                    "--out-dir", str(tmp_path / "store"), "--shards-json",
-                    json.dumps({"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0,
-                                "stain_normalization": "none"}),
-                    "--seed", "1", "--workers", "1"], check=True, capture_output=True)
+    trainkit.run_script("encode_dataset", "--manifest", tmp_path / "m.parquet", "--root", root, "--out-dir",
+                        tmp_path / "store", "--shards-json", json.dumps({"images_per_shard": 4}), "--seed", "1",
+                        "--workers", "1", check=True)
     out = tmp_path / "fold1"
-    subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "write_shards.py"), "--splits",
-                    str(tmp_path / "s.parquet"), "--store", str(tmp_path / "store" / "store.json"),
-                    "--fold", "1", "--out-dir", str(out)], check=True, capture_output=True)
+    trainkit.run_script("write_shards", "--splits", tmp_path / "s.parquet", "--store", tmp_path / "store" / "store.json",
+                        "--fold", "1", "--out-dir", out, check=True)
     assert shard_reader.read_index(out / "test.json")["count"] == 4
 
 

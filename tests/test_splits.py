@@ -3,8 +3,6 @@
 import json
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +14,7 @@ from deepbc.data import tasks
 from deepbc.data.breakhis import parse_path
 from deepbc.jobs.atomic import write_parquet
 from deepbc.jobs.errors import UserError
-from tests import shared_data
+from tests import shared_data, trainkit
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -196,16 +194,14 @@ def test_make_splits_script(tmp_path):
     write_parquet(manifest, _tiny())
     out = tmp_path / "splits.parquet"
     task_json = json.dumps(CONFIG["task_definitions"]["benign_vs_malignant"])
-    cmd = [sys.executable, str(REPO / "workflow_scripts" / "make_splits.py"), "--manifest", str(manifest),
-           "--task", "benign_vs_malignant", "--task-json", task_json, "--protocol", "patient", "--splits-json",
-           json.dumps({"k": 3, "val_fraction": 0.25, "exclude_label_conflicts": True}), "--seed", "1",
-           "--out", str(out), "--log", str(tmp_path / "log")]
-    subprocess.run(cmd, check=True, capture_output=True)
+    args = ["--manifest", manifest, "--task", "benign_vs_malignant", "--task-json", task_json, "--protocol",
+            "patient", "--splits-json", json.dumps({"k": 3, "val_fraction": 0.25}), "--seed", "1"]
+    trainkit.run_script("make_splits", *args, "--out", out, "--log", tmp_path / "log", check=True)
     splits = pd.read_parquet(out)
     assert list(splits.columns) == sp.COLUMNS and len(splits) == 3 * 48
     sp.assert_patient_safe(splits)
-    bad = subprocess.run(cmd[:-4] + ["--out", str(tmp_path / "x.parquet"), "--log", str(tmp_path / "bad.log"),
-                                     "--task-json", "{not json"], capture_output=True, text=True)
+    bad = trainkit.run_script("make_splits", *args, "--out", tmp_path / "x.parquet", "--log", tmp_path / "bad.log",
+                              "--task-json", "{not json")
     # A bad argument is refused like any bad input: exit code 1, and the reason in the job's log file.
     assert bad.returncode == 1 and "argument --task-json: not valid JSON" in (tmp_path / "bad.log").read_text()
     assert not (tmp_path / "x.parquet").exists()

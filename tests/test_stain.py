@@ -14,6 +14,7 @@ from PIL import Image
 from deepbc.data import synthetic_he
 from deepbc.jobs.errors import UserError
 from deepbc.shards import records, stain
+from tests import trainkit
 
 REPO = Path(__file__).resolve().parents[1]
 H_VECTOR, E_VECTOR = np.array([0.5626, 0.7201, 0.4062]), np.array([0.2159, 0.8012, 0.5581])
@@ -233,14 +234,6 @@ def test_reinhard_needs_a_reference_macenko_has_a_published_one(tmp_path):
     assert stain.fit_reference("macenko", None, [], tmp_path / "out.json") == stain.published_macenko()
 
 
-def _script(name):
-    """A workflow script's module, run in this process (cheaper than a subprocess importing TensorFlow)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "workflow_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_fit_stain_script(tmp_path):
@@ -249,14 +242,14 @@ def test_fit_stain_script(tmp_path):
     Image.fromarray(_tile("a", "p1")).save(tmp_path / "a.png")
     manifest = _manifest(tmp_path, {"benign/a.png": tmp_path / "a.png"})
     log = tmp_path / "fit.log"
-    code = logs.run_main(_script("fit_stain").main, [
+    code = logs.run_main(trainkit.script("fit_stain").main, [
         "--shards-json", json.dumps({"stain_normalization": "macenko", "stain_reference": str(tmp_path / "a.png")}),
         "--manifests", str(manifest), "--roots", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "out.json"),
         "--log", str(log)])
     assert code != 0 and "would leak test data" in log.read_text()
     # The rule passes the dataset roots.
     Image.fromarray(_tile("b", "p2")).save(tmp_path / "b.png")
-    code = logs.run_main(_script("fit_stain").main, [
+    code = logs.run_main(trainkit.script("fit_stain").main, [
         "--shards-json", json.dumps({"stain_normalization": "macenko", "stain_reference": str(tmp_path / "b.png")}),
         "--manifests", str(manifest), "--roots", str(tmp_path), "--out", str(tmp_path / "out.json"), "--log", str(log)])
     assert code != 0 and "lies under the dataset root" in log.read_text()
@@ -320,10 +313,10 @@ def test_encode_dataset_script_with_stain(tmp_path):
     shards = {"images_per_shard": 4, "format": "jpeg", "jpeg_quality": 95, "max_shorter_side": 0,
               "stain_normalization": "macenko"}
     write_parquet(tmp_path / "m.parquet", table)
-    _script("encode_dataset").main(["--manifest", str(tmp_path / "m.parquet"), "--root", str(root),
+    trainkit.script("encode_dataset").main(["--manifest", str(tmp_path / "m.parquet"), "--root", str(root),
                                     "--out-dir", str(tmp_path / "store"), "--shards-json", json.dumps(shards),
                                     "--stain-json", str(tmp_path / "p.json"), "--seed", "1", "--workers", "1"])
-    _script("write_shards").main(["--splits", str(tmp_path / "s.parquet"), "--fold", "0",
+    trainkit.script("write_shards").main(["--splits", str(tmp_path / "s.parquet"), "--fold", "0",
                                   "--store", str(tmp_path / "store" / "store.json"), "--out-dir", str(tmp_path / "out")])
     assert shard_reader.read_index(tmp_path / "out" / "val.json")["encoding"]["stain"] == stain.published_macenko()
 

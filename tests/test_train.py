@@ -101,11 +101,11 @@ def test_small_network_learns_and_beats_chance(shard_dir, tmp_path):
 def test_killed_run_resumes_at_its_last_saved_step(shard_dir, tmp_path):
     out, state = tmp_path / "model", tmp_path / "state"
     # 45 steps after the first save: time enough to kill the process before it finishes.
-    settings = trainkit.settings(max_number_of_steps=50, save_every_steps=5, eval_every_steps=25)
+    steps = {"max_number_of_steps": 50, "save_every_steps": 5, "eval_every_steps": 25}
     cmd = [sys.executable, str(ROOT / "workflow_scripts" / "train_model.py"),
            "--train-index", str(shard_dir / "train.json"),
            "--val-index", str(shard_dir / "val.json"),
-           "--arch", "resnet_small", "--settings-json", json.dumps(settings), "--out-dir", str(out),
+           "--arch", "resnet_small", "--settings-json", json.dumps(trainkit.settings_values(**steps)), "--out-dir", str(out),
            "--state-dir", str(state), "--seed", "1", "--threads", "1", "--gpus", "0"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -117,7 +117,7 @@ def test_killed_run_resumes_at_its_last_saved_step(shard_dir, tmp_path):
     saved = int((state / "checkpoint").read_text().split('"')[1].rsplit("-", 1)[1])
     assert 5 <= saved < 50
 
-    train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", settings, seed=1)
+    train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", trainkit.settings(**steps), seed=1)
     curve = pd.read_csv(out / "training.csv")
     assert list(curve["step"]) == list(range(1, 51))  # no step done twice, none skipped
     assert json.loads((out / "settings.json").read_text())["steps"] == 50

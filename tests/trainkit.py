@@ -113,3 +113,45 @@ def packages_imported(modules: str, package: str, env=None) -> list[str]:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
                           cwd=Path(__file__).resolve().parents[1])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    """The workflow script ``workflow_scripts/<name>.py`` as a module, to run in this process: ``main(argv)``
+    raises on failure, ``deepbc.jobs.logs.run_main(main, argv)`` returns its exit code as the rule sees it.
+    (A subprocess only where the process itself is the point: ``run_script``.)"""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"workflow_script_{name}", ROOT / "workflow_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str, *args, env: dict | None = None, timeout: float = 600, **kwargs):
+    """``workflow_scripts/<name>.py`` in a fresh Python, as a rule runs it (this checkout's deepbc):
+    the CompletedProcess, output captured as text."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / f"{name}.py"), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout, **kwargs)
+
+
+def build_network(name: str, num_classes: int, size: int | None = None, is_training: bool = False):
+    """Build ``name`` in a fresh graph on a [1, size, size, 3] placeholder (default: the network's own
+    size); return (graph, logits, end_points)."""
+    import tensorflow as tf
+
+    from deepbc.training.nets import NETWORKS, get_network_fn
+
+    size = size or NETWORKS[name].default_image_size
+    graph = tf.Graph()
+    with graph.as_default(), identity_equality():
+        images = tf.compat.v1.placeholder(tf.float32, [1, size, size, 3])
+        logits, end_points = get_network_fn(name, num_classes, is_training=is_training)(images)
+    return graph, logits, end_points
