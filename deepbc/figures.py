@@ -29,6 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from deepbc import atomic  # noqa: E402
 from deepbc.errors import UserError  # noqa: E402
 from deepbc.metrics import grouping_of, patient_table, prob_column  # noqa: E402
+from deepbc.model_dir import retrain  # noqa: E402
 from deepbc.tables import protocol_label  # noqa: E402
 from deepbc.runs import parse_run  # noqa: E402
 
@@ -228,8 +229,7 @@ def load_training(paths) -> pd.DataFrame:
                             "run the training rule for this fold") from None
         missing = [c for c in TRAINING_COLUMNS if c not in df.columns]
         if missing:
-            raise UserError(f"training curve lacks column(s) {missing}", str(path),
-                            "regenerate it with the train rule")
+            raise UserError(f"training curve lacks column(s) {missing}", str(path), retrain(Path(path).parent))
         frames.append(df.assign(fold=int(match["fold"])))
     if not frames:
         raise UserError("no training curve files given", "--training", "pass at least one file")
