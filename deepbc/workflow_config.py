@@ -13,7 +13,7 @@ import json
 import os
 
 from deepbc import breakhis
-from deepbc.errors import UserError
+from deepbc.errors import UserError, rebuild_store
 from deepbc.runs import parse_run, run_name
 
 # The values of the BreakHis manifest's label columns, from the parser that produces them.
@@ -235,31 +235,30 @@ def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]
 
 
 @functools.lru_cache(maxsize=None)
-def _listed_shards(index_path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    """The shards an index lists. Snakemake asks for each index many times while it builds the
-    DAG, and an index (with its members) takes milliseconds to parse: parsed once per version of
-    the file (``mtime_ns``, ``size``)."""
-    with open(index_path, encoding="utf-8") as fh:
+def _listed_shards(store_path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The shards a store.json lists. Snakemake asks for each store many times while it builds the
+    DAG, and a store.json (with a record per image) takes milliseconds to parse: parsed once per
+    version of the file (``mtime_ns``, ``size``)."""
+    with open(store_path, encoding="utf-8") as fh:
         return tuple(json.load(fh).get("shards", []))
 
 
-def check_shards_present(index_path) -> None:
-    """Raise UserError if a shard index exists but a shard it lists does not.
+def check_store_shards(store_path) -> None:
+    """Raise UserError if a dataset's store.json exists but a shard it lists does not.
 
-    Called by the train and evaluate rules' input functions, so that ``snakemake -n`` reports it
-    rather than the job once training starts. A missing or unreadable index is left to the rules
-    (write_shards makes it) and to the job (which names what is wrong with it).
+    Nothing rebuilds such a store by itself (its store.json is up to date) and every job reading
+    it would fail: the input functions of the jobs that read a store call this, so that
+    ``snakemake -n`` reports it. A missing store.json is Snakemake's to remake (encode_dataset runs
+    again, then write_shards rewrites the indexes listing the store: the store is an input of every
+    job that reads it); an unreadable one is left to the job, which names what is wrong with it.
     """
     try:
-        stat = os.stat(index_path)
-        listed = _listed_shards(os.fspath(index_path), stat.st_mtime_ns, stat.st_size)
+        stat = os.stat(store_path)
+        listed = _listed_shards(os.fspath(store_path), stat.st_mtime_ns, stat.st_size)
     except (OSError, ValueError, AttributeError):
         return
-    folder = os.path.dirname(index_path)
-    missing = [os.path.normpath(os.path.join(folder, name)) for name in listed
-               if not os.path.isfile(os.path.join(folder, name))]
+    folder = os.path.dirname(store_path)
+    missing = [os.path.join(folder, name) for name in listed if not os.path.isfile(os.path.join(folder, name))]
     if missing:
-        store = os.path.dirname(missing[0])
-        raise UserError(f"{len(missing)} shard(s) listed in this index are missing, e.g. {missing[0]}",
-                        str(index_path), f"delete the folder {store}/ and rerun: encode_dataset rebuilds "
-                                         "the dataset's store and write_shards the indexes")
+        raise UserError(f"{len(missing)} shard(s) listed in this encoded store are missing, e.g. {missing[0]}",
+                        str(store_path), rebuild_store(folder))

@@ -2,9 +2,12 @@ rule evaluate:
     input:
         model=rules.train.output.settings,
         checkpoint=rules.train.output.model,
-        test_index=checked_shard_index("test"),
+        test_index=wfconfig.shard_index("{run}", "{fold}", "test"),
         # Validation predictions, in the same job, for temperature scaling (never fitted on test).
-        val_index=checked_shard_index("val"),
+        val_index=wfconfig.shard_index("{run}", "{fold}", "val"),
+        # The stores whose shards the indexes list (rules/train.smk says why).
+        store=run_store,
+        test_store=external_test_store,
     output:
         test="results/predictions/{run}/{arch}/fold{fold}.parquet",
         val="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
