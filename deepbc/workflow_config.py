@@ -9,6 +9,7 @@ the rules stay thin and the logic is tested.
 
 import copy
 import functools
+import hashlib
 import json
 import os
 
@@ -210,6 +211,22 @@ def checkpoint_record(config: dict, run: str, arch: str) -> str | None:
     if train_settings(config, parse_run(run)[0], arch)["init"] == "imagenet":
         return f"results/checkpoints/{arch}.json"
     return None
+
+
+def model_fingerprint(config: dict, run: str, arch: str) -> str:
+    """A short hash of what the train rule trains a run's models with, as known when the DAG is
+    built: the training settings, architecture, seed and ImageNet checkpoint record (the train
+    job's params and checkpoint input). A param of every rule that reads a model's files.
+
+    When a model is missing, Snakemake remakes it only for a job that must run: a trainer killed
+    after a config change leaves no model (its outputs are deleted), while the evaluation and
+    metrics of the old model are up to date by their files and params. With this param, the
+    readers' params change with the training settings, so they rerun, and the model is trained
+    first, whatever target is asked for.
+    """
+    inputs = {"settings": train_settings(config, parse_run(run)[0], arch), "arch": arch, "seed": config["seed"],
+              "checkpoint": checkpoint_record(config, run, arch)}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_dir(run: str, arch: str, fold) -> str:

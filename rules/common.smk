@@ -192,6 +192,11 @@ def checkpoint_input(wildcards):
     return wfconfig.checkpoint_record(config, wildcards.run, wildcards.arch) or []
 
 
+def model_fingerprint(wildcards):
+    """A param of every rule reading a run's model (wfconfig.model_fingerprint)."""
+    return wfconfig.model_fingerprint(config, wildcards.run, wildcards.arch)
+
+
 model_dir = wfconfig.model_dir
 
 
@@ -223,6 +228,10 @@ def patient_runs():
 def patient_model_files(name):
     """A file of every model of the patient-wise runs (name: settings.json or training.csv)."""
     return [f"{model_dir(run, arch, fold)}/{name}" for run in patient_runs() for arch in ARCHS for fold in FOLDS]
+
+
+def patient_model_fingerprints():
+    return [wfconfig.model_fingerprint(config, run, arch) for run in patient_runs() for arch in ARCHS]
 
 
 def magnification_runs():

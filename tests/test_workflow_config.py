@@ -170,3 +170,26 @@ def test_check_store_shards_parses_each_store_once(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="1 shard\\(s\\) listed"):
         wc.check_store_shards(store)
     assert parsed == [str(store)] * 2
+
+
+def test_model_fingerprint_follows_what_trains_the_model_only(demo_config):
+    """A param of every rule reading a model: it changes with the model's training settings,
+    network, seed and ImageNet checkpoint, and not with machine settings or other tasks' settings."""
+    fp = wc.model_fingerprint(demo_config, "cancer_types", "resnet_small")
+    assert len(fp) == 16 and fp == wc.model_fingerprint(copy.deepcopy(demo_config), "cancer_types", "resnet_small")
+
+    def changed(mutate, run="cancer_types", arch="resnet_small"):
+        config = copy.deepcopy(demo_config)
+        mutate(config)
+        return wc.model_fingerprint(config, run, arch) != fp
+
+    assert changed(lambda c: c["train"]["defaults"].update(max_number_of_steps=61))
+    assert changed(lambda c: c["train"]["per_task"].update(cancer_types={"learning_rate": 0.1}))
+    assert changed(lambda c: c["train"]["per_architecture"].update(resnet_small={"init": "imagenet"}))
+    assert changed(lambda c: c.update(seed=43))
+    assert changed(lambda c: None, arch="resnet_v1_50")
+    # The image-level run of a task trains with the task's settings: same fingerprint.
+    assert not changed(lambda c: None, run="cancer_types__image_level")
+    assert not changed(lambda c: c["train"]["per_task"].update(benign_vs_malignant={"learning_rate": 0.1}))
+    assert not changed(lambda c: c.update(resources={"gpu": 0, "gpu_devices": 3, "train_threads": 8}))
+    assert not changed(lambda c: c.update(evaluation={"n_bootstrap": 10}))
