@@ -78,6 +78,7 @@ _VERIFY_AGAIN = "rebuild the manifest with check_dataset.py, which verifies ever
 class ChangedSinceManifest(UserError):
     """An image file that is no longer what check_dataset verified (other bytes, or undecodable)."""
 
+
 def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_side: int,
                  sha256: str | None = None, stain: dict | None = None) -> tuple:
     """Read one image file and return (encoded bytes, height, width, stain fallback) in ``image_format``.

@@ -222,7 +222,7 @@ def model_fingerprint(config: dict, run: str, arch: str) -> str:
     after a config change leaves no model (its outputs are deleted), while the evaluation and
     metrics of the old model are up to date by their files and params. With this param, the
     readers' params change with the training settings, so they rerun, and the model is trained
-    first, whatever target is asked for.
+    first, for any target that reads the model or what is made from it.
     """
     inputs = {"settings": train_settings(config, parse_run(run)[0], arch), "arch": arch, "seed": config["seed"],
               "checkpoint": checkpoint_record(config, run, arch)}
