@@ -133,8 +133,24 @@ def external_test_manifest(wildcards):
     return test_manifest(wildcards.run) if is_external(wildcards.run) else []
 
 
+def checked_store(dataset):
+    """A dataset's store index, as an input of a job that reads the store; a store.json listing a
+    shard that is missing stops the DAG (snakemake -n shows it)."""
+    path = wfconfig.store_index(dataset)
+    try:
+        wfconfig.check_store_shards(path)
+    except UserError as err:
+        raise WorkflowError(str(err)) from None
+    return path
+
+
+def run_store(wildcards):
+    """The store of the run's dataset (its train and validation images)."""
+    return checked_store(run_dataset(wildcards.run))
+
+
 def external_test_store(wildcards):
-    return wfconfig.store_index(run_test_dataset(wildcards.run)) if is_external(wildcards.run) else []
+    return checked_store(run_test_dataset(wildcards.run)) if is_external(wildcards.run) else []
 
 
 def external_option(flag, value_of_run):
@@ -146,21 +162,6 @@ def external_option(flag, value_of_run):
         return f"{flag} {shlex.quote(value_of_run(run))}" if is_external(run) else ""
 
     return option
-
-
-def checked_shard_index(split):
-    """An input function: the job's index of one split; one that lists a missing shard stops the
-    DAG (snakemake -n shows it)."""
-
-    def index(wildcards):
-        path = wfconfig.shard_index(wildcards.run, wildcards.fold, split)
-        try:
-            wfconfig.check_shards_present(path)
-        except UserError as err:
-            raise WorkflowError(str(err)) from None
-        return path
-
-    return index
 
 
 def all_shards():
@@ -195,6 +196,11 @@ def checkpoint_input(wildcards):
     return wfconfig.checkpoint_record(config, wildcards.run, wildcards.arch) or []
 
 
+def model_fingerprint(wildcards):
+    """A param of every rule reading a run's model (wfconfig.model_fingerprint)."""
+    return wfconfig.model_fingerprint(config, wildcards.run, wildcards.arch)
+
+
 model_dir = wfconfig.model_dir
 
 
@@ -219,17 +225,22 @@ def metrics_files(runs):
     return expand("results/metrics/{run}/{arch}/fold{fold}.json", run=runs, arch=ARCHS, fold=FOLDS)
 
 
+def patient_runs():
+    return [r for r in RUNS if run_protocol(r) == "patient"]
+
+
 def patient_model_files(name):
     """A file of every model of the patient-wise runs (name: settings.json or training.csv)."""
-    runs = [r for r in RUNS if run_protocol(r) == "patient"]
-    return [f"{model_dir(run, arch, fold)}/{name}" for run in runs for arch in ARCHS for fold in FOLDS]
+    return [f"{model_dir(run, arch, fold)}/{name}" for run in patient_runs() for arch in ARCHS for fold in FOLDS]
+
+
+def patient_model_fingerprints():
+    return [wfconfig.model_fingerprint(config, run, arch) for run in patient_runs() for arch in ARCHS]
 
 
 def magnification_runs():
     """The patient-wise runs tested on a BreakHis-kind dataset: the only test images with magnifications."""
-    return [
-        r for r in RUNS if run_protocol(r) == "patient" and DATASET_SPECS[run_test_dataset(r)]["kind"] == "breakhis"
-    ]
+    return [r for r in patient_runs() if DATASET_SPECS[run_test_dataset(r)]["kind"] == "breakhis"]
 
 
 def all_tables():

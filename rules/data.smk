@@ -124,7 +124,7 @@ rule encode_dataset:
 rule write_shards:
     input:
         splits="results/splits/{run}.parquet",
-        store=lambda wc: wfconfig.store_index(run_dataset(wc.run)),
+        store=run_store,
         test_store=external_test_store,
     output:
         [wfconfig.shard_index("{run}", "{fold}", split) for split in SPLITS],

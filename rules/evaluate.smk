@@ -2,9 +2,12 @@ rule evaluate:
     input:
         model=rules.train.output.settings,
         checkpoint=rules.train.output.model,
-        test_index=checked_shard_index("test"),
+        test_index=wfconfig.shard_index("{run}", "{fold}", "test"),
         # Validation predictions, in the same job, for temperature scaling (never fitted on test).
-        val_index=checked_shard_index("val"),
+        val_index=wfconfig.shard_index("{run}", "{fold}", "val"),
+        # The stores whose shards the indexes list (rules/train.smk says why).
+        store=run_store,
+        test_store=external_test_store,
     output:
         test="results/predictions/{run}/{arch}/fold{fold}.parquet",
         val="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
@@ -29,6 +32,9 @@ rule evaluate:
     params:
         script=script("evaluate_model.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        # What trains the model: a change reruns this job, and so trains the model first even if
+        # it is missing (a killed trainer's outputs are deleted), whatever target is asked for.
+        model=model_fingerprint,
         classes=lambda wc: task_classes(run_task(wc.run)),
         seed=config["seed"],
         title=lambda wc: f"{wc.run} / {wc.arch} / fold {wc.fold}"
@@ -61,6 +67,7 @@ rule predict_folder:
     params:
         script=script("predict_folder.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        model=model_fingerprint,
         patients=predict_patient_options,
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --images {input.images:q}'
@@ -88,6 +95,7 @@ rule export_model:
     params:
         script=script("export_model.py"),
         model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        model=model_fingerprint,
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --out {output:q}'
         " --threads {threads} --log {log:q}"

@@ -66,6 +66,7 @@ rule summary_table:
         "../envs/cpu.yaml"
     params:
         script=script("make_summary.py"),
+        models=patient_model_fingerprints(),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input.metrics:q} --models {input.models:q}'
         " --out-csv {output.csv:q} --out-md {output.md:q} --log {log:q}"
@@ -228,6 +229,7 @@ rule training_figure:
         "../envs/cpu.yaml"
     params:
         script=script("plot_training.py"),
+        model=model_fingerprint,
         title=lambda wc: f"{wc.run} / {wc.arch}",
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --training {input:q} --title {params.title:q}'

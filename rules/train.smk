@@ -19,8 +19,12 @@ rule get_checkpoint:
 
 rule train:
     input:
-        train_index=checked_shard_index("train"),
-        val_index=checked_shard_index("val"),
+        train_index=wfconfig.shard_index("{run}", "{fold}", "train"),
+        val_index=wfconfig.shard_index("{run}", "{fold}", "val"),
+        # The store whose shards the indexes list, which this job reads: once it is deleted, Snakemake
+        # re-encodes it and rewrites the indexes before rerunning this job (not on indexes of a
+        # store that is gone).
+        store=run_store,
         checkpoint=checkpoint_input,
     output:
         model=multiext("results/models/{run}/{arch}/fold{fold}/model.ckpt", ".index", ".data-00000-of-00001"),

@@ -160,5 +160,6 @@ def test_bad_paths(tmp_path):
     bad = tmp_path / "fold0" / "training.csv"
     bad.parent.mkdir()
     pd.DataFrame({"step": [1], "loss": [1.0]}).to_csv(bad, index=False)
-    with pytest.raises(UserError, match="lacks column"):
+    with pytest.raises(UserError, match="lacks column") as err:
         figures.plot_training([bad], "t", tmp_path / "t.png")
+    assert err.value.fix.startswith(f"delete the folder {bad.parent}/ and rerun the same snakemake command")

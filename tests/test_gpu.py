@@ -5,6 +5,7 @@ NVIDIA driver does not work; --gpus 0, or a scheduler that assigned no GPU, runs
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,11 +95,26 @@ def test_no_gpu_runs_on_cpu(tmp_path):
         assert index is None and "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
-def test_all_leased_times_out_with_advice(tmp_path):
-    with gpu.lease(tmp_path, n_devices=1):
-        with pytest.raises(UserError, match="gpu=K"):
-            with gpu.lease(tmp_path, n_devices=1, timeout=0.2, poll=0.05):
+def test_all_leased_times_out_naming_the_holders_to_stop(tmp_path):
+    """The advice followed as written: kill a holder's PID, then a lease is free. (Lock files are
+    never stale, so none is to be removed.)"""
+    holders = [_holder(tmp_path, 60), _holder(tmp_path, 60)]
+    held = {h.stdout.readline().strip(): h for h in holders}
+    try:
+        with pytest.raises(UserError, match="all 2 GPUs stayed leased") as err:
+            with gpu.lease(tmp_path, n_devices=2, timeout=0.2, poll=0.05):
                 pass
+        assert "kill PID" in err.value.fix and "gpu=K" in err.value.fix and "remove" not in err.value.fix
+        pid = int(re.search(r"GPU 0: pid (\d+) on host", err.value.what)[1])
+        assert pid == held["0"].pid and f"GPU 1: pid {held['1'].pid} on host" in err.value.what
+        os.kill(pid, signal.SIGKILL)
+        held["0"].wait()
+        with gpu.lease(tmp_path, n_devices=2, timeout=5, poll=0.05) as index:
+            assert index == 0
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
 
 
 # A GPU job whose TensorFlow cannot see its GPU (this machine has none, so TensorFlow sees none).

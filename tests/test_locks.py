@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,9 +63,15 @@ def test_second_job_fails_naming_the_holder(holder, tmp_path, name):
     assert "kill PID" in log and f"pid {proc.pid}" in job.stderr
 
 
-def test_lock_is_released_when_the_holder_is_killed(holder, tmp_path):
+def test_the_advice_followed_as_written_frees_the_lock(holder, tmp_path):
+    """'stop it (kill PID) ..., then rerun': the PID the job's log names is the holder; killed, it
+    leaves the lock free."""
     target, proc = holder
-    proc.send_signal(signal.SIGKILL)
+    assert _script("train_model.py", target, tmp_path).returncode == 1
+    log = (tmp_path / "job.log").read_text()
+    assert "stop it (kill PID)" in log
+    pid = int(re.search(r"another process is working on .*: pid (\d+) on host", log)[1])
+    os.kill(pid, signal.SIGKILL)
     proc.wait()
     # Taken at once, in this process (the scripts take it through the same locks.exclusive, as
     # test_second_job_fails_naming_the_holder shows; a script past it would import TensorFlow).

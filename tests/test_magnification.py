@@ -4,8 +4,10 @@ import pandas as pd
 import pytest
 
 from deepbc.evaluation import metrics
+from deepbc.jobs.atomic import write_json
 from deepbc.jobs.errors import UserError
 from deepbc.results import magnification
+from deepbc.results.tables import recompute
 
 BM = ["benign", "malignant"]
 MAGS = ["40X", "100X", "200X", "400X"]
@@ -74,11 +76,18 @@ def test_folder_datasets_give_an_empty_table(tmp_path):
     assert "nothing to show" in (tmp_path / "m.md").read_text()
 
 
-def test_old_metrics_json_is_a_user_error():
+def test_old_metrics_json_is_a_user_error_naming_the_file(tmp_path):
     m = fold_metrics("benign_vs_malignant", 0, "all", MAGS, n_boot=0)
     del m["meta"]["magnification"]
-    with pytest.raises(UserError, match="recompute it"):
+    with pytest.raises(UserError, match="what to do: pass the metrics that deepbc.evaluation.metrics.metrics_file writes"):
         magnification.magnification_table([m])
+    # From a file: the file to delete, which the workflow then computes again (tests/test_recovery.py).
+    path = tmp_path / "fold0.json"
+    write_json(path, m)
+    with pytest.raises(UserError) as err:
+        magnification.magnification_table([str(path)])
+    assert err.value.where == str(path) and err.value.fix == recompute(str(path))
+    assert err.value.fix.startswith(f"delete {path} and rerun the same snakemake command")
 
 
 def test_one_magnification_rows_sit_below_the_all_row_of_their_magnification():

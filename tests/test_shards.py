@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import tensorflow as tf
 from PIL import Image, ImageFile
 
 from deepbc.data.runs import SPLITS
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, rebuild_store
 from deepbc.shards import reader as shard_reader
 from deepbc.shards import records
 from deepbc.shards import writer as shard_writer
@@ -304,7 +305,8 @@ def test_a_stale_index_over_a_rebuilt_store_is_an_error(dataset, tmp_path):
     shard_writer.encode_store(table, root, tmp_path / "encoded" / "dataset", seed=9, workers=1, shards={"images_per_shard": 4})
     with pytest.raises(UserError, match="shard index is stale: .* differ from the store's") as err:
         shard_reader.make_dataset(tmp_path / "train.json", batch_size=3, is_training=False, image_size=8)
-    assert "rerun write_shards" in str(err.value) and str(tmp_path / "train.json") in str(err.value)
+    assert err.value.where == str(tmp_path / "train.json")
+    assert err.value.fix.startswith(f"delete the folder {tmp_path.parent}/ and rerun the same snakemake command")
 
 
 def test_an_index_over_a_store_re_encoded_in_the_same_layout_is_an_error(dataset, tmp_path):
@@ -315,7 +317,7 @@ def test_an_index_over_a_store_re_encoded_in_the_same_layout_is_an_error(dataset
     shard_writer.encode_store(table, root, tmp_path / "encoded" / "dataset", seed=3, workers=1, shards={"images_per_shard": 2, "format": "jpeg", "jpeg_quality": 50, "max_shorter_side": 0})
     with pytest.raises(UserError, match="shard index is stale") as err:
         shard_reader.read_index(tmp_path / "val.json")
-    assert f"delete {tmp_path.parent}/" in str(err.value)
+    assert err.value.fix.startswith(f"delete the folder {tmp_path.parent}/ and rerun the same snakemake command")
     # Hashes made to agree, the encoding alone still differs.
     index = json.loads((tmp_path / "val.json").read_text())
     store = json.loads((tmp_path / "encoded" / "dataset" / "store.json").read_text())
@@ -342,7 +344,9 @@ def test_a_record_that_is_not_the_listed_member_is_a_user_error(dataset, tmp_pat
     Path(second).write_bytes(a)
     with pytest.raises(UserError, match="a store record is not the member") as err:
         _read_all(tmp_path / "train.json")
-    assert str(tmp_path / "train.json") in str(err.value) and "rerun write_shards" in str(err.value)
+    # The index agrees with store.json: the shard files changed, and the store is rebuilt.
+    assert err.value.where == str(tmp_path / "train.json")
+    assert err.value.fix == rebuild_store(tmp_path / "encoded" / "dataset")
 
 
 def test_a_shard_with_more_records_than_listed_is_a_user_error(dataset, tmp_path):
@@ -352,16 +356,48 @@ def test_a_shard_with_more_records_than_listed_is_a_user_error(dataset, tmp_path
     last.write_bytes(last.read_bytes() * 2)  # TFRecord files concatenate
     with pytest.raises(UserError, match="a shard has more records than") as err:
         _read_all(tmp_path / "train.json")
-    assert str(tmp_path / "train.json") in str(err.value) and "rerun write_shards" in str(err.value)
+    # The index agrees with store.json: the shard files changed, and the store is rebuilt.
+    assert err.value.where == str(tmp_path / "train.json")
+    assert err.value.fix == rebuild_store(tmp_path / "encoded" / "dataset")
 
 
-def test_an_index_of_per_run_shards_is_refused(dataset, tmp_path):
-    _write(dataset, tmp_path)
-    old = json.loads((tmp_path / "val.json").read_text())
-    del old["members"], old["shard_records"]
-    (tmp_path / "val.json").write_text(json.dumps(old))
-    with pytest.raises(UserError, match="before the per-dataset store"):
-        shard_reader.read_index(tmp_path / "val.json")
+def _unlink_first_shard(index, folder):
+    (folder / index["shards"][0]).unlink()
+    return index
+
+
+@pytest.mark.parametrize("damage, what, remedy", [
+    (lambda index, folder: "{", "shard index is not valid JSON", "fold"),
+    (lambda index, folder: {k: v for k, v in index.items() if k not in ("members", "shard_records")},
+     "before the per-dataset store", "fold"),
+    (lambda index, folder: {**index, "count": index["count"] + 1}, "members for a count of", "fold"),
+    (_unlink_first_shard, "shard(s) listed in the index are missing", "store"),
+], ids=["not_json", "per_run_shards", "count", "shard_missing"])
+def test_a_broken_index_names_what_to_delete(dataset, tmp_path, damage, what, remedy):
+    """A broken index: delete the fold's indexes (write_shards writes them together); a store shard
+    missing: delete the store. tests/test_recovery.py follows such advice in the workflow."""
+    _write(dataset, tmp_path / "fold0")
+    index_path = tmp_path / "fold0" / "val.json"
+    damaged = damage(json.loads(index_path.read_text()), tmp_path / "fold0")
+    index_path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    with pytest.raises(UserError, match=re.escape(what)) as err:
+        shard_reader.read_index(index_path)
+    assert err.value.where == str(index_path)
+    expected = {"fold": f"delete the folder {tmp_path / 'fold0'}/ and rerun the same snakemake command",
+                "store": rebuild_store(tmp_path / "fold0" / "encoded" / "dataset")}[remedy]
+    assert err.value.fix.startswith(expected)
+
+
+def test_a_member_beyond_its_shard_names_the_fold_to_rewrite(dataset, tmp_path):
+    _write(dataset, tmp_path / "fold0")
+    index_path = tmp_path / "fold0" / "train.json"
+    index = json.loads(index_path.read_text())
+    shard = index["members"][0][0]
+    index["members"][0][1] = index["shard_records"][shard]
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(UserError, match="is record .* of a shard of") as err:
+        shard_reader.make_dataset(index_path, batch_size=2, is_training=False, image_size=8)
+    assert err.value.fix.startswith(f"delete the folder {tmp_path / 'fold0'}/ and rerun the same snakemake command")
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -420,12 +456,20 @@ def test_a_file_changed_since_the_manifest_is_an_error(dataset, tmp_path):
     with pytest.raises(UserError, match="changed after the manifest") as err:
         shard_writer.write_shards(hashed, 0, copy, tmp_path / "bad", workers=1, shards={"images_per_shard": 4})
     assert victim in str(err.value)
+    # From the manifest's file, as the workflow encodes (the error crosses from a worker process):
+    # delete the manifest, which check_dataset writes again.
+    manifest = tmp_path / "manifest.parquet"
+    hashed.to_parquet(manifest)
+    with pytest.raises(UserError, match="changed after the manifest") as err:
+        shard_writer.encode_store_file(manifest, copy, tmp_path / "bad", shards={"images_per_shard": 4}, workers=2)
+    assert err.value.where == str(copy / victim)
+    assert err.value.fix.startswith(f"delete {manifest} and rerun the same snakemake command")
     # A store encoded from other bytes than the splits' manifest says is refused by the index writer.
     stale = hashed.assign(sha256=hashed["sha256"].where(hashed["path"] != victim, "0" * 64))
+    store = tmp_path / "ok" / "encoded" / "dataset"
     with pytest.raises(UserError, match="encoded from other bytes") as err:
-        shard_writer.write_split_indexes(stale, 0, tmp_path / "ok" / "encoded" / "dataset" / "store.json",
-                                         tmp_path / "ok")
-    assert victim in str(err.value)
+        shard_writer.write_split_indexes(stale, 0, store / "store.json", tmp_path / "ok")
+    assert victim in str(err.value) and err.value.fix == rebuild_store(store)
 
 
 def test_a_16_bit_png_is_scaled_not_clipped(dataset, tmp_path):

@@ -1,6 +1,7 @@
 """deepbc.results.tables: task tables with the preprint's figures, summary, leakage arithmetic."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 
 from deepbc.jobs.errors import UserError
 from deepbc.results import tables
+from deepbc.training.model_dir import retrain
 
 
 def fake(task, protocol, arch, fold, patient=None, image=None, grouping="patient"):
@@ -273,6 +275,22 @@ def test_task_table_shows_the_patient_recognition_rate_with_its_interval(tmp_pat
     assert "| patient recognition rate |" in md and "Spanhol et al. 2016" in md
 
 
+@pytest.mark.parametrize("damage, what", [
+    (lambda folder: (folder / "settings.json").write_text("{"), "settings.json is not valid JSON"),
+    (lambda folder: (folder / "settings.json").write_text("{}"), "settings.json lacks kept/best_step"),
+    (lambda folder: (folder / "settings.json").write_text(json.dumps({"kept": "val_loss", "best_step": 21})),
+     "the kept step 21 has no validation row"),
+], ids=["not_json", "old_settings", "kept_step"])
+def test_a_broken_model_folder_says_to_delete_it(tmp_path, damage, what):
+    ms = [fake("cancer_types", "patient", "resnet_small", 0)]
+    settings = write_model(tmp_path, "cancer_types", "resnet_small", 0, 0.5, 0.5)
+    damage(settings.parent)
+    with pytest.raises(UserError, match=re.escape(what)) as err:
+        tables.summary_table(ms, [settings])
+    assert err.value.fix == retrain(settings.parent)
+    assert err.value.fix.startswith(f"delete the folder {settings.parent}/ and rerun the same snakemake command")
+
+
 def test_bad_metrics_inputs(tmp_path):
     dup = [fake("cancer_types", "patient", "resnet_small", 0)] * 2
     with pytest.raises(UserError, match="two metrics files"):
@@ -281,8 +299,17 @@ def test_bad_metrics_inputs(tmp_path):
         tables.task_table(bvm_metrics(), "cancer_types")
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"image_level": {}}))
-    with pytest.raises(UserError, match="not a metrics JSON"):
+    with pytest.raises(UserError, match="not a metrics JSON") as err:
         tables.load_metrics([path])
+    # The file to delete, which the workflow computes again (tests/test_recovery.py follows it).
+    assert err.value.fix.startswith(f"delete {path} and rerun the same snakemake command")
+    with pytest.raises(UserError, match="not a metrics JSON") as err:
+        tables.load_metrics([{"image_level": {}}])
+    assert err.value.fix == "pass the metrics that deepbc.evaluation.metrics.metrics_file writes"
+    path.write_text("{")
+    with pytest.raises(UserError, match="not valid JSON") as err:
+        tables.load_metrics([path])
+    assert err.value.fix.startswith(f"delete {path} and rerun the same snakemake command")
     with pytest.raises(UserError, match="not found"):
         tables.load_metrics([tmp_path / "missing.json"])
 

@@ -296,25 +296,25 @@ def test_a_task_on_one_dataset_draws_only_its_demo(tmp_path):
     assert "--demo tma --out results/demo/tma" in out and "--demo breakhis" not in out
 
 
-def test_dry_run_sees_a_shard_missing_from_its_index(tmp_path):
+def test_dry_run_sees_a_shard_missing_from_its_store(tmp_path):
     import json
 
-    fold = tmp_path / "results" / "tfrecords" / "cancer_types" / "fold0"
-    fold.mkdir(parents=True)
     store = tmp_path / "results" / "encoded" / "tma"
     store.mkdir(parents=True)
-    for i, split in enumerate(("train", "val", "test")):
-        name = f"shard-{i:05d}-of-00003.tfrecord"
-        (fold / f"{split}.json").write_text(json.dumps({"count": 1, "shards": [f"../../../encoded/tma/{name}"]}))
-        if split != "val":
-            (store / name).write_bytes(b"")
+    names = [f"shard-{i:05d}-of-00003.tfrecord" for i in range(3)]
+    (store / "store.json").write_text(json.dumps({"shards": names}))
+    for name in names[::2]:
+        (store / name).write_bytes(b"")
     proc = snakemake(tmp_path, "-n", "--config", "folds=[0]", "--",
                      "results/predictions/cancer_types/resnet_small/fold0.parquet", check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert "1 shard(s) listed in this index are missing" in out, out[-3000:]
+    assert "1 shard(s) listed in this encoded store are missing" in out, out[-3000:]
     assert "results/encoded/tma/shard-00001-of-00003.tfrecord" in out
-    assert "delete the folder results/encoded/tma/ and rerun: encode_dataset rebuilds" in out
+    assert "delete the folder results/encoded/tma/ and rerun the same snakemake command" in out
+    # Without store.json, the store is re-encoded and the indexes listing it rewritten: no error.
+    (store / "store.json").unlink()
+    snakemake(tmp_path, "-n", "--config", "folds=[0]", "--", "results/predictions/cancer_types/resnet_small/fold0.parquet")
 
 
 EXTERNAL_OVERLAY = """\

@@ -121,25 +121,69 @@ def test_rule_helpers(demo_config, tmp_path, monkeypatch):
         "--out-patients", "results/new_predictions/cancer_types/resnet_small/fold0/slides.patients.csv"]
 
 
-def test_check_shards_present_parses_each_index_once(tmp_path, monkeypatch):
-    """Snakemake asks for every index many times while building the DAG: parse each version once."""
+def test_a_store_missing_a_listed_shard_says_to_delete_it(tmp_path, monkeypatch):
+    """Only a store.json that lists a missing shard stops the DAG: without store.json, Snakemake
+    re-encodes the store (an input of every job reading it) and rewrites the indexes."""
     import json
     import os
 
-    (tmp_path / "store").mkdir()
-    (tmp_path / "store" / "shard-0.tfrecord").write_bytes(b"")
-    index = tmp_path / "run" / "train.json"
-    index.parent.mkdir()
-    index.write_text(json.dumps({"shards": ["../store/shard-0.tfrecord"], "members": [[0, 0, "a.png", 0]]}))
+    monkeypatch.chdir(tmp_path)
+    store = Path("results/encoded/tma/store.json")
+    wc.check_store_shards(store)  # nothing yet: Snakemake makes it
+    store.parent.mkdir(parents=True)
+    store.write_text("{")
+    wc.check_store_shards(store)  # unreadable: the job that reads it says so
+    store.write_text(json.dumps({"shards": ["shard-00000-of-00002.tfrecord", "shard-00001-of-00002.tfrecord"]}))
+    (store.parent / "shard-00000-of-00002.tfrecord").write_bytes(b"")
+    with pytest.raises(UserError) as err:
+        wc.check_store_shards(store)
+    assert "1 shard(s) listed in this encoded store are missing, e.g. results/encoded/tma/shard-00001" in str(err.value)
+    assert err.value.where == str(store)
+    assert err.value.fix.startswith("delete the folder results/encoded/tma/ and rerun the same snakemake command")
+    (store.parent / "shard-00001-of-00002.tfrecord").write_bytes(b"")
+    os.utime(store, ns=(1, 1))  # another version of store.json: read again
+    wc.check_store_shards(store)
+
+
+def test_check_store_shards_parses_each_store_once(tmp_path, monkeypatch):
+    """Snakemake asks for every store many times while building the DAG: parse each version once."""
+    import json
+    import os
+
+    store = tmp_path / "store.json"
+    store.write_text(json.dumps({"shards": ["shard-0.tfrecord"], "records": {"a.png": [0, 0, None]}}))
+    (tmp_path / "shard-0.tfrecord").write_bytes(b"")
     parsed = []
     real = json.load
     monkeypatch.setattr(wc.json, "load", lambda fh, **kw: parsed.append(fh.name) or real(fh, **kw))
     for _ in range(5):
-        wc.check_shards_present(index)
-    assert parsed == [str(index)]
-    # A rewritten index is read again: here it lists a shard that is missing.
-    index.write_text(json.dumps({"shards": ["../store/shard-1.tfrecord"], "members": []}))
-    os.utime(index, ns=(1, 1))
-    with pytest.raises(UserError, match="1 shard\\(s\\) listed in this index are missing"):
-        wc.check_shards_present(index)
-    assert parsed == [str(index)] * 2
+        wc.check_store_shards(store)
+    assert parsed == [str(store)]
+    store.write_text(json.dumps({"shards": ["shard-1.tfrecord"], "records": {}}))
+    os.utime(store, ns=(1, 1))
+    with pytest.raises(UserError, match="1 shard\\(s\\) listed"):
+        wc.check_store_shards(store)
+    assert parsed == [str(store)] * 2
+
+
+def test_model_fingerprint_follows_what_trains_the_model_only(demo_config):
+    """A param of every rule reading a model: it changes with the model's training settings,
+    network, seed and ImageNet checkpoint, and not with machine settings or other tasks' settings."""
+    fp = wc.model_fingerprint(demo_config, "cancer_types", "resnet_small")
+    assert len(fp) == 16 and fp == wc.model_fingerprint(copy.deepcopy(demo_config), "cancer_types", "resnet_small")
+
+    def changed(mutate, run="cancer_types", arch="resnet_small"):
+        config = copy.deepcopy(demo_config)
+        mutate(config)
+        return wc.model_fingerprint(config, run, arch) != fp
+
+    assert changed(lambda c: c["train"]["defaults"].update(max_number_of_steps=61))
+    assert changed(lambda c: c["train"]["per_task"].update(cancer_types={"learning_rate": 0.1}))
+    assert changed(lambda c: c["train"]["per_architecture"].update(resnet_small={"init": "imagenet"}))
+    assert changed(lambda c: c.update(seed=43))
+    assert changed(lambda c: None, arch="resnet_v1_50")
+    # The image-level run of a task trains with the task's settings: same fingerprint.
+    assert not changed(lambda c: None, run="cancer_types__image_level")
+    assert not changed(lambda c: c["train"]["per_task"].update(benign_vs_malignant={"learning_rate": 0.1}))
+    assert not changed(lambda c: c.update(resources={"gpu": 0, "gpu_devices": 3, "train_threads": 8}))
+    assert not changed(lambda c: c.update(evaluation={"n_bootstrap": 10}))

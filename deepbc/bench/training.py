@@ -186,10 +186,9 @@ def trainer_rate(shard_dir: Path, tmp: Path, arch: str, values: dict, seed: int,
 def in_memory_rate(arrays: Path, arch: str, values: dict, seed: int, threads: int, warmup: int) -> dict:
     import tensorflow as tf
 
-    from deepbc.training.settings import build
-
     from deepbc.training import model_dir, nets
     from deepbc.training import precision as precision_mod
+    from deepbc.training.settings import build
 
     settings = build(values, arch)
     chosen = precision_mod.for_this_machine(settings.precision)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from deepbc.data.runs import SPLITS
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, delete_and_rerun
 
 LOG = logging.getLogger(__name__)
 
@@ -308,8 +308,7 @@ def read_table(path, what: str) -> pd.DataFrame:
     except FileNotFoundError as err:
         raise UserError(f"{what} not found", str(path), f"run the rule that writes the {what} first") from err
     except (pyarrow.ArrowException, OSError) as err:
-        raise UserError(f"{what} is not a readable parquet file: {err}", str(path),
-                        f"delete it and rerun the rule that writes the {what}") from err
+        raise UserError(f"{what} is not a readable parquet file: {err}", str(path), delete_and_rerun(path)) from err
 
 
 def build_splits_file(manifest_path, task, protocol: str, k: int, val_fraction: float, seed: int,

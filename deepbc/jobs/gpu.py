@@ -140,9 +140,13 @@ def lease(lock_dir, n_devices: int | None = None, timeout: float = 24 * 3600, po
                 locks.release(handle)
             return
         if time.monotonic() > deadline:
-            raise UserError(f"all {n} GPUs stayed leased for {timeout:.0f} s", str(lock_dir),
-                            "run with --resources gpu=K where K is at most the number of GPUs, "
-                            "or remove stale lock files only if no job is running")
+            # A lease is an flock, released when its holder ends or dies: a lock file is never
+            # stale, and removing one would let two jobs lease the same GPU.
+            holders = "; ".join(f"GPU {i}: {locks.holder(lock_dir / f'gpu{i}.lock')}" for i in range(n))
+            raise UserError(f"all {n} GPUs stayed leased for {timeout:.0f} s ({holders})", str(lock_dir),
+                            "wait for those processes to finish, or stop one left over from a killed run "
+                            "(kill PID), then rerun; give this workflow at most as many GPU jobs as there "
+                            "are GPUs (--resources gpu=K)")
         time.sleep(poll)
 
 

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from deepbc.jobs import atomic  # noqa: E402
 from deepbc.jobs.errors import UserError  # noqa: E402
 from deepbc.evaluation.metrics import grouping_of, patient_table, prob_column  # noqa: E402
+from deepbc.training.model_dir import retrain  # noqa: E402
 from deepbc.results.tables import protocol_label  # noqa: E402
 from deepbc.data.runs import parse_run  # noqa: E402
 
@@ -218,8 +219,7 @@ def load_training(paths) -> pd.DataFrame:
                             "run the training rule for this fold") from None
         missing = [c for c in TRAINING_COLUMNS if c not in df.columns]
         if missing:
-            raise UserError(f"training curve lacks column(s) {missing}", str(path),
-                            "regenerate it with the train rule")
+            raise UserError(f"training curve lacks column(s) {missing}", str(path), retrain(Path(path).parent))
         frames.append(df.assign(fold=int(match["fold"])))
     if not frames:
         raise UserError("no training curve files given", "--training", "pass at least one file")

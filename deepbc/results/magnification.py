@@ -23,7 +23,7 @@ import pandas as pd
 from deepbc.data.breakhis import MAGNIFICATIONS
 from deepbc.jobs.errors import UserError
 from deepbc.results.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, RECOGNITION_NOTE, _aggregate, _cell, fold_frame,
-                           load_metrics, write_formats)
+                           load_metrics, recompute, write_formats)
 
 # (level, metric) columns of the table, in display order.
 COLUMNS = (("image", "accuracy"), ("image", "patient_recognition_rate"), ("image", "auc"),
@@ -38,16 +38,15 @@ def magnification_table(metrics) -> pd.DataFrame:
     n_patients, n_images (summed over the test folds; counted once for an external test) and
     ``{level}_{metric}_{mean,sd,ci_low,ci_high}`` as in the task tables. Empty (with a log line) when no run has magnifications.
     """
-    metrics = load_metrics(metrics)
+    items = list(metrics)
     pseudo = []
-    for m in metrics:
+    for item, m in zip(items, load_metrics(items)):
         meta = m["meta"]
         if meta["protocol"] != "patient" or meta["grouping"] != "patient":
             continue
         if "by_magnification" not in m or "magnification" not in meta:
             raise UserError("metrics JSON without by_magnification or meta.magnification",
-                            meta.get("predictions", meta["run"]),
-                            "recompute it with workflow_scripts/compute_metrics.py")
+                            "metrics passed in memory" if isinstance(item, dict) else str(item), recompute(item))
         for mag, block in m["by_magnification"].items():
             pseudo.append({**block, "meta": {**meta, "family": " ".join(m["classes"]),
                                              "trained_on": meta["magnification"], "tested_on": mag}})

@@ -28,8 +28,9 @@ import pandas as pd
 import yaml
 
 from deepbc.jobs import atomic
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, delete_and_rerun
 from deepbc.evaluation.metrics import CONFIDENCE, GROUPING_LABELS, IMAGE_EXTRA, KEPT_DRAWS, PATIENT_EXTRA
+from deepbc.training.model_dir import retrain
 from deepbc.data.runs import parse_run
 
 LOG = logging.getLogger("deepbc")
@@ -75,6 +76,14 @@ SELECTION_NOTE = (
     "though never of the reported models' test predictions.")
 
 
+def recompute(item) -> str:
+    """What to do about a metrics file (``item``: its path, or the dict passed in memory) that is
+    broken or of an older version."""
+    if isinstance(item, dict):
+        return "pass the metrics that deepbc.evaluation.metrics.metrics_file writes"
+    return delete_and_rerun(item, remakes="the metrics rule computes it again")
+
+
 def load_metrics(items) -> list[dict]:
     """Metrics dicts from JSON paths or already-loaded dicts; checks meta and duplicates."""
     out, seen = [], {}
@@ -89,13 +98,11 @@ def load_metrics(items) -> list[dict]:
                 raise UserError("metrics file not found", where,
                                 "run compute_metrics.py for this run, architecture and fold") from None
             except json.JSONDecodeError as err:
-                raise UserError(f"metrics file is not valid JSON ({err})", where,
-                                "delete it and let the workflow recompute it") from None
+                raise UserError(f"metrics file is not valid JSON ({err})", where, recompute(item)) from None
         meta = m.get("meta") or {}
         missing = [k for k in ("run", "task", "protocol", "grouping", "arch", "fold") if k not in meta]
         if missing or "image_level" not in m or "patient_level" not in m:
-            raise UserError(f"not a metrics JSON of deepbc.evaluation.metrics (meta lacks {missing})", where,
-                            "recompute it with workflow_scripts/compute_metrics.py")
+            raise UserError(f"not a metrics JSON of deepbc.evaluation.metrics (meta lacks {missing})", where, recompute(item))
         key = (meta["task"], meta["protocol"], meta["arch"], meta["fold"])
         if key in seen:
             raise UserError(f"two metrics files for task {key[0]}, protocol {key[1]}, "
@@ -388,12 +395,11 @@ def validation_figures(settings_paths) -> pd.DataFrame:
             raise UserError(f"model file not found ({Path(err.filename).name})", str(err.filename),
                             "run the train rule for this run, architecture and fold") from None
         except json.JSONDecodeError as err:
-            raise UserError(f"settings.json is not valid JSON ({err})", str(path),
-                            "delete the model folder and let the workflow retrain it") from None
+            raise UserError(f"settings.json is not valid JSON ({err})", str(path), retrain(path.parent)) from None
         missing = [c for c in ("step", "val_loss", "val_accuracy") if c not in curve.columns]
         if missing or "kept" not in settings or "best_step" not in settings:
             raise UserError(f"training.csv lacks {missing} or settings.json lacks kept/best_step",
-                            str(path.parent), "retrain this model with the train rule")
+                            str(path.parent), retrain(path.parent))
         evaluated = curve.dropna(subset=["val_loss"])
         kept = settings["kept"]
         if kept == "last":
@@ -404,7 +410,7 @@ def validation_figures(settings_paths) -> pd.DataFrame:
                 row = None
             elif at_step.empty:
                 raise UserError(f"the kept step {settings['best_step']} has no validation row in "
-                                "training.csv", str(curve_path), "retrain this model with the train rule")
+                                "training.csv", str(curve_path), retrain(path.parent))
             else:
                 row = at_step.iloc[0]
         task, protocol = parse_run(match["run"])

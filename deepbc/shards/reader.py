@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, delete_and_rerun, rebuild_store
 from deepbc.shards.records import FORMATS, decode, parse_example, read_store
 
 # Marks the reader's own checks of an index against the shards it reads (naming_corrupt_shards).
@@ -31,25 +31,23 @@ def read_index(path) -> dict:
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise UserError(f"shard index is not valid JSON: {err}", str(path), "delete it and rerun write_shards") from err
+        raise UserError(f"shard index is not valid JSON: {err}", str(path), _rewrite_fold(path)) from err
     keys = ["count", "count_per_class", "class_names", "store", "shards", "shard_records", "shard_sha256",
             "members", "encoding"]
     missing = [k for k in keys if k not in index]
     if missing:
         raise UserError(f"shard index lacks key(s) {missing} (an index of per-run shards, before the "
-                        "per-dataset store, lacks shard_records and members)", str(path),
-                        f"delete the folder {path.parent}/ and rerun write_shards")
+                        "per-dataset store, lacks shard_records and members)", str(path), _rewrite_fold(path))
     if len(index["members"]) != index["count"] or len(index["shard_records"]) != len(index["shards"]):
         raise UserError(f"shard index lists {len(index['members'])} members for a count of {index['count']} "
                         f"and {len(index['shard_records'])} shard sizes for {len(index['shards'])} shards",
-                        str(path), f"delete the folder {path.parent}/ and rerun write_shards")
+                        str(path), _rewrite_fold(path))
     # The listed shards are the dataset's store's, named relative to the index.
     index["paths"] = [os.path.normpath(path.parent / name) for name in index["shards"]]
     absent = [p for p in index["paths"] if not os.path.isfile(p)]
     if absent:
         raise UserError(f"{len(absent)} shard(s) listed in the index are missing, e.g. {absent[0]}", str(path),
-                        f"delete the folder {os.path.dirname(absent[0])}/ and rerun the workflow (encode_dataset "
-                        "rebuilds the store, write_shards the indexes)")
+                        rebuild_store(os.path.dirname(absent[0])))
     _check_against_store(index, path)
     if index["encoding"]["format"] not in FORMATS:
         raise UserError(f"unknown image format {index['encoding']['format']!r}", str(path),
@@ -57,10 +55,16 @@ def read_index(path) -> dict:
     return index
 
 
-def _rerun_write_shards(index_path: Path) -> str:
-    # results/tfrecords/{run}/fold{k}/{split}.json: the run's folder holds all its indexes.
-    return (f"rerun write_shards for this run (e.g. delete {index_path.parent.parent}/ and rerun the "
-            "workflow): its indexes predate the store's last encoding")
+def _rewrite_fold(index_path) -> str:
+    """What to do about a broken index: delete its fold's indexes, which write_shards writes together."""
+    return delete_and_rerun(Path(index_path).parent, folder=True, remakes="write_shards rewrites the fold's indexes")
+
+
+def _rewrite_run(index_path: Path) -> str:
+    """What to do about an index older than its store's last encoding: so are all the run's indexes
+    (results/tfrecords/{run}/fold{k}/{split}.json)."""
+    return delete_and_rerun(index_path.parent.parent, folder=True,
+                            remakes="write_shards rewrites the run's indexes, which predate the store's last encoding")
 
 
 def _check_against_store(index: dict, path: Path) -> None:
@@ -79,7 +83,7 @@ def _check_against_store(index: dict, path: Path) -> None:
     if stale or store["encoding"] != index["encoding"]:
         what = (f"{len(stale)} listed shard(s) differ from the store's (sha256 or size), e.g. {stale[0]}"
                 if stale else f"its encoding {index['encoding']} differs from the store's {store['encoding']}")
-        raise UserError(f"shard index is stale: {what} ({store_path})", str(path), _rerun_write_shards(path))
+        raise UserError(f"shard index is stale: {what} ({store_path})", str(path), _rewrite_run(path))
 
 
 def default_preprocess(image, height: int, width: int, seed=None):
@@ -115,7 +119,7 @@ def _member_table(index: dict, where) -> tuple[list[int], np.ndarray, np.ndarray
     for shard, position, filename, label in index["members"]:
         if not 0 <= position < index["shard_records"][shard]:
             raise UserError(f"member {filename} is record {position} of a shard of {index['shard_records'][shard]}",
-                            str(where), "delete the index's folder and rerun write_shards")
+                            str(where), _rewrite_fold(where))
         labels[offsets[shard] + position] = label
         names[offsets[shard] + position] = filename.encode()
     return offsets, labels, names
@@ -267,17 +271,18 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
 
 
 def find_corrupt_shards(index_paths) -> list[tuple[str, str]]:
-    """(shard path, reader's message) of every shard of these indexes that does not read to the end."""
+    """(shard path, reader's message) of every shard of these indexes that does not read to the end,
+    each shard once (the splits of a fold list the same store shards)."""
     import tensorflow as tf
 
     corrupt = []
-    for index_path in index_paths:
-        for path in read_index(index_path)["paths"]:
-            try:
-                for _ in tf.compat.v1.io.tf_record_iterator(path):
-                    pass
-            except tf.errors.DataLossError as err:
-                corrupt.append((path, err.message))
+    paths = dict.fromkeys(p for index_path in index_paths for p in read_index(index_path)["paths"])
+    for path in paths:
+        try:
+            for _ in tf.compat.v1.io.tf_record_iterator(path):
+                pass
+        except tf.errors.DataLossError as err:
+            corrupt.append((path, err.message))
     return corrupt
 
 
@@ -300,13 +305,12 @@ def naming_corrupt_shards(index_paths):
             named = [p for p in map(str, index_paths) if p in err.message]
             index_path = Path(named[0] if named else list(index_paths)[0])
             detail = err.message.split(STALE, 1)[1].split("\n", 1)[0].lstrip(": ")
-            raise UserError(f"{STALE}: {detail}", str(index_path), _rerun_write_shards(index_path)) from err
+            # read_index found the index as its store.json says: the shard files are what changed.
+            store_dir = os.path.dirname(os.path.normpath(index_path.parent / read_index(index_path)["store"]))
+            raise UserError(f"{STALE}: {detail}", str(index_path), rebuild_store(store_dir)) from err
         corrupt = find_corrupt_shards(index_paths)
         if not corrupt:
             raise
         path, detail = corrupt[0]
         others = f" (and {len(corrupt) - 1} more shard(s) of this fold)" if len(corrupt) > 1 else ""
-        folder = Path(path).parent
-        raise UserError(f"corrupt shard: {detail}{others}", path,
-                        f"delete the folder {folder}/ and rerun the workflow, which rebuilds its shards "
-                        "from the dataset") from err
+        raise UserError(f"corrupt shard: {detail}{others}", path, rebuild_store(Path(path).parent)) from err

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, rebuild_store
 
 # The image encodings (``image/format``), also the schema's shards.format enum (tests/test_schema.py
 # checks they agree); the writer refuses others and the reader refuses an index with another.
@@ -141,8 +141,7 @@ def read_store(path) -> dict:
         raise UserError("encoded store index not found", str(path),
                         "run the workflow's encode_dataset rule for this dataset") from err
     except json.JSONDecodeError as err:
-        raise UserError(f"encoded store index is not valid JSON: {err}", str(path),
-                        f"delete the folder {path.parent}/ and rerun encode_dataset") from err
+        raise UserError(f"encoded store index is not valid JSON: {err}", str(path), rebuild_store(path.parent)) from err
     return store
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, delete_and_rerun
 
 LOG = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def params_for(method: str, stain_json) -> dict | None:
     params = load(stain_json)
     if params["method"] != method:
         raise UserError(f"the stain parameters are of {params['method']}, the config asks for {method}",
-                        str(stain_json), "rerun fit_stain (delete the file)")
+                        str(stain_json), delete_and_rerun(stain_json, remakes="fit_stain fits it again"))
     return params
 
 

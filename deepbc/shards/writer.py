@@ -46,7 +46,7 @@ import pandas as pd
 from deepbc.data.runs import SPLITS
 from deepbc.jobs import schema
 from deepbc.jobs.atomic import atomic_path, write_json
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, delete_and_rerun, rebuild_store
 from deepbc.jobs.logs import Progress
 from deepbc.shards import records
 from deepbc.shards.records import STORE_INDEX
@@ -69,6 +69,13 @@ def store_shard_name(i: int, n: int) -> str:
 # Encoding (runs in worker processes: Pillow only)
 # --------------------------------------------------------------------------------------------
 
+_VERIFY_AGAIN = "rebuild the manifest with check_dataset.py, which verifies every file again, then encode again"
+
+
+class ChangedSinceManifest(UserError):
+    """An image file that is no longer what check_dataset verified (other bytes, or undecodable)."""
+
+
 def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_side: int,
                  sha256: str | None = None, stain: dict | None = None) -> tuple:
     """Read one image file and return (encoded bytes, height, width, stain fallback) in ``image_format``.
@@ -86,8 +93,8 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
     with open(path, "rb") as f:
         data = f.read()
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-        raise UserError("the file changed after the manifest was built (its sha256 differs)", path,
-                        "rerun check_dataset (delete results/manifest/) so the file is verified again")
+        raise ChangedSinceManifest("the file changed after the manifest was built (its sha256 differs)", path,
+                                   _VERIFY_AGAIN)
     try:
         with imageio.strict(), imageio.open_image(data) as im:
             width, height = im.size
@@ -107,8 +114,7 @@ def encode_image(path: str, image_format: str, jpeg_quality: int, max_shorter_si
             # Encoded inside the block: for an RGB image, rgb_image is im, which closing would empty.
             return *records.encode(imageio.rgb_image(im), image_format, jpeg_quality, scale), None
     except imageio.Rejected as err:
-        raise UserError(f"cannot decode image ({err.reason}: {err.detail})", path,
-                        "rebuild the manifest (check_dataset verifies every file) and rerun") from err
+        raise ChangedSinceManifest(f"cannot decode image ({err.reason}: {err.detail})", path, _VERIFY_AGAIN) from err
 
 
 def _stored_as_is(im, data: bytes, image_format: str) -> bool:
@@ -246,7 +252,11 @@ def encode_store_file(manifest_path, root, out_dir, **options) -> dict:
     """``encode_store`` on a manifest parquet written by check_dataset.py."""
     from deepbc.data.splits import read_table
 
-    return encode_store(read_table(manifest_path, "manifest"), root, out_dir, **options)
+    try:
+        return encode_store(read_table(manifest_path, "manifest"), root, out_dir, **options)
+    except ChangedSinceManifest as err:
+        raise UserError(err.what, err.where, delete_and_rerun(
+            manifest_path, remakes="check_dataset verifies the dataset's files again")) from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,14 +333,12 @@ def _split_index(rows: pd.DataFrame, split: str, fold: int, class_names: list[st
     absent = [p for p in rows["path"] if p not in records]
     if absent:
         raise UserError(f"{len(absent)} image(s) of fold {fold}'s {split} split are not in the encoded store, "
-                        f"e.g. {absent[:3]}", str(store_path),
-                        f"delete the folder {store_path.parent}/ and rerun: encode_dataset re-encodes the dataset")
+                        f"e.g. {absent[:3]}", str(store_path), rebuild_store(store_path.parent))
     if "sha256" in rows:
         changed = [p for p, h in zip(rows["path"], rows["sha256"]) if records[p][2] not in (None, h)]
         if changed:
             raise UserError(f"{len(changed)} image(s) were encoded from other bytes than the manifest's, "
-                            f"e.g. {changed[:3]}", str(store_path),
-                            f"delete the folder {store_path.parent}/ and rerun: encode_dataset re-encodes the dataset")
+                            f"e.g. {changed[:3]}", str(store_path), rebuild_store(store_path.parent))
     placed = sorted((records[p][0], records[p][1], p, int(label))
                     for p, label in zip(rows["path"], rows["label_index"]))
     listed = sorted({shard for shard, *_ in placed})

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from deepbc.jobs import atomic
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, delete_and_rerun
 
 LOG = logging.getLogger("deepbc.training.model_dir")
 MODEL_PREFIX = "model.ckpt"
@@ -27,6 +27,11 @@ LOSS_SCALE_FIELD = "loss_scale"
 
 def checkpoint_prefix(model_dir) -> str:
     return str(Path(model_dir) / MODEL_PREFIX)
+
+
+def retrain(model_dir) -> str:
+    """What to do about a model folder whose files are broken or of an older version."""
+    return delete_and_rerun(model_dir, folder=True, remakes="the train rule trains the model again")
 
 
 def load_settings(model_dir) -> dict:

@@ -9,12 +9,13 @@ the rules stay thin and the logic is tested.
 
 import copy
 import functools
+import hashlib
 import json
 import os
 
 from deepbc.data import breakhis
 from deepbc.data.runs import parse_run, run_name
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, rebuild_store
 
 # The values of the BreakHis manifest's label columns, from the parser that produces them.
 BREAKHIS_LABELS = {
@@ -216,6 +217,22 @@ def checkpoint_record(config: dict, run: str, arch: str) -> str | None:
     return None
 
 
+def model_fingerprint(config: dict, run: str, arch: str) -> str:
+    """A short hash of what the train rule trains a run's models with, as known when the DAG is
+    built: the training settings, architecture, seed and ImageNet checkpoint record (the train
+    job's params and checkpoint input). A param of every rule that reads a model's files.
+
+    When a model is missing, Snakemake remakes it only for a job that must run: a trainer killed
+    after a config change leaves no model (its outputs are deleted), while the evaluation and
+    metrics of the old model are up to date by their files and params. With this param, the
+    readers' params change with the training settings, so they rerun, and the model is trained
+    first, for any target that reads the model or what is made from it.
+    """
+    inputs = {"settings": train_settings(config, parse_run(run)[0], arch), "arch": arch, "seed": config["seed"],
+              "checkpoint": checkpoint_record(config, run, arch)}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def model_dir(run: str, arch: str, fold) -> str:
     return f"results/models/{run}/{arch}/fold{fold}"
 
@@ -239,31 +256,30 @@ def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]
 
 
 @functools.lru_cache(maxsize=None)
-def _listed_shards(index_path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
-    """The shards an index lists. Snakemake asks for each index many times while it builds the
-    DAG, and an index (with its members) takes milliseconds to parse: parsed once per version of
-    the file (``mtime_ns``, ``size``)."""
-    with open(index_path, encoding="utf-8") as fh:
+def _listed_shards(store_path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The shards a store.json lists. Snakemake asks for each store many times while it builds the
+    DAG, and a store.json (with a record per image) takes milliseconds to parse: parsed once per
+    version of the file (``mtime_ns``, ``size``)."""
+    with open(store_path, encoding="utf-8") as fh:
         return tuple(json.load(fh).get("shards", []))
 
 
-def check_shards_present(index_path) -> None:
-    """Raise UserError if a shard index exists but a shard it lists does not.
+def check_store_shards(store_path) -> None:
+    """Raise UserError if a dataset's store.json exists but a shard it lists does not.
 
-    Called by the train and evaluate rules' input functions, so that ``snakemake -n`` reports it
-    rather than the job once training starts. A missing or unreadable index is left to the rules
-    (write_shards makes it) and to the job (which names what is wrong with it).
+    Nothing rebuilds such a store by itself (its store.json is up to date) and every job reading
+    it would fail: the input functions of the jobs that read a store call this, so that
+    ``snakemake -n`` reports it. A missing store.json is Snakemake's to remake (encode_dataset runs
+    again, then write_shards rewrites the indexes listing the store: the store is an input of every
+    job that reads it); an unreadable one is left to the job, which names what is wrong with it.
     """
     try:
-        stat = os.stat(index_path)
-        listed = _listed_shards(os.fspath(index_path), stat.st_mtime_ns, stat.st_size)
+        stat = os.stat(store_path)
+        listed = _listed_shards(os.fspath(store_path), stat.st_mtime_ns, stat.st_size)
     except (OSError, ValueError, AttributeError):
         return
-    folder = os.path.dirname(index_path)
-    missing = [os.path.normpath(os.path.join(folder, name)) for name in listed
-               if not os.path.isfile(os.path.join(folder, name))]
+    folder = os.path.dirname(store_path)
+    missing = [os.path.join(folder, name) for name in listed if not os.path.isfile(os.path.join(folder, name))]
     if missing:
-        store = os.path.dirname(missing[0])
-        raise UserError(f"{len(missing)} shard(s) listed in this index are missing, e.g. {missing[0]}",
-                        str(index_path), f"delete the folder {store}/ and rerun: encode_dataset rebuilds "
-                                         "the dataset's store and write_shards the indexes")
+        raise UserError(f"{len(missing)} shard(s) listed in this encoded store are missing, e.g. {missing[0]}",
+                        str(store_path), rebuild_store(folder))
