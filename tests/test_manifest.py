@@ -462,7 +462,7 @@ def test_large_files_are_judged_from_their_header_and_hashed_in_chunks(tma_tree)
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
 
 
-def test_too_large_details_state_the_limit_the_code_enforces_and_readme_quotes(tmp_path):
+def test_too_large_details_state_the_limit_the_code_enforces_and_the_methods_quote(tmp_path):
     """One limit, imageio.MAX_PIXELS: Pillow's own check (which fires at twice it) never speaks."""
     from deepbc.data import imageio
 
@@ -478,8 +478,8 @@ def test_too_large_details_state_the_limit_the_code_enforces_and_readme_quotes(t
         assert info["reason"] == "too_large"
         assert info["detail"] == (f"{width} x {height} = {width * height:,} pixels, more than the {limit} accepted; "
                                   f"cut the image into tiles")
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert f"`too_large` (over {limit} pixels by its header" in readme
+    methods = " ".join((REPO / "docs" / "methods.md").read_text().split())
+    assert f"`too_large` (over {limit} pixels by its header" in methods
 
 
 def test_a_path_that_is_not_utf8_is_rejected_with_a_rename_that_works(tma_tree, tmp_path):

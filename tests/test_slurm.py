@@ -75,5 +75,5 @@ def test_every_gpu_rule_gets_the_profiles_gpu_resources():
         assert resources.get("gpu") == 1 and "slurm_partition" in resources, rule
     # predict_folder is an evaluation job: the same request as evaluate.
     assert profile["set-resources"]["predict_folder"] == profile["set-resources"]["evaluate"]
-    readme = (ROOT / "README.md").read_text()
-    assert "--set-resources " + " ".join(f"{r}:gpu=0" for r in ("train", "evaluate", "predict_folder")) in readme
+    running = (ROOT / "docs" / "running.md").read_text()
+    assert "--set-resources " + " ".join(f"{r}:gpu=0" for r in ("train", "evaluate", "predict_folder")) in running
