@@ -39,7 +39,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 # Pillow format name -> our format name. MPO is how Pillow names some camera JPEGs.
 FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
-# The one pixel limit (README quotes it): Pillow's default MAX_IMAGE_PIXELS (about 9,459 x 9,459),
+# The one pixel limit (docs/methods.md quotes it): Pillow's default MAX_IMAGE_PIXELS (about 9,459 x 9,459),
 # 270 MB as RGB. Larger images (whole slides) must be cut into tiles first. Pillow's own check,
 # which only fails at twice that, is off inside strict(), so every too_large detail states this one.
 MAX_PIXELS = 89_478_485

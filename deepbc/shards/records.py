@@ -149,7 +149,7 @@ def as_stored(pixels: np.ndarray, encoding: dict | None):
     """Normalised ``pixels`` as the shard writer stores them under the shards' ``encoding``
     (settings.json's ``shard_encoding``: resized, encoded): (JPEG bytes, None) for JPEG shards, to be
     decoded as the shard reader decodes them, else (b"", the stored pixels). Without it the pixels
-    as they are; a model then sees lossless pixels where training saw JPEG q95 (README)."""
+    as they are; a model then sees lossless pixels where training saw JPEG q95 (docs/methods.md)."""
     if not encoding:
         return b"", pixels
     from PIL import Image

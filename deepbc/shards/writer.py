@@ -363,7 +363,7 @@ def _split_index(rows: pd.DataFrame, split: str, fold: int, class_names: list[st
         # Content hashes: a trainer's resumable state is bound to exactly these shards.
         "shard_sha256": [store["shard_sha256"][s] for s in listed],
         "encoding": store["encoding"],
-        # fallback -> the split's images that took it (README "Stain normalization").
+        # fallback -> the split's images that took it (docs/methods.md, "Stain normalization").
         **({"stain_fallbacks": _fallback_counts(store["stain_fallbacks"][p] for p in rows["path"]
                                                 if p in store["stain_fallbacks"])}
            if "stain_fallbacks" in store else {}),

@@ -29,7 +29,7 @@ data. `config/schema.yaml` checks every key before anything runs and fills in th
 2. `--config key=value` comes last, over the files.
 3. The schema's defaults fill every key still absent. Keys whose absence means "the network's
    own" (`train.*.image_size`, `train.*.batch_norm_decay`) take the network's value: 224 px for
-   ResNet V1, VGG and Inception V1/V2, 299 px for Inception V3/V4 and ResNet V2 (`deepbc/nets`).
+   ResNet V1, VGG and Inception V1/V2, 299 px for Inception V3/V4 and ResNet V2 (`deepbc/training/nets`).
 4. Training settings: `train.defaults`, then `train.per_architecture.<arch>`, then
    `train.per_task.<task>` (which must name a task of `task_definitions`).
 
