@@ -71,6 +71,17 @@ def test_a_folder_of_the_test_images_gets_their_test_predictions(model, tmp_path
     np.testing.assert_allclose(both["prob_malignant"], both["prob_malignant_folder"], atol=1e-5)
 
 
+@pytest.mark.parametrize("content, said", [(b"path,patient\nimg\xe9.png,P1\n", "is not UTF-8 text"),
+                                           (b"file,who\na.png,P1\n", "needs columns 'path' and 'patient'")])
+def test_a_bad_patients_csv_is_refused_before_any_prediction(tmp_path, content, said):
+    """A patients CSV that is not UTF-8 crashed predict_folder after every prediction had run."""
+    (tmp_path / "patients.csv").write_bytes(content)
+    with pytest.raises(UserError, match=said):  # the model folder is empty: the CSV is read first
+        predict.predict_folder(tmp_path / "no model", tmp_path, tmp_path / "out.csv", tmp_path / "patients.csv",
+                               tmp_path / "per_patient.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="settings.json"):
         predict.predict_folder(tmp_path, tmp_path, tmp_path / "out.csv")

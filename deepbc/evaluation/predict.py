@@ -54,6 +54,8 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     from deepbc.shards import records
     from deepbc.training import export
 
+    # Read before any prediction: a bad CSV found after them would lose the run's work.
+    mapping = _patients(patients_csv) if patients_csv else None
     saved_model = export.is_saved_model(model_dir)
     settings = export.load_info(model_dir) if saved_model else model_folder.load_settings(model_dir)
     class_names, image_size = settings["class_names"], settings["image_size"]
@@ -112,11 +114,7 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
     for i in sorted(set(decoded) - set(df["index"])):
         rejected[i] = ("undecodable", "TensorFlow's JPEG decoder failed on it (Pillow could decode it)")
     df = _with_rejects(df, paths, rejected, decoded, class_names, image_size)
-    if patients_csv:
-        mapping = pd.read_csv(patients_csv, dtype=str)
-        if not {"path", "patient"} <= set(mapping.columns):
-            raise UserError("the patient CSV needs columns 'path' and 'patient'", str(patients_csv),
-                            "add a header line: path,patient")
+    if mapping is not None:
         df = df.merge(mapping[["path", "patient"]], on="path", how="left")
         missing = df["patient"].isna().sum()
         if missing:
@@ -149,6 +147,23 @@ def predict_folder(model_dir, folder, out_csv, patients_csv=None, out_patients_c
         per_patient["pred"] = [class_names[i] for i in per_patient[prob_cols].to_numpy().argmax(axis=1)]
         atomic.write_csv(out_patients_csv, per_patient.reset_index())
     return df
+
+
+def _patients(patients_csv) -> pd.DataFrame:
+    """The patients CSV (``path,patient``, UTF-8), checked."""
+    try:
+        mapping = pd.read_csv(patients_csv, dtype=str)
+    except UnicodeDecodeError as err:
+        raise UserError(f"the patient CSV is not UTF-8 text ({err.reason} at byte {err.start})", str(patients_csv),
+                        "save it as UTF-8 (a name that is not UTF-8 is written with its bytes as \\xNN, as the "
+                        "predictions CSV shows it)") from None
+    except (OSError, pd.errors.ParserError) as err:
+        raise UserError(f"the patient CSV cannot be read: {err}", str(patients_csv),
+                        "give a CSV with the header line path,patient") from None
+    if not {"path", "patient"} <= set(mapping.columns):
+        raise UserError("the patient CSV needs columns 'path' and 'patient'", str(patients_csv),
+                        "add a header line: path,patient")
+    return mapping
 
 
 def _run_saved_model(export_dir, dataset, total: int):
