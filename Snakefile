@@ -21,41 +21,41 @@ include: "rules/results.smk"
 rule all:
     default_target: True
     input:
-        all_tables(),
-        all_figures(),
+        PLAN.tables(),
+        PLAN.figures(),
 
 
 rule manifests:
     input:
-        expand("results/manifest/{dataset}.parquet", dataset=DATASETS),
+        PLAN.manifests(),
 
 
 rule splits:
     input:
-        expand("results/splits/{run}.parquet", run=RUNS),
+        PLAN.split_tables(),
 
 
 rule shards:
     input:
-        all_shards(),
+        PLAN.shards(),
 
 
 rule models:
     input:
-        all_models(),
+        PLAN.models(),
 
 
 rule tables:
     input:
-        all_tables(),
+        PLAN.tables(),
 
 
 rule figures:
     input:
-        all_figures(),
+        PLAN.figures(),
 
 
 # Not part of `all`: each export is one more TensorFlow job per model; run `snakemake --cores N exports`.
 rule exports:
     input:
-        expand("results/export/{run}/{arch}/fold{fold}", run=RUNS, arch=ARCHS, fold=FOLDS),
+        PLAN.exports(),

@@ -23,7 +23,7 @@ rule make_demo:
 
 rule check_dataset:
     input:
-        demo_inputs,
+        lambda wc: datasets_config.demo_input(config, PLAN.dataset_specs, wc.dataset),
     output:
         manifest="results/manifest/{dataset}.parquet",
         rejects="results/manifest/{dataset}.rejects.csv",
@@ -38,8 +38,8 @@ rule check_dataset:
         mem_mb=RES["data_mem_mb"],
     params:
         script=script("check_dataset.py"),
-        root=lambda wc: dataset_root(wc.dataset),
-        options=lambda wc: dataset_options(wc.dataset),
+        root=lambda wc: PLAN.dataset_root(wc.dataset),
+        options=lambda wc: datasets_config.options(PLAN.dataset_specs, wc.dataset),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --dataset {wildcards.dataset} --root {params.root:q}'
         " {params.options} --workers {threads}"
@@ -48,8 +48,8 @@ rule check_dataset:
 
 rule make_splits:
     input:
-        manifest=manifest_of_run,
-        test_manifest=external_test_manifest,
+        manifest=lambda wc: run_of(wc).manifest,
+        test_manifest=external_input(lambda run: run.test_manifest),
     output:
         "results/splits/{run}.parquet",
     log:
@@ -60,10 +60,10 @@ rule make_splits:
         "../envs/cpu.yaml"
     params:
         script=script("make_splits.py"),
-        task=lambda wc: run_task(wc.run),
-        task_json=task_json,
-        protocol=lambda wc: run_protocol(wc.run),
-        test_manifest=external_option("--test-manifest", test_manifest),
+        task=lambda wc: run_of(wc).task,
+        task_json=lambda wc: json.dumps(run_of(wc).definition, sort_keys=True),
+        protocol=lambda wc: run_of(wc).protocol,
+        test_manifest=external_option("--test-manifest", lambda run: run.test_manifest),
         splits=section_json("splits"),
         seed=config["seed"],
     shell:
@@ -74,10 +74,10 @@ rule make_splits:
 
 rule fit_stain:
     input:
-        reference=stain_reference,
-        manifests=expand("results/manifest/{dataset}.parquet", dataset=DATASETS),
+        reference=config["shards"]["stain_reference"] or [],
+        manifests=PLAN.manifests(),
     output:
-        STAIN_JSON,
+        "results/stain/reference.json",
     log:
         "results/logs/fit_stain.log",
     benchmark:
@@ -87,7 +87,7 @@ rule fit_stain:
     params:
         script=script("fit_stain.py"),
         stain=json.dumps({k: config["shards"][k] for k in ("stain_normalization", "stain_reference")}, sort_keys=True),
-        roots=[dataset_root(d) for d in DATASETS],
+        roots=[PLAN.dataset_root(d) for d in PLAN.datasets],
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --shards-json {params.stain:q} --manifests {input.manifests:q}'
         " --roots {params.roots:q} --out {output:q} --log {log:q}"
@@ -96,9 +96,9 @@ rule fit_stain:
 rule encode_dataset:
     input:
         manifest="results/manifest/{dataset}.parquet",
-        stain=stain_input,
+        stain=STAIN_JSON or [],
     output:
-        wfconfig.store_index("{dataset}"),
+        layout.store_index("{dataset}"),
     log:
         "results/logs/encode_dataset/{dataset}.log",
     benchmark:
@@ -110,11 +110,11 @@ rule encode_dataset:
         mem_mb=RES["data_mem_mb"],
     params:
         script=script("encode_dataset.py"),
-        root=lambda wc: dataset_root(wc.dataset),
-        out_dir=lambda wc: os.path.dirname(wfconfig.store_index(wc.dataset)),
+        root=lambda wc: PLAN.dataset_root(wc.dataset),
+        out_dir=lambda wc: os.path.dirname(layout.store_index(wc.dataset)),
         shards=section_json("shards"),
         seed=config["seed"],
-        stain=stain_option,
+        stain=f"--stain-json {STAIN_JSON}" if STAIN_JSON else "",
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --manifest {input.manifest:q} --root {params.root:q}'
         " --out-dir {params.out_dir:q} --shards-json {params.shards:q} {params.stain} --seed {params.seed}"
@@ -124,10 +124,10 @@ rule encode_dataset:
 rule write_shards:
     input:
         splits="results/splits/{run}.parquet",
-        store=run_store,
-        test_store=external_test_store,
+        store=lambda wc: checked_store(run_of(wc).dataset),
+        test_store=external_input(lambda run: checked_store(run.test_dataset)),
     output:
-        [wfconfig.shard_index("{run}", "{fold}", split) for split in SPLITS],
+        [layout.shard_index("{run}", "{fold}", split) for split in SPLITS],
     log:
         "results/logs/write_shards/{run}/fold{fold}.log",
     benchmark:
@@ -136,7 +136,7 @@ rule write_shards:
         "../envs/cpu.yaml"
     params:
         script=script("write_shards.py"),
-        test_store=external_option("--test-store", lambda run: wfconfig.store_index(run_test_dataset(run))),
+        test_store=external_option("--test-store", lambda run: run.test_store),
         out_dir=lambda wc: f"results/tfrecords/{wc.run}/fold{wc.fold}",
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --splits {input.splits:q} --store {input.store:q}'

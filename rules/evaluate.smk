@@ -2,12 +2,12 @@ rule evaluate:
     input:
         model=rules.train.output.settings,
         checkpoint=rules.train.output.model,
-        test_index=wfconfig.shard_index("{run}", "{fold}", "test"),
+        test_index=layout.shard_index("{run}", "{fold}", "test"),
         # Validation predictions, in the same job, for temperature scaling (never fitted on test).
-        val_index=wfconfig.shard_index("{run}", "{fold}", "val"),
+        val_index=layout.shard_index("{run}", "{fold}", "val"),
         # The stores whose shards the indexes list (rules/train.smk says why).
-        store=run_store,
-        test_store=external_test_store,
+        store=lambda wc: checked_store(run_of(wc).dataset),
+        test_store=external_input(lambda run: checked_store(run.test_dataset)),
     output:
         test="results/predictions/{run}/{arch}/fold{fold}.parquet",
         val="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
@@ -31,14 +31,14 @@ rule evaluate:
         runtime=RES["eval_runtime"],
     params:
         script=script("evaluate_model.py"),
-        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        model_dir=lambda wc: layout.model_dir(wc.run, wc.arch, wc.fold),
         # What trains the model: a change reruns this job, and so trains the model first even if
         # it is missing (a killed trainer's outputs are deleted), whatever target is asked for.
         model=model_fingerprint,
-        classes=lambda wc: task_classes(run_task(wc.run)),
+        classes=lambda wc: run_of(wc).classes,
         seed=config["seed"],
         title=lambda wc: f"{wc.run} / {wc.arch} / fold {wc.fold}"
-        + (f", external test: {run_test_dataset(wc.run)}" if is_external(wc.run) else ""),
+        + (f", external test: {run_of(wc).test_dataset}" if run_of(wc).external else ""),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}'
         " --out {output.test:q} --val-shard-index {input.val_index:q} --val-out {output.val:q}"
@@ -66,9 +66,9 @@ rule predict_folder:
         mem_mb=RES["eval_mem_mb"],
     params:
         script=script("predict_folder.py"),
-        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        model_dir=lambda wc: layout.model_dir(wc.run, wc.arch, wc.fold),
         model=model_fingerprint,
-        patients=predict_patient_options,
+        patients=lambda wc: shlex.join(layout.predict_patient_options(wc.run, wc.arch, wc.fold, wc.folder)),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --images {input.images:q}'
         " --out {output:q} {params.patients} --threads {threads} --log {log:q}"
@@ -94,7 +94,7 @@ rule export_model:
         runtime=RES["eval_runtime"],
     params:
         script=script("export_model.py"),
-        model_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        model_dir=lambda wc: layout.model_dir(wc.run, wc.arch, wc.fold),
         model=model_fingerprint,
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --out {output:q}'

@@ -4,7 +4,7 @@ rule metrics:
         # The temperature scaling is fitted on the validation split, never on test.
         validation="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
         # Whether the test dataset maps images to patients (the results' grouping).
-        manifest=test_manifest_of_run,
+        manifest=lambda wc: run_of(wc).test_manifest,
     output:
         "results/metrics/{run}/{arch}/fold{fold}.json",
     log:
@@ -15,10 +15,10 @@ rule metrics:
         "../envs/cpu.yaml"
     params:
         script=script("compute_metrics.py"),
-        classes=lambda wc: task_classes(run_task(wc.run)),
+        classes=lambda wc: run_of(wc).classes,
         # The magnification the task trained on (meta.magnification, for the magnification table).
-        magnification=lambda wc: TASKS[run_task(wc.run)]["magnification"],
-        external=external_option("--external-test", run_test_dataset),
+        magnification=lambda wc: run_of(wc).magnification,
+        external=external_option("--external-test", lambda run: run.test_dataset),
         evaluation=section_json("evaluation"),
         seed=config["seed"],
     shell:
@@ -31,7 +31,7 @@ rule metrics:
 
 rule task_table:
     input:
-        lambda wc: metrics_files(runs_of_task(wc.task)),
+        lambda wc: PLAN.metrics_files(PLAN.runs_of_task(wc.task)),
     output:
         csv=report("results/tables/{task}.csv", caption="../report/table_task.rst", category="Tables"),
         md="results/tables/{task}.md",
@@ -51,10 +51,10 @@ rule task_table:
 
 rule summary_table:
     input:
-        metrics=metrics_files(RUNS),
+        metrics=PLAN.metrics_files(),
         # The architecture is chosen on the kept checkpoints' validation figures.
-        models=patient_model_files("settings.json"),
-        curves=patient_model_files("training.csv"),
+        models=PLAN.model_files("settings.json", PLAN.patient_runs()),
+        curves=PLAN.model_files("training.csv", PLAN.patient_runs()),
     output:
         csv=report("results/tables/summary.csv", caption="../report/table_summary.rst", category="Tables"),
         md="results/tables/summary.md",
@@ -66,7 +66,7 @@ rule summary_table:
         "../envs/cpu.yaml"
     params:
         script=script("make_summary.py"),
-        models=patient_model_fingerprints(),
+        models=PLAN.model_fingerprints(PLAN.patient_runs()),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input.metrics:q} --models {input.models:q}'
         " --out-csv {output.csv:q} --out-md {output.md:q} --log {log:q}"
@@ -74,7 +74,7 @@ rule summary_table:
 
 rule leakage_table:
     input:
-        metrics_files(RUNS),
+        PLAN.metrics_files(),
     output:
         csv=report("results/tables/leakage.csv", caption="../report/table_leakage.rst", category="Tables"),
         md="results/tables/leakage.md",
@@ -93,7 +93,7 @@ rule leakage_table:
 
 rule magnification_table:
     input:
-        metrics_files(magnification_runs()),
+        PLAN.metrics_files(PLAN.magnification_runs()),
     output:
         csv=report("results/tables/magnification.csv", caption="../report/table_magnification.rst", category="Tables"),
         md="results/tables/magnification.md",
@@ -113,7 +113,7 @@ rule magnification_table:
 
 rule calibration_table:
     input:
-        metrics_files(RUNS),
+        PLAN.metrics_files(),
     output:
         csv=report("results/tables/calibration.csv", caption="../report/table_calibration.rst", category="Tables"),
         md="results/tables/calibration.md",
@@ -133,11 +133,9 @@ rule calibration_table:
 
 rule roc_figure:
     input:
-        predictions=lambda wc: expand(
-            "results/predictions/{run}/{arch}/fold{fold}.parquet", run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS
-        ),
-        # Every run of a task is tested on the same dataset: any run names its manifest.
-        manifest=lambda wc: test_manifest(runs_of_task(wc.task)[0]),
+        predictions=lambda wc: PLAN.predictions_files(PLAN.runs_of_task(wc.task)),
+        # Every run of a task is tested on the same dataset.
+        manifest=lambda wc: run_of(wc).test_manifest,
     output:
         png=report("results/figures/roc/{task}.png", caption="../report/roc.rst", category="ROC curves"),
         pdf="results/figures/roc/{task}.pdf",
@@ -149,8 +147,8 @@ rule roc_figure:
         "../envs/cpu.yaml"
     params:
         script=script("plot_roc.py"),
-        classes=lambda wc: task_classes(wc.task),
-        external=external_option("--external-test", run_test_dataset),
+        classes=lambda wc: run_of(wc).classes,
+        external=external_option("--external-test", lambda run: run.test_dataset),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --classes {params.classes:q}'
         " --predictions {input.predictions:q} --manifest {input.manifest:q} {params.external}"
@@ -159,10 +157,9 @@ rule roc_figure:
 
 rule calibration_figure:
     input:
-        predictions=lambda wc: expand(
-            "results/predictions/{run}/{arch}/fold{fold}.parquet", run=runs_of_task(wc.task), arch=ARCHS, fold=FOLDS
-        ),
-        manifest=lambda wc: test_manifest(runs_of_task(wc.task)[0]),
+        predictions=lambda wc: PLAN.predictions_files(PLAN.runs_of_task(wc.task)),
+        # Every run of a task is tested on the same dataset.
+        manifest=lambda wc: run_of(wc).test_manifest,
     output:
         png=report(
             "results/figures/calibration/{task}.png", caption="../report/calibration.rst", category="Calibration"
@@ -176,8 +173,8 @@ rule calibration_figure:
         "../envs/cpu.yaml"
     params:
         script=script("plot_calibration.py"),
-        classes=lambda wc: task_classes(wc.task),
-        external=external_option("--external-test", run_test_dataset),
+        classes=lambda wc: run_of(wc).classes,
+        external=external_option("--external-test", lambda run: run.test_dataset),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --classes {params.classes:q}'
         " --predictions {input.predictions:q} --manifest {input.manifest:q} {params.external}"
@@ -186,10 +183,8 @@ rule calibration_figure:
 
 rule confusion_figure:
     input:
-        predictions=lambda wc: expand(
-            "results/predictions/{run}/{arch}/fold{fold}.parquet", run=wc.run, arch=wc.arch, fold=FOLDS
-        ),
-        manifest=test_manifest_of_run,
+        predictions=lambda wc: PLAN.predictions_files([wc.run], [wc.arch]),
+        manifest=lambda wc: run_of(wc).test_manifest,
     output:
         png=report(
             "results/figures/confusion/{run}/{arch}.png",
@@ -205,8 +200,8 @@ rule confusion_figure:
         "../envs/cpu.yaml"
     params:
         script=script("plot_confusion.py"),
-        classes=lambda wc: task_classes(run_task(wc.run)),
-        external=external_option("--external-test", run_test_dataset),
+        classes=lambda wc: run_of(wc).classes,
+        external=external_option("--external-test", lambda run: run.test_dataset),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --classes {params.classes:q} --predictions {input.predictions:q}'
         " --manifest {input.manifest:q} {params.external} --out-png {output.png:q} --out-pdf {output.pdf:q}"
@@ -215,7 +210,7 @@ rule confusion_figure:
 
 rule training_figure:
     input:
-        lambda wc: expand("results/models/{run}/{arch}/fold{fold}/training.csv", run=wc.run, arch=wc.arch, fold=FOLDS),
+        lambda wc: PLAN.model_files("training.csv", [wc.run], [wc.arch]),
     output:
         png=report(
             "results/figures/training/{run}/{arch}.png", caption="../report/training.rst", category="Training curves"

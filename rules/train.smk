@@ -19,13 +19,13 @@ rule get_checkpoint:
 
 rule train:
     input:
-        train_index=wfconfig.shard_index("{run}", "{fold}", "train"),
-        val_index=wfconfig.shard_index("{run}", "{fold}", "val"),
+        train_index=layout.shard_index("{run}", "{fold}", "train"),
+        val_index=layout.shard_index("{run}", "{fold}", "val"),
         # The store whose shards the indexes list, which this job reads: once it is deleted, Snakemake
         # re-encodes it and rewrites the indexes before rerunning this job (not on indexes of a
         # store that is gone).
-        store=run_store,
-        checkpoint=checkpoint_input,
+        store=lambda wc: checked_store(run_of(wc).dataset),
+        checkpoint=lambda wc: wfconfig.checkpoint_record(config, wc.run, wc.arch) or [],
     output:
         model=multiext("results/models/{run}/{arch}/fold{fold}/model.ckpt", ".index", ".data-00000-of-00001"),
         curve="results/models/{run}/{arch}/fold{fold}/training.csv",
@@ -43,10 +43,10 @@ rule train:
         runtime=RES["train_runtime"],
     params:
         script=script("train_model.py"),
-        out_dir=lambda wc: model_dir(wc.run, wc.arch, wc.fold),
+        out_dir=lambda wc: layout.model_dir(wc.run, wc.arch, wc.fold),
         # Outside the declared outputs, so Snakemake does not delete it when a job is killed.
         state_dir=lambda wc: f"results/train_state/{wc.run}/{wc.arch}/fold{wc.fold}",
-        settings=train_settings_json,
+        settings=lambda wc: wfconfig.train_settings_json(config, wc.run, wc.arch),
         checkpoint=lambda wc, input: f"--checkpoint-json {input.checkpoint}" if input.checkpoint else "",
         seed=config["seed"],
     shell:

@@ -229,8 +229,8 @@ def test_every_rule_reading_a_model_takes_what_trains_it_as_a_param():
     for path in sorted((ROOT / "rules").glob("*.smk")):
         for name, body in _rules(path).items():
             inputs = body.split("    output:")[0]
-            if re.search(r"rules\.train\.output|results/models/|patient_model_files", inputs):
+            if re.search(r"rules\.train\.output|results/models/|model_files", inputs):
                 readers[name] = body
     assert set(readers) >= {"evaluate", "predict_folder", "export_model", "training_figure", "summary_table"}
     for name, body in readers.items():
-        assert re.search(r"^\s+models?=(model_fingerprint|patient_model_fingerprints\(\)),$", body, re.M), name
+        assert re.search(r"^\s+models?=(model_fingerprint|PLAN\.model_fingerprints\(.*\)),$", body, re.M), name

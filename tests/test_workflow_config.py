@@ -8,6 +8,7 @@ import pytest
 from deepbc.jobs import schema
 from deepbc.jobs.errors import UserError
 from deepbc.workflow import config as wc
+from deepbc.workflow import plan
 from tests.conftest import validated_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,10 +114,10 @@ def test_rule_helpers(demo_config, tmp_path, monkeypatch):
     assert wc.has_both_protocols(demo_config)
     assert not wc.has_both_protocols({**demo_config, "tasks": ["cancer_types"]})
     monkeypatch.chdir(tmp_path)
-    assert wc.predict_patient_options("cancer_types", "resnet_small", 0, "slides") == []
+    assert plan.predict_patient_options("cancer_types", "resnet_small", 0, "slides") == []
     (tmp_path / "new_images").mkdir()
     (tmp_path / "new_images" / "slides.patients.csv").write_text("path,patient\n")
-    assert wc.predict_patient_options("cancer_types", "resnet_small", 0, "slides") == [
+    assert plan.predict_patient_options("cancer_types", "resnet_small", 0, "slides") == [
         "--patients-csv", "new_images/slides.patients.csv",
         "--out-patients", "results/new_predictions/cancer_types/resnet_small/fold0/slides.patients.csv"]
 

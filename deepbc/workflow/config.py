@@ -233,28 +233,6 @@ def model_fingerprint(config: dict, run: str, arch: str) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_dir(run: str, arch: str, fold) -> str:
-    return f"results/models/{run}/{arch}/fold{fold}"
-
-
-def shard_index(run: str, fold, split: str) -> str:
-    return f"results/tfrecords/{run}/fold{fold}/{split}.json"
-
-
-def store_index(dataset: str) -> str:
-    """The index of a dataset's encoded store (deepbc.shards.writer.encode_store)."""
-    return f"results/encoded/{dataset}/store.json"
-
-
-def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]:
-    """predict_folder.py's per-patient arguments, when new_images/{folder}.patients.csv exists."""
-    csv = f"new_images/{folder}.patients.csv"
-    if not os.path.exists(csv):
-        return []
-    return ["--patients-csv", csv,
-            "--out-patients", f"results/new_predictions/{run}/{arch}/fold{fold}/{folder}.patients.csv"]
-
-
 @functools.lru_cache(maxsize=None)
 def _listed_shards(store_path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     """The shards a store.json lists. Snakemake asks for each store many times while it builds the

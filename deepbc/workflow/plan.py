@@ -1,0 +1,186 @@
+"""What a validated config asks the workflow to make: its runs (a task under one protocol, with its
+datasets, manifests and stores), folds, architectures and datasets, and the target lists behind the
+named rules (all, manifests, splits, shards, models, tables, figures, exports). The results' file
+layout is here too, once. rules/common.smk builds one ``Plan``; the rules ask it; tests import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from deepbc.data import datasets as datasets_config
+from deepbc.data.runs import SPLITS, parse_run
+from deepbc.workflow import config as wfconfig
+
+# --------------------------------------------------------------------------------------------
+# The results' layout
+# --------------------------------------------------------------------------------------------
+
+
+def manifest(dataset: str) -> str:
+    return f"results/manifest/{dataset}.parquet"
+
+
+def store_index(dataset: str) -> str:
+    """The index of a dataset's encoded store (deepbc.shards.writer.encode_store)."""
+    return f"results/encoded/{dataset}/store.json"
+
+
+def splits(run: str) -> str:
+    return f"results/splits/{run}.parquet"
+
+
+def shard_index(run: str, fold, split: str) -> str:
+    return f"results/tfrecords/{run}/fold{fold}/{split}.json"
+
+
+def model_dir(run: str, arch: str, fold) -> str:
+    return f"results/models/{run}/{arch}/fold{fold}"
+
+
+def predictions(run: str, arch: str, fold) -> str:
+    return f"results/predictions/{run}/{arch}/fold{fold}.parquet"
+
+
+def metrics(run: str, arch: str, fold) -> str:
+    return f"results/metrics/{run}/{arch}/fold{fold}.json"
+
+
+def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]:
+    """predict_folder.py's per-patient arguments, when new_images/{folder}.patients.csv exists."""
+    csv = f"new_images/{folder}.patients.csv"
+    if not os.path.exists(csv):
+        return []
+    return ["--patients-csv", csv,
+            "--out-patients", f"results/new_predictions/{run}/{arch}/fold{fold}/{folder}.patients.csv"]
+
+
+# --------------------------------------------------------------------------------------------
+# Runs and targets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A task under one protocol: trained and validated on ``dataset``, tested on ``test_dataset``
+    (another dataset for external validation, else the same)."""
+
+    name: str
+    task: str
+    protocol: str
+    dataset: str
+    test_dataset: str
+    classes: tuple[str, ...]
+    magnification: str
+    definition: dict = dataclasses.field(compare=False, repr=False)
+
+    @property
+    def external(self) -> bool:
+        return self.test_dataset != self.dataset
+
+    @property
+    def manifest(self) -> str:
+        return manifest(self.dataset)
+
+    @property
+    def test_manifest(self) -> str:
+        """The manifest of the run's test images (their patient grouping)."""
+        return manifest(self.test_dataset)
+
+    @property
+    def store(self) -> str:
+        return store_index(self.dataset)
+
+    @property
+    def test_store(self) -> str:
+        return store_index(self.test_dataset)
+
+
+class Plan:
+    """The runs and targets of a validated config (``wfconfig.check`` passed)."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.tasks = wfconfig.selected_tasks(config)
+        self.runs = {name: self._run(name) for name in wfconfig.runs(config)}
+        self.folds = wfconfig.folds(config)
+        self.archs = list(config["architectures"])
+        # Each dataset entry with the breakhis_dir/tma_dir/tma_patients_csv shortcuts applied.
+        self.dataset_specs = datasets_config.resolve(config)
+        self.datasets = datasets_config.used(config)
+
+    def _run(self, name: str) -> Run:
+        task, protocol = parse_run(name)
+        spec = self.tasks[task]
+        return Run(name, task, protocol, spec["dataset"], spec.get("test_dataset") or spec["dataset"],
+                   tuple(spec["classes"]), spec["magnification"], spec)
+
+    def runs_of_task(self, task: str) -> list[Run]:
+        return [r for r in self.runs.values() if r.task == task]
+
+    def patient_runs(self) -> list[Run]:
+        return [r for r in self.runs.values() if r.protocol == "patient"]
+
+    def magnification_runs(self) -> list[Run]:
+        """The patient-wise runs tested on a BreakHis-kind dataset: the only test images with magnifications."""
+        return [r for r in self.patient_runs() if self.dataset_specs[r.test_dataset]["kind"] == "breakhis"]
+
+    def dataset_root(self, dataset: str) -> str:
+        return datasets_config.root(self.dataset_specs, dataset)
+
+    # The files of (run, arch, fold) combinations; ``runs``: Run objects or names (default: all).
+    def _each(self, pattern, runs=None, archs=None) -> list[str]:
+        names = [r if isinstance(r, str) else r.name for r in (self.runs.values() if runs is None else runs)]
+        return [pattern(run, arch, fold) for run in names for arch in (archs or self.archs) for fold in self.folds]
+
+    def metrics_files(self, runs=None) -> list[str]:
+        return self._each(metrics, runs)
+
+    def predictions_files(self, runs=None, archs=None) -> list[str]:
+        return self._each(predictions, runs, archs)
+
+    def model_files(self, name: str, runs=None, archs=None) -> list[str]:
+        """A file of each model (name: settings.json or training.csv)."""
+        return self._each(lambda run, arch, fold: f"{model_dir(run, arch, fold)}/{name}", runs, archs)
+
+    def model_fingerprints(self, runs) -> list[str]:
+        return [self.model_fingerprint(r.name, arch) for r in runs for arch in self.archs]
+
+    def model_fingerprint(self, run: str, arch: str) -> str:
+        return wfconfig.model_fingerprint(self.config, run, arch)
+
+    # The named targets.
+    def manifests(self) -> list[str]:
+        return [manifest(d) for d in self.datasets]
+
+    def split_tables(self) -> list[str]:
+        return [splits(r) for r in self.runs]
+
+    def shards(self) -> list[str]:
+        return [shard_index(run, fold, split) for run in self.runs for fold in self.folds for split in SPLITS]
+
+    def models(self) -> list[str]:
+        return self.model_files("settings.json")
+
+    def exports(self) -> list[str]:
+        return self._each(lambda run, arch, fold: f"results/export/{run}/{arch}/fold{fold}")
+
+    def tables(self) -> list[str]:
+        files = [f"results/tables/{task}.{ext}" for task in self.tasks for ext in ("csv", "md", "tex")]
+        files += [f"results/tables/summary.{ext}" for ext in ("csv", "md")]
+        if wfconfig.has_both_protocols(self.config):
+            files += [f"results/tables/leakage.{ext}" for ext in ("csv", "md")]
+        if self.magnification_runs():
+            files += [f"results/tables/magnification.{ext}" for ext in ("csv", "md", "tex")]
+        files += [f"results/tables/calibration.{ext}" for ext in ("csv", "md", "tex")]
+        return files
+
+    def figures(self) -> list[str]:
+        files = [f"results/figures/{kind}/{task}.{ext}" for kind in ("roc", "calibration") for task in self.tasks
+                 for ext in ("png", "pdf")]
+        files += [f"results/figures/{kind}/{run}/{arch}.{ext}" for kind in ("confusion", "training")
+                  for run in self.runs for arch in self.archs for ext in ("png", "pdf")]
+        files += self._each(lambda run, arch, fold: f"results/figures/gradcam/{run}/{arch}/fold{fold}.png")
+        return files
+

@@ -1,0 +1,43 @@
+"""The runs and target lists a config asks for (deepbc.workflow.plan), as the rules get them."""
+
+from deepbc.workflow import plan
+from tests.conftest import validated_config
+
+
+def test_the_demo_plan():
+    demo = plan.Plan(validated_config("config.yaml"))
+    assert list(demo.runs) == ["cancer_types", "benign_vs_malignant", "benign_vs_malignant__image_level",
+                               "benign_subtypes", "malignant_subtypes"]
+    run = demo.runs["benign_vs_malignant__image_level"]
+    assert (run.task, run.protocol, run.dataset, run.external) == ("benign_vs_malignant", "image", "breakhis", False)
+    assert run.manifest == run.test_manifest == "results/manifest/breakhis.parquet"
+    assert run.store == "results/encoded/breakhis/store.json" and run.classes == ("benign", "malignant")
+    assert demo.folds == [0] and demo.archs == ["resnet_small"] and demo.datasets == ["breakhis", "tma"]
+    assert demo.models() == [f"results/models/{r}/resnet_small/fold0/settings.json" for r in demo.runs]
+    assert len(demo.shards()) == 5 * 3
+    tables = demo.tables()
+    assert "results/tables/leakage.md" in tables and "results/tables/magnification.tex" in tables
+    assert len(tables) == 4 * 3 + 2 + 2 + 3 + 3
+    # ROC and calibration per task; confusion and training per run; Grad-CAM per model.
+    assert len(demo.figures()) == 4 * 2 * 2 + 5 * 2 * 2 + 5
+    assert [r.name for r in demo.magnification_runs()] == ["benign_vs_malignant", "benign_subtypes",
+                                                           "malignant_subtypes"]
+    assert demo.metrics_files([demo.runs["cancer_types"]]) == ["results/metrics/cancer_types/resnet_small/fold0.json"]
+
+
+def test_the_paper_plan():
+    paper = plan.Plan(validated_config("paper.yaml"))
+    assert len(paper.runs) == 12 and paper.folds == [0, 1, 2, 3, 4] and len(paper.archs) == 7
+    assert len(paper.models()) == 12 * 7 * 5 == 420
+    assert len(paper.exports()) == 420 and len(paper.split_tables()) == 12
+    assert paper.runs["benign_vs_malignant_40X"].magnification == "40X"
+
+
+def test_an_external_run_is_tested_on_its_own_dataset():
+    study = plan.Plan(validated_config("paper.yaml", "external_example.yaml"))
+    run = study.runs["hospital_a_to_b"]
+    assert run.external and run.dataset == "hospital_a" and run.test_dataset == "hospital_b"
+    assert run.test_manifest == "results/manifest/hospital_b.parquet" != run.manifest
+    assert run.test_store == "results/encoded/hospital_b/store.json"
+    assert "leakage" not in " ".join(study.tables())  # external runs run the patient protocol only
+    assert study.manifests() == [plan.manifest(d) for d in ["breakhis", "breakhis_site_b", "hospital_a", "hospital_b"]]
