@@ -73,7 +73,7 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
     index = shard_reader.read_index(index_json)
     image_format = index["encoding"]["format"]
     pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=True,
-                                          augment=training.SETTINGS["augment"])
+                                          augment=None)  # the schema's defaults, as training.SETTINGS leaves them
     options = tf.data.Options()
     options.threading.private_threadpool_size = parallel  # both pipelines get the same threads
 
@@ -93,7 +93,7 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
                    .map(decode_in_memory, num_parallel_calls=parallel).batch(batch_size, drop_remainder=True)
                    .prefetch(tf.data.AUTOTUNE))
     hed_pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=True,
-                                              augment=dict(training.SETTINGS["augment"], hed=HED))
+                                              augment={"hed": HED})
     with_hed = shard_reader.make_dataset(index_json, batch_size=batch_size, is_training=True, preprocess_fn=hed_pre,
                                    image_size=image_size, seed=seed, num_parallel_calls=parallel, repeat=True)
     rates = {"memory": _images_per_s(from_memory.with_options(options), batches, batch_size)}
