@@ -176,8 +176,8 @@ def test_trainer_benchmark_trains_as_the_workflow_does(tmp_path, monkeypatch):
         return {"precision": "fp32"}
 
     monkeypatch.setattr(train, "train", recording_train)
-    training.trainer_rate(tmp_path, tmp_path, "resnet_small", dict(training.SETTINGS, batch_size=4, max_number_of_steps=3,
-                          eval_every_steps=3, save_every_steps=3), 0, 1, warmup=1)
+    training.trainer_rate(tmp_path, tmp_path, "resnet_small", dict(training.SETTINGS, batch_size=4, max_number_of_steps=3), 0, 1,
+                          warmup=1)
     assert calls[0].get("log_every", workflow_default) == workflow_default
 
 

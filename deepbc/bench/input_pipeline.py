@@ -73,7 +73,7 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
     index = shard_reader.read_index(index_json)
     image_format = index["encoding"]["format"]
     pre = preprocessing.get_preprocessing(nets.get_spec(arch).preprocessing, is_training=True,
-                                          augment=None)  # the schema's defaults, as training.SETTINGS leaves them
+                                          augment=None)  # the schema's defaults, as the trainer's in training.SETTINGS
     options = tf.data.Options()
     options.threading.private_threadpool_size = parallel  # both pipelines get the same threads
 
