@@ -50,6 +50,11 @@ def test_a_class_never_recognised_counts_in_the_pooled_balanced_accuracy():
         assert block["balanced_accuracy"] == pytest.approx(0.75)
         assert block["confusion_matrix"]["matrix"][0] == [0, block["per_class"]["A"]["support"], 0, 0]
         assert block["auc_classes"] == BENIGN and block["auc_absent_classes"] == []
+    # A resample without both adenosis patients is no draw of the 4-class figure: it is left out,
+    # and every draw with all four classes gives 0.75 (the model errs on every adenosis image).
+    image = result["image_level"]
+    assert image["ci95"]["balanced_accuracy"] == [0.75, 0.75]
+    assert 120 < image["ci_n_valid"]["balanced_accuracy"] < 200 == image["ci_n_valid"]["accuracy"]
     patient = result["patient_level"]["mean_probability"]
     assert patient["per_class"]["A"]["sensitivity"] == 0 and patient["per_class"]["A"]["counts"][
         "sensitivity"] == [0, 2]

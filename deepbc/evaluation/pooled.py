@@ -27,8 +27,9 @@ Conventions (also in every pooled JSON under ``conventions``):
   patients is honest for them.
 - Bootstrap: draw b weights each test patient (by id, across folds) Poisson(1) from a stream
   seeded by (seed, patient id); a unit or image weighs its patient's weight; the percentile
-  interval over the draws where the figure is defined (``ci_n_valid``). A drawn patient brings
-  its units of every fold. The trained models are held fixed: the interval covers which patients
+  interval over the draws where the figure is defined (``ci_n_valid``): a macro figure (balanced
+  accuracy, macro means, macro AUC) only in draws that hold every class of the pooled truth. A
+  drawn patient brings its units of every fold. The trained models are held fixed: the interval covers which patients
   were tested, not the variation between trainings. The headline draws are kept
   (``bootstrap_values``): the same patient has the same weight in every run, so the leakage
   table's differences between protocols are paired.
@@ -47,12 +48,15 @@ from deepbc.evaluation.metrics import (CI_METRICS, CONFIDENCE, KEPT_DRAWS, NO_MA
                                        _kept_draws, _patient_units, _recognition_rate, _scalars, _validated,
                                        _WeightedAuc, grouping_of, magnification_order)
 from deepbc.jobs import atomic
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, delete_and_rerun
 from deepbc.jobs.logs import LOG
 
 RECOGNITION = "patient_recognition_rate"
 # Per-class parts of deepbc.evaluation.metrics._scalars, by the name their figure has in ``per_class``.
 PER_CLASS = {"sensitivity": "sens", "specificity": "spec", "precision": "prec", "auc": "auc"}
+# Means over classes (MULTICLASS_MACRO: only for more than two classes, else of the positive class).
+MACRO_METRICS = ("balanced_accuracy", "macro_sensitivity", "macro_specificity", "macro_precision", "macro_f1", "auc")
+MULTICLASS_MACRO = ("sensitivity", "specificity")
 # Draws computed at once: (DRAW_CHUNK x images) weights, a few MB for BreakHis' 1,600 test images per fold.
 DRAW_CHUNK = 100
 _FOLD_FILE = re.compile(r"fold(\d+)\.parquet$")
@@ -66,7 +70,8 @@ CONVENTIONS = {
                     "combined by MOVER (Zou & Donner 2008) for the mean of independent proportions",
     "bootstrap": "AUC, macro specificity/precision/F1 and every image-level figure: percentile "
                  "interval; draw b weights each patient Poisson(1), seeded by (seed, patient id), "
-                 "the same weight in every run and fold (paired across runs)",
+                 "the same weight in every run and fold (paired across runs); a macro figure counts "
+                 "only in draws holding every class of the pooled truth",
     "models_fixed": "every interval holds the trained models fixed",
 }
 
@@ -77,7 +82,8 @@ def pooled_metrics(frames, classes: list[str], n_boot: int, seed: int, keep_draw
     ``by_magnification`` is added when the predictions carry magnifications (BreakHis).
     """
     classes = list(classes)
-    out = _pool(frames, classes, n_boot, seed, keep_draws)
+    out = {"classes": classes, "positive_class": classes[1] if len(classes) == 2 else None,
+           **_pool(frames, classes, n_boot, seed, keep_draws)}
     present = set()
     for _, df, _ in frames:
         if "magnification" in df.columns:
@@ -101,6 +107,9 @@ def _pool(frames, classes, n_boot, seed, keep_draws) -> dict:
     units = {"y": [], "pred": [], "prob": [], "patient": []}
     offset = 0
     for _, df, where in frames:
+        if "path" not in df.columns:
+            raise UserError("the predictions lack column 'path'", where,
+                            delete_and_rerun(where, remakes="the evaluate rule predicts again"))
         y, pred, prob, codes, patients = _validated(df, classes, where)
         ids = np.asarray(patients, dtype=object)
         u = _patient_units(y, pred, prob, codes, k)
@@ -131,6 +140,8 @@ def _pool(frames, classes, n_boot, seed, keep_draws) -> dict:
     patients_per_class = [len(set(units["patient"][units["y"] == c])) for c in range(k)]
     return {
         "n_images": int(len(images["y"])),
+        # An external test's folds predict the same images: each counts once here.
+        "n_distinct_images": len({p for _, df, _ in frames for p in df["path"]}),
         "n_patients": len(patients),
         "n_patient_units": int(len(units["y"])),
         "class_counts": {
@@ -201,11 +212,19 @@ def _draws(weights, cluster, y, pred, score, k, extra):
     the rare draw that weighs every patient 0), computed DRAW_CHUNK draws at a time."""
     weighted_auc = _WeightedAuc(y, score, k)
     cells = np.eye(k * k)[y * k + pred]
+    classes = np.eye(k)[y]
+    present = classes.sum(axis=0) > 0
+    macro_metrics = [m for m in CI_METRICS if m in MACRO_METRICS or (k > 2 and m in MULTICLASS_MACRO)]
     values = {m: [] for m in (*CI_METRICS, *extra)}
     per_class = {part: [] for part in PER_CLASS.values()}
     for start in range(0, len(weights), DRAW_CHUNK):
         w = weights[start:start + DRAW_CHUNK][:, cluster].astype(np.float64)
         macro, parts = _scalars((w @ cells).reshape(-1, k, k), weighted_auc(w))
+        # A draw without a class of the pooled truth leaves a macro figure undefined (over the
+        # remaining classes it would be another figure: the very error pooling corrects).
+        lacking = ((w @ classes == 0) & present).any(axis=1)
+        for m in macro_metrics:
+            macro[m] = np.where(lacking, np.nan, macro[m])
         for m in CI_METRICS:
             values[m].append(macro[m])
         for m, f in extra.items():
@@ -220,6 +239,21 @@ def images_digest(frames) -> str:
     """sha256 of the sorted test image paths: two runs with the same digest tested the same images."""
     paths = sorted(str(p) for _, df, _ in frames for p in df["path"])
     return hashlib.sha256("\n".join(paths).encode("utf-8")).hexdigest()
+
+
+def pooled_run(frames, classes: list[str], run: str, arch: str, grouping: str, magnification: str, *,
+               n_boot: int, seed: int, test_dataset: str | None = None) -> dict:
+    """``pooled_metrics`` of a run and architecture's ``frames`` ([(fold, predictions, where)]),
+    with ``meta``: as the per-fold metrics' (deepbc.evaluation.metrics.metrics_file), ``folds`` for
+    ``fold``, ``predictions`` (where each fold's came from) and ``test_images_sha256``."""
+    task, protocol = parse_run(run)
+    result = pooled_metrics(frames, classes, n_boot, seed)
+    result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
+                      "test_dataset": test_dataset or None, "arch": arch,
+                      "folds": sorted(fold for fold, _, _ in frames), "magnification": magnification,
+                      "test_images_sha256": images_digest(frames),
+                      "predictions": [where for _, _, where in frames]}
+    return result
 
 
 def pooled_file(predictions, classes: list[str], out, run: str, arch: str, manifest, magnification: str, *,
@@ -247,12 +281,8 @@ def pooled_file(predictions, classes: list[str], out, run: str, arch: str, manif
     if len(set(folds)) != len(folds):
         raise UserError(f"a fold is given twice (folds {sorted(folds)})", "--predictions",
                         "pass each fold's predictions once")
-    task, protocol = parse_run(run)
-    result = pooled_metrics(frames, classes, n_boot, seed)
-    result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping_of(manifest),
-                      "test_dataset": test_dataset or None, "arch": arch, "folds": sorted(folds),
-                      "magnification": magnification, "test_images_sha256": images_digest(frames),
-                      "predictions": [str(p) for p in predictions]}
+    result = pooled_run(frames, classes, run, arch, grouping_of(manifest), magnification, n_boot=n_boot,
+                        seed=seed, test_dataset=test_dataset)
     atomic.write_json(out, result)
     pat = result["patient_level"]["mean_probability"]
     LOG.info("%s %s, %d fold(s) pooled: %d images, %d patients; patient balanced accuracy %.3f %s "
