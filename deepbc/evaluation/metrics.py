@@ -20,8 +20,10 @@ Conventions (also written into every metrics JSON under ``conventions``):
 - Specificity of class c: true negatives / all units not of class c (one-vs-rest).
 - ``sensitivity`` and ``specificity``: for two classes, those of the positive (second) class; for
   more classes, the macro means (equal to ``macro_sensitivity`` and ``macro_specificity``).
-- Macro averages are over the classes present in the truth (balanced accuracy = macro sensitivity);
-  a value that is undefined (no unit of that kind) is None in the JSON.
+- Macro averages are over the classes present in the fold's truth (balanced accuracy = macro
+  sensitivity), so folds lacking different classes give figures over different classes: the
+  tables use the pooled figures over every class (deepbc.evaluation.pooled). A value that is
+  undefined (no unit of that kind) is None in the JSON.
 - ROC AUC: binary, the second class's probability as score. More classes: one-vs-rest AUC per class,
   macro mean over the classes present in the truth; absent classes are listed in
   ``auc_absent_classes``. With fewer than two classes present, AUC is None.
@@ -30,8 +32,9 @@ Conventions (also written into every metrics JSON under ``conventions``):
   undefined in a draw is left out of that metric's percentiles (``n_valid`` counts the rest). The
   95% CI is the 2.5th and 97.5th percentile. Each fold draws from its own random stream (seed,
   fold), so the folds' draws are independent; the image and mean-probability blocks keep their
-  draws of the headline metrics (``bootstrap_values``), from which the tables build the interval
-  of the mean over folds. On an external test (``meta.test_dataset``) every fold's model sees the
+  draws of the headline metrics (``bootstrap_values``), from which the calibration table builds
+  the interval of the mean over folds (the other tables show the figures of all folds pooled,
+  deepbc.evaluation.pooled, with their own intervals). On an external test (``meta.test_dataset``) every fold's model sees the
   same test patients, so all folds use stream 0: draw b resamples the same patients in every fold,
   and the mean over folds of draw b is one draw of the pooled figure.
 - Patient recognition rate (``image_level.patient_recognition_rate``; Spanhol et al. 2016, IEEE

@@ -28,8 +28,11 @@ Conventions (also in every pooled JSON under ``conventions``):
 - Bootstrap: draw b weights each test patient (by id, across folds) Poisson(1) from a stream
   seeded by (seed, patient id); a unit or image weighs its patient's weight; the percentile
   interval over the draws where the figure is defined (``ci_n_valid``): a macro figure (balanced
-  accuracy, macro means, macro AUC) only in draws that hold every class of the pooled truth. A
-  drawn patient brings its units of every fold. The trained models are held fixed: the interval covers which patients
+  accuracy, macro means, macro AUC) only in draws that hold every class of the pooled truth, a
+  class's own figures only in draws that hold it. A drawn patient brings its units of every fold.
+  A class of one or two patients barely moves under resampling (one patient's share of right
+  images is the same however often it is drawn), so image-level intervals over such classes are
+  too narrow: the tables say so, and give each class's patients. The trained models are held fixed: the interval covers which patients
   were tested, not the variation between trainings. The headline draws are kept
   (``bootstrap_values``): the same patient has the same weight in every run, so the leakage
   table's differences between protocols are paired.
@@ -222,7 +225,9 @@ def _draws(weights, cluster, y, pred, score, k, extra):
         macro, parts = _scalars((w @ cells).reshape(-1, k, k), weighted_auc(w))
         # A draw without a class of the pooled truth leaves a macro figure undefined (over the
         # remaining classes it would be another figure: the very error pooling corrects).
-        lacking = ((w @ classes == 0) & present).any(axis=1)
+        # A class's own figures likewise count only in draws that hold it.
+        drawn = w @ classes > 0
+        lacking = (~drawn & present).any(axis=1)
         for m in macro_metrics:
             macro[m] = np.where(lacking, np.nan, macro[m])
         for m in CI_METRICS:
@@ -230,7 +235,7 @@ def _draws(weights, cluster, y, pred, score, k, extra):
         for m, f in extra.items():
             values[m].append(f(w))
         for part in per_class:
-            per_class[part].append(parts[part])
+            per_class[part].append(np.where(drawn, parts[part], np.nan))
     return ({m: np.concatenate(v) for m, v in values.items()},
             {part: np.concatenate(v) for part, v in per_class.items()})
 

@@ -14,8 +14,10 @@ the model trained on all first, so that a per-magnification task is read below t
 all-magnification one tested on the same magnification (each task makes its own patient folds, so
 the two rows' test patients differ). Only patient-wise runs are shown (the image-level protocol is the
 preprint's leaky split, and an image-grouped run is not patient-wise); folder datasets carry no
-magnification, so the table covers BreakHis tasks only. Figures are means over the test folds with
-the 95 % interval of the mean over folds of deepbc.results.tables (same bootstrap draws).
+magnification, so the table covers BreakHis tasks only. Figures are pooled over the test folds, as
+in the task tables: the pooled JSONs' ``by_magnification`` blocks (deepbc.evaluation.pooled), with
+their intervals (Wilson with k/n for the patient accuracy, the patient bootstrap for the rest); the
+CSV also keeps the per-fold mean and sd of the metrics JSONs' ``by_magnification`` blocks.
 """
 
 import pandas as pd

@@ -115,7 +115,10 @@ def intervals_note(n_boot) -> str:
         "the classes' patients are independent. AUC, macro specificity and every image-level "
         "figure: patient bootstrap, percentile interval (" + draws + "; each draw weighs every "
         "test patient Poisson(1), seeded by its id, with all its images): a patient's images "
-        "are not independent, so image counts would give intervals far too narrow. Every "
+        "are not independent, so image counts would give intervals far too narrow. A class with "
+        "one or two test patients barely moves when they are resampled, so bootstrap intervals "
+        "over it (the image-level balanced accuracy, a per-class image-level figure) are too "
+        "narrow: read its number of patients (results/tables/{task}_per_class.md). Every "
         "interval holds the trained models fixed: it covers which patients were tested, not "
         "the variation between trainings.")
 
@@ -843,6 +846,7 @@ def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         difference = "–" if pd.isna(r["difference"]) else f"{r['difference']:+.3f}"
         if not pd.isna(r["difference_ci_low"]):
             difference += f" [{r['difference_ci_low']:+.3f}, {r['difference_ci_high']:+.3f}]"
+            difference += ZERO_WIDTH if r["difference_ci_low"] == r["difference_ci_high"] else ""
         rows.append([r["task"], r["architecture"], r["level"], r["metric"], num(r["image_level_protocol"]),
                      num(r["patient_wise"]), difference, num(r["ratio"], 2),
                      f"{r['n_patients_image_level_protocol']} / {r['n_patients_patient_wise']} / "
@@ -855,6 +859,8 @@ def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         "is the balanced accuracy).",
         PAIRING_NOTE,
     ]
+    if (table["difference_ci_low"] == table["difference_ci_high"]).any():
+        footnotes.append(ZERO_WIDTH_NOTE)
     left_out = table.attrs.get("left_out", [])
     if left_out:
         footnotes.append(f"Left out: {', '.join(left_out)}, whose dataset has no patient mapping "
