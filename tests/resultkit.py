@@ -11,31 +11,27 @@ from deepbc.evaluation import metrics, pooled
 BM = ["benign", "malignant"]
 
 
-def predictions(patients, classes=BM, wrong=(), images=2, confidence=0.8, magnifications=None) -> pd.DataFrame:
-    """``patients``: {patient: true class}; each has ``images`` images (per magnification, if
-    given), predicted right with ``confidence`` unless the patient is in ``wrong`` (then the next
-    class gets it)."""
+def predictions(rows, classes=BM) -> pd.DataFrame:
+    """rows: (patient, true class, predicted class, its probability), one per image; the other
+    classes share the rest of the probability."""
+    out = []
+    for i, (patient, label, pred, p) in enumerate(rows):
+        prob = np.full(len(classes), (1 - p) / (len(classes) - 1))
+        prob[classes.index(pred)] = p
+        out.append({"path": f"{patient}/{i}.png", "patient": patient, "label": label, "pred": pred,
+                    **{f"prob_{c}": v for c, v in zip(classes, prob)}})
+    return pd.DataFrame(out)
+
+
+def binary_fold(prefix, n_patients, n_wrong=0, images=2) -> pd.DataFrame:
+    """``n_patients`` patients named {prefix}p{i}, alternately benign and malignant, ``images``
+    images each, predicted with probability 0.8; the first ``n_wrong`` patients wrong."""
     rows = []
-    for patient, label in patients.items():
-        for mag in magnifications or [None]:
-            for i in range(images):
-                j = classes.index(label)
-                pred = classes[(j + 1) % len(classes)] if patient in wrong else label
-                prob = np.full(len(classes), (1 - confidence) / (len(classes) - 1))
-                prob[classes.index(pred)] = confidence
-                row = {"path": f"{patient}/{mag or 'x'}_{i}.png", "patient": patient, "label": label,
-                       "pred": pred, **{f"prob_{c}": v for c, v in zip(classes, prob)}}
-                if mag:
-                    row["magnification"] = mag
-                rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def binary_fold(prefix, n_patients, n_wrong=0, **kw) -> pd.DataFrame:
-    """``n_patients`` patients named {prefix}p{i}, alternately benign and malignant; the first
-    ``n_wrong`` are predicted wrong."""
-    patients = {f"{prefix}p{i}": BM[i % 2] for i in range(n_patients)}
-    return predictions(patients, BM, wrong=list(patients)[:n_wrong], **kw)
+    for i in range(n_patients):
+        label = BM[i % 2]
+        pred = BM[1 - i % 2] if i < n_wrong else label
+        rows += [(f"{prefix}p{i}", label, pred, 0.8)] * images
+    return predictions(rows)
 
 
 def run_results(task, folds, protocol="patient", arch="resnet_small", classes=BM, grouping="patient",

@@ -10,22 +10,12 @@ from scipy.stats import binomtest
 
 from deepbc.evaluation import intervals, metrics, pooled
 from deepbc.jobs.errors import UserError
+from tests.resultkit import predictions
 
 BENIGN = ["A", "F", "PT", "TA"]
 # Five folds of a benign-subtype task, each missing one class in its test set, as BreakHis' 2
 # adenosis (A) patients make happen: A is in folds 0 and 1 only.
 FOLD_CLASSES = [["A", "F", "PT"], ["A", "F", "TA"], ["F", "PT", "TA"], ["F", "PT", "TA"], ["F", "PT", "TA"]]
-
-
-def predictions(rows, classes):
-    """rows: (patient, true class, predicted class, confidence); the other classes share the rest."""
-    out = []
-    for i, (patient, label, pred, p) in enumerate(rows):
-        prob = np.full(len(classes), (1 - p) / (len(classes) - 1))
-        prob[classes.index(pred)] = p
-        out.append({"path": f"{patient}/{i}.png", "patient": patient, "label": label, "pred": pred,
-                    **{f"prob_{c}": v for c, v in zip(classes, prob)}})
-    return pd.DataFrame(out)
 
 
 def never_adenosis_folds():

@@ -11,7 +11,7 @@ import pytest
 from deepbc.jobs.errors import UserError
 from deepbc.results import tables
 from deepbc.training.model_dir import retrain
-from tests.resultkit import BM, binary_fold, predictions, results, run_results
+from tests.resultkit import binary_fold, results, run_results
 from tests.test_pooled import BENIGN, never_adenosis_folds
 
 BVM = "benign_vs_malignant"
