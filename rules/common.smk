@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shlex
 
 from snakemake.logging import logger
@@ -52,6 +53,8 @@ shell.prefix(
 
 wildcard_constraints:
     dataset="|".join(PLAN.datasets),
+    # A task's name, never a table's (results/tables/{task}_per_class.csv, summary.csv).
+    task="|".join(re.escape(t) for t in PLAN.tasks),
     run="[A-Za-z0-9_]+",
     arch="[A-Za-z0-9_]+",
     fold=r"\d+",

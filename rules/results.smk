@@ -29,9 +29,37 @@ rule metrics:
         " --out {output:q} --log {log:q}"
 
 
+rule pooled_metrics:
+    input:
+        # Every fold's test predictions: the headline figures pool them (deepbc/evaluation/pooled.py).
+        predictions=lambda wc: PLAN.predictions_files([wc.run], [wc.arch]),
+        manifest=lambda wc: run_of(wc).test_manifest,
+    output:
+        "results/metrics/{run}/{arch}/pooled.json",
+    log:
+        "results/logs/metrics/{run}/{arch}/pooled.log",
+    benchmark:
+        "results/benchmarks/metrics/{run}/{arch}/pooled.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    params:
+        script=script("pool_metrics.py"),
+        classes=lambda wc: run_of(wc).classes,
+        magnification=lambda wc: run_of(wc).magnification,
+        external=external_option("--external-test", lambda run: run.test_dataset),
+        evaluation=section_json("evaluation"),
+        seed=config["seed"],
+    shell:
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --predictions {input.predictions:q} --classes {params.classes:q}'
+        " --run {wildcards.run} --arch {wildcards.arch} --manifest {input.manifest:q}"
+        " --magnification {params.magnification} {params.external} --evaluation-json {params.evaluation:q}"
+        " --seed {params.seed} --out {output:q} --log {log:q}"
+
+
 rule task_table:
     input:
-        lambda wc: PLAN.metrics_files(PLAN.runs_of_task(wc.task)),
+        metrics=lambda wc: PLAN.metrics_files(PLAN.runs_of_task(wc.task)),
+        pooled=lambda wc: PLAN.pooled_files(PLAN.runs_of_task(wc.task)),
     output:
         csv=report("results/tables/{task}.csv", caption="../report/table_task.rst", category="Tables"),
         md="results/tables/{task}.md",
@@ -45,13 +73,34 @@ rule task_table:
     params:
         script=script("make_table.py"),
     shell:
-        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --metrics {input:q}'
-        " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --metrics {input.metrics:q}'
+        " --pooled {input.pooled:q} --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q}"
+        " --log {log:q}"
+
+
+rule per_class_table:
+    input:
+        lambda wc: PLAN.pooled_files(PLAN.runs_of_task(wc.task)),
+    output:
+        csv=report("results/tables/{task}_per_class.csv", caption="../report/table_per_class.rst", category="Tables"),
+        md="results/tables/{task}_per_class.md",
+    log:
+        "results/logs/tables/{task}_per_class.log",
+    benchmark:
+        "results/benchmarks/tables/{task}_per_class.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    params:
+        script=script("make_per_class_table.py"),
+    shell:
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --pooled {input:q}'
+        " --out-csv {output.csv:q} --out-md {output.md:q} --log {log:q}"
 
 
 rule summary_table:
     input:
         metrics=PLAN.metrics_files(),
+        pooled=PLAN.pooled_files(PLAN.patient_runs()),
         # The architecture is chosen on the kept checkpoints' validation figures.
         models=PLAN.model_files("settings.json", PLAN.patient_runs()),
         curves=PLAN.model_files("training.csv", PLAN.patient_runs()),
@@ -68,13 +117,14 @@ rule summary_table:
         script=script("make_summary.py"),
         models=PLAN.model_fingerprints(PLAN.patient_runs()),
     shell:
-        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input.metrics:q} --models {input.models:q}'
-        " --out-csv {output.csv:q} --out-md {output.md:q} --log {log:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input.metrics:q} --pooled {input.pooled:q}'
+        " --models {input.models:q} --out-csv {output.csv:q} --out-md {output.md:q} --log {log:q}"
 
 
 rule leakage_table:
     input:
-        PLAN.metrics_files(),
+        # Both protocols' pooled figures, with their paired bootstrap draws.
+        PLAN.pooled_files(),
     output:
         csv=report("results/tables/leakage.csv", caption="../report/table_leakage.rst", category="Tables"),
         md="results/tables/leakage.md",
@@ -87,13 +137,14 @@ rule leakage_table:
     params:
         script=script("make_leakage.py"),
     shell:
-        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input:q} --out-csv {output.csv:q} --out-md {output.md:q}'
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --pooled {input:q} --out-csv {output.csv:q} --out-md {output.md:q}'
         " --log {log:q}"
 
 
 rule magnification_table:
     input:
-        PLAN.metrics_files(PLAN.magnification_runs()),
+        metrics=PLAN.metrics_files(PLAN.magnification_runs()),
+        pooled=PLAN.pooled_files(PLAN.magnification_runs()),
     output:
         csv=report("results/tables/magnification.csv", caption="../report/table_magnification.rst", category="Tables"),
         md="results/tables/magnification.md",
@@ -107,7 +158,7 @@ rule magnification_table:
     params:
         script=script("make_magnification_table.py"),
     shell:
-        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input:q}'
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input.metrics:q} --pooled {input.pooled:q}'
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 

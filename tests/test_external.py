@@ -150,29 +150,37 @@ def test_external_folds_resample_the_same_test_patients(tmp_path):
     assert draws(0, None) != draws(1, None)
 
 
-def _fake(task, fold, test_dataset):
-    block = {m: 0.5 for m in tables.TABLE_METRICS}
-    return {"meta": {"run": task, "task": task, "protocol": "patient", "grouping": "patient",
-                     "test_dataset": test_dataset, "arch": "resnet_small", "fold": fold},
-            "image_level": block, "patient_level": {"mean_probability": block}, "n_patients": 3, "n_images": 6}
+def _external_results(task, n_folds, test_dataset):
+    """Every fold's model tested on the same 3 patients (6 images) when ``test_dataset`` is given,
+    else on 3 patients of its own."""
+    from tests.resultkit import binary_fold, run_results
+
+    folds = {f: binary_fold("x" if test_dataset else f"f{f}", 3) for f in range(n_folds)}
+    return run_results(task, folds, test_dataset=test_dataset)
 
 
 def test_tables_mark_the_test_external_and_leave_it_out_of_the_leakage_table(tmp_path):
-    ms = [_fake("ext", f, "site_b") for f in range(2)] + [_fake("int", f, None) for f in range(2)]
-    t = tables.task_table(ms, "ext", preprint={"source": {"protocol_note": "n"}})
+    from tests.resultkit import results
+
+    ms, ps = results(_external_results("ext", 2, "site_b"), _external_results("int", 2, None))
+    t = tables.task_table(ms, ps, "ext", preprint={"source": {"protocol_note": "n"}})
     assert list(t["test"]) == ["external: site_b"]
     tables.write_task_table(t, out_md=tmp_path / "t.md", preprint={"source": {"protocol_note": "n"}})
     md = (tmp_path / "t.md").read_text()
     assert "| external: site_b |" in md and tables.EXTERNAL_NOTE in md
-    assert tables.leakage_table(ms).empty
+    assert tables.leakage_table(ps).empty
 
 
 def test_external_folds_count_their_shared_test_set_once():
-    """Three folds each tested on the same 3 patients: 3 patients in the table, not 9."""
-    ms = [_fake("ext", f, "site_b") for f in range(3)] + [_fake("int", f, None) for f in range(3)]
-    ext = tables.task_table(ms, "ext", preprint={"source": {"protocol_note": "n"}})
+    """Three folds each tested on the same 3 patients: 3 patients in the table, not 9; the pooled
+    figures hold each of their units once per fold's model."""
+    from tests.resultkit import results
+
+    ms, ps = results(_external_results("ext", 3, "site_b"), _external_results("int", 3, None))
+    ext = tables.task_table(ms, ps, "ext", preprint={"source": {"protocol_note": "n"}})
     assert (ext["n_folds"].tolist(), ext["n_patients"].tolist(), ext["n_images"].tolist()) == ([3], [3], [6])
-    internal = tables.task_table(ms, "int", preprint={"source": {"protocol_note": "n"}})
+    assert ext["patient_accuracy_n"].tolist() == [9]
+    internal = tables.task_table(ms, ps, "int", preprint={"source": {"protocol_note": "n"}})
     assert internal["n_patients"].tolist() == [9]
 
 

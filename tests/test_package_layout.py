@@ -130,3 +130,16 @@ def test_run_names_have_no_dependencies_and_round_trip():
 def test_old_flat_modules_are_gone(flat):
     """No shims for the old import paths."""
     assert not (ROOT / "deepbc" / f"{flat}.py").exists()
+
+
+def test_no_file_of_the_package_is_ignored_by_git():
+    """`results/` in .gitignore once hid new modules of deepbc/results/ from every commit: a clean
+    clone then lacked them. Only the workflow's own results folder is ignored."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = [str(p.relative_to(ROOT)) for p in (ROOT / "deepbc").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout == "", f"ignored by .gitignore: {proc.stdout.split()}"

@@ -17,7 +17,9 @@ def test_the_demo_plan():
     assert len(demo.shards()) == 5 * 3
     tables = demo.tables()
     assert "results/tables/leakage.md" in tables and "results/tables/magnification.tex" in tables
-    assert len(tables) == 4 * 3 + 2 + 2 + 3 + 3
+    assert "results/tables/benign_subtypes_per_class.md" in tables
+    assert len(tables) == 4 * 3 + 4 * 2 + 2 + 2 + 3 + 3
+    assert demo.pooled_files([demo.runs["cancer_types"]]) == ["results/metrics/cancer_types/resnet_small/pooled.json"]
     # ROC and calibration per task; confusion and training per run; Grad-CAM per model.
     assert len(demo.figures()) == 4 * 2 * 2 + 5 * 2 * 2 + 5
     assert [r.name for r in demo.magnification_runs()] == ["benign_vs_malignant", "benign_subtypes",

@@ -1,4 +1,5 @@
-"""deepbc.results.tables: task tables with the preprint's figures, summary, leakage arithmetic."""
+"""deepbc.results.tables: task tables (pooled figures with their intervals and n, the preprint's
+beside), summary, leakage with paired intervals; from synthetic predictions' metrics."""
 
 import json
 import re
@@ -10,46 +11,42 @@ import pytest
 from deepbc.jobs.errors import UserError
 from deepbc.results import tables
 from deepbc.training.model_dir import retrain
+from tests.resultkit import binary_fold, results, run_results
+from tests.test_pooled import BENIGN, never_adenosis_folds
+
+BVM = "benign_vs_malignant"
 
 
-def fake(task, protocol, arch, fold, patient=None, image=None, grouping="patient"):
-    """A minimal metrics dict: every table metric 0.5 unless given."""
-    def block(values):
-        b = {m: 0.5 for m in tables.TABLE_METRICS}
-        b.update({"fp": 1, "fn": 2})
-        b.update(values or {})
-        return b
-
-    run = task if protocol == "patient" else f"{task}__image_level"
-    return {"meta": {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
-                     "arch": arch, "fold": fold},
-            "image_level": block(image),
-            "patient_level": {"mean_probability": block(patient), "majority_vote": block(patient)},
-            "n_patients": 10, "n_images": 100}
-
-
-def bvm_metrics():
-    out = []
-    for arch, accs in (("resnet_small", (0.8, 0.9)), ("resnet_v1_152", (0.6, 0.7))):
-        for fold, acc in enumerate(accs):
-            out.append(fake("benign_vs_malignant", "patient", arch, fold,
-                            patient={"accuracy": acc, "balanced_accuracy": acc}))
-            out.append(fake("benign_vs_malignant", "image", arch, fold,
-                            patient={"accuracy": 0.9, "balanced_accuracy": 0.9},
-                            image={"accuracy": 0.99, "auc": 0.999}))
-    return out
+def bvm_results(n_boot=0):
+    """Two architectures under both protocols, two folds each. Patient-wise, resnet_small: fold 0
+    has 4 patients, 1 wrong; fold 1 has 8, all right (per-fold mean 0.875, pooled 11/12);
+    resnet_v1_152: 2 of 6 wrong in each fold. The image-level protocol tests the same patients
+    (its split puts their images on both sides), all right."""
+    runs = []
+    for arch, folds in (("resnet_small", {0: binary_fold("a", 4, 1), 1: binary_fold("b", 8)}),
+                        ("resnet_v1_152", {0: binary_fold("a", 6, 2), 1: binary_fold("b", 6, 2)})):
+        runs.append(run_results(BVM, folds, arch=arch, n_boot=n_boot))
+        leaky = {f: df.assign(pred=df["label"], prob_malignant=np.where(df["label"] == "malignant", 0.9, 0.1),
+                              prob_benign=lambda d: 1 - d["prob_malignant"]) for f, df in folds.items()}
+        runs.append(run_results(BVM, leaky, protocol="image", arch=arch, n_boot=n_boot))
+    return results(*runs)
 
 
-def test_task_table_rows_folds_and_preprint_column():
-    t = tables.task_table(bvm_metrics(), "benign_vs_malignant")
+def test_task_table_rows_pooled_figures_fold_means_and_preprint_column():
+    ms, ps = bvm_results()
+    t = tables.task_table(ms, ps, BVM)
     assert list(zip(t["architecture"], t["protocol"])) == [
         ("resnet_small", "patient-wise"), ("resnet_small", "image-level (preprint's split)"),
         ("resnet_v1_152", "patient-wise"), ("resnet_v1_152", "image-level (preprint's split)")]
     row = t.iloc[0]
-    assert row["n_folds"] == 2 and row["n_patients"] == 20
-    assert row["patient_accuracy_mean"] == pytest.approx(0.85)
-    assert row["patient_accuracy_sd"] == pytest.approx(0.0707107, abs=1e-6)
-    assert row["patient_fn_mean"] == 2
+    assert row["n_folds"] == 2 and row["n_patients"] == 12 and row["n_images"] == 24
+    # The headline is the pooled figure, 11 of 12 patients; the CSV keeps the per-fold mean and sd.
+    assert row["patient_accuracy"] == pytest.approx(11 / 12)
+    assert (row["patient_accuracy_k"], row["patient_accuracy_n"]) == (11, 12)
+    assert row["patient_accuracy_ci_method"] == "wilson"
+    assert row["patient_accuracy_mean"] == pytest.approx(0.875)
+    assert row["patient_accuracy_sd"] == pytest.approx(0.1767767, abs=1e-6)
+    assert (row["patient_fp"], row["patient_fn"]) == (1, 0)  # ap0, benign, called malignant
     # The preprint reported 98.7% for ResNet V1 152 on this task, and nothing for resnet_small.
     assert pd.isna(row["preprint_accuracy"])
     assert list(t.loc[t["architecture"] == "resnet_v1_152", "preprint_accuracy"]) == [0.987, 0.987]
@@ -57,8 +54,8 @@ def test_task_table_rows_folds_and_preprint_column():
 
 
 def test_preprint_only_row_and_footnote(tmp_path):
-    ms = [fake("benign_subtypes", "patient", "resnet_small", f) for f in range(3)]
-    t = tables.task_table(ms, "benign_subtypes")
+    ms, ps = results(run_results("benign_subtypes", never_adenosis_folds_dict(), classes=BENIGN))
+    t = tables.task_table(ms, ps, "benign_subtypes")
     extra = t[t["protocol"] == tables.PREPRINT_ONLY]
     assert list(extra["architecture"]) == ["resnet_v1_50"]
     assert extra.iloc[0]["preprint_accuracy"] == 0.948
@@ -68,20 +65,56 @@ def test_preprint_only_row_and_footnote(tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert "| resnet_v1_50 | preprint only (not run here) |" in md
     assert "0.948 [1]" in md and "- [1] \"Respectively\"" in md
-    assert "0.500 ± 0.000" in md
     assert "image-level metrics under that leakage" in md
     tex = (tmp_path / "t.tex").read_text()
-    assert r"\begin{tabular}" in tex and r"0.500 $\pm$ 0.000" in tex and r"resnet\_v1\_50" in tex
+    assert r"\begin{tabular}" in tex and "(13/15)" in tex and r"resnet\_v1\_50" in tex
     back = pd.read_csv(tmp_path / "t.csv")
     assert len(back) == 2 and "preprint_note" in back.columns
 
 
+def never_adenosis_folds_dict():
+    return {fold: df for fold, df, _ in never_adenosis_folds()}
+
+
+def test_a_class_missing_from_folds_counts_in_the_table_and_sens_goes(tmp_path):
+    """Adenosis, never recognised, is in 2 of 5 folds: the table's balanced accuracy is the pooled
+    4-class figure 0.750, not 0.867, the mean of five 3-class figures; macro sensitivity (the same
+    figure again) has no column."""
+    ms, ps = results(run_results("benign_subtypes", never_adenosis_folds_dict(), classes=BENIGN, n_boot=50))
+    row = tables.task_table(ms, ps, "benign_subtypes").iloc[0]
+    assert row["patient_balanced_accuracy"] == pytest.approx(0.75)
+    assert row["image_balanced_accuracy"] == pytest.approx(0.75)
+    assert row["patient_balanced_accuracy_mean"] == pytest.approx(13 / 15)  # per fold, CSV only
+    tables.write_task_table(tables.task_table(ms, ps, "benign_subtypes"), out_md=tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    header = md.splitlines()[2]
+    assert "| patient bal. acc. |" in header and "patient sens." not in header and "| patient macro spec. |" in header
+    cells = dict(zip(header.split(" | "), md.splitlines()[4].split(" | ")))
+    assert cells["patient bal. acc."].startswith("0.750 [")
+    assert "results/tables/benign_subtypes_per_class.md" in md
+
+
 def test_task_table_is_byte_stable(tmp_path):
     for name in ("a", "b"):
-        t = tables.task_table(bvm_metrics(), "benign_vs_malignant")
-        tables.write_task_table(t, tmp_path / f"{name}.csv", tmp_path / f"{name}.md")
+        ms, ps = bvm_results(n_boot=20)
+        tables.write_task_table(tables.task_table(ms, ps, BVM), tmp_path / f"{name}.csv", tmp_path / f"{name}.md")
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     assert (tmp_path / "a.md").read_bytes() == (tmp_path / "b.md").read_bytes()
+
+
+def test_five_right_patients_show_a_wilson_interval_with_its_n(tmp_path):
+    """All 5 test patients right: the percentile bootstrap said 1.000 [1.000, 1.000]; a Wilson
+    interval says 1.000 [0.566, 1.000] (5/5). A zero-width bootstrap interval (the AUC) is marked."""
+    ms, ps = results(run_results(BVM, {0: binary_fold("a", 5)}, n_boot=50))
+    t = tables.task_table(ms, ps, BVM)
+    tables.write_task_table(t, out_md=tmp_path / "t.md")
+    md = (tmp_path / "t.md").read_text()
+    cells = dict(zip(md.splitlines()[2].split(" | "), md.splitlines()[4].split(" | ")))
+    assert cells["patient acc."] == "1.000 [0.566, 1.000] (5/5)"
+    assert cells["patient sens."] == "1.000 [0.342, 1.000] (2/2)"
+    assert cells["patients"] == "5"
+    assert cells["patient AUC"] == f"1.000 [1.000, 1.000]{tables.ZERO_WIDTH}"
+    assert tables.ZERO_WIDTH_NOTE in md and "Wilson score interval" in md
 
 
 def write_model(root, run, arch, fold, val_loss, val_accuracy, kept="val_loss", best_step=20):
@@ -104,17 +137,15 @@ def write_model(root, run, arch, fold, val_loss, val_accuracy, kept="val_loss", 
 def test_summary_chooses_on_validation_not_test(tmp_path):
     # resnet_v1_152 has the better test figures, resnet_small the better validation loss: the
     # summary must report resnet_small's test figures (the old code chose on the test folds).
-    task = "benign_vs_malignant"
-    ms = [fake(task, "patient", "resnet_small", f, patient={"balanced_accuracy": 0.6, "auc": 0.6})
-          for f in range(2)]
-    ms += [fake(task, "patient", "resnet_v1_152", f, patient={"balanced_accuracy": 0.9, "auc": 0.9})
-           for f in range(2)]
-    models = [write_model(tmp_path, task, "resnet_small", f, 0.40 + f / 10, 0.7) for f in range(2)]
-    models += [write_model(tmp_path, task, "resnet_v1_152", f, 0.55, 0.8) for f in range(2)]
-    s = tables.summary_table(ms, models)
+    ms, ps = results(
+        run_results(BVM, {f: binary_fold(f"f{f}", 6, 3) for f in range(2)}, arch="resnet_small"),
+        run_results(BVM, {f: binary_fold(f"f{f}", 6, 0) for f in range(2)}, arch="resnet_v1_152"))
+    models = [write_model(tmp_path, BVM, "resnet_small", f, 0.40 + f / 10, 0.7) for f in range(2)]
+    models += [write_model(tmp_path, BVM, "resnet_v1_152", f, 0.55, 0.8) for f in range(2)]
+    s = tables.summary_table(ms, ps, models)
     row = s.iloc[0]
     assert row["chosen_architecture"] == "resnet_small"
-    assert row["patient_balanced_accuracy_mean"] == pytest.approx(0.6)
+    assert row["patient_accuracy"] == pytest.approx(0.5) and row["n_patients"] == 12
     assert row["validation_metric"] == "val_loss"
     assert row["validation_mean"] == pytest.approx(0.45)  # the kept steps' losses, not the others
     assert row["chosen_by"].startswith("lowest validation loss")
@@ -122,58 +153,90 @@ def test_summary_chooses_on_validation_not_test(tmp_path):
     tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
     md = (tmp_path / "s.md").read_text()
     assert "chosen on validation data" in md and "val. loss 0.450 ± 0.071" in md
+    assert "| 0.500 [0.254, 0.746] (6/12) |" in md
 
 
 def test_summary_follows_keep_best_by_and_last(tmp_path):
-    task = "benign_vs_malignant"
-    ms = [fake(task, "patient", a, 0) for a in ("resnet_small", "resnet_v1_152")]
+    ms, ps = results(*(run_results(BVM, {0: binary_fold("a", 4)}, arch=a) for a in ("resnet_small", "resnet_v1_152")))
     # Kept by validation accuracy: the higher one wins although its loss is worse.
-    models = [write_model(tmp_path / "acc", task, "resnet_small", 0, 0.3, 0.7, kept="val_accuracy"),
-              write_model(tmp_path / "acc", task, "resnet_v1_152", 0, 0.5, 0.8, kept="val_accuracy")]
-    s = tables.summary_table(ms, models)
+    models = [write_model(tmp_path / "acc", BVM, "resnet_small", 0, 0.3, 0.7, kept="val_accuracy"),
+              write_model(tmp_path / "acc", BVM, "resnet_v1_152", 0, 0.5, 0.8, kept="val_accuracy")]
+    s = tables.summary_table(ms, ps, models)
     assert (s.iloc[0]["chosen_architecture"], s.iloc[0]["validation_metric"]) == (
         "resnet_v1_152", "val_accuracy")
     # Kept at the last step: the last evaluated row's validation loss counts (step 30 here).
-    models = [write_model(tmp_path / "last", task, "resnet_small", 0, 0.3, 0.7, kept="last", best_step=30),
-              write_model(tmp_path / "last", task, "resnet_v1_152", 0, 0.5, 0.8, kept="last", best_step=10)]
-    s = tables.summary_table(ms, models)
+    models = [write_model(tmp_path / "last", BVM, "resnet_small", 0, 0.3, 0.7, kept="last", best_step=30),
+              write_model(tmp_path / "last", BVM, "resnet_v1_152", 0, 0.5, 0.8, kept="last", best_step=10)]
+    s = tables.summary_table(ms, ps, models)
     assert s.iloc[0]["chosen_architecture"] == "resnet_small"
     assert s.iloc[0]["validation_mean"] == pytest.approx(0.3)
 
 
 def test_summary_leaves_out_image_level_runs_and_needs_every_model(tmp_path):
-    ms = bvm_metrics() + [fake("cancer_types", "patient", "resnet_small", 0)]
-    models = [write_model(tmp_path, "benign_vs_malignant", a, f, 0.5, 0.5)
-              for a in ("resnet_small", "resnet_v1_152") for f in range(2)]
+    bvm_ms, bvm_ps = bvm_results()
+    ms, ps = results(run_results("cancer_types", {0: binary_fold("t", 4)}))
+    ms, ps = bvm_ms + ms, bvm_ps + ps
+    models = [write_model(tmp_path, BVM, a, f, 0.5, 0.5) for a in ("resnet_small", "resnet_v1_152") for f in range(2)]
     with pytest.raises(UserError, match="no model settings for 1 patient-wise") as err:
-        tables.summary_table(ms, models)
+        tables.summary_table(ms, ps, models)
     assert "cancer_types/resnet_small/fold0" in str(err.value)
     models.append(write_model(tmp_path, "cancer_types", "resnet_small", 0, 0.5, 0.5))
-    s = tables.summary_table(ms, models)
-    assert list(s["task"]) == ["benign_vs_malignant", "cancer_types"]
+    s = tables.summary_table(ms, ps, models)
+    assert list(s["task"]) == [BVM, "cancer_types"]
     # Equal validation loss and accuracy: the architecture name decides, never the test figures.
     assert list(s["chosen_architecture"]) == ["resnet_small", "resnet_small"]
     assert s.iloc[1]["chosen_by"] == "the only architecture run"
     assert list(s["preprint_accuracy"]) == [0.987, 0.998]
+    # A run without its pooled figures is refused, naming it.
+    with pytest.raises(UserError, match="no pooled metrics for 1 run") as err:
+        tables.summary_table(ms, ps[:-1], models)
+    assert "cancer_types/patient/resnet_small" in str(err.value)
 
 
-def test_leakage_arithmetic(tmp_path):
-    t = tables.leakage_table(bvm_metrics())
+def test_a_pooled_file_of_other_folds_is_refused():
+    ms, ps = results(run_results(BVM, {0: binary_fold("a", 4), 1: binary_fold("b", 4)}))
+    with pytest.raises(UserError, match=re.escape("pooled over folds [0, 1], but the metrics given are of folds [0]")):
+        tables.task_table(ms[:1], ps, BVM)
+
+
+def test_leakage_differences_with_paired_intervals(tmp_path):
+    ms, ps = bvm_results(n_boot=200)
+    t = tables.leakage_table(ps)
     row = t[(t["architecture"] == "resnet_v1_152") & (t["level"] == "patient")
             & (t["metric"] == "accuracy")].iloc[0]
-    assert row["image_level_protocol"] == pytest.approx(0.9)
-    assert row["patient_wise"] == pytest.approx(0.65)
-    assert row["difference"] == pytest.approx(0.25)
-    assert row["ratio"] == pytest.approx(0.9 / 0.65)
-    img = t[(t["architecture"] == "resnet_small") & (t["level"] == "image") & (t["metric"] == "auc")]
-    assert img.iloc[0]["difference"] == pytest.approx(0.499)
+    # Pooled: 8 of 12 patients right patient-wise, all 12 under the image-level protocol.
+    assert row["image_level_protocol"] == pytest.approx(1.0)
+    assert row["patient_wise"] == pytest.approx(8 / 12)
+    assert row["difference"] == pytest.approx(4 / 12)
+    assert row["ratio"] == pytest.approx(1.5)
+    # The same 12 patients and 24 images under both: the draws are paired patient by patient.
+    assert (row["n_patients_shared"], row["same_test_images"]) == (12, True)
+    leaky, honest = (p["patient_level"]["mean_probability"]["bootstrap_values"]["accuracy"]
+                     for protocol in ("image", "patient") for p in ps
+                     if p["meta"]["arch"] == "resnet_v1_152" and p["meta"]["protocol"] == protocol)
+    paired = np.array(leaky, dtype=float) - np.array(honest, dtype=float)
+    assert [row["difference_ci_low"], row["difference_ci_high"]] == pytest.approx(
+        np.percentile(paired[np.isfinite(paired)], [2.5, 97.5]))
+    assert 0 < row["difference_ci_low"] < row["difference"] < row["difference_ci_high"]
     assert len(t) == 2 * 2 * len(tables.LEAKAGE_METRICS)
     tables.write_leakage(t, tmp_path / "l.csv", tmp_path / "l.md")
-    assert "+0.250" in (tmp_path / "l.md").read_text()
+    md = (tmp_path / "l.md").read_text()
+    assert f"+0.333 [{row['difference_ci_low']:+.3f}, {row['difference_ci_high']:+.3f}]" in md
+    assert "| 12 / 12 / 12 | yes |" in md and "paired" in md
+
+
+def test_leakage_of_different_test_patients_says_so(tmp_path):
+    """The demo runs one fold: the two protocols then test different images, partly other patients."""
+    ms, ps = results(run_results(BVM, {0: binary_fold("a", 6)}, n_boot=20),
+                     run_results(BVM, {0: pd.concat([binary_fold("a", 2), binary_fold("z", 4)])}, protocol="image",
+                                 n_boot=20))
+    row = tables.leakage_table(ps).iloc[0]
+    assert (row["n_patients_shared"], row["same_test_images"]) == (2, False)
 
 
 def test_leakage_without_both_protocols_is_empty(tmp_path):
-    t = tables.leakage_table([fake("cancer_types", "patient", "resnet_small", 0)])
+    _, ps = results(run_results("cancer_types", {0: binary_fold("a", 4)}))
+    t = tables.leakage_table(ps)
     assert t.empty
     tables.write_leakage(t, tmp_path / "l.csv", tmp_path / "l.md")
     assert "No task with a patient mapping ran both protocols" in (tmp_path / "l.md").read_text()
@@ -182,9 +245,9 @@ def test_leakage_without_both_protocols_is_empty(tmp_path):
 
 def test_image_grouped_runs_are_never_called_patient_wise(tmp_path, caplog):
     # cancer_types on a folder dataset without a patients CSV: each image is its own group.
-    grouped = [fake("cancer_types", protocol, "resnet_small", f, grouping="image")
-               for protocol in ("patient", "image") for f in range(2)]
-    t = tables.task_table(grouped, "cancer_types")
+    grouped = results(*(run_results("cancer_types", {f: binary_fold(f"g{f}", 4) for f in range(2)},
+                                    protocol=protocol, grouping="image") for protocol in ("patient", "image")))
+    t = tables.task_table(*grouped, "cancer_types")
     assert list(t["protocol"][:2]) == ["image-grouped (no patient mapping)",
                                        "image-level (preprint's split)"]
     tables.write_task_table(t, tmp_path / "t.csv", tmp_path / "t.md")
@@ -192,21 +255,21 @@ def test_image_grouped_runs_are_never_called_patient_wise(tmp_path, caplog):
     assert "patient-wise" not in md.split("- ")[0]  # not in the rows
     assert "| image-grouped (no patient mapping) |" in md and "patients CSV" in md
 
+    bvm_ms, bvm_ps = bvm_results()
     models = [write_model(tmp_path, "cancer_types", "resnet_small", f, 0.5, 0.5) for f in range(2)]
-    s = tables.summary_table(grouped + bvm_metrics(), models + [
-        write_model(tmp_path, "benign_vs_malignant", a, f, 0.5, 0.5)
-        for a in ("resnet_small", "resnet_v1_152") for f in range(2)])
+    s = tables.summary_table(grouped[0] + bvm_ms, grouped[1] + bvm_ps, models + [
+        write_model(tmp_path, BVM, a, f, 0.5, 0.5) for a in ("resnet_small", "resnet_v1_152") for f in range(2)])
     assert list(s["split"]) == ["patient-wise", "image-grouped (no patient mapping)"]
     tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
     assert "| cancer_types | image-grouped (no patient mapping) |" in (tmp_path / "s.md").read_text()
 
     # Both of its protocols can leak, so the leakage table leaves the task out, saying why.
-    leak = tables.leakage_table(grouped + bvm_metrics())
-    assert set(leak["task"]) == {"benign_vs_malignant"}
+    leak = tables.leakage_table(grouped[1] + bvm_ps)
+    assert set(leak["task"]) == {BVM}
     assert "task cancer_types left out of the leakage table" in caplog.text
     tables.write_leakage(leak, tmp_path / "l.csv", tmp_path / "l.md")
     assert "Left out: cancer_types" in (tmp_path / "l.md").read_text()
-    assert tables.leakage_table(grouped).empty
+    assert tables.leakage_table(grouped[1]).empty
 
 
 def real_metrics(task, arch, fold, n_boot=100):
@@ -228,51 +291,53 @@ def real_metrics(task, arch, fold, n_boot=100):
     return m
 
 
-def test_tables_show_the_interval_of_the_mean_over_folds(tmp_path):
-    ms = [real_metrics("benign_vs_malignant", "resnet_small", f) for f in range(3)]
-    t = tables.task_table(ms, "benign_vs_malignant")
+def test_tables_show_the_pooled_interval_and_what_it_covers(tmp_path):
+    ms, ps = bvm_results(n_boot=100)
+    t = tables.task_table(ms, ps, BVM)
     row = t.iloc[0]
-    # Draw b of each fold resamples that fold's patients; their mean is one draw of the mean.
-    draws = np.array([m["patient_level"]["mean_probability"]["bootstrap_values"]["accuracy"]
-                      for m in ms], dtype=float)
-    expected = np.percentile(draws.mean(axis=0), [2.5, 97.5])
-    assert [row["patient_accuracy_ci_low"], row["patient_accuracy_ci_high"]] == pytest.approx(expected)
-    assert row["patient_accuracy_ci_low"] <= row["patient_accuracy_mean"] <= row["patient_accuracy_ci_high"]
-    # The mean over folds varies less than one fold: its interval is narrower than a fold's CI.
-    widths = [np.diff(m["patient_level"]["mean_probability"]["ci95"]["accuracy"])[0] for m in ms]
-    assert row["patient_accuracy_ci_high"] - row["patient_accuracy_ci_low"] < np.mean(widths)
-    assert "patient_fp_ci_low" not in t.columns  # counts scale with the fold: no interval
+    block = ps[0]["patient_level"]["mean_probability"]
+    assert [row["patient_auc_ci_low"], row["patient_auc_ci_high"]] == pytest.approx(block["ci95"]["auc"])
+    assert [row["patient_balanced_accuracy_ci_low"], row["patient_balanced_accuracy_ci_high"]] == pytest.approx(
+        block["ci95"]["balanced_accuracy"])
+    assert row["patient_balanced_accuracy_ci_method"] == "mover_wilson"
+    assert row["image_accuracy_ci_method"] == "bootstrap"
+    assert "patient_fp_ci_low" in t.columns and pd.isna(row["patient_fp_ci_low"])  # counts: no interval
     tables.write_task_table(t, tmp_path / "t.csv", tmp_path / "t.md")
     md = (tmp_path / "t.md").read_text()
     low, high = row["image_auc_ci_low"], row["image_auc_ci_high"]
-    assert f"[{low:.3f}, {high:.3f}]" in md and "95 % interval of the mean over folds" in md
-    assert "each fold's trained model is held fixed" in md
+    assert f"[{low:.3f}, {high:.3f}]" in md and "100 draws" in md
+    assert "holds the trained models fixed" in md and "test predictions of all folds pooled" in md
 
-    models = [write_model(tmp_path, "benign_vs_malignant", "resnet_small", f, 0.5, 0.5) for f in range(3)]
-    s = tables.summary_table(ms, models)
+    models = [write_model(tmp_path, BVM, a, f, 0.5, 0.5) for a in ("resnet_small", "resnet_v1_152") for f in range(2)]
+    s = tables.summary_table(ms, ps, models)
     tables.write_summary(s, tmp_path / "s.csv", tmp_path / "s.md")
     assert s.iloc[0]["patient_auc_ci_low"] == row["patient_auc_ci_low"]
     summary_md = (tmp_path / "s.md").read_text()
-    assert "95 % interval of the mean over folds" in summary_md
-    # What the interval and the choice do not cover is said under the table.
-    assert "each fold's trained model is held fixed" in summary_md and "too narrow" in summary_md
+    assert "holds the trained models fixed" in summary_md and "(11/12)" in summary_md
     assert "fold k's validation patients are test patients of other folds" in summary_md
 
 
 def test_task_table_shows_the_patient_recognition_rate_with_its_interval(tmp_path):
-    ms = [real_metrics("benign_vs_malignant", "resnet_small", f) for f in range(3)]
-    row = tables.task_table(ms, "benign_vs_malignant").iloc[0]
-    rates = [m["image_level"]["patient_recognition_rate"] for m in ms]
-    assert row["image_patient_recognition_rate_mean"] == pytest.approx(np.mean(rates))
-    draws = np.array([m["image_level"]["bootstrap_values"]["patient_recognition_rate"] for m in ms])
-    assert row["image_patient_recognition_rate_ci_low"] == pytest.approx(
-        np.percentile(draws.mean(axis=0), 2.5))
-    # Calibration reaches the fold frame too (for the calibration table).
-    assert row["patient_ece_mean"] == pytest.approx(
-        np.mean([m["patient_level"]["mean_probability"]["ece"] for m in ms]))
-    tables.write_task_table(tables.task_table(ms, "benign_vs_malignant"), out_md=tmp_path / "t.md")
+    # Patient ap0 has 2 images right and 2 wrong: its share is 1/2, every other patient's 1.
+    df = binary_fold("a", 4, images=2)
+    df = pd.concat([df, df[df["patient"] == "ap0"].assign(pred="malignant", prob_benign=0.2, prob_malignant=0.8,
+                                                           path=lambda d: d["path"] + "b")])
+    ms, ps = results(run_results(BVM, {0: df}, n_boot=50))
+    row = tables.task_table(ms, ps, BVM).iloc[0]
+    assert row["image_patient_recognition_rate"] == pytest.approx((0.5 + 3) / 4)
+    assert row["image_patient_recognition_rate_ci_method"] == "bootstrap"
+    tables.write_task_table(tables.task_table(ms, ps, BVM), out_md=tmp_path / "t.md")
     md = (tmp_path / "t.md").read_text()
     assert "| patient recognition rate |" in md and "Spanhol et al. 2016" in md
+
+
+def test_notes_in_the_folds_meta_reach_the_task_table(tmp_path):
+    ms, ps = results(run_results(BVM, {0: binary_fold("a", 4), 1: binary_fold("b", 4)}))
+    ms[1]["meta"]["notes"] = ["the validation set lacks class benign"]
+    t = tables.task_table(ms, ps, BVM)
+    tables.write_task_table(t, out_md=tmp_path / "t.md")
+    assert "- Note: benign_vs_malignant / resnet_small / fold 1: the validation set lacks class benign" in (
+        tmp_path / "t.md").read_text()
 
 
 @pytest.mark.parametrize("damage, what", [
@@ -282,21 +347,23 @@ def test_task_table_shows_the_patient_recognition_rate_with_its_interval(tmp_pat
      "the kept step 21 has no validation row"),
 ], ids=["not_json", "old_settings", "kept_step"])
 def test_a_broken_model_folder_says_to_delete_it(tmp_path, damage, what):
-    ms = [fake("cancer_types", "patient", "resnet_small", 0)]
+    ms, ps = results(run_results("cancer_types", {0: binary_fold("a", 4)}))
     settings = write_model(tmp_path, "cancer_types", "resnet_small", 0, 0.5, 0.5)
     damage(settings.parent)
     with pytest.raises(UserError, match=re.escape(what)) as err:
-        tables.summary_table(ms, [settings])
+        tables.summary_table(ms, ps, [settings])
     assert err.value.fix == retrain(settings.parent)
     assert err.value.fix.startswith(f"delete the folder {settings.parent}/ and rerun the same snakemake command")
 
 
 def test_bad_metrics_inputs(tmp_path):
-    dup = [fake("cancer_types", "patient", "resnet_small", 0)] * 2
+    ms, ps = results(run_results("cancer_types", {0: binary_fold("a", 4)}))
     with pytest.raises(UserError, match="two metrics files"):
-        tables.task_table(dup, "cancer_types")
+        tables.task_table(ms * 2, ps, "cancer_types")
+    with pytest.raises(UserError, match="two pooled metrics files"):
+        tables.task_table(ms, ps * 2, "cancer_types")
     with pytest.raises(UserError, match="no metrics of task"):
-        tables.task_table(bvm_metrics(), "cancer_types")
+        tables.task_table(*bvm_results(), "cancer_types")
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"image_level": {}}))
     with pytest.raises(UserError, match="not a metrics JSON") as err:
@@ -312,6 +379,12 @@ def test_bad_metrics_inputs(tmp_path):
     assert err.value.fix.startswith(f"delete {path} and rerun the same snakemake command")
     with pytest.raises(UserError, match="not found"):
         tables.load_metrics([tmp_path / "missing.json"])
+    # A pooled JSON of an older version (no intervals) is remade by its own rule.
+    del ps[0]["patient_level"]["mean_probability"]["ci_method"]
+    path.write_text(json.dumps(ps[0]))
+    with pytest.raises(UserError, match="not a pooled metrics JSON") as err:
+        tables.load_pooled([path])
+    assert err.value.fix == f"delete {path} and rerun the same snakemake command (the pooled_metrics rule computes it again)"
 
 
 def test_table_and_figure_modules_leave_scikit_learn_to_the_functions_that_use_it():

@@ -337,8 +337,8 @@ def test_dry_run_of_a_third_dataset_and_an_external_task(tmp_path):
     jobs = re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M)
     assert sorted(set(jobs)) == ["all", "calibration_figure", "calibration_table", "check_dataset",
                                  "confusion_figure", "encode_dataset", "evaluate", "make_demo",
-                                 "make_splits",
-                                 "metrics", "roc_figure", "summary_table", "task_table", "train", "training_figure",
+                                 "make_splits", "metrics", "per_class_table", "pooled_metrics",
+                                 "roc_figure", "summary_table", "task_table", "train", "training_figure",
                                  "write_shards"]
     assert jobs.count("check_dataset") == 2 and jobs.count("train") == 2 and jobs.count("encode_dataset") == 2
     assert "results/manifest/site_b.parquet" in out and "leakage" not in out

@@ -11,6 +11,8 @@ from deepbc.jobs import cli
 
 def arguments(p):
     p.add_argument("--metrics", required=True, nargs="+", help="metrics JSONs of all runs")
+    p.add_argument("--pooled", required=True, nargs="+",
+                   help="results/metrics/{run}/{arch}/pooled.json of the patient-wise runs")
     p.add_argument("--models", required=True, nargs="+",
                    help="results/models/{run}/{arch}/fold{k}/settings.json of the patient-wise runs "
                         "(training.csv is read beside each)")
@@ -21,7 +23,7 @@ def arguments(p):
 def run(args):
     from deepbc.results import tables
 
-    tables.write_summary(tables.summary_table(args.metrics, args.models), args.out_csv, args.out_md)
+    tables.write_summary(tables.summary_table(args.metrics, args.pooled, args.models), args.out_csv, args.out_md)
 
 
 main = cli.script(__doc__, arguments, run)

@@ -20,8 +20,10 @@ Conventions (also written into every metrics JSON under ``conventions``):
 - Specificity of class c: true negatives / all units not of class c (one-vs-rest).
 - ``sensitivity`` and ``specificity``: for two classes, those of the positive (second) class; for
   more classes, the macro means (equal to ``macro_sensitivity`` and ``macro_specificity``).
-- Macro averages are over the classes present in the truth (balanced accuracy = macro sensitivity);
-  a value that is undefined (no unit of that kind) is None in the JSON.
+- Macro averages are over the classes present in the fold's truth (balanced accuracy = macro
+  sensitivity), so folds lacking different classes give figures over different classes: the
+  tables use the pooled figures over every class (deepbc.evaluation.pooled). A value that is
+  undefined (no unit of that kind) is None in the JSON.
 - ROC AUC: binary, the second class's probability as score. More classes: one-vs-rest AUC per class,
   macro mean over the classes present in the truth; absent classes are listed in
   ``auc_absent_classes``. With fewer than two classes present, AUC is None.
@@ -30,8 +32,9 @@ Conventions (also written into every metrics JSON under ``conventions``):
   undefined in a draw is left out of that metric's percentiles (``n_valid`` counts the rest). The
   95% CI is the 2.5th and 97.5th percentile. Each fold draws from its own random stream (seed,
   fold), so the folds' draws are independent; the image and mean-probability blocks keep their
-  draws of the headline metrics (``bootstrap_values``), from which the tables build the interval
-  of the mean over folds. On an external test (``meta.test_dataset``) every fold's model sees the
+  draws of the headline metrics (``bootstrap_values``), from which the calibration table builds
+  the interval of the mean over folds (the other tables show the figures of all folds pooled,
+  deepbc.evaluation.pooled, with their own intervals). On an external test (``meta.test_dataset``) every fold's model sees the
   same test patients, so all folds use stream 0: draw b resamples the same patients in every fold,
   and the mean over folds of draw b is one draw of the pooled figure.
 - Patient recognition rate (``image_level.patient_recognition_rate``; Spanhol et al. 2016, IEEE
@@ -188,14 +191,11 @@ def by_magnification(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 10
     table's figures only (accuracy and AUC, and the image-level recognition rate): four full
     bootstraps would cost four times the fold's, and their draws would multiply the JSON's size.
     """
-    from deepbc.data.breakhis import MAGNIFICATIONS
-
     if "magnification" not in pred_df.columns:
         return {}
     present = set(pred_df["magnification"].astype(str)) - {NO_MAGNIFICATION}
     out = {}
-    for mag in sorted(present, key=lambda m: (MAGNIFICATIONS.index(m) if m in MAGNIFICATIONS
-                                              else len(MAGNIFICATIONS), m)):
+    for mag in magnification_order(present):
         sub_df = pred_df[pred_df["magnification"].astype(str) == mag]
         sub_where = f"{where} ({mag} images)"
         sub = compute_metrics(sub_df, classes, n_boot=0, where=sub_where)
@@ -219,6 +219,14 @@ def by_magnification(pred_df: pd.DataFrame, classes: list[str], n_boot: int = 10
         out[mag] = {"n_images": sub["n_images"], "n_patients": sub["n_patients"],
                     "image_level": image, "patient_level": {"mean_probability": patient}}
     return out
+
+
+def magnification_order(magnifications) -> list[str]:
+    """Magnifications in their optical order (a text sort puts 400X before 40X), unknown ones last."""
+    from deepbc.data.breakhis import MAGNIFICATIONS
+
+    return sorted(magnifications, key=lambda m: (MAGNIFICATIONS.index(m) if m in MAGNIFICATIONS
+                                                 else len(MAGNIFICATIONS), m))
 
 
 def grouping_of(manifest) -> str:
@@ -438,12 +446,14 @@ def _none_if_nan(x):
 
 
 def _scalars(cm: np.ndarray, auc: np.ndarray) -> tuple[dict, dict]:
-    """Scalar metrics from a (weighted) confusion matrix and per-class AUCs, plus per-class parts."""
-    k = len(cm)
-    total = cm.sum()
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    tp = np.diag(cm)
+    """Scalar metrics from a (weighted) confusion matrix and per-class AUCs, plus per-class parts.
+
+    A stack of draws works too: ``cm`` (..., k, k) and ``auc`` (..., k) give arrays (...)."""
+    k = cm.shape[-1]
+    total = cm.sum(axis=(-2, -1))[..., None]
+    support = cm.sum(axis=-1)
+    predicted = cm.sum(axis=-2)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
     fn = support - tp
     fp = predicted - tp
     tn = total - tp - fn - fp
@@ -453,22 +463,23 @@ def _scalars(cm: np.ndarray, auc: np.ndarray) -> tuple[dict, dict]:
         spec = np.where(total - support > 0, tn / (total - support), np.nan)
         prec = np.where(predicted > 0, tp / predicted, np.nan)
         f1 = np.where(present & (predicted > 0), 2 * tp / (support + predicted), np.nan)
+        accuracy = tp.sum(axis=-1) / total[..., 0]
     macro = {
-        "accuracy": tp.sum() / total,
-        "balanced_accuracy": np.nanmean(sens),
+        "accuracy": accuracy,
+        "balanced_accuracy": _nanmean(sens),
         # Binary: of the positive (second) class, as usual; more classes: the macro means.
-        "sensitivity": sens[1] if k == 2 else np.nanmean(sens),
-        "specificity": spec[1] if k == 2 else _nanmean(spec),
-        "macro_sensitivity": np.nanmean(sens),
+        "sensitivity": sens[..., 1] if k == 2 else _nanmean(sens),
+        "specificity": spec[..., 1] if k == 2 else _nanmean(spec),
+        "macro_sensitivity": _nanmean(sens),
         "macro_specificity": _nanmean(spec),
-        "macro_precision": _nanmean(prec[present]),
-        "macro_f1": _nanmean(f1[present]),
-        "auc": auc[1] if k == 2 else _nanmean(auc),
+        "macro_precision": _nanmean(np.where(present, prec, np.nan)),
+        "macro_f1": _nanmean(np.where(present, f1, np.nan)),
+        "auc": auc[..., 1] if k == 2 else _nanmean(auc),
     }
     if k == 2:
-        fp_total, fn_total = cm[0, 1], cm[1, 0]
+        fp_total, fn_total = cm[..., 0, 1], cm[..., 1, 0]
     else:
-        fp_total, fn_total = fp.sum(), fn.sum()
+        fp_total, fn_total = fp.sum(axis=-1), fn.sum(axis=-1)
     parts = {"sens": sens, "spec": spec, "prec": prec, "f1": f1, "support": support,
              "fp": fp, "fn": fn, "auc": auc, "fp_total": fp_total, "fn_total": fn_total,
              "present": present}
@@ -498,35 +509,44 @@ class _WeightedAuc:
     """One-vs-rest ROC AUC under integer unit weights, for the bootstrap.
 
     Equal to scikit-learn's roc_auc_score with sample_weight (ties count one half), but the scores
-    are ranked once, so a draw costs a few bincounts instead of a sort.
+    are ranked once, so a draw costs a few sums instead of a sort. ``w``: one draw's unit weights
+    (n,), giving (k,) AUCs, or a stack of draws (b, n), giving (b, k).
     """
 
     def __init__(self, y, score, k):
         self.y, self.k = y, k
+        self.onehot = np.eye(k)[y]
         self.groups = {}
         for c in _auc_classes(k):
+            # Units in order of their score; ``starts``: where each group of tied scores begins.
             _, inverse = np.unique(score[:, c], return_inverse=True)
-            self.groups[c] = (inverse, int(inverse.max()) + 1)
+            order = np.argsort(inverse, kind="stable")
+            starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+            self.groups[c] = (order, starts, y[order] == c)
 
     def __call__(self, w) -> np.ndarray:
-        auc = np.full(self.k, np.nan)
-        present = np.bincount(self.y, weights=w, minlength=self.k) > 0
-        if present.sum() < 2:
-            return auc
-        for c, (inverse, n_groups) in self.groups.items():
-            if not present[c]:
-                continue
-            is_pos = self.y == c
-            pos = np.bincount(inverse, weights=w * is_pos, minlength=n_groups)
-            neg = np.bincount(inverse, weights=w * ~is_pos, minlength=n_groups)
-            neg_below = np.cumsum(neg) - neg
-            auc[c] = (pos * (neg_below + 0.5 * neg)).sum() / (pos.sum() * neg.sum())
-        return auc
+        draws = np.atleast_2d(np.asarray(w, dtype=np.float64))
+        auc = np.full((len(draws), self.k), np.nan)
+        present = draws @ self.onehot > 0
+        defined = present.sum(axis=1) >= 2
+        for c, (order, starts, is_pos) in self.groups.items():
+            ranked = draws[:, order]
+            pos = np.add.reduceat(ranked * is_pos, starts, axis=1)
+            neg = np.add.reduceat(ranked * ~is_pos, starts, axis=1)
+            neg_below = np.cumsum(neg, axis=1) - neg
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = (pos * (neg_below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+            auc[:, c] = np.where(defined & present[:, c], value, np.nan)
+        return auc if np.ndim(w) == 2 else auc[0]
 
 
 def _nanmean(a):
+    """The mean over the last axis of the finite values; NaN where there is none."""
     a = np.asarray(a, dtype=np.float64)
-    return float(np.nanmean(a)) if np.isfinite(a).any() else np.nan
+    finite = np.isfinite(a)
+    n = finite.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n > 0, np.where(finite, a, 0.0).sum(axis=-1) / n, np.nan)[()]
 
 
 def _full_block(y, pred, score, classes) -> dict:
@@ -572,15 +592,17 @@ def _kept_draws(values: dict, names) -> dict:
 
 
 def _recognition_rate(y, pred, patient):
-    """Patient recognition rate under unit weights ``w`` (None: each image once): per patient the
-    share of its images predicted right, averaged over patients weighted by how often each was
-    drawn. An image weighs w / (its patient's number of images), so each drawn patient weighs 1."""
+    """Patient recognition rate under unit weights ``w`` (None: each image once; or a stack of
+    draws): per patient the share of its images predicted right, averaged over patients weighted
+    by how often each was drawn. An image weighs w / (its patient's number of images), so each
+    drawn patient weighs 1."""
     share = 1.0 / np.bincount(patient)[patient]
     correct = (y == pred).astype(np.float64)
 
     def rate(w):
         w = share if w is None else w * share
-        return float((w * correct).sum() / w.sum())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return ((w * correct).sum(axis=-1) / w.sum(axis=-1))[()]
     return rate
 
 

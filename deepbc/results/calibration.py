@@ -77,12 +77,12 @@ def calibration_table(metrics) -> pd.DataFrame:
 
 
 def write_calibration_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None) -> None:
-    header = ["task", "test", "architecture", "protocol", "folds"]
+    header = ["task", "test", "architecture", "protocol", "folds", "patients"]
     header += [f"{lv} {LABELS[m]}" for lv, m in COLUMNS]
     header += ["temperature"] + [f"scaled {lv} {LABELS[m]}" for lv, m in COLUMNS]
     rows = []
     for _, r in table.iterrows():
-        cells = [r["task"], r["test"], r["architecture"], r["protocol"], str(r["n_folds"])]
+        cells = [r["task"], r["test"], r["architecture"], r["protocol"], str(r["n_folds"]), str(r["n_patients"])]
         cells += [_cell(r, lv, m) for lv, m in COLUMNS]
         cells.append(_fmt(r["temperature_mean"], r["temperature_sd"], False))
         cells += [_cell(r, f"scaled_{lv}", m) for lv, m in COLUMNS]

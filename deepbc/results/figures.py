@@ -5,8 +5,9 @@ architecture (each image is in one test fold, so the pool covers the whole datas
 patient level aggregates within each fold exactly as deepbc.evaluation.metrics does (mean probability), then
 pools the folds' patients. For more than two classes the ROC curve is the macro average of the
 one-vs-rest curves (true positive rates averaged on the union of their false positive rates), and
-an AUC is the mean of the per-class AUCs. The ROC legend gives both the AUC of the pooled curve
-("pooled AUC over k folds") and the mean of the per-fold AUCs, which is what the tables show.
+an AUC is the mean of the per-class AUCs. The ROC legend gives both the AUC of the pooled
+predictions ("pooled AUC over k folds"), the tables' figure (deepbc.evaluation.pooled), and the
+mean of the per-fold AUCs (each over the classes its fold holds; the metrics JSONs' figures).
 
 Protocols are labelled as in the tables (deepbc.results.tables.protocol_label): a run whose dataset maps
 no image to a patient (deepbc.evaluation.metrics.grouping_of) is "image-grouped (no patient mapping)", never
@@ -136,7 +137,7 @@ def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, 
                 continue
             fpr, tpr, auc = roc
             n_folds = group["fold"].nunique()
-            # The tables average the folds' AUCs (folds with one class have none).
+            # The per-fold metrics' AUCs, for comparison (folds with one class have none).
             per_fold = [r[2] for _, d in group.groupby("fold") if (r := _roc(d, classes)) is not None]
             fold_mean = f"{np.mean(per_fold):.3f}" if per_fold else "undefined"
             ax.plot(fpr, tpr, color=colors[arch], ls=style, lw=1.5,

@@ -1,19 +1,24 @@
-"""Result tables from per-fold metrics JSONs: one per task, a summary, and the leakage table.
+"""Result tables from the metrics JSONs: one per task, a summary, and the leakage table.
 
-Every metrics JSON carries ``meta`` (run, task, protocol, grouping, arch, fold; see
-deepbc.evaluation.metrics.metrics_file). A patient-protocol run whose groups are single images (no patient
-mapping) is labelled "image-grouped (no patient mapping)", never patient-wise, and is left out of
-the leakage table (both of its protocols can split a patient's images). The tables average over
-folds: mean and sample standard deviation (ddof=1; none with one fold).
-"Patient level" is the mean-probability aggregation of deepbc.evaluation.metrics; "image level" counts images.
-The headline metrics (INTERVAL_METRICS) also get a 95% interval of their mean over folds, from the
-bootstrap draws the metrics JSONs keep (see ``_interval``): it resamples test patients with each
-fold's model fixed, so it leaves out the variation between trained models, and under the
-image-level protocol (a patient in several folds' test sets) it is too narrow (INTERVAL_NOTE).
-Sensitivity and specificity are those of the positive (second) class for two classes, and macro
-means over classes for more (deepbc.evaluation.metrics). The task tables also show the patient recognition
-rate (image level, LEVEL_EXTRA); the fold frame carries the calibration figures too, which
-deepbc.results.calibration tabulates.
+Headline figures are pooled: each comes from a run and architecture's pooled JSON
+(deepbc.evaluation.pooled: the test predictions of every fold run, one confusion matrix over all
+the task's classes, so a class missing from a fold's test set still counts), with its 95 %
+interval and its n: Wilson for patient-level proportions (shown with k/n), the per-class Wilson
+intervals combined (MOVER) for the patient-level balanced accuracy, a patient bootstrap for AUC,
+macro specificity and every image-level figure (INTERVALS_NOTE). The per-fold metrics JSONs
+(deepbc.evaluation.metrics.metrics_file) give the tables their meta (run, task, protocol,
+grouping, arch, fold; optional ``notes``, shown under the task table) and the per-fold figures,
+whose mean and sample sd over folds (ddof=1; none with one fold) the CSVs keep as
+``{level}_{metric}_mean`` and ``_sd``.
+
+A patient-protocol run whose groups are single images (no patient mapping) is labelled
+"image-grouped (no patient mapping)", never patient-wise, and is left out of the leakage table
+(both of its protocols can split a patient's images). "Patient level" is the mean-probability
+aggregation of deepbc.evaluation.metrics; "image level" counts images. Sensitivity and specificity
+are those of the positive (second) class for two classes; for more classes the macro sensitivity
+is the balanced accuracy, so the task tables leave it out, and specificity is the macro mean.
+The fold frame (``fold_frame``, ``_aggregate``) also serves deepbc.results.calibration, whose
+figures stay per fold with the interval of the mean over folds (INTERVAL_NOTE).
 """
 
 import json
@@ -27,9 +32,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from deepbc.evaluation.intervals import percentile
+from deepbc.evaluation.metrics import CONFIDENCE, GROUPING_LABELS, IMAGE_EXTRA, KEPT_DRAWS, PATIENT_EXTRA
 from deepbc.jobs import atomic
 from deepbc.jobs.errors import UserError, delete_and_rerun
-from deepbc.evaluation.metrics import CONFIDENCE, GROUPING_LABELS, IMAGE_EXTRA, KEPT_DRAWS, PATIENT_EXTRA
 from deepbc.training.model_dir import retrain
 from deepbc.data.runs import parse_run
 
@@ -50,16 +56,38 @@ IMAGE_GROUPED_NOTE = (
 PREPRINT_ONLY = "preprint only (not run here)"
 LABELS = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "sensitivity": "sens.",
           "specificity": "spec.", "auc": "AUC", "fp": "FP", "fn": "FN",
-          "patient_recognition_rate": "patient recognition rate", "ece": "ECE", "brier": "Brier"}
+          "patient_recognition_rate": "patient recognition rate", "ece": "ECE", "brier": "Brier",
+          "precision": "prec."}
 COUNT_METRICS = ("fp", "fn")
 INTERVAL_METRICS = KEPT_DRAWS
+RECOGNITION = "patient_recognition_rate"
 # Figures of one level only, each with its interval: the patient recognition rate (made of the
 # image predictions) and calibration; old metrics JSONs without them give NaN.
 LEVEL_EXTRA = {"patient": PATIENT_EXTRA, "image": IMAGE_EXTRA}
+# The pooled figures of each level (calibration stays per fold: deepbc.results.calibration).
+POOLED_METRICS = {"patient": TABLE_METRICS, "image": TABLE_METRICS + (RECOGNITION,)}
+# Marks a bootstrap interval of zero width (ZERO_WIDTH_NOTE).
+ZERO_WIDTH = "‡"
 RECOGNITION_NOTE = (
     "Patient recognition rate (Spanhol et al. 2016): for each test patient the fraction of its "
-    "images classified right, then the mean over the fold's patients; unlike image-level "
-    "accuracy, every patient weighs the same.")
+    "images classified right, then the mean over patients; unlike image-level accuracy, every "
+    "patient weighs the same.")
+POOLED_NOTE = (
+    "Every figure is computed once on the test predictions of all folds pooled: one confusion "
+    "matrix over all the task's classes, so a class missing from one fold's test set still "
+    "counts (a mean of per-fold figures would average figures over different classes). Patients "
+    "and images: distinct test patients and images. Per-fold figures are in "
+    "results/metrics/{run}/{arch}/fold{k}.json; the CSV keeps their mean and sample sd over folds "
+    "(*_mean, *_sd).")
+ZERO_WIDTH_NOTE = (
+    f"{ZERO_WIDTH} A bootstrap interval of zero width: every resample of these patients gave the "
+    "same value (e.g. an AUC of 1 when every patient is separated). The bootstrap cannot measure "
+    "the uncertainty there; it is not zero. Read the n beside it.")
+MULTICLASS_NOTE = (
+    "More than two classes: no sensitivity column, as the macro sensitivity is the balanced "
+    "accuracy; spec. is the macro specificity (mean over classes, one-vs-rest); AUC the mean of "
+    "the one-vs-rest AUCs; FP and FN are sums of the one-vs-rest counts (each equals the "
+    "misclassified units). Per-class sensitivity, precision and AUC: results/tables/{task}_per_class.md.")
 INTERVAL_NOTE = (
     "[low, high]: 95 % interval of the mean over folds. Each of the metrics' bootstrap draws "
     "resamples every test fold's patients with replacement (a drawn patient brings all its "
@@ -76,29 +104,51 @@ SELECTION_NOTE = (
     "though never of the reported models' test predictions.")
 
 
-def recompute(item) -> str:
+def intervals_note(n_boot) -> str:
+    """How the pooled tables' intervals are made (``n_boot``: the pooled JSONs' bootstrap draws)."""
+    draws = f"{int(n_boot)} draws" if n_boot and not pd.isna(n_boot) else "no draws were made"
+    return (
+        "[low, high]: 95 % interval. (k/n): a patient-level proportion, k of n patient units (a "
+        "patient with images of two classes is a unit per class), Wilson score interval, which "
+        "stays inside [0, 1] without collapsing at 0/n or n/n. Patient-level balanced accuracy: "
+        "the per-class sensitivities' Wilson intervals combined (MOVER, Zou & Donner 2008), as "
+        "the classes' patients are independent. AUC, macro specificity and every image-level "
+        "figure: patient bootstrap, percentile interval (" + draws + "; each draw weighs every "
+        "test patient Poisson(1), seeded by its id, with all its images): a patient's images "
+        "are not independent, so image counts would give intervals far too narrow. A class with "
+        "one or two test patients barely moves when they are resampled, so bootstrap intervals "
+        "over it (the image-level balanced accuracy, a per-class image-level figure) are too "
+        "narrow: read its number of patients (results/tables/{task}_per_class.md). Every "
+        "interval holds the trained models fixed: it covers which patients were tested, not "
+        "the variation between trainings.")
+
+
+def recompute(item, rule: str = "metrics") -> str:
     """What to do about a metrics file (``item``: its path, or the dict passed in memory) that is
-    broken or of an older version."""
+    broken or of an older version; ``rule`` makes it (metrics, or pooled_metrics)."""
     if isinstance(item, dict):
-        return "pass the metrics that deepbc.evaluation.metrics.metrics_file writes"
-    return delete_and_rerun(item, remakes="the metrics rule computes it again")
+        return ("pass the metrics that deepbc.evaluation.metrics.metrics_file writes" if rule == "metrics"
+                else "pass the pooled metrics that deepbc.evaluation.pooled.pooled_file writes")
+    return delete_and_rerun(item, remakes=f"the {rule} rule computes it again")
+
+
+def _read_json(item, rule: str) -> tuple[str, dict]:
+    if isinstance(item, dict):
+        return "metrics passed in memory", item
+    try:
+        return str(item), json.loads(Path(item).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("metrics file not found", str(item),
+                        f"run the {rule} rule for this run and architecture") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"metrics file is not valid JSON ({err})", str(item), recompute(item, rule)) from None
 
 
 def load_metrics(items) -> list[dict]:
     """Metrics dicts from JSON paths or already-loaded dicts; checks meta and duplicates."""
     out, seen = [], {}
     for item in items:
-        if isinstance(item, dict):
-            where, m = "metrics passed in memory", item
-        else:
-            where = str(item)
-            try:
-                m = json.loads(Path(item).read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise UserError("metrics file not found", where,
-                                "run compute_metrics.py for this run, architecture and fold") from None
-            except json.JSONDecodeError as err:
-                raise UserError(f"metrics file is not valid JSON ({err})", where, recompute(item)) from None
+        where, m = _read_json(item, "metrics")
         meta = m.get("meta") or {}
         missing = [k for k in ("run", "task", "protocol", "grouping", "arch", "fold") if k not in meta]
         if missing or "image_level" not in m or "patient_level" not in m:
@@ -115,6 +165,29 @@ def load_metrics(items) -> list[dict]:
     return out
 
 
+def load_pooled(items) -> list[dict]:
+    """Pooled metrics dicts (deepbc.evaluation.pooled) from JSON paths or loaded dicts; checks meta,
+    the intervals' presence (a JSON of an older version has none) and duplicates."""
+    out, seen = [], {}
+    for item in items:
+        where, m = _read_json(item, "pooled_metrics")
+        meta = m.get("meta") or {}
+        missing = [k for k in ("run", "task", "protocol", "grouping", "arch", "folds") if k not in meta]
+        block = (m.get("patient_level") or {}).get("mean_probability") or {}
+        if missing or "image_level" not in m or "ci_method" not in block or "classes" not in m:
+            raise UserError(f"not a pooled metrics JSON of deepbc.evaluation.pooled (meta lacks {missing})",
+                            where, recompute(item, "pooled_metrics"))
+        key = (meta["task"], meta["protocol"], meta["arch"])
+        if key in seen:
+            raise UserError(f"two pooled metrics files for task {key[0]}, protocol {key[1]}, arch {key[2]}",
+                            f"{seen[key]} and {where}", "pass each run and architecture's pooled metrics once")
+        seen[key] = where
+        out.append({**m, "_where": where})
+    if not out:
+        raise UserError("no pooled metrics files given", "--pooled", "pass at least one pooled.json")
+    return out
+
+
 def load_preprint(path=PREPRINT_FILE) -> dict:
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
@@ -124,8 +197,9 @@ INTERNAL_TEST = "internal (held-out folds)"
 EXTERNAL_NOTE = (
     "external: <dataset>: trained and validated patient-wise on the task's dataset, tested on every "
     "usable image of another dataset (none of whose images, by sha256, or patient ids is in training "
-    "or validation). Every fold's model is tested on the same images; the interval resamples those "
-    "patients jointly across the folds.")
+    "or validation). Every fold's model is tested on the same images: patients and images are "
+    "counted once, pooled figures hold each image once per fold's model (k models x N "
+    "predictions), and the intervals resample each patient jointly across the folds.")
 
 
 def test_label(test_dataset) -> str:
@@ -161,8 +235,9 @@ def fold_frame(metrics: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _aggregate(folds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean and sd over folds of every ``{level}_{metric}`` column, per group of ``keys``."""
+def _aggregate(folds: pd.DataFrame, keys: list[str], intervals: bool = True) -> pd.DataFrame:
+    """Mean and sd over folds of every ``{level}_{metric}`` column, per group of ``keys``; with
+    ``intervals``, the interval of the mean over folds of the headline and extra figures."""
     value_cols = [f"{lv}_{m}" for lv in LEVELS for m in TABLE_METRICS + LEVEL_EXTRA[lv]]
     grouped = folds.groupby(keys, sort=True)
     out = grouped.size().rename("n_folds").reset_index()
@@ -175,10 +250,11 @@ def _aggregate(folds: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for col in value_cols:
         out[f"{col}_mean"] = mean[col].to_numpy()
         out[f"{col}_sd"] = sd[col].to_numpy()
-    for col in (f"{lv}_{m}" for lv in LEVELS for m in INTERVAL_METRICS + LEVEL_EXTRA[lv]):
-        bounds = [_interval(list(g[f"{col}_draws"])) for _, g in grouped]
-        out[f"{col}_ci_low"] = [b[0] for b in bounds]
-        out[f"{col}_ci_high"] = [b[1] for b in bounds]
+    if intervals:
+        for col in (f"{lv}_{m}" for lv in LEVELS for m in INTERVAL_METRICS + LEVEL_EXTRA[lv]):
+            bounds = [_interval(list(g[f"{col}_draws"])) for _, g in grouped]
+            out[f"{col}_ci_low"] = [b[0] for b in bounds]
+            out[f"{col}_ci_high"] = [b[1] for b in bounds]
     return out
 
 
@@ -202,6 +278,88 @@ def _interval(draws: list) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def pooled_row(block: dict, level: str, metrics=None) -> dict:
+    """``{level}_{metric}`` (the pooled value), ``_ci_low``, ``_ci_high``, ``_ci_method``, ``_k``
+    and ``_n`` (a proportion's counts, else NaN) and ``_draws`` (kept bootstrap draws or None) of a
+    pooled block's ``metrics`` (default: POOLED_METRICS[level])."""
+    row = {}
+    ci = block.get("ci95") or {}
+    methods = block.get("ci_method") or {}
+    counts = block.get("counts") or {}
+    draws = block.get("bootstrap_values") or {}
+    for metric in POOLED_METRICS[level] if metrics is None else metrics:
+        col = f"{level}_{metric}"
+        value = block.get(metric)
+        row[col] = math.nan if value is None else float(value)
+        bounds = ci.get(metric) or (math.nan, math.nan)
+        row[f"{col}_ci_low"], row[f"{col}_ci_high"] = (float(b) for b in bounds)
+        row[f"{col}_ci_method"] = methods.get(metric, "")
+        k, n = counts.get(metric) or (math.nan, math.nan)
+        row[f"{col}_k"], row[f"{col}_n"] = k, n
+        values = draws.get(metric)
+        row[f"{col}_draws"] = None if values is None else np.array(values, dtype=np.float64)
+    return row
+
+
+def pooled_frame(pooled: list[dict], extra_keys=()) -> pd.DataFrame:
+    """One row per pooled JSON: meta (task, protocol, arch, run, grouping, test, and ``extra_keys``),
+    n_folds, n_patients and n_images (distinct), n_classes, n_boot, test_patients,
+    test_images_sha256, where (its file) and ``pooled_row`` of both levels."""
+    rows = []
+    for m in pooled:
+        meta = m["meta"]
+        row = {key: meta[key] for key in ("task", "protocol", "arch", "run", "grouping", *extra_keys)}
+        row.update({"test": test_label(meta.get("test_dataset")), "folds": tuple(meta["folds"]),
+                    "n_folds": len(meta["folds"]), "n_patients": m["n_patients"],
+                    "n_images": m.get("n_distinct_images", m["n_images"]), "n_classes": len(m["classes"]),
+                    "n_boot": (m.get("bootstrap") or {}).get("n_boot", 0),
+                    "test_patients": tuple(m.get("test_patients") or ()),
+                    "test_images_sha256": meta.get("test_images_sha256"), "where": m.get("_where")})
+        row.update(pooled_row(m["patient_level"]["mean_probability"], "patient"))
+        row.update(pooled_row(m["image_level"], "image"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def with_pooled(folds: pd.DataFrame, frame: pd.DataFrame, keys: list[str],
+                on=("task", "protocol", "arch")) -> pd.DataFrame:
+    """The per-fold aggregation of ``folds`` (mean, sd) per group of ``keys``, beside the pooled
+    figures (``frame``, a ``pooled_frame``) of the same runs, matched on ``on``; a run and
+    architecture with per-fold metrics but no pooled JSON, or one pooled over other folds, is
+    refused."""
+    on = list(on)
+    if frame.empty:
+        frame = pd.DataFrame(columns=[*on, "folds", "where"])
+    table = _aggregate(folds, list(dict.fromkeys(on + keys)), intervals=False).drop(
+        columns=["n_patients", "n_images"])
+    merged = table.merge(frame.drop(columns=[c for c in frame.columns if c in table.columns and c not in on]),
+                         on=on, how="left", indicator=True)
+    lacking = merged[merged["_merge"] == "left_only"]
+    if len(lacking):
+        shown = ", ".join("/".join(str(r[c]) for c in on) for _, r in lacking.head(5).iterrows())
+        raise UserError(f"no pooled metrics for {len(lacking)} run(s) and architecture(s) ({shown})",
+                        "--pooled", "pass results/metrics/{run}/{arch}/pooled.json of every run and "
+                                    "architecture in --metrics")
+    fold_sets = folds.groupby(on)["fold"].agg(lambda s: tuple(sorted(s)))
+    for _, r in merged.iterrows():
+        expected = fold_sets.loc[tuple(r[c] for c in on)]
+        if tuple(r["folds"]) != expected:
+            raise UserError(f"pooled over folds {list(r['folds'])}, but the metrics given are of folds "
+                            f"{list(expected)}", r["where"], recompute(r["where"], "pooled_metrics"))
+    return merged.drop(columns=["_merge"])
+
+
+def fold_notes(metrics: list[dict]) -> list[str]:
+    """The optional ``meta.notes`` (a text or a list) of per-fold metrics, as footnotes."""
+    notes = []
+    for m in metrics:
+        meta = m["meta"]
+        given = meta.get("notes") or []
+        for note in [given] if isinstance(given, str) else given:
+            notes.append(f"{meta['run']} / {meta['arch']} / fold {meta['fold']}: {' '.join(str(note).split())}")
+    return list(dict.fromkeys(notes))
+
+
 def _preprint_figures(preprint: dict, task: str) -> dict:
     """{arch: {metric: figure}} of the preprint's figures for one task."""
     out: dict = {}
@@ -211,15 +369,17 @@ def _preprint_figures(preprint: dict, task: str) -> dict:
     return out
 
 
-def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame:
+def task_table(metrics, pooled, task: str, preprint: dict | None = None) -> pd.DataFrame:
     """One row per architecture and protocol of ``task``; the preprint's figures beside ours.
 
-    Columns: architecture, protocol, run, n_folds, n_patients and n_images (summed over the test
-    folds; counted once for an external test, whose folds share their test images), ``{patient,image}_{metric}_{mean,sd}``, ``preprint_{metric}`` and ``preprint_note``.
-    An architecture the preprint reported for this task but that did not run here gets a row of
-    its own, labelled ``preprint only (not run here)``.
+    Columns: architecture, protocol, run, test, n_folds, n_patients and n_images (distinct test
+    patients and images), n_classes, ``pooled_row``'s columns of both levels, the per-fold
+    ``{patient,image}_{metric}_{mean,sd}``, ``preprint_{metric}`` and ``preprint_note``; ``attrs``
+    holds the folds' notes. An architecture the preprint reported for this task but that did not
+    run here gets a row of its own, labelled ``preprint only (not run here)``.
     """
     metrics = load_metrics(metrics)
+    pooled = [p for p in load_pooled(pooled) if p["meta"]["task"] == task]
     preprint = load_preprint() if preprint is None else preprint
     folds = fold_frame(metrics)
     folds = folds[folds["task"] == task]
@@ -227,8 +387,9 @@ def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame
         tasks = sorted({m["meta"]["task"] for m in metrics})
         raise UserError(f"no metrics of task {task!r} among the files given (tasks: {tasks})",
                         "--metrics", f"pass the metrics JSONs of task {task}")
-    table = _aggregate(folds, ["arch", "protocol", "run", "grouping", "test"]).rename(
-        columns={"arch": "architecture"})
+    table = with_pooled(folds, pooled_frame(pooled), ["arch", "protocol", "run", "grouping", "test"])
+    table = table.drop(columns=[c for c in table.columns if c.endswith("_draws")]
+                       + ["where", "test_patients", "folds"]).rename(columns={"arch": "architecture"})
     figures = _preprint_figures(preprint, task)
     for arch in sorted(set(figures) - set(table["architecture"])):
         table.loc[len(table), ["architecture", "protocol", "run", "n_folds"]] = [
@@ -244,11 +405,13 @@ def task_table(metrics, task: str, preprint: dict | None = None) -> pd.DataFrame
         " ".join(dict.fromkeys(f["note"] for f in figures.get(a, {}).values() if f.get("note")))
         for a in table["architecture"]]
     table["protocol"] = [protocol_label(p, g) for p, g in zip(table["protocol"], table["grouping"])]
-    table = table.drop(columns="grouping")
-    table.insert(0, "task", task)
-    for col in ("n_folds", "n_patients", "n_images"):
+    table["task"] = task
+    table = table.drop(columns="grouping")[["task", *(c for c in table.columns if c not in ("task", "grouping"))]]
+    for col in ("n_folds", "n_patients", "n_images", "n_classes"):
         table[col] = table[col].astype("Int64")
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    table.attrs["notes"] = fold_notes([m for m in metrics if m["meta"]["task"] == task])
+    return table
 
 
 def _fmt(mean, sd, count: bool, low=math.nan, high=math.nan) -> str:
@@ -261,31 +424,69 @@ def _fmt(mean, sd, count: bool, low=math.nan, high=math.nan) -> str:
 
 
 def _cell(r, level: str, metric: str) -> str:
-    """mean ± sd [interval] of one metric of a table row."""
+    """mean ± sd [interval of the mean over folds] of one metric of a per-fold table row."""
     ci = (r[f"{level}_{metric}_ci_low"], r[f"{level}_{metric}_ci_high"]) if (
         f"{level}_{metric}_ci_low" in r.index) else (math.nan, math.nan)
     return _fmt(r[f"{level}_{metric}_mean"], r[f"{level}_{metric}_sd"], metric in COUNT_METRICS, *ci)
 
 
-def _has_intervals(table: pd.DataFrame, levels=LEVELS) -> bool:
-    return any(table[f"{lv}_{m}_ci_low"].notna().any() for lv in levels for m in INTERVAL_METRICS)
+def pooled_cell(r, level: str, metric: str) -> str:
+    """A pooled figure with its interval: "0.800 [0.376, 0.964] (4/5)" for a Wilson proportion,
+    a ZERO_WIDTH mark on a bootstrap interval of zero width, counts as integers."""
+    col = f"{level}_{metric}"
+    value = r.get(col)
+    if value is None or pd.isna(value):
+        return "–"
+    if metric in COUNT_METRICS:
+        return f"{int(value)}"
+    text = f"{value:.3f}"
+    low, high = r.get(f"{col}_ci_low"), r.get(f"{col}_ci_high")
+    if low is None or pd.isna(low):
+        return text
+    text += f" [{low:.3f}, {high:.3f}]"
+    method = r.get(f"{col}_ci_method")
+    if method == "bootstrap" and low == high:
+        text += ZERO_WIDTH
+    if method == "wilson" and not pd.isna(r.get(f"{col}_n")):
+        text += f" ({int(r[f'{col}_k'])}/{int(r[f'{col}_n'])})"
+    return text
+
+
+def has_zero_width(table: pd.DataFrame, columns) -> bool:
+    """Whether a cell of ``columns`` ({level}_{metric}) has a zero-width bootstrap interval."""
+    return any(((table[f"{c}_ci_method"] == "bootstrap") & (table[f"{c}_ci_low"] == table[f"{c}_ci_high"])).any()
+               for c in columns if f"{c}_ci_method" in table.columns)
+
+
+def shown_metrics(n_classes) -> tuple[str, ...]:
+    """The headline metrics a table shows: without sensitivity for more than two classes (it is
+    the balanced accuracy there)."""
+    return TABLE_METRICS if n_classes == 2 else tuple(m for m in TABLE_METRICS if m != "sensitivity")
+
+
+def _metric_label(metric: str, n_classes) -> str:
+    return "macro spec." if metric == "specificity" and n_classes != 2 else LABELS[metric]
+
+
+def _n_boot(table: pd.DataFrame):
+    return table["n_boot"].dropna().max() if "n_boot" in table.columns else 0
 
 
 def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, formatted cells and footnotes shared by the Markdown and LaTeX writers."""
-    header = ["architecture", "protocol", "test", "folds"]
-    header += [f"{lv} {LABELS[m]}" for lv in LEVELS for m in TABLE_METRICS]
-    header += [LABELS["patient_recognition_rate"]]
+    n_classes = table["n_classes"].dropna().max()
+    shown = shown_metrics(n_classes)
+    header = ["architecture", "protocol", "test", "folds", "patients", "images"]
+    header += [f"{lv} {_metric_label(m, n_classes)}" for lv in LEVELS for m in shown]
+    header += [LABELS[RECOGNITION]]
     header += [f"preprint {LABELS[m]}" for m in PREPRINT_METRICS]
     notes: list[str] = []
     rows = []
     for _, r in table.iterrows():
-        cells = [r["architecture"], r["protocol"], "" if pd.isna(r["test"]) else r["test"],
-                 "" if pd.isna(r["n_folds"]) else str(r["n_folds"])]
-        for lv in LEVELS:
-            for m in TABLE_METRICS:
-                cells.append(_cell(r, lv, m))
-        cells.append(_cell(r, "image", "patient_recognition_rate"))
+        cells = [r["architecture"], r["protocol"], "" if pd.isna(r["test"]) else r["test"]]
+        cells += ["" if pd.isna(r[c]) else str(r[c]) for c in ("n_folds", "n_patients", "n_images")]
+        cells += [pooled_cell(r, lv, m) for lv in LEVELS for m in shown]
+        cells.append(pooled_cell(r, "image", RECOGNITION))
         marker = ""
         if r["preprint_note"]:
             if r["preprint_note"] not in notes:
@@ -297,23 +498,27 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
         rows.append(cells)
     ranges = preprint.get("ranges", [])
     general = [
-        "Mean ± sample sd over test folds. Patient level: a patient's probabilities are the mean of "
-        "its images'. Two classes: sensitivity and specificity of the second (positive) class, FP "
-        "= first class predicted as second, FN = the reverse; more classes: macro means, and FP/FN "
-        "sums of the one-vs-rest counts.",
+        POOLED_NOTE,
+        intervals_note(_n_boot(table)),
+        "Patient level: a patient's probabilities are the mean of its images'. Two classes: "
+        "sensitivity and specificity of the second (positive) class, FP = first class predicted "
+        "as second, FN = the reverse.",
         RECOGNITION_NOTE,
         "Preprint: " + " ".join(preprint["source"]["protocol_note"].split()),
     ]
+    if n_classes != 2:
+        general.insert(3, MULTICLASS_NOTE.replace("{task}", str(table["task"].iloc[0])))
+    if has_zero_width(table, [f"{lv}_{m}" for lv in LEVELS for m in shown] + [f"image_{RECOGNITION}"]):
+        general.insert(2, ZERO_WIDTH_NOTE)
     if (table["protocol"] == IMAGE_GROUPED).any():
         general.insert(0, IMAGE_GROUPED_NOTE)
     if table["test"].fillna("").str.startswith("external").any():
         general.insert(0, EXTERNAL_NOTE)
-    if _has_intervals(table):
-        general.insert(1, INTERVAL_NOTE)
     if ranges:
         counts = " and ".join(f"{r['metric'].upper()} {r['min']} to {r['max']}" for r in ranges)
         range_notes = " ".join(dict.fromkeys(" ".join(r["note"].split()) for r in ranges))
         general.append(f"Preprint, all tasks together: {counts} images. {range_notes}")
+    general += [f"Note: {n}" for n in table.attrs.get("notes", [])]
     footnotes = [f"[{i + 1}] {' '.join(n.split())}" for i, n in enumerate(notes)] + general
     return header, rows, footnotes
 
@@ -329,7 +534,7 @@ def to_markdown(header: list[str], rows: list[list[str]], footnotes: list[str], 
 
 def _tex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                 ("#", r"\#"), ("±", r"$\pm$"), ("–", "--")):
+                 ("#", r"\#"), ("±", r"$\pm$"), ("–", "--"), (ZERO_WIDTH, r"$\ddagger$")):
         text = text.replace(a, b)
     return text
 
@@ -432,9 +637,10 @@ def _selection_metric(kept: set, task: str) -> str:
     return "val_loss"
 
 
-def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame:
-    """One row per task: the architecture chosen on validation data, and its test figures.
+def summary_table(metrics, pooled, models, preprint: dict | None = None) -> pd.DataFrame:
+    """One row per task: the architecture chosen on validation data, and its pooled test figures.
 
+    ``pooled``: the pooled JSONs of the patient-protocol runs and architectures in ``metrics``;
     ``models``: the settings.json of every patient-protocol (run, arch, fold) in ``metrics``. The choice
     uses only validation data (see ``validation_figures``): the models' keep_best_by metric (lower
     val_loss or higher val_accuracy; val_loss when the models of a task differ or keep the last
@@ -466,7 +672,9 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
     choice_sd = grouped[["val_loss", "val_accuracy"]].std(ddof=1)
     kept = grouped["kept"].agg(set)
 
-    agg = _aggregate(patient, ["task", "arch", "grouping", "test"]).set_index(["task", "arch"])
+    pooled = [p for p in load_pooled(pooled) if p["meta"]["protocol"] == "patient"]
+    agg = with_pooled(patient, pooled_frame(pooled), ["task", "protocol", "arch", "grouping", "test"]).set_index(
+        ["task", "arch"])
     rows = []
     for task, task_rows in choice.groupby(level="task", sort=True):
         metric = _selection_metric(set().union(*kept.loc[task]), task)
@@ -492,10 +700,12 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
         rows.append(row)
     best = pd.DataFrame(rows)
     keep = ["task", "split", "test", "chosen_architecture", "chosen_by", "architectures_compared",
-            "validation_metric", "validation_mean", "validation_sd", "n_folds", "n_patients", "n_images"]
-    keep += [f"patient_{m}_{s}" for m in TABLE_METRICS for s in ("mean", "sd")]
-    keep += [f"patient_{m}_{s}" for m in INTERVAL_METRICS for s in ("ci_low", "ci_high")]
-    best = best[keep].astype({"n_folds": "int64", "n_patients": "int64", "n_images": "int64"})
+            "validation_metric", "validation_mean", "validation_sd", "n_folds", "n_patients", "n_images",
+            "n_classes", "n_boot"]
+    keep += [f"patient_{m}{s}" for m in TABLE_METRICS
+             for s in ("", "_ci_low", "_ci_high", "_ci_method", "_k", "_n", "_mean", "_sd")]
+    best = best[keep].astype({"n_folds": "int64", "n_patients": "int64", "n_images": "int64",
+                              "n_classes": "int64"})
     acc = {f["task"]: f for f in preprint.get("figures", []) if f["metric"] == "accuracy"}
     best["preprint_accuracy"] = [acc.get(t, {}).get("value") for t in best["task"]]
     best["preprint_architecture"] = [acc.get(t, {}).get("architecture") for t in best["task"]]
@@ -503,7 +713,8 @@ def summary_table(metrics, models, preprint: dict | None = None) -> pd.DataFrame
 
 
 def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
-    header = ["task", "split", "test", "architecture", "chosen by", "validation (chosen on)", "folds"]
+    header = ["task", "split", "test", "architecture", "chosen by", "validation (chosen on)", "folds",
+              "patients"]
     header += [f"patient {LABELS[m]}" for m in TABLE_METRICS]
     header += ["preprint acc. (image-level, leaky)"]
     rows = []
@@ -511,8 +722,9 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         validation = (f"{VALIDATION_LABELS[r['validation_metric']]} "
                       f"{_fmt(r['validation_mean'], r['validation_sd'], False)}")
         cells = [r["task"], r["split"], r["test"], r["chosen_architecture"], r["chosen_by"], validation,
-                 str(r["n_folds"])]
-        cells += [_cell(r, "patient", m) for m in TABLE_METRICS]
+                 str(r["n_folds"]), str(r["n_patients"])]
+        shown = shown_metrics(r["n_classes"])
+        cells += [pooled_cell(r, "patient", m) if m in shown else "–" for m in TABLE_METRICS]
         v = r["preprint_accuracy"]
         cells.append("" if v is None or pd.isna(v) else f"{v:.3f} ({r['preprint_architecture']})")
         rows.append(cells)
@@ -522,17 +734,21 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         "or highest validation accuracy; the validation loss when they differ or keep the last "
         "step), mean over folds. The test figures shown played no part in the choice; "
         "results/tables/{task}.md shows every architecture's test figures. " + SELECTION_NOTE,
-        "Patient level: a patient's probabilities are the mean of its images'. Mean ± sample sd "
-        "over test folds.",
+        "Patient level: a patient's probabilities are the mean of its images'. " + POOLED_NOTE,
+        intervals_note(_n_boot(table)),
         "The preprint's figures are image-level accuracies under an image-level split with "
         "leakage, not comparable with patient-wise figures; see results/tables/leakage.md.",
     ]
+    if (table["n_classes"] != 2).any():
+        footnotes.insert(2, "More than two classes: sens. is left out (the macro sensitivity is the "
+                            "balanced accuracy), spec. is the macro specificity; per-class figures: "
+                            "results/tables/{task}_per_class.md.")
+    if has_zero_width(table, [f"patient_{m}" for m in TABLE_METRICS]):
+        footnotes.insert(-1, ZERO_WIDTH_NOTE)
     if (table["split"] == IMAGE_GROUPED).any():
         footnotes.insert(1, IMAGE_GROUPED_NOTE)
     if table["test"].str.startswith("external").any():
         footnotes.insert(1, EXTERNAL_NOTE)
-    if _has_intervals(table, ["patient"]):
-        footnotes.insert(-1, INTERVAL_NOTE)
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:
@@ -541,65 +757,110 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
             "Summary: per task, the architecture chosen on validation data, and its test figures"))
 
 
-def leakage_table(metrics) -> pd.DataFrame:
+LEAKAGE_COLUMNS = ["task", "architecture", "level", "metric", "image_level_protocol", "patient_wise",
+                   "difference", "difference_ci_low", "difference_ci_high", "ratio",
+                   "n_patients_image_level_protocol", "n_patients_patient_wise", "n_patients_shared",
+                   "same_test_images", "n_folds_image_level_protocol", "n_folds_patient_wise"]
+PAIRING_NOTE = (
+    "[low, high]: 95 % paired bootstrap interval of the difference: draw b of the pooled "
+    "bootstrap weighs each patient alike (Poisson(1), seeded by the patient's id) under both "
+    "protocols, and the interval spans the 2.5th to 97.5th percentiles of the draws' "
+    "differences. When every fold runs, both protocols test every image of the task once: the "
+    "same images and patients, each protocol's models fixed, and the pairing is exact. With some "
+    "folds only, the protocols test different images (same test images: no), and partly other "
+    "patients: the shared patients are paired, the others resampled on their own side, and the "
+    "difference also reflects which images each protocol tested. The interval holds the trained "
+    "models fixed: it says how much the patients tested move the difference, not how much "
+    "retraining would.")
+
+
+def leakage_table(pooled) -> pd.DataFrame:
     """How much the image-level protocol inflates each metric, per task and architecture.
 
     Only tasks and architectures that ran both protocols, and only tasks whose groups are patients:
     without a patient mapping both protocols can split a patient's images, so their difference is
     no measure of leakage (such tasks are logged and listed in ``attrs["left_out"]``). Per metric
-    and level, the means over folds under each protocol, the difference (image-level protocol minus
-    patient-wise) and the ratio (image-level protocol / patient-wise; empty when the patient-wise
-    value is 0).
+    and level (no sensitivity for more than two classes: it is the balanced accuracy there), the
+    pooled figures under each protocol, the difference (image-level protocol minus patient-wise)
+    with its paired bootstrap interval (PAIRING_NOTE), the ratio (image-level protocol /
+    patient-wise; empty when the patient-wise value is 0), the test patients of each and shared,
+    and whether both tested the same images.
     """
-    folds = fold_frame(load_metrics(metrics))
-    left_out = sorted(set(folds.loc[folds["grouping"] == "image", "task"]))
+    frame = pooled_frame(load_pooled(pooled))
+    left_out = sorted(set(frame.loc[frame["grouping"] == "image", "task"]))
     for task in left_out:
         LOG.warning("task %s left out of the leakage table: its dataset has no patient mapping, so "
                     "both protocols can put one patient's images on both sides of the split", task)
-    folds = folds[~folds["task"].isin(left_out)]
-    agg = _aggregate(folds, ["task", "arch", "protocol"])
+    frame = frame[~frame["task"].isin(left_out)]
     rows = []
-    for (task, arch), group in agg.groupby(["task", "arch"], sort=True):
+    for (task, arch), group in frame.groupby(["task", "arch"], sort=True):
         by_protocol = {r["protocol"]: r for _, r in group.iterrows()}
         if not {"patient", "image"} <= set(by_protocol):
             continue
         leaky, honest = by_protocol["image"], by_protocol["patient"]
+        shared = len(set(leaky["test_patients"]) & set(honest["test_patients"]))
         for level in LEVELS:
             for metric in LEAKAGE_METRICS:
-                col = f"{level}_{metric}_mean"
+                if metric not in shown_metrics(honest["n_classes"]):
+                    continue
+                col = f"{level}_{metric}"
                 a, b = leaky[col], honest[col]
+                low, high = _paired_interval(leaky[f"{col}_draws"], honest[f"{col}_draws"])
                 rows.append({
                     "task": task, "architecture": arch, "level": level, "metric": metric,
-                    "image_level_protocol": a, "patient_wise": b,
-                    "difference": a - b,
+                    "image_level_protocol": a, "patient_wise": b, "difference": a - b,
+                    "difference_ci_low": low, "difference_ci_high": high,
                     "ratio": a / b if b and not pd.isna(b) else math.nan,
+                    "n_patients_image_level_protocol": int(leaky["n_patients"]),
+                    "n_patients_patient_wise": int(honest["n_patients"]), "n_patients_shared": shared,
+                    "same_test_images": leaky["test_images_sha256"] == honest["test_images_sha256"],
                     "n_folds_image_level_protocol": int(leaky["n_folds"]),
                     "n_folds_patient_wise": int(honest["n_folds"]),
                 })
-    columns = ["task", "architecture", "level", "metric", "image_level_protocol", "patient_wise",
-               "difference", "ratio", "n_folds_image_level_protocol", "n_folds_patient_wise"]
     if not rows:
         LOG.warning("no task with a patient mapping ran both protocols: the leakage table is empty")
-    table = pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
     table.attrs["left_out"] = left_out
     return table
 
 
+def _paired_interval(leaky, honest) -> tuple[float, float]:
+    """Percentile interval of draw-by-draw differences (NaN without draws, or draws of another
+    number: made with other bootstrap settings, so not paired)."""
+    if leaky is None or honest is None or len(leaky) != len(honest):
+        return math.nan, math.nan
+    bounds, _ = percentile(leaky - honest, CONFIDENCE)
+    return (math.nan, math.nan) if bounds is None else tuple(bounds)
+
+
 def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
     header = ["task", "architecture", "level", "metric", "image-level protocol", "patient-wise",
-              "difference", "ratio"]
+              "difference [95 % paired interval]", "ratio", "patients (image-level protocol / "
+              "patient-wise / shared)", "same test images"]
 
     def num(v, digits=3):
         return "–" if pd.isna(v) else f"{v:.{digits}f}"
 
-    rows = [[r["task"], r["architecture"], r["level"], r["metric"], num(r["image_level_protocol"]),
-             num(r["patient_wise"]), f"{r['difference']:+.3f}" if not pd.isna(r["difference"]) else "–",
-             num(r["ratio"], 2)] for _, r in table.iterrows()]
+    rows = []
+    for _, r in table.iterrows():
+        difference = "–" if pd.isna(r["difference"]) else f"{r['difference']:+.3f}"
+        if not pd.isna(r["difference_ci_low"]):
+            difference += f" [{r['difference_ci_low']:+.3f}, {r['difference_ci_high']:+.3f}]"
+            difference += ZERO_WIDTH if r["difference_ci_low"] == r["difference_ci_high"] else ""
+        rows.append([r["task"], r["architecture"], r["level"], r["metric"], num(r["image_level_protocol"]),
+                     num(r["patient_wise"]), difference, num(r["ratio"], 2),
+                     f"{r['n_patients_image_level_protocol']} / {r['n_patients_patient_wise']} / "
+                     f"{r['n_patients_shared']}", "yes" if r["same_test_images"] else "no"])
     footnotes = [
-        "Means over test folds. Image-level protocol: the preprint's random split of images, with "
-        "patients on both sides; patient-wise: no patient in two splits. Difference = image-level "
-        "protocol minus patient-wise; ratio = image-level protocol / patient-wise.",
+        "Pooled figures over the test folds of each protocol. Image-level protocol: the "
+        "preprint's random split of images, with patients on both sides; patient-wise: no patient "
+        "in two splits. Difference = image-level protocol minus patient-wise; ratio = image-level "
+        "protocol / patient-wise. More than two classes: no sensitivity row (the macro sensitivity "
+        "is the balanced accuracy).",
+        PAIRING_NOTE,
     ]
+    if (table["difference_ci_low"] == table["difference_ci_high"]).any():
+        footnotes.append(ZERO_WIDTH_NOTE)
     left_out = table.attrs.get("left_out", [])
     if left_out:
         footnotes.append(f"Left out: {', '.join(left_out)}, whose dataset has no patient mapping "

@@ -47,6 +47,11 @@ def metrics(run: str, arch: str, fold) -> str:
     return f"results/metrics/{run}/{arch}/fold{fold}.json"
 
 
+def pooled_metrics(run: str, arch: str) -> str:
+    """The figures of a run and architecture over all its test folds (deepbc.evaluation.pooled)."""
+    return f"results/metrics/{run}/{arch}/pooled.json"
+
+
 def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]:
     """predict_folder.py's per-patient arguments, when new_images/{folder}.patients.csv exists."""
     csv = f"new_images/{folder}.patients.csv"
@@ -130,12 +135,19 @@ class Plan:
         return datasets_config.root(self.dataset_specs, dataset)
 
     # The files of (run, arch, fold) combinations; ``runs``: Run objects or names (default: all).
+    def _names(self, runs=None) -> list[str]:
+        return [r if isinstance(r, str) else r.name for r in (self.runs.values() if runs is None else runs)]
+
     def _each(self, pattern, runs=None, archs=None) -> list[str]:
-        names = [r if isinstance(r, str) else r.name for r in (self.runs.values() if runs is None else runs)]
-        return [pattern(run, arch, fold) for run in names for arch in (archs or self.archs) for fold in self.folds]
+        return [pattern(run, arch, fold) for run in self._names(runs) for arch in (archs or self.archs)
+                for fold in self.folds]
 
     def metrics_files(self, runs=None) -> list[str]:
         return self._each(metrics, runs)
+
+    def pooled_files(self, runs=None) -> list[str]:
+        """The pooled metrics of each (run, architecture)."""
+        return [pooled_metrics(run, arch) for run in self._names(runs) for arch in self.archs]
 
     def predictions_files(self, runs=None, archs=None) -> list[str]:
         return self._each(predictions, runs, archs)
@@ -168,6 +180,7 @@ class Plan:
 
     def tables(self) -> list[str]:
         files = [f"results/tables/{task}.{ext}" for task in self.tasks for ext in ("csv", "md", "tex")]
+        files += [f"results/tables/{task}_per_class.{ext}" for task in self.tasks for ext in ("csv", "md")]
         files += [f"results/tables/summary.{ext}" for ext in ("csv", "md")]
         if wfconfig.has_both_protocols(self.config):
             files += [f"results/tables/leakage.{ext}" for ext in ("csv", "md")]

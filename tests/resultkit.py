@@ -1,0 +1,61 @@
+"""Synthetic test predictions and the metrics the workflow computes from them, for the table tests:
+per-fold metrics (deepbc.evaluation.metrics) and the pooled figures (deepbc.evaluation.pooled),
+with the meta their jobs write; no training."""
+
+import numpy as np
+import pandas as pd
+
+from deepbc.data.runs import run_name
+from deepbc.evaluation import metrics, pooled
+
+BM = ["benign", "malignant"]
+
+
+def predictions(rows, classes=BM) -> pd.DataFrame:
+    """rows: (patient, true class, predicted class, its probability), one per image; the other
+    classes share the rest of the probability."""
+    out = []
+    for i, (patient, label, pred, p) in enumerate(rows):
+        prob = np.full(len(classes), (1 - p) / (len(classes) - 1))
+        prob[classes.index(pred)] = p
+        out.append({"path": f"{patient}/{i}.png", "patient": patient, "label": label, "pred": pred,
+                    **{f"prob_{c}": v for c, v in zip(classes, prob)}})
+    return pd.DataFrame(out)
+
+
+def binary_fold(prefix, n_patients, n_wrong=0, images=2) -> pd.DataFrame:
+    """``n_patients`` patients named {prefix}p{i}, alternately benign and malignant, ``images``
+    images each, predicted with probability 0.8; the first ``n_wrong`` patients wrong."""
+    rows = []
+    for i in range(n_patients):
+        label = BM[i % 2]
+        pred = BM[1 - i % 2] if i < n_wrong else label
+        rows += [(f"{prefix}p{i}", label, pred, 0.8)] * images
+    return predictions(rows)
+
+
+def run_results(task, folds, protocol="patient", arch="resnet_small", classes=BM, grouping="patient",
+                test_dataset=None, magnification="all", n_boot=0, seed=0):
+    """Per-fold metrics and the pooled metrics of one run and architecture.
+
+    ``folds``: {fold: predictions DataFrame}. Returns (list of per-fold metrics, pooled dict), each
+    with the meta its workflow job writes.
+    """
+    run = run_name(task, protocol)
+    fold_metrics = []
+    for fold, df in folds.items():
+        stream = 0 if test_dataset else fold
+        m = metrics.compute_metrics(df, classes, n_boot=n_boot, seed=seed, stream=stream)
+        m["by_magnification"] = metrics.by_magnification(df, classes, n_boot=n_boot, seed=seed, stream=stream)
+        m["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
+                     "test_dataset": test_dataset, "arch": arch, "fold": fold, "magnification": magnification}
+        fold_metrics.append(m)
+    frames = [(fold, df, f"results/predictions/{run}/{arch}/fold{fold}.parquet") for fold, df in folds.items()]
+    pooled_metrics = pooled.pooled_run(frames, classes, run, arch, grouping, magnification, n_boot=n_boot,
+                                       seed=seed, test_dataset=test_dataset)
+    return fold_metrics, pooled_metrics
+
+
+def results(*runs):
+    """The per-fold metrics and pooled metrics of several ``run_results``, as two lists."""
+    return [m for fold_metrics, _ in runs for m in fold_metrics], [p for _, p in runs]
