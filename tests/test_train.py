@@ -381,6 +381,17 @@ def test_each_stage_counts_its_patience_against_its_own_best():
         assert [resumed.update(r) for r in history[k:]] == decisions[k:]
 
 
+def test_keeping_the_last_weights_stops_early_on_the_validation_loss():
+    """keep_best_by: last scored each evaluation by its step, so every one was an improvement and
+    early stopping never stopped; the patience now counts on the validation loss."""
+    stages = [{"name": "logits", "steps": 10}, {"name": "all_layers", "steps": 4}]
+    history = rows([1.0, 0.9, None, 0.95, 0.97, 0.96, 0.8, 0.85, None])
+    plan = train._Stages(stages, "last", patience=2)
+    assert [plan.update(r)[1] for r in history] == [False] * 4 + [True] + [False] * 4
+    assert plan.finished
+    assert train._best_step(history, "last") == 9  # the kept weights stay the last
+
+
 @pytest.mark.slow
 def test_inception_aux_logits_are_in_the_loss_with_weight_0_4():
     """TF-Slim's train_image_classifier: loss = xent(logits) + 0.4 xent(AuxLogits) + weight decay."""

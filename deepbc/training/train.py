@@ -183,6 +183,8 @@ class _Stages:
     A stage ends after its steps, or when ``patience`` evaluations in it brought no improvement on
     the best score of that stage (early stopping); the next stage then starts from the current
     (last) weights, as TF-Slim's two-stage recipe does. The kept weights are the best of the run.
+    With ``keep_best_by: last`` the patience counts on the validation loss (the last step has no
+    score to improve on: by it, every evaluation would be an improvement and no stage would stop).
     """
 
     def __init__(self, stages: list[dict], keep_best_by: str, patience: int):
@@ -211,8 +213,9 @@ class _Stages:
             score = _score(row, self.keep_best_by)
             if self.best is None or score < self.best:
                 self.best, improved = score, True
-            if self.stage_best is None or score < self.stage_best:
-                self.stage_best, self.evals_since_best = score, 0
+            stage_score = _score(row, "val_loss") if self.keep_best_by == "last" else score
+            if self.stage_best is None or stage_score < self.stage_best:
+                self.stage_best, self.evals_since_best = stage_score, 0
             else:
                 self.evals_since_best += 1
         done = row["step"] - self.start >= self.current["steps"]
