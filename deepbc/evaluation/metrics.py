@@ -302,7 +302,8 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
     on, or all) lets the tables group files without parsing paths; ``grouping`` comes from the
     test dataset's ``manifest`` (see ``grouping_of``); ``test_dataset`` names an external test
     dataset (None: held-out folds of the task's dataset). ``validation_predictions`` (the same
-    model's validation split) adds ``temperature_scaling``.
+    model's validation split) adds ``temperature_scaling``. ``precision`` is what the probabilities
+    were computed in (the predictions' ``precision`` column; None in predictions written before it).
     """
     try:
         df = pd.read_parquet(predictions)
@@ -331,6 +332,8 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
     result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
                       "test_dataset": test_dataset or None, "arch": arch, "fold": int(fold),
                       "magnification": magnification,
+                      "precision": (",".join(sorted(set(df["precision"]))) if "precision" in df.columns
+                                    else None),
                       "predictions": str(predictions)}
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]
