@@ -277,6 +277,48 @@ def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
         assert not marker.exists() and said in caplog.text
 
 
+def test_the_state_is_bound_to_the_training_code(shard_dir, tmp_path, caplog, monkeypatch):
+    """A fix to the training code (preprocessing, the reader, ...) resumed a state the old code had
+    saved, silently; now the code's version is an input of the state and is in settings.json.
+    Comments, docstrings, the export and files outside what training runs leave it as it is."""
+    import shutil
+
+    from deepbc.training import code_version
+
+    package = tmp_path / "deepbc"
+    shutil.copytree(code_version.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_version.code_version(package)
+
+    def edited(rel, change):
+        path = package / rel
+        path.write_text(change(path.read_text()))
+        return code_version.code_version(package)
+
+    def docstring(text):
+        return text.replace('"""', '"""Reworded. ', 1)
+
+    assert edited("training/preprocessing.py", docstring) == before
+    assert edited("training/preprocessing.py", lambda t: t + "\n# a comment\n\n") == before
+    assert edited("training/export.py", lambda t: t + "\nX = 1\n") == before
+    assert edited("evaluation/metrics.py", lambda t: t + "\nX = 1\n") == before
+    fixed = edited("training/preprocessing.py", lambda t: t + "\nX = 1\n")
+    assert fixed["source_sha256"] != before["source_sha256"] and fixed["package"] == before["package"]
+    assert edited("shards/reader.py", lambda t: t + "\nX = 1\n") != fixed
+
+    inputs = train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None, "fp32")
+    assert inputs["code"] == code_version.code_version()
+    state = tmp_path / "state"
+    train._bind_state(state, inputs)
+    (state / "state.ckpt-4.index").write_text("a state saved by the old code")
+    monkeypatch.setattr(train, "code_version", lambda: fixed)
+    caplog.set_level(logging.INFO, logger="deepbc.training.train")
+    train._bind_state(state, train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None,
+                                                   "fp32"))
+    assert not (state / "state.ckpt-4.index").exists()
+    assert (f"training code {code_version.describe(inputs['code'])} -> {code_version.describe(fixed)}"
+            in caplog.text)
+
+
 @pytest.fixture(scope="module")
 def imagenet_checkpoint(tmp_path_factory):
     """An "ImageNet" checkpoint of the small network, 1000 classes, saved by the test itself."""
@@ -508,13 +550,14 @@ def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpo
         shard_dir, tmp_path, monkeypatch, caplog):
     """On a CPU with bfloat16 instructions (pretended where this one has none: oneDNN's rewrite then
     still runs, emulated), ``mixed`` trains in bfloat16, says so, and keeps float32 weights."""
-    from deepbc.training import precision
+    from deepbc.training import code_version, precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     caplog.set_level(logging.INFO, logger="deepbc")
     out = tmp_path / "model"
     summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", dataclasses.replace(TINY, precision="mixed"), seed=1)
     assert summary["precision"] == summary["device"]["precision"] == "bf16"
+    assert summary["code_version"] == code_version.code_version()  # and what trained it
     assert json.loads((out / "settings.json").read_text())["precision"] == "bf16"
     assert "precision: bf16 (CPU with avx512_bf16: oneDNN's bfloat16 rewrite)" in caplog.text
     dtypes = checkpoint_dtypes(out / "model.ckpt")

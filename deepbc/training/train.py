@@ -47,6 +47,8 @@ from deepbc.shards.reader import read_index
 from deepbc.training import graph as train_graph
 from deepbc.training import model_dir
 from deepbc.training import precision as precision_mod
+from deepbc.training.code_version import code_version
+from deepbc.training.code_version import describe as describe_code
 from deepbc.training.model_dir import MODEL_PREFIX
 from deepbc.training.model_dir import write_history as _write_history
 from deepbc.training.settings import TrainSettings, as_dict
@@ -79,8 +81,11 @@ def training_inputs(train_json, val_json, arch: str, settings: TrainSettings, se
                     precision: str) -> dict:
     """Everything that determines the trained model, by component (compared one by one on resume).
     ``precision`` is what the graph computes in here (fp32, bf16, fp16): the same ``precision:
-    mixed`` computes differently on another machine, so a state moved there is not resumed."""
+    mixed`` computes differently on another machine, so a state moved there is not resumed.
+    ``code``: the version of the training code (deepbc.training.code_version), so a state saved
+    before a fix to it is not resumed by the fixed code."""
     return {
+        "code": code_version(),
         "arch": arch,
         "seed": int(seed),
         "precision": precision,
@@ -136,6 +141,8 @@ def _describe_changes(old: dict, new: dict) -> str:
                         for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif key in ("arch", "seed", "precision"):
             changes.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+        elif key == "code":
+            changes.append(f"training code {describe_code(old.get(key))} -> {describe_code(new.get(key))}")
         else:
             changes.append(key.replace("_", " "))
     return ", ".join(changes)
@@ -286,7 +293,7 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: TrainSe
                "steps": history[-1]["step"], "stages": stages, "kept": settings.keep_best_by,
                "best_step": _best_step(history, settings.keep_best_by),
                "train_images": train_index["count"], "val_images": val_index["count"],
-               "tensorflow": tf.__version__,
+               "tensorflow": tf.__version__, "code_version": inputs["code"],
                # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
                "device": gpu.describe_device(threads, precision.name),
                "precision": precision.name,
