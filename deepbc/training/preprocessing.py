@@ -20,9 +20,10 @@ the output is not square) and ``flip`` (left-right and up-down) together give al
 the square, as in the preprint; ``random_crop`` as above; ``color_jitter``: mild brightness
 (+-0.1), saturation and contrast (x0.8..1.2) and hue (+-0.02) changes, for stain variation;
 ``hed: {sigma, bias}`` (off when null): HED stain augmentation (Tellez et al. 2019, Med. Image
-Anal. 58:101544 and IEEE TMI 37(9):2126): the image is converted to haematoxylin-eosin-DAB optical
+Anal. 58:101544 and IEEE TMI 37(9):2126): the image is converted to haematoxylin-eosin-DAB
 densities, each channel ``s`` becomes ``alpha * s + beta`` with ``alpha ~ U(1 - sigma, 1 + sigma)``
-and ``beta ~ U(-bias, bias)`` per image and channel, and converted back (:func:`hed_jitter`).
+and ``beta ~ U(-bias, bias)`` per image and channel, and converted back (:func:`hed_jitter`), in
+the units Tellez et al.'s code perturbed (see ``RGB_FROM_HED``).
 
 All random choices use stateless ops driven by one ``seed`` tensor per image, so a pipeline that
 passes per-element seeds is reproducible whatever its parallelism. Only graph-safe tf ops are used:
@@ -46,12 +47,16 @@ RANDOM_CROP_AREA = (0.25, 1.0)
 RANDOM_CROP_ASPECT = (3 / 4, 4 / 3)
 
 # Ruifrok & Johnston's stain vectors (Anal. Quant. Cytol. Histol. 23(4):291-299, 2001), rows H, E,
-# DAB, as scikit-image's skimage.color.colorconv.rgb_from_hed (not row-normalised), with its
-# optical-density scale (log(rgb) / log(1e-6)), so that sigma and bias mean what they mean in
-# Tellez et al., who perturbed skimage's rgb2hed output.
+# DAB, as scikit-image's skimage.color.colorconv.rgb_from_hed (not row-normalised). Tellez et al.
+# perturbed the output of scikit-image's rgb2hed (DIAG's digitalpathology HedColorAugmenter calls
+# skimage.color.rgb2hed and hed2rgb), whose densities were -log(rgb + 2) before scikit-image 0.19
+# (2021) and log(max(rgb, 1e-6)) / log(1e-6) since: their HED-light and HED-strong sigma and bias
+# are in the former units, which OD_SHIFT gives. In the newer units the same sigma and bias change
+# an image about twice as much (HED-light on a synthetic H&E image: 27 grey levels on average
+# against 15).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
-_OD_FLOOR = 1e-6
+OD_SHIFT = 2.0
 # The HED draws' key is the element's seed folded with this tag, apart from the other augmentations'
 # keys (stateless_split of the seed), as shard_reader.stream_key keeps each use of the run seed apart.
 _HED_TAG = 4
@@ -179,13 +184,13 @@ def _color_jitter(image, seeds):
 
 
 def rgb_to_hed(rgb):
-    """RGB in [0, 1] (float, [..., 3]) to H, E, DAB optical densities as skimage's rgb2hed, except that
-    negative densities are kept (rgb2hed clips them at 0), so that :func:`hed_to_rgb` inverts it."""
+    """RGB in [0, 1] (float, [..., 3]) to H, E, DAB densities as scikit-image's rgb2hed computed them
+    before version 0.19 (``-log(rgb + 2) @ HED_FROM_RGB``; Tellez et al.'s units)."""
     return _times(_optical_density(rgb), tf.constant(HED_FROM_RGB, rgb.dtype))
 
 
 def hed_to_rgb(hed):
-    """H, E, DAB densities back to RGB clipped to [0, 1] (skimage's hed2rgb)."""
+    """H, E, DAB densities back to RGB clipped to [0, 1] (scikit-image's hed2rgb before 0.19)."""
     return _from_optical_density(_times(hed, tf.constant(RGB_FROM_HED, hed.dtype)))
 
 
@@ -207,11 +212,11 @@ def hed_jitter(rgb, sigma: float, bias: float, key):
 
 
 def _optical_density(rgb):
-    return tf.math.log(tf.maximum(rgb, _OD_FLOOR)) / math.log(_OD_FLOOR)
+    return -tf.math.log(rgb + OD_SHIFT)
 
 
 def _from_optical_density(od):
-    return tf.clip_by_value(tf.exp(od * math.log(_OD_FLOOR)), 0.0, 1.0)
+    return tf.clip_by_value(tf.exp(-od) - OD_SHIFT, 0.0, 1.0)
 
 
 def _times(pixels, matrix):
