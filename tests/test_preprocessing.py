@@ -109,6 +109,22 @@ def test_random_crop_and_colour_jitter(key):
         assert max(np.abs(o - reference).mean() for o in outs) < 0.3
 
 
+def test_random_crops_follow_tf_slim_per_family():
+    """TF-Slim's Inception training distorts colour after its random box (brightness +-32/255,
+    saturation x0.5..1.5), its VGG training does not; random_crop did not for either."""
+    augment = dict(NO_AUG, random_crop=True)
+    flat = np.empty((100, 150, 3), np.uint8)
+    flat[...] = (200, 100, 150)
+    np.testing.assert_allclose(run("vgg", True, flat, augment=augment), run("vgg", False, flat), atol=1e-2)
+    reference = run("inception", False, flat)[0, 0]
+    colours = [run("inception", True, flat, augment=augment, seed=(i, 0))[0, 0] for i in range(8)]
+    assert len({c.round(3).tobytes() for c in colours}) == 8 and not any(np.allclose(c, reference) for c in colours)
+    grey = np.full((100, 150, 3), 128, np.uint8)  # saturation leaves grey alone; brightness shifts it
+    for i in range(8):
+        out = run("inception", True, grey, augment=augment, seed=(i, 0))
+        assert np.ptp(out) < 1e-5 and abs(out.mean() - (128 / 255 - 0.5) * 2) <= 2 * 32 / 255 + 1e-5
+
+
 def test_same_seed_same_output():
     augment = {"random_crop": True, "color_jitter": True}
     a = run("vgg", True, augment=augment, seed=(5, 5))
