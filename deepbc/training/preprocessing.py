@@ -18,8 +18,9 @@ because histology images of 700x460 px are shrunk up to 10x here and plain bilin
 the texture; Inception's random boxes keep at least 25% of the area (TF-Slim: area 5-100% and at
 least 10% of the image covered, so 10%), so that neither family magnifies a training image more
 than 2x (VGG's [S, 2S]; TF-Slim's Inception up to 3.2x), BreakHis' smallest step between
-magnifications (100X to 200X to 400X): magnification carries class information in histopathology. TF-Slim
-flips left-right only, here ``flip`` and ``rotate`` decide (the preprint's 8 symmetries).
+magnifications (100X to 200X to 400X), since magnification carries class information in
+histopathology. TF-Slim flips left-right only; here ``flip`` and ``rotate`` decide (the preprint's
+8 symmetries).
 
 At evaluation the two families see different fields of view (TF-Slim's choice, which their
 ImageNet weights were trained with): ``vgg`` the central square of 87.5% of the shorter side, on a
@@ -29,8 +30,8 @@ of the area, squashed to a square (by 1.5x across on BreakHis).
 Training augmentation (never at evaluation): ``rotate`` (multiples of 90 degrees; 0/180 only when
 the output is not square) and ``flip`` (left-right and up-down) together give all 8 symmetries of
 the square, as in the preprint; ``random_crop`` as above (with Inception's colour distortion);
-``color_jitter``: mild brightness
-(+-0.1), saturation and contrast (x0.8..1.2) and hue (+-0.02) changes, for stain variation;
+``color_jitter``: mild brightness (+-0.1), saturation and contrast (x0.8..1.2) and hue (+-0.02)
+changes, for stain variation;
 ``hed: {sigma, bias}`` (off when null): HED stain augmentation (Tellez et al. 2019, Med. Image
 Anal. 58:101544 and IEEE TMI 37(9):2126): the image is converted to haematoxylin-eosin-DAB
 densities, each channel ``s`` becomes ``alpha * s + beta`` with ``alpha ~ U(1 - sigma, 1 + sigma)``
@@ -72,8 +73,9 @@ SLIM_SATURATION = (0.5, 1.5)
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 OD_SHIFT = 2.0
-# The HED draws' key is the element's seed folded with this tag, apart from the other augmentations'
-# keys (stateless_split of the seed), as shard_reader.stream_key keeps each use of the run seed apart.
+# The HED draws' key (and that of TF-Slim's colour distortion) is the element's seed folded with its
+# tag, apart from the other augmentations' keys (stateless_split of the seed), as
+# shard_reader.stream_key keeps each use of the run seed apart.
 _HED_TAG = 4
 _SLIM_COLOUR_TAG = 5
 
