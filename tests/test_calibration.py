@@ -127,3 +127,19 @@ def test_calibration_table_shows_the_scaled_figures_beside(tmp_path):
     calibration.write_calibration_table(calibration.calibration_table(ms), out_md=tmp_path / "c.md")
     md = (tmp_path / "c.md").read_text()
     assert "| temperature | scaled image ECE |" in md and "never on test" in md
+
+
+def test_the_scaled_figures_say_what_t_was_fitted_on_and_what_was_scaled(tmp_path):
+    """T is fitted on the validation patients that also chose the checkpoint, on image
+    probabilities, and the scaled patient figures are of the mean of scaled image probabilities:
+    the table and the metrics JSON now say so where the scaled figures are."""
+    ms = [real_metrics("benign_vs_malignant", "resnet_small", 0)]
+    test, val = overconfident(60, 3.0, seed=10), overconfident(200, 3.0, seed=20)
+    ms[0]["temperature_scaling"] = metrics.temperature_scaling(test, val, BM, n_boot=0, seed=0, where="p", stream=0)
+    assert ms[0]["temperature_scaling"]["n_validation_patients"] == 20
+    calibration.write_calibration_table(calibration.calibration_table(ms), out_md=tmp_path / "c.md")
+    for text in ((tmp_path / "c.md").read_text(),
+                 metrics.compute_metrics(test, BM, n_boot=0)["conventions"]["temperature_scaling"]):
+        text = " ".join(text.split())
+        assert "the validation patients that also chose the kept checkpoint" in text
+        assert "Scaled patient level: the mean of a patient's temperature-scaled image probabilities" in text

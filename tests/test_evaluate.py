@@ -31,7 +31,7 @@ def test_predicts_every_test_image(model):
     df = inference.predict_shards(model / "model", model / "shards" / "test.json", out)
     assert len(df) == 32 and df["path"].is_unique
     assert list(df.columns) == ["path", "patient", "magnification", "label", "label_index",
-                                "prob_benign", "prob_malignant", "pred", "pred_index"]
+                                "prob_benign", "prob_malignant", "pred", "pred_index", "precision"]
     assert np.allclose(df[["prob_benign", "prob_malignant"]].sum(axis=1), 1.0, atol=1e-5)
     assert (df["pred_index"] == df["label_index"]).mean() > 0.75
     pd.testing.assert_frame_equal(pd.read_parquet(out), df)

@@ -268,7 +268,7 @@ def test_same_seed_same_json_and_strict_json():
 ])
 def test_metrics_file_records_meta_and_grouping(tmp_path, sources, grouping):
     pred = tmp_path / "fold1.parquet"
-    binary_case().to_parquet(pred)
+    binary_case().assign(precision="fp32").to_parquet(pred)  # what the evaluation computed in
     manifest = pd.DataFrame({"path": ["a.png", "b.png"], "patient": ["a", "b"]})
     if sources:
         manifest["patient_source"] = sources
@@ -279,7 +279,7 @@ def test_metrics_file_records_meta_and_grouping(tmp_path, sources, grouping):
     meta = json.loads(out.read_text())["meta"]
     assert meta["task"] == "benign_vs_malignant" and meta["protocol"] == "image"
     assert (meta["arch"], meta["fold"], meta["grouping"]) == ("resnet_small", 1, grouping)
-    assert meta["magnification"] == "all"
+    assert meta["magnification"] == "all" and meta["precision"] == "fp32"
 
 
 @pytest.mark.parametrize("change, message", [

@@ -109,6 +109,22 @@ def test_random_crop_and_colour_jitter(key):
         assert max(np.abs(o - reference).mean() for o in outs) < 0.3
 
 
+def test_random_crops_follow_tf_slim_per_family():
+    """TF-Slim's Inception training distorts colour after its random box (brightness +-32/255,
+    saturation x0.5..1.5), its VGG training does not; random_crop did not for either."""
+    augment = dict(NO_AUG, random_crop=True)
+    flat = np.empty((100, 150, 3), np.uint8)
+    flat[...] = (200, 100, 150)
+    np.testing.assert_allclose(run("vgg", True, flat, augment=augment), run("vgg", False, flat), atol=1e-2)
+    reference = run("inception", False, flat)[0, 0]
+    colours = [run("inception", True, flat, augment=augment, seed=(i, 0))[0, 0] for i in range(8)]
+    assert len({c.round(3).tobytes() for c in colours}) == 8 and not any(np.allclose(c, reference) for c in colours)
+    grey = np.full((100, 150, 3), 128, np.uint8)  # saturation leaves grey alone; brightness shifts it
+    for i in range(8):
+        out = run("inception", True, grey, augment=augment, seed=(i, 0))
+        assert np.ptp(out) < 1e-5 and abs(out.mean() - (128 / 255 - 0.5) * 2) <= 2 * 32 / 255 + 1e-5
+
+
 def test_same_seed_same_output():
     augment = {"random_crop": True, "color_jitter": True}
     a = run("vgg", True, augment=augment, seed=(5, 5))
@@ -163,16 +179,35 @@ HED_LIGHT = {"sigma": 0.05, "bias": 0.05}
 PIXELS = tf.constant(IMAGE[:64, :64] / 255.0, tf.float32)
 
 
+def tellez_hed(rgb, alpha, beta):
+    """Tellez et al.'s HED augmentation of one draw (DIAG's digitalpathology HedColorAugmenter.transform,
+    alpha = 1 + its sigma, beta its bias) with scikit-image's rgb2hed and hed2rgb as they were before
+    0.19, when it was used (separate_stains: -log(rgb + 2) @ hed_from_rgb; combine_stains:
+    exp(-stains @ rgb_from_hed) - 2, within [-1, 1]; the augmenter clips to [0, 1]), in numpy."""
+    stains = (-np.log(rgb.reshape(-1, 3) + 2)) @ np.linalg.inv(RGB_FROM_HED)
+    rgb2 = np.exp(-(stains * alpha + beta) @ RGB_FROM_HED) - 2
+    return np.clip(np.clip(rgb2, -1, 1), 0, 1).reshape(rgb.shape)
+
+
 def test_hed_known_colours():
-    # Values from Ruifrok & Johnston's matrix by hand: rgb2hed(x) = log(x) / log(1e-6) @ inv(RGB_FROM_HED).
+    # By hand, in scikit-image < 0.19's units: rgb2hed(x) = -log(x + 2) @ inv(RGB_FROM_HED).
     np.testing.assert_allclose(rgb_to_hed(tf.constant([200 / 255, 100 / 255, 150 / 255])).numpy(),
-                               [0.0054405, 0.0407137, 0.0414768], atol=1e-6)
-    # The colour of pure haematoxylin (eosin, DAB) at density c has density c in its own channel only.
-    for stain in range(3):
-        colour = np.exp(np.log(1e-6) * 0.08 * RGB_FROM_HED[stain])
-        np.testing.assert_allclose(rgb_to_hed(tf.constant(colour, tf.float32)).numpy(),
-                                   0.08 * np.eye(3)[stain], atol=1e-5)
-    np.testing.assert_allclose(rgb_to_hed(tf.ones([3])).numpy(), 0, atol=1e-7)  # white: no stain
+                               [-1.2931727, 0.4990203, -0.8087801], atol=1e-6)
+    np.testing.assert_allclose(rgb_to_hed(tf.ones([3])).numpy(), [-1.3295047, 0.3882084, -0.9689216], atol=1e-6)
+
+
+def test_hed_jitter_is_tellez_et_als_in_their_units():
+    """The strengths were claimed to be Tellez et al.'s HED-light/strong, but the densities were
+    scikit-image's since 0.19, on which the same sigma and bias change an image about twice as much;
+    now it computes what their augmenter computed, so their settings mean the same here."""
+    pixels = PIXELS.numpy().astype(np.float64)
+    key = tf.constant([3, 4], tf.int64)
+    for sigma, bias in ((0.05, 0.05), (0.2, 0.2)):
+        alpha_key, beta_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2))
+        alpha = tf.random.stateless_uniform([3], alpha_key, 1 - sigma, 1 + sigma).numpy()
+        beta = tf.random.stateless_uniform([3], beta_key, -bias, bias).numpy()
+        np.testing.assert_allclose(hed_jitter(PIXELS, sigma, bias, key).numpy(), tellez_hed(pixels, alpha, beta),
+                                   atol=2e-5)
 
 
 def test_hed_round_trip_and_identity_jitter():

@@ -78,6 +78,15 @@ def test_every_study_training_job_gets_the_networks_size_and_no_demo_value(tmp_p
     assert by_arch["resnet_v1_50"] == {224} and by_arch["inception_v3"] == {299}
 
 
+def test_the_study_trains_with_tf_slims_random_crops():
+    """TF-Slim's training preprocessing crops at random (and distorts Inception's colours); the study
+    trained every network on the evaluation's central crop."""
+    study = validated_config("paper.yaml")
+    for task in study["tasks"]:
+        for arch in study["architectures"]:
+            assert wc.train_settings(study, task, arch)["augment"]["random_crop"] is True, (task, arch)
+
+
 def test_the_demo_still_comes_from_config_yaml_without_configfile(tmp_path):
     out = dry_run(tmp_path, "results/models/cancer_types/resnet_small/fold0/settings.json").stdout
     [(arch, settings)] = trained_settings(out)

@@ -277,6 +277,48 @@ def test_the_state_is_bound_to_seed_and_shards(shard_dir, tmp_path, caplog):
         assert not marker.exists() and said in caplog.text
 
 
+def test_the_state_is_bound_to_the_training_code(shard_dir, tmp_path, caplog, monkeypatch):
+    """A fix to the training code (preprocessing, the reader, ...) resumed a state the old code had
+    saved, silently; now the code's version is an input of the state and is in settings.json.
+    Comments, docstrings, the export and files outside what training runs leave it as it is."""
+    import shutil
+
+    from deepbc.training import code_version
+
+    package = tmp_path / "deepbc"
+    shutil.copytree(code_version.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_version.code_version(package)
+
+    def edited(rel, change):
+        path = package / rel
+        path.write_text(change(path.read_text()))
+        return code_version.code_version(package)
+
+    def docstring(text):
+        return text.replace('"""', '"""Reworded. ', 1)
+
+    assert edited("training/preprocessing.py", docstring) == before
+    assert edited("training/preprocessing.py", lambda t: t + "\n# a comment\n\n") == before
+    assert edited("training/export.py", lambda t: t + "\nX = 1\n") == before
+    assert edited("evaluation/metrics.py", lambda t: t + "\nX = 1\n") == before
+    fixed = edited("training/preprocessing.py", lambda t: t + "\nX = 1\n")
+    assert fixed["source_sha256"] != before["source_sha256"] and fixed["package"] == before["package"]
+    assert edited("shards/reader.py", lambda t: t + "\nX = 1\n") != fixed
+
+    inputs = train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None, "fp32")
+    assert inputs["code"] == code_version.code_version()
+    state = tmp_path / "state"
+    train._bind_state(state, inputs)
+    (state / "state.ckpt-4.index").write_text("a state saved by the old code")
+    monkeypatch.setattr(train, "code_version", lambda: fixed)
+    caplog.set_level(logging.INFO, logger="deepbc.training.train")
+    train._bind_state(state, train.training_inputs(*trainkit.indexes(shard_dir), "resnet_small", SHORT, 1, None,
+                                                   "fp32"))
+    assert not (state / "state.ckpt-4.index").exists()
+    assert (f"training code {code_version.describe(inputs['code'])} -> {code_version.describe(fixed)}"
+            in caplog.text)
+
+
 @pytest.fixture(scope="module")
 def imagenet_checkpoint(tmp_path_factory):
     """An "ImageNet" checkpoint of the small network, 1000 classes, saved by the test itself."""
@@ -379,6 +421,17 @@ def test_each_stage_counts_its_patience_against_its_own_best():
         for r in history[:k]:
             resumed.update(r)
         assert [resumed.update(r) for r in history[k:]] == decisions[k:]
+
+
+def test_keeping_the_last_weights_stops_early_on_the_validation_loss():
+    """keep_best_by: last scored each evaluation by its step, so every one was an improvement and
+    early stopping never stopped; the patience now counts on the validation loss."""
+    stages = [{"name": "logits", "steps": 10}, {"name": "all_layers", "steps": 4}]
+    history = rows([1.0, 0.9, None, 0.95, 0.97, 0.96, 0.8, 0.85, None])
+    plan = train._Stages(stages, "last", patience=2)
+    assert [plan.update(r)[1] for r in history] == [False] * 4 + [True] + [False] * 4
+    assert plan.finished
+    assert train._best_step(history, "last") == 9  # the kept weights stay the last
 
 
 @pytest.mark.slow
@@ -497,25 +550,26 @@ def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpo
         shard_dir, tmp_path, monkeypatch, caplog):
     """On a CPU with bfloat16 instructions (pretended where this one has none: oneDNN's rewrite then
     still runs, emulated), ``mixed`` trains in bfloat16, says so, and keeps float32 weights."""
-    from deepbc.training import precision
+    from deepbc.training import code_version, precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     caplog.set_level(logging.INFO, logger="deepbc")
     out = tmp_path / "model"
     summary = train.train(*trainkit.indexes(shard_dir), out, tmp_path / "state", "resnet_small", dataclasses.replace(TINY, precision="mixed"), seed=1)
     assert summary["precision"] == summary["device"]["precision"] == "bf16"
+    assert summary["code_version"] == code_version.code_version()  # and what trained it
     assert json.loads((out / "settings.json").read_text())["precision"] == "bf16"
     assert "precision: bf16 (CPU with avx512_bf16: oneDNN's bfloat16 rewrite)" in caplog.text
     dtypes = checkpoint_dtypes(out / "model.ckpt")
     assert dtypes and set(dtypes.values()) == {tf.float32}
 
 
-def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_follows(
+def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_stays_float32(
         shard_dir, tmp_path, monkeypatch, caplog):
     """Where the graph computes in float16 (a GPU of compute capability >= 7.0), the optimizer scales
     the loss dynamically and the scale is logged and in training.csv. Without such a GPU the float16
     rewrite itself cannot run (Grappler skips it on a CPU), but the loss scaling, its variable and
-    the reading of it can: that is what runs here. Evaluation builds its session in the model's precision."""
+    the reading of it can: that is what runs here. Evaluation computes in float32 all the same."""
     from deepbc.training import precision
 
     monkeypatch.setattr(precision, "for_this_machine", lambda requested: precision.resolve(requested, (8, 0)))
@@ -534,7 +588,40 @@ def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_follows
     monkeypatch.setattr(precision, "apply_to_config", lambda config, p, xla=False: (
         used.append(p.name), apply_to_config(config, p, xla)))
     inference.predict_shards(out, shard_dir / "test.json", tmp_path / "p.parquet", threads=1)
-    assert used == ["fp16"]
+    assert used == ["fp32"]
+
+
+@pytest.mark.slow
+def test_a_bfloat16_trained_model_is_evaluated_in_float32_as_its_export_serves_it(shard_dir, tmp_path, monkeypatch):
+    """Evaluation computed in the model's precision resolved where it ran (bfloat16 on this kind of
+    CPU), the SavedModel in float32: the export did not reproduce the evaluation it claims to, and
+    the same model's test probabilities depended on the evaluating machine. Both now compute in
+    float32, and the predictions and the export say so."""
+    from deepbc.shards import reader as shard_reader
+    from deepbc.training import export, precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    model = tmp_path / "model"
+    # Trained enough for bfloat16 to move its probabilities (by up to 0.011 here, in the old evaluation).
+    summary = train.train(*trainkit.indexes(shard_dir), model, tmp_path / "state", "resnet_small",
+                          dataclasses.replace(TINY, precision="mixed", max_number_of_steps=12, batch_size=16),
+                          seed=1, threads=1)
+    assert summary["precision"] == "bf16"
+    evaluated = inference.predict_shards(model, shard_dir / "test.json", tmp_path / "p.parquet", threads=1)
+    assert set(pd.read_parquet(tmp_path / "p.parquet")["precision"]) == {"fp32"}
+    export.export_saved_model(model, tmp_path / "export", threads=1)
+    assert export.load_info(tmp_path / "export")["precision"] == "fp32"
+    names, encoded = [], []
+    for record, _ in shard_reader.member_records(shard_dir / "test.json"):
+        example = tf.train.Example.FromString(record.numpy())
+        names.append(example.features.feature["image/filename"].bytes_list.value[0].decode())
+        encoded.append(example.features.feature["image/encoded"].bytes_list.value[0])
+    serve = tf.saved_model.load(str(tmp_path / "export")).signatures[export.SIGNATURE]
+    served = pd.DataFrame(serve(images=tf.constant(encoded))["probabilities"].numpy(),
+                          columns=["prob_benign", "prob_malignant"]).assign(path=names)
+    both = evaluated.merge(served, on="path", suffixes=("", "_served"))
+    assert len(both) == len(evaluated) == 32
+    np.testing.assert_allclose(both["prob_malignant_served"], both["prob_malignant"], atol=1e-5)
 
 
 def test_the_state_is_bound_to_the_precision_computed_in(shard_dir):

@@ -23,7 +23,8 @@ def run_predictions(model_dir, build_inputs, total: int, batch_size: int, thread
     ``build_inputs`` returns a dataset of (images, metadata dict); yields (probabilities, metadata).
     ``more_outputs(images, logits, end_points) -> dict of tensors``: run with each batch too, and
     added to its metadata (deepbc.evaluation.gradcam's maps). The session is built as training builds it
-    (threads, and the precision the model was trained with, resolved on this machine).
+    (threads), but computes in float32 whatever the model was trained in (``precision.INFERENCE``), as
+    the SavedModel export does.
     """
     import tensorflow as tf
 
@@ -42,8 +43,7 @@ def run_predictions(model_dir, build_inputs, total: int, batch_size: int, thread
         if more_outputs:
             meta = {**meta, **more_outputs(images, logits, end_points)}
         saver = tf.compat.v1.train.Saver(var_list=model_folder.model_variables(tf, spec))
-        config = model_folder.session_config(
-            tf, threads, precision.for_this_machine(model_folder.requested_precision(settings)))
+        config = model_folder.session_config(tf, threads, precision.INFERENCE)
         progress = Progress(total, "predicting", "images")
         with tf.compat.v1.Session(graph=graph, config=config) as sess:
             saver.restore(sess, model_folder.checkpoint_prefix(model_dir))
@@ -71,8 +71,9 @@ def frame(chunks, class_names) -> pd.DataFrame:
 
 def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threads: int = 0) -> pd.DataFrame:
     """Predict every image of a split (test, or validation for temperature scaling) and write the
-    predictions parquet."""
+    predictions parquet; its ``precision`` column says what the probabilities were computed in."""
     from deepbc.shards import reader as shard_reader
+    from deepbc.training import precision
 
     index = json.loads(Path(shard_index).read_text())
     class_names = model_folder.load_settings(model_dir)["class_names"]
@@ -86,11 +87,12 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
         return ds.map(lambda images, labels, meta: (images, {**meta, "label_index": labels}))
 
     columns = ["path", "patient", "magnification", "label", "label_index",
-               *[f"prob_{c}" for c in class_names], "pred", "pred_index"]
+               *[f"prob_{c}" for c in class_names], "pred", "pred_index", "precision"]
     chunks = list(run_predictions(model_dir, inputs, index["count"], batch_size, threads))
     df = frame(chunks, class_names).rename(columns={"filename": "path"})
     df["label_index"] = df["label_index"].astype("int64")
     df["label"] = [class_names[i] for i in df["label_index"]]
+    df["precision"] = precision.INFERENCE.name
     df = df[columns]
     df = df.sort_values("path", kind="stable").reset_index(drop=True)
     atomic.write_parquet(out_path, df)

@@ -55,8 +55,13 @@ Conventions (also written into every metrics JSON under ``conventions``):
   fitted on that fold's validation images only (never on test) by minimising their negative
   log-likelihood; the test probabilities become softmax(log p / T) (the image predictions do not
   change; a patient's mean probability can). Its image and patient blocks hold the accuracy, ECE
-  and Brier score of the scaled test probabilities, with CIs and draws of the calibration figures.
-  No validation images: no temperature (null).
+  and Brier score of the scaled test probabilities, with CIs and draws of the calibration figures;
+  its patient block is of the mean of each patient's scaled image probabilities (T is fitted on
+  images, no temperature at patient level). No validation images: no temperature (null). Caveat
+  (``TEMPERATURE_CAVEAT``, printed wherever the scaled figures are): the validation patients T is
+  fitted on also chose the kept checkpoint and stopped training early. A split of them (half choose,
+  half calibrate) would remove that, at the price of choosing on half; with the few validation
+  patients of a fold (2 to 5 in the demo, about 13 on BreakHis) the caveat is the lesser harm.
 - Grouping (``meta.grouping``): ``patient`` when the dataset maps images to patients (BreakHis, or a
   folder dataset with a patients CSV), ``image`` when each image is its own group (a folder dataset
   without one; manifest column ``patient_source``). An ``image``-grouped run is never called
@@ -96,6 +101,13 @@ _PROB_SUM_TOLERANCE = 1e-2
 # patient-wise.
 GROUPING_LABELS = {"patient": "patient-wise", "image": "image-grouped (no patient mapping)"}
 
+TEMPERATURE_CAVEAT = (
+    "Caveat: T is fitted on the validation patients that also chose the kept checkpoint "
+    "(keep_best_by) and stopped training early, on which the kept model looks better than on new "
+    "patients; so T is not independent of the model choice (it tends to soften too little), and the "
+    "scaled figures are not those of an independent calibration set. Scaled patient level: the mean of "
+    "a patient's temperature-scaled image probabilities (T is fitted on images; none at patient level).")
+
 CONVENTIONS = {
     "patient_unit": "one unit per (patient, true class); a patient with images of several classes "
                     "counts once per class",
@@ -120,7 +132,7 @@ CONVENTIONS = {
     "by_magnification": "the image and patient (mean probability) blocks of each magnification's "
                         "test images, bootstrap over their patients",
     "temperature_scaling": "T fitted on the fold's validation images (negative log-likelihood), "
-                           "test probabilities softmax(log p / T)",
+                           "test probabilities softmax(log p / T). " + TEMPERATURE_CAVEAT,
 }
 
 
@@ -280,7 +292,8 @@ def temperature_scaling(test_df: pd.DataFrame, val_df: pd.DataFrame, classes: li
     scaled["pred"] = [classes[i] for i in scaled[cols].to_numpy().argmax(axis=1)]
     scaled = scaled.drop(columns=[c for c in ("pred_index",) if c in scaled.columns])
     result = compute_metrics(scaled, classes, n_boot=0, where=where)
-    out = {"temperature": temperature, "n_validation_images": int(len(val_df))}
+    out = {"temperature": temperature, "n_validation_images": int(len(val_df)),
+           "n_validation_patients": int(val_df["patient"].nunique())}
     y, pred, prob, codes, patients = _validated(scaled, classes, where)
     units = _patient_units(y, pred, prob, codes, len(classes))
     draws = (draw_patients(np.random.default_rng([seed, stream]), len(patients), n_boot)
@@ -310,7 +323,8 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
     on, or all) lets the tables group files without parsing paths; ``grouping`` comes from the
     test dataset's ``manifest`` (see ``grouping_of``); ``test_dataset`` names an external test
     dataset (None: held-out folds of the task's dataset). ``validation_predictions`` (the same
-    model's validation split) adds ``temperature_scaling``.
+    model's validation split) adds ``temperature_scaling``. ``precision`` is what the probabilities
+    were computed in (the predictions' ``precision`` column; None in predictions written before it).
     """
     try:
         df = pd.read_parquet(predictions)
@@ -339,6 +353,8 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
     result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
                       "test_dataset": test_dataset or None, "arch": arch, "fold": int(fold),
                       "magnification": magnification,
+                      "precision": (",".join(sorted(set(df["precision"]))) if "precision" in df.columns
+                                    else None),
                       "predictions": str(predictions)}
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]

@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 
 from deepbc.jobs import atomic
 from deepbc.results.figures import PROTOCOL_STYLE, _external, _level_title, load_task_predictions
-from deepbc.evaluation.metrics import CALIBRATION_METRICS, ECE_BINS, confidence_bin, grouping_of, prob_column
+from deepbc.evaluation.metrics import (CALIBRATION_METRICS, ECE_BINS, TEMPERATURE_CAVEAT, confidence_bin, grouping_of,
+                                       prob_column)
 from deepbc.results.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, _aggregate, _cell, _fmt, fold_frame,
                            load_metrics, protocol_label, write_formats)
 
@@ -27,7 +28,7 @@ TEMPERATURE_NOTE = (
     "Scaled: after temperature scaling (Guo et al. 2017), one temperature T per model fitted on "
     "its fold's validation images only (minimum negative log-likelihood; never on test), test "
     "probabilities softmax(log p / T). T > 1 softens over-confident probabilities. The image "
-    "predictions, and so image accuracy, do not change; a patient's mean probability can.")
+    "predictions, and so image accuracy, do not change; a patient's mean probability can. " + TEMPERATURE_CAVEAT)
 CALIBRATION_NOTE = (
     f"ECE: expected calibration error, {ECE_BINS} equal-width bins of the confidence (the highest "
     "class probability); the sum over bins of the bin's share of units times |accuracy - mean "

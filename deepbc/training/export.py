@@ -9,8 +9,9 @@ A model trained on stain-normalised shards (settings.json's ``stain``) has the n
 inside, with its fitted parameters, as TensorFlow ops (``deepbc.shards.stain.normalize_tf``), after a full
 decode, then stored as the shards stored it (``deepbc.shards.records.as_stored_tf``: JPEG shards re-encoded
 and decoded at the reader's scale), as predict_folder does it.
-The graph computes in float32 whatever precision the model was trained in (the kept variables are
-float32). ``export.json`` beside ``saved_model.pb`` records the class names and input size.
+The graph computes in float32 whatever precision the model was trained in, as evaluation does
+(``precision.INFERENCE``), so it reproduces the evaluation's probabilities. ``export.json`` beside
+``saved_model.pb`` records the class names, input size and that precision.
 """
 
 import json
@@ -47,7 +48,7 @@ def export_saved_model(model_dir, out_dir, threads: int = 0) -> Path:
     import tensorflow as tf
 
     from deepbc.shards import records, stain
-    from deepbc.training import nets, preprocessing
+    from deepbc.training import nets, precision, preprocessing
 
     settings = model_folder.load_settings(model_dir)
     arch, image_size, class_names = settings["arch"], settings["image_size"], settings["class_names"]
@@ -87,9 +88,8 @@ def export_saved_model(model_dir, out_dir, threads: int = 0) -> Path:
                 inputs={"images": info(encoded)},
                 outputs={"probabilities": info(probs), "class_names": info(names)},
                 method_name=tf.compat.v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
-            config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
-                                              inter_op_parallelism_threads=threads)
-            with tf.compat.v1.Session(graph=graph, config=config) as sess:
+            with tf.compat.v1.Session(graph=graph, config=model_folder.session_config(
+                    tf, threads, precision.INFERENCE)) as sess:
                 saver.restore(sess, model_folder.checkpoint_prefix(model_dir))
                 builder = tf.compat.v1.saved_model.Builder(str(staging / "model"))
                 builder.add_meta_graph_and_variables(
@@ -98,7 +98,8 @@ def export_saved_model(model_dir, out_dir, threads: int = 0) -> Path:
                 builder.save()
         atomic.write_json(staging / "model" / INFO_FILE, {
             "arch": arch, "class_names": class_names, "image_size": image_size, "stain": settings.get("stain"),
-            "signature": SIGNATURE, "input": "images", "outputs": ["probabilities", "class_names"]})
+            "precision": precision.INFERENCE.name, "signature": SIGNATURE, "input": "images",
+            "outputs": ["probabilities", "class_names"]})
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging / "model", out_dir)

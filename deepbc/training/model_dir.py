@@ -42,12 +42,6 @@ def load_settings(model_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def requested_precision(summary: dict) -> str:
-    """The precision setting a model was trained with; models published before the setting existed
-    were trained in float32."""
-    return summary["settings"].get("precision", "fp32")
-
-
 def model_variables(tf, spec) -> list:
     """The network's variables (those under its scope): what the kept checkpoint holds, without the
     optimizer's slots, the global step or a loss scale."""

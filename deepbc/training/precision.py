@@ -11,6 +11,8 @@
 - elsewhere ``fp32``, with one log line saying why.
 
 Either rewrite changes the compute graph only: variables, and so every checkpoint, stay float32.
+That is training's precision (its validation included). Everything that runs a kept model
+(evaluation, Grad-CAM, predict_folder, the SavedModel export) computes in float32 (``INFERENCE``).
 """
 
 import logging
@@ -34,6 +36,13 @@ class Precision:
     @property
     def loss_scaling(self) -> bool:
         return self.name == "fp16"
+
+
+# Inference computes in float32 whatever the model was trained in: ``mixed`` resolved where a model
+# is evaluated would make its test probabilities depend on that machine (a bfloat16 CPU moved them
+# by up to 0.008 and flipped a demo prediction), and the SavedModel, served anywhere, computes in
+# float32; the kept weights are float32 anyway.
+INFERENCE = Precision("fp32", "inference computes in float32, whatever the training computed in")
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:

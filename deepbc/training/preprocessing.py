@@ -4,25 +4,39 @@ Modelled on research/slim/preprocessing/{vgg,inception}_preprocessing.py of tens
 (Apache License 2.0), at a configurable output size:
 
 - ``vgg`` (ResNet V1, VGG): aspect-preserving resize of the shorter side to ``S = size * 256/224``,
-  central crop ``size x size`` (training with ``random_crop``: shorter side uniform in [S, 2S] and a
-  random crop, TF-Slim's 256..512 for 224), then ImageNet channel means subtracted (0..255 scale).
+  central crop ``size x size``, then ImageNet channel means subtracted (0..255 scale). Training with
+  ``random_crop``, TF-Slim's ``preprocess_for_train``: shorter side uniform in [S, 2S] (TF-Slim's
+  256..512 for 224) and a random crop.
 - ``inception`` (Inception, ResNet V2): central crop of 87.5% of each side (76.6% of the area) and
-  resize (training with ``random_crop``: a random box of 25-100% of the area, aspect 3/4..4/3,
-  resized), scaled to [-1, 1].
+  resize, scaled to [-1, 1]. Training with ``random_crop``, TF-Slim's ``preprocess_for_train``: a
+  random box (``sample_distorted_bounding_box``, aspect 3/4..4/3) resized to the output, then
+  TF-Slim's colour distortion (``distort_color``, fast mode: brightness +-32/255 and saturation
+  x0.5..1.5, brightness first in one case of four, saturation first in the others, clipped).
 
 Differences from TF-Slim, on purpose: resizing is antialiased (area averaging when shrinking),
 because histology images of 700x460 px are shrunk up to 10x here and plain bilinear would alias
-the texture; random crops keep at least 25% of the area (TF-Slim: 5%) because magnification
-carries class information in histopathology.
+the texture; Inception's random boxes keep at least 25% of the area (TF-Slim: area 5-100% and at
+least 10% of the image covered, so 10%), so that neither family magnifies a training image more
+than 2x (VGG's [S, 2S]; TF-Slim's Inception up to 3.2x), BreakHis' smallest step between
+magnifications (100X to 200X to 400X), since magnification carries class information in
+histopathology. TF-Slim flips left-right only; here ``flip`` and ``rotate`` decide (the preprint's
+8 symmetries).
+
+At evaluation the two families see different fields of view (TF-Slim's choice, which their
+ImageNet weights were trained with): ``vgg`` the central square of 87.5% of the shorter side, on a
+700x460 BreakHis image 50% of its area at its aspect ratio; ``inception`` 87.5% of each side, 77%
+of the area, squashed to a square (by 1.5x across on BreakHis).
 
 Training augmentation (never at evaluation): ``rotate`` (multiples of 90 degrees; 0/180 only when
 the output is not square) and ``flip`` (left-right and up-down) together give all 8 symmetries of
-the square, as in the preprint; ``random_crop`` as above; ``color_jitter``: mild brightness
-(+-0.1), saturation and contrast (x0.8..1.2) and hue (+-0.02) changes, for stain variation;
+the square, as in the preprint; ``random_crop`` as above (with Inception's colour distortion);
+``color_jitter``: mild brightness (+-0.1), saturation and contrast (x0.8..1.2) and hue (+-0.02)
+changes, for stain variation;
 ``hed: {sigma, bias}`` (off when null): HED stain augmentation (Tellez et al. 2019, Med. Image
-Anal. 58:101544 and IEEE TMI 37(9):2126): the image is converted to haematoxylin-eosin-DAB optical
+Anal. 58:101544 and IEEE TMI 37(9):2126): the image is converted to haematoxylin-eosin-DAB
 densities, each channel ``s`` becomes ``alpha * s + beta`` with ``alpha ~ U(1 - sigma, 1 + sigma)``
-and ``beta ~ U(-bias, bias)`` per image and channel, and converted back (:func:`hed_jitter`).
+and ``beta ~ U(-bias, bias)`` per image and channel, and converted back (:func:`hed_jitter`), in
+the units Tellez et al.'s code perturbed (see ``RGB_FROM_HED``).
 
 All random choices use stateless ops driven by one ``seed`` tensor per image, so a pipeline that
 passes per-element seeds is reproducible whatever its parallelism. Only graph-safe tf ops are used:
@@ -44,17 +58,26 @@ VGG_MEANS = (123.68, 116.78, 103.94)
 INCEPTION_CENTRAL_FRACTION = 0.875
 RANDOM_CROP_AREA = (0.25, 1.0)
 RANDOM_CROP_ASPECT = (3 / 4, 4 / 3)
+# TF-Slim's distort_color in fast mode (inception_preprocessing.py).
+SLIM_BRIGHTNESS_DELTA = 32 / 255
+SLIM_SATURATION = (0.5, 1.5)
 
 # Ruifrok & Johnston's stain vectors (Anal. Quant. Cytol. Histol. 23(4):291-299, 2001), rows H, E,
-# DAB, as scikit-image's skimage.color.colorconv.rgb_from_hed (not row-normalised), with its
-# optical-density scale (log(rgb) / log(1e-6)), so that sigma and bias mean what they mean in
-# Tellez et al., who perturbed skimage's rgb2hed output.
+# DAB, as scikit-image's skimage.color.colorconv.rgb_from_hed (not row-normalised). Tellez et al.
+# perturbed the output of scikit-image's rgb2hed (DIAG's digitalpathology HedColorAugmenter calls
+# skimage.color.rgb2hed and hed2rgb), whose densities were -log(rgb + 2) before scikit-image 0.19
+# (2021) and log(max(rgb, 1e-6)) / log(1e-6) since: their HED-light and HED-strong sigma and bias
+# are in the former units, which OD_SHIFT gives. In the newer units the same sigma and bias change
+# an image about twice as much (HED-light on a synthetic H&E image: 27 grey levels on average
+# against 15).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
-_OD_FLOOR = 1e-6
-# The HED draws' key is the element's seed folded with this tag, apart from the other augmentations'
-# keys (stateless_split of the seed), as shard_reader.stream_key keeps each use of the run seed apart.
+OD_SHIFT = 2.0
+# The HED draws' key (and that of TF-Slim's colour distortion) is the element's seed folded with its
+# tag, apart from the other augmentations' keys (stateless_split of the seed), as
+# shard_reader.stream_key keeps each use of the run seed apart.
 _HED_TAG = 4
+_SLIM_COLOUR_TAG = 5
 
 
 def get_preprocessing(name: str, is_training: bool, augment=None):
@@ -92,6 +115,8 @@ def get_preprocessing(name: str, is_training: bool, augment=None):
             crop = _vgg_crop if name == "vgg" else _inception_crop
             # Cropping and resizing the uint8 image first: one pass over the full-size pixels.
             image = crop(image, height, width, random_crop, seeds) / 255.0
+            if random_crop and name == "inception":
+                image = _slim_distort_colour(image, tf.random.experimental.stateless_fold_in(seed, _SLIM_COLOUR_TAG))
             if aug and aug.flip:
                 image = tf.image.stateless_random_flip_left_right(image, next(seeds))
                 image = tf.image.stateless_random_flip_up_down(image, next(seeds))
@@ -162,6 +187,22 @@ def _inception_crop(image, height, width, random_crop, seeds):
     return _resize(image, [height, width])
 
 
+def _slim_distort_colour(image, key):
+    """TF-Slim's Inception colour distortion of a float image in [0, 1] (fast mode), drawn from ``key``."""
+    order, brightness, saturation = tf.unstack(tf.random.experimental.stateless_split(key, num=3))
+
+    def bright(x):
+        return tf.image.stateless_random_brightness(x, SLIM_BRIGHTNESS_DELTA, brightness)
+
+    def saturate(x):
+        return tf.image.stateless_random_saturation(x, *SLIM_SATURATION, saturation)
+
+    # TF-Slim picks one of four orderings; in fast mode the first puts brightness first, the rest saturation.
+    brightness_first = tf.equal(tf.random.stateless_uniform([], order, 0, 4, dtype=tf.int32), 0)
+    image = tf.cond(brightness_first, lambda: saturate(bright(image)), lambda: bright(saturate(image)))
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
 def _random_rot90(image, square: bool, seed):
     if square:
         k = tf.random.stateless_uniform([], seed, 0, 4, dtype=tf.int32)
@@ -179,13 +220,13 @@ def _color_jitter(image, seeds):
 
 
 def rgb_to_hed(rgb):
-    """RGB in [0, 1] (float, [..., 3]) to H, E, DAB optical densities as skimage's rgb2hed, except that
-    negative densities are kept (rgb2hed clips them at 0), so that :func:`hed_to_rgb` inverts it."""
+    """RGB in [0, 1] (float, [..., 3]) to H, E, DAB densities as scikit-image's rgb2hed computed them
+    before version 0.19 (``-log(rgb + 2) @ HED_FROM_RGB``; Tellez et al.'s units)."""
     return _times(_optical_density(rgb), tf.constant(HED_FROM_RGB, rgb.dtype))
 
 
 def hed_to_rgb(hed):
-    """H, E, DAB densities back to RGB clipped to [0, 1] (skimage's hed2rgb)."""
+    """H, E, DAB densities back to RGB clipped to [0, 1] (scikit-image's hed2rgb before 0.19)."""
     return _from_optical_density(_times(hed, tf.constant(RGB_FROM_HED, hed.dtype)))
 
 
@@ -207,11 +248,11 @@ def hed_jitter(rgb, sigma: float, bias: float, key):
 
 
 def _optical_density(rgb):
-    return tf.math.log(tf.maximum(rgb, _OD_FLOOR)) / math.log(_OD_FLOOR)
+    return -tf.math.log(rgb + OD_SHIFT)
 
 
 def _from_optical_density(od):
-    return tf.clip_by_value(tf.exp(od * math.log(_OD_FLOOR)), 0.0, 1.0)
+    return tf.clip_by_value(tf.exp(-od) - OD_SHIFT, 0.0, 1.0)
 
 
 def _times(pixels, matrix):

@@ -47,6 +47,8 @@ from deepbc.shards.reader import read_index
 from deepbc.training import graph as train_graph
 from deepbc.training import model_dir
 from deepbc.training import precision as precision_mod
+from deepbc.training.code_version import code_version
+from deepbc.training.code_version import describe as describe_code
 from deepbc.training.model_dir import MODEL_PREFIX
 from deepbc.training.model_dir import write_history as _write_history
 from deepbc.training.settings import TrainSettings, as_dict
@@ -79,8 +81,11 @@ def training_inputs(train_json, val_json, arch: str, settings: TrainSettings, se
                     precision: str) -> dict:
     """Everything that determines the trained model, by component (compared one by one on resume).
     ``precision`` is what the graph computes in here (fp32, bf16, fp16): the same ``precision:
-    mixed`` computes differently on another machine, so a state moved there is not resumed."""
+    mixed`` computes differently on another machine, so a state moved there is not resumed.
+    ``code``: the version of the training code (deepbc.training.code_version), so a state saved
+    before a fix to it is not resumed by the fixed code."""
     return {
+        "code": code_version(),
         "arch": arch,
         "seed": int(seed),
         "precision": precision,
@@ -136,6 +141,8 @@ def _describe_changes(old: dict, new: dict) -> str:
                         for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif key in ("arch", "seed", "precision"):
             changes.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+        elif key == "code":
+            changes.append(f"training code {describe_code(old.get(key))} -> {describe_code(new.get(key))}")
         else:
             changes.append(key.replace("_", " "))
     return ", ".join(changes)
@@ -183,6 +190,8 @@ class _Stages:
     A stage ends after its steps, or when ``patience`` evaluations in it brought no improvement on
     the best score of that stage (early stopping); the next stage then starts from the current
     (last) weights, as TF-Slim's two-stage recipe does. The kept weights are the best of the run.
+    With ``keep_best_by: last`` the patience counts on the validation loss (the last step has no
+    score to improve on: by it, every evaluation would be an improvement and no stage would stop).
     """
 
     def __init__(self, stages: list[dict], keep_best_by: str, patience: int):
@@ -211,8 +220,9 @@ class _Stages:
             score = _score(row, self.keep_best_by)
             if self.best is None or score < self.best:
                 self.best, improved = score, True
-            if self.stage_best is None or score < self.stage_best:
-                self.stage_best, self.evals_since_best = score, 0
+            stage_score = _score(row, "val_loss") if self.keep_best_by == "last" else score
+            if self.stage_best is None or stage_score < self.stage_best:
+                self.stage_best, self.evals_since_best = stage_score, 0
             else:
                 self.evals_since_best += 1
         done = row["step"] - self.start >= self.current["steps"]
@@ -283,7 +293,7 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: TrainSe
                "steps": history[-1]["step"], "stages": stages, "kept": settings.keep_best_by,
                "best_step": _best_step(history, settings.keep_best_by),
                "train_images": train_index["count"], "val_images": val_index["count"],
-               "tensorflow": tf.__version__,
+               "tensorflow": tf.__version__, "code_version": inputs["code"],
                # What actually ran the job: a GPU job on the CPU would otherwise go unnoticed.
                "device": gpu.describe_device(threads, precision.name),
                "precision": precision.name,
