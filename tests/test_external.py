@@ -19,6 +19,7 @@ from deepbc.shards import reader as shard_reader
 from deepbc.shards import records
 from deepbc.shards import writer as shard_writer
 from deepbc.workflow import config as workflow_config
+from tests import trainkit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,10 +97,12 @@ def test_splits_file_needs_the_test_manifest_exactly_for_external_tasks(tmp_path
     _manifest("H", 10).to_parquet(tmp_path / "home.parquet")
     _manifest("X", 3).to_parquet(tmp_path / "x.parquet")
     out = tmp_path / "splits.parquet"
-    sp.build_splits_file(tmp_path / "home.parquet", TASK, "patient", 2, 0.25, 0, True, out, tmp_path / "x.parquet")
+    settings = trainkit.split_settings(k=2, val_fraction=0.25)
+    sp.build_splits_file(tmp_path / "home.parquet", TASK, "patient", settings, 0, out,
+                         test_manifest_path=tmp_path / "x.parquet")
     assert (pd.read_parquet(out)["split"] == "test").sum() == 2 * 6
     with pytest.raises(UserError, match="test_dataset 'site_b'"):
-        sp.build_splits_file(tmp_path / "home.parquet", TASK, "patient", 2, 0.25, 0, True, out)
+        sp.build_splits_file(tmp_path / "home.parquet", TASK, "patient", settings, 0, out)
 
 
 def test_shards_read_each_row_under_its_dataset_root(tmp_path):

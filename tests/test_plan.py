@@ -12,7 +12,8 @@ def test_the_demo_plan():
     assert (run.task, run.protocol, run.dataset, run.external) == ("benign_vs_malignant", "image", "breakhis", False)
     assert run.manifest == run.test_manifest == "results/manifest/breakhis.parquet"
     assert run.store == "results/encoded/breakhis/store.json" and run.classes == ("benign", "malignant")
-    assert demo.folds == [0] and demo.archs == ["resnet_small"] and demo.datasets == ["breakhis", "tma"]
+    assert {r.folds for r in demo.runs.values()} == {(0,)}
+    assert demo.archs == ["resnet_small"] and demo.datasets == ["breakhis", "tma"]
     assert demo.models() == [f"results/models/{r}/resnet_small/fold0/settings.json" for r in demo.runs]
     assert len(demo.shards()) == 5 * 3
     tables = demo.tables()
@@ -27,9 +28,12 @@ def test_the_demo_plan():
 
 def test_the_paper_plan():
     paper = plan.Plan(validated_config("paper.yaml"))
-    assert len(paper.runs) == 12 and paper.folds == [0, 1, 2, 3, 4] and len(paper.archs) == 7
+    assert len(paper.runs) == 12 and len(paper.archs) == 7
+    assert {r.folds for r in paper.runs.values()} == {(0, 1, 2, 3, 4)}
     assert len(paper.models()) == 12 * 7 * 5 == 420
-    assert len(paper.exports()) == 420 and len(paper.split_tables()) == 12
+    # Each run's splits parquet and its audit (JSON, CSV, Markdown).
+    assert len(paper.exports()) == 420 and len(paper.split_tables()) == 12 * 4
+    assert "results/splits/benign_subtypes.audit.md" in paper.split_tables()
     assert paper.runs["benign_vs_malignant_40X"].magnification == "40X"
 
 

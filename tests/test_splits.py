@@ -196,12 +196,17 @@ def test_make_splits_script(tmp_path):
     task_json = json.dumps(CONFIG["task_definitions"]["benign_vs_malignant"])
     args = ["--manifest", manifest, "--task", "benign_vs_malignant", "--task-json", task_json, "--protocol",
             "patient", "--splits-json", json.dumps({"k": 3, "val_fraction": 0.25}), "--seed", "1"]
-    trainkit.run_script("make_splits", *args, "--out", out, "--log", tmp_path / "log", check=True)
+    audit = [f"--audit-{ext}" for ext in ("json", "csv", "md")]
+    audit = [a for ext, flag in zip(("json", "csv", "md"), audit) for a in (flag, tmp_path / f"audit.{ext}")]
+    trainkit.run_script("make_splits", *args, "--out", out, *audit, "--log", tmp_path / "log", check=True)
     splits = pd.read_parquet(out)
     assert list(splits.columns) == sp.COLUMNS and len(splits) == 3 * 48
     sp.assert_patient_safe(splits)
-    bad = trainkit.run_script("make_splits", *args, "--out", tmp_path / "x.parquet", "--log", tmp_path / "bad.log",
-                              "--task-json", "{not json")
+    summary = json.loads((tmp_path / "audit.json").read_text())
+    assert summary["label"] == "3-fold patient-wise cross-validation" and summary["patients_on_two_sides"] == 0
+    assert "None: no patient has images on two sides" in (tmp_path / "audit.md").read_text()
+    bad = trainkit.run_script("make_splits", *args, "--out", tmp_path / "x.parquet", *audit, "--log",
+                              tmp_path / "bad.log", "--task-json", "{not json")
     # A bad argument is refused like any bad input: exit code 1, and the reason in the job's log file.
     assert bad.returncode == 1 and "argument --task-json: not valid JSON" in (tmp_path / "bad.log").read_text()
     assert not (tmp_path / "x.parquet").exists()
@@ -227,3 +232,92 @@ def test_validation_share_follows_the_setting(val_fraction, caplog):
 def test_validation_share_that_leaves_no_patient_is_refused():
     with pytest.raises(UserError, match="splits.val_fraction"):
         sp.make_splits(tasks.select(_tiny(n_patients=6), _tiny_task()), 3, 0.1, 0, "patient")
+
+
+def _test_partition(splits: pd.DataFrame) -> frozenset:
+    return frozenset(frozenset(g.loc[g["split"] == "test", "patient"]) for _, g in splits.groupby("fold"))
+
+
+@pytest.mark.parametrize("name, seeds", [("benign_subtypes", [4, 5, 8, 42]), ("malignant_subtypes", [0, 42])])
+def test_every_training_fold_of_the_real_subtype_tasks_has_every_class(breakhis_manifest, name, seeds):
+    """Seeds 4, 5 and 8 left fold 0 of benign_subtypes without an adenosis image in training (its
+    second patient drawn into validation), and nothing refused it."""
+    selected = tasks.select(breakhis_manifest, _task(name))
+    for seed in seeds:
+        splits = sp.make_splits(selected, 5, 0.2, seed, "patient")
+        train = splits[splits["split"] == "train"].groupby("fold")["label"].agg(set)
+        assert (train == set(selected["label"])).all(), (seed, train.to_dict())
+
+
+def test_validation_sets_have_every_class_the_draw_has_room_for(breakhis_manifest):
+    """malignant_subtypes' validation sets (9 patients) left lobular carcinoma (3 patients) out
+    in a fifth of the folds; one of each class with two training-side patients is drawn first."""
+    selected = tasks.select(breakhis_manifest, _task("malignant_subtypes"))
+    for seed in (1, 3, 42):
+        splits = sp.make_splits(selected, 5, 0.2, seed, "patient")
+        val = splits[splits["split"] == "val"].groupby("fold")["label"].agg(set)
+        assert (val == set(selected["label"])).all(), (seed, val.to_dict())
+
+
+def test_subtype_folds_vary_with_the_seed(breakhis_manifest):
+    """scikit-learn's StratifiedGroupKFold gave 2 distinct 5-fold partitions of the benign subtypes'
+    16 patients over 40 seeds: it orders patients by their image counts, which all differ."""
+    selected = tasks.select(breakhis_manifest, _task("benign_subtypes"))
+    partitions = {_test_partition(sp.make_splits(selected, 5, 0.2, seed, "patient")) for seed in range(20)}
+    assert len(partitions) >= 15, len(partitions)
+
+
+def test_a_training_fold_without_a_class_is_refused(caplog):
+    """A class of one patient cannot be in the training set of the fold that tests that patient."""
+    df = _tiny(n_patients=12, classes=("benign", "malignant"))
+    df.loc[df["patient"] == "P01", "tissue"] = "borderline"
+    task = _tiny_task(classes=["benign", "malignant", "borderline"])
+    with pytest.raises(UserError) as err:
+        sp.make_splits(tasks.select(df, task), 3, 0.25, 0, "patient")
+    text = str(err.value)
+    assert re.search(r"fold \d's training set has no image of class 'borderline': the class's patients are P01 "
+                     r"in test", text), text
+    assert "remove the class from the task's classes" in text and "splits.scheme: repeated_holdout" in text
+    # With two such patients the folds are redrawn until both are never tested together.
+    df.loc[df["patient"] == "P07", "tissue"] = "borderline"
+    splits = sp.make_splits(tasks.select(df, task), 3, 0.25, 0, "patient")
+    assert (splits[splits["split"] == "train"].groupby("fold")["label"].nunique() == 3).all()
+
+
+def test_a_validation_set_without_a_class_is_warned_and_audited(breakhis_manifest, caplog):
+    caplog.set_level(logging.WARNING)
+    selected = tasks.select(breakhis_manifest, _task("benign_subtypes"))
+    splits = sp.make_splits(selected, 5, 0.2, 42, "patient")
+    summary, straddling, markdown = sp.audit(splits, trainkit.split_settings(), "patient", "benign_subtypes")
+    absent = {int(f): e["val"]["absent_classes"] for f, e in summary["folds"].items() if e["val"]["absent_classes"]}
+    assert absent and straddling.empty and summary["patients_on_two_sides"] == 0
+    for fold, classes in absent.items():
+        assert f"fold {fold} val has no image of class(es) {classes}: checkpoint choice, early stopping and " \
+               "temperature scaling use the validation loss over the classes present" in caplog.text
+        assert f"| {fold} |" in markdown
+    assert summary["label"] == "5-fold patient-wise cross-validation"
+
+
+def _write_manifest(df: pd.DataFrame, tmp_path) -> Path:
+    path = tmp_path / "manifest.parquet"
+    write_parquet(path, df)
+    return path
+
+
+def test_one_magnification_tasks_test_the_all_magnification_patients(breakhis_manifest, tmp_path):
+    """Each one-magnification task made its own folds: with seed 42 none of its 5 test folds was
+    the all-magnification task's, so the magnification table compared different patients."""
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["task_definitions"]
+    manifest = _write_manifest(breakhis_manifest, tmp_path)
+    settings = trainkit.split_settings()
+
+    def tested(name):
+        task = tasks.Task.from_config(name, paper[name])
+        splits = sp.build_splits_file(manifest, task, "patient", settings, 42, tmp_path / f"{name}.parquet")
+        return splits, {f: set(g.loc[g["split"] == "test", "patient"]) for f, g in splits.groupby("fold")}
+
+    _, everything = tested("benign_vs_malignant")
+    for mag in ("40X", "100X", "200X", "400X"):
+        splits, by_fold = tested(f"benign_vs_malignant_{mag}")
+        assert (splits["magnification"] == mag).all()
+        assert by_fold == everything, mag

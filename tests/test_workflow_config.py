@@ -41,9 +41,9 @@ def test_bad_values_name_the_key_and_allowed_values(demo_config, mutate, key, al
 
 
 def test_folds_from_the_command_line_are_numbers(demo_config):
-    assert wc.folds({**demo_config, "folds": ["0", "2"]}) == [0, 2]
-    assert wc.folds({**demo_config, "folds": "all"}) == [0, 1, 2]
-    assert wc.folds(demo_config) == [0]  # the demo runs one fold of three, to fit its budget
+    assert wc.folds({**demo_config, "folds": ["0", "2"]}, "cancer_types") == [0, 2]
+    assert wc.folds({**demo_config, "folds": "all"}, "cancer_types") == [0, 1, 2]
+    assert wc.folds(demo_config, "cancer_types") == [0]  # the demo runs one fold of three, to fit its budget
 
 
 def test_a_study_running_some_folds_is_warned(demo_config):
@@ -56,7 +56,7 @@ def test_a_study_running_some_folds_is_warned(demo_config):
 
 def test_the_paper_config_runs_every_fold():
     paper = validated_config("paper.yaml")
-    assert wc.folds(paper) == list(range(paper["splits"]["k"])) == [0, 1, 2, 3, 4]
+    assert wc.folds(paper, "benign_vs_malignant") == list(range(paper["splits"]["k"])) == [0, 1, 2, 3, 4]
 
 
 def test_train_settings_layering(demo_config):
