@@ -63,7 +63,8 @@ def test_rows_per_trained_and_tested_magnification(tmp_path):
     md = (tmp_path / "m.md").read_text()
     assert "| benign_vs_malignant_400X | internal (held-out folds) | 400X | 400X | resnet_small | 2 |" in md
     assert "patient recognition rate" in md and "folder datasets have no magnification" in md
-    assert "its test patients differ" in md
+    assert "tested on the same patients as the all-magnification row above it" in md
+    assert "count 82 patients, the dataset's slide folders" in md and "the 82 folders carry 70" in md
     assert pd.read_csv(tmp_path / "m.csv").shape[0] == 5
 
 
@@ -116,3 +117,32 @@ def test_an_external_table_with_intervals_says_how_they_were_computed(tmp_path):
     magnification.write_magnification_table(magnification.magnification_table(ms), out_md=tmp_path / "m.md")
     text = (tmp_path / "m.md").read_text()
     assert magnification.EXTERNAL_NOTE in text and magnification.INTERVAL_NOTE in text
+
+
+def test_each_rows_split_is_named_in_the_notes(tmp_path):
+    """The magnification table did not say which split scheme made a row: k-fold and Spanhol's
+    repeated 70/30 holdouts look alike there."""
+    from deepbc.data import splits as sp
+    from tests.test_splits import _tiny, _tiny_task
+    from deepbc.data import tasks
+    from tests import trainkit
+
+    ms = []
+    for task, settings in (("benign_vs_malignant", trainkit.split_settings(k=2)),
+                           ("benign_vs_malignant_400X_spanhol",
+                            trainkit.split_settings(scheme="repeated_holdout", repeats=2))):
+        table = sp.split_by_settings(tasks.select(_tiny(), _tiny_task()), settings, 0, "patient")
+        paths = [tmp_path / f"{task}.audit.{ext}" for ext in ("json", "csv", "md")]
+        sp.write_audit(*sp.audit(table, settings, "patient", task), *paths)
+        trained_on = "all" if task == "benign_vs_malignant" else "400X"
+        for fold in range(2):
+            m = fold_metrics(task, fold, trained_on, MAGS if trained_on == "all" else ["400X"])
+            m["meta"]["split"] = metrics.split_meta(paths[0], fold)
+            ms.append(m)
+    t = magnification.magnification_table(ms)
+    magnification.write_magnification_table(t, out_md=tmp_path / "m.md")
+    md = (tmp_path / "m.md").read_text()
+    assert ("Split of benign_vs_malignant: 2-fold patient-wise cross-validation: mean ± sample sd over the test "
+            "folds") in md
+    assert ("Split of benign_vs_malignant_400X_spanhol: 2 repeated patient-wise 70/30 holdouts: mean ± sample sd "
+            "over the repeats") in md
