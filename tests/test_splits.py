@@ -321,3 +321,39 @@ def test_one_magnification_tasks_test_the_all_magnification_patients(breakhis_ma
         splits, by_fold = tested(f"benign_vs_malignant_{mag}")
         assert (splits["magnification"] == mag).all()
         assert by_fold == everything, mag
+
+
+def test_repeated_holdouts_on_the_real_listing(breakhis_manifest, tmp_path):
+    """Spanhol et al.'s protocol: 5 patient-wise holdouts of 30 % of the patients, each a fold,
+    validation from the training side; the one-magnification tasks share the holdouts."""
+    selected = tasks.select(breakhis_manifest, _task("benign_vs_malignant"))
+    splits = sp.make_holdouts(selected, 5, 0.3, 0.2, 42, "patient")
+    _sides_disjoint(splits)
+    assert sorted(splits["fold"].unique()) == [0, 1, 2, 3, 4] and len(splits) == 5 * len(selected)
+    n = selected["patient"].nunique()
+    tested = [frozenset(g.loc[g["split"] == "test", "patient"]) for _, g in splits.groupby("fold")]
+    assert all(len(t) == round(0.3 * n) for t in tested) and len(set(tested)) == 5
+    for _, g in splits.groupby("fold"):
+        per_class = g[g["split"] == "test"].groupby("label")["patient"].nunique()
+        everyone = g.groupby("label")["patient"].nunique()
+        assert (abs(per_class - 0.3 * everyone) <= 1).all()
+    assert splits.equals(sp.make_holdouts(selected.sample(frac=1, random_state=0), 5, 0.3, 0.2, 42, "patient"))
+    # Subtypes: every training set keeps every class, whichever patients are drawn.
+    subtypes = tasks.select(breakhis_manifest, _task("benign_subtypes"))
+    for seed in range(5):
+        held = sp.make_holdouts(subtypes, 5, 0.3, 0.2, seed, "patient")
+        assert (held[held["split"] == "train"].groupby("fold")["label"].nunique() == 4).all()
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["task_definitions"]
+    manifest = _write_manifest(breakhis_manifest, tmp_path)
+    settings = trainkit.split_settings(scheme="repeated_holdout")
+    forty = sp.build_splits_file(manifest, tasks.Task.from_config("m", paper["benign_vs_malignant_40X_spanhol"]),
+                                 "patient", settings, 42, tmp_path / "40X.parquet")
+    assert [frozenset(g.loc[g["split"] == "test", "patient"]) for _, g in forty.groupby("fold")] == tested
+
+
+def test_image_level_holdouts(breakhis_manifest):
+    selected = tasks.select(breakhis_manifest, _task("benign_vs_malignant"))
+    splits = sp.make_holdouts(selected, 3, 0.3, 0.2, 0, "image")
+    test = splits[splits["split"] == "test"].groupby("fold").size()
+    assert (abs(test / len(selected) - 0.3) < 0.01).all() and len(test) == 3
+    assert (splits["protocol"] == "image").all()
