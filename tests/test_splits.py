@@ -357,3 +357,97 @@ def test_image_level_holdouts(breakhis_manifest):
     test = splits[splits["split"] == "test"].groupby("fold").size()
     assert (abs(test / len(selected) - 0.3) < 0.01).all() and len(test) == 3
     assert (splits["protocol"] == "image").all()
+
+
+EVA = REPO / "tests" / "data" / "eva_breakhis" / "eva_breakhis_v2_40X.csv"
+EVA_TASK = {"dataset": "breakhis", "label": "subtype", "classes": ["TA", "MC", "F", "DC"],
+            "filter": {"subtype": ["TA", "MC", "F", "DC"]}, "magnification": "40X"}
+
+
+def _predefined(tmp_path, breakhis_manifest, csv, allow=False, key="slide", spec=None):
+    task = tasks.Task.from_config("eva_breakhis", spec or EVA_TASK)
+    settings = trainkit.split_settings(predefined=str(csv), predefined_key=key, allow_straddling=allow)
+    audit = [tmp_path / f"audit.{ext}" for ext in ("json", "csv", "md")]
+    splits = sp.build_splits_file(_write_manifest(breakhis_manifest, tmp_path), task, "patient", settings, 42,
+                                  tmp_path / "splits.parquet", audit)
+    return splits, audit
+
+
+def test_a_published_split_with_a_patient_on_two_sides_is_refused_naming_them(breakhis_manifest, tmp_path, caplog):
+    """eva's BreakHis split (kaiko-ai/eva, tests/data/eva_breakhis) names slide folders: 16184 in
+    train, 16184CD in validation, both of numeric patient 14-16184."""
+    with pytest.raises(UserError) as err:
+        _predefined(tmp_path, breakhis_manifest, EVA)
+    text = str(err.value)
+    assert "puts images of 4 patient(s) on two sides" in text
+    for patient in ("14-16184 (14-16184: train 39; 14-16184CD: test 35)", "14-18842 (14-18842: train 15; "
+                    "14-18842D: test 16)", "14-19979 (14-19979: test 26; 14-19979C: train 17)",
+                    "14-23060 (14-23060AB: train 23; 14-23060CD: test 14)"):
+        assert patient in text, text
+    assert "set splits.allow_straddling: true" in text and "predefined split, 4 patients on two sides" in text
+    assert not (tmp_path / "splits.parquet").exists()
+
+    caplog.set_level(logging.INFO)
+    splits, audit = _predefined(tmp_path, breakhis_manifest, EVA, allow=True)
+    assert set(splits["fold"]) == {0} and (splits["magnification"] == "40X").all()
+    # eva's 1,471 images at 40X but the 32 of slide 14-13412, filed under two subtypes (left out).
+    assert len(splits) == 1471 - 32 and (splits.groupby("split").size()[["train", "val"]].sum() == 1132 - 32)
+    assert (splits["split"] == "test").sum() == 339
+    summary = json.loads(audit[0].read_text())
+    assert summary["label"] == "predefined split, 4 patients on two sides" and summary["scheme"] == "predefined"
+    assert summary["patients_on_two_sides"] == 4 and summary["unit"] == "split"
+    table = pd.read_csv(audit[1])
+    assert list(table.columns) == sp.AUDIT_COLUMNS and set(table["patient"]) == {
+        "14-16184", "14-18842", "14-19979", "14-23060"}
+    assert "| 0 | 14-16184 | 14-16184CD | test | 35 |" in audit[2].read_text()
+    assert "4 patient(s) have images on two sides of the split (allow_straddling)" in caplog.text
+    assert "has no val rows: " in caplog.text
+
+
+def _published(tmp_path, rows: str):
+    path = tmp_path / "published.csv"
+    path.write_text("key,split\n" + rows)
+    return path
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ("14-16184,train\n14-16184,test\n", "1 key(s) appear more than once in the predefined split: '14-16184' on "
+                                        "lines 2, 3"),
+    ("14-16184,holdout\n", "line 2: '14-16184','holdout'"),
+    ("14-99999,train\n16184CD,test\n", "2 key(s) of the predefined split match no slide of the dataset's manifest: "
+                                       "line 2: '14-99999'; line 3: '16184CD'"),
+])
+def test_bad_predefined_rows_are_clear_errors(breakhis_manifest, tmp_path, rows, expected):
+    with pytest.raises(UserError) as err:
+        _predefined(tmp_path, breakhis_manifest, _published(tmp_path, rows))
+    assert expected in str(err.value), str(err.value)
+
+
+def test_images_a_predefined_split_does_not_place_are_an_error_unless_excluded(breakhis_manifest, tmp_path,
+                                                                             caplog):
+    listed = EVA.read_text().split("\n", 1)[1]
+    without = "\n".join(r for r in listed.splitlines() if not r.startswith(("14-16184", "14-9133,")))
+    with pytest.raises(UserError) as err:
+        _predefined(tmp_path, breakhis_manifest, _published(tmp_path, without + "\n"))
+    assert "100 image(s) of the task (3 slide(s), e.g. '14-9133', '14-16184', '14-16184CD') are placed by no row" \
+        in str(err.value)
+    assert "or exclude to leave" in str(err.value)
+    caplog.set_level(logging.WARNING)
+    excluded = without + "\n14-16184,exclude\n14-16184CD,exclude\n14-9133,exclude\n"
+    splits, audit = _predefined(tmp_path, breakhis_manifest, _published(tmp_path, excluded), allow=True)
+    assert not splits["slide"].isin(["14-16184", "14-16184CD", "14-9133"]).any()
+    assert "leaves out (split exclude) 100 image(s) of the task, by slide: {'14-16184': 39, '14-16184CD': 35, " \
+           "'14-9133': 26}" in caplog.text
+    assert json.loads(audit[0].read_text())["label"] == "predefined split, 3 patients on two sides"
+
+
+def test_a_patient_keyed_split_is_patient_wise(breakhis_manifest, tmp_path):
+    selected = tasks.select(breakhis_manifest, tasks.Task.from_config("eva_breakhis", EVA_TASK))
+    patients = sorted(selected["patient"].unique())
+    rows = "".join(f"{p},{'test' if i % 4 == 0 else 'val' if i % 4 == 1 else 'train'}\n"
+                   for i, p in enumerate(patients))
+    splits, audit = _predefined(tmp_path, breakhis_manifest, _published(tmp_path, rows), key="patient")
+    _sides_disjoint(splits)
+    summary = json.loads(audit[0].read_text())
+    assert summary["label"] == "predefined split (published.csv, by patient)" and summary["patients_on_two_sides"] == 0
+    assert "None: no patient has images on two sides of any split." in audit[2].read_text()

@@ -542,6 +542,16 @@ def make_predefined_splits(df: pd.DataFrame, manifest: pd.DataFrame, table: pd.D
                         f"{', '.join(map(repr, keys[:5]))}) are placed by no row of the predefined split", source,
                         f"add a row for each of these {key}s with split train, val or test, or {EXCLUDE} to leave "
                         "its images out of every split")
+    # The file's own placement is audited, before a validation draw moves training patients.
+    placed = straddling_patients(data.assign(fold=np.int64(0), split=side)[side != EXCLUDE])
+    if len(placed) and not allow_straddling:
+        n = placed["patient"].nunique()
+        raise UserError(f"the predefined split puts images of {n} patient(s) on two sides (the workflow's patient: "
+                        f"for BreakHis the numeric id, shared by sibling slides): {_describe_straddling(placed)}",
+                        source,
+                        f"put all the images of each listed patient on one side in {source}, or set "
+                        f"splits.allow_straddling: true to run it anyway (every table then says \"predefined split, "
+                        f"{n} patients on two sides\")")
     excluded = (side == EXCLUDE).to_numpy()
     if excluded.any():
         left_out = data[excluded].groupby(column).size()
@@ -559,15 +569,6 @@ def make_predefined_splits(df: pd.DataFrame, manifest: pd.DataFrame, table: pd.D
         split[train[np.isin(data["patient"].to_numpy()[train], val_patients)]] = "val"
         LOG.info("the predefined split has no val rows: %d validation patient(s) drawn from its training side "
                  "(val_fraction %.3g)", len(val_patients), val_fraction)
-    straddling = straddling_patients(data.assign(fold=np.int64(0), split=split))
-    if len(straddling) and not allow_straddling:
-        n = straddling["patient"].nunique()
-        raise UserError(f"the predefined split puts images of {n} patient(s) on two sides (the workflow's patient: "
-                        f"for BreakHis the numeric id, shared by sibling slides): {_describe_straddling(straddling)}",
-                        source,
-                        f"put all the images of each listed patient on one side in {source}, or set "
-                        f"splits.allow_straddling: true to run it anyway (every table then says \"predefined split, "
-                        f"{n} patients on two sides\")")
     return _finish(data, [split], "patient", val_fraction, np.ones(len(data), dtype=bool), "split", allow_straddling)
 
 
@@ -647,7 +648,7 @@ def _audit_markdown(summary: dict, straddling: pd.DataFrame) -> str:
     else:
         lines += [(f"{straddling['patient'].nunique()} patient(s) (for BreakHis the numeric id, shared by "
                    "sibling slides) have images on two sides:"), "",
-                  f"| {unit} | patient | slide | split | images |", "| --- | --- | --- | --- | --- |"]
+                  f"| {unit} | patient | slide | side | images |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {r.fold} | {r.patient} | {r.slide} | {r.split} | {r.images} |" for r in straddling.itertuples()]
     lines += ["", summary["note"]]
     return "\n".join(lines) + "\n"
