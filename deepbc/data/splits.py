@@ -281,8 +281,11 @@ def _patient_folds(data: pd.DataFrame, k: int, val_fraction: float, seed: int,
         if n < k:
             LOG.warning("class %r has %d patient(s), fewer than k=%d: %d test fold(s) will have none of it",
                         label, n, k, k - n)
+    # A class of one patient is missing from the training set of the fold testing that patient,
+    # whatever the assignment: no redraw can help.
+    attempts = 1 if (per_class < 2).any() else ATTEMPTS
     first = None
-    for attempt in range(ATTEMPTS):
+    for attempt in range(attempts):
         # The config's seed first, so that a split that already kept every class stays as it was.
         trial = seed if attempt == 0 else _derived_seed(seed, attempt)
         test_fold = _assign_groups(data["label_index"].to_numpy(), groups, k, trial)
@@ -400,14 +403,17 @@ def _draw_patients(rows: pd.DataFrame, fraction: float, seed: int, what: str, sc
                         + (", or lower k" if what == "validation" else ""))
     by_class = {c: g["patient"].to_numpy() for c, g in labels.groupby("label_index")}
     quota = _quotas({c: len(p) for c, p in by_class.items()}, n_draw)
-    carriers = rows if scored is None else rows[np.asarray(scored, dtype=bool)]
-    carriers = carriers[["patient", "label"]].drop_duplicates()
+    kept = np.ones(len(rows), dtype=bool) if scored is None else np.asarray(scored, dtype=bool)
+    carriers = set(zip(rows["patient"].to_numpy()[kept], rows["label"].to_numpy()[kept]))
     rng = np.random.default_rng(seed)
     drawn: list[np.ndarray] = []
     for c in sorted(by_class):
-        left = carriers[~carriers["patient"].isin(np.concatenate(drawn) if drawn else [])]
-        per_label = left.groupby("label")["patient"].nunique()
-        last = set(left.loc[left["label"].isin(per_label[per_label == 1].index), "patient"])
+        gone = set(np.concatenate(drawn)) if drawn else set()
+        per_label: dict = {}
+        for patient, label in carriers:
+            if patient not in gone:
+                per_label.setdefault(label, []).append(patient)
+        last = {p[0] for p in per_label.values() if len(p) == 1}
         pool = by_class[c][~np.isin(by_class[c], list(last))]
         take = min(quota[c], len(pool))
         if take < quota[c]:
@@ -613,8 +619,9 @@ def audit(splits: pd.DataFrame, settings: SplitSettings, protocol: str, run: str
         entry = {}
         for split in SPLITS:
             rows = g[g["split"] == split]
+            present = set(rows["label"].unique())
             entry[split] = {"images": len(rows), "patients": int(rows["patient"].nunique()),
-                            "absent_classes": [c for c in classes if c not in set(rows["label"])]}
+                            "absent_classes": [c for c in classes if c not in present]}
         entry["patients_on_two_sides"] = int(per_fold.get(fold, 0))
         folds[str(int(fold))] = entry
     straddled = n_two_sides if protocol == "patient" else 0
@@ -799,7 +806,8 @@ def _refuse_training_gaps(splits: pd.DataFrame, unit: str) -> None:
     naming the fold, the class, where its patients are, and what to do."""
     classes = splits[["label_index", "label"]].drop_duplicates().sort_values("label_index")["label"].tolist()
     for fold, g in splits.groupby("fold"):
-        absent = [c for c in classes if c not in set(g.loc[g["split"] == "train", "label"])]
+        present = set(g.loc[g["split"] == "train", "label"].unique())
+        absent = [c for c in classes if c not in present]
         if not absent:
             continue
         c = absent[0]
@@ -824,7 +832,8 @@ def _refuse_training_gaps(splits: pd.DataFrame, unit: str) -> None:
 def _warn_missing_classes(splits: pd.DataFrame, unit: str = "fold") -> None:
     labels = splits[["label_index", "label"]].drop_duplicates().sort_values("label_index")["label"].tolist()
     for (fold, split), g in splits.groupby(["fold", "split"]):
-        absent = [c for c in labels if c not in set(g["label"])]
+        present = set(g["label"].unique())
+        absent = [c for c in labels if c not in present]
         if not absent or split == "train":
             continue
         if split == "val":
