@@ -441,6 +441,12 @@ def test_images_a_predefined_split_does_not_place_are_an_error_unless_excluded(b
     assert json.loads(audit[0].read_text())["label"] == "predefined split, 3 patients on two sides"
 
 
+def test_a_spreadsheets_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    path = tmp_path / "split.csv"
+    path.write_bytes("key,split\n14-16184,train\n".encode("utf-8-sig"))
+    assert list(sp.read_predefined(path)[["key", "split"]].iloc[0]) == ["14-16184", "train"]
+
+
 def test_a_patient_keyed_split_is_patient_wise(breakhis_manifest, tmp_path):
     selected = tasks.select(breakhis_manifest, tasks.Task.from_config("eva_breakhis", EVA_TASK))
     patients = sorted(selected["patient"].unique())

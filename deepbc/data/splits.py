@@ -112,9 +112,13 @@ class SplitSettings:
         """What one fold is called in messages and notes."""
         return {PREDEFINED: "split", "repeated_holdout": "repeat"}.get(self.kind, "fold")
 
-    def label(self, protocol: str, straddling: int = 0) -> str:
-        """What the split is, in a few words (tables, figures, the audit)."""
+    def label(self, protocol: str, straddling: int = 0, external: str | None = None) -> str:
+        """What the split is, in a few words (tables, figures, the audit); ``external``: the
+        dataset every fold tests on (a task's test_dataset)."""
         side = "patient-wise" if protocol == "patient" else "image-level"
+        if external:
+            trained = f"{self.k} patient-wise folds" if self.k > 1 else "one model on all patients"
+            return f"{trained} of training and validation, each tested on all of {external}"
         if self.kind == PREDEFINED:
             text = f"predefined split ({os.path.basename(self.predefined)}, by {self.predefined_key})"
             return f"predefined split, {straddling} patients on two sides" if straddling else text
@@ -123,9 +127,11 @@ class SplitSettings:
             return f"{self.repeats} repeated {side} {100 - test}/{test} holdouts"
         return f"{self.k}-fold {side} cross-validation"
 
-    def note(self, protocol: str, straddling: int = 0) -> str:
+    def note(self, protocol: str, straddling: int = 0, external: str | None = None) -> str:
         """What a table's mean ± sd and interval are over, under this split (its footnote)."""
-        label = self.label(protocol, straddling)
+        label = self.label(protocol, straddling, external)
+        if external:
+            return f"{label}: mean ± sample sd over the folds' models, which test the same images."
         if self.kind == PREDEFINED:
             text = f"{label}: one split, so no sd over folds; the interval resamples its test patients."
             if straddling:
@@ -137,7 +143,8 @@ class SplitSettings:
                     "draw their test patients independently, so a patient can be tested in several "
                     "repeats: the folds' bootstrap draws are not independent, and the interval of the "
                     "mean is too narrow.")
-        return f"{label}: mean ± sample sd over the test folds; each patient is tested once."
+        unit = "patient" if protocol == "patient" else "image"
+        return f"{label}: mean ± sample sd over the test folds; each {unit} is tested once."
 
 
 def _derived_seed(seed: int, attempt: int) -> int:
@@ -481,7 +488,8 @@ def read_predefined(path) -> pd.DataFrame:
     of train, val, test or exclude. Returns its rows (strings) with their ``line`` numbers."""
     where = str(path)
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name.
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError("the predefined split file does not exist", where,
                         "set splits.predefined to an existing CSV (a path relative to the working directory), "
@@ -605,11 +613,15 @@ def _describe_straddling(straddling: pd.DataFrame, limit: int = 30) -> str:
 
 
 def audit(splits: pd.DataFrame, settings: SplitSettings, protocol: str, run: str,
-          folds_from: str | None = None) -> tuple[dict, pd.DataFrame, str]:
+          folds_from: str | None = None, external: str | None = None) -> tuple[dict, pd.DataFrame, str]:
     """What the split is, for ``results/splits/{run}.audit.{json,csv,md}``: the summary (scheme,
     label, the tables' note, per fold the images, patients and absent classes of each side and the
     patients on two sides), the patients on two sides (``straddling_patients``), and a Markdown
-    page. ``folds_from``: where the folds come from when not from the task's own images."""
+    page. ``folds_from``: where the folds come from when not from the task's own images;
+    ``external``: the test dataset of an external test (its patients are told apart from the
+    training dataset's by the ``dataset`` column)."""
+    if "dataset" in splits.columns:
+        splits = splits.assign(patient=splits["dataset"].astype(str) + ":" + splits["patient"].astype(str))
     straddling = straddling_patients(splits)
     per_fold = straddling.groupby("fold")["patient"].nunique()
     n_two_sides = int(per_fold.max()) if len(per_fold) else 0
@@ -626,7 +638,8 @@ def audit(splits: pd.DataFrame, settings: SplitSettings, protocol: str, run: str
         folds[str(int(fold))] = entry
     straddled = n_two_sides if protocol == "patient" else 0
     summary = {"run": run, "protocol": protocol, "scheme": settings.kind, "unit": settings.unit,
-               "label": settings.label(protocol, straddled), "note": settings.note(protocol, straddled),
+               "label": settings.label(protocol, straddled, external),
+               "note": settings.note(protocol, straddled, external),
                "settings": dataclasses.asdict(settings), "folds_from": folds_from, "classes": classes,
                "patients_on_two_sides": n_two_sides, "folds": folds}
     return summary, straddling, _audit_markdown(summary, straddling)
@@ -936,7 +949,8 @@ def build_splits_file(manifest_path, task, protocol: str, settings: SplitSetting
     LOG.info("wrote %s (%d rows, %d fold(s), protocol %s)", out_path, len(splits), splits["fold"].nunique(),
              protocol)
     if audit_paths is not None:
-        summary, straddling, markdown = audit(splits, settings, protocol, run_name(task.name, protocol), folds_from)
+        summary, straddling, markdown = audit(splits, settings, protocol, run_name(task.name, protocol), folds_from,
+                                              task.test_dataset)
         write_audit(summary, straddling, markdown, *audit_paths)
         LOG.info("split: %s; audit %s", summary["label"], ", ".join(map(str, audit_paths)))
     return splits
