@@ -50,8 +50,13 @@ rule make_splits:
     input:
         manifest=lambda wc: run_of(wc).manifest,
         test_manifest=external_input(lambda run: run.test_manifest),
+        # A predefined split's CSV (splits.predefined): a change to it remakes the splits.
+        predefined=lambda wc: run_of(wc).split_settings["predefined"] or [],
     output:
-        "results/splits/{run}.parquet",
+        splits="results/splits/{run}.parquet",
+        audit_json=layout.split_audit("{run}", "json"),
+        audit_csv=layout.split_audit("{run}", "csv"),
+        audit_md=layout.split_audit("{run}", "md"),
     log:
         "results/logs/make_splits/{run}.log",
     benchmark:
@@ -64,12 +69,14 @@ rule make_splits:
         task_json=lambda wc: json.dumps(run_of(wc).definition, sort_keys=True),
         protocol=lambda wc: run_of(wc).protocol,
         test_manifest=external_option("--test-manifest", lambda run: run.test_manifest),
-        splits=section_json("splits"),
+        # The splits section with the task's own splits over it.
+        splits=lambda wc: json.dumps(run_of(wc).split_settings, sort_keys=True),
         seed=config["seed"],
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --manifest {input.manifest:q} --task {params.task}'
         " --task-json {params.task_json:q} --protocol {params.protocol} --splits-json {params.splits:q}"
-        " --seed {params.seed} {params.test_manifest} --out {output:q} --log {log:q}"
+        " --seed {params.seed} {params.test_manifest} --out {output.splits:q} --audit-json {output.audit_json:q}"
+        " --audit-csv {output.audit_csv:q} --audit-md {output.audit_md:q} --log {log:q}"
 
 
 rule fit_stain:

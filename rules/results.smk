@@ -5,6 +5,8 @@ rule metrics:
         validation="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
         # Whether the test dataset maps images to patients (the results' grouping).
         manifest=lambda wc: run_of(wc).test_manifest,
+        # The split's scheme and label, and the classes this fold's validation set lacks (meta.split).
+        split_audit=layout.split_audit("{run}", "json"),
     output:
         "results/metrics/{run}/{arch}/fold{fold}.json",
     log:
@@ -25,7 +27,7 @@ rule metrics:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --predictions {input.predictions:q} --classes {params.classes:q}'
         " --validation-predictions {input.validation:q} --run {wildcards.run} --arch {wildcards.arch} --fold {wildcards.fold}"
         " --manifest {input.manifest:q} --magnification {params.magnification} {params.external}"
-        " --evaluation-json {params.evaluation:q} --seed {params.seed}"
+        " --evaluation-json {params.evaluation:q} --split-audit {input.split_audit:q} --seed {params.seed}"
         " --out {output:q} --log {log:q}"
 
 

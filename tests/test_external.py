@@ -1,13 +1,13 @@
 """External validation: splits with another dataset's images as the test split, the check that no
 test image or patient is in training, the shards read from two roots, and the tables' marking."""
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from deepbc.data import splits as sp
@@ -19,6 +19,8 @@ from deepbc.shards import reader as shard_reader
 from deepbc.shards import records
 from deepbc.shards import writer as shard_writer
 from deepbc.workflow import config as workflow_config
+from tests import trainkit
+from tests.conftest import validated_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,10 +98,17 @@ def test_splits_file_needs_the_test_manifest_exactly_for_external_tasks(tmp_path
     _manifest("H", 10).to_parquet(tmp_path / "home.parquet")
     _manifest("X", 3).to_parquet(tmp_path / "x.parquet")
     out = tmp_path / "splits.parquet"
-    sp.build_splits_file(tmp_path / "home.parquet", TASK, "patient", 2, 0.25, 0, True, out, tmp_path / "x.parquet")
+    settings = trainkit.split_settings(k=2, val_fraction=0.25)
+    audit = [tmp_path / f"audit.{ext}" for ext in ("json", "csv", "md")]
+    sp.build_splits_file(tmp_path / "home.parquet", TASK, "patient", settings, 0, out, audit,
+                         test_manifest_path=tmp_path / "x.parquet")
     assert (pd.read_parquet(out)["split"] == "test").sum() == 2 * 6
+    # The audit says what the folds are: not k-fold cross-validation, every fold tests site_b.
+    summary = json.loads(audit[0].read_text())
+    assert summary["label"] == "2 patient-wise folds of training and validation, each tested on all of site_b"
+    assert summary["patients_on_two_sides"] == 0 and summary["folds"]["0"]["test"]["patients"] == 3
     with pytest.raises(UserError, match="test_dataset 'site_b'"):
-        sp.build_splits_file(tmp_path / "home.parquet", TASK, "patient", 2, 0.25, 0, True, out)
+        sp.build_splits_file(tmp_path / "home.parquet", TASK, "patient", settings, 0, out)
 
 
 def test_shards_read_each_row_under_its_dataset_root(tmp_path):
@@ -185,7 +194,8 @@ def test_external_folds_count_their_shared_test_set_once():
 
 
 def demo_config():
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    """The demo's config as the workflow checks it: validated, the schema's defaults filled in."""
+    return validated_config("config.yaml")
 
 
 def external_config(**task):

@@ -67,7 +67,8 @@ def test_rows_per_trained_and_tested_magnification(tmp_path):
     assert "| benign_vs_malignant_400X | internal (held-out folds) | 400X | 400X | resnet_small | 2 | 12 | 24 |" in md
     assert "0.833 [0.552, 0.953] (10/12)" in md
     assert "patient recognition rate" in md and "folder datasets have no magnification" in md
-    assert "its test patients differ" in md
+    assert "tested on the same patients as the all-magnification row above it" in md
+    assert "count 82 patients, the dataset's slide folders" in md and "the 82 folders carry 70" in md
     assert pd.read_csv(tmp_path / "m.csv").shape[0] == 5
 
 
@@ -113,3 +114,33 @@ def test_external_test_is_marked_and_counted_once(tmp_path):
     text = (tmp_path / "m.md").read_text()
     assert "| bm | external: site_b | all | 40X |" in text
     assert magnification.EXTERNAL_NOTE in text and "Wilson score interval" in text
+
+
+def test_each_rows_split_is_named_in_the_notes(tmp_path):
+    """The magnification table did not say which split scheme made a row: k-fold and Spanhol's
+    repeated 70/30 holdouts look alike there."""
+    from deepbc.data import splits as sp
+    from deepbc.data import tasks
+    from deepbc.evaluation import metrics
+    from tests import trainkit
+    from tests.test_splits import _tiny, _tiny_task
+
+    runs = []
+    for task, settings in (("benign_vs_malignant", trainkit.split_settings(k=2)),
+                           ("benign_vs_malignant_400X_spanhol",
+                            trainkit.split_settings(scheme="repeated_holdout", repeats=2))):
+        table = sp.split_by_settings(tasks.select(_tiny(), _tiny_task()), settings, 0, "patient")
+        paths = [tmp_path / f"{task}.audit.{ext}" for ext in ("json", "csv", "md")]
+        sp.write_audit(*sp.audit(table, settings, "patient", task), *paths)
+        trained_on = "all" if task == "benign_vs_malignant" else "400X"
+        fold_metrics, pooled_metrics = task_results(task, trained_on, MAGS if trained_on == "all" else ["400X"])
+        for m in fold_metrics:
+            m["meta"]["split"] = metrics.split_meta(paths[0], m["meta"]["fold"])
+        runs.append((fold_metrics, pooled_metrics))
+    t = magnification.magnification_table(*results(*runs))
+    magnification.write_magnification_table(t, out_md=tmp_path / "m.md")
+    md = (tmp_path / "m.md").read_text()
+    assert ("Split of benign_vs_malignant: 2-fold patient-wise cross-validation: mean ± sample sd over the test "
+            "folds") in md
+    assert ("Split of benign_vs_malignant_400X_spanhol: 2 repeated patient-wise 70/30 holdouts: mean ± sample sd "
+            "over the repeats") in md

@@ -12,7 +12,8 @@ def test_the_demo_plan():
     assert (run.task, run.protocol, run.dataset, run.external) == ("benign_vs_malignant", "image", "breakhis", False)
     assert run.manifest == run.test_manifest == "results/manifest/breakhis.parquet"
     assert run.store == "results/encoded/breakhis/store.json" and run.classes == ("benign", "malignant")
-    assert demo.folds == [0] and demo.archs == ["resnet_small"] and demo.datasets == ["breakhis", "tma"]
+    assert {r.folds for r in demo.runs.values()} == {(0,)}
+    assert demo.archs == ["resnet_small"] and demo.datasets == ["breakhis", "tma"]
     assert demo.models() == [f"results/models/{r}/resnet_small/fold0/settings.json" for r in demo.runs]
     assert len(demo.shards()) == 5 * 3
     tables = demo.tables()
@@ -29,9 +30,14 @@ def test_the_demo_plan():
 
 def test_the_paper_plan():
     paper = plan.Plan(validated_config("paper.yaml"))
-    assert len(paper.runs) == 12 and paper.folds == [0, 1, 2, 3, 4] and len(paper.archs) == 7
-    assert len(paper.models()) == 12 * 7 * 5 == 420
-    assert len(paper.exports()) == 420 and len(paper.split_tables()) == 12
+    # 12 runs of 5 folds, and 4 Spanhol-protocol runs of 5 repeated holdouts (a repeat is a fold).
+    assert len(paper.runs) == 16 and len(paper.archs) == 7
+    assert {r.folds for r in paper.runs.values()} == {(0, 1, 2, 3, 4)}
+    assert paper.runs["benign_vs_malignant_40X_spanhol"].split_settings["scheme"] == "repeated_holdout"
+    assert len(paper.models()) == 16 * 7 * 5 == 560
+    # Each run's splits parquet and its audit (JSON, CSV, Markdown).
+    assert len(paper.exports()) == 560 and len(paper.split_tables()) == 16 * 4
+    assert "results/splits/benign_subtypes.audit.md" in paper.split_tables()
     assert paper.runs["benign_vs_malignant_40X"].magnification == "40X"
 
 
@@ -43,3 +49,24 @@ def test_an_external_run_is_tested_on_its_own_dataset():
     assert run.test_store == "results/encoded/hospital_b/store.json"
     assert "leakage" not in " ".join(study.tables())  # external runs run the patient protocol only
     assert study.manifests() == [plan.manifest(d) for d in ["breakhis", "breakhis_site_b", "hospital_a", "hospital_b"]]
+
+
+def test_a_runs_folds_follow_its_split_scheme(tmp_path):
+    """A repeat of a repeated holdout is a fold (results/.../fold{r}); a predefined split has fold 0
+    only, whatever splits.k and folds say."""
+    predefined = tmp_path / "split.csv"
+    predefined.write_text("key,split\n")
+    config = validated_config("paper.yaml")
+    config["folds"] = ["0", "4"]
+    config["task_definitions"]["benign_vs_malignant_40X_spanhol"]["splits"] = {
+        "scheme": "repeated_holdout", "repeats": 7}
+    config["task_definitions"]["benign_subtypes"]["splits"] = {"predefined": str(predefined)}
+    config["task_definitions"]["benign_subtypes"]["protocols"] = ["patient"]
+    study = plan.Plan(config)
+    assert study.runs["benign_vs_malignant_40X_spanhol"].folds == (0, 4)
+    assert study.runs["benign_subtypes"].folds == (0,) and study.runs["benign_vs_malignant"].folds == (0, 4)
+    assert "results/metrics/benign_subtypes/inception_v4/fold0.json" in study.metrics_files()
+    assert not [f for f in study.metrics_files() if f.startswith("results/metrics/benign_subtypes/")
+                and not f.endswith("fold0.json")]
+    config["folds"] = "all"
+    assert plan.Plan(config).runs["benign_vs_malignant_40X_spanhol"].folds == tuple(range(7))

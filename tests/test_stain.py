@@ -15,6 +15,7 @@ from deepbc.data import synthetic_he
 from deepbc.jobs.errors import UserError
 from deepbc.shards import records, stain
 from tests import trainkit
+from tests.conftest import validated_config
 
 REPO = Path(__file__).resolve().parents[1]
 H_VECTOR, E_VECTOR = np.array([0.5626, 0.7201, 0.4062]), np.array([0.2159, 0.8012, 0.5581])
@@ -476,7 +477,7 @@ def test_export_normalises_inside_without_the_package(stain_model, tmp_path):
 def test_workflow_refuses_reinhard_without_a_reference_at_start():
     from deepbc.workflow import config as workflow_config
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = validated_config("config.yaml")
     config["shards"] = {"stain_normalization": "reinhard", "stain_reference": None}
     with pytest.raises(UserError, match="set shards.stain_reference"):
         workflow_config.check(config)

@@ -62,9 +62,15 @@ def test_every_study_training_job_gets_the_networks_size_and_no_demo_value(tmp_p
     out = dry_run(tmp_path, "models", "--configfile", *(str(CONFIG / f) for f in files)).stdout
     jobs = trained_settings(out)
     study = validated_config(*files)
-    runs = [f"{t}__image_level" if p == "image" else t for t in study["tasks"]
-            for p in study["task_definitions"][t].get("protocols", ["patient"])]
-    assert len(jobs) == len(runs) * len(study["architectures"]) * study["splits"]["k"]
+    def folds(task):
+        """k folds, or the repeats of a repeated holdout (the schema's default count)."""
+        split = {**study["splits"], **study["task_definitions"][task].get("splits", {})}
+        repeats = SCHEMA["properties"]["splits"]["properties"]["repeats"]["default"]
+        return repeats if split["scheme"] == "repeated_holdout" else split["k"]
+
+    runs = [(t, p) for t in study["tasks"] for p in study["task_definitions"][t].get("protocols", ["patient"])]
+    # paper.yaml: 12 runs of 5 folds and the 4 Spanhol-protocol tasks' 5 repeats each, 7 architectures.
+    assert len(jobs) == sum(folds(t) for t, _ in runs) * len(study["architectures"])
     demo = yaml.safe_load((CONFIG / "config.yaml").read_text())["train"]["defaults"]
     by_arch = {}
     for arch, settings in jobs:
@@ -145,7 +151,7 @@ def test_bad_folds_say_what_is_allowed(folds):
         schema.check(config)
     text = str(err.value)
     assert "not valid under any of the given schemas" not in text
-    assert "config key folds" in text and "all (every one of the splits.k folds) or a list of fold indices" in text
+    assert "config key folds" in text and "all (every one of a task's splits.k folds, or its splits.repeats holdouts" in text
 
 
 def test_slurm_gives_each_job_its_threads_and_the_job_uses_them():

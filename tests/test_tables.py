@@ -393,3 +393,29 @@ def test_table_and_figure_modules_leave_scikit_learn_to_the_functions_that_use_i
     from tests.trainkit import packages_imported
 
     assert packages_imported("deepbc.results.tables, deepbc.results.calibration, deepbc.results.figures, deepbc.evaluation.metrics", "sklearn") == []
+
+
+def test_every_table_says_which_split_made_it_and_which_validation_sets_lacked_a_class(tmp_path):
+    """A validation set without a class chose the checkpoint without it, and a predefined split
+    with patients on two sides is not patient-wise: the tables said neither."""
+    split = {"scheme": "predefined", "unit": "split", "label": "predefined split, 4 patients on two sides",
+             "note": "predefined split, 4 patients on two sides: one split, so no sd over folds.",
+             "patients_on_two_sides": 4, "validation_absent_classes": []}
+    runs = []
+    for arch in ("resnet_small", "resnet_v1_152"):
+        for protocol in ("patient", "image"):
+            fold_metrics, pooled_metrics = run_results("benign_subtypes", {0: binary_fold("a", 6, 1)},
+                                                       protocol=protocol, arch=arch)
+            for m in fold_metrics:
+                m["meta"]["split"] = {**split, "validation_absent_classes": ["A", "PT"] if protocol == "patient" else []}
+            runs.append((fold_metrics, pooled_metrics))
+    ms, ps = results(*runs)
+    tables.write_task_table(tables.task_table(ms, ps, "benign_subtypes"), out_md=tmp_path / "t.md",
+                            out_tex=tmp_path / "t.tex")
+    models = [write_model(tmp_path, "benign_subtypes", a, 0, 0.4, 0.7) for a in ("resnet_small", "resnet_v1_152")]
+    tables.write_summary(tables.summary_table(ms, ps, models), out_md=tmp_path / "s.md")
+    for name in ("t.md", "t.tex", "s.md"):
+        text = (tmp_path / name).read_text().replace("\\_", "_")
+        assert "predefined split, 4 patients on two sides" in text, name
+        assert "benign_subtypes: split 0 (A, PT)" in text, name
+        assert "used the validation loss over the classes present" in text, name

@@ -41,9 +41,9 @@ def test_bad_values_name_the_key_and_allowed_values(demo_config, mutate, key, al
 
 
 def test_folds_from_the_command_line_are_numbers(demo_config):
-    assert wc.folds({**demo_config, "folds": ["0", "2"]}) == [0, 2]
-    assert wc.folds({**demo_config, "folds": "all"}) == [0, 1, 2]
-    assert wc.folds(demo_config) == [0]  # the demo runs one fold of three, to fit its budget
+    assert wc.folds({**demo_config, "folds": ["0", "2"]}, "cancer_types") == [0, 2]
+    assert wc.folds({**demo_config, "folds": "all"}, "cancer_types") == [0, 1, 2]
+    assert wc.folds(demo_config, "cancer_types") == [0]  # the demo runs one fold of three, to fit its budget
 
 
 def test_a_study_running_some_folds_is_warned(demo_config):
@@ -56,7 +56,7 @@ def test_a_study_running_some_folds_is_warned(demo_config):
 
 def test_the_paper_config_runs_every_fold():
     paper = validated_config("paper.yaml")
-    assert wc.folds(paper) == list(range(paper["splits"]["k"])) == [0, 1, 2, 3, 4]
+    assert wc.folds(paper, "benign_vs_malignant") == list(range(paper["splits"]["k"])) == [0, 1, 2, 3, 4]
 
 
 def test_train_settings_layering(demo_config):
@@ -69,6 +69,46 @@ def test_train_settings_layering(demo_config):
 
 
 SCHEMA = ROOT / "config" / "schema.yaml"
+
+
+def _with_split(config: dict, task: str | None = None, **split) -> dict:
+    """A copy of config with these split settings, for one task (task_definitions.<task>.splits) or all."""
+    config = copy.deepcopy(config)
+    target = config["splits"] if task is None else config["task_definitions"][task].setdefault("splits", {})
+    target.update(split)
+    return config
+
+
+def test_split_schemes_are_checked_before_anything_runs(demo_config, tmp_path):
+    csv = tmp_path / "split.csv"
+    csv.write_text("key,split\n")
+    wc.check(_with_split(demo_config, "benign_subtypes", scheme="repeated_holdout", repeats=3))
+    wc.check(_with_split(demo_config, "benign_subtypes", predefined=str(csv)))
+    # A repeated holdout has no k.
+    wc.check(_with_split(demo_config, "benign_subtypes", scheme="repeated_holdout", k=1))
+    cases = [
+        (_with_split(demo_config, "benign_vs_malignant", predefined=str(csv)),
+         ["the image protocol", "config key task_definitions.benign_vs_malignant"]),
+        (_with_split(demo_config, "benign_subtypes", predefined=str(tmp_path / "none.csv")),
+         ["predefined split file of task 'benign_subtypes' does not exist",
+          "task_definitions.benign_subtypes.splits.predefined"]),
+        # The demo's tasks are on breakhis and tma: one file's keys cannot name images of both.
+        (_with_split(demo_config, predefined=str(csv)),
+         ["splits.predefined applies to every task", "move predefined (and predefined_key) under "
+                                                     "task_definitions.<task>.splits"]),
+        (_with_split({**demo_config, "folds": [4]}, "cancer_types", scheme="repeated_holdout", repeats=4),
+         ["fold 4 does not exist with repeats=4 (task 'cancer_types')", "config key folds"]),
+        (_with_split(demo_config, "benign_subtypes", k=1), ["splits.k=1 leaves no test patients",
+                                                            "task_definitions.benign_subtypes.splits.k"]),
+    ]
+    for config, expected in cases:
+        with pytest.raises(UserError) as err:
+            wc.check(config)
+        for text in expected:
+            assert text in str(err.value), str(err.value)
+    external = validated_config("paper.yaml", "external_example.yaml")
+    with pytest.raises(UserError, match="which has no patients to hold out"):
+        wc.check(_with_split(external, "hospital_a_to_b", scheme="repeated_holdout"))
 
 
 @pytest.mark.parametrize("folds", [[0, 0], ["1", 1]])

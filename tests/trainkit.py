@@ -63,6 +63,14 @@ def settings(**overrides):
     return build(settings_values(**overrides), "resnet_small")
 
 
+def split_settings(**values):
+    """The SplitSettings of a splits section with these values (the schema's defaults fill the rest)."""
+    from deepbc.data.splits import SplitSettings
+    from deepbc.jobs.schema import fill
+
+    return SplitSettings.from_config(fill(values, "/properties/splits"))
+
+
 def serve_without_the_package(export_dir, encoded, tmp_path):
     """(probabilities, class names) of the SavedModel at ``export_dir`` on the ``encoded`` image
     bytes, served by a fresh Python that imports only TensorFlow (no PYTHONPATH, cwd elsewhere, so

@@ -5,8 +5,8 @@ Writes a JSON with accuracy, balanced accuracy, per-class sensitivity, specifici
 FP/FN, ROC AUC, the patient recognition rate, calibration (ECE, Brier; also after temperature
 scaling fitted on the validation predictions), the same per magnification (BreakHis), confusion
 matrices and 95% CIs from resampling patients, plus ``meta`` (run, task, protocol, grouping, arch,
-fold, magnification trained on) for the tables; the grouping (patient, or image when the dataset
-has no patient mapping) comes from the manifest. Conventions: see deepbc/evaluation/metrics.py.
+fold, magnification trained on, and with --split-audit the split's scheme and label) for the tables;
+the grouping (patient, or image when the dataset has no patient mapping) comes from the manifest. Conventions: see deepbc/evaluation/metrics.py.
 """
 
 from deepbc.jobs import cli
@@ -30,6 +30,9 @@ def arguments(p):
     p.add_argument("--evaluation-json", required=True, type=cli.config_section("evaluation"),
                    help='the config section evaluation as JSON, e.g. \'{"n_bootstrap": 1000}\' '
                         "(bootstrap draws of patients; 0: no CIs)")
+    p.add_argument("--split-audit", required=True,
+                   help="results/splits/{run}.audit.json: the split's scheme and label, and the classes this "
+                        "fold's validation set lacks, recorded in meta.split for the tables")
     p.add_argument("--seed", type=int, required=True, help="seed of the bootstrap draws")
     p.add_argument("--out", required=True, help="metrics JSON")
 
@@ -40,7 +43,7 @@ def run(args):
     metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, args.fold,
                          args.manifest, args.magnification, n_boot=args.evaluation_json["n_bootstrap"],
                          seed=args.seed, validation_predictions=args.validation_predictions,
-                         test_dataset=args.external_test)
+                         test_dataset=args.external_test, split_audit=args.split_audit)
 
 
 main = cli.script(__doc__, arguments, run)

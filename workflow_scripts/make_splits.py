@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Split one task's images into k folds of train/val/test, patient-wise or image-level (leaky).
+"""Split one task's images into folds of train/val/test: k folds or repeated holdouts, patient-wise or
+image-level (leaky), or a predefined split from a CSV; write the splits and their audit.
 
 Reads the dataset manifest, keeps the task's images (filter, magnification, classes; label-conflict
 images left out if splits.exclude_label_conflicts), and writes the long splits table (one row per
 image and fold; columns path, patient, slide, magnification, label, label_index, fold, split,
-protocol). Protocol 'patient' never puts a patient on two sides of a fold (checked before writing);
-protocol 'image' is the preprint's random image split, kept only to measure its inflation.
-A task with a test_dataset (--test-manifest) keeps train/val patient-wise on its dataset and tests
-every fold on all of the test dataset's images (column dataset says which dataset a row is from).
+protocol). Protocol 'patient' never puts a patient on two sides of a fold (checked before writing;
+a predefined split may, with splits.allow_straddling); protocol 'image' is the preprint's random
+image split, kept only to measure its inflation. A training set without a class of the task is
+refused. A task at one magnification is split as the same task at all magnifications. A task with a
+test_dataset (--test-manifest) keeps train/val patient-wise on its dataset and tests every fold on
+all of the test dataset's images (column dataset says which dataset a row is from). The audit
+(JSON, CSV, Markdown) says what the split is, which classes each side lacks and which patients sit
+on two sides.
 """
 
 from deepbc.jobs import cli
@@ -24,22 +29,26 @@ def arguments(p):
     p.add_argument("--protocol", required=True, help="patient (patient-wise folds) or image (the preprint's split)")
     p.add_argument("--splits-json", required=True,
                    type=cli.config_section("splits"),
-                   help='the config section splits as JSON, e.g. \'{"k": 5, "val_fraction": 0.2, '
-                        '"exclude_label_conflicts": true}\'')
+                   help='the task\'s split settings (the config section splits, with the task\'s own '
+                        'splits over it) as JSON, e.g. \'{"k": 5, "val_fraction": 0.2}\'')
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--test-manifest", default=None,
                    help="manifest parquet of the task's test_dataset (external validation only)")
     p.add_argument("--out", required=True, help="splits parquet to write")
+    p.add_argument("--audit-json", required=True, help="the split's audit: summary JSON (scheme, label, per fold "
+                                                       "sizes and absent classes), read by the metrics")
+    p.add_argument("--audit-csv", required=True, help="the split's audit: patients with images on two sides")
+    p.add_argument("--audit-md", required=True, help="the split's audit as a page to read")
 
 
 def run(args):
-    from deepbc.data.splits import build_splits_file
+    from deepbc.data.splits import SplitSettings, build_splits_file
     from deepbc.data.tasks import Task
 
     task = Task.from_config(args.task, args.task_json)
-    splits = args.splits_json
-    build_splits_file(args.manifest, task, args.protocol, splits["k"], splits["val_fraction"], args.seed,
-                      splits["exclude_label_conflicts"], args.out, test_manifest_path=args.test_manifest)
+    build_splits_file(args.manifest, task, args.protocol, SplitSettings.from_config(args.splits_json), args.seed,
+                      args.out, (args.audit_json, args.audit_csv, args.audit_md),
+                      test_manifest_path=args.test_manifest)
 
 
 main = cli.script(__doc__, arguments, run)

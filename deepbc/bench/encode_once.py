@@ -96,8 +96,11 @@ def paper_runs(images_dir: Path, root: Path, seed: int, workers: int) -> tuple[P
     from deepbc.data import manifest, splits
     from deepbc.data.runs import run_name
     from deepbc.data.tasks import Task
+    from deepbc.jobs.schema import fill
+    from deepbc.workflow import config as wfconfig
 
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    config["splits"] = fill(config.get("splits"), "/properties/splits")
     manifest_path = images_dir / "breakhis.parquet"
     if not manifest_path.is_file():
         LOG.info("check_dataset over %s", root)
@@ -114,9 +117,9 @@ def paper_runs(images_dir: Path, root: Path, seed: int, workers: int) -> tuple[P
             out = images_dir / "splits" / f"{run}.parquet"
             if not out.is_file():
                 out.parent.mkdir(exist_ok=True)
-                s = config["splits"]
-                splits.build_splits_file(manifest_path, Task.from_config(task_name, spec), protocol, s["k"],
-                                         s["val_fraction"], seed, s["exclude_label_conflicts"], out)
+                settings = splits.SplitSettings.from_config(wfconfig.split_settings(config, task_name))
+                splits.build_splits_file(manifest_path, Task.from_config(task_name, spec), protocol, settings, seed,
+                                         out)
             runs[run] = out
     return manifest_path, runs, config["shards"]
 

@@ -38,7 +38,8 @@ class Task:
     def from_config(cls, name: str, spec: dict) -> "Task":
         """Build a task from its config mapping, refusing unknown keys and values with the key path."""
         where = f"config key tasks.{name}"
-        known = {"dataset", "label", "classes", "filter", "magnification", "protocols", "test_dataset"}
+        # splits: the task's split settings, which the splits take separately (deepbc.data.splits.SplitSettings).
+        known = {"dataset", "label", "classes", "filter", "magnification", "protocols", "test_dataset", "splits"}
         unknown = sorted(set(spec) - known)
         if unknown:
             raise UserError(f"unknown task key(s) {unknown}", where, f"use only {sorted(known)}")

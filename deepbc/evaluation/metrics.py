@@ -74,7 +74,7 @@ import pandas as pd
 
 from deepbc.data.runs import parse_run
 from deepbc.jobs import atomic
-from deepbc.jobs.errors import UserError
+from deepbc.jobs.errors import UserError, delete_and_rerun
 from deepbc.jobs.logs import LOG
 
 CONFIDENCE = 0.95
@@ -316,7 +316,7 @@ def temperature_scaling(test_df: pd.DataFrame, val_df: pd.DataFrame, classes: li
 
 def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
                  magnification: str, *, n_boot: int, seed: int,
-                 validation_predictions=None, test_dataset: str | None = None) -> dict:
+                 validation_predictions=None, test_dataset: str | None = None, split_audit=None) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
     ``meta`` (run, task, protocol, grouping, arch, fold, magnification: the one the task trained
@@ -325,6 +325,7 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
     dataset (None: held-out folds of the task's dataset). ``validation_predictions`` (the same
     model's validation split) adds ``temperature_scaling``. ``precision`` is what the probabilities
     were computed in (the predictions' ``precision`` column; None in predictions written before it).
+    ``split_audit`` (the run's results/splits/{run}.audit.json) adds ``meta.split`` (``split_meta``).
     """
     try:
         df = pd.read_parquet(predictions)
@@ -356,6 +357,8 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
                       "precision": (",".join(sorted(set(df["precision"]))) if "precision" in df.columns
                                     else None),
                       "predictions": str(predictions)}
+    if split_audit is not None:
+        result["meta"]["split"] = split_meta(split_audit, int(fold))
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]
     LOG.info("%s %s fold %d: %d images, %d patients; accuracy image %.3f, patient %.3f; "
@@ -363,6 +366,25 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
              result["n_images"], result["n_patients"], img["accuracy"], pat["accuracy"],
              img["balanced_accuracy"], pat["balanced_accuracy"], n_boot)
     return result
+
+
+def split_meta(split_audit, fold: int) -> dict:
+    """What split a fold's figures come from, for the tables (deepbc.data.splits.audit): ``scheme``
+    (kfold, repeated_holdout or predefined), ``unit`` (fold, repeat or split), ``label`` (e.g.
+    "5 repeated patient-wise 70/30 holdouts", "predefined split, 4 patients on two sides"),
+    ``note`` (what a mean ± sd and interval over such folds are), ``patients_on_two_sides`` and
+    ``validation_absent_classes`` (the task's classes this fold's validation set has no image of:
+    its checkpoint choice, early stopping and temperature used the others' validation loss)."""
+    from deepbc.data.splits import read_audit
+
+    summary = read_audit(split_audit)
+    entry = summary["folds"].get(str(fold))
+    if entry is None:
+        raise UserError(f"fold {fold} is not in the split audit (folds {sorted(summary['folds'])})", str(split_audit),
+                        delete_and_rerun(split_audit, remakes="make_splits writes it again"))
+    return {"scheme": summary["scheme"], "unit": summary["unit"], "label": summary["label"], "note": summary["note"],
+            "patients_on_two_sides": summary["patients_on_two_sides"],
+            "validation_absent_classes": entry["val"]["absent_classes"]}
 
 
 def draw_patients(rng: np.random.Generator, n_patients: int, n_boot: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from deepbc.results.figures import PROTOCOL_STYLE, _external, _level_title, load
 from deepbc.evaluation.metrics import (CALIBRATION_METRICS, ECE_BINS, TEMPERATURE_CAVEAT, confidence_bin, grouping_of,
                                        prob_column)
 from deepbc.results.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, _aggregate, _cell, _fmt, fold_frame,
-                           load_metrics, protocol_label, write_formats)
+                           load_metrics, protocol_label, split_notes, write_formats)
 
 # (level, metric) columns of the table, in display order.
 COLUMNS = tuple((lv, m) for lv in ("image", "patient") for m in CALIBRATION_METRICS)
@@ -74,7 +74,9 @@ def calibration_table(metrics) -> pd.DataFrame:
     keep += [f"{lv}_{m}_{s}" for lv, m in COLUMNS for s in STATS]
     keep += ["temperature_mean", "temperature_sd"]
     keep += [f"scaled_{lv}_{m}_{s}" for lv, m in COLUMNS for s in STATS]
-    return table[keep].reset_index(drop=True)
+    table = table[keep].reset_index(drop=True)
+    table.attrs["split_notes"] = split_notes(folds)
+    return table
 
 
 def write_calibration_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None) -> None:

@@ -11,8 +11,9 @@ on, magnification it was tested on, and architecture:
 
 Rows of tasks with the same classes sit together, by magnification tested on (40X ... 400X) and
 the model trained on all first, so that a per-magnification task is read below the
-all-magnification one tested on the same magnification (each task makes its own patient folds, so
-the two rows' test patients differ). Only patient-wise runs are shown (the image-level protocol is the
+all-magnification one tested on the same magnification; a one-magnification task is split as the
+same task at all magnifications (deepbc.data.splits.build_splits_file), so the two rows are tested
+on the same patients. Only patient-wise runs are shown (the image-level protocol is the
 preprint's leaky split, and an image-grouped run is not patient-wise); folder datasets carry no
 magnification, so the table covers BreakHis tasks only. Figures are pooled over the test folds, as
 in the task tables: the pooled JSONs' ``by_magnification`` blocks (deepbc.evaluation.pooled), with
@@ -26,12 +27,24 @@ from deepbc.data.breakhis import MAGNIFICATIONS
 from deepbc.jobs.errors import UserError
 from deepbc.results.tables import (EXTERNAL_NOTE, LABELS, RECOGNITION_NOTE, ZERO_WIDTH_NOTE, fold_frame, has_zero_width,
                                    intervals_note, load_metrics, load_pooled, pooled_cell, pooled_frame, recompute,
-                                   with_pooled, write_formats)
+                                   split_notes, with_pooled, write_formats)
 
 # (level, metric) columns of the table, in display order.
 COLUMNS = (("image", "accuracy"), ("image", "patient_recognition_rate"), ("image", "auc"),
            ("patient", "accuracy"), ("patient", "auc"))
 KEYS = ["family", "test", "tested_on", "trained_on", "task", "arch"]
+# How the protocol differs from the one the BreakHis literature reports (checked against the real
+# file list, tests/data/breakhis/).
+SPANHOL_NOTE = (
+    "Against Spanhol et al. (2016): they report image-level accuracy and the patient recognition "
+    "rate per magnification as the mean over five random patient-wise 70/30 splits, one model per "
+    "magnification, and count 82 patients, the dataset's slide folders (24 benign, 58 malignant). "
+    "Here a patient is a numeric id (the 82 folders carry 70: sibling slides such as 14-22549AB, "
+    "CD and G are one patient, so they never sit on two sides), the byte-identical slide 14-13412, "
+    "filed under two subtypes, is left out (splits.exclude_label_conflicts; benign vs malignant "
+    "then has 69 patients), and a task's split is k-fold cross-validation, each patient tested "
+    "once, unless it sets splits.scheme: repeated_holdout (splits.repeats holdouts of "
+    "splits.test_fraction of the patients; 5 x 0.3 is Spanhol's protocol).")
 
 
 def magnification_table(metrics, pooled) -> pd.DataFrame:
@@ -67,8 +80,9 @@ def magnification_table(metrics, pooled) -> pd.DataFrame:
                                            "trained_on": meta["magnification"], "tested_on": mag}})
     if not pseudo:
         return pd.DataFrame(columns=["task", "test", "trained_on", "tested_on", "architecture", "n_folds"])
+    folds = fold_frame(pseudo)
     frame = pooled_frame(pooled_pseudo, extra_keys=("family", "trained_on", "tested_on"))
-    table = with_pooled(fold_frame(pseudo), frame, KEYS, on=KEYS)
+    table = with_pooled(folds, frame, KEYS, on=KEYS)
     # Magnifications in their optical order (a text sort puts 400X before 40X), "all" first, so a
     # one-magnification model sits right below the all-magnification model tested on the same one.
     order = {m: i for i, m in enumerate(("all", *MAGNIFICATIONS))}
@@ -79,7 +93,9 @@ def magnification_table(metrics, pooled) -> pd.DataFrame:
             "n_boot"]
     keep += [f"{lv}_{m}{s}" for lv, m in COLUMNS
              for s in ("", "_ci_low", "_ci_high", "_ci_method", "_k", "_n", "_mean", "_sd")]
-    return table[keep].reset_index(drop=True)
+    table = table[keep].reset_index(drop=True)
+    table.attrs["split_notes"] = split_notes(folds)
+    return table
 
 
 def write_magnification_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=None) -> None:
@@ -93,14 +109,16 @@ def write_magnification_table(table: pd.DataFrame, out_csv=None, out_md=None, ou
         "Per magnification, as BreakHis results are published (Spanhol et al. 2016): trained on "
         "all = one model for all magnifications, evaluated on the test images of each "
         "(magnification-independent); trained on 40X etc. = a task trained and tested on that "
-        "magnification only. A one-magnification task makes its own patient-wise folds, so its "
-        "test patients differ from those of the all-magnification row above it. Patient-wise runs "
-        "tested on BreakHis-kind datasets only: folder datasets have no magnification.",
-        "Pooled over the test folds: the figures of all folds' test images of that magnification "
-        "together (the CSV also has the per-fold mean and sd, *_mean and *_sd). Patient level: a "
-        "patient's probabilities are the mean of its images at that magnification. AUC: for two "
-        "classes of the second class's probability, for more the mean of the one-vs-rest AUCs.",
+        "magnification only. A one-magnification task is split as the same task at all "
+        "magnifications (the same patient folds, or repeats), so each of its rows is tested on the "
+        "same patients as the all-magnification row above it. Patient-wise runs tested on "
+        "BreakHis-kind datasets only: folder datasets have no magnification.",
+        "Pooled over the test folds (or repeats): the figures of all their test images of that "
+        "magnification together (the CSV also has the per-fold mean and sd, *_mean and *_sd). Patient "
+        "level: a patient's probabilities are the mean of its images at that magnification. AUC: for "
+        "two classes of the second class's probability, for more the mean of the one-vs-rest AUCs.",
         RECOGNITION_NOTE,
+        SPANHOL_NOTE,
     ]
     if table.empty:
         footnotes.insert(0, "No patient-wise run of a BreakHis task: nothing to show.")

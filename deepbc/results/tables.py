@@ -411,6 +411,7 @@ def task_table(metrics, pooled, task: str, preprint: dict | None = None) -> pd.D
         table[col] = table[col].astype("Int64")
     table = table.reset_index(drop=True)
     table.attrs["notes"] = fold_notes([m for m in metrics if m["meta"]["task"] == task])
+    table.attrs["split_notes"] = split_notes(folds)
     return table
 
 
@@ -563,13 +564,49 @@ def write_task_table(table: pd.DataFrame, out_csv=None, out_md=None, out_tex=Non
 
 def write_formats(table: pd.DataFrame, header, rows, footnotes, title, out_csv=None, out_md=None,
                   out_tex=None) -> None:
-    """A table's numbers as CSV, and its formatted rows with footnotes as Markdown and LaTeX."""
+    """A table's numbers as CSV, and its formatted rows with footnotes (and the split notes) as
+    Markdown and LaTeX."""
+    footnotes = _with_split_notes(table, footnotes)
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:
         atomic.write_text(out_md, to_markdown(header, rows, footnotes, title))
     if out_tex:
         atomic.write_text(out_tex, to_latex(header, rows, footnotes, title))
+
+
+# --------------------------------------------------------------------------------------------
+# Split notes: which split produced a table's figures (deepbc.data.splits.audit, copied into the
+# metrics' meta.split), and the folds whose validation set lacked a class. Every table builder
+# keeps them in ``table.attrs["split_notes"]``; every writer prints them as footnotes.
+# --------------------------------------------------------------------------------------------
+
+
+def split_notes(folds: pd.DataFrame) -> list[str]:
+    """Footnotes from the fold frame's ``split`` meta (absent from metrics written before it)."""
+    if "split" not in folds.columns:
+        return []
+    by_note: dict[str, list[str]] = {}
+    lacking = []
+    for run, g in folds.groupby("run", sort=True):
+        metas = [(int(f), m) for f, m in zip(g["fold"], g["split"]) if isinstance(m, dict)]
+        if not metas:
+            continue
+        by_note.setdefault(metas[0][1]["note"], []).append(run)
+        absent = sorted({(f, m["unit"], tuple(m["validation_absent_classes"])) for f, m in metas
+                         if m["validation_absent_classes"]})
+        if absent:
+            lacking.append(f"{run}: " + ", ".join(f"{unit} {f} ({', '.join(c)})" for f, unit, c in absent))
+    notes = [f"Split of {', '.join(runs)}: {note}" for note, runs in by_note.items()]
+    if lacking:
+        notes.append("Validation sets without a class: " + "; ".join(lacking) + ". Their checkpoint choice, "
+                     "early stopping and temperature scaling used the validation loss over the classes "
+                     "present.")
+    return notes
+
+
+def _with_split_notes(table: pd.DataFrame, footnotes: list[str]) -> list[str]:
+    return list(footnotes) + list(table.attrs.get("split_notes", []))
 
 
 _MODEL_PATH = re.compile(r"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>\d+)/settings\.json$")
@@ -709,6 +746,7 @@ def summary_table(metrics, pooled, models, preprint: dict | None = None) -> pd.D
     acc = {f["task"]: f for f in preprint.get("figures", []) if f["metric"] == "accuracy"}
     best["preprint_accuracy"] = [acc.get(t, {}).get("value") for t in best["task"]]
     best["preprint_architecture"] = [acc.get(t, {}).get("architecture") for t in best["task"]]
+    best.attrs["split_notes"] = split_notes(patient)
     return best
 
 
@@ -749,6 +787,7 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         footnotes.insert(1, IMAGE_GROUPED_NOTE)
     if table["test"].str.startswith("external").any():
         footnotes.insert(1, EXTERNAL_NOTE)
+    footnotes = _with_split_notes(table, footnotes)
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:
@@ -869,6 +908,7 @@ def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
     if table.empty:
         footnotes.insert(0, "No task with a patient mapping ran both protocols (set protocols: "
                             "[patient, image] for a task).")
+    footnotes = _with_split_notes(table, footnotes)
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:

@@ -41,7 +41,7 @@ def check(config: dict) -> None:
     if unknown:
         raise UserError(f"unknown task(s) {unknown}", "config key tasks",
                         f"allowed values (task_definitions): {sorted(defined)}")
-    k = config["splits"]["k"]
+    _check_predefined_scope(config)
     for name in config["tasks"]:
         task = defined[name]
         where = f"config key task_definitions.{name}"
@@ -53,12 +53,9 @@ def check(config: dict) -> None:
             raise UserError(f"task uses dataset {ds!r}, which is not configured under datasets",
                             f"{where}.dataset", f"add datasets.{ds} or use one of {sorted(datasets)}")
         _check_task_on(task, ds, datasets[ds], where, external=False)
+        _check_split(config, name)
         test = task.get("test_dataset")
         if test is None:
-            if k < 2:
-                raise UserError(f"splits.k={k} leaves no test patients for task {name!r}, which has no "
-                                "test_dataset", "config key splits.k",
-                                f"set k to 2 or more, or give task {name!r} an external test_dataset")
             continue
         if test not in datasets:
             raise UserError(f"task tests on dataset {test!r}, which is not configured under datasets",
@@ -80,15 +77,58 @@ def check(config: dict) -> None:
                         "never apply", "config key train.per_task",
                         f"name a task of task_definitions: {sorted(defined)}")
     # Here rather than uniqueItems in the schema: folds given on the command line are strings.
-    listed = folds(config)
+    listed = [] if config.get("folds", "all") == "all" else [int(f) for f in config["folds"]]
     repeated = sorted({f for f in listed if listed.count(f) > 1})
     if repeated:
         raise UserError(f"fold(s) {repeated} listed more than once", "config key folds",
                         "list each fold once, e.g. folds=[0,1]")
-    for fold in listed:
-        if fold >= k:
-            raise UserError(f"fold {fold} does not exist with k={k}", "config key folds",
-                            f"use fold indices 0..{k - 1}")
+    for name in config["tasks"]:
+        count, what = fold_count(config, name)
+        for fold in [] if what == "predefined" else listed:
+            if fold >= count:
+                raise UserError(f"fold {fold} does not exist with {what}={count} (task {name!r})", "config key folds",
+                                f"use fold indices 0..{count - 1}")
+
+
+def _check_split(config: dict, name: str) -> None:
+    """The task's split settings fit it: k >= 2 unless it tests on another dataset; a repeated holdout
+    or a predefined split only on its own dataset, a predefined split only patient-wise, its file there."""
+    task, split = config["task_definitions"][name], split_settings(config, name)
+    own = "task_definitions.{name}.splits" if "splits" in task else "splits"
+    external = task.get("test_dataset") is not None
+    if split["predefined"]:
+        if external or list(task.get("protocols", ["patient"])) != ["patient"]:
+            raise UserError(f"task {name!r} has a predefined split (config key {own.format(name=name)}.predefined) "
+                            "and " + ("a test_dataset" if external else "the image protocol") + ": a predefined "
+                            "split is patient-wise, tested on its own dataset", f"config key task_definitions.{name}",
+                            "remove its test_dataset and set protocols: [patient], or give it no predefined split")
+        if not os.path.isfile(split["predefined"]):
+            raise UserError(f"the predefined split file of task {name!r} does not exist", split["predefined"],
+                            f"set config key {own.format(name=name)}.predefined to an existing CSV (key,split; a path "
+                            "relative to the working directory)")
+    elif split["scheme"] == "repeated_holdout":
+        if external:
+            raise UserError(f"task {name!r} tests on another dataset (test_dataset), which has no patients to hold "
+                            "out", f"config key {own.format(name=name)}.scheme",
+                            "use scheme kfold for it (its k folds train and validate; every fold tests on the "
+                            "test_dataset)")
+    elif split["k"] < 2 and not external:
+        raise UserError(f"splits.k={split['k']} leaves no test patients for task {name!r}, which has no "
+                        "test_dataset", f"config key {own.format(name=name)}.k",
+                        f"set k to 2 or more, or give task {name!r} an external test_dataset")
+
+
+def _check_predefined_scope(config: dict) -> None:
+    """splits.predefined (for every task) names keys of one dataset: the tasks must all be on it."""
+    if not config["splits"]["predefined"]:
+        return
+    own = {t for t in config["tasks"] if "predefined" in (config["task_definitions"][t].get("splits") or {})}
+    datasets = sorted({config["task_definitions"][t]["dataset"] for t in config["tasks"] if t not in own})
+    if len(datasets) > 1:
+        raise UserError(f"splits.predefined applies to every task, but the tasks are on datasets {datasets}: its "
+                        "keys name images of one dataset", "config key splits.predefined",
+                        "move predefined (and predefined_key) under task_definitions.<task>.splits of the tasks "
+                        "on the dataset it lists")
 
 
 def check_layering(config: dict, configfiles, demo_config) -> None:
@@ -167,17 +207,45 @@ def selected_tasks(config: dict) -> dict:
 
 def partial_folds_warning(config: dict) -> str | None:
     """A warning when a study (not the demo) runs only some of its folds."""
-    run, k = folds(config), config["splits"]["k"]
-    if config.get("demo") or len(run) == k:
+    if config.get("demo"):
         return None
-    return (f"training and testing only fold(s) {run} of splits.k={k} (config key folds): every table "
-            "averages over these folds only; set folds: all to run every fold")
+    partial: dict = {}
+    for task in config["tasks"]:
+        run, (count, what) = folds(config, task), fold_count(config, task)
+        if len(run) < count:
+            partial.setdefault(f"fold(s) {run} of splits.{what}={count}", []).append(task)
+    if not partial:
+        return None
+    listed = "; ".join(f"{folds_run} (tasks {', '.join(tasks)})" for folds_run, tasks in partial.items())
+    return (f"training and testing only {listed} (config key folds): every table averages over these folds "
+            "only; set folds: all to run every fold")
 
 
-def folds(config: dict) -> list[int]:
-    """The folds to run; values given on the command line arrive as strings."""
+def split_settings(config: dict, task: str) -> dict:
+    """The task's split settings: the splits section, with task_definitions.<task>.splits over it."""
+    return {**config["splits"], **(config["task_definitions"][task].get("splits") or {})}
+
+
+def fold_count(config: dict, task: str) -> tuple[int, str]:
+    """(how many folds the task's split has, the key that says so): k folds, a repeated holdout's
+    repeats, or the one fold of a predefined split."""
+    split = split_settings(config, task)
+    if split["predefined"]:
+        return 1, "predefined"
+    if split["scheme"] == "repeated_holdout":
+        return split["repeats"], "repeats"
+    return split["k"], "k"
+
+
+def folds(config: dict, task: str) -> list[int]:
+    """The task's folds to run (a repeat of a repeated holdout is a fold): config key folds, or all of
+    them; a predefined split's one fold 0 whatever folds says. Values given on the command line
+    arrive as strings."""
+    count, what = fold_count(config, task)
     listed = config.get("folds", "all")
-    return list(range(config["splits"]["k"])) if listed == "all" else [int(f) for f in listed]
+    if listed == "all" or what == "predefined":
+        return list(range(count))
+    return [int(f) for f in listed]
 
 
 def train_settings(config: dict, task: str, arch: str) -> dict:

@@ -31,6 +31,14 @@ def splits(run: str) -> str:
     return f"results/splits/{run}.parquet"
 
 
+def split_audit(run: str, ext: str) -> str:
+    """The split's audit (deepbc.data.splits.audit): json (read by the metrics), csv or md."""
+    return f"results/splits/{run}.audit.{ext}"
+
+
+AUDIT_FORMATS = ("json", "csv", "md")
+
+
 def shard_index(run: str, fold, split: str) -> str:
     return f"results/tfrecords/{run}/fold{fold}/{split}.json"
 
@@ -78,7 +86,10 @@ class Run:
     test_dataset: str
     classes: tuple[str, ...]
     magnification: str
+    # The folds (or repeats, or the one predefined split) run, and the split settings that make them.
+    folds: tuple[int, ...]
     definition: dict = dataclasses.field(compare=False, repr=False)
+    split_settings: dict = dataclasses.field(compare=False, repr=False)
 
     @property
     def external(self) -> bool:
@@ -109,7 +120,6 @@ class Plan:
         self.config = config
         self.tasks = wfconfig.selected_tasks(config)
         self.runs = {name: self._run(name) for name in wfconfig.runs(config)}
-        self.folds = wfconfig.folds(config)
         self.archs = list(config["architectures"])
         # Each dataset entry with the breakhis_dir/tma_dir/tma_patients_csv shortcuts applied.
         self.dataset_specs = datasets_config.resolve(config)
@@ -119,7 +129,8 @@ class Plan:
         task, protocol = parse_run(name)
         spec = self.tasks[task]
         return Run(name, task, protocol, spec["dataset"], spec.get("test_dataset") or spec["dataset"],
-                   tuple(spec["classes"]), spec["magnification"], spec)
+                   tuple(spec["classes"]), spec["magnification"], tuple(wfconfig.folds(self.config, task)), spec,
+                   wfconfig.split_settings(self.config, task))
 
     def runs_of_task(self, task: str) -> list[Run]:
         return [r for r in self.runs.values() if r.task == task]
@@ -139,8 +150,8 @@ class Plan:
         return [r if isinstance(r, str) else r.name for r in (self.runs.values() if runs is None else runs)]
 
     def _each(self, pattern, runs=None, archs=None) -> list[str]:
-        return [pattern(run, arch, fold) for run in self._names(runs) for arch in (archs or self.archs)
-                for fold in self.folds]
+        chosen = [self.runs[name] for name in self._names(runs)]
+        return [pattern(run.name, arch, fold) for run in chosen for arch in (archs or self.archs) for fold in run.folds]
 
     def metrics_files(self, runs=None) -> list[str]:
         return self._each(metrics, runs)
@@ -167,10 +178,12 @@ class Plan:
         return [manifest(d) for d in self.datasets]
 
     def split_tables(self) -> list[str]:
-        return [splits(r) for r in self.runs]
+        """Each run's splits and their audit."""
+        return [f for r in self.runs for f in (splits(r), *(split_audit(r, ext) for ext in AUDIT_FORMATS))]
 
     def shards(self) -> list[str]:
-        return [shard_index(run, fold, split) for run in self.runs for fold in self.folds for split in SPLITS]
+        return [shard_index(run.name, fold, split) for run in self.runs.values() for fold in run.folds
+                for split in SPLITS]
 
     def models(self) -> list[str]:
         return self.model_files("settings.json")
