@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deepbc.data.runs import parse_run, run_name
+from deepbc.data.runs import PROTOCOLS, parse_run, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top. bench measures everything, so it stands above all.
@@ -124,6 +124,10 @@ def test_run_names_have_no_dependencies_and_round_trip():
     assert run_name("bvm", "patient") == "bvm"
     assert parse_run("benign_vs_malignant__image_level") == ("benign_vs_malignant", "image")
     assert parse_run(run_name("bvm", "patient")) == ("bvm", "patient")
+    # The augment-then-split protocol (the preprint's leak) is named apart from the image-level one.
+    assert run_name("bvm", "augmented_image") == "bvm__augmented_image_level"
+    for protocol in PROTOCOLS:
+        assert parse_run(run_name("benign_vs_malignant", protocol)) == ("benign_vs_malignant", protocol)
 
 
 @pytest.mark.parametrize("flat", ["evaluate", "shard_reader", "workflow_config"])

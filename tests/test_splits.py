@@ -11,6 +11,7 @@ import yaml
 
 from deepbc.data import splits as sp
 from deepbc.data import tasks
+from deepbc.data.runs import COPIES
 from deepbc.data.breakhis import parse_path
 from deepbc.jobs.atomic import write_parquet
 from deepbc.jobs.errors import UserError
@@ -98,7 +99,8 @@ def test_image_protocol_is_labelled_and_leaky(breakhis_manifest, caplog):
     with pytest.raises(UserError, match="patient leak"):
         sp.assert_patient_safe(splits)
     assert "IMAGE-LEVEL PROTOCOL" in caplog.text
-    assert re.search(r"fold 0 \(image-level\): \d+ of \d+ test patients also appear in train", caplog.text)
+    assert re.search(r"fold 0 \(image-level \(originals split at random\)\): \d+ of \d+ test patients also appear in "
+                     r"train", caplog.text)
     # Stratified over images: each test fold holds about a fifth of every class.
     test = splits[splits["split"] == "test"].groupby(["fold", "label"]).size().unstack()
     assert (test.max() - test.min() <= 1).all()
@@ -357,6 +359,52 @@ def test_image_level_holdouts(breakhis_manifest):
     test = splits[splits["split"] == "test"].groupby("fold").size()
     assert (abs(test / len(selected) - 0.3) < 0.01).all() and len(test) == 3
     assert (splits["protocol"] == "image").all()
+
+
+def test_augment_then_split_deals_image_copies_and_says_so(caplog, tmp_path):
+    """The preprint's leak (issue 23.5): every image's 8 copies split at random, so other copies of
+    a test image sit in training; the image-level protocol splits the originals, with no copies."""
+    caplog.set_level(logging.INFO)
+    selected = tasks.select(_tiny(), _tiny_task(protocols=["patient", "image", "augmented_image"]))
+    splits = sp.make_splits(selected, k=3, val_fraction=0.25, seed=0, protocol="augmented_image")
+    assert (splits["protocol"] == "augmented_image").all() and list(splits.columns[:9]) == sp.COLUMNS
+    assert splits.equals(sp.make_splits(selected, k=3, val_fraction=0.25, seed=0, protocol="augmented_image"))
+    # Every copy of every image once per fold, each tested in exactly one fold.
+    assert (splits.groupby("fold").size() == 8 * len(selected)).all()
+    assert not splits.duplicated(["fold", "path", "copy"]).any()
+    test = splits[splits["split"] == "test"]
+    assert sorted(zip(test["path"], test["copy"])) == sorted((p, c) for p in selected["path"] for c in range(8))
+    assert sorted(splits.drop_duplicates("copy")["copy"]) == list(range(len(COPIES))) and len(COPIES) == 8
+    # The leak: nearly every test copy has another copy of its image in training (7 siblings, each
+    # trained on with probability ~1/2), and the copies of one image are spread over the sides.
+    leaks = sp.copy_leaks(splits)
+    sizes = test.groupby("fold").size()
+    assert set(leaks) == {0, 1, 2} and all(leaks[f] > 0.9 * sizes[f] for f in leaks)
+    assert (splits[splits["fold"] == 0].groupby("path")["split"].nunique() > 1).mean() > 0.9
+    assert "AUGMENT-THEN-SPLIT PROTOCOL (the preprint's leak)" in caplog.text
+    assert re.search(r"fold 0 \(augment-then-split \(the preprint's leak\)\): \d+ of 128 test copies", caplog.text)
+    # The image-level protocol: the originals, no copies, no copy leak.
+    image = sp.make_splits(selected, k=3, val_fraction=0.25, seed=0, protocol="image")
+    assert "copy" not in image and sp.copy_leaks(image) == {} and len(image) == 3 * len(selected)
+    # Named so in the audit (which the tables' notes copy).
+    settings = trainkit.split_settings(k=3)
+    summary, _, markdown = sp.audit(splits, settings, "augmented_image", "t__augmented_image_level")
+    assert summary["label"] == "3-fold augment-then-split cross-validation (8 copies per image)"
+    assert summary["copies_per_image"] == list(COPIES)
+    assert summary["folds"]["0"]["test_copies_with_a_copy_in_train"] == leaks[0]
+    assert "each image copy is tested once" in summary["note"]
+    assert f"Test copies with another copy of their image in training: fold 0: {leaks[0]} of 128" in markdown
+    holdouts = sp.make_holdouts(selected, 2, 0.3, 0.25, 0, "augmented_image")
+    assert (holdouts.groupby("fold").size() == 8 * len(selected)).all()
+    assert (abs(holdouts[holdouts["split"] == "test"].groupby("fold").size() / (8 * len(selected)) - 0.3) < 0.01).all()
+
+
+def test_augment_then_split_is_refused_where_a_split_must_be_patient_wise(tmp_path):
+    settings = trainkit.split_settings(predefined=str(EVA), predefined_key="slide")
+    task = tasks.Task.from_config("eva", {**EVA_TASK, "protocols": ["patient", "augmented_image"]})
+    with pytest.raises(UserError, match="cannot be combined with the augment-then-split") as err:
+        sp.build_splits_file("unread.parquet", task, "augmented_image", settings, 0, tmp_path / "s.parquet")
+    assert "set protocols: [patient]" in err.value.fix
 
 
 EVA = REPO / "tests" / "data" / "eva_breakhis" / "eva_breakhis_v2_40X.csv"

@@ -1,6 +1,7 @@
 """Config checks beyond the schema, and the workflow's lookups."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,7 @@ def test_split_schemes_are_checked_before_anything_runs(demo_config, tmp_path):
     wc.check(_with_split(demo_config, "benign_subtypes", scheme="repeated_holdout", k=1))
     cases = [
         (_with_split(demo_config, "benign_vs_malignant", predefined=str(csv)),
-         ["the image protocol", "config key task_definitions.benign_vs_malignant"]),
+         ["a leaky protocol ['image', 'augmented_image']", "config key task_definitions.benign_vs_malignant"]),
         (_with_split(demo_config, "benign_subtypes", predefined=str(tmp_path / "none.csv")),
          ["predefined split file of task 'benign_subtypes' does not exist",
           "task_definitions.benign_subtypes.splits.predefined"]),
@@ -143,6 +144,30 @@ def test_hed_augmentation_is_off_or_sigma_and_bias(demo_config, hed):
     config = copy.deepcopy(demo_config)
     config["train"]["defaults"]["augment"]["hed"] = hed
     schema.check(config)
+def test_augment_then_split_runs_train_without_on_the_fly_rotations_and_flips(demo_config):
+    """Its images are the rotations and mirror images: drawn again in training, every test copy's
+    pixels would be trained on. The other settings are the task's, as for the image-level run."""
+    config = copy.deepcopy(demo_config)
+    config["task_definitions"]["benign_vs_malignant"]["protocols"] = ["patient", "image", "augmented_image"]
+    config["train"]["defaults"]["augment"]["random_crop"] = True
+    wc.check(config)
+    assert "benign_vs_malignant__augmented_image_level" in wc.runs(config)
+    image, augmented = (json.loads(wc.train_settings_json(config, f"benign_vs_malignant__{run}", "resnet_small"))
+                        for run in ("image_level", "augmented_image_level"))
+    assert image["augment"]["rotate"] and image["augment"]["flip"]
+    assert augmented["augment"] == {**image["augment"], "rotate": False, "flip": False}
+    assert augmented["augment"]["random_crop"]
+    assert {k: v for k, v in augmented.items() if k != "augment"} == {k: v for k, v in image.items() if k != "augment"}
+    # What trains the model differs, so every reader of the model reruns with it.
+    assert (wc.model_fingerprint(config, "benign_vs_malignant__augmented_image_level", "resnet_small")
+            != wc.model_fingerprint(config, "benign_vs_malignant__image_level", "resnet_small"))
+    # The leakage table needs patient-wise and a leaky protocol, not two leaky ones.
+    config["task_definitions"]["benign_vs_malignant"]["protocols"] = ["patient", "augmented_image"]
+    assert wc.has_both_protocols(config)
+    config["task_definitions"]["benign_vs_malignant"]["protocols"] = ["image", "augmented_image"]
+    assert not wc.has_both_protocols({**config, "tasks": ["benign_vs_malignant"]})
+
+
 def test_rule_helpers(demo_config, tmp_path, monkeypatch):
     config = copy.deepcopy(demo_config)
     config["train"]["per_architecture"] = {"resnet_small": {"init": "imagenet"}}

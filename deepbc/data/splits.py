@@ -1,10 +1,12 @@
 """Splits of a task's images into test, validation and training: patient-wise (honest), image-level
-(the preprint's, leaky), or predefined (a published list), each audited.
+or augment-then-split (leaky, run to measure the leak), or predefined (a published list), each audited.
 
 ``make_splits`` (and ``make_holdouts``, ``make_predefined_splits``) return the long table
 ``results/splits/{run}.parquet`` (one row per image and fold): ``path, patient, slide,
-magnification, label, label_index, fold, split, protocol``, sorted by ``fold, split, path``. A
-repeat of a repeated holdout, and the one split of a predefined list, is a fold like any other.
+magnification, label, label_index, fold, split, protocol``, sorted by ``fold, split, path``; under
+the augment-then-split protocol one row per image copy and fold, with the copy id (``copy``,
+deepbc.data.runs.COPIES), sorted by ``fold, split, path, copy``. A repeat of a repeated holdout, and
+the one split of a predefined list, is a fold like any other.
 
 Schemes (``splits.scheme``, docs/methods.md):
 
@@ -20,10 +22,14 @@ Schemes (``splits.scheme``, docs/methods.md):
 - ``repeated_holdout``, protocol ``patient``: each repeat draws round(test_fraction x patients)
   test patients per class in proportion (never a class's last patient), then its validation
   patients from the rest, as above (Spanhol et al. 2016: 5 repeats of 70/30).
-- Protocol ``image``: the preprint's image-level random split (``StratifiedKFold`` over images, or
+- Protocol ``image``: the original images split at random (``StratifiedKFold`` over images, or
   ``StratifiedShuffleSplit`` for repeats; validation drawn at random from the training images). It
   puts images of one patient on both sides, so its scores are inflated; it is run only to measure
   by how much.
+- Protocol ``augmented_image``: augment, then split (the preprint's leak): every image becomes its
+  8 copies (``copies``: the rotations and mirror images of deepbc.data.runs.COPIES), and the copies
+  are split as protocol ``image`` splits images, so other copies of a test image sit in training
+  (``copy_leaks`` counts them).
 - Predefined (``splits.predefined``): a CSV ``key,split`` mapped onto the manifest by image path,
   slide or patient (``make_predefined_splits``); one fold, 0.
 
@@ -52,7 +58,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from deepbc.data.runs import SPLITS, run_name
+from deepbc.data.runs import COPIES, COPY, LEAKY, PROTOCOL_LABELS, PROTOCOLS, SPLITS, run_name
 from deepbc.jobs.errors import UserError, delete_and_rerun
 
 LOG = logging.getLogger(__name__)
@@ -62,6 +68,8 @@ _INPUT_COLUMNS = COLUMNS[:6]
 # Carried from the manifest when present, so that write_shards can check that each file is still
 # the one check_dataset verified.
 OPTIONAL_COLUMNS = ["sha256"]
+# How a split's label names each protocol's side.
+_SIDES = {"patient": "patient-wise", "image": "image-level", "augmented_image": "augment-then-split"}
 SCHEMES = ("kfold", "repeated_holdout")
 PREDEFINED = "predefined"
 # What a predefined split's key is: the manifest column it is matched against.
@@ -115,7 +123,8 @@ class SplitSettings:
     def label(self, protocol: str, straddling: int = 0, external: str | None = None) -> str:
         """What the split is, in a few words (tables, figures, the audit); ``external``: the
         dataset every fold tests on (a task's test_dataset)."""
-        side = "patient-wise" if protocol == "patient" else "image-level"
+        side = _SIDES[protocol]
+        copies = f" ({len(COPIES)} copies per image)" if protocol == "augmented_image" else ""
         if external:
             trained = f"{self.k} patient-wise folds" if self.k > 1 else "one model on all patients"
             return f"{trained} of training and validation, each tested on all of {external}"
@@ -124,8 +133,8 @@ class SplitSettings:
             return f"predefined split, {straddling} patients on two sides" if straddling else text
         if self.kind == "repeated_holdout":
             test = round(100 * self.test_fraction)
-            return f"{self.repeats} repeated {side} {100 - test}/{test} holdouts"
-        return f"{self.k}-fold {side} cross-validation"
+            return f"{self.repeats} repeated {side} {100 - test}/{test} holdouts{copies}"
+        return f"{self.k}-fold {side} cross-validation{copies}"
 
     def note(self, protocol: str, straddling: int = 0, external: str | None = None) -> str:
         """What a table's mean ± sd and interval are over, under this split (its footnote)."""
@@ -143,7 +152,7 @@ class SplitSettings:
                     "draw their test patients independently, so a patient can be tested in several "
                     "repeats: the folds' bootstrap draws are not independent, and the interval of the "
                     "mean is too narrow.")
-        unit = "patient" if protocol == "patient" else "image"
+        unit = {"patient": "patient", "image": "image"}.get(protocol, "image copy")
         return f"{label}: mean ± sample sd over the test folds; each {unit} is tested once."
 
 
@@ -163,31 +172,32 @@ def make_splits(df: pd.DataFrame, k: int, val_fraction: float, seed: int, protoc
     if not isinstance(k, (int, np.integer)) or k < 2:
         raise UserError(f"k must be an integer >= 2, got {k!r}", "config key splits.k", "set k to 2 or more")
     _check_val_fraction(val_fraction)
-    data = _prepared(df)
+    data = _prepared(df, protocol)
     scored = _kept(data, keep)
     if protocol == "patient":
         assignments = _patient_folds(data, k, val_fraction, seed, scored)
     else:
-        assignments = _image_splits(data, k, None, val_fraction, seed)
+        assignments = _image_splits(data, k, None, val_fraction, seed, protocol)
     return _finish(data, assignments, protocol, val_fraction, scored, "fold")
 
 
 def make_holdouts(df: pd.DataFrame, repeats: int, test_fraction: float, val_fraction: float, seed: int,
                   protocol: str, keep=None) -> pd.DataFrame:
     """``repeats`` independent holdouts of test_fraction of the patients (protocol patient) or images
-    (protocol image), each a fold of the splits table; ``keep`` as in ``make_splits``."""
+    (protocols image and augmented_image: of image copies), each a fold of the splits table; ``keep`` as
+    in ``make_splits``."""
     _check_protocol(protocol)
     if not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise UserError(f"repeats must be an integer >= 1, got {repeats!r}", "config key splits.repeats",
                         "set repeats to 1 or more, e.g. 5")
     _check_fraction(test_fraction, "test_fraction", "0.3")
     _check_val_fraction(val_fraction)
-    data = _prepared(df)
+    data = _prepared(df, protocol)
     scored = _kept(data, keep)
     if protocol == "patient":
         assignments = _patient_holdouts(data, repeats, test_fraction, val_fraction, seed, scored)
     else:
-        assignments = _image_splits(data, repeats, test_fraction, val_fraction, seed)
+        assignments = _image_splits(data, repeats, test_fraction, val_fraction, seed, protocol)
     return _finish(data, assignments, protocol, val_fraction, scored, "repeat")
 
 
@@ -201,8 +211,8 @@ def split_by_settings(df: pd.DataFrame, settings: SplitSettings, seed: int, prot
 
 
 def _check_protocol(protocol: str) -> None:
-    if protocol not in ("patient", "image"):
-        raise UserError(f"unknown protocol {protocol!r}", "make_splits protocol", "use 'patient' or 'image'")
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}", "make_splits protocol", f"use one of {list(PROTOCOLS)}")
 
 
 def _check_fraction(value: float, key: str, example: str) -> None:
@@ -215,8 +225,9 @@ def _check_val_fraction(val_fraction: float) -> None:
     _check_fraction(val_fraction, "val_fraction", "0.2")
 
 
-def _prepared(df: pd.DataFrame) -> pd.DataFrame:
-    """The input columns (and carried ones) of a ``deepbc.data.tasks.select`` table, typed, sorted by path."""
+def _prepared(df: pd.DataFrame, protocol: str = "patient") -> pd.DataFrame:
+    """The input columns (and carried ones) of a ``deepbc.data.tasks.select`` table, typed, sorted by
+    path; under the augment-then-split protocol each image's ``copies``."""
     missing = [c for c in _INPUT_COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"the table to split has no column(s) {missing}", "make_splits input",
@@ -228,7 +239,15 @@ def _prepared(df: pd.DataFrame) -> pd.DataFrame:
     # Splitting must not depend on the manifest's row order.
     carried = [c for c in OPTIONAL_COLUMNS if c in df.columns]
     data = df[_INPUT_COLUMNS + carried].astype({c: str for c in _INPUT_COLUMNS + carried if c != "label_index"})
-    return data.astype({"label_index": "int64"}).sort_values("path", kind="stable").reset_index(drop=True)
+    data = data.astype({"label_index": "int64"}).sort_values("path", kind="stable").reset_index(drop=True)
+    return copies(data) if protocol == "augmented_image" else data
+
+
+def copies(data: pd.DataFrame) -> pd.DataFrame:
+    """Every row as its len(COPIES) copies, with their copy id (column ``copy``), in (path, copy)
+    order: augment first, as the preprint did, so that the split deals copies, not images."""
+    out = data.loc[data.index.repeat(len(COPIES))].reset_index(drop=True)
+    return out.assign(**{COPY: np.tile(np.arange(len(COPIES), dtype=np.int64), len(data))})
 
 
 def _kept(data: pd.DataFrame, keep) -> np.ndarray:
@@ -240,7 +259,7 @@ def _finish(data: pd.DataFrame, assignments: list[np.ndarray], protocol: str, va
             scored: np.ndarray, unit: str, allow_straddling: bool = False) -> pd.DataFrame:
     """The long table of the assignments (one array of splits per fold), restricted to the kept
     rows, checked."""
-    carried = [c for c in OPTIONAL_COLUMNS if c in data.columns]
+    carried = [c for c in OPTIONAL_COLUMNS + [COPY] if c in data.columns]
     parts = [data[scored].assign(fold=np.int64(fold), split=split[scored], protocol=protocol)
              for fold, split in enumerate(assignments)]
     out = pd.concat(parts, ignore_index=True)
@@ -254,13 +273,13 @@ def check_splits(splits: pd.DataFrame, val_fraction: float | None, unit: str = "
                  allow_straddling: bool = False) -> None:
     """Refuse a training set without a class of the task, or a patient on two sides (unless a
     predefined split allows it, ``allow_straddling``); warn of a validation set without a class;
-    log the sizes and validation shares (and, under the image protocol, the leak)."""
+    log the sizes and validation shares (and, under a leaky protocol, the leak)."""
     _refuse_training_gaps(splits, unit)
     _warn_missing_classes(splits, unit)
     if val_fraction is not None:
         _log_validation_shares(splits, val_fraction)
     protocols = set(splits["protocol"])
-    if protocols == {"image"}:
+    if protocols <= set(LEAKY):
         report_leaks(splits)
     elif allow_straddling:
         straddling = straddling_patients(splits)
@@ -452,16 +471,24 @@ def _quotas(sizes: dict, n_draw: int) -> dict:
 
 
 def _image_splits(data: pd.DataFrame, n: int, test_fraction: float | None, val_fraction: float,
-                  seed: int) -> list[np.ndarray]:
-    """n stratified folds of the images (``test_fraction`` None) or n stratified holdouts of
-    test_fraction of them, validation drawn at random from each training side."""
-    LOG.warning("IMAGE-LEVEL PROTOCOL: images are split at random, so the same patients (and slides) sit in "
-                "train and test. Its scores are inflated and are NOT an estimate of performance on new "
-                "patients; it reproduces the preprint's protocol only to measure the inflation.")
+                  seed: int, protocol: str) -> list[np.ndarray]:
+    """n stratified folds of the rows (images, or image copies) (``test_fraction`` None) or n
+    stratified holdouts of test_fraction of them, validation drawn at random from each training side."""
+    if protocol == "augmented_image":
+        LOG.warning("AUGMENT-THEN-SPLIT PROTOCOL (the preprint's leak): each image's %d rotations and mirror "
+                    "images are split at random as separate images, so other copies of a test image, and the "
+                    "same patients, sit in training. Its scores are inflated and are NOT an estimate of "
+                    "performance on new patients; it runs only to measure the inflation.", len(COPIES))
+    else:
+        LOG.warning("IMAGE-LEVEL PROTOCOL: images are split at random, so the same patients (and slides) sit "
+                    "in train and test. Its scores are inflated and are NOT an estimate of performance on new "
+                    "patients; it runs only to measure the inflation (the preprint's leak, which also put "
+                    "copies of test images in training, is protocol augmented_image).")
     y = data["label_index"].to_numpy()
     smallest = int(np.bincount(y).min())
     if test_fraction is None and smallest < n:
-        raise UserError(f"a class has only {smallest} image(s), fewer than k={n}", "config key splits.k",
+        raise UserError(f"a class has only {smallest} image(s){' (copies)' if protocol != 'image' else ''}, fewer "
+                        f"than k={n}", "config key splits.k",
                         "lower k or use a dataset with more images per class")
     from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit, train_test_split
 
@@ -636,12 +663,16 @@ def audit(splits: pd.DataFrame, settings: SplitSettings, protocol: str, run: str
                             "absent_classes": [c for c in classes if c not in present]}
         entry["patients_on_two_sides"] = int(per_fold.get(fold, 0))
         folds[str(int(fold))] = entry
+    for fold, n in copy_leaks(splits).items():
+        folds[str(int(fold))]["test_copies_with_a_copy_in_train"] = n
     straddled = n_two_sides if protocol == "patient" else 0
     summary = {"run": run, "protocol": protocol, "scheme": settings.kind, "unit": settings.unit,
                "label": settings.label(protocol, straddled, external),
                "note": settings.note(protocol, straddled, external),
                "settings": dataclasses.asdict(settings), "folds_from": folds_from, "classes": classes,
                "patients_on_two_sides": n_two_sides, "folds": folds}
+    if COPY in splits.columns:
+        summary["copies_per_image"] = list(COPIES)
     return summary, straddling, _audit_markdown(summary, straddling)
 
 
@@ -652,6 +683,13 @@ def _audit_markdown(summary: dict, straddling: pd.DataFrame) -> str:
               f"{', '.join(summary['classes'])}.")]
     if summary["folds_from"]:
         lines += ["", f"Folds: those of {summary['folds_from']}, restricted to this task's images."]
+    copies = summary.get("copies_per_image")
+    if copies:
+        leaked = ", ".join(f"{unit} {fold}: {entry['test_copies_with_a_copy_in_train']} of {entry['test']['images']}"
+                           for fold, entry in summary["folds"].items())
+        lines += ["", (f"Images are copies: each original image is {len(copies)} images ({', '.join(copies)}), "
+                       f"split at random as separate images. Test copies with another copy of their image in "
+                       f"training: {leaked}.")]
     lines += ["", (f"| {unit} | train images (patients) | val images (patients) | test images (patients) | "
                    "absent from train | absent from val | absent from test | patients on two sides |"),
               "| " + " | ".join("---" for _ in range(8)) + " |"]
@@ -662,9 +700,10 @@ def _audit_markdown(summary: dict, straddling: pd.DataFrame) -> str:
     lines += ["", "## Patients on two sides", ""]
     if straddling.empty:
         lines.append(f"None: no patient has images on two sides of any {unit}.")
-    elif summary["protocol"] == "image":
-        lines.append(f"The image-level split puts up to {summary['patients_on_two_sides']} patients on two sides "
-                     f"of a {unit}, by design (it measures the leak); each is listed in the audit CSV.")
+    elif summary["protocol"] in LEAKY:
+        lines.append(f"The {PROTOCOL_LABELS[summary['protocol']]} split puts up to {summary['patients_on_two_sides']} "
+                     f"patients on two sides of a {unit}, by design (it measures the leak); each is listed in the "
+                     "audit CSV.")
     else:
         lines += [(f"{straddling['patient'].nunique()} patient(s) (for BreakHis the numeric id, shared by "
                    "sibling slides) have images on two sides:"), "",
@@ -803,15 +842,33 @@ def assert_patient_safe(splits: pd.DataFrame) -> None:
 
 
 def report_leaks(splits: pd.DataFrame) -> None:
-    """Log, per fold, how many test patients also have images in train (the image protocol's leak)."""
+    """Log, per fold, how many test patients also have images in train (a leaky protocol's leak)
+    and, under the augment-then-split protocol, how many test copies have a copy in train."""
+    leaked = copy_leaks(splits)
     for fold, g in splits.groupby("fold"):
         train = set(g.loc[g["split"] == "train", "patient"])
         test = g[g["split"] == "test"]
         test_patients = set(test["patient"])
         shared = test_patients & train
-        LOG.warning("fold %d (image-level): %d of %d test patients also appear in train; %.1f%% of test images "
-                    "come from a patient seen in training", fold, len(shared), len(test_patients),
+        label = PROTOCOL_LABELS[str(g["protocol"].iloc[0])]
+        LOG.warning("fold %d (%s): %d of %d test patients also appear in train; %.1f%% of test images come from "
+                    "a patient seen in training", fold, label, len(shared), len(test_patients),
                     100.0 * test["patient"].isin(train).mean())
+        if fold in leaked:
+            LOG.warning("fold %d (%s): %d of %d test copies (%.1f%%) have another copy of their image in training",
+                        fold, label, leaked[fold], len(test), 100.0 * leaked[fold] / len(test))
+
+
+def copy_leaks(splits: pd.DataFrame) -> dict:
+    """{fold: test rows whose image has a copy in that fold's training split}; empty for a table
+    without copies (every protocol but augmented_image)."""
+    if COPY not in splits.columns:
+        return {}
+    out = {}
+    for fold, g in splits.groupby("fold"):
+        trained = set(g.loc[g["split"] == "train", "path"])
+        out[fold] = int(g.loc[g["split"] == "test", "path"].isin(trained).sum())
+    return out
 
 
 def _refuse_training_gaps(splits: pd.DataFrame, unit: str) -> None:
@@ -885,15 +942,15 @@ def _check_combination(task, protocol: str, settings: SplitSettings) -> None:
     """A predefined split is patient-wise and tested internally; a repeated holdout draws internal test
     patients (deepbc.workflow.config checks the same before anything runs)."""
     if settings.kind == PREDEFINED and (task.test_dataset or protocol != "patient"):
-        what = "an external test (test_dataset)" if task.test_dataset else "the image-level protocol"
+        what = "an external test (test_dataset)" if task.test_dataset else f"the {PROTOCOL_LABELS[protocol]} protocol"
     elif settings.kind == "repeated_holdout" and task.test_dataset:
         what = "an external test (test_dataset)"
     else:
         return
     raise UserError(f"task {task.name!r}: a {settings.kind} split cannot be combined with {what}",
                     f"config key task_definitions.{task.name}",
-                    "remove the task's test_dataset (or its image protocol), or split it with splits.scheme: kfold "
-                    "and no splits.predefined")
+                    "remove the task's test_dataset (or its leaky protocols: set protocols: [patient]), or split it "
+                    "with splits.scheme: kfold and no splits.predefined")
 
 
 def build_splits_file(manifest_path, task, protocol: str, settings: SplitSettings, seed: int, out_path,

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from deepbc.data.runs import PROTOCOLS
 from deepbc.jobs.errors import UserError
 
 LOG = logging.getLogger(__name__)
 
 MAGNIFICATIONS = ("all", "40X", "100X", "200X", "400X")
-PROTOCOLS = ("patient", "image")
 __all__ = ["Task", "select", "MAGNIFICATIONS", "PROTOCOLS"]
 
 
@@ -58,7 +58,7 @@ class Task:
         bad = [p for p in protocols if p not in PROTOCOLS]
         if bad or not protocols:
             raise UserError(f"unknown protocol(s) {bad or protocols}", f"{where}.protocols",
-                            f"use one or both of {list(PROTOCOLS)}")
+                            f"use one or more of {list(PROTOCOLS)}")
         filt = spec.get("filter") or {}
         if not isinstance(filt, dict):
             raise UserError(f"filter must map a column to a value or a list of values, got {filt!r}",

@@ -14,7 +14,7 @@ import json
 import os
 
 from deepbc.data import breakhis
-from deepbc.data.runs import parse_run, run_name
+from deepbc.data.runs import LEAKY, parse_run, run_name
 from deepbc.jobs.errors import UserError, rebuild_store
 
 # The values of the BreakHis manifest's label columns, from the parser that produces them.
@@ -64,8 +64,8 @@ def check(config: dict) -> None:
             raise UserError(f"test_dataset is the task's own dataset {ds!r}", f"{where}.test_dataset",
                             "name another dataset, or remove test_dataset for patient-wise k-fold testing")
         if list(task.get("protocols", ["patient"])) != ["patient"]:
-            raise UserError("an external test runs under the patient protocol only (the image protocol "
-                            "measures leakage inside one dataset)", f"{where}.protocols",
+            raise UserError("an external test runs under the patient protocol only (the leaky protocols "
+                            f"{list(LEAKY)} measure leakage inside one dataset)", f"{where}.protocols",
                             "set protocols: [patient]")
         _check_task_on(task, test, datasets[test], f"{where} (test_dataset {test!r})", external=True)
     for name in datasets_config.used(config):
@@ -99,7 +99,7 @@ def _check_split(config: dict, name: str) -> None:
     if split["predefined"]:
         if external or list(task.get("protocols", ["patient"])) != ["patient"]:
             raise UserError(f"task {name!r} has a predefined split (config key {own.format(name=name)}.predefined) "
-                            "and " + ("a test_dataset" if external else "the image protocol") + ": a predefined "
+                            "and " + ("a test_dataset" if external else f"a leaky protocol {list(LEAKY)}") + ": a predefined "
                             "split is patient-wise, tested on its own dataset", f"config key task_definitions.{name}",
                             "remove its test_dataset and set protocols: [patient], or give it no predefined split")
         if not os.path.isfile(split["predefined"]):
@@ -269,18 +269,33 @@ def train_settings(config: dict, task: str, arch: str) -> dict:
 
 
 def has_both_protocols(config: dict) -> bool:
-    """Whether some selected task runs both protocols (then the leakage table is made)."""
-    return any(len(set(spec["protocols"])) > 1 for spec in selected_tasks(config).values())
+    """Whether some selected task runs patient-wise and under a leaky protocol (then the leakage
+    table is made)."""
+    return any("patient" in spec["protocols"] and set(spec["protocols"]) & set(LEAKY)
+               for spec in selected_tasks(config).values())
+
+
+def run_train_settings(config: dict, run: str, arch: str) -> dict:
+    """A run's training settings: its task's (``train_settings``), except that an augment-then-split
+    run does not rotate or flip on the fly. Its images are the rotations and mirror images; drawn
+    again in training, each training copy would come in all 8 orientations, the very pixels of its
+    image's test copies among them: a larger leak than the preprint's, and no longer copies fixed
+    before the split. Its other augmentations (random crops, colour, HED) stay the run's."""
+    task, protocol = parse_run(run)
+    settings = train_settings(config, task, arch)
+    if protocol == "augmented_image":
+        settings["augment"] = {**settings["augment"], "rotate": False, "flip": False}
+    return settings
 
 
 def train_settings_json(config: dict, run: str, arch: str) -> str:
     """The training settings of a run's model as the one JSON argument of train_model.py."""
-    return json.dumps(train_settings(config, parse_run(run)[0], arch), sort_keys=True)
+    return json.dumps(run_train_settings(config, run, arch), sort_keys=True)
 
 
 def checkpoint_record(config: dict, run: str, arch: str) -> str | None:
     """The ImageNet checkpoint record a model trains from, or None for a model trained from scratch."""
-    if train_settings(config, parse_run(run)[0], arch)["init"] == "imagenet":
+    if run_train_settings(config, run, arch)["init"] == "imagenet":
         return f"results/checkpoints/{arch}.json"
     return None
 
@@ -296,7 +311,7 @@ def model_fingerprint(config: dict, run: str, arch: str) -> str:
     readers' params change with the training settings, so they rerun, and the model is trained
     first, for any target that reads the model or what is made from it.
     """
-    inputs = {"settings": train_settings(config, parse_run(run)[0], arch), "arch": arch, "seed": config["seed"],
+    inputs = {"settings": run_train_settings(config, run, arch), "arch": arch, "seed": config["seed"],
               "checkpoint": checkpoint_record(config, run, arch)}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
