@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageFile
 
+from deepbc.data import splits
 from deepbc.data.runs import SPLITS
 from deepbc.jobs.errors import UserError, rebuild_store
 from deepbc.shards import reader as shard_reader
@@ -611,3 +612,57 @@ def test_an_image_listed_twice_in_a_split_is_refused(dataset, tmp_path):
     with pytest.raises(UserError, match="listed more than once in fold 0's val split") as err:
         shard_writer.write_split_indexes(twice, 0, tmp_path / "store" / "store.json", tmp_path / "out")
     assert "make_splits.py" in str(err.value)
+
+
+def test_image_copies_are_members_the_reader_turns(tmp_path):
+    """The augment-then-split protocol (issue 23.5): the store holds each image once; an index of
+    copies lists a store shard once per copy id of its members, and the reader turns each decoded
+    image by its member's copy (mirrored when copy >= 4, then copy % 4 quarter turns, as numpy's
+    fliplr and rot90), in evaluation and training alike; the metadata carries the copy id."""
+    rng = np.random.default_rng(1)
+    root, rows = tmp_path / "root", []
+    for i in range(4):
+        path = f"{CLASSES[i % 2]}/img{i}.png"
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(root / path)
+        rows.append({"path": path, "patient": f"P{i}", "slide": f"S{i}", "magnification": "40X",
+                     "label": CLASSES[i % 2], "label_index": i % 2})
+    table = splits.copies(pd.DataFrame(rows)).assign(fold=0, protocol="augmented_image")
+    side = {"benign/img0.png": "test", "malignant/img1.png": "test", "benign/img2.png": "val"}
+    table["split"] = table["path"].map(side).fillna("train")
+    indexes = shard_writer.write_shards(table, 0, root, tmp_path / "out", seed=0,
+                                        shards={"images_per_shard": 2, "format": "png"})
+    store = records.read_store(tmp_path / "out" / "encoded" / "dataset" / "store.json")
+    assert store["count"] == 4  # each image encoded once
+    test = indexes["test"]
+    assert test["count"] == 16 and sorted((m[2], m[4]) for m in test["members"]) == sorted(
+        (p, c) for p in ("benign/img0.png", "malignant/img1.png") for c in range(8))
+    # One listed slot per (store shard, copy id): every member is one record of one listed shard.
+    slots = {(test["shards"][m[0]], m[4]) for m in test["members"]}
+    assert len(slots) == len(test["shards"]) and len({tuple(m[:2]) for m in test["members"]}) == 16
+
+    def expected(name, copy):
+        original = np.asarray(Image.open(root / name))
+        return np.rot90(np.fliplr(original) if copy >= 4 else original, copy % 4)
+
+    ds = shard_reader.make_dataset(tmp_path / "out" / "test.json", batch_size=16, is_training=False,
+                                   preprocess_fn=lambda image, h, w: image, image_size=6, with_metadata=True)
+    [(images, labels, meta)] = list(ds)
+    seen = []
+    for image, label, name, copy in zip(images.numpy(), labels.numpy(), meta["filename"].numpy(), meta["copy"].numpy()):
+        name = name.decode()
+        np.testing.assert_array_equal(image, expected(name, int(copy)))
+        assert label == CLASSES.index(name.split("/")[0])
+        seen.append((name, int(copy)))
+    assert sorted(seen) == sorted((m[2], m[4]) for m in test["members"])
+    # The copies are distinct images (the square's 8 symmetries of a random image).
+    assert len({expected("benign/img0.png", c).tobytes() for c in range(8)}) == 8
+    # Training reads its 8 copies per epoch, each turned likewise.
+    train = shard_reader.make_dataset(tmp_path / "out" / "train.json", batch_size=1, is_training=True,
+                                      preprocess_fn=lambda image, h, w: image, image_size=6, seed=0)
+    got = sorted(image.numpy()[0].tobytes() for image, _ in train)
+    assert got == sorted(expected("malignant/img3.png", c).tobytes() for c in range(8))
+    # A copy listed twice would count twice: refused, as an image listed twice is.
+    with pytest.raises(UserError, match="listed more than once in fold 0's test split"):
+        shard_writer.write_split_indexes(pd.concat([table, table.iloc[:1]]), 0,
+                                         tmp_path / "out" / "encoded" / "dataset" / "store.json", tmp_path / "again")

@@ -107,22 +107,34 @@ def stream_key(seed, use: str, counter):
     return tf.random.experimental.stateless_fold_in(base, tf.cast(counter, tf.int64))
 
 
-def _member_table(index: dict, where) -> tuple[list[int], np.ndarray, np.ndarray]:
+def _member_table(index: dict, where) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray | None]:
     """Each listed shard's first record number, and for every record of the listed shards (numbered
-    through them in listed order) its label (-1: not a member) and expected file name."""
+    through them in listed order) its label (-1: not a member), expected file name and copy id
+    (deepbc.data.runs.COPIES; None when no member is a copy: every image as stored)."""
     offsets = [0]
     for n in index["shard_records"][:-1]:
         offsets.append(offsets[-1] + int(n))
     total = offsets[-1] + int(index["shard_records"][-1]) if offsets else 0
     labels = np.full(total, -1, np.int64)
     names = np.full(total, b"", object)
-    for shard, position, filename, label in index["members"]:
+    copies = np.zeros(total, np.int64)
+    for shard, position, filename, label, *copy in index["members"]:
         if not 0 <= position < index["shard_records"][shard]:
             raise UserError(f"member {filename} is record {position} of a shard of {index['shard_records'][shard]}",
                             str(where), _rewrite_fold(where))
         labels[offsets[shard] + position] = label
         names[offsets[shard] + position] = filename.encode()
-    return offsets, labels, names
+        copies[offsets[shard] + position] = copy[0] if copy else 0
+    return offsets, labels, names, (copies if any(len(m) > 4 for m in index["members"]) else None)
+
+
+def as_copy(image, copy):
+    """Copy ``copy`` of a decoded image (deepbc.data.runs.COPIES): mirrored left to right when
+    copy >= 4, then turned copy % 4 quarter turns counter-clockwise."""
+    import tensorflow as tf
+
+    mirrored = tf.cond(copy >= 4, lambda: tf.image.flip_left_right(image), lambda: image)
+    return tf.image.rot90(mirrored, tf.cast(copy % 4, tf.int32))
 
 
 class _Members:
@@ -132,8 +144,9 @@ class _Members:
     def __init__(self, index: dict, where):
         import tensorflow as tf
 
-        offsets, labels, names = _member_table(index, where)
+        offsets, labels, names, copies = _member_table(index, where)
         self.where = where
+        self.copies = None if copies is None else tf.constant(copies)
         self.paths = tf.constant(index["paths"])
         self.offsets = tf.constant(offsets, tf.int64)
         self.sizes = tf.constant(index["shard_records"], tf.int64)
@@ -180,6 +193,12 @@ class _Members:
         with tf.control_dependencies([check]):
             return tf.gather(self.labels, number)
 
+    def image(self, number, image):
+        """The member's image: the decoded record, or its copy (the augment-then-split protocol's)."""
+        import tensorflow as tf
+
+        return image if self.copies is None else as_copy(image, tf.gather(self.copies, number))
+
 
 def member_records(index_json_path):
     """The split's members as a dataset of (serialized record, label), in evaluation order."""
@@ -196,7 +215,8 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
 
     Yields ``(images, labels)`` batches (float images from ``preprocess_fn(image_uint8, image_size,
     image_size[, seed])``, int64 labels), or ``(images, labels, metadata)`` with ``with_metadata``,
-    where metadata is a dict of string tensors ``filename``, ``patient``, ``magnification``.
+    where metadata is a dict of string tensors ``filename``, ``patient``, ``magnification`` (and the
+    int64 ``copy`` for an index of image copies, whose images are turned by ``as_copy`` after decoding).
 
     Training: a stream of epochs (one, or endless with ``repeat``); in each, the shard order and
     the records (buffer ``shuffle_buffer``) are shuffled by seeds that depend only on (``seed``,
@@ -254,15 +274,16 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
 
     def load(element_seed, number, serialized):
         features = parse_example(serialized)
-        image = decode(features, image_format, min_side)
+        image = members.image(number, decode(features, image_format, min_side))
         if takes_seed:
             image = preprocess(image, image_size, image_size, seed=element_seed)
         else:
             image = preprocess(image, image_size, image_size)
         label = members.label(number, features)
         if with_metadata:
+            copy = {} if members.copies is None else {"copy": tf.gather(members.copies, number)}
             return image, label, {"filename": features["image/filename"], "patient": features["image/patient"],
-                                  "magnification": features["image/magnification"]}
+                                  "magnification": features["image/magnification"], **copy}
         return image, label
 
     dataset = records.map(load, num_parallel_calls=calls, deterministic=deterministic)

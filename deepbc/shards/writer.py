@@ -11,7 +11,10 @@ A split's index (``results/tfrecords/{run}/fold{k}/{split}.json``, rule write_sh
 :func:`write_split_indexes`; no TensorFlow) lists the store shards holding at least one of the
 split's images (paths relative to the index, their sha256) and the members: which record of which
 listed shard, its file name and its label index in this task. ``deepbc.shards.reader`` reads the
-listed shards and keeps the members only, with their labels; docs/shards.md has the keys.
+listed shards and keeps the members only, with their labels; docs/shards.md has the keys. Under the
+augment-then-split protocol a member is an image copy: it carries its copy id (deepbc.data.runs.COPIES)
+as a fifth item, and a store shard is listed once per copy id among its members, so that every
+member is still one record of one listed shard (the reader then turns the decoded image by the copy).
 
 Each record is a ``tf.train.Example`` with TF-Slim's keys (``image/encoded``, ``image/format``,
 ``image/height``, ``image/width``) plus ``image/filename`` (path relative to the dataset root),
@@ -43,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepbc.data.runs import SPLITS
+from deepbc.data.runs import COPY, SPLITS
 from deepbc.jobs import schema
 from deepbc.jobs.atomic import atomic_path, write_json
 from deepbc.jobs.errors import UserError, delete_and_rerun, rebuild_store
@@ -303,11 +306,14 @@ def write_split_indexes(splits_df: pd.DataFrame, fold: int, stores, out_dir) -> 
     for split in SPLITS:
         (out_dir / f"{split}.json").unlink(missing_ok=True)
     rows = rows.assign(store=store_of)
+    # Image copies (the augment-then-split protocol): a member is (path, copy).
+    copied = COPY in rows.columns
+    key = ["path", COPY] if copied else ["path"]
     indexes = {}
     for split in SPLITS:
-        split_rows = rows[rows["split"] == split].sort_values("path", kind="stable")
+        split_rows = rows[rows["split"] == split].sort_values(key, kind="stable")
         # Checked here too, not only by deepbc.data.splits: a twice-listed image would count twice.
-        twice = sorted(set(split_rows.loc[split_rows["path"].duplicated(), "path"]))
+        twice = sorted(set(split_rows.loc[split_rows.duplicated(key), "path"]))
         if twice:
             raise UserError(f"{len(twice)} image(s) are listed more than once in fold {fold}'s {split} split, "
                             f"e.g. {twice[:3]}", "write_shards input (splits table)",
@@ -339,10 +345,14 @@ def _split_index(rows: pd.DataFrame, split: str, fold: int, class_names: list[st
         if changed:
             raise UserError(f"{len(changed)} image(s) were encoded from other bytes than the manifest's, "
                             f"e.g. {changed[:3]}", str(store_path), rebuild_store(store_path.parent))
-    placed = sorted((records[p][0], records[p][1], p, int(label))
-                    for p, label in zip(rows["path"], rows["label_index"]))
-    listed = sorted({shard for shard, *_ in placed})
-    slot = {shard: k for k, shard in enumerate(listed)}
+    # A slot: a store shard read for one copy id (0, the image as stored, without copies).
+    copied = COPY in rows.columns
+    copies = rows[COPY].astype(int) if copied else [0] * len(rows)
+    placed = sorted(((records[p][0], copy), records[p][1], p, int(label))
+                    for p, label, copy in zip(rows["path"], rows["label_index"], copies))
+    slots = sorted({s for s, *_ in placed})
+    slot = {s: k for k, s in enumerate(slots)}
+    listed = [shard for shard, _ in slots]
     counts = rows["label"].value_counts()
     rel = os.path.relpath(store_path.parent, out_dir)
     return {
@@ -358,7 +368,7 @@ def _split_index(rows: pd.DataFrame, split: str, fold: int, class_names: list[st
         "store": f"{rel}/{STORE_INDEX}",
         # The store shards holding a member, relative to this index; the readers read only these.
         "shards": [f"{rel}/{store['shards'][s]}" for s in listed],
-        "shard_sizes": [sum(1 for shard, *_ in placed if shard == s) for s in listed],
+        "shard_sizes": [sum(1 for s, *_ in placed if s == listed_slot) for listed_slot in slots],
         "shard_records": [int(store["shard_sizes"][s]) for s in listed],
         # Content hashes: a trainer's resumable state is bound to exactly these shards.
         "shard_sha256": [store["shard_sha256"][s] for s in listed],
@@ -369,8 +379,9 @@ def _split_index(rows: pd.DataFrame, split: str, fold: int, class_names: list[st
            if "stain_fallbacks" in store else {}),
         "images_per_shard": int(store["images_per_shard"]),
         "seed": int(store["seed"]),
-        # In reading order: [listed shard, record position in it, file name, label index].
-        "members": [[slot[shard], position, path, label] for shard, position, path, label in placed],
+        # In reading order: [listed shard, record position in it, file name, label index(, copy id)].
+        "members": [[slot[s], position, path, label, *([s[1]] if copied else [])]
+                    for s, position, path, label in placed],
     }
 
 
