@@ -5,7 +5,7 @@ with the meta their jobs write; no training."""
 import numpy as np
 import pandas as pd
 
-from deepbc.data.runs import run_name
+from deepbc.data.runs import COPIES, COPY, run_name
 from deepbc.evaluation import metrics, pooled
 
 BM = ["benign", "malignant"]
@@ -21,6 +21,14 @@ def predictions(rows, classes=BM) -> pd.DataFrame:
         out.append({"path": f"{patient}/{i}.png", "patient": patient, "label": label, "pred": pred,
                     **{f"prob_{c}": v for c, v in zip(classes, prob)}})
     return pd.DataFrame(out)
+
+
+def with_copies(df: pd.DataFrame) -> pd.DataFrame:
+    """Each prediction as the 8 image copies the augment-then-split protocol tests (column ``copy``
+    after ``path``), all predicted alike."""
+    out = df.loc[df.index.repeat(len(COPIES))].reset_index(drop=True)
+    out.insert(1, COPY, np.tile(np.arange(len(COPIES), dtype=np.int64), len(df)))
+    return out
 
 
 def binary_fold(prefix, n_patients, n_wrong=0, images=2) -> pd.DataFrame:

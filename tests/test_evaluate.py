@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from deepbc.evaluation import gradcam, inference, predict
+from deepbc.data import splits
+from deepbc.evaluation import gradcam, inference, pooled, predict
 from deepbc.jobs.errors import UserError
 from deepbc.shards import reader as shard_reader
 from deepbc.shards import records
+from deepbc.shards import writer as shard_writer
 from deepbc.training import train
 from tests import trainkit
 
@@ -227,8 +229,8 @@ def test_gradcam_maps_and_figure(model, tmp_path):
     index = model / "shards" / "test.json"
     df = inference.predict_shards(model / "model", index, tmp_path / "pred.parquet")
     sample = gradcam.select_samples(df, trainkit.CLASSES, seed=1)
-    maps = gradcam.gradcam_maps(model / "model", index, list(sample["path"]))
-    assert set(maps) == set(sample["path"])
+    maps = gradcam.gradcam_maps(model / "model", index, list(zip(sample["path"], sample["copy"])))
+    assert set(maps) == set(zip(sample["path"], sample["copy"]))
     for shown in maps.values():
         assert shown["image"].shape == (32, 32, 3) and shown["map"].shape == (32, 32)
         assert shown["map"].min() >= 0 and shown["map"].max() == pytest.approx(1.0)
@@ -239,3 +241,31 @@ def test_gradcam_maps_and_figure(model, tmp_path):
                                             seed=1, title="t / resnet_small / fold 0", out_png=out)
     pd.testing.assert_frame_equal(figure_sample, sample)
     assert Image.open(out).size[0] > 400
+
+
+@pytest.mark.slow
+def test_image_copies_are_predicted_a_row_each(model, tmp_path):
+    """Augment-then-split (issue 23.5): a prediction per tested copy, keyed by path and copy id;
+    copy 0 is the image as stored (its probabilities are the ordinary prediction's), the others
+    are turned images; the pooled figures count copies; Grad-CAM keeps copies of one image apart."""
+    index = shard_reader.read_index(model / "shards" / "test.json")
+    test = pd.DataFrame([{"path": path, "patient": f"p{i // 4}", "label": trainkit.CLASSES[label],
+                          "label_index": label} for i, (_, _, path, label) in enumerate(index["members"])])
+    table = splits.copies(test).assign(fold=0, split="test", protocol="augmented_image")
+    table = pd.concat([table, table.iloc[[0, 8]].assign(split=["train", "val"])])
+    store = model / "shards" / "encoded" / "dataset" / "store.json"
+    shard_writer.write_split_indexes(table, 0, store, tmp_path / "copies")
+    df = inference.predict_shards(model / "model", tmp_path / "copies" / "test.json", tmp_path / "copies.parquet")
+    assert len(df) == 8 * 32 and list(df.columns[:2]) == ["path", "copy"]
+    assert not df.duplicated(["path", "copy"]).any() and df["copy"].dtype == "int64"
+    plain = inference.predict_shards(model / "model", model / "shards" / "test.json", tmp_path / "plain.parquet")
+    as_stored = df[df["copy"] == 0].merge(plain, on="path", suffixes=("", "_plain"))
+    assert len(as_stored) == 32
+    np.testing.assert_allclose(as_stored["prob_malignant"], as_stored["prob_malignant_plain"], atol=1e-5)
+    turned = df[df["copy"] == 5].set_index("path")["prob_malignant"]
+    assert not np.allclose(turned[plain["path"]].to_numpy(), plain["prob_malignant"].to_numpy(), atol=1e-4)
+    result = pooled.pooled_metrics([(0, df, "copies")], trainkit.CLASSES, n_boot=0, seed=0)
+    assert (result["n_images"], result["n_distinct_images"], result["n_patients"]) == (256, 256, 8)
+    _, sample = gradcam.plot_gradcam(model / "model", tmp_path / "copies" / "test.json", tmp_path / "copies.parquet",
+                                     trainkit.CLASSES, 1, "copies", tmp_path / "copies.png")
+    assert len(sample) > 0 and set(sample["copy"]) <= set(range(8))

@@ -42,3 +42,14 @@ def test_class_names_need_not_be_identifiers():
     df[["label", "pred"]] = df[["label", "pred"]].replace(names)
     sample = select_samples(df, list(names.values()), seed=42)
     assert list(sample["prob"]) == list(select_samples(predictions(), CLASSES, seed=42)["prob"])
+
+
+def test_copies_of_one_image_are_told_apart():
+    """Augment-then-split predictions (issue 23.5) hold a row per copy of a path: the sample keeps
+    each row's copy id, so two copies of one image are two images of the figure."""
+    df = predictions().iloc[:1]
+    copies = pd.concat([df.assign(copy=c) for c in range(8)], ignore_index=True)
+    sample = select_samples(copies, CLASSES, seed=0)
+    assert list(sample.columns[:2]) == ["path", "copy"] and sample["path"].nunique() == 1
+    assert len(sample) == 2 and sample["copy"].is_unique
+    assert list(select_samples(df, CLASSES, seed=0)["copy"]) == [0]  # no copies: the image as stored

@@ -10,7 +10,7 @@ from scipy.stats import binomtest
 
 from deepbc.evaluation import intervals, metrics, pooled
 from deepbc.jobs.errors import UserError
-from tests.resultkit import predictions
+from tests.resultkit import BM, predictions, with_copies
 
 BENIGN = ["A", "F", "PT", "TA"]
 # Five folds of a benign-subtype task, each missing one class in its test set, as BreakHis' 2
@@ -169,3 +169,15 @@ def test_pooled_file_writes_meta_and_refuses_a_fold_twice(tmp_path):
     with pytest.raises(UserError, match="does not end in fold"):
         pooled.pooled_file([tmp_path / "manifest.parquet"], BENIGN, out, "benign_subtypes", "resnet_small",
                            tmp_path / "manifest.parquet", "all", n_boot=0, seed=0)
+
+
+def test_image_copies_count_as_the_images_tested():
+    """Augment-then-split predictions (issue 23.5): a row per copy of a path; each copy is an image
+    tested, and the digest that tells runs' test images apart names the copies."""
+    df = predictions([("p0", "benign", "benign", 0.8), ("p1", "malignant", "malignant", 0.8)])
+    copies = with_copies(df)
+    result = pooled.pooled_metrics([(0, copies, "copies")], BM, n_boot=0, seed=0)
+    assert (result["n_images"], result["n_distinct_images"], result["n_patients"]) == (16, 16, 2)
+    assert pooled.tested_images(copies)[:3] == ["p0/0.png@original", "p0/0.png@rot90", "p0/0.png@rot180"]
+    assert pooled.tested_images(df) == ["p0/0.png", "p1/1.png"]
+    assert pooled.images_digest([(0, copies, "x")]) != pooled.images_digest([(0, df, "x")])

@@ -8,8 +8,9 @@ network's input and scaled to a maximum of 1 per image. The model is built and r
 deepbc.evaluation.inference's own code, on the same preprocessed test images the predictions came from.
 
 The sample: per true class, up to ``per_kind`` correctly and ``per_kind`` wrongly classified
-test images, drawn by ``numpy.random.default_rng(seed)`` from the predictions sorted by path, so
-the same predictions and seed give the same images (and figure).
+test images, drawn by ``numpy.random.default_rng(seed)`` from the predictions sorted by path (and
+copy, under the augment-then-split protocol, whose test images are copies), so the same predictions
+and seed give the same images (and figure).
 """
 
 import logging
@@ -17,6 +18,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from deepbc.data.runs import COPY
 from deepbc.jobs.errors import UserError
 
 LOG = logging.getLogger("deepbc.evaluation.gradcam")
@@ -25,9 +27,11 @@ PER_KIND = 2
 
 def select_samples(predictions: pd.DataFrame, class_names: list[str], seed: int,
                    per_kind: int = PER_KIND) -> pd.DataFrame:
-    """Rows ``path, label, pred, prob, correct`` (``prob``: of the predicted class), class by class
-    in ``class_names`` order, correct before wrong, each group in path order."""
-    df = predictions.sort_values("path", kind="stable").reset_index(drop=True)
+    """Rows ``path, copy, label, pred, prob, correct`` (``copy``: the copy id, 0 for predictions
+    without copies; ``prob``: of the predicted class), class by class in ``class_names`` order,
+    correct before wrong, each group in path and copy order."""
+    df = predictions if COPY in predictions.columns else predictions.assign(**{COPY: 0})
+    df = df.sort_values(["path", COPY], kind="stable").reset_index(drop=True)
     rng = np.random.default_rng(seed)
     picked = []
     for label in class_names:
@@ -36,14 +40,15 @@ def select_samples(predictions: pd.DataFrame, class_names: list[str], seed: int,
             take = np.sort(rng.choice(len(rows), size=min(per_kind, len(rows)), replace=False))
             # Rows as dicts: a class name need not be a Python identifier (itertuples would rename it).
             for row in rows.iloc[take].to_dict("records"):
-                picked.append({"path": row["path"], "label": label, "pred": row["pred"],
+                picked.append({"path": row["path"], COPY: int(row[COPY]), "label": label, "pred": row["pred"],
                                "prob": float(row[f"prob_{row['pred']}"]), "correct": correct})
-    return pd.DataFrame(picked, columns=["path", "label", "pred", "prob", "correct"])
+    return pd.DataFrame(picked, columns=["path", COPY, "label", "pred", "prob", "correct"])
 
 
-def gradcam_maps(model_dir, shard_index, paths: list[str], threads: int = 0) -> dict[str, dict]:
-    """``{path: {"image": float [H, W, 3] in 0..1, "map": float [H, W] in 0..1}}`` for the test images
-    ``paths`` of the shards of ``shard_index``, as the model of ``model_dir`` sees them."""
+def gradcam_maps(model_dir, shard_index, images: list[tuple[str, int]], threads: int = 0) -> dict[tuple, dict]:
+    """``{(path, copy): {"image": float [H, W, 3] in 0..1, "map": float [H, W] in 0..1}}`` for the
+    test ``images`` (path, copy id; 0 where the shards hold no copies) of the shards of
+    ``shard_index``, as the model of ``model_dir`` sees them."""
     import tensorflow as tf
 
     from deepbc.evaluation import inference
@@ -51,17 +56,24 @@ def gradcam_maps(model_dir, shard_index, paths: list[str], threads: int = 0) -> 
     from deepbc.training import model_dir as model_folder
     from deepbc.training import nets, preprocessing
 
-    if not paths:
+    images = sorted((str(path), int(copy)) for path, copy in images)
+    if not images:
         return {}
     settings = model_folder.load_settings(model_dir)
     spec = nets.get_spec(settings["arch"])
 
     def inputs(preprocess, image_size, batch):
-        wanted = tf.constant(sorted(paths))
+        paths = tf.constant([path for path, _ in images])
+        copies = tf.constant([copy for _, copy in images], tf.int32)
         ds = shard_reader.make_dataset(shard_index, batch_size=batch, is_training=False, preprocess_fn=preprocess,
                                  image_size=image_size, repeat=False, with_metadata=True).unbatch()
-        ds = ds.filter(lambda image, label, meta: tf.reduce_any(tf.equal(meta["filename"], wanted)))
-        return ds.map(lambda image, label, meta: (image, {"path": meta["filename"]})).batch(batch)
+
+        def copy(meta):
+            return tf.cast(meta.get(COPY, 0), tf.int32)
+
+        ds = ds.filter(lambda image, label, meta: tf.reduce_any(
+            tf.equal(meta["filename"], paths) & tf.equal(copy(meta), copies)))
+        return ds.map(lambda image, label, meta: (image, {"path": meta["filename"], COPY: copy(meta)})).batch(batch)
 
     def outputs(images, logits, end_points):
         features = end_points[spec.gradcam_end_point]
@@ -75,11 +87,11 @@ def gradcam_maps(model_dir, shard_index, paths: list[str], threads: int = 0) -> 
                 "image": _displayable(images, spec.preprocessing, preprocessing.VGG_MEANS)}
 
     found = {}
-    for _, meta in inference.run_predictions(model_dir, inputs, len(paths), len(paths), threads, outputs):
-        for path, image, cam in zip(meta["path"], meta["image"], meta["map"]):
+    for _, meta in inference.run_predictions(model_dir, inputs, len(images), len(images), threads, outputs):
+        for path, copy, image, cam in zip(meta["path"], meta[COPY], meta["image"], meta["map"]):
             peak = cam.max()
-            found[path.decode()] = {"image": image, "map": cam / peak if peak > 0 else cam}
-    missing = sorted(set(paths) - set(found))
+            found[(path.decode(), int(copy))] = {"image": image, "map": cam / peak if peak > 0 else cam}
+    missing = sorted(set(images) - set(found))
     if missing:
         raise UserError(f"{len(missing)} predicted image(s) are not in the shards, e.g. {missing[0]}",
                         str(shard_index), "remake the predictions from these shards (delete the predictions parquet)")
@@ -109,7 +121,7 @@ def plot_gradcam(model_dir, shard_index, predictions_path, class_names: list[str
 
     predictions = pd.read_parquet(predictions_path)
     sample = select_samples(predictions, class_names, seed, per_kind)
-    maps = gradcam_maps(model_dir, shard_index, list(sample["path"]), threads)
+    maps = gradcam_maps(model_dir, shard_index, list(zip(sample["path"], sample[COPY])), threads)
     end_point = nets.get_spec(model_folder.load_settings(model_dir)["arch"]).gradcam_end_point
     columns = 2 * per_kind
     fig = Figure(figsize=(2.0 * 2 * columns, 2.3 * len(class_names) + 0.6))
@@ -123,7 +135,7 @@ def plot_gradcam(model_dir, shard_index, predictions_path, class_names: list[str
         for c, row in enumerate(correct + [None] * (per_kind - len(correct)) + wrong):
             if row is None:
                 continue
-            shown = maps[row.path]
+            shown = maps[(row.path, getattr(row, COPY))]
             image_ax, map_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
             image_ax.imshow(shown["image"])
             image_ax.set_title(f"{'correct' if row.correct else 'WRONG'}: true {row.label}\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deepbc.data.runs import COPY
 from deepbc.jobs import atomic
 from deepbc.jobs.errors import UserError
 from deepbc.jobs.logs import Progress
@@ -71,7 +72,9 @@ def frame(chunks, class_names) -> pd.DataFrame:
 
 def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threads: int = 0) -> pd.DataFrame:
     """Predict every image of a split (test, or validation for temperature scaling) and write the
-    predictions parquet; its ``precision`` column says what the probabilities were computed in."""
+    predictions parquet; its ``precision`` column says what the probabilities were computed in. An
+    index of image copies (the augment-then-split protocol) gives a row per copy, with its ``copy``
+    id after ``path`` (deepbc.data.runs.COPIES)."""
     from deepbc.shards import reader as shard_reader
     from deepbc.training import precision
 
@@ -86,15 +89,16 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
                                  image_size=image_size, repeat=False, with_metadata=True)
         return ds.map(lambda images, labels, meta: (images, {**meta, "label_index": labels}))
 
-    columns = ["path", "patient", "magnification", "label", "label_index",
-               *[f"prob_{c}" for c in class_names], "pred", "pred_index", "precision"]
     chunks = list(run_predictions(model_dir, inputs, index["count"], batch_size, threads))
     df = frame(chunks, class_names).rename(columns={"filename": "path"})
-    df["label_index"] = df["label_index"].astype("int64")
+    key = ["path", COPY] if COPY in df.columns else ["path"]
+    columns = [*key, "patient", "magnification", "label", "label_index",
+               *[f"prob_{c}" for c in class_names], "pred", "pred_index", "precision"]
+    df = df.astype({c: "int64" for c in ("label_index", COPY) if c in df.columns})
     df["label"] = [class_names[i] for i in df["label_index"]]
     df["precision"] = precision.INFERENCE.name
     df = df[columns]
-    df = df.sort_values("path", kind="stable").reset_index(drop=True)
+    df = df.sort_values(key, kind="stable").reset_index(drop=True)
     atomic.write_parquet(out_path, df)
     LOG.info("%d predictions written to %s (image-level accuracy %.3f)", len(df), out_path,
              float((df["pred_index"] == df["label_index"]).mean()))

@@ -12,9 +12,11 @@ Conventions (also in every pooled JSON under ``conventions``):
 
 - Units as in deepbc.evaluation.metrics, each fold's own: a patient-level unit is (fold, patient,
   true class), its probabilities the mean of its images' in that fold. Under patient-wise k-fold
-  every patient is in one test fold; under the image-level protocol a patient's images can sit in
+  every patient is in one test fold; under the leaky protocols a patient's images can sit in
   several folds' test sets (one unit per fold); with an external test every fold's model tests the
-  same patients (one unit per fold and patient: k models x N).
+  same patients (one unit per fold and patient: k models x N). Under the augment-then-split
+  protocol an image is each of its copies: image-level figures count copies, and a patient-level
+  unit's probabilities are the mean over its test copies.
 - Figures: deepbc.evaluation.metrics' formulas on the pooled units; balanced accuracy, macro
   figures and macro AUC over every class present in the pooled truth (all the task's classes when
   every fold runs); a class absent from all of it is listed in ``auc_absent_classes``.
@@ -45,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepbc.data.runs import parse_run
+from deepbc.data.runs import COPIES, COPY, parse_run
 from deepbc.evaluation import intervals
 from deepbc.evaluation.metrics import (CI_METRICS, CONFIDENCE, KEPT_DRAWS, NO_MAGNIFICATION, _full_block,
                                        _kept_draws, _patient_units, _recognition_rate, _scalars, _validated,
@@ -144,7 +146,7 @@ def _pool(frames, classes, n_boot, seed, keep_draws) -> dict:
     return {
         "n_images": int(len(images["y"])),
         # An external test's folds predict the same images: each counts once here.
-        "n_distinct_images": len({p for _, df, _ in frames for p in df["path"]}),
+        "n_distinct_images": len({p for _, df, _ in frames for p in tested_images(df)}),
         "n_patients": len(patients),
         "n_patient_units": int(len(units["y"])),
         "class_counts": {
@@ -240,9 +242,18 @@ def _draws(weights, cluster, y, pred, score, k, extra):
             {part: np.concatenate(v) for part, v in per_class.items()})
 
 
+def tested_images(df: pd.DataFrame) -> list[str]:
+    """What each prediction tested: its image's path, or, for an image copy (the augment-then-split
+    protocol), the path and the copy's name (``benign/x.png@rot90``, deepbc.data.runs.COPIES)."""
+    if COPY not in df.columns:
+        return [str(p) for p in df["path"]]
+    return [f"{p}@{COPIES[int(c)]}" for p, c in zip(df["path"], df[COPY])]
+
+
 def images_digest(frames) -> str:
-    """sha256 of the sorted test image paths: two runs with the same digest tested the same images."""
-    paths = sorted(str(p) for _, df, _ in frames for p in df["path"])
+    """sha256 of the sorted test images (``tested_images``): two runs with the same digest tested the
+    same images (or copies)."""
+    paths = sorted(p for _, df, _ in frames for p in tested_images(df))
     return hashlib.sha256("\n".join(paths).encode("utf-8")).hexdigest()
 
 
