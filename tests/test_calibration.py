@@ -35,7 +35,7 @@ def test_reliability_diagram_is_drawn_and_stable(tmp_path):
     assert out[0].read_bytes() == out[1].read_bytes()
     patient_ax, image_ax = fig.axes[0], fig.axes[1]
     _, ece = calibration.reliability(pd.concat(pd.read_parquet(p) for p in paths[:2]), BM)
-    assert any("resnet_small, image-level (preprint's split)" in t for t in legend(image_ax))
+    assert any("resnet_small, image-level (originals split at random)" in t for t in legend(image_ax))
     assert any(t.startswith("resnet_small, patient-wise: pooled ECE") for t in legend(patient_ax))
     assert f"resnet_small, patient-wise: pooled ECE {ece:.3f}, 2 folds" in legend(image_ax)
     with pytest.raises(UserError, match="other task"):

@@ -54,7 +54,8 @@ def assert_images(png, pdf):
 
 def test_roc_binary_both_protocols_is_stable(tmp_path):
     paths = [write_predictions(tmp_path, run, "resnet_small", f, BM)
-             for run in ("benign_vs_malignant", "benign_vs_malignant__image_level") for f in range(2)]
+             for run in ("benign_vs_malignant", "benign_vs_malignant__image_level",
+                         "benign_vs_malignant__augmented_image_level") for f in range(2)]
     outs = []
     for name in ("a", "b"):
         png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
@@ -62,7 +63,7 @@ def test_roc_binary_both_protocols_is_stable(tmp_path):
         outs.append((png, pdf))
     assert_images(*outs[0])
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    # The tables' labels, in one place (tables.PROTOCOL_LABELS).
+    # The tables' labels, in one place (deepbc.data.runs.PROTOCOL_LABELS), every protocol's.
     for label in PROTOCOL_LABELS.values():
         assert any(label in t for t in labels), label
     assert outs[0][0].read_bytes() == outs[1][0].read_bytes()

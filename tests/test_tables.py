@@ -11,7 +11,7 @@ import pytest
 from deepbc.jobs.errors import UserError
 from deepbc.results import tables
 from deepbc.training.model_dir import retrain
-from tests.resultkit import binary_fold, results, run_results
+from tests.resultkit import binary_fold, results, run_results, with_copies
 from tests.test_pooled import BENIGN, never_adenosis_folds
 
 BVM = "benign_vs_malignant"
@@ -36,8 +36,8 @@ def test_task_table_rows_pooled_figures_fold_means_and_preprint_column():
     ms, ps = bvm_results()
     t = tables.task_table(ms, ps, BVM)
     assert list(zip(t["architecture"], t["protocol"])) == [
-        ("resnet_small", "patient-wise"), ("resnet_small", "image-level (preprint's split)"),
-        ("resnet_v1_152", "patient-wise"), ("resnet_v1_152", "image-level (preprint's split)")]
+        ("resnet_small", "patient-wise"), ("resnet_small", "image-level (originals split at random)"),
+        ("resnet_v1_152", "patient-wise"), ("resnet_v1_152", "image-level (originals split at random)")]
     row = t.iloc[0]
     assert row["n_folds"] == 2 and row["n_patients"] == 12 and row["n_images"] == 24
     # The headline is the pooled figure, 11 of 12 patients; the CSV keeps the per-fold mean and sd.
@@ -65,7 +65,7 @@ def test_preprint_only_row_and_footnote(tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert "| resnet_v1_50 | preprint only (not run here) |" in md
     assert "0.948 [1]" in md and "- [1] \"Respectively\"" in md
-    assert "image-level metrics under that leakage" in md
+    assert "image-level metrics of our augment-then-split runs" in md and "is our reading" in md
     tex = (tmp_path / "t.tex").read_text()
     assert r"\begin{tabular}" in tex and "(13/15)" in tex and r"resnet\_v1\_50" in tex
     back = pd.read_csv(tmp_path / "t.csv")
@@ -199,30 +199,95 @@ def test_a_pooled_file_of_other_folds_is_refused():
         tables.task_table(ms[:1], ps, BVM)
 
 
+def _paired(ps, arch, protocols, level, metric):
+    """The percentile interval of the draw-by-draw differences of two runs' kept draws."""
+    block = {p["meta"]["protocol"]: (p["patient_level"]["mean_probability"] if level == "patient" else p["image_level"])
+             for p in ps if p["meta"]["arch"] == arch}
+    a, b = (np.array(block[protocol]["bootstrap_values"][metric], dtype=float) for protocol in protocols)
+    return np.percentile((a - b)[np.isfinite(a - b)], [2.5, 97.5])
+
+
 def test_leakage_differences_with_paired_intervals(tmp_path):
     ms, ps = bvm_results(n_boot=200)
     t = tables.leakage_table(ps)
+    assert set(zip(t["protocol"], t["compared_with"])) == {("image-level (originals split at random)", "patient-wise")}
     row = t[(t["architecture"] == "resnet_v1_152") & (t["level"] == "patient")
             & (t["metric"] == "accuracy")].iloc[0]
     # Pooled: 8 of 12 patients right patient-wise, all 12 under the image-level protocol.
-    assert row["image_level_protocol"] == pytest.approx(1.0)
-    assert row["patient_wise"] == pytest.approx(8 / 12)
+    assert row["value"] == pytest.approx(1.0)
+    assert row["reference"] == pytest.approx(8 / 12)
     assert row["difference"] == pytest.approx(4 / 12)
     assert row["ratio"] == pytest.approx(1.5)
     # The same 12 patients and 24 images under both: the draws are paired patient by patient.
-    assert (row["n_patients_shared"], row["same_test_images"]) == (12, True)
-    leaky, honest = (p["patient_level"]["mean_probability"]["bootstrap_values"]["accuracy"]
-                     for protocol in ("image", "patient") for p in ps
-                     if p["meta"]["arch"] == "resnet_v1_152" and p["meta"]["protocol"] == protocol)
-    paired = np.array(leaky, dtype=float) - np.array(honest, dtype=float)
+    assert (row["n_patients_shared"], row["same_test_images"], row["n_images"]) == (12, True, 24)
     assert [row["difference_ci_low"], row["difference_ci_high"]] == pytest.approx(
-        np.percentile(paired[np.isfinite(paired)], [2.5, 97.5]))
+        _paired(ps, "resnet_v1_152", ("image", "patient"), "patient", "accuracy"))
     assert 0 < row["difference_ci_low"] < row["difference"] < row["difference_ci_high"]
     assert len(t) == 2 * 2 * len(tables.LEAKAGE_METRICS)
     tables.write_leakage(t, tmp_path / "l.csv", tmp_path / "l.md")
     md = (tmp_path / "l.md").read_text()
     assert f"+0.333 [{row['difference_ci_low']:+.3f}, {row['difference_ci_high']:+.3f}]" in md
-    assert "| 12 / 12 / 12 | yes |" in md and "paired" in md
+    assert "| 12 / 12 / –; 12, –, – | 24 / 24 / – |" in md and "paired" in md
+
+
+def test_leakage_shows_both_leaky_protocols_against_patient_wise(tmp_path):
+    """Issue 23.5: the preprint's leak (augment, then split) beside the image-level split of the
+    originals, each against patient-wise, and against each other, with paired intervals."""
+    folds = {0: binary_fold("a", 6, 2), 1: binary_fold("b", 6, 2)}
+
+    def right(df):
+        malignant = np.where(df["label"] == "malignant", 0.9, 0.1)
+        return df.assign(pred=df["label"], prob_malignant=malignant, prob_benign=1 - malignant)
+
+    augmented = {}
+    for f, df in folds.items():
+        copies = with_copies(right(df))
+        # Three of the 8 copies of patient ap0's images are called wrong: its mean stays right.
+        wrong = (copies["patient"] == "ap0") & (copies["copy"] < 3)
+        flipped = np.where(copies["label"] == "malignant", "benign", "malignant")
+        copies.loc[wrong, "pred"] = flipped[wrong]
+        copies.loc[wrong, ["prob_benign", "prob_malignant"]] = copies.loc[wrong, ["prob_malignant", "prob_benign"]].to_numpy()
+        augmented[f] = copies
+    arch = "resnet_v1_152"
+    ms, ps = results(run_results(BVM, folds, arch=arch, n_boot=200),
+                     run_results(BVM, {f: right(df) for f, df in folds.items()}, protocol="image", arch=arch, n_boot=200),
+                     run_results(BVM, augmented, protocol="augmented_image", arch=arch, n_boot=200))
+    t = tables.leakage_table(ps)
+    labels = {"patient": "patient-wise", "image": "image-level (originals split at random)",
+              "augmented_image": "augment-then-split (the preprint's leak)"}
+    comparisons = [("image", "patient"), ("augmented_image", "patient"), ("augmented_image", "image")]
+    assert list(dict.fromkeys(zip(t["protocol"], t["compared_with"]))) == [(labels[a], labels[b]) for a, b in comparisons]
+    assert len(t) == 3 * 2 * len(tables.LEAKAGE_METRICS)
+
+    def row(protocol, reference, level, metric="accuracy"):
+        return t[(t["protocol"] == labels[protocol]) & (t["compared_with"] == labels[reference])
+                 & (t["level"] == level) & (t["metric"] == metric)].iloc[0]
+
+    # Patient level: ap0's copies average right, so every patient is right under augment-then-split.
+    leak = row("augmented_image", "patient", "patient")
+    assert (leak["value"], leak["reference"]) == (pytest.approx(1.0), pytest.approx(8 / 12))
+    # Image level: 6 of 192 copies wrong against none of the 24 originals under the image-level split.
+    more = row("augmented_image", "image", "image")
+    assert (more["value"], more["reference"], more["difference"]) == (
+        pytest.approx(1 - 6 / 192), pytest.approx(1.0), pytest.approx(-6 / 192))
+    assert (more["n_images"], more["n_images_reference"], more["n_patients_shared"]) == (192, 24, 12)
+    assert not more["same_test_images"]  # copies, not the originals
+    for (protocol, reference), level in zip(comparisons, ("patient", "image", "image")):
+        r = row(protocol, reference, level)
+        assert [r["difference_ci_low"], r["difference_ci_high"]] == pytest.approx(
+            _paired(ps, arch, (protocol, reference), level, "accuracy"))
+    assert more["difference_ci_low"] < more["difference"] < 0 <= more["difference_ci_high"]
+    tables.write_leakage(t, tmp_path / "l.csv", tmp_path / "l.md")
+    md = (tmp_path / "l.md").read_text()
+    assert ("| patient-wise | image-level (originals split at random) | augment-then-split (the preprint's leak) | "
+            "image-level − patient-wise [95 % paired interval] | augment-then-split − patient-wise [95 % paired "
+            "interval] | augment-then-split − image-level [95 % paired interval] |") in md
+    assert f"| {BVM} | {arch} | image | accuracy | 0.667 | 1.000 | 0.969 | +0.333 [" in md
+    assert f"-0.031 [{more['difference_ci_low']:+.3f}, {more['difference_ci_high']:+.3f}]" in md
+    assert "| 12 / 12 / 12; 12, 12, 12 | 24 / 24 / 192 |" in md
+    assert "Not paired: the images within a patient between augment-then-split and the others" in md
+    back = pd.read_csv(tmp_path / "l.csv")
+    assert list(back.columns) == tables.LEAKAGE_COLUMNS and len(back) == len(t)
 
 
 def test_leakage_of_different_test_patients_says_so(tmp_path):
@@ -239,7 +304,7 @@ def test_leakage_without_both_protocols_is_empty(tmp_path):
     t = tables.leakage_table(ps)
     assert t.empty
     tables.write_leakage(t, tmp_path / "l.csv", tmp_path / "l.md")
-    assert "No task with a patient mapping ran both protocols" in (tmp_path / "l.md").read_text()
+    assert "No task with a patient mapping ran patient-wise and under a leaky protocol" in (tmp_path / "l.md").read_text()
     assert (tmp_path / "l.csv").read_text().startswith("task,architecture,level,metric")
 
 
@@ -249,7 +314,7 @@ def test_image_grouped_runs_are_never_called_patient_wise(tmp_path, caplog):
                                     protocol=protocol, grouping="image") for protocol in ("patient", "image")))
     t = tables.task_table(*grouped, "cancer_types")
     assert list(t["protocol"][:2]) == ["image-grouped (no patient mapping)",
-                                       "image-level (preprint's split)"]
+                                       "image-level (originals split at random)"]
     tables.write_task_table(t, tmp_path / "t.csv", tmp_path / "t.md")
     md = (tmp_path / "t.md").read_text()
     assert "patient-wise" not in md.split("- ")[0]  # not in the rows

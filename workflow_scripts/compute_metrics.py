@@ -15,7 +15,7 @@ from deepbc.jobs import cli
 def arguments(p):
     p.add_argument("--predictions", required=True, help="results/predictions/{run}/{arch}/fold{k}.parquet")
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
-    p.add_argument("--run", required=True, help="run name: {task} or {task}__image_level")
+    p.add_argument("--run", required=True, help="run name: {task}, {task}__image_level or {task}__augmented_image_level")
     p.add_argument("--arch", required=True, help="architecture name")
     p.add_argument("--fold", required=True, type=int, help="fold index")
     p.add_argument("--manifest", required=True,

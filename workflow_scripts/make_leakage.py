@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Leakage table: how much the preprint's image-level split inflates each metric.
+"""Leakage table: how much each leaky protocol (image-level; augment-then-split, the preprint's
+leak) inflates each metric.
 
-For every task and architecture that ran both protocols, and every metric at patient and image
-level: the image-level-protocol value, the patient-wise value (each pooled over its test folds),
-their difference with a paired bootstrap interval, and their ratio. Empty (header only) when no
-task ran both protocols.
+For every task and architecture that ran patient-wise and under a leaky protocol, and every metric
+at patient and image level: each protocol's value (pooled over its test folds), and each leaky
+protocol against patient-wise, and augment-then-split against image-level: the difference with a
+paired bootstrap interval, and the ratio. Empty (header only) when no task ran patient-wise and
+under a leaky protocol.
 """
 
 from deepbc.jobs import cli

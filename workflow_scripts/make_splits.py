@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Split one task's images into folds of train/val/test: k folds or repeated holdouts, patient-wise or
-image-level (leaky), or a predefined split from a CSV; write the splits and their audit.
+"""Split one task's images into folds of train/val/test: k folds or repeated holdouts, patient-wise,
+image-level or augment-then-split (leaky), or a predefined split from a CSV; write the splits and
+their audit.
 
 Reads the dataset manifest, keeps the task's images (filter, magnification, classes; label-conflict
 images left out if splits.exclude_label_conflicts), and writes the long splits table (one row per
 image and fold; columns path, patient, slide, magnification, label, label_index, fold, split,
-protocol). Protocol 'patient' never puts a patient on two sides of a fold (checked before writing;
-a predefined split may, with splits.allow_straddling); protocol 'image' is the preprint's random
-image split, kept only to measure its inflation. A training set without a class of the task is
+protocol; under augmented_image one row per image copy, with its copy id). Protocol 'patient' never
+puts a patient on two sides of a fold (checked before writing; a predefined split may, with
+splits.allow_straddling); protocol 'image' splits the images at random, 'augmented_image' their 8
+rotations and mirror images (the preprint's leak), both kept only to measure the inflation. A training set without a class of the task is
 refused. A task at one magnification is split as the same task at all magnifications. A task with a
 test_dataset (--test-manifest) keeps train/val patient-wise on its dataset and tests every fold on
 all of the test dataset's images (column dataset says which dataset a row is from). The audit
@@ -26,7 +28,8 @@ def arguments(p):
                                            "/properties/task_definitions/additionalProperties"),
                    help='the task\'s config as JSON, e.g. \'{"dataset": "breakhis", "label": "tissue", '
                         '"classes": ["benign", "malignant"]}\'')
-    p.add_argument("--protocol", required=True, help="patient (patient-wise folds) or image (the preprint's split)")
+    p.add_argument("--protocol", required=True,
+                   help="patient (patient-wise folds), image (images at random) or augmented_image (augment, then split)")
     p.add_argument("--splits-json", required=True,
                    type=cli.config_section("splits"),
                    help='the task\'s split settings (the config section splits, with the task\'s own '

@@ -16,7 +16,7 @@ def arguments(p):
     p.add_argument("--predictions", required=True, nargs="+",
                    help="results/predictions/{run}/{arch}/fold{k}.parquet of every fold run")
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
-    p.add_argument("--run", required=True, help="run name: {task} or {task}__image_level")
+    p.add_argument("--run", required=True, help="run name: {task}, {task}__image_level or {task}__augmented_image_level")
     p.add_argument("--arch", required=True, help="architecture name")
     p.add_argument("--manifest", required=True,
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")

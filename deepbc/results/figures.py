@@ -1,7 +1,8 @@
 """Figures (PNG and PDF): ROC curves per task, confusion matrices and training curves per model.
 
 Pooling: ROC curves and confusion matrices pool the test predictions of all folds of a run and
-architecture (each image is in one test fold, so the pool covers the whole dataset once). The
+architecture (each image, or under the augment-then-split protocol each image copy, is in one test
+fold, so the pool covers the whole dataset once). The
 patient level aggregates within each fold exactly as deepbc.evaluation.metrics does (mean probability), then
 pools the folds' patients. For more than two classes the ROC curve is the macro average of the
 one-vs-rest curves (true positive rates averaged on the union of their false positive rates), and
@@ -34,7 +35,7 @@ from deepbc.training.model_dir import retrain  # noqa: E402
 from deepbc.results.tables import protocol_label  # noqa: E402
 from deepbc.data.runs import parse_run  # noqa: E402
 
-PROTOCOL_STYLE = {"patient": "-", "image": "--"}
+PROTOCOL_STYLE = {"patient": "-", "image": "--", "augmented_image": ":"}
 _PRED_PATH = re.compile(r"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>\d+)\.parquet$")
 _TRAIN_PATH = re.compile(r"fold(?P<fold>\d+)/training\.csv$")
 TRAINING_COLUMNS = ["step", "stage", "loss", "accuracy", "val_loss", "val_accuracy"]
@@ -189,15 +190,17 @@ def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_p
     fig = Figure(figsize=(9, 8.5))
     axes = fig.subplots(2, 2)
     folds = sorted(images["fold"].unique())
+    protocol = parse_run(run)[1]
     for row, (level, df) in enumerate((("image", images), ("patient", patients))):
         cm = confusion_matrix(df["label"], df["pred"], labels=classes)
         title = _level_title(level, grouping)
-        unit = {"image": ", images", "patient": ", patients"}[level] if title.endswith("level") else ""
+        copies = protocol == "augmented_image"
+        unit = {"image": ", image copies" if copies else ", images", "patient": ", patients"}[level] \
+            if title.endswith("level") else ""
         # An external test's folds all predict the same units: the counts are k models x N units.
         n = f"{len(folds)} models x {cm.sum() // len(folds)}" if test_dataset else f"{cm.sum()}"
         _draw_matrix(axes[row, 0], cm, classes, f"{title}{unit} (n={n})", False)
         _draw_matrix(axes[row, 1], cm, classes, f"{title}, row-normalised", True)
-    protocol = parse_run(run)[1]
     fig.suptitle(f"{run} / {arch}: {protocol_label(protocol, grouping)}, "
                  f"folds {', '.join(map(str, folds))} pooled{_external(test_dataset)}")
     fig.tight_layout()

@@ -1,4 +1,5 @@
-"""Result tables from the metrics JSONs: one per task, a summary, and the leakage table.
+"""Result tables from the metrics JSONs: one per task, a summary, and the leakage table (each leaky
+protocol against patient-wise, and the preprint's augment-then-split against the image-level split).
 
 Headline figures are pooled: each comes from a run and architecture's pooled JSON
 (deepbc.evaluation.pooled: the test predictions of every fold run, one confusion matrix over all
@@ -37,7 +38,7 @@ from deepbc.evaluation.metrics import CONFIDENCE, GROUPING_LABELS, IMAGE_EXTRA, 
 from deepbc.jobs import atomic
 from deepbc.jobs.errors import UserError, delete_and_rerun
 from deepbc.training.model_dir import retrain
-from deepbc.data.runs import parse_run
+from deepbc.data.runs import PROTOCOL_LABELS, PROTOCOLS, parse_run
 
 LOG = logging.getLogger("deepbc")
 
@@ -47,7 +48,6 @@ TABLE_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", 
 LEAKAGE_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
 PREPRINT_METRICS = ("accuracy", "sensitivity", "auc")
 LEVELS = ("patient", "image")
-PROTOCOL_LABELS = {"patient": "patient-wise", "image": "image-level (preprint's split)"}
 IMAGE_GROUPED = GROUPING_LABELS["image"]
 IMAGE_GROUPED_NOTE = (
     f"{IMAGE_GROUPED}: the dataset maps no image to a patient, so each image is its own group: "
@@ -95,7 +95,7 @@ INTERVAL_NOTE = (
     "undefined in a draw is left out of that draw's mean); the interval spans the 2.5th to 97.5th "
     "percentiles of these means. It covers the sampling of test patients only: each fold's trained "
     "model is held fixed, so the variation between the models of different folds or trainings is "
-    "not in it. Under the image-level protocol a patient's images sit in several folds' test sets, "
+    "not in it. Under the leaky protocols a patient's images sit in several folds' test sets, "
     "and each fold resamples that patient on its own: the folds are not independent, and the "
     "interval is too narrow there.")
 SELECTION_NOTE = (
@@ -394,8 +394,8 @@ def task_table(metrics, pooled, task: str, preprint: dict | None = None) -> pd.D
     for arch in sorted(set(figures) - set(table["architecture"])):
         table.loc[len(table), ["architecture", "protocol", "run", "n_folds"]] = [
             arch, PREPRINT_ONLY, "", None]
-    # Patient-wise first, then the image-level protocol, then preprint-only rows.
-    order = {"patient": 0, "image": 1, PREPRINT_ONLY: 2}
+    # Patient-wise first, then the leaky protocols, then preprint-only rows.
+    order = {**{p: i for i, p in enumerate(PROTOCOLS)}, PREPRINT_ONLY: len(PROTOCOLS)}
     table = table.sort_values(["architecture", "protocol"],
                               key=lambda s: s.map(order) if s.name == "protocol" else s)
     for metric in PREPRINT_METRICS:
@@ -691,7 +691,7 @@ def summary_table(metrics, pooled, models, preprint: dict | None = None) -> pd.D
     folds = fold_frame(metrics)
     patient = folds[folds["protocol"] == "patient"]
     for task in sorted(set(folds["task"]) - set(patient["task"])):
-        LOG.warning("task %s ran only the image-level protocol: left out of the summary", task)
+        LOG.warning("task %s ran only leaky protocols: left out of the summary", task)
     if patient.empty:
         raise UserError("no patient-wise metrics among the files given", "--metrics",
                         "pass the metrics JSONs of the patient-wise runs")
@@ -754,7 +754,7 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
     header = ["task", "split", "test", "architecture", "chosen by", "validation (chosen on)", "folds",
               "patients"]
     header += [f"patient {LABELS[m]}" for m in TABLE_METRICS]
-    header += ["preprint acc. (image-level, leaky)"]
+    header += ["preprint acc. (image-level, leaky split)"]
     rows = []
     for _, r in table.iterrows():
         validation = (f"{VALIDATION_LABELS[r['validation_metric']]} "
@@ -774,8 +774,9 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         "results/tables/{task}.md shows every architecture's test figures. " + SELECTION_NOTE,
         "Patient level: a patient's probabilities are the mean of its images'. " + POOLED_NOTE,
         intervals_note(_n_boot(table)),
-        "The preprint's figures are image-level accuracies under an image-level split with "
-        "leakage, not comparable with patient-wise figures; see results/tables/leakage.md.",
+        "The preprint's figures are image-level accuracies under a split of images with leakage (its "
+        "images augmented, then split at random: our reading, docs/methods.md), not comparable with "
+        "patient-wise figures; see results/tables/leakage.md.",
     ]
     if (table["n_classes"] != 2).any():
         footnotes.insert(2, "More than two classes: sens. is left out (the macro sensitivity is the "
@@ -796,68 +797,78 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
             "Summary: per task, the architecture chosen on validation data, and its test figures"))
 
 
-LEAKAGE_COLUMNS = ["task", "architecture", "level", "metric", "image_level_protocol", "patient_wise",
-                   "difference", "difference_ci_low", "difference_ci_high", "ratio",
-                   "n_patients_image_level_protocol", "n_patients_patient_wise", "n_patients_shared",
-                   "same_test_images", "n_folds_image_level_protocol", "n_folds_patient_wise"]
+# Each comparison of the leakage table: (protocol, the protocol it is compared with). The first two
+# measure each leaky protocol's inflation; the third how much more the preprint's leak inflates than
+# the image-level split of the originals (a lower bound of it).
+COMPARISONS = (("image", "patient"), ("augmented_image", "patient"), ("augmented_image", "image"))
+LEAKAGE_COLUMNS = ["task", "architecture", "level", "metric", "protocol", "compared_with", "value", "reference",
+                   "difference", "difference_ci_low", "difference_ci_high", "ratio", "n_patients",
+                   "n_patients_reference", "n_patients_shared", "n_images", "n_images_reference",
+                   "same_test_images", "n_folds", "n_folds_reference"]
 PAIRING_NOTE = (
     "[low, high]: 95 % paired bootstrap interval of the difference: draw b of the pooled "
-    "bootstrap weighs each patient alike (Poisson(1), seeded by the patient's id) under both "
-    "protocols, and the interval spans the 2.5th to 97.5th percentiles of the draws' "
-    "differences. When every fold runs, both protocols test every image of the task once: the "
-    "same images and patients, each protocol's models fixed, and the pairing is exact. With some "
-    "folds only, the protocols test different images (same test images: no), and partly other "
-    "patients: the shared patients are paired, the others resampled on their own side, and the "
-    "difference also reflects which images each protocol tested. The interval holds the trained "
-    "models fixed: it says how much the patients tested move the difference, not how much "
-    "retraining would.")
+    "bootstrap weighs each patient alike (Poisson(1), seeded by the patient's id) under every "
+    "protocol, and the interval spans the 2.5th to 97.5th percentiles of the draws' "
+    "differences. Paired: the test patients. When every fold runs, every protocol tests every "
+    "patient of the task (patient-wise and image-level each image once, augment-then-split each "
+    "of an image's 8 copies once), so each draw resamples the same patients under both sides. Not "
+    "paired: the images within a patient between augment-then-split and the others (it tests a "
+    "patient's copies, they its originals; a patient weighs the same, its figure is over its own "
+    "test images), and the models: each protocol's are trained on other data and held fixed, so "
+    "the interval says how much the patients tested move the difference, not how much retraining "
+    "would. With some folds only, the protocols test different images (same test images: no), and "
+    "partly other patients: the shared patients are paired, the others resampled on their own "
+    "side, and the difference also reflects which images each protocol tested.")
 
 
 def leakage_table(pooled) -> pd.DataFrame:
-    """How much the image-level protocol inflates each metric, per task and architecture.
+    """How much each leaky protocol inflates each metric, per task and architecture (COMPARISONS).
 
-    Only tasks and architectures that ran both protocols, and only tasks whose groups are patients:
-    without a patient mapping both protocols can split a patient's images, so their difference is
-    no measure of leakage (such tasks are logged and listed in ``attrs["left_out"]``). Per metric
-    and level (no sensitivity for more than two classes: it is the balanced accuracy there), the
-    pooled figures under each protocol, the difference (image-level protocol minus patient-wise)
-    with its paired bootstrap interval (PAIRING_NOTE), the ratio (image-level protocol /
-    patient-wise; empty when the patient-wise value is 0), the test patients of each and shared,
-    and whether both tested the same images.
+    Only tasks and architectures that ran both protocols of a comparison, and only tasks whose
+    groups are patients: without a patient mapping every protocol can split a patient's images, so
+    differences are no measure of leakage (such tasks are logged and listed in ``attrs["left_out"]``).
+    One row per comparison, level and metric (no sensitivity for more than two classes: it is the
+    balanced accuracy there): the pooled figure under ``protocol`` (``value``) and under
+    ``compared_with`` (``reference``; both as the tables label them), the difference with its
+    paired bootstrap interval (PAIRING_NOTE), the ratio (empty when the reference is 0), the test
+    patients and images of each and the patients shared, and whether both tested the same images.
     """
     frame = pooled_frame(load_pooled(pooled))
     left_out = sorted(set(frame.loc[frame["grouping"] == "image", "task"]))
     for task in left_out:
         LOG.warning("task %s left out of the leakage table: its dataset has no patient mapping, so "
-                    "both protocols can put one patient's images on both sides of the split", task)
+                    "every protocol can put one patient's images on both sides of the split", task)
     frame = frame[~frame["task"].isin(left_out)]
     rows = []
     for (task, arch), group in frame.groupby(["task", "arch"], sort=True):
         by_protocol = {r["protocol"]: r for _, r in group.iterrows()}
-        if not {"patient", "image"} <= set(by_protocol):
-            continue
-        leaky, honest = by_protocol["image"], by_protocol["patient"]
-        shared = len(set(leaky["test_patients"]) & set(honest["test_patients"]))
-        for level in LEVELS:
-            for metric in LEAKAGE_METRICS:
-                if metric not in shown_metrics(honest["n_classes"]):
-                    continue
-                col = f"{level}_{metric}"
-                a, b = leaky[col], honest[col]
-                low, high = _paired_interval(leaky[f"{col}_draws"], honest[f"{col}_draws"])
-                rows.append({
-                    "task": task, "architecture": arch, "level": level, "metric": metric,
-                    "image_level_protocol": a, "patient_wise": b, "difference": a - b,
-                    "difference_ci_low": low, "difference_ci_high": high,
-                    "ratio": a / b if b and not pd.isna(b) else math.nan,
-                    "n_patients_image_level_protocol": int(leaky["n_patients"]),
-                    "n_patients_patient_wise": int(honest["n_patients"]), "n_patients_shared": shared,
-                    "same_test_images": leaky["test_images_sha256"] == honest["test_images_sha256"],
-                    "n_folds_image_level_protocol": int(leaky["n_folds"]),
-                    "n_folds_patient_wise": int(honest["n_folds"]),
-                })
+        for protocol, reference in COMPARISONS:
+            if not {protocol, reference} <= set(by_protocol):
+                continue
+            ours, theirs = by_protocol[protocol], by_protocol[reference]
+            shared = len(set(ours["test_patients"]) & set(theirs["test_patients"]))
+            for level in LEVELS:
+                for metric in LEAKAGE_METRICS:
+                    if metric not in shown_metrics(theirs["n_classes"]):
+                        continue
+                    col = f"{level}_{metric}"
+                    a, b = ours[col], theirs[col]
+                    low, high = _paired_interval(ours[f"{col}_draws"], theirs[f"{col}_draws"])
+                    rows.append({
+                        "task": task, "architecture": arch, "level": level, "metric": metric,
+                        "protocol": PROTOCOL_LABELS[protocol], "compared_with": PROTOCOL_LABELS[reference],
+                        "value": a, "reference": b, "difference": a - b,
+                        "difference_ci_low": low, "difference_ci_high": high,
+                        "ratio": a / b if b and not pd.isna(b) else math.nan,
+                        "n_patients": int(ours["n_patients"]), "n_patients_reference": int(theirs["n_patients"]),
+                        "n_patients_shared": shared, "n_images": int(ours["n_images"]),
+                        "n_images_reference": int(theirs["n_images"]),
+                        "same_test_images": ours["test_images_sha256"] == theirs["test_images_sha256"],
+                        "n_folds": int(ours["n_folds"]), "n_folds_reference": int(theirs["n_folds"]),
+                    })
     if not rows:
-        LOG.warning("no task with a patient mapping ran both protocols: the leakage table is empty")
+        LOG.warning("no task with a patient mapping ran patient-wise and under a leaky protocol: the leakage "
+                    "table is empty")
     table = pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
     table.attrs["left_out"] = left_out
     return table
@@ -873,44 +884,71 @@ def _paired_interval(leaky, honest) -> tuple[float, float]:
 
 
 def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
-    header = ["task", "architecture", "level", "metric", "image-level protocol", "patient-wise",
-              "difference [95 % paired interval]", "ratio", "patients (image-level protocol / "
-              "patient-wise / shared)", "same test images"]
+    """The leakage table as CSV (one row per comparison, level and metric) and Markdown (one row per
+    level and metric, every protocol's figure and each comparison's difference side by side)."""
+    labels = [PROTOCOL_LABELS[p] for p in PROTOCOLS]
+    compared = [(PROTOCOL_LABELS[p], PROTOCOL_LABELS[r]) for p, r in COMPARISONS]
+    short = {label: label.split(" (")[0] for label in labels}
+    header = ["task", "architecture", "level", "metric", *labels,
+              *(f"{short[p]} − {short[r]} [95 % paired interval]" for p, r in compared),
+              "test patients (" + " / ".join(short[label] for label in labels) + "; shared, per comparison)",
+              "test images (" + " / ".join(short[label] for label in labels) + ")"]
 
     def num(v, digits=3):
         return "–" if pd.isna(v) else f"{v:.{digits}f}"
 
-    rows = []
-    for _, r in table.iterrows():
-        difference = "–" if pd.isna(r["difference"]) else f"{r['difference']:+.3f}"
+    def difference(r) -> str:
+        text = f"{r['difference']:+.3f}" if not pd.isna(r["difference"]) else "–"
         if not pd.isna(r["difference_ci_low"]):
-            difference += f" [{r['difference_ci_low']:+.3f}, {r['difference_ci_high']:+.3f}]"
-            difference += ZERO_WIDTH if r["difference_ci_low"] == r["difference_ci_high"] else ""
-        rows.append([r["task"], r["architecture"], r["level"], r["metric"], num(r["image_level_protocol"]),
-                     num(r["patient_wise"]), difference, num(r["ratio"], 2),
-                     f"{r['n_patients_image_level_protocol']} / {r['n_patients_patient_wise']} / "
-                     f"{r['n_patients_shared']}", "yes" if r["same_test_images"] else "no"])
+            text += f" [{r['difference_ci_low']:+.3f}, {r['difference_ci_high']:+.3f}]"
+            text += ZERO_WIDTH if r["difference_ci_low"] == r["difference_ci_high"] else ""
+        return text
+
+    rows, different = [], []
+    for (task, arch, level, metric), g in table.groupby(["task", "architecture", "level", "metric"], sort=False):
+        value, patients, images, shared = {}, {}, {}, {}
+        for r in g.to_dict("records"):
+            for label, key in ((r["protocol"], ""), (r["compared_with"], "_reference")):
+                value[label] = r["value" if not key else "reference"]
+                patients[label], images[label] = r[f"n_patients{key}"], r[f"n_images{key}"]
+            shared[(r["protocol"], r["compared_with"])] = r["n_patients_shared"]
+            if not r["same_test_images"] and r["compared_with"] == PROTOCOL_LABELS["patient"] and \
+                    r["protocol"] == PROTOCOL_LABELS["image"]:
+                different.append(f"{task} / {arch}")
+        by_comparison = {(r["protocol"], r["compared_with"]): difference(r) for r in g.to_dict("records")}
+        rows.append([task, arch, level, metric, *(num(value.get(label)) for label in labels),
+                     *(by_comparison.get(c, "–") for c in compared),
+                     " / ".join(str(patients.get(label, "–")) for label in labels) + "; "
+                     + ", ".join(str(shared.get(c, "–")) for c in compared),
+                     " / ".join(str(images.get(label, "–")) for label in labels)])
     footnotes = [
-        "Pooled figures over the test folds of each protocol. Image-level protocol: the "
-        "preprint's random split of images, with patients on both sides; patient-wise: no patient "
-        "in two splits. Difference = image-level protocol minus patient-wise; ratio = image-level "
-        "protocol / patient-wise. More than two classes: no sensitivity row (the macro sensitivity "
-        "is the balanced accuracy).",
+        "Pooled figures over the test folds of each protocol. Patient-wise: no patient in two splits. "
+        f"{labels[1]}: the original images split at random, augmented on the fly in training; patients sit on "
+        f"both sides, but no copy of a test image is trained on. {labels[2]}: each image's 8 rotations and "
+        "mirror images made separate images first, then split at random, so other copies of a test image "
+        "are in training, as in the preprint (our reading of it, docs/methods.md); its images are the "
+        "copies (8 per original image). A difference is the first protocol's figure minus the second's; "
+        "the last compares the two leaks: how much more (if positive) the preprint's leak inflates a "
+        "figure than the image-level split of the originals does. More than two classes: no "
+        "sensitivity row (the macro sensitivity is the balanced accuracy).",
         PAIRING_NOTE,
     ]
+    if different:
+        footnotes.append("Image-level and patient-wise tested different images (some folds only) for: "
+                         f"{', '.join(dict.fromkeys(different))}.")
     if (table["difference_ci_low"] == table["difference_ci_high"]).any():
         footnotes.append(ZERO_WIDTH_NOTE)
     left_out = table.attrs.get("left_out", [])
     if left_out:
         footnotes.append(f"Left out: {', '.join(left_out)}, whose dataset has no patient mapping "
-                         f"({IMAGE_GROUPED}): both protocols can put one patient's images on both "
+                         f"({IMAGE_GROUPED}): every protocol can put one patient's images on both "
                          "sides, so their difference measures no leakage.")
     if table.empty:
-        footnotes.insert(0, "No task with a patient mapping ran both protocols (set protocols: "
-                            "[patient, image] for a task).")
+        footnotes.insert(0, "No task with a patient mapping ran patient-wise and under a leaky protocol (set "
+                            "protocols: [patient, image, augmented_image] for a task).")
     footnotes = _with_split_notes(table, footnotes)
     if out_csv:
         atomic.write_csv(out_csv, table)
     if out_md:
-        atomic.write_text(out_md, to_markdown(header, rows, footnotes,
-                                              "Leakage: image-level protocol vs patient-wise"))
+        atomic.write_text(out_md, to_markdown(
+            header, rows, footnotes, f"Leakage: {labels[2]} and {labels[1]} vs {labels[0]}"))
