@@ -288,6 +288,12 @@ def test_leakage_shows_both_leaky_protocols_against_patient_wise(tmp_path):
     assert "Not paired: the images within a patient between augment-then-split and the others" in md
     back = pd.read_csv(tmp_path / "l.csv")
     assert list(back.columns) == tables.LEAKAGE_COLUMNS and len(back) == len(t)
+    # The task table names the protocol and says its images are copies.
+    task = tables.task_table(ms, ps, BVM)
+    assert list(task["protocol"]) == [labels[p] for p in ("patient", "image", "augmented_image")]
+    assert list(task["n_images"]) == [24, 24, 192]
+    tables.write_task_table(task, out_md=tmp_path / "t.md")
+    assert "image-level figures count copies" in (tmp_path / "t.md").read_text()
 
 
 def test_leakage_of_different_test_patients_says_so(tmp_path):

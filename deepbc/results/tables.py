@@ -54,6 +54,12 @@ IMAGE_GROUPED_NOTE = (
     "its patient-level figures are image-level ones, and images of one patient may sit on both "
     "sides of the split. Give the dataset a patients CSV (path, patient) to make it patient-wise.")
 PREPRINT_ONLY = "preprint only (not run here)"
+COPIES_NOTE = (
+    f"{PROTOCOL_LABELS['augmented_image']}: each image made 8 images first (its rotations and mirror "
+    "images), then split at random, so other copies of a test image were trained on; its images "
+    "column and image-level figures count copies, its patient level averages a patient's test copies. "
+    f"{PROTOCOL_LABELS['image']}: the original images split at random, augmented on the fly in "
+    "training. Both put a patient's images on both sides of the split: results/tables/leakage.md.")
 LABELS = {"accuracy": "acc.", "balanced_accuracy": "bal. acc.", "sensitivity": "sens.",
           "specificity": "spec.", "auc": "AUC", "fp": "FP", "fn": "FN",
           "patient_recognition_rate": "patient recognition rate", "ece": "ECE", "brier": "Brier",
@@ -513,6 +519,8 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
         general.insert(2, ZERO_WIDTH_NOTE)
     if (table["protocol"] == IMAGE_GROUPED).any():
         general.insert(0, IMAGE_GROUPED_NOTE)
+    if (table["protocol"] == PROTOCOL_LABELS["augmented_image"]).any():
+        general.insert(0, COPIES_NOTE)
     if table["test"].fillna("").str.startswith("external").any():
         general.insert(0, EXTERNAL_NOTE)
     if ranges:
