@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from deepbc.data.runs import PROTOCOLS
 from deepbc.jobs import atomic
 from deepbc.results.figures import PROTOCOL_STYLE, _external, _level_title, load_task_predictions
 from deepbc.evaluation.metrics import (CALIBRATION_METRICS, ECE_BINS, TEMPERATURE_CAVEAT, confidence_bin, grouping_of,
@@ -65,7 +66,7 @@ def calibration_table(metrics) -> pd.DataFrame:
     temperature = folds.groupby(keys)["temperature"].agg(["mean", "std"]).reset_index()
     table = table.merge(temperature.rename(columns={"mean": "temperature_mean",
                                                     "std": "temperature_sd"}), on=keys)
-    order = {"patient": 0, "image": 1}
+    order = {p: i for i, p in enumerate(PROTOCOLS)}
     table = table.sort_values(["task", "arch", "protocol"],
                               key=lambda s: s.map(order) if s.name == "protocol" else s)
     table["protocol"] = [protocol_label(p, g) for p, g in zip(table["protocol"], table["grouping"])]

@@ -13,8 +13,8 @@ Rows of tasks with the same classes sit together, by magnification tested on (40
 the model trained on all first, so that a per-magnification task is read below the
 all-magnification one tested on the same magnification; a one-magnification task is split as the
 same task at all magnifications (deepbc.data.splits.build_splits_file), so the two rows are tested
-on the same patients. Only patient-wise runs are shown (the image-level protocol is the
-preprint's leaky split, and an image-grouped run is not patient-wise); folder datasets carry no
+on the same patients. Only patient-wise runs are shown (the leaky protocols run only to measure
+the leak, and an image-grouped run is not patient-wise); folder datasets carry no
 magnification, so the table covers BreakHis tasks only. Figures are pooled over the test folds, as
 in the task tables: the pooled JSONs' ``by_magnification`` blocks (deepbc.evaluation.pooled), with
 their intervals (Wilson with k/n for the patient accuracy, the patient bootstrap for the rest); the

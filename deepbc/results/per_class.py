@@ -10,6 +10,7 @@ task's AUC (one class's probability is 1 minus the other's).
 
 import pandas as pd
 
+from deepbc.data.runs import PROTOCOLS
 from deepbc.jobs.errors import UserError
 from deepbc.results.tables import (EXTERNAL_NOTE, IMAGE_GROUPED_NOTE, IMAGE_GROUPED, LABELS, LEVELS, ZERO_WIDTH_NOTE,
                                    has_zero_width, intervals_note, load_pooled, pooled_cell, pooled_row,
@@ -27,9 +28,9 @@ def per_class_table(pooled, task: str) -> pd.DataFrame:
     if not pooled:
         raise UserError(f"no pooled metrics of task {task!r} among the files given", "--pooled",
                         f"pass results/metrics/{{run}}/{{arch}}/pooled.json of task {task}'s runs")
-    order = {"patient": 0, "image": 1}
+    order = {p: i for i, p in enumerate(PROTOCOLS)}
     rows = []
-    for m in sorted(pooled, key=lambda p: (p["meta"]["arch"], order.get(p["meta"]["protocol"], 2))):
+    for m in sorted(pooled, key=lambda p: (p["meta"]["arch"], order[p["meta"]["protocol"]])):
         meta, counts = m["meta"], m["class_counts"]
         blocks = {"patient": m["patient_level"]["mean_probability"], "image": m["image_level"]}
         for c in m["classes"]:
