@@ -30,13 +30,15 @@ def test_the_demo_plan():
 
 def test_the_paper_plan():
     paper = plan.Plan(validated_config("paper.yaml"))
-    # 12 runs of 5 folds, and 4 Spanhol-protocol runs of 5 repeated holdouts (a repeat is a fold).
-    assert len(paper.runs) == 16 and len(paper.archs) == 7
+    # 16 runs of 5 folds (4 tasks under 3 protocols, 4 one-magnification tasks patient-wise), and 4
+    # Spanhol-protocol runs of 5 repeated holdouts (a repeat is a fold).
+    assert len(paper.runs) == 20 and len(paper.archs) == 7
+    assert paper.runs["benign_subtypes__augmented_image_level"].protocol == "augmented_image"
     assert {r.folds for r in paper.runs.values()} == {(0, 1, 2, 3, 4)}
     assert paper.runs["benign_vs_malignant_40X_spanhol"].split_settings["scheme"] == "repeated_holdout"
-    assert len(paper.models()) == 16 * 7 * 5 == 560
+    assert len(paper.models()) == 20 * 7 * 5 == 700
     # Each run's splits parquet and its audit (JSON, CSV, Markdown).
-    assert len(paper.exports()) == 560 and len(paper.split_tables()) == 16 * 4
+    assert len(paper.exports()) == 700 and len(paper.split_tables()) == 20 * 4
     assert "results/splits/benign_subtypes.audit.md" in paper.split_tables()
     assert paper.runs["benign_vs_malignant_40X"].magnification == "40X"
 

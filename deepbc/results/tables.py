@@ -807,7 +807,8 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
 
 # Each comparison of the leakage table: (protocol, the protocol it is compared with). The first two
 # measure each leaky protocol's inflation; the third how much more the preprint's leak inflates than
-# the image-level split of the originals (a lower bound of it).
+# the image-level split of the originals, whose leak is smaller by design (no copy of a test image
+# trained on): measured, not assumed, as the two runs' models also differ.
 COMPARISONS = (("image", "patient"), ("augmented_image", "patient"), ("augmented_image", "image"))
 LEAKAGE_COLUMNS = ["task", "architecture", "level", "metric", "protocol", "compared_with", "value", "reference",
                    "difference", "difference_ci_low", "difference_ci_high", "ratio", "n_patients",

@@ -19,8 +19,9 @@ the texture; Inception's random boxes keep at least 25% of the area (TF-Slim: ar
 least 10% of the image covered, so 10%), so that neither family magnifies a training image more
 than 2x (VGG's [S, 2S]; TF-Slim's Inception up to 3.2x), BreakHis' smallest step between
 magnifications (100X to 200X to 400X), since magnification carries class information in
-histopathology. TF-Slim flips left-right only; here ``flip`` and ``rotate`` decide (the preprint's
-8 symmetries).
+histopathology. TF-Slim flips left-right only; here ``flip`` and ``rotate`` decide (the 8
+symmetries of the square: our reading of the preprint's rotations and flips, whose number it does
+not state in what deepbc/results/preprint.yaml quotes).
 
 At evaluation the two families see different fields of view (TF-Slim's choice, which their
 ImageNet weights were trained with): ``vgg`` the central square of 87.5% of the shorter side, on a
@@ -29,7 +30,7 @@ of the area, squashed to a square (by 1.5x across on BreakHis).
 
 Training augmentation (never at evaluation): ``rotate`` (multiples of 90 degrees; 0/180 only when
 the output is not square) and ``flip`` (left-right and up-down) together give all 8 symmetries of
-the square, as in the preprint; ``random_crop`` as above (with Inception's colour distortion);
+the square (our reading of the preprint's); ``random_crop`` as above (with Inception's colour distortion);
 ``color_jitter``: mild brightness (+-0.1), saturation and contrast (x0.8..1.2) and hue (+-0.02)
 changes, for stain variation;
 ``hed: {sigma, bias}`` (off when null): HED stain augmentation (Tellez et al. 2019, Med. Image
