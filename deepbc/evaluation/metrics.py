@@ -2,7 +2,8 @@
 
 Conventions (also written into every metrics JSON under ``conventions``):
 
-- Image level: one unit per image; the prediction is the ``pred`` column.
+- Image level: one unit per image (a row of the predictions: under the augment-then-split
+  protocol each tested copy of an image); the prediction is the ``pred`` column.
 - Patient level: one unit per patient and true class. BreakHis groups patients by the numeric slide
   id, and two such patients (14-29960: A and F; 14-21998: F and PT) carry images of two classes, so
   a single patient label would be wrong for some of their images; such a patient counts once per
