@@ -160,6 +160,10 @@ class Plan:
         """The pooled metrics of each (run, architecture)."""
         return [pooled_metrics(run, arch) for run in self._names(runs) for arch in self.archs]
 
+    def split_audits(self, runs=None) -> list[str]:
+        """The split audit JSON of each run (what its figures' titles say of the split)."""
+        return [split_audit(run, "json") for run in self._names(runs)]
+
     def predictions_files(self, runs=None, archs=None) -> list[str]:
         return self._each(predictions, runs, archs)
 
