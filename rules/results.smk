@@ -164,6 +164,31 @@ rule magnification_table:
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 
+rule leaderboard_table:
+    input:
+        metrics=PLAN.metrics_files(PLAN.leaderboard_runs()),
+        pooled=PLAN.pooled_files(PLAN.leaderboard_runs()),
+        # How each model was trained (a linear probe trains the logits only).
+        models=PLAN.model_files("settings.json", PLAN.leaderboard_runs()),
+    output:
+        csv=report("results/tables/leaderboard.csv", caption="../report/table_leaderboard.rst", category="Tables"),
+        md="results/tables/leaderboard.md",
+    log:
+        "results/logs/tables/leaderboard.log",
+    benchmark:
+        "results/benchmarks/tables/leaderboard.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    params:
+        script=script("make_leaderboard.py"),
+        leaderboards=json.dumps(PLAN.leaderboards(), sort_keys=True),
+        models=PLAN.model_fingerprints(PLAN.leaderboard_runs()),
+    shell:
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input.metrics:q} --pooled {input.pooled:q}'
+        " --models {input.models:q} --leaderboards {params.leaderboards:q} --out-csv {output.csv:q}"
+        " --out-md {output.md:q} --log {log:q}"
+
+
 rule calibration_table:
     input:
         PLAN.metrics_files(),

@@ -138,6 +138,14 @@ class Plan:
     def patient_runs(self) -> list[Run]:
         return [r for r in self.runs.values() if r.protocol == "patient"]
 
+    def leaderboards(self) -> dict:
+        """{task: leaderboard} of the selected tasks compared with a published leaderboard."""
+        return {task: spec["leaderboard"] for task, spec in self.tasks.items() if spec.get("leaderboard")}
+
+    def leaderboard_runs(self) -> list[Run]:
+        """The patient-wise runs of those tasks (results/tables/leaderboard.md)."""
+        return [r for r in self.patient_runs() if r.task in self.leaderboards()]
+
     def magnification_runs(self) -> list[Run]:
         """The patient-wise runs tested on a BreakHis-kind dataset: the only test images with magnifications."""
         return [r for r in self.patient_runs() if self.dataset_specs[r.test_dataset]["kind"] == "breakhis"]
@@ -203,6 +211,8 @@ class Plan:
             files += [f"results/tables/leakage.{ext}" for ext in ("csv", "md")]
         if self.magnification_runs():
             files += [f"results/tables/magnification.{ext}" for ext in ("csv", "md", "tex")]
+        if self.leaderboards():
+            files += [f"results/tables/leaderboard.{ext}" for ext in ("csv", "md")]
         files += [f"results/tables/calibration.{ext}" for ext in ("csv", "md", "tex")]
         return files
 
