@@ -11,6 +11,7 @@ import yaml
 
 from deepbc.evaluation import metrics
 from deepbc.jobs import schema
+from deepbc.jobs.atomic import write_json
 from deepbc.jobs.errors import UserError
 from deepbc.results import leaderboard
 from deepbc.training import train
@@ -94,6 +95,22 @@ def test_the_leaderboard_prints_the_published_rows_apart_from_ours(tmp_path):
     assert f"Split of {FINETUNE}, {PROBE}: {LABEL}: one split" in md
     csv = pd.read_csv(tmp_path / "l.csv")
     assert csv["source"].value_counts().to_dict() == {leaderboard.PUBLISHED: 15, leaderboard.THIS_WORKFLOW: 2}
+
+
+def test_the_rules_script_writes_the_table_from_the_jobs_files(tmp_path):
+    fold_metrics, pooled, models = eva_results(tmp_path)
+    paths = {"metrics": [], "pooled": []}
+    for kind, items in (("metrics", fold_metrics), ("pooled", pooled)):
+        for i, item in enumerate(items):
+            paths[kind].append(str(tmp_path / f"{kind}{i}.json"))
+            write_json(paths[kind][-1], item)
+    out = tmp_path / "tables" / "leaderboard"
+    trainkit.script("make_leaderboard").main([
+        "--metrics", *paths["metrics"], "--pooled", *paths["pooled"], "--models", *map(str, models),
+        "--leaderboards", json.dumps({PROBE: "eva_breakhis", FINETUNE: "eva_breakhis"}),
+        "--out-csv", f"{out}.csv", "--out-md", f"{out}.md"])
+    assert pd.read_csv(f"{out}.csv")["task"].dropna().tolist() == [FINETUNE, PROBE]
+    assert "| 0.859 (published) |" in Path(f"{out}.md").read_text()
 
 
 def test_every_model_row_needs_its_settings(tmp_path):

@@ -33,7 +33,6 @@ from deepbc.training.model_dir import retrain
 LEADERBOARDS = {"eva_breakhis": Path(__file__).parent / "eva_leaderboard.yaml"}
 THIS_WORKFLOW = "this workflow"
 PUBLISHED = "published (other pipeline, not run here)"
-COLUMNS = ["leaderboard", "source", "task", "model", "training", "split", "n_images", "n_patients", "n_boot"]
 PROBE_NOTE = (
     "Linear probe here: the ImageNet weights are kept and only the logits layer is trained (the "
     "first training stage alone). TF-Slim's networks run batch norm in training mode throughout, "
@@ -96,8 +95,9 @@ def leaderboard_table(metrics, pooled, models, leaderboards: dict) -> pd.DataFra
     """This workflow's rows (per task and architecture of the patient protocol, the tasks of
     ``leaderboards``, {task: leaderboard name}), then each leaderboard's published rows.
 
-    Columns: COLUMNS, then ``tables.pooled_row``'s columns of the leaderboard's metric at image and
-    patient level (``image_balanced_accuracy``, its ``_ci_low``, ``_ci_high``, ``_ci_method``, ...);
+    Columns: leaderboard, source (THIS_WORKFLOW or PUBLISHED), task, model, training, split,
+    n_images, n_patients, n_boot, then ``tables.pooled_row``'s columns of the leaderboard's metric
+    at image and patient level (``image_balanced_accuracy``, its ``_ci_low``, ``_ci_high``, ``_ci_method``, ...);
     a published row has the figure alone (no interval, no n). ``attrs``: the split notes and the
     leaderboards' sources."""
     folds = fold_frame(load_metrics(metrics))
