@@ -8,6 +8,8 @@ rule evaluate:
         # The stores whose shards the indexes list (rules/train.smk says why).
         store=lambda wc: checked_store(run_of(wc).dataset),
         test_store=external_input(lambda run: checked_store(run.test_dataset)),
+        # The split: a predefined split or repeated holdouts is named in the Grad-CAM title.
+        split_audit=layout.split_audit("{run}", "json"),
     output:
         test="results/predictions/{run}/{arch}/fold{fold}.parquet",
         val="results/validation_predictions/{run}/{arch}/fold{fold}.parquet",
@@ -43,7 +45,7 @@ rule evaluate:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}'
         " --out {output.test:q} --val-shard-index {input.val_index:q} --val-out {output.val:q}"
         " --gradcam-png {output.gradcam:q} --classes {params.classes:q} --seed {params.seed}"
-        " --title {params.title:q} --threads {threads} --log {log:q}"
+        " --title {params.title:q} --split-audit {input.split_audit:q} --threads {threads} --log {log:q}"
 
 
 rule predict_folder:

@@ -164,6 +164,31 @@ rule magnification_table:
         " --out-csv {output.csv:q} --out-md {output.md:q} --out-tex {output.tex:q} --log {log:q}"
 
 
+rule leaderboard_table:
+    input:
+        metrics=PLAN.metrics_files(PLAN.leaderboard_runs()),
+        pooled=PLAN.pooled_files(PLAN.leaderboard_runs()),
+        # How each model was trained (a linear probe trains the logits only).
+        models=PLAN.model_files("settings.json", PLAN.leaderboard_runs()),
+    output:
+        csv=report("results/tables/leaderboard.csv", caption="../report/table_leaderboard.rst", category="Tables"),
+        md="results/tables/leaderboard.md",
+    log:
+        "results/logs/tables/leaderboard.log",
+    benchmark:
+        "results/benchmarks/tables/leaderboard.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    params:
+        script=script("make_leaderboard.py"),
+        leaderboards=json.dumps(PLAN.leaderboards(), sort_keys=True),
+        models=PLAN.model_fingerprints(PLAN.leaderboard_runs()),
+    shell:
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --metrics {input.metrics:q} --pooled {input.pooled:q}'
+        " --models {input.models:q} --leaderboards {params.leaderboards:q} --out-csv {output.csv:q}"
+        " --out-md {output.md:q} --log {log:q}"
+
+
 rule calibration_table:
     input:
         PLAN.metrics_files(),
@@ -189,6 +214,8 @@ rule roc_figure:
         predictions=lambda wc: PLAN.predictions_files(PLAN.runs_of_task(wc.task)),
         # Every run of a task is tested on the same dataset.
         manifest=lambda wc: run_of(wc).test_manifest,
+        # The runs' splits: a predefined split or repeated holdouts is named in the title.
+        split_audit=lambda wc: PLAN.split_audits(PLAN.runs_of_task(wc.task)),
     output:
         png=report("results/figures/roc/{task}.png", caption="../report/roc.rst", category="ROC curves"),
         pdf="results/figures/roc/{task}.pdf",
@@ -205,7 +232,7 @@ rule roc_figure:
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --classes {params.classes:q}'
         " --predictions {input.predictions:q} --manifest {input.manifest:q} {params.external}"
-        " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
+        " --split-audit {input.split_audit:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
 rule calibration_figure:
@@ -213,6 +240,8 @@ rule calibration_figure:
         predictions=lambda wc: PLAN.predictions_files(PLAN.runs_of_task(wc.task)),
         # Every run of a task is tested on the same dataset.
         manifest=lambda wc: run_of(wc).test_manifest,
+        # The runs' splits: a predefined split or repeated holdouts is named in the title.
+        split_audit=lambda wc: PLAN.split_audits(PLAN.runs_of_task(wc.task)),
     output:
         png=report(
             "results/figures/calibration/{task}.png", caption="../report/calibration.rst", category="Calibration"
@@ -231,13 +260,14 @@ rule calibration_figure:
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --task {wildcards.task} --classes {params.classes:q}'
         " --predictions {input.predictions:q} --manifest {input.manifest:q} {params.external}"
-        " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
+        " --split-audit {input.split_audit:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
 rule confusion_figure:
     input:
         predictions=lambda wc: PLAN.predictions_files([wc.run], [wc.arch]),
         manifest=lambda wc: run_of(wc).test_manifest,
+        split_audit=layout.split_audit("{run}", "json"),
     output:
         png=report(
             "results/figures/confusion/{run}/{arch}.png",
@@ -257,13 +287,14 @@ rule confusion_figure:
         external=external_option("--external-test", lambda run: run.test_dataset),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --classes {params.classes:q} --predictions {input.predictions:q}'
-        " --manifest {input.manifest:q} {params.external} --out-png {output.png:q} --out-pdf {output.pdf:q}"
-        " --log {log:q}"
+        " --manifest {input.manifest:q} {params.external} --split-audit {input.split_audit:q}"
+        " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
 
 
 rule training_figure:
     input:
-        lambda wc: PLAN.model_files("training.csv", [wc.run], [wc.arch]),
+        training=lambda wc: PLAN.model_files("training.csv", [wc.run], [wc.arch]),
+        split_audit=layout.split_audit("{run}", "json"),
     output:
         png=report(
             "results/figures/training/{run}/{arch}.png", caption="../report/training.rst", category="Training curves"
@@ -280,5 +311,5 @@ rule training_figure:
         model=model_fingerprint,
         title=lambda wc: f"{wc.run} / {wc.arch}",
     shell:
-        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --training {input:q} --title {params.title:q}'
-        " --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"
+        'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --training {input.training:q} --title {params.title:q}'
+        " --split-audit {input.split_audit:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --log {log:q}"

@@ -2,11 +2,14 @@
 per-fold metrics (deepbc.evaluation.metrics) and the pooled figures (deepbc.evaluation.pooled),
 with the meta their jobs write; no training."""
 
+import json
+
 import numpy as np
 import pandas as pd
 
 from deepbc.data.runs import COPIES, COPY, run_name
 from deepbc.evaluation import metrics, pooled
+from tests.trainkit import split_settings
 
 BM = ["benign", "malignant"]
 
@@ -67,3 +70,18 @@ def run_results(task, folds, protocol="patient", arch="resnet_small", classes=BM
 def results(*runs):
     """The per-fold metrics and pooled metrics of several ``run_results``, as two lists."""
     return [m for fold_metrics, _ in runs for m in fold_metrics], [p for _, p in runs]
+
+
+def split_audit(path, straddling=0, run="run", **settings):
+    """``path``: a split audit JSON with the summary make_splits writes (deepbc.data.splits.audit)
+    for the split ``settings`` make (tests.trainkit.split_settings, e.g. predefined="eva.csv" or
+    scheme="repeated_holdout"), with ``straddling`` patients on two sides; its label and note are
+    the workflow's own."""
+    s = split_settings(**settings)
+    sides = {side: {"images": 1, "patients": 1, "absent_classes": []} for side in ("train", "val", "test")}
+    summary = {"run": run, "protocol": "patient", "scheme": s.kind, "unit": s.unit,
+               "label": s.label("patient", straddling), "note": s.note("patient", straddling),
+               "patients_on_two_sides": straddling,
+               "folds": {str(f): {**sides, "patients_on_two_sides": straddling} for f in range(s.n_folds)}}
+    path.write_text(json.dumps(summary))
+    return path

@@ -16,6 +16,7 @@ from deepbc.shards import records
 from deepbc.shards import writer as shard_writer
 from deepbc.training import train
 from tests import trainkit
+from tests.resultkit import split_audit
 
 
 @pytest.fixture(scope="module")
@@ -209,11 +210,12 @@ def test_blank_images_are_predicted_with_a_warning(model, tmp_path, caplog):
 
 @pytest.mark.slow
 def test_evaluate_script_predicts_validation_and_draws_gradcam_in_the_same_job(model, tmp_path):
+    audit = split_audit(tmp_path / "spanhol.audit.json", scheme="repeated_holdout")
     trainkit.script("evaluate_model").main(["--model-dir", str(model / "model"), "--shard-index", str(model / "shards" / "test.json"),
                  "--out", str(tmp_path / "test.parquet"), "--val-shard-index",
                  str(model / "shards" / "val.json"), "--val-out", str(tmp_path / "val.parquet"),
                  "--gradcam-png", str(tmp_path / "fold0.png"), "--classes", *trainkit.CLASSES, "--seed", "1",
-                 "--title", "t / resnet_small / fold 0", "--threads", "1"])
+                 "--title", "t / resnet_small / fold 0", "--split-audit", str(audit), "--threads", "1"])
     val = pd.read_parquet(tmp_path / "val.parquet")
     assert len(val) == 32 and val["path"].str.contains("/val_").all()
     pd.testing.assert_frame_equal(val, inference.predict_shards(model / "model", model / "shards" / "val.json",
@@ -221,7 +223,8 @@ def test_evaluate_script_predicts_validation_and_draws_gradcam_in_the_same_job(m
     assert pd.read_parquet(tmp_path / "test.parquet")["path"].str.contains("/test_").all()
     # The figure of the sample that the test predictions and the seed choose.
     _, sample = gradcam.plot_gradcam(model / "model", model / "shards" / "test.json", tmp_path / "test.parquet",
-                                     trainkit.CLASSES, 1, "t / resnet_small / fold 0", tmp_path / "again.png")
+                                     trainkit.CLASSES, 1, "t / resnet_small / fold 0", tmp_path / "again.png",
+                                     split_audits=[audit])
     assert (tmp_path / "fold0.png").read_bytes() == (tmp_path / "again.png").read_bytes() and len(sample) > 0
 
 
@@ -237,10 +240,14 @@ def test_gradcam_maps_and_figure(model, tmp_path):
         assert shown["map"].std() > 0.01  # a map, not a constant
     assert 0 <= min(s["image"].min() for s in maps.values()) and max(s["image"].max() for s in maps.values()) <= 1
     out = tmp_path / "fold0.png"
-    _, figure_sample = gradcam.plot_gradcam(model / "model", index, tmp_path / "pred.parquet", trainkit.CLASSES,
-                                            seed=1, title="t / resnet_small / fold 0", out_png=out)
+    # A run of a predefined split says so in every figure, Grad-CAM's too.
+    audit = split_audit(tmp_path / "eva.audit.json", 4, predefined="eva.csv", allow_straddling=True)
+    fig, figure_sample = gradcam.plot_gradcam(model / "model", index, tmp_path / "pred.parquet", trainkit.CLASSES,
+                                              seed=1, title="t / resnet_small / fold 0", out_png=out,
+                                              split_audits=[audit])
     pd.testing.assert_frame_equal(figure_sample, sample)
     assert Image.open(out).size[0] > 400
+    assert fig._suptitle.get_text().endswith("\nsplit: predefined split, 4 patients on two sides")
 
 
 @pytest.mark.slow

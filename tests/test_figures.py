@@ -5,10 +5,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from deepbc.data.splits import with_split_label
 from deepbc.evaluation import metrics
 from deepbc.jobs.errors import UserError
-from deepbc.results import figures
+from deepbc.results import calibration, figures
 from deepbc.results.tables import PROTOCOL_LABELS
+from tests.resultkit import split_audit
 
 BM = ["benign", "malignant"]
 ABC = ["a", "b", "c"]
@@ -136,19 +138,24 @@ def test_confusion_of_an_external_test_counts_models_times_images(tmp_path):
     assert "external test: site_b" in fig._suptitle.get_text()
 
 
-def test_training_curves(tmp_path):
+def write_training(root, run="run", arch="arch", folds=2):
     paths = []
-    for fold in range(2):
+    for fold in range(folds):
         steps = np.arange(1, 41)
         df = pd.DataFrame({"step": steps, "stage": np.where(steps <= 20, "logits", "all"),
                            "loss": 1 / steps, "accuracy": 1 - 1 / steps, "learning_rate": 0.01,
                            "images_per_sec": 10.0})
         df["val_loss"] = np.where(steps % 10 == 0, df["loss"] + 0.1, np.nan)
         df["val_accuracy"] = np.where(steps % 10 == 0, df["accuracy"] - 0.1, np.nan)
-        path = tmp_path / "models" / "run" / "arch" / f"fold{fold}" / "training.csv"
+        path = root / "models" / run / arch / f"fold{fold}" / "training.csv"
         path.parent.mkdir(parents=True)
         df.to_csv(path, index=False)
         paths.append(path)
+    return paths
+
+
+def test_training_curves(tmp_path):
+    paths = write_training(tmp_path)
     fig = figures.plot_training(paths, "run / arch", tmp_path / "t.png", tmp_path / "t.pdf")
     assert_images(tmp_path / "t.png", tmp_path / "t.pdf")
     # Two folds x (train, validation) per panel, and one stage boundary per fold.
@@ -164,3 +171,51 @@ def test_bad_paths(tmp_path):
     with pytest.raises(UserError, match="lacks column") as err:
         figures.plot_training([bad], "t", tmp_path / "t.png")
     assert err.value.fix.startswith(f"delete the folder {bad.parent}/ and rerun the same snakemake command")
+
+
+EVA_LABEL = "predefined split, 4 patients on two sides"
+
+
+def split_audits(root) -> dict:
+    """Audits of eva's split (4 patients on two sides), Spanhol's repeated holdouts and k folds."""
+    return {"predefined": split_audit(root / "eva.audit.json", 4, predefined="eva.csv", predefined_key="slide",
+                                      allow_straddling=True),
+            "repeated": split_audit(root / "spanhol.audit.json", scheme="repeated_holdout"),
+            "kfold": split_audit(root / "kfold.audit.json")}
+
+
+def test_a_figures_split_label(tmp_path):
+    audits = split_audits(tmp_path)
+    assert with_split_label("T", []) == with_split_label("T", [audits["kfold"]]) == "T"
+    assert with_split_label("T", [audits["predefined"]]) == f"T\nsplit: {EVA_LABEL}"
+    # A task's runs: each label once, in the runs' order.
+    assert with_split_label("T", [audits["repeated"], audits["kfold"], audits["predefined"], audits["repeated"]]) == (
+        f"T\nsplit: 5 repeated patient-wise 70/30 holdouts; {EVA_LABEL}")
+    with pytest.raises(UserError, match="split audit not found"):
+        with_split_label("T", [tmp_path / "missing.audit.json"])
+
+
+def draw(kind, root, audits):
+    """A figure of each kind the results rules draw, of synthetic predictions or curves."""
+    if kind == "training":
+        return figures.plot_training(write_training(root), "run / arch", root / "t.png", split_audits=audits)
+    task = "breakhis_eva"
+    paths = [write_predictions(root, task, "resnet_v1_50", 0, ABC)]
+    manifest = write_manifest(root)
+    if kind == "roc":
+        return figures.plot_roc(paths, ABC, task, manifest, root / "r.png", split_audits=audits)
+    if kind == "calibration":
+        return calibration.plot_reliability(paths, ABC, task, manifest, root / "c.png", split_audits=audits)
+    return figures.plot_confusion(paths, ABC, manifest, root / "m.png", split_audits=audits)
+
+
+@pytest.mark.parametrize("kind", ["roc", "calibration", "confusion", "training"])
+def test_every_figure_of_a_predefined_or_repeated_split_names_it(tmp_path, kind):
+    """Every table of a run said "predefined split, 4 patients on two sides"; its figures said
+    nothing of the split."""
+    audits = split_audits(tmp_path)
+    for scheme, shown in (("predefined", EVA_LABEL), ("repeated", "5 repeated patient-wise 70/30 holdouts")):
+        title = draw(kind, tmp_path / scheme, [audits[scheme]])._suptitle.get_text()
+        assert title.endswith(f"\nsplit: {shown}"), title
+    title = draw(kind, tmp_path / "kfold", [audits["kfold"]])._suptitle.get_text()
+    assert "split:" not in title and title == draw(kind, tmp_path / "none", [])._suptitle.get_text()

@@ -164,7 +164,7 @@ def _job_args(name, tmp_path):
             "evaluate_model": ["--model-dir", missing, "--shard-index", missing, "--out", str(tmp_path / "out"),
                                "--val-shard-index", missing, "--val-out", str(tmp_path / "val out"), "--threads", "1",
                                "--gradcam-png", str(tmp_path / "gradcam.png"), "--classes", "a", "b", "--seed", "1",
-                               "--title", "t"],
+                               "--title", "t", "--split-audit", missing],
             "predict_folder": ["--model-dir", missing, "--images", missing, "--out", str(tmp_path / "out"),
                                "--threads", "1"]}[name]
 

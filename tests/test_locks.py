@@ -47,7 +47,8 @@ def _script(name, target, tmp_path, timeout="0.2"):
                                   str(tmp_path / "test.json"), "--out", str(target), "--val-shard-index",
                                   str(tmp_path / "val.json"), "--val-out", str(tmp_path / "val.parquet"),
                                   "--threads", "1", "--gradcam-png", str(tmp_path / "gradcam.png"),
-                                  "--classes", "a", "b", "--seed", "1", "--title", "t"]}[name]
+                                  "--classes", "a", "b", "--seed", "1", "--title", "t",
+                                  "--split-audit", str(tmp_path / "split.audit.json")]}[name]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(SCRIPTS / name), *args, "--gpus", "0", "--lock-timeout", timeout,
                            "--log", str(tmp_path / "job.log")], capture_output=True, text=True, env=env, timeout=300)

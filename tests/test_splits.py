@@ -407,7 +407,7 @@ def test_augment_then_split_is_refused_where_a_split_must_be_patient_wise(tmp_pa
     assert "set protocols: [patient]" in err.value.fix
 
 
-EVA = REPO / "tests" / "data" / "eva_breakhis" / "eva_breakhis_v2_40X.csv"
+EVA = REPO / "config" / "splits" / "eva_breakhis_v2_40X.csv"
 EVA_TASK = {"dataset": "breakhis", "label": "subtype", "classes": ["TA", "MC", "F", "DC"],
             "filter": {"subtype": ["TA", "MC", "F", "DC"]}, "magnification": "40X"}
 
@@ -422,7 +422,7 @@ def _predefined(tmp_path, breakhis_manifest, csv, allow=False, key="slide", spec
 
 
 def test_a_published_split_with_a_patient_on_two_sides_is_refused_naming_them(breakhis_manifest, tmp_path, caplog):
-    """eva's BreakHis split (kaiko-ai/eva, tests/data/eva_breakhis) names slide folders: 16184 in
+    """eva's BreakHis split (kaiko-ai/eva, config/splits) names slide folders: 16184 in
     train, 16184CD in validation, both of numeric patient 14-16184."""
     with pytest.raises(UserError) as err:
         _predefined(tmp_path, breakhis_manifest, EVA)

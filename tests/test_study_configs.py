@@ -88,6 +88,39 @@ def test_every_study_training_job_gets_the_networks_size_and_no_demo_value(tmp_p
     assert by_arch["resnet_v1_50"] == {224} and by_arch["inception_v3"] == {299}
 
 
+def test_the_eva_config_plans_one_split_of_a_linear_probe_and_a_fine_tune(tmp_path):
+    """config/eva_breakhis.yaml: eva's BreakHis task on its published list (patients on two sides
+    allowed), one fold, the linear probe (the logits only) and the fine-tune, and the leaderboard."""
+    import shutil
+
+    study = validated_config("eva_breakhis.yaml")
+    listed = study["splits"]["predefined"]
+    # The split's path is relative to the working directory, the repository's in a real run.
+    (tmp_path / listed).parent.mkdir(parents=True)
+    shutil.copy(ROOT / listed, tmp_path / listed)
+    out = dry_run(tmp_path, "--configfile", str(CONFIG / "eva_breakhis.yaml")).stdout
+    jobs = re.findall(r"train_model\.py\S* --train-index results/tfrecords/(\w+)/fold(\d+)/train\.json .*?"
+                      r"--arch (\S+) --settings-json '([^']*)'", out)
+    trained = {(run, fold, arch): json.loads(text) for run, fold, arch, text in jobs}
+    probe, finetune = "breakhis_eva_linear_probe", "breakhis_eva_finetune"
+    assert sorted(trained) == [(finetune, "0", "resnet_v1_50"), (probe, "0", "resnet_v1_50")]
+    assert not re.search(r"fold[1-9]", out)
+    for (run, _, arch), settings in trained.items():
+        assert settings == expected_settings(study, run, arch), run
+    # The probe is the first stage alone (deepbc.training.train.stage_plan: the logits only).
+    assert trained[(probe, "0", "resnet_v1_50")]["stage2_steps"] == 0
+    assert trained[(finetune, "0", "resnet_v1_50")]["stage2_steps"] == 3000
+    assert {s["init"] for s in trained.values()} == {"imagenet"}
+    splits = re.findall(r"make_splits\.py\S* .*?--task (\w+) .*?--splits-json '([^']*)'", out)
+    assert sorted(t for t, _ in splits) == [finetune, probe]
+    for _, text in splits:
+        split = json.loads(text)
+        assert (split["predefined"], split["predefined_key"], split["allow_straddling"]) == (
+            "config/splits/eva_breakhis_v2_40X.csv", "slide", True)
+    board = re.search(r"make_leaderboard\.py\S* .*--leaderboards '([^']*)'", out)
+    assert board and json.loads(board[1]) == {probe: "eva_breakhis", finetune: "eva_breakhis"}
+
+
 def test_the_study_trains_with_tf_slims_random_crops():
     """TF-Slim's training preprocessing crops at random (and distorts Inception's colours); the study
     trained every network on the evaluation's central crop."""

@@ -21,6 +21,9 @@ def arguments(p):
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
     p.add_argument("--seed", required=True, type=int, help="chooses the Grad-CAM sample of images")
     p.add_argument("--title", required=True, help="Grad-CAM figure title, e.g. run / arch / fold k")
+    p.add_argument("--split-audit", required=True, nargs="+",
+                   help="results/splits/{run}.audit.json: a predefined split or repeated holdouts is named in the "
+                        "Grad-CAM title")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=cli.job_cpus, required=True,
                    help="threads (0: every CPU given; capped at the job's CPUs and SLURM's allocation)")
@@ -34,7 +37,8 @@ def run(args):
         from deepbc.evaluation import evaluate
 
         evaluate.evaluate_fold(args.model_dir, args.shard_index, args.out, args.val_shard_index, args.val_out,
-                               args.gradcam_png, args.classes, args.seed, args.title, args.batch_size, args.threads)
+                               args.gradcam_png, args.classes, args.seed, args.title, args.batch_size, args.threads,
+                               split_audits=args.split_audit)
 
 
 main = cli.script(__doc__, arguments, run)

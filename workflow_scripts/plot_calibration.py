@@ -16,6 +16,9 @@ def arguments(p):
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
     p.add_argument("--external-test", default=None,
                    help="the task's test_dataset, when the test images are an external dataset's")
+    p.add_argument("--split-audit", required=True, nargs="+",
+                   help="results/splits/{run}.audit.json of the task's runs: a predefined split or repeated "
+                        "holdouts is named in the title")
     p.add_argument("--out-png", required=True, help="PNG output")
     p.add_argument("--out-pdf", required=True, help="PDF output")
 
@@ -24,7 +27,8 @@ def run(args):
     from deepbc.results import calibration
 
     calibration.plot_reliability(args.predictions, args.classes, args.task, args.manifest,
-                                 args.out_png, args.out_pdf, test_dataset=args.external_test)
+                                 args.out_png, args.out_pdf, test_dataset=args.external_test,
+                                 split_audits=args.split_audit)
 
 
 main = cli.script(__doc__, arguments, run)

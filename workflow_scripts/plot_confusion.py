@@ -14,6 +14,9 @@ def arguments(p):
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
     p.add_argument("--external-test", default=None,
                    help="the task's test_dataset, when the test images are an external dataset's")
+    p.add_argument("--split-audit", required=True, nargs="+",
+                   help="results/splits/{run}.audit.json: a predefined split or repeated holdouts is named in the "
+                        "title")
     p.add_argument("--out-png", required=True, help="PNG output")
     p.add_argument("--out-pdf", required=True, help="PDF output")
 
@@ -22,7 +25,7 @@ def run(args):
     from deepbc.results import figures
 
     figures.plot_confusion(args.predictions, args.classes, args.manifest, args.out_png, args.out_pdf,
-                           test_dataset=args.external_test)
+                           test_dataset=args.external_test, split_audits=args.split_audit)
 
 
 main = cli.script(__doc__, arguments, run)

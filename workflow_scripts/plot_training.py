@@ -10,6 +10,9 @@ def arguments(p):
     p.add_argument("--training", required=True, nargs="+",
                    help="results/models/{run}/{arch}/fold{k}/training.csv, all folds of one model")
     p.add_argument("--title", required=True, help="figure title, e.g. '{run} / {arch}'")
+    p.add_argument("--split-audit", required=True, nargs="+",
+                   help="results/splits/{run}.audit.json: a predefined split or repeated holdouts is named in the "
+                        "title")
     p.add_argument("--out-png", required=True, help="PNG output")
     p.add_argument("--out-pdf", required=True, help="PDF output")
 
@@ -17,7 +20,7 @@ def arguments(p):
 def run(args):
     from deepbc.results import figures
 
-    figures.plot_training(args.training, args.title, args.out_png, args.out_pdf)
+    figures.plot_training(args.training, args.title, args.out_png, args.out_pdf, split_audits=args.split_audit)
 
 
 main = cli.script(__doc__, arguments, run)

@@ -38,8 +38,9 @@ one of the task's classes is refused; a validation set without one is a warning 
 then selects its checkpoint on the validation loss of the classes present); ``assert_patient_safe``
 proves no patient is on two sides (a predefined split may, with ``allow_straddling``). ``audit``
 says what the split is (scheme, label, per fold its sizes and absent classes, the patients on two
-sides); ``write_audit`` writes it as ``results/splits/{run}.audit.{json,csv,md}``, and the metrics
-copy its label into their ``meta.split`` for the tables.
+sides); ``write_audit`` writes it as ``results/splits/{run}.audit.{json,csv,md}``, the metrics
+copy its label into their ``meta.split`` for the tables, and the figures of a run of repeated
+holdouts or a predefined split carry it in their title (``with_split_label``).
 
 External validation (a task's ``test_dataset``): ``make_external_splits`` keeps the patient-wise
 train/val of each fold (or, with k = 1, of all patients) and makes every usable image of the test
@@ -592,7 +593,7 @@ def make_predefined_splits(df: pd.DataFrame, manifest: pd.DataFrame, table: pd.D
                         f"for BreakHis the numeric id, shared by sibling slides): {_describe_straddling(placed)}",
                         source,
                         f"put all the images of each listed patient on one side in {source}, or set "
-                        f"splits.allow_straddling: true to run it anyway (every table then says \"predefined split, "
+                        f"splits.allow_straddling: true to run it anyway (every table and figure then says \"predefined split, "
                         f"{n} patients on two sides\")")
     excluded = (side == EXCLUDE).to_numpy()
     if excluded.any():
@@ -737,6 +738,22 @@ def read_audit(path) -> dict:
     if missing:
         raise UserError(f"split audit without {missing}", str(path), delete_and_rerun(path))
     return summary
+
+
+# The schemes whose figures name their split: a k-fold split's figures already say "folds ...
+# pooled", but a repeat tests some patients twice, and a predefined split may not be patient-wise.
+LABELLED_SCHEMES = ("repeated_holdout", PREDEFINED)
+
+
+def with_split_label(title: str, audits=()) -> str:
+    """A figure's title with a line naming the split of each of its runs whose split is repeated
+    holdouts or predefined: the audit's label (e.g. "predefined split, 4 patients on two sides"),
+    the one the tables print. ``audits``: the runs' audit JSONs (``write_audit``); every figure
+    (deepbc.results.figures, deepbc.results.calibration, deepbc.evaluation.gradcam) titles itself
+    through here."""
+    labels = [summary["label"] for summary in map(read_audit, audits or ())
+              if summary["scheme"] in LABELLED_SCHEMES]
+    return f"{title}\nsplit: {'; '.join(dict.fromkeys(labels))}" if labels else title
 
 
 # --------------------------------------------------------------------------------------------

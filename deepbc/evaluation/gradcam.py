@@ -110,11 +110,13 @@ def _displayable(images, style: str, vgg_means):
 
 
 def plot_gradcam(model_dir, shard_index, predictions_path, class_names: list[str], seed: int, title: str,
-                 out_png, threads: int = 0, per_kind: int = PER_KIND):
+                 out_png, threads: int = 0, per_kind: int = PER_KIND, split_audits=()):
     """The Grad-CAM figure of one fold: a row per true class; per sampled image, the network's input and
-    the map over it, titled correct/wrong, true and predicted class and the predicted class's probability."""
+    the map over it, titled correct/wrong, true and predicted class and the predicted class's probability.
+    ``split_audits``: the run's split audit (a predefined split or repeated holdouts is named in the title)."""
     from matplotlib.figure import Figure
 
+    from deepbc.data.splits import with_split_label
     from deepbc.jobs import atomic
     from deepbc.training import model_dir as model_folder
     from deepbc.training import nets
@@ -145,7 +147,8 @@ def plot_gradcam(model_dir, shard_index, predictions_path, class_names: list[str
             map_ax.set_title("Grad-CAM", fontsize=7)
         if rows.empty:
             axes[r, 0].text(0, 0.5, f"no test image of class {label}", fontsize=8)
-    fig.suptitle(f"{title}: Grad-CAM of the predicted class on {end_point}", fontsize=9)
+    fig.suptitle(with_split_label(f"{title}: Grad-CAM of the predicted class on {end_point}", split_audits),
+                 fontsize=9)
     fig.tight_layout()
     atomic.write_figure(fig, out_png=out_png)
     LOG.info("Grad-CAM of %d test images -> %s", len(sample), out_png)

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from deepbc.data.runs import PROTOCOLS
+from deepbc.data.splits import with_split_label
 from deepbc.jobs import atomic
 from deepbc.results.figures import PROTOCOL_STYLE, _external, _level_title, load_task_predictions
 from deepbc.evaluation.metrics import (CALIBRATION_METRICS, ECE_BINS, TEMPERATURE_CAVEAT, confidence_bin, grouping_of,
@@ -120,11 +121,12 @@ def reliability(df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, flo
 
 
 def plot_reliability(pred_paths, classes: list[str], task: str, manifest, out_png=None,
-                     out_pdf=None, test_dataset: str | None = None) -> Figure:
+                     out_pdf=None, test_dataset: str | None = None, split_audits=()) -> Figure:
     """Reliability diagrams of one task: patient level (left) and image level (right), one line
     per architecture and protocol, the test predictions of all folds pooled; the bars below show
     how many units each bin holds. ``manifest``: the task's test dataset manifest, for the grouping;
-    ``test_dataset``: an external test dataset, named in the title."""
+    ``test_dataset``: an external test dataset, named in the title; ``split_audits``: the runs'
+    split audits (a predefined split or repeated holdouts is named in the title)."""
     grouping = grouping_of(manifest)
     images, patients = load_task_predictions(pred_paths, classes, task, "the calibration")
     fig = Figure(figsize=(10, 6.4))
@@ -151,8 +153,8 @@ def plot_reliability(pred_paths, classes: list[str], task: str, manifest, out_pn
                title=_level_title(level, grouping, detail=True))
         ax.legend(loc="best", fontsize=6)
         hist.set(xlabel="confidence (highest class probability)", ylabel="units")
-    fig.suptitle(f"Reliability, {task}: {ECE_BINS} equal-width confidence bins, test predictions "
-                 f"of all folds pooled{_external(test_dataset)}")
+    fig.suptitle(with_split_label(f"Reliability, {task}: {ECE_BINS} equal-width confidence bins, test "
+                                  f"predictions of all folds pooled{_external(test_dataset)}", split_audits))
     fig.tight_layout()
     atomic.write_figure(fig, out_png, out_pdf)
     return fig

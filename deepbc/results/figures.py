@@ -34,6 +34,7 @@ from deepbc.evaluation.metrics import grouping_of, patient_table, prob_column  #
 from deepbc.training.model_dir import retrain  # noqa: E402
 from deepbc.results.tables import protocol_label  # noqa: E402
 from deepbc.data.runs import parse_run  # noqa: E402
+from deepbc.data.splits import with_split_label  # noqa: E402
 
 PROTOCOL_STYLE = {"patient": "-", "image": "--", "augmented_image": ":"}
 _PRED_PATH = re.compile(r"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>\d+)\.parquet$")
@@ -116,11 +117,12 @@ def load_task_predictions(paths, classes: list[str], task: str, purpose: str) ->
 
 
 def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, out_pdf=None,
-             test_dataset: str | None = None) -> Figure:
+             test_dataset: str | None = None, split_audits=()) -> Figure:
     """ROC curves of one task: patient level (left) and image level (right), one curve per
     architecture and protocol, pooled over folds; the legend gives the pooled AUC and the mean of
     the per-fold AUCs. ``manifest``: the test dataset's manifest, for the grouping;
-    ``test_dataset``: an external test dataset, named in the title."""
+    ``test_dataset``: an external test dataset, named in the title; ``split_audits``: the runs'
+    split audits (a predefined split or repeated holdouts is named in the title)."""
     grouping = grouping_of(manifest)
     images, patients = load_task_predictions(pred_paths, classes, task, "the ROC")
     fig = Figure(figsize=(10, 5.2))
@@ -148,7 +150,8 @@ def plot_roc(pred_paths, classes: list[str], task: str, manifest, out_png=None, 
                xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
                title=_level_title(level, grouping, detail=True))
         ax.legend(loc="lower right", fontsize=6)
-    fig.suptitle(f"ROC, {task} ({kind}): test predictions of all folds pooled{_external(test_dataset)}")
+    fig.suptitle(with_split_label(
+        f"ROC, {task} ({kind}): test predictions of all folds pooled{_external(test_dataset)}", split_audits))
     fig.tight_layout()
     atomic.write_figure(fig, out_png, out_pdf)
     return fig
@@ -172,11 +175,11 @@ def _draw_matrix(ax, cm: np.ndarray, classes: list[str], title: str, normalised:
 
 
 def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_pdf=None,
-                   test_dataset: str | None = None) -> Figure:
+                   test_dataset: str | None = None, split_audits=()) -> Figure:
     """Confusion matrices of one run and architecture pooled over folds: image level (top) and
     patient level (bottom), counts (left) and row-normalised (right). Rows true, columns predicted.
     ``manifest``: the run's test dataset manifest, for the grouping; ``test_dataset``: an external
-    test dataset, named in the title."""
+    test dataset, named in the title; ``split_audits``: the run's split audit (as plot_roc)."""
     from sklearn.metrics import confusion_matrix
 
     grouping = grouping_of(manifest)
@@ -201,8 +204,9 @@ def plot_confusion(pred_paths, classes: list[str], manifest, out_png=None, out_p
         n = f"{len(folds)} models x {cm.sum() // len(folds)}" if test_dataset else f"{cm.sum()}"
         _draw_matrix(axes[row, 0], cm, classes, f"{title}{unit} (n={n})", False)
         _draw_matrix(axes[row, 1], cm, classes, f"{title}, row-normalised", True)
-    fig.suptitle(f"{run} / {arch}: {protocol_label(protocol, grouping)}, "
-                 f"folds {', '.join(map(str, folds))} pooled{_external(test_dataset)}")
+    fig.suptitle(with_split_label(f"{run} / {arch}: {protocol_label(protocol, grouping)}, "
+                                  f"folds {', '.join(map(str, folds))} pooled{_external(test_dataset)}",
+                                  split_audits))
     fig.tight_layout()
     atomic.write_figure(fig, out_png, out_pdf)
     return fig
@@ -230,9 +234,10 @@ def load_training(paths) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def plot_training(paths, title: str, out_png=None, out_pdf=None) -> Figure:
+def plot_training(paths, title: str, out_png=None, out_pdf=None, split_audits=()) -> Figure:
     """Loss and accuracy against step, training (thin line) and validation (markers), one colour
-    per fold; dotted vertical lines where a later training stage begins."""
+    per fold; dotted vertical lines where a later training stage begins. ``split_audits``: the
+    run's split audit (as plot_roc)."""
     df = load_training(paths)
     fig = Figure(figsize=(10, 4.2))
     axes = fig.subplots(1, 2)
@@ -251,7 +256,7 @@ def plot_training(paths, title: str, out_png=None, out_pdf=None) -> Figure:
     axes[0].set(xlabel="step", ylabel="loss", title="loss")
     axes[1].set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(-0.02, 1.02))
     axes[1].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title)
+    fig.suptitle(with_split_label(title, split_audits))
     fig.tight_layout()
     atomic.write_figure(fig, out_png, out_pdf)
     return fig

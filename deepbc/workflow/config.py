@@ -54,6 +54,10 @@ def check(config: dict) -> None:
                             f"{where}.dataset", f"add datasets.{ds} or use one of {sorted(datasets)}")
         _check_task_on(task, ds, datasets[ds], where, external=False)
         _check_split(config, name)
+        if task.get("leaderboard"):
+            from deepbc.results import leaderboard
+
+            leaderboard.check_task(name, task, split_settings(config, name))
         test = task.get("test_dataset")
         if test is None:
             continue

@@ -138,6 +138,14 @@ class Plan:
     def patient_runs(self) -> list[Run]:
         return [r for r in self.runs.values() if r.protocol == "patient"]
 
+    def leaderboards(self) -> dict:
+        """{task: leaderboard} of the selected tasks compared with a published leaderboard."""
+        return {task: spec["leaderboard"] for task, spec in self.tasks.items() if spec.get("leaderboard")}
+
+    def leaderboard_runs(self) -> list[Run]:
+        """The patient-wise runs of those tasks (results/tables/leaderboard.md)."""
+        return [r for r in self.patient_runs() if r.task in self.leaderboards()]
+
     def magnification_runs(self) -> list[Run]:
         """The patient-wise runs tested on a BreakHis-kind dataset: the only test images with magnifications."""
         return [r for r in self.patient_runs() if self.dataset_specs[r.test_dataset]["kind"] == "breakhis"]
@@ -159,6 +167,10 @@ class Plan:
     def pooled_files(self, runs=None) -> list[str]:
         """The pooled metrics of each (run, architecture)."""
         return [pooled_metrics(run, arch) for run in self._names(runs) for arch in self.archs]
+
+    def split_audits(self, runs=None) -> list[str]:
+        """The split audit JSON of each run (what its figures' titles say of the split)."""
+        return [split_audit(run, "json") for run in self._names(runs)]
 
     def predictions_files(self, runs=None, archs=None) -> list[str]:
         return self._each(predictions, runs, archs)
@@ -199,6 +211,8 @@ class Plan:
             files += [f"results/tables/leakage.{ext}" for ext in ("csv", "md")]
         if self.magnification_runs():
             files += [f"results/tables/magnification.{ext}" for ext in ("csv", "md", "tex")]
+        if self.leaderboards():
+            files += [f"results/tables/leaderboard.{ext}" for ext in ("csv", "md")]
         files += [f"results/tables/calibration.{ext}" for ext in ("csv", "md", "tex")]
         return files
 
