@@ -10,8 +10,12 @@ import pytest
 
 from deepbc.evaluation import intervals, metrics, pooled, repeats
 from deepbc.jobs.errors import UserError
-from deepbc.results import calibration, magnification, per_class, tables
+from deepbc.data.runs import repeat_suffix
+from deepbc.results import calibration, leaderboard, magnification, per_class, tables
+from deepbc.training import train
+from tests import trainkit
 from tests.resultkit import binary_fold, results, run_results
+from tests.test_leaderboard import EVA, FINETUNE, fold
 from tests.test_magnification import fold_predictions
 from tests.test_tables import BVM, write_model
 
@@ -211,3 +215,26 @@ def test_a_repeats_predictions_pool_into_its_own_file(tmp_path):
                              tmp_path / "manifest.parquet", "all", n_boot=0, seed=0, repeat=2)
     assert (m["meta"]["fold"], m["meta"]["repeat"]) == (0, 2)
     assert tables.fold_frame([m]).iloc[0]["repeat"] == 2
+
+
+def test_the_leaderboard_shows_the_mean_over_repeats_with_its_spread(tmp_path):
+    runs, models = [], []
+    for repeat, n_wrong in enumerate((1, 3)):
+        runs.append(run_results(FINETUNE, {0: fold(n_wrong)}, arch="resnet_v1_50", classes=EVA, magnification="40X",
+                                n_boot=50, repeat=repeat))
+        settings = trainkit.settings(init="imagenet", stage2_steps=3000, max_number_of_steps=3000)
+        path = tmp_path / "models" / FINETUNE / "resnet_v1_50" / f"fold0{repeat_suffix(repeat)}" / "settings.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"settings": {"init": "imagenet"}, "stages": train.stage_plan(settings)}))
+        models.append(path)
+    ms, ps = results(*runs)
+    table = leaderboard.leaderboard_table(ms, ps, models, {FINETUNE: "eva_breakhis"})
+    ours = table[table["source"] == leaderboard.THIS_WORKFLOW].iloc[0]
+    values = [p["image_level"]["balanced_accuracy"] for p in ps]
+    assert values[0] != values[1] and ours["n_repeats"] == 2
+    assert ours["image_balanced_accuracy"] == pytest.approx(np.mean(values))
+    assert ours["image_balanced_accuracy_repeats_min"] == pytest.approx(min(values))
+    leaderboard.write_leaderboard(table, out_md=tmp_path / "l.md")
+    md = (tmp_path / "l.md").read_text()
+    assert f"; sd {np.std(values, ddof=1):.3f} ({min(values):.3f}–{max(values):.3f})" in md
+    assert "Trainings (2 per fold)" in md
