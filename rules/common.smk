@@ -11,7 +11,14 @@ min_version("9.0")
 # Make the deepbc package importable in every job (plain venv, conda env or SLURM node).
 sys.path.insert(0, workflow.basedir)
 from deepbc.data import datasets as datasets_config  # noqa: E402
-from deepbc.data.runs import SPLITS  # noqa: E402
+from deepbc.data.runs import (  # noqa: E402
+    MODEL_FOLD,
+    REPEAT_SUFFIX,
+    SPLITS,
+    model_label,
+    parse_model_fold,
+    parse_repeat_suffix,
+)
 from deepbc.jobs import schema  # noqa: E402
 from deepbc.jobs.errors import UserError  # noqa: E402
 from deepbc.workflow import config as wfconfig  # noqa: E402
@@ -57,7 +64,9 @@ wildcard_constraints:
     task="|".join(re.escape(t) for t in PLAN.tasks),
     run="[A-Za-z0-9_]+",
     arch="[A-Za-z0-9_]+",
-    fold=r"\d+",
+    # A model's fold: the fold, or a fold's repeat (3_r1); repeat: "" or "_r1" (deepbc.data.runs).
+    fold=MODEL_FOLD,
+    repeat=REPEAT_SUFFIX,
     folder="[^/]+",
 
 
@@ -69,6 +78,11 @@ def script(name):
 def run_of(wildcards):
     """The run of a job (deepbc.workflow.plan.Run: task, protocol, datasets, manifests, stores)."""
     return PLAN.runs[wildcards.run if hasattr(wildcards, "run") else PLAN.runs_of_task(wildcards.task)[0].name]
+
+
+def fold_shards(split):
+    """An input function: the shard index of a model's fold (every repeat of a fold reads the fold's shards)."""
+    return lambda wc: layout.shard_index(wc.run, parse_model_fold(wc.fold)[0], split)
 
 
 def section_json(name):

@@ -139,6 +139,9 @@ rule write_shards:
         "results/logs/write_shards/{run}/fold{fold}.log",
     benchmark:
         "results/benchmarks/write_shards/{run}/fold{fold}.tsv"
+    # A fold's shards, read by every repeat of its model: no repeat suffix here.
+    wildcard_constraints:
+        fold=r"\d+",
     conda:
         "../envs/cpu.yaml"
     params:

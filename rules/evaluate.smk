@@ -2,9 +2,9 @@ rule evaluate:
     input:
         model=rules.train.output.settings,
         checkpoint=rules.train.output.model,
-        test_index=layout.shard_index("{run}", "{fold}", "test"),
+        test_index=fold_shards("test"),
         # Validation predictions, in the same job, for temperature scaling (never fitted on test).
-        val_index=layout.shard_index("{run}", "{fold}", "val"),
+        val_index=fold_shards("val"),
         # The stores whose shards the indexes list (rules/train.smk says why).
         store=lambda wc: checked_store(run_of(wc).dataset),
         test_store=external_input(lambda run: checked_store(run.test_dataset)),
@@ -39,7 +39,7 @@ rule evaluate:
         model=model_fingerprint,
         classes=lambda wc: run_of(wc).classes,
         seed=config["seed"],
-        title=lambda wc: f"{wc.run} / {wc.arch} / fold {wc.fold}"
+        title=lambda wc: f"{wc.run} / {wc.arch} / {model_label(wc.fold)}"
         + (f", external test: {run_of(wc).test_dataset}" if run_of(wc).external else ""),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --model-dir {params.model_dir:q} --shard-index {input.test_index:q}'

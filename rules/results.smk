@@ -33,15 +33,16 @@ rule metrics:
 
 rule pooled_metrics:
     input:
-        # Every fold's test predictions: the headline figures pool them (deepbc/evaluation/pooled.py).
-        predictions=lambda wc: PLAN.predictions_files([wc.run], [wc.arch]),
+        # Every fold's test predictions of one repeat ({repeat}: "" for repeat 0, else _r1, ...): the
+        # headline figures pool them (deepbc/evaluation/pooled.py); the tables average the repeats.
+        predictions=lambda wc: PLAN.predictions_files([wc.run], [wc.arch], [parse_repeat_suffix(wc.repeat)]),
         manifest=lambda wc: run_of(wc).test_manifest,
     output:
-        "results/metrics/{run}/{arch}/pooled.json",
+        "results/metrics/{run}/{arch}/pooled{repeat}.json",
     log:
-        "results/logs/metrics/{run}/{arch}/pooled.log",
+        "results/logs/metrics/{run}/{arch}/pooled{repeat}.log",
     benchmark:
-        "results/benchmarks/metrics/{run}/{arch}/pooled.tsv"
+        "results/benchmarks/metrics/{run}/{arch}/pooled{repeat}.tsv"
     conda:
         "../envs/cpu.yaml"
     params:
@@ -211,7 +212,8 @@ rule calibration_table:
 
 rule roc_figure:
     input:
-        predictions=lambda wc: PLAN.predictions_files(PLAN.runs_of_task(wc.task)),
+        # Repeat 0's models (train.repeats: the tables give the spread between repeats).
+        predictions=lambda wc: PLAN.predictions_files(PLAN.runs_of_task(wc.task), repeats=[0]),
         # Every run of a task is tested on the same dataset.
         manifest=lambda wc: run_of(wc).test_manifest,
         # The runs' splits: a predefined split or repeated holdouts is named in the title.
@@ -237,7 +239,8 @@ rule roc_figure:
 
 rule calibration_figure:
     input:
-        predictions=lambda wc: PLAN.predictions_files(PLAN.runs_of_task(wc.task)),
+        # Repeat 0's models (train.repeats: the tables give the spread between repeats).
+        predictions=lambda wc: PLAN.predictions_files(PLAN.runs_of_task(wc.task), repeats=[0]),
         # Every run of a task is tested on the same dataset.
         manifest=lambda wc: run_of(wc).test_manifest,
         # The runs' splits: a predefined split or repeated holdouts is named in the title.
@@ -265,7 +268,7 @@ rule calibration_figure:
 
 rule confusion_figure:
     input:
-        predictions=lambda wc: PLAN.predictions_files([wc.run], [wc.arch]),
+        predictions=lambda wc: PLAN.predictions_files([wc.run], [wc.arch], repeats=[0]),
         manifest=lambda wc: run_of(wc).test_manifest,
         split_audit=layout.split_audit("{run}", "json"),
     output:
@@ -293,7 +296,7 @@ rule confusion_figure:
 
 rule training_figure:
     input:
-        training=lambda wc: PLAN.model_files("training.csv", [wc.run], [wc.arch]),
+        training=lambda wc: PLAN.model_files("training.csv", [wc.run], [wc.arch], repeats=[0]),
         split_audit=layout.split_audit("{run}", "json"),
     output:
         png=report(

@@ -19,8 +19,8 @@ rule get_checkpoint:
 
 rule train:
     input:
-        train_index=layout.shard_index("{run}", "{fold}", "train"),
-        val_index=layout.shard_index("{run}", "{fold}", "val"),
+        train_index=fold_shards("train"),
+        val_index=fold_shards("val"),
         # The store whose shards the indexes list, which this job reads: once it is deleted, Snakemake
         # re-encodes it and rewrites the indexes before rerunning this job (not on indexes of a
         # store that is gone).
@@ -48,7 +48,8 @@ rule train:
         state_dir=lambda wc: f"results/train_state/{wc.run}/{wc.arch}/fold{wc.fold}",
         settings=lambda wc: wfconfig.train_settings_json(config, wc.run, wc.arch),
         checkpoint=lambda wc, input: f"--checkpoint-json {input.checkpoint}" if input.checkpoint else "",
-        seed=config["seed"],
+        # The config's seed for repeat 0, one derived from it for the other repeats (deepbc.workflow.plan.repeat_seed).
+        seed=lambda wc: PLAN.train_seed(wc.fold),
     shell:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --train-index {input.train_index:q}'
         " --val-index {input.val_index:q} --arch {wildcards.arch}"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from deepbc.data.runs import COPIES, COPY, run_name
+from deepbc.data.runs import COPIES, COPY, model_fold, run_name
 from deepbc.evaluation import metrics, pooled
 from tests.trainkit import split_settings
 
@@ -46,8 +46,8 @@ def binary_fold(prefix, n_patients, n_wrong=0, images=2) -> pd.DataFrame:
 
 
 def run_results(task, folds, protocol="patient", arch="resnet_small", classes=BM, grouping="patient",
-                test_dataset=None, magnification="all", n_boot=0, seed=0):
-    """Per-fold metrics and the pooled metrics of one run and architecture.
+                test_dataset=None, magnification="all", n_boot=0, seed=0, repeat=0):
+    """Per-fold metrics and the pooled metrics of one run and architecture (one training repeat).
 
     ``folds``: {fold: predictions DataFrame}. Returns (list of per-fold metrics, pooled dict), each
     with the meta its workflow job writes.
@@ -59,11 +59,13 @@ def run_results(task, folds, protocol="patient", arch="resnet_small", classes=BM
         m = metrics.compute_metrics(df, classes, n_boot=n_boot, seed=seed, stream=stream)
         m["by_magnification"] = metrics.by_magnification(df, classes, n_boot=n_boot, seed=seed, stream=stream)
         m["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
-                     "test_dataset": test_dataset, "arch": arch, "fold": fold, "magnification": magnification}
+                     "test_dataset": test_dataset, "arch": arch, "fold": fold, "repeat": repeat,
+                     "magnification": magnification}
         fold_metrics.append(m)
-    frames = [(fold, df, f"results/predictions/{run}/{arch}/fold{fold}.parquet") for fold, df in folds.items()]
+    frames = [(fold, df, f"results/predictions/{run}/{arch}/fold{model_fold(fold, repeat)}.parquet")
+              for fold, df in folds.items()]
     pooled_metrics = pooled.pooled_run(frames, classes, run, arch, grouping, magnification, n_boot=n_boot,
-                                       seed=seed, test_dataset=test_dataset)
+                                       seed=seed, test_dataset=test_dataset, repeat=repeat)
     return fold_metrics, pooled_metrics
 
 

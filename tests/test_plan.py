@@ -1,5 +1,10 @@
 """The runs and target lists a config asks for (deepbc.workflow.plan), as the rules get them."""
 
+import re
+
+import pytest
+
+from deepbc.data import runs
 from deepbc.workflow import plan
 from tests.conftest import validated_config
 
@@ -72,3 +77,43 @@ def test_a_runs_folds_follow_its_split_scheme(tmp_path):
                 and not f.endswith("fold0.json")]
     config["folds"] = "all"
     assert plan.Plan(config).runs["benign_vs_malignant_40X_spanhol"].folds == tuple(range(7))
+
+
+def test_model_fold_names_keep_repeat_0_as_the_fold():
+    assert [runs.model_fold(3, r) for r in range(3)] == ["3", "3_r1", "3_r2"]
+    assert [runs.parse_model_fold(n) for n in ("3", "3_r1", "12_r10")] == [(3, 0), (3, 1), (12, 10)]
+    assert runs.model_label("3") == "fold 3" and runs.model_label("3_r2") == "fold 3, repeat 2"
+    assert runs.parse_repeat_suffix("") == 0 and runs.parse_repeat_suffix("_r4") == 4
+    # Repeat 0 has one name only: "3_r0" would be a second path to the same model.
+    for bad in ("3_r0", "3r1", "_r1", "3_r", "x", "3_r01"):
+        with pytest.raises(ValueError, match="not a fold"):
+            runs.parse_model_fold(bad)
+        assert not re.fullmatch(runs.MODEL_FOLD, bad)
+
+
+def test_training_repeats_multiply_the_models_and_keep_repeat_0s_paths_and_seed():
+    config = validated_config("config.yaml")
+    assert config["train"]["repeats"] == 1
+    one = plan.Plan(config)
+    config["train"]["repeats"] = 3
+    three = plan.Plan(config)
+    assert three.repeats == [0, 1, 2]
+    run = ["cancer_types"]
+    assert three.models() == [f"results/models/{r}/resnet_small/fold0{s}/settings.json"
+                              for r in three.runs for s in ("", "_r1", "_r2")]
+    assert set(one.models()) < set(three.models()) and len(three.models()) == 3 * len(one.models())
+    assert three.metrics_files(run) == [f"results/metrics/cancer_types/resnet_small/fold0{s}.json"
+                                        for s in ("", "_r1", "_r2")]
+    assert three.pooled_files(run) == [f"results/metrics/cancer_types/resnet_small/pooled{s}.json"
+                                       for s in ("", "_r1", "_r2")]
+    assert three.predictions_files(run, repeats=[2]) == [
+        "results/predictions/cancer_types/resnet_small/fold0_r2.parquet"]
+    # The splits and shards are a fold's, shared by its repeats; figures and exports are repeat 0's.
+    assert three.shards() == one.shards() and three.split_tables() == one.split_tables()
+    assert three.figures() == one.figures() and three.exports() == one.exports()
+    assert three.tables() == one.tables()
+    # Repeat 0 trains with the config's seed, as without repeats; the others with seeds of their own.
+    seeds = [three.train_seed(f) for f in ("0", "0_r1", "0_r2", "1", "1_r1")]
+    assert seeds[0] == seeds[3] == config["seed"] == one.train_seed("0")
+    assert len(set(seeds[:3])) == 3 and seeds[1] == seeds[4] and all(0 <= s < 2**31 for s in seeds)
+    assert seeds[1] == plan.repeat_seed(config["seed"], 1) != plan.repeat_seed(config["seed"] + 1, 1)

@@ -146,7 +146,11 @@ def test_by_magnification_pools_each_magnification(tmp_path):
     assert list(result["by_magnification"]) == ["40X", "400X"]
     forty = result["by_magnification"]["40X"]
     assert forty["n_images"] == 15 and forty["patient_level"]["mean_probability"]["balanced_accuracy"] == 0.75
-    assert "bootstrap_values" not in forty["image_level"]
+    # The headline draws are kept per magnification (a mean over repeats has intervals from them);
+    # each class's only for all magnifications together (the per-class table).
+    assert len(forty["image_level"]["bootstrap_values"]["accuracy"]) == 20
+    assert "bootstrap_values" not in forty["image_level"]["per_class"]["A"]
+    assert len(result["image_level"]["per_class"]["A"]["bootstrap_values"]["auc"]) == 20
 
 
 def test_pooled_file_writes_meta_and_refuses_a_fold_twice(tmp_path):

@@ -356,6 +356,48 @@ def test_dry_run_of_a_third_dataset_and_an_external_task(tmp_path):
 
 
 
+# The demo's jobs as the workflow planned them before train.repeats existed (snakemake -n, Job stats).
+DEMO_JOBS = {"make_demo": 2, "check_dataset": 2, "encode_dataset": 2, "make_splits": 5, "write_shards": 5,
+             "train": 5, "evaluate": 5, "training_figure": 5, "calibration_figure": 4, "confusion_figure": 5,
+             "metrics": 5, "pooled_metrics": 5, "roc_figure": 4, "calibration_table": 1, "leakage_table": 1,
+             "magnification_table": 1, "per_class_table": 4, "summary_table": 1, "task_table": 4, "all": 1}
+# A model job's shell command, by the folder or file it writes.
+MODEL_COMMANDS = r"^Shell command: (python \S+/(?:train_model|evaluate_model|compute_metrics|pool_metrics)\.py\S* .*)$"
+
+
+def job_counts(out: str) -> dict:
+    jobs = re.findall(r"^(?:local)?rule (\w+):", out, flags=re.M)
+    return {rule: jobs.count(rule) for rule in dict.fromkeys(jobs)}
+
+
+def test_training_repeats_train_each_fold_n_times_with_their_own_seeds(tmp_path):
+    """train.repeats 1 (the default) plans the jobs of before; 3 trains, evaluates and measures every
+    model three times (repeat 0 with the same commands as before, the others with seeds of their
+    own), pools each repeat, and changes no other job's count: splits, shards and figures are the
+    folds' and repeat 0's."""
+    one = dry_run_with_overlay(tmp_path, "{}\n", "-p", check=True).stdout
+    three = dry_run_with_overlay(tmp_path, "train: {repeats: 3}\n", "-p", check=True).stdout
+    assert job_counts(one) == DEMO_JOBS
+    assert job_counts(three) == {**DEMO_JOBS, **{rule: 3 * DEMO_JOBS[rule] for rule in
+                                                 ("train", "evaluate", "metrics", "pooled_metrics")}}
+    assert "_r1" not in one
+    seeds = dict(re.findall(r"--out-dir results/models/(\S+) .*--seed (\d+)", three))
+    assert len(seeds) == 15
+    for run in ("cancer_types", "benign_subtypes"):
+        mine = [int(seeds[f"{run}/resnet_small/fold0{s}"]) for s in ("", "_r1", "_r2")]
+        assert mine[0] == 42 and len(set(mine)) == 3
+    assert re.search(r"--predictions results/predictions/cancer_types/resnet_small/fold0_r2\.parquet .*"
+                     r"--fold 0_r2 .*--out results/metrics/cancer_types/resnet_small/fold0_r2\.json", three)
+    assert re.search(r"--predictions results/predictions/cancer_types/resnet_small/fold0_r1\.parquet .*"
+                     r"--out results/metrics/cancer_types/resnet_small/pooled_r1\.json", three)
+    # Every fold's repeats read the fold's shards.
+    assert re.search(r"--train-index results/tfrecords/cancer_types/fold0/train\.json .*"
+                     r"--out-dir results/models/cancer_types/resnet_small/fold0_r1 ", three)
+    # Repeat 0's model jobs are those of before: adding repeats to a study retrains nothing.
+    before = set(re.findall(MODEL_COMMANDS, one, flags=re.M))
+    assert len(before) == 20 and before <= set(re.findall(MODEL_COMMANDS, three, flags=re.M))
+
+
 def test_dry_run_with_stain_normalization_fits_once_and_encodes_each_dataset_with_it(tmp_path):
     out = dry_run_with_overlay(tmp_path, "shards: {stain_normalization: macenko}\n", "-p", "--config", "folds=[0]",
                                check=True).stdout

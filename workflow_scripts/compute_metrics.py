@@ -5,10 +5,12 @@ Writes a JSON with accuracy, balanced accuracy, per-class sensitivity, specifici
 FP/FN, ROC AUC, the patient recognition rate, calibration (ECE, Brier; also after temperature
 scaling fitted on the validation predictions), the same per magnification (BreakHis), confusion
 matrices and 95% CIs from resampling patients, plus ``meta`` (run, task, protocol, grouping, arch,
-fold, magnification trained on, and with --split-audit the split's scheme and label) for the tables;
-the grouping (patient, or image when the dataset has no patient mapping) comes from the manifest. Conventions: see deepbc/evaluation/metrics.py.
+fold, repeat, magnification trained on, and with --split-audit the split's scheme and label) for the
+tables; the grouping (patient, or image when the dataset has no patient mapping) comes from the
+manifest. Conventions: see deepbc/evaluation/metrics.py.
 """
 
+from deepbc.data.runs import parse_model_fold
 from deepbc.jobs import cli
 
 
@@ -17,7 +19,8 @@ def arguments(p):
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
     p.add_argument("--run", required=True, help="run name: {task}, {task}__image_level or {task}__augmented_image_level")
     p.add_argument("--arch", required=True, help="architecture name")
-    p.add_argument("--fold", required=True, type=int, help="fold index")
+    p.add_argument("--fold", required=True, type=parse_model_fold,
+                   help="the model's fold: k, or k_r<r> for repeat r of fold k (train.repeats)")
     p.add_argument("--manifest", required=True,
                    help="results/manifest/{dataset}.parquet: tells whether images map to patients")
     p.add_argument("--validation-predictions", required=True,
@@ -40,10 +43,11 @@ def arguments(p):
 def run(args):
     from deepbc.evaluation import metrics
 
-    metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, args.fold,
+    fold, repeat = args.fold
+    metrics.metrics_file(args.predictions, args.classes, args.out, args.run, args.arch, fold,
                          args.manifest, args.magnification, n_boot=args.evaluation_json["n_bootstrap"],
                          seed=args.seed, validation_predictions=args.validation_predictions,
-                         test_dataset=args.external_test, split_audit=args.split_audit)
+                         test_dataset=args.external_test, split_audit=args.split_audit, repeat=repeat)
 
 
 main = cli.script(__doc__, arguments, run)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pooled metrics of a run and architecture: the test predictions of every fold run, pooled.
+"""Pooled metrics of a run and architecture: the test predictions of every fold run (of one repeat), pooled.
 
 Writes a JSON with one confusion matrix over all the task's classes, accuracy, balanced accuracy,
 sensitivity, specificity, precision and AUC (macro and per class, one-vs-rest) at image and
@@ -14,7 +14,8 @@ from deepbc.jobs import cli
 
 def arguments(p):
     p.add_argument("--predictions", required=True, nargs="+",
-                   help="results/predictions/{run}/{arch}/fold{k}.parquet of every fold run")
+                   help="results/predictions/{run}/{arch}/fold{k}.parquet of every fold run (repeat r > 0: "
+                        "fold{k}_r{r}.parquet)")
     p.add_argument("--classes", required=True, nargs="+", help="the task's classes, in config order")
     p.add_argument("--run", required=True, help="run name: {task}, {task}__image_level or {task}__augmented_image_level")
     p.add_argument("--arch", required=True, help="architecture name")
@@ -28,7 +29,7 @@ def arguments(p):
                    help='the config section evaluation as JSON, e.g. \'{"n_bootstrap": 1000}\' '
                         "(bootstrap draws of patients; 0: only the closed-form intervals)")
     p.add_argument("--seed", type=int, required=True, help="seed of the bootstrap draws")
-    p.add_argument("--out", required=True, help="results/metrics/{run}/{arch}/pooled.json")
+    p.add_argument("--out", required=True, help="results/metrics/{run}/{arch}/pooled.json (repeat r > 0: pooled_r{r}.json)")
 
 
 def run(args):

@@ -1,6 +1,7 @@
-"""Run and split names, and the protocols' names. A run is a task under one protocol; every fold of
-a run has the splits ``SPLITS``. Dependency-free, so that the Snakefile, the config checks, the
-splits, the shards and the result modules share it without importing each other.
+"""Run, split and model names, and the protocols' names. A run is a task under one protocol; every
+fold of a run has the splits ``SPLITS``; each fold's model can be trained several times (repeats).
+Dependency-free, so that the Snakefile, the config checks, the splits, the shards and the result
+modules share it without importing each other.
 
 Protocols (``task_definitions.<task>.protocols``; docs/methods.md):
 
@@ -42,3 +43,46 @@ def parse_run(run: str) -> tuple[str, str]:
         if run.endswith(suffix):
             return run[: -len(suffix)], protocol
     return run, "patient"
+
+
+# A model is (run, architecture, fold, repeat): train.repeats trains each fold's model that many
+# times with different seeds, on the same split. Repeat 0 is named by its fold alone ("3"), as
+# before repeats existed, so a study adds repeats without renaming or retraining its models;
+# repeat r > 0 is "3_r{r}". The workflow's {fold} wildcard holds this model fold (its folder
+# results/models/{run}/{arch}/fold3_r1, its predictions .../fold3_r1.parquet); a pooled file of
+# repeat r is pooled_r{r}.json.
+MODEL_FOLD = r"\d+(?:_r[1-9][0-9]*)?"
+REPEAT_SUFFIX = r"(?:_r[1-9][0-9]*)?"
+
+
+def repeat_suffix(repeat: int) -> str:
+    """"" for repeat 0, "_r{repeat}" for the others."""
+    return f"_r{int(repeat)}" if int(repeat) else ""
+
+
+def model_fold(fold, repeat: int = 0) -> str:
+    """The name of a fold's repeat: "3" for repeat 0, "3_r2" for repeat 2."""
+    return f"{int(fold)}{repeat_suffix(repeat)}"
+
+
+def parse_model_fold(name) -> tuple[int, int]:
+    """(fold, repeat) of a model fold's name ("3" or "3_r2"); ValueError for anything else."""
+    fold, suffix, repeat = str(name).partition("_r")
+    if not _digits(fold) or (suffix and not (_digits(repeat) and repeat[0] != "0")):
+        raise ValueError(f"not a fold (k) or a fold's repeat (k_r<r>, r >= 1): {name!r}")
+    return int(fold), int(repeat or 0)
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def parse_repeat_suffix(suffix: str) -> int:
+    """The repeat of a suffix ("" or "_r{r}")."""
+    return parse_model_fold(f"0{suffix}")[1]
+
+
+def model_label(name) -> str:
+    """"fold 3" or "fold 3, repeat 2", for titles and messages."""
+    fold, repeat = parse_model_fold(name)
+    return f"fold {fold}" + (f", repeat {repeat}" if repeat else "")

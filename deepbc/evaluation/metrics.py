@@ -73,7 +73,7 @@ Conventions (also written into every metrics JSON under ``conventions``):
 import numpy as np
 import pandas as pd
 
-from deepbc.data.runs import parse_run
+from deepbc.data.runs import model_fold, model_label, parse_run
 from deepbc.jobs import atomic
 from deepbc.jobs.errors import UserError, delete_and_rerun
 from deepbc.jobs.logs import LOG
@@ -317,12 +317,13 @@ def temperature_scaling(test_df: pd.DataFrame, val_df: pd.DataFrame, classes: li
 
 def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold: int, manifest,
                  magnification: str, *, n_boot: int, seed: int,
-                 validation_predictions=None, test_dataset: str | None = None, split_audit=None) -> dict:
+                 validation_predictions=None, test_dataset: str | None = None, split_audit=None,
+                 repeat: int = 0) -> dict:
     """Metrics of one predictions parquet, written as JSON with ``meta`` naming what they are of.
 
-    ``meta`` (run, task, protocol, grouping, arch, fold, magnification: the one the task trained
-    on, or all) lets the tables group files without parsing paths; ``grouping`` comes from the
-    test dataset's ``manifest`` (see ``grouping_of``); ``test_dataset`` names an external test
+    ``meta`` (run, task, protocol, grouping, arch, fold, repeat: which of the fold's trainings
+    (train.repeats), magnification: the one the task trained on, or all) lets the tables group
+    files without parsing paths; ``grouping`` comes from the test dataset's ``manifest`` (see ``grouping_of``); ``test_dataset`` names an external test
     dataset (None: held-out folds of the task's dataset). ``validation_predictions`` (the same
     model's validation split) adds ``temperature_scaling``. ``precision`` is what the probabilities
     were computed in (the predictions' ``precision`` column; None in predictions written before it).
@@ -339,6 +340,7 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
         LOG.warning("%s: the dataset has no patient mapping, so each image is its own group; the "
                     "results are labelled %r, not patient-wise", run, GROUPING_LABELS["image"])
     # An external test set is the same for every fold: one stream resamples its patients jointly.
+    # A fold's training repeats test the same patients with the same stream: their draws are paired.
     stream = 0 if test_dataset else int(fold)
     result = compute_metrics(df, classes, n_boot=n_boot, seed=seed, where=str(predictions),
                              stream=stream)
@@ -354,7 +356,7 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
             df, val, list(classes), n_boot, seed, str(predictions), stream)
     result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
                       "test_dataset": test_dataset or None, "arch": arch, "fold": int(fold),
-                      "magnification": magnification,
+                      "repeat": int(repeat), "magnification": magnification,
                       "precision": (",".join(sorted(set(df["precision"]))) if "precision" in df.columns
                                     else None),
                       "predictions": str(predictions)}
@@ -362,8 +364,9 @@ def metrics_file(predictions, classes: list[str], out, run: str, arch: str, fold
         result["meta"]["split"] = split_meta(split_audit, int(fold))
     atomic.write_json(out, result)
     img, pat = result["image_level"], result["patient_level"]["mean_probability"]
-    LOG.info("%s %s fold %d: %d images, %d patients; accuracy image %.3f, patient %.3f; "
-             "balanced accuracy image %.3f, patient %.3f (%d bootstrap draws)", run, arch, fold,
+    LOG.info("%s %s %s: %d images, %d patients; accuracy image %.3f, patient %.3f; "
+             "balanced accuracy image %.3f, patient %.3f (%d bootstrap draws)", run, arch,
+             model_label(model_fold(fold, repeat)),
              result["n_images"], result["n_patients"], img["accuracy"], pat["accuracy"],
              img["balanced_accuracy"], pat["balanced_accuracy"], n_boot)
     return result

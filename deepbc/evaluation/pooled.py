@@ -36,18 +36,21 @@ Conventions (also in every pooled JSON under ``conventions``):
   images is the same however often it is drawn), so image-level intervals over such classes are
   too narrow: the tables say so, and give each class's patients. The trained models are held fixed: the interval covers which patients
   were tested, not the variation between trainings. The headline draws are kept
-  (``bootstrap_values``): the same patient has the same weight in every run, so the leakage
-  table's differences between protocols are paired.
+  (``bootstrap_values``, also per magnification), and each class's (in its ``per_class`` entry):
+  the same patient has the same weight in every run, so the leakage table's differences between
+  protocols are paired, and the mean over a fold's repeats (train.repeats) has draws of its own
+  (deepbc.evaluation.repeats).
+- Repeats: a pooled JSON is of one repeat (``meta.repeat``), its folds' models trained with that
+  repeat's seed; repeat r > 0 reads fold{k}_r{r}.parquet and is written to pooled_r{r}.json.
 """
 
 import hashlib
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from deepbc.data.runs import COPIES, COPY, parse_run
+from deepbc.data.runs import COPIES, COPY, parse_model_fold, parse_run
 from deepbc.evaluation import intervals
 from deepbc.evaluation.metrics import (CI_METRICS, CONFIDENCE, KEPT_DRAWS, NO_MAGNIFICATION, _full_block,
                                        _kept_draws, _patient_units, _recognition_rate, _scalars, _validated,
@@ -64,7 +67,6 @@ MACRO_METRICS = ("balanced_accuracy", "macro_sensitivity", "macro_specificity", 
 MULTICLASS_MACRO = ("sensitivity", "specificity")
 # Draws computed at once: (DRAW_CHUNK x images) weights, a few MB for BreakHis' 1,600 test images per fold.
 DRAW_CHUNK = 100
-_FOLD_FILE = re.compile(r"fold(\d+)\.parquet$")
 
 CONVENTIONS = {
     "pooling": "the test predictions of every fold run, one confusion matrix; a patient-level unit "
@@ -88,7 +90,7 @@ def pooled_metrics(frames, classes: list[str], n_boot: int, seed: int, keep_draw
     """
     classes = list(classes)
     out = {"classes": classes, "positive_class": classes[1] if len(classes) == 2 else None,
-           **_pool(frames, classes, n_boot, seed, keep_draws)}
+           **_pool(frames, classes, n_boot, seed, keep_draws, class_draws=keep_draws)}
     present = set()
     for _, df, _ in frames:
         if "magnification" in df.columns:
@@ -97,7 +99,7 @@ def pooled_metrics(frames, classes: list[str], n_boot: int, seed: int, keep_draw
     for mag in magnification_order(present):
         subset = [(fold, df[df["magnification"].astype(str) == mag], f"{where} ({mag} images)")
                   for fold, df, where in frames if "magnification" in df.columns]
-        block = _pool([s for s in subset if len(s[1])], classes, n_boot, seed, keep_draws=False)
+        block = _pool([s for s in subset if len(s[1])], classes, n_boot, seed, keep_draws, class_draws=False)
         del block["test_patients"]
         out["by_magnification"][mag] = block
     out["bootstrap"] = {"n_boot": int(n_boot), "seed": int(seed), "unit": "patient id",
@@ -106,7 +108,7 @@ def pooled_metrics(frames, classes: list[str], n_boot: int, seed: int, keep_draw
     return out
 
 
-def _pool(frames, classes, n_boot, seed, keep_draws) -> dict:
+def _pool(frames, classes, n_boot, seed, keep_draws, class_draws) -> dict:
     k = len(classes)
     images = {"y": [], "pred": [], "prob": [], "patient": [], "group": []}
     units = {"y": [], "pred": [], "prob": [], "patient": []}
@@ -139,9 +141,9 @@ def _pool(frames, classes, n_boot, seed, keep_draws) -> dict:
     weights = intervals.poisson_weights(patients, n_boot, seed) if n_boot > 0 else None
 
     image = _level(images["y"], images["pred"], images["prob"], image_cluster, classes, weights,
-                   proportions=False, group=images["group"], keep_draws=keep_draws)
+                   proportions=False, group=images["group"], keep_draws=keep_draws, class_draws=class_draws)
     patient = _level(units["y"], units["pred"], units["prob"], unit_cluster, classes, weights,
-                     proportions=True, keep_draws=keep_draws)
+                     proportions=True, keep_draws=keep_draws, class_draws=class_draws)
     patients_per_class = [len(set(units["patient"][units["y"] == c])) for c in range(k)]
     return {
         "n_images": int(len(images["y"])),
@@ -161,8 +163,9 @@ def _pool(frames, classes, n_boot, seed, keep_draws) -> dict:
 
 
 def _level(y, pred, score, cluster, classes, weights, proportions: bool, group=None,
-           keep_draws: bool = True) -> dict:
-    """deepbc.evaluation.metrics' block of the pooled units, with the intervals of the conventions."""
+           keep_draws: bool = True, class_draws: bool = False) -> dict:
+    """deepbc.evaluation.metrics' block of the pooled units, with the intervals of the conventions;
+    ``keep_draws``: the headline figures' draws, ``class_draws``: each class's."""
     k = len(classes)
     block = _full_block(y, pred, score, classes)
     block["n_patients"] = int(len(np.unique(cluster)))
@@ -184,6 +187,10 @@ def _level(y, pred, score, cluster, classes, weights, proportions: bool, group=N
                 per_method[c][name] = "bootstrap"
         if keep_draws:
             block["bootstrap_values"] = _kept_draws(values, KEPT_DRAWS + tuple(extra))
+        if class_draws:
+            for j, c in enumerate(classes):
+                kept = {name: per_class[part][:, j] for name, part in PER_CLASS.items()}
+                block["per_class"][c]["bootstrap_values"] = _kept_draws(kept, PER_CLASS)
     cm = np.asarray(block["confusion_matrix"]["matrix"], dtype=np.int64)
     total, support, predicted, tp = cm.sum(), cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
     counts = {c: {"sensitivity": [int(tp[j]), int(support[j])],
@@ -258,15 +265,16 @@ def images_digest(frames) -> str:
 
 
 def pooled_run(frames, classes: list[str], run: str, arch: str, grouping: str, magnification: str, *,
-               n_boot: int, seed: int, test_dataset: str | None = None) -> dict:
-    """``pooled_metrics`` of a run and architecture's ``frames`` ([(fold, predictions, where)]),
-    with ``meta``: as the per-fold metrics' (deepbc.evaluation.metrics.metrics_file), ``folds`` for
-    ``fold``, ``predictions`` (where each fold's came from) and ``test_images_sha256``."""
+               n_boot: int, seed: int, test_dataset: str | None = None, repeat: int = 0) -> dict:
+    """``pooled_metrics`` of a run and architecture's ``frames`` ([(fold, predictions, where)]) of
+    one ``repeat``, with ``meta``: as the per-fold metrics' (deepbc.evaluation.metrics.metrics_file),
+    ``folds`` for ``fold``, ``predictions`` (where each fold's came from) and ``test_images_sha256``."""
     task, protocol = parse_run(run)
     result = pooled_metrics(frames, classes, n_boot, seed)
     result["meta"] = {"run": run, "task": task, "protocol": protocol, "grouping": grouping,
                       "test_dataset": test_dataset or None, "arch": arch,
-                      "folds": sorted(fold for fold, _, _ in frames), "magnification": magnification,
+                      "folds": sorted(fold for fold, _, _ in frames), "repeat": int(repeat),
+                      "magnification": magnification,
                       "test_images_sha256": images_digest(frames),
                       "predictions": [where for _, _, where in frames]}
     return result
@@ -274,34 +282,46 @@ def pooled_run(frames, classes: list[str], run: str, arch: str, grouping: str, m
 
 def pooled_file(predictions, classes: list[str], out, run: str, arch: str, manifest, magnification: str, *,
                 n_boot: int, seed: int, test_dataset: str | None = None) -> dict:
-    """The pooled figures of a run and architecture's test predictions (one parquet per fold), as JSON.
+    """The pooled figures of a run and architecture's test predictions (one parquet per fold, all of
+    one repeat), as JSON.
 
     ``meta`` names what they are of (as the per-fold metrics' meta, with ``folds`` for ``fold``),
     ``test_patients`` and ``meta.test_images_sha256`` what was tested (the leakage table compares them).
     """
-    frames, folds = [], []
+    frames, folds, repeats = [], [], set()
     for path in predictions:
-        match = _FOLD_FILE.search(Path(path).name)
-        if not match:
-            raise UserError("predictions path does not end in fold{k}.parquet", str(path),
-                            "pass files from results/predictions/{run}/{arch}/")
+        name = Path(path).name
+        try:
+            if not (name.startswith("fold") and name.endswith(".parquet")):
+                raise ValueError(name)
+            fold, repeat = parse_model_fold(name[len("fold"):-len(".parquet")])
+        except ValueError:
+            raise UserError("predictions path does not end in fold{k}.parquet (or fold{k}_r{r}.parquet "
+                            "for a repeat)", str(path), "pass files from results/predictions/{run}/{arch}/") from None
         try:
             df = pd.read_parquet(path)
         except FileNotFoundError:
             raise UserError("predictions file not found", str(path),
                             "run the evaluate rule for this run, architecture and fold") from None
-        folds.append(int(match[1]))
-        frames.append((folds[-1], df, str(path)))
+        folds.append(fold)
+        repeats.add(repeat)
+        frames.append((fold, df, str(path)))
     if not frames:
         raise UserError("no predictions files given", "--predictions", "pass every fold's predictions")
+    if len(repeats) > 1:
+        raise UserError(f"predictions of several repeats given (repeats {sorted(repeats)}): a pooled file "
+                        "is of one repeat", "--predictions", "pass the predictions of one repeat, "
+                        "fold{k}.parquet for repeat 0 or fold{k}_r{r}.parquet for repeat r")
     if len(set(folds)) != len(folds):
         raise UserError(f"a fold is given twice (folds {sorted(folds)})", "--predictions",
                         "pass each fold's predictions once")
+    repeat = repeats.pop()
     result = pooled_run(frames, classes, run, arch, grouping_of(manifest), magnification, n_boot=n_boot,
-                        seed=seed, test_dataset=test_dataset)
+                        seed=seed, test_dataset=test_dataset, repeat=repeat)
     atomic.write_json(out, result)
     pat = result["patient_level"]["mean_probability"]
-    LOG.info("%s %s, %d fold(s) pooled: %d images, %d patients; patient balanced accuracy %.3f %s "
-             "(%d bootstrap draws)", run, arch, len(folds), result["n_images"], result["n_patients"],
+    LOG.info("%s %s%s, %d fold(s) pooled: %d images, %d patients; patient balanced accuracy %.3f %s "
+             "(%d bootstrap draws)", run, arch, f" repeat {repeat}" if repeat else "", len(folds),
+             result["n_images"], result["n_patients"],
              pat["balanced_accuracy"], (pat["ci95"] or {}).get("balanced_accuracy"), n_boot)
     return result

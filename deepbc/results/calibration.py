@@ -21,7 +21,7 @@ from deepbc.results.figures import PROTOCOL_STYLE, _external, _level_title, load
 from deepbc.evaluation.metrics import (CALIBRATION_METRICS, ECE_BINS, TEMPERATURE_CAVEAT, confidence_bin, grouping_of,
                                        prob_column)
 from deepbc.results.tables import (EXTERNAL_NOTE, INTERVAL_NOTE, LABELS, _aggregate, _cell, _fmt, fold_frame,
-                           load_metrics, protocol_label, split_notes, write_formats)
+                           folds_cell, load_metrics, protocol_label, split_notes, write_formats)
 
 # (level, metric) columns of the table, in display order.
 COLUMNS = tuple((lv, m) for lv in ("image", "patient") for m in CALIBRATION_METRICS)
@@ -38,6 +38,11 @@ CALIBRATION_NOTE = (
     "(probability - 1 for the true class, else 0)^2, 0 to 2 (for two classes twice the "
     "one-probability Brier score); lower is better. Patient level: a patient's probabilities are "
     "the mean of its images'. Mean ± sample sd over test folds.")
+REPEATS_NOTE = (
+    "Several trainings per fold (train.repeats, with different seeds): mean ± sample sd and the "
+    "interval are over every model, the folds' trainings together (a fold's trainings are "
+    "resampled alike in each bootstrap draw), so the sd holds the training variance as well as "
+    "the folds'.")
 
 
 def calibration_table(metrics) -> pd.DataFrame:
@@ -47,12 +52,15 @@ def calibration_table(metrics) -> pd.DataFrame:
     (labelled as in the task tables), n_folds, n_patients,
     n_images, ``{level}_{ece,brier}_{mean,sd,ci_low,ci_high}``, the same after temperature
     scaling (prefix ``scaled_``) and the fitted temperature's mean and sd over folds
-    (``temperature_{mean,sd}``; NaN for a fold without validation images).
+    (``temperature_{mean,sd}``; NaN for a fold without validation images). With repeats
+    (train.repeats), n_repeats, and every model counts: the folds' repeats together.
     """
     metrics = load_metrics(metrics)
     keys = ["task", "test", "arch", "protocol", "grouping"]
     folds = fold_frame(metrics)
     table = _aggregate(folds, keys)
+    if folds["repeat"].max() > 0:
+        table = table.merge(folds.groupby(keys)["repeat"].nunique().rename("n_repeats").reset_index(), on=keys)
     # The scaled figures go through the same aggregation, as blocks of look-alike metrics.
     scaled = []
     for m in metrics:
@@ -76,6 +84,8 @@ def calibration_table(metrics) -> pd.DataFrame:
     keep += [f"{lv}_{m}_{s}" for lv, m in COLUMNS for s in STATS]
     keep += ["temperature_mean", "temperature_sd"]
     keep += [f"scaled_{lv}_{m}_{s}" for lv, m in COLUMNS for s in STATS]
+    if "n_repeats" in table.columns:
+        keep.insert(keep.index("n_folds") + 1, "n_repeats")
     table = table[keep].reset_index(drop=True)
     table.attrs["split_notes"] = split_notes(folds)
     return table
@@ -87,7 +97,7 @@ def write_calibration_table(table: pd.DataFrame, out_csv=None, out_md=None, out_
     header += ["temperature"] + [f"scaled {lv} {LABELS[m]}" for lv, m in COLUMNS]
     rows = []
     for _, r in table.iterrows():
-        cells = [r["task"], r["test"], r["architecture"], r["protocol"], str(r["n_folds"]), str(r["n_patients"])]
+        cells = [r["task"], r["test"], r["architecture"], r["protocol"], folds_cell(r), str(r["n_patients"])]
         cells += [_cell(r, lv, m) for lv, m in COLUMNS]
         cells.append(_fmt(r["temperature_mean"], r["temperature_sd"], False))
         cells += [_cell(r, f"scaled_{lv}", m) for lv, m in COLUMNS]
@@ -98,6 +108,8 @@ def write_calibration_table(table: pd.DataFrame, out_csv=None, out_md=None, out_
         footnotes.insert(0, EXTERNAL_NOTE)
     if any(table[f"{lv}_{m}_ci_low"].notna().any() for lv, m in COLUMNS):
         footnotes.append(INTERVAL_NOTE)
+    if "n_repeats" in table.columns:
+        footnotes.append(REPEATS_NOTE)
     write_formats(table, header, rows, footnotes,
                   "Calibration of the test probabilities", out_csv, out_md, out_tex)
 

@@ -26,7 +26,8 @@ import yaml
 from deepbc.jobs import atomic
 from deepbc.jobs.errors import UserError
 from deepbc.results.tables import (LABELS, fold_frame, intervals_note, load_metrics, load_pooled, pooled_cell,
-                                   pooled_frame, protocol_label, split_notes, to_markdown, with_pooled)
+                                   pooled_frame, protocol_label, repeats_note, split_notes, spread_columns,
+                                   to_markdown, with_pooled)
 from deepbc.training.model_dir import retrain
 
 # The leaderboards a task may name (config/schema.yaml's enum of task_definitions.<task>.leaderboard).
@@ -98,6 +99,7 @@ def leaderboard_table(metrics, pooled, models, leaderboards: dict) -> pd.DataFra
     Columns: leaderboard, source (THIS_WORKFLOW or PUBLISHED), task, model, training, split,
     n_images, n_patients, n_boot, then ``tables.pooled_row``'s columns of the leaderboard's metric
     at image and patient level (``image_balanced_accuracy``, its ``_ci_low``, ``_ci_high``, ``_ci_method``, ...);
+    with training repeats, n_repeats and the spread between them (``tables.spread_columns``);
     a published row has the figure alone (no interval, no n). ``attrs``: the split notes and the
     leaderboards' sources."""
     folds = fold_frame(load_metrics(metrics))
@@ -119,6 +121,8 @@ def leaderboard_table(metrics, pooled, models, leaderboards: dict) -> pd.DataFra
         metric = board["metric"]
         shown = [f"{lv}_{metric}{s}" for lv in ("image", "patient")
                  for s in ("", "_ci_low", "_ci_high", "_ci_method", "_k", "_n")]
+        # With training repeats: their number and the spread between them (tables.pooled_cell shows it).
+        shown += spread_columns(ours, [f"{lv}_{metric}" for lv in ("image", "patient")])
         for _, r in ours[ours["task"].map(leaderboards) == name].sort_values(["task", "arch"]).iterrows():
             trained = training[(training["run"] == r["run"]) & (training["arch"] == r["arch"])]["training"]
             if trained.empty:
@@ -176,6 +180,7 @@ def write_leaderboard(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
     if table["training"].str.startswith("linear probe").any():
         footnotes.append(PROBE_NOTE)
     footnotes.append(intervals_note(table["n_boot"].dropna().max() if table["n_boot"].notna().any() else 0))
+    footnotes += repeats_note(table)
     footnotes += list(table.attrs.get("split_notes", []))
     if out_csv:
         atomic.write_csv(out_csv, table)

@@ -25,9 +25,9 @@ import pandas as pd
 
 from deepbc.data.breakhis import MAGNIFICATIONS
 from deepbc.jobs.errors import UserError
-from deepbc.results.tables import (EXTERNAL_NOTE, LABELS, RECOGNITION_NOTE, ZERO_WIDTH_NOTE, fold_frame, has_zero_width,
-                                   intervals_note, load_metrics, load_pooled, pooled_cell, pooled_frame, recompute,
-                                   split_notes, with_pooled, write_formats)
+from deepbc.results.tables import (EXTERNAL_NOTE, LABELS, RECOGNITION_NOTE, ZERO_WIDTH_NOTE, fold_frame, folds_cell,
+                                   has_zero_width, intervals_note, load_metrics, load_pooled, pooled_cell, pooled_frame,
+                                   recompute, repeats_note, split_notes, spread_columns, with_pooled, write_formats)
 
 # (level, metric) columns of the table, in display order.
 COLUMNS = (("image", "accuracy"), ("image", "patient_recognition_rate"), ("image", "auc"),
@@ -53,8 +53,8 @@ def magnification_table(metrics, pooled) -> pd.DataFrame:
     Columns: task, trained_on (all or one magnification), tested_on, architecture, n_folds,
     n_patients, n_images (distinct test patients and images of that magnification) and, as in the
     task tables, the pooled ``{level}_{metric}`` with ``_ci_low``, ``_ci_high``, ``_ci_method``,
-    ``_k``, ``_n``, and the per-fold ``_mean`` and ``_sd``. Empty (with a log line) when no run has
-    magnifications.
+    ``_k``, ``_n``, and the per-fold ``_mean`` and ``_sd``; with repeats, n_repeats and the spread
+    between them (tables.spread_columns). Empty (with a log line) when no run has magnifications.
     """
     items = list(metrics)
     pseudo = []
@@ -93,6 +93,7 @@ def magnification_table(metrics, pooled) -> pd.DataFrame:
             "n_boot"]
     keep += [f"{lv}_{m}{s}" for lv, m in COLUMNS
              for s in ("", "_ci_low", "_ci_high", "_ci_method", "_k", "_n", "_mean", "_sd")]
+    keep += spread_columns(table, [f"{lv}_{m}" for lv, m in COLUMNS])
     table = table[keep].reset_index(drop=True)
     table.attrs["split_notes"] = split_notes(folds)
     return table
@@ -102,7 +103,7 @@ def write_magnification_table(table: pd.DataFrame, out_csv=None, out_md=None, ou
     header = ["task", "test", "trained on", "tested on", "architecture", "folds", "patients", "images"]
     # The recognition rate is a patient figure made of image predictions: no level prefix.
     header += [LABELS[m] if m == "patient_recognition_rate" else f"{lv} {LABELS[m]}" for lv, m in COLUMNS]
-    rows = [[r["task"], r["test"], r["trained_on"], r["tested_on"], r["architecture"], str(r["n_folds"]),
+    rows = [[r["task"], r["test"], r["trained_on"], r["tested_on"], r["architecture"], folds_cell(r),
              str(r["n_patients"]), str(r["n_images"])]
             + [pooled_cell(r, lv, m) for lv, m in COLUMNS] for _, r in table.iterrows()]
     footnotes = [
@@ -126,6 +127,7 @@ def write_magnification_table(table: pd.DataFrame, out_csv=None, out_md=None, ou
         footnotes.insert(0, EXTERNAL_NOTE)
     if not table.empty:
         footnotes.append(intervals_note(table["n_boot"].max()))
+        footnotes += repeats_note(table)
         if has_zero_width(table, [f"{lv}_{m}" for lv, m in COLUMNS]):
             footnotes.append(ZERO_WIDTH_NOTE)
     write_formats(table, header, rows, footnotes,

@@ -12,9 +12,9 @@ import pandas as pd
 
 from deepbc.data.runs import PROTOCOLS
 from deepbc.jobs.errors import UserError
-from deepbc.results.tables import (EXTERNAL_NOTE, IMAGE_GROUPED_NOTE, IMAGE_GROUPED, LABELS, LEVELS, ZERO_WIDTH_NOTE,
-                                   has_zero_width, intervals_note, load_pooled, pooled_cell, pooled_row,
-                                   protocol_label, test_label, write_formats)
+from deepbc.results.tables import (EXTERNAL_NOTE, IMAGE_GROUPED_NOTE, IMAGE_GROUPED, IN_MEMORY, LABELS, LEVELS,
+                                   ZERO_WIDTH_NOTE, has_zero_width, intervals_note, load_pooled, pooled_cell,
+                                   pooled_row, protocol_label, repeats_note, test_label, write_formats)
 
 PER_CLASS_METRICS = ("sensitivity", "specificity", "precision", "auc")
 # Shown in the Markdown; the CSV has the specificity too.
@@ -23,7 +23,8 @@ SHOWN = ("sensitivity", "precision", "auc")
 
 def per_class_table(pooled, task: str) -> pd.DataFrame:
     """Columns: task, architecture, protocol, test, class, n_patients, n_images, n_patient_units,
-    n_boot, and ``tables.pooled_row``'s columns of PER_CLASS_METRICS at both levels."""
+    n_boot, and ``tables.pooled_row``'s columns of PER_CLASS_METRICS at both levels; with repeats,
+    n_repeats and the spread between them."""
     pooled = [p for p in load_pooled(pooled) if p["meta"]["task"] == task]
     if not pooled:
         raise UserError(f"no pooled metrics of task {task!r} among the files given", "--pooled",
@@ -40,16 +41,20 @@ def per_class_table(pooled, task: str) -> pd.DataFrame:
                    "n_patients": counts["patients"][c], "n_images": counts["images"][c],
                    "n_patient_units": counts["patient_units"][c],
                    "n_boot": (m.get("bootstrap") or {}).get("n_boot", 0)}
+            if "repeats" in meta:
+                row["n_repeats"] = len(meta["repeats"])
             for level in LEVELS:
                 block = dict(blocks[level]["per_class"][c])
                 if len(m["classes"]) == 2:
                     block.update({"auc": blocks[level]["auc"]})
-                    for part in ("ci95", "ci_method"):
-                        block[part] = {**block[part], "auc": (blocks[level][part] or {}).get("auc")}
+                    # The task's AUC's interval (and its spread between repeats, when it has them).
+                    for part in ("ci95", "ci_method", "spread"):
+                        if part in blocks[level]:
+                            block[part] = {**(block.get(part) or {}), "auc": (blocks[level][part] or {}).get("auc")}
                 row.update(pooled_row(block, level, PER_CLASS_METRICS))
             rows.append(row)
     table = pd.DataFrame(rows)
-    return table.drop(columns=[c for c in table.columns if c.endswith("_draws")])
+    return table.drop(columns=[c for c in table.columns if c.endswith(IN_MEMORY)])
 
 
 def write_per_class_table(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
@@ -64,6 +69,7 @@ def write_per_class_table(table: pd.DataFrame, out_csv=None, out_md=None) -> Non
         "class's probability against all other units' (for two classes, each class's equals the "
         "task's AUC). Patients and images: the class's distinct test patients and images.",
         intervals_note(table["n_boot"].max() if len(table) else 0),
+        *repeats_note(table),
     ]
     if has_zero_width(table, [f"{lv}_{m}" for lv in LEVELS for m in SHOWN]):
         footnotes.append(ZERO_WIDTH_NOTE)

@@ -12,6 +12,11 @@ grouping, arch, fold; optional ``notes``, shown under the task table) and the pe
 whose mean and sample sd over folds (ddof=1; none with one fold) the CSVs keep as
 ``{level}_{metric}_mean`` and ``_sd``.
 
+With several trainings per fold (train.repeats), ``load_pooled`` gives a run and architecture's
+repeats as one pooled dict (deepbc.evaluation.repeats): every table shows the mean over the
+repeats, its test-patient interval, and the spread between the repeats (``_repeats_sd``,
+``_repeats_min``, ``_repeats_max``; REPEATS_NOTE); the summary chooses on the mean over repeats.
+
 A patient-protocol run whose groups are single images (no patient mapping) is labelled
 "image-grouped (no patient mapping)", never patient-wise, and is left out of the leakage table
 (both of its protocols can split a patient's images). "Patient level" is the mean-probability
@@ -33,12 +38,21 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from deepbc.data.runs import (
+    MODEL_FOLD,
+    PROTOCOL_LABELS,
+    PROTOCOLS,
+    model_fold,
+    model_label,
+    parse_model_fold,
+    parse_run,
+)
+from deepbc.evaluation import repeats
 from deepbc.evaluation.intervals import percentile
 from deepbc.evaluation.metrics import CONFIDENCE, GROUPING_LABELS, IMAGE_EXTRA, KEPT_DRAWS, PATIENT_EXTRA
 from deepbc.jobs import atomic
 from deepbc.jobs.errors import UserError, delete_and_rerun
 from deepbc.training.model_dir import retrain
-from deepbc.data.runs import PROTOCOL_LABELS, PROTOCOLS, parse_run
 
 LOG = logging.getLogger("deepbc")
 
@@ -104,6 +118,23 @@ INTERVAL_NOTE = (
     "not in it. Under the leaky protocols a patient's images sit in several folds' test sets, "
     "and each fold resamples that patient on its own: the folds are not independent, and the "
     "interval is too narrow there.")
+# Columns of a pooled frame that no CSV keeps: the bootstrap draws and the repeats' own values.
+IN_MEMORY = ("_draws", "_repeats_values")
+REPEATS_NOTE = (
+    "Trainings ({n} per fold): each fold's model was trained that many times on the same split, "
+    "with different seeds (train.repeats: repeat 0 with the config's seed, the others with seeds "
+    "derived from it). Each figure is the mean over these repeats of each repeat's pooled figure; "
+    "\"sd s (min–max)\" after it is the spread between the repeats: the training variance "
+    "(initialisation of the new layers, input order, augmentation draws) on the same test "
+    "patients. [low, high] is the test-patient interval of that mean, the trained models held "
+    "fixed: the patient bootstrap's draws averaged over the repeats (a draw weighs each patient "
+    "alike in every repeat); for a patient-level proportion the Wilson interval of the mean "
+    "proportion with n the patient units shown (the repeats test the same patients, so n is not "
+    "multiplied), which for a mean over repeats errs, if at all, on the wide side; MOVER over "
+    "those for the balanced accuracy. The interval covers which patients were tested, the spread "
+    "how far another training moves the figure: neither covers the other. FP and FN are means "
+    "over the repeats; the CSV's per-fold *_mean and *_sd are over every fold's repeats. The "
+    "figures (ROC, calibration, confusion, training curves, Grad-CAM) show repeat 0.")
 SELECTION_NOTE = (
     "Patient-wise k-fold reuses patients: fold k's validation patients are test patients of other "
     "folds, so the choice of architecture is not fully independent of those patients' labels, "
@@ -159,10 +190,10 @@ def load_metrics(items) -> list[dict]:
         missing = [k for k in ("run", "task", "protocol", "grouping", "arch", "fold") if k not in meta]
         if missing or "image_level" not in m or "patient_level" not in m:
             raise UserError(f"not a metrics JSON of deepbc.evaluation.metrics (meta lacks {missing})", where, recompute(item))
-        key = (meta["task"], meta["protocol"], meta["arch"], meta["fold"])
+        key = (meta["task"], meta["protocol"], meta["arch"], meta["fold"], meta.get("repeat", 0))
         if key in seen:
             raise UserError(f"two metrics files for task {key[0]}, protocol {key[1]}, "
-                            f"arch {key[2]}, fold {key[3]}", f"{seen[key]} and {where}",
+                            f"arch {key[2]}, fold {model_fold(*key[3:])}", f"{seen[key]} and {where}",
                             "pass each fold's metrics once")
         seen[key] = where
         out.append(m)
@@ -173,7 +204,9 @@ def load_metrics(items) -> list[dict]:
 
 def load_pooled(items) -> list[dict]:
     """Pooled metrics dicts (deepbc.evaluation.pooled) from JSON paths or loaded dicts; checks meta,
-    the intervals' presence (a JSON of an older version has none) and duplicates."""
+    the intervals' presence (a JSON of an older version has none) and duplicates. The repeats of a
+    run and architecture (train.repeats) come back as one dict, their mean with the spread between
+    them (deepbc.evaluation.repeats)."""
     out, seen = [], {}
     for item in items:
         where, m = _read_json(item, "pooled_metrics")
@@ -183,15 +216,16 @@ def load_pooled(items) -> list[dict]:
         if missing or "image_level" not in m or "ci_method" not in block or "classes" not in m:
             raise UserError(f"not a pooled metrics JSON of deepbc.evaluation.pooled (meta lacks {missing})",
                             where, recompute(item, "pooled_metrics"))
-        key = (meta["task"], meta["protocol"], meta["arch"])
+        key = (meta["task"], meta["protocol"], meta["arch"], meta.get("repeat", 0))
         if key in seen:
-            raise UserError(f"two pooled metrics files for task {key[0]}, protocol {key[1]}, arch {key[2]}",
-                            f"{seen[key]} and {where}", "pass each run and architecture's pooled metrics once")
+            raise UserError(f"two pooled metrics files for task {key[0]}, protocol {key[1]}, arch {key[2]}"
+                            + (f", repeat {key[3]}" if key[3] else ""), f"{seen[key]} and {where}",
+                            "pass each run and architecture's pooled metrics once")
         seen[key] = where
         out.append({**m, "_where": where})
     if not out:
         raise UserError("no pooled metrics files given", "--pooled", "pass at least one pooled.json")
-    return out
+    return repeats.combine(out)
 
 
 def load_preprint(path=PREPRINT_FILE) -> dict:
@@ -223,7 +257,7 @@ def fold_frame(metrics: list[dict]) -> pd.DataFrame:
     """One row per (task, protocol, arch, fold): ``{level}_{metric}`` columns, None as NaN."""
     rows = []
     for m in metrics:
-        row = dict(m["meta"])
+        row = {"repeat": 0, **m["meta"]}
         row["test"] = test_label(row.pop("test_dataset", None))
         blocks = {"patient": m["patient_level"]["mean_probability"], "image": m["image_level"]}
         for level, block in blocks.items():
@@ -242,15 +276,17 @@ def fold_frame(metrics: list[dict]) -> pd.DataFrame:
 
 
 def _aggregate(folds: pd.DataFrame, keys: list[str], intervals: bool = True) -> pd.DataFrame:
-    """Mean and sd over folds of every ``{level}_{metric}`` column, per group of ``keys``; with
-    ``intervals``, the interval of the mean over folds of the headline and extra figures."""
+    """Mean and sd over folds (and their repeats) of every ``{level}_{metric}`` column, per group
+    of ``keys``; with ``intervals``, the interval of that mean of the headline and extra figures."""
     value_cols = [f"{lv}_{m}" for lv in LEVELS for m in TABLE_METRICS + LEVEL_EXTRA[lv]]
     grouped = folds.groupby(keys, sort=True)
-    out = grouped.size().rename("n_folds").reset_index()
-    # Folds of an external test all test the same images: count them once, not once per fold.
+    out = grouped["fold"].nunique().rename("n_folds").reset_index()
+    # Folds of an external test all test the same images: count them once, not once per fold; a
+    # fold's repeats test its images again.
+    per_fold = folds.drop_duplicates([*keys, "fold"]).groupby(keys, sort=True)
     external = grouped["test"].agg(lambda s: (s != INTERNAL_TEST).any()).to_numpy()
     for n in ("n_patients", "n_images"):
-        out[n] = np.where(external, grouped[n].max().to_numpy(), grouped[n].sum().to_numpy())
+        out[n] = np.where(external, per_fold[n].max().to_numpy(), per_fold[n].sum().to_numpy())
     mean = grouped[value_cols].mean().reset_index(drop=True)
     sd = grouped[value_cols].std(ddof=1).reset_index(drop=True)
     for col in value_cols:
@@ -261,7 +297,8 @@ def _aggregate(folds: pd.DataFrame, keys: list[str], intervals: bool = True) -> 
             bounds = [_interval(list(g[f"{col}_draws"])) for _, g in grouped]
             out[f"{col}_ci_low"] = [b[0] for b in bounds]
             out[f"{col}_ci_high"] = [b[1] for b in bounds]
-    return out
+    # One block per column so far: consolidated, the merges that follow stay cheap (and quiet).
+    return out.copy()
 
 
 def _interval(draws: list) -> tuple[float, float]:
@@ -269,7 +306,9 @@ def _interval(draws: list) -> tuple[float, float]:
 
     Draw b of every fold resamples that fold's patients independently (deepbc.evaluation.metrics draws each
     fold from its own stream), so averaging the folds' draw b gives one draw of the mean over
-    folds. NaN when a fold has no draws (metrics computed without a bootstrap).
+    folds; a fold's training repeats share its stream (the same patients drawn alike), so with
+    repeats it is a draw of the mean over every model. NaN when a fold has no draws (metrics
+    computed without a bootstrap).
     """
     if any(d is None for d in draws) or len({len(d) for d in draws}) != 1:
         return math.nan, math.nan
@@ -287,12 +326,15 @@ def _interval(draws: list) -> tuple[float, float]:
 def pooled_row(block: dict, level: str, metrics=None) -> dict:
     """``{level}_{metric}`` (the pooled value), ``_ci_low``, ``_ci_high``, ``_ci_method``, ``_k``
     and ``_n`` (a proportion's counts, else NaN) and ``_draws`` (kept bootstrap draws or None) of a
-    pooled block's ``metrics`` (default: POOLED_METRICS[level])."""
+    pooled block's ``metrics`` (default: POOLED_METRICS[level]); for a block of several repeats
+    (deepbc.evaluation.repeats) also the spread between them, ``_repeats_sd``, ``_repeats_min``,
+    ``_repeats_max`` and ``_repeats_values``."""
     row = {}
     ci = block.get("ci95") or {}
     methods = block.get("ci_method") or {}
     counts = block.get("counts") or {}
     draws = block.get("bootstrap_values") or {}
+    spread = block.get("spread")
     for metric in POOLED_METRICS[level] if metrics is None else metrics:
         col = f"{level}_{metric}"
         value = block.get(metric)
@@ -304,18 +346,28 @@ def pooled_row(block: dict, level: str, metrics=None) -> dict:
         row[f"{col}_k"], row[f"{col}_n"] = k, n
         values = draws.get(metric)
         row[f"{col}_draws"] = None if values is None else np.array(values, dtype=np.float64)
+        if spread is not None:
+            between = spread.get(metric) or {}
+            for stat in ("sd", "min", "max"):
+                value = between.get(stat)
+                row[f"{col}_repeats_{stat}"] = math.nan if value is None else float(value)
+            row[f"{col}_repeats_values"] = tuple(between.get("values") or ())
     return row
 
 
 def pooled_frame(pooled: list[dict], extra_keys=()) -> pd.DataFrame:
     """One row per pooled JSON: meta (task, protocol, arch, run, grouping, test, and ``extra_keys``),
     n_folds, n_patients and n_images (distinct), n_classes, n_boot, test_patients,
-    test_images_sha256, where (its file) and ``pooled_row`` of both levels."""
+    test_images_sha256, where (its file), repeats (their indices) and ``pooled_row`` of both
+    levels; n_repeats for the mean of several repeats."""
     rows = []
     for m in pooled:
         meta = m["meta"]
         row = {key: meta[key] for key in ("task", "protocol", "arch", "run", "grouping", *extra_keys)}
+        if "repeats" in meta:
+            row["n_repeats"] = len(meta["repeats"])
         row.update({"test": test_label(meta.get("test_dataset")), "folds": tuple(meta["folds"]),
+                    "repeats": tuple(meta.get("repeats") or [meta.get("repeat", 0)]),
                     "n_folds": len(meta["folds"]), "n_patients": m["n_patients"],
                     "n_images": m.get("n_distinct_images", m["n_images"]), "n_classes": len(m["classes"]),
                     "n_boot": (m.get("bootstrap") or {}).get("n_boot", 0),
@@ -331,8 +383,8 @@ def with_pooled(folds: pd.DataFrame, frame: pd.DataFrame, keys: list[str],
                 on=("task", "protocol", "arch")) -> pd.DataFrame:
     """The per-fold aggregation of ``folds`` (mean, sd) per group of ``keys``, beside the pooled
     figures (``frame``, a ``pooled_frame``) of the same runs, matched on ``on``; a run and
-    architecture with per-fold metrics but no pooled JSON, or one pooled over other folds, is
-    refused."""
+    architecture with per-fold metrics but no pooled JSON, or one pooled over other folds or
+    repeats, is refused."""
     on = list(on)
     if frame.empty:
         frame = pd.DataFrame(columns=[*on, "folds", "where"])
@@ -346,12 +398,19 @@ def with_pooled(folds: pd.DataFrame, frame: pd.DataFrame, keys: list[str],
         raise UserError(f"no pooled metrics for {len(lacking)} run(s) and architecture(s) ({shown})",
                         "--pooled", "pass results/metrics/{run}/{arch}/pooled.json of every run and "
                                     "architecture in --metrics")
-    fold_sets = folds.groupby(on)["fold"].agg(lambda s: tuple(sorted(s)))
+    fold_sets = folds.groupby(on)["fold"].agg(lambda s: tuple(sorted(set(s))))
+    repeat_sets = folds.groupby(on)["repeat"].agg(lambda s: tuple(sorted(set(s))))
     for _, r in merged.iterrows():
         expected = fold_sets.loc[tuple(r[c] for c in on)]
         if tuple(r["folds"]) != expected:
             raise UserError(f"pooled over folds {list(r['folds'])}, but the metrics given are of folds "
                             f"{list(expected)}", r["where"], recompute(r["where"], "pooled_metrics"))
+        expected = repeat_sets.loc[tuple(r[c] for c in on)]
+        if tuple(r["repeats"]) != expected:
+            raise UserError(f"pooled metrics of repeats {list(r['repeats'])} for {'/'.join(str(r[c]) for c in on)}, "
+                            f"but the metrics given are of repeats {list(expected)}", "--pooled and --metrics",
+                            "pass the pooled and the per-fold metrics of the same repeats (repeat 0: "
+                            "pooled.json and fold{k}.json; repeat r: pooled_r{r}.json and fold{k}_r{r}.json)")
     return merged.drop(columns=["_merge"])
 
 
@@ -362,7 +421,8 @@ def fold_notes(metrics: list[dict]) -> list[str]:
         meta = m["meta"]
         given = meta.get("notes") or []
         for note in [given] if isinstance(given, str) else given:
-            notes.append(f"{meta['run']} / {meta['arch']} / fold {meta['fold']}: {' '.join(str(note).split())}")
+            where = model_label(model_fold(meta["fold"], meta.get("repeat", 0)))
+            notes.append(f"{meta['run']} / {meta['arch']} / {where}: {' '.join(str(note).split())}")
     return list(dict.fromkeys(notes))
 
 
@@ -394,8 +454,8 @@ def task_table(metrics, pooled, task: str, preprint: dict | None = None) -> pd.D
         raise UserError(f"no metrics of task {task!r} among the files given (tasks: {tasks})",
                         "--metrics", f"pass the metrics JSONs of task {task}")
     table = with_pooled(folds, pooled_frame(pooled), ["arch", "protocol", "run", "grouping", "test"])
-    table = table.drop(columns=[c for c in table.columns if c.endswith("_draws")]
-                       + ["where", "test_patients", "folds"]).rename(columns={"arch": "architecture"})
+    table = table.drop(columns=[c for c in table.columns if c.endswith(IN_MEMORY)]
+                       + ["where", "test_patients", "folds", "repeats"]).rename(columns={"arch": "architecture"})
     figures = _preprint_figures(preprint, task)
     for arch in sorted(set(figures) - set(table["architecture"])):
         table.loc[len(table), ["architecture", "protocol", "run", "n_folds"]] = [
@@ -439,24 +499,59 @@ def _cell(r, level: str, metric: str) -> str:
 
 def pooled_cell(r, level: str, metric: str) -> str:
     """A pooled figure with its interval: "0.800 [0.376, 0.964] (4/5)" for a Wilson proportion,
-    a ZERO_WIDTH mark on a bootstrap interval of zero width, counts as integers."""
+    a ZERO_WIDTH mark on a bootstrap interval of zero width, counts as integers. The mean of
+    several repeats shows n for k/n (k is no count there) and the spread between the repeats:
+    "0.800 [0.376, 0.964] (n=5); sd 0.050 (0.750–0.850)" (REPEATS_NOTE)."""
     col = f"{level}_{metric}"
     value = r.get(col)
     if value is None or pd.isna(value):
         return "–"
+    repeated = _n_repeats(r) > 1
     if metric in COUNT_METRICS:
-        return f"{int(value)}"
+        return f"{value:.1f}{_spread_text(r, col, 1)}" if repeated else f"{int(value)}"
     text = f"{value:.3f}"
     low, high = r.get(f"{col}_ci_low"), r.get(f"{col}_ci_high")
-    if low is None or pd.isna(low):
-        return text
-    text += f" [{low:.3f}, {high:.3f}]"
-    method = r.get(f"{col}_ci_method")
-    if method == "bootstrap" and low == high:
-        text += ZERO_WIDTH
-    if method == "wilson" and not pd.isna(r.get(f"{col}_n")):
-        text += f" ({int(r[f'{col}_k'])}/{int(r[f'{col}_n'])})"
-    return text
+    if low is not None and not pd.isna(low):
+        text += f" [{low:.3f}, {high:.3f}]"
+        method = r.get(f"{col}_ci_method")
+        if method == "bootstrap" and low == high:
+            text += ZERO_WIDTH
+        if method == "wilson" and not pd.isna(r.get(f"{col}_n")):
+            text += f" (n={int(r[f'{col}_n'])})" if repeated else f" ({int(r[f'{col}_k'])}/{int(r[f'{col}_n'])})"
+    return text + (_spread_text(r, col, 3) if repeated else "")
+
+
+def _n_repeats(r) -> int:
+    value = r.get("n_repeats")
+    return 1 if value is None or pd.isna(value) else int(value)
+
+
+def _spread_text(r, col: str, digits: int) -> str:
+    """"; sd s (min–max)": the spread of a figure between repeats (nothing when it is undefined)."""
+    sd, low, high = (r.get(f"{col}_repeats_{s}") for s in ("sd", "min", "max"))
+    if sd is None or pd.isna(sd):
+        return ""
+    return f"; sd {sd:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+
+
+def folds_cell(r) -> str:
+    """The folds of a row, "5", or "5 × 3 trainings" for the mean of several training repeats
+    (not splits.repeats, the repeated holdouts, which are the folds here)."""
+    n = "" if pd.isna(r["n_folds"]) else str(r["n_folds"])
+    return f"{n} × {_n_repeats(r)} trainings" if _n_repeats(r) > 1 else n
+
+
+def spread_columns(table: pd.DataFrame, columns) -> list[str]:
+    """n_repeats and the spread columns of ``columns`` ({level}_{metric}) a table has (none for one repeat)."""
+    spread = [f"{c}_repeats_{s}" for c in columns for s in ("sd", "min", "max")]
+    return [c for c in ["n_repeats", *spread] if c in table.columns]
+
+
+def repeats_note(table: pd.DataFrame) -> list[str]:
+    """REPEATS_NOTE for a table with the mean of several repeats, else nothing."""
+    if "n_repeats" not in table.columns or not (table["n_repeats"] > 1).any():
+        return []
+    return [REPEATS_NOTE.format(n=", ".join(str(int(n)) for n in sorted(set(table["n_repeats"].dropna()))))]
 
 
 def has_zero_width(table: pd.DataFrame, columns) -> bool:
@@ -490,8 +585,8 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
     notes: list[str] = []
     rows = []
     for _, r in table.iterrows():
-        cells = [r["architecture"], r["protocol"], "" if pd.isna(r["test"]) else r["test"]]
-        cells += ["" if pd.isna(r[c]) else str(r[c]) for c in ("n_folds", "n_patients", "n_images")]
+        cells = [r["architecture"], r["protocol"], "" if pd.isna(r["test"]) else r["test"], folds_cell(r)]
+        cells += ["" if pd.isna(r[c]) else str(r[c]) for c in ("n_patients", "n_images")]
         cells += [pooled_cell(r, lv, m) for lv in LEVELS for m in shown]
         cells.append(pooled_cell(r, "image", RECOGNITION))
         marker = ""
@@ -523,6 +618,8 @@ def _display(table: pd.DataFrame, preprint: dict) -> tuple[list[str], list[list[
         general.insert(0, COPIES_NOTE)
     if table["test"].fillna("").str.startswith("external").any():
         general.insert(0, EXTERNAL_NOTE)
+    after = general.index(intervals_note(_n_boot(table))) + 1
+    general[after:after] = repeats_note(table)
     if ranges:
         counts = " and ".join(f"{r['metric'].upper()} {r['min']} to {r['max']}" for r in ranges)
         range_notes = " ".join(dict.fromkeys(" ".join(r["note"].split()) for r in ranges))
@@ -543,7 +640,8 @@ def to_markdown(header: list[str], rows: list[list[str]], footnotes: list[str], 
 
 def _tex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                 ("#", r"\#"), ("±", r"$\pm$"), ("–", "--"), (ZERO_WIDTH, r"$\ddagger$")):
+                 ("#", r"\#"), ("±", r"$\pm$"), ("–", "--"), ("×", r"$\times$"),
+                 (ZERO_WIDTH, r"$\ddagger$")):
         text = text.replace(a, b)
     return text
 
@@ -617,16 +715,17 @@ def _with_split_notes(table: pd.DataFrame, footnotes: list[str]) -> list[str]:
     return list(footnotes) + list(table.attrs.get("split_notes", []))
 
 
-_MODEL_PATH = re.compile(r"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>\d+)/settings\.json$")
+_MODEL_PATH = re.compile(rf"(?P<run>[^/]+)/(?P<arch>[^/]+)/fold(?P<fold>{MODEL_FOLD})/settings\.json$")
 # Validation metrics a choice can rest on, as (column, lower is better).
 VALIDATION_METRICS = {"val_loss": True, "val_accuracy": False}
 VALIDATION_LABELS = {"val_loss": "val. loss", "val_accuracy": "val. acc."}
 
 
 def validation_figures(settings_paths) -> pd.DataFrame:
-    """Validation figures of each kept checkpoint: one row per ``{run}/{arch}/fold{k}/settings.json``.
+    """Validation figures of each kept checkpoint: one row per ``{run}/{arch}/fold{k}/settings.json``
+    (or ``fold{k}_r{r}``, repeat r of fold k).
 
-    Columns run, task, protocol, arch, fold, kept (the model's keep_best_by), kept_step, val_loss
+    Columns run, task, protocol, arch, fold, repeat, kept (the model's keep_best_by), kept_step, val_loss
     and val_accuracy: the training.csv row (beside settings.json) of the kept step; for ``last``,
     the last evaluated row. NaN when no validation ran (an empty validation split).
     """
@@ -635,7 +734,8 @@ def validation_figures(settings_paths) -> pd.DataFrame:
         path = Path(path)
         match = _MODEL_PATH.search(path.as_posix())
         if not match:
-            raise UserError("model settings path does not end in {run}/{arch}/fold{k}/settings.json",
+            raise UserError("model settings path does not end in {run}/{arch}/fold{k}/settings.json "
+                            "(or fold{k}_r{r}/ for a repeat)",
                             str(path), "pass files from results/models/{run}/{arch}/fold{k}/")
         curve_path = path.with_name("training.csv")
         try:
@@ -664,12 +764,13 @@ def validation_figures(settings_paths) -> pd.DataFrame:
             else:
                 row = at_step.iloc[0]
         task, protocol = parse_run(match["run"])
+        fold, repeat = parse_model_fold(match["fold"])
         rows.append({"run": match["run"], "task": task, "protocol": protocol, "arch": match["arch"],
-                     "fold": int(match["fold"]), "kept": kept,
+                     "fold": fold, "repeat": repeat, "kept": kept,
                      "kept_step": int(row["step"]) if row is not None else None,
                      "val_loss": math.nan if row is None else float(row["val_loss"]),
                      "val_accuracy": math.nan if row is None else float(row["val_accuracy"])})
-    return pd.DataFrame(rows, columns=["run", "task", "protocol", "arch", "fold", "kept", "kept_step",
+    return pd.DataFrame(rows, columns=["run", "task", "protocol", "arch", "fold", "repeat", "kept", "kept_step",
                                        "val_loss", "val_accuracy"])
 
 
@@ -686,10 +787,12 @@ def summary_table(metrics, pooled, models, preprint: dict | None = None) -> pd.D
     """One row per task: the architecture chosen on validation data, and its pooled test figures.
 
     ``pooled``: the pooled JSONs of the patient-protocol runs and architectures in ``metrics``;
-    ``models``: the settings.json of every patient-protocol (run, arch, fold) in ``metrics``. The choice
-    uses only validation data (see ``validation_figures``): the models' keep_best_by metric (lower
-    val_loss or higher val_accuracy; val_loss when the models of a task differ or keep the last
-    step), mean over folds; ties go to the other validation metric, then to the architecture name.
+    ``models``: the settings.json of every patient-protocol (run, arch, fold, repeat) in ``metrics``.
+    The choice uses only validation data (see ``validation_figures``): the models' keep_best_by
+    metric (lower val_loss or higher val_accuracy; val_loss when the models of a task differ or keep
+    the last step), mean over folds and their repeats (every fold has as many: the mean over
+    repeats of the mean over folds); ties go to the other validation metric, then to the
+    architecture name.
     The test metrics never enter the choice, so the reported test figures are not inflated by it;
     but fold k's validation patients are test patients of other folds (SELECTION_NOTE).
     The preprint's accuracy for the task is shown for context.
@@ -703,12 +806,12 @@ def summary_table(metrics, pooled, models, preprint: dict | None = None) -> pd.D
     if patient.empty:
         raise UserError("no patient-wise metrics among the files given", "--metrics",
                         "pass the metrics JSONs of the patient-wise runs")
-    keys = ["task", "arch", "fold"]
+    keys = ["task", "arch", "fold", "repeat"]
     val = validation_figures(models)
     val = patient[keys].merge(val[val["protocol"] == "patient"], on=keys, how="left", indicator=True)
     lacking = val[val["_merge"] == "left_only"]
     if len(lacking):
-        shown = ", ".join(f"{r.task}/{r.arch}/fold{r.fold}" for r in lacking.head(5).itertuples())
+        shown = ", ".join(f"{r.task}/{r.arch}/fold{model_fold(r.fold, r.repeat)}" for r in lacking.head(5).itertuples())
         raise UserError(f"no model settings for {len(lacking)} patient-wise metrics file(s) ({shown})",
                         "--models", "pass results/models/{run}/{arch}/fold{k}/settings.json of "
                                     "every run, architecture and fold in --metrics")
@@ -716,6 +819,7 @@ def summary_table(metrics, pooled, models, preprint: dict | None = None) -> pd.D
     choice = grouped[["val_loss", "val_accuracy"]].mean()
     choice_sd = grouped[["val_loss", "val_accuracy"]].std(ddof=1)
     kept = grouped["kept"].agg(set)
+    n_repeats = val["repeat"].nunique()
 
     pooled = [p for p in load_pooled(pooled) if p["meta"]["protocol"] == "patient"]
     agg = with_pooled(patient, pooled_frame(pooled), ["task", "protocol", "arch", "grouping", "test"]).set_index(
@@ -733,7 +837,8 @@ def summary_table(metrics, pooled, models, preprint: dict | None = None) -> pd.D
         n_archs = len(order)
         word = "lowest" if VALIDATION_METRICS[metric] else "highest"
         name = "loss" if metric == "val_loss" else "accuracy"
-        chosen_by = (f"{word} validation {name} of the kept checkpoints (mean over folds)"
+        over = "folds" if n_repeats == 1 else f"folds and their {n_repeats} trainings"
+        chosen_by = (f"{word} validation {name} of the kept checkpoints (mean over {over})"
                      if n_archs > 1 else "the only architecture run")
         row = {"task": task, "split": protocol_label("patient", agg.loc[(task, arch), "grouping"]),
                "test": agg.loc[(task, arch), "test"],
@@ -749,6 +854,7 @@ def summary_table(metrics, pooled, models, preprint: dict | None = None) -> pd.D
             "n_classes", "n_boot"]
     keep += [f"patient_{m}{s}" for m in TABLE_METRICS
              for s in ("", "_ci_low", "_ci_high", "_ci_method", "_k", "_n", "_mean", "_sd")]
+    keep += spread_columns(best, [f"patient_{m}" for m in TABLE_METRICS])
     best = best[keep].astype({"n_folds": "int64", "n_patients": "int64", "n_images": "int64",
                               "n_classes": "int64"})
     acc = {f["task"]: f for f in preprint.get("figures", []) if f["metric"] == "accuracy"}
@@ -768,7 +874,7 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         validation = (f"{VALIDATION_LABELS[r['validation_metric']]} "
                       f"{_fmt(r['validation_mean'], r['validation_sd'], False)}")
         cells = [r["task"], r["split"], r["test"], r["chosen_architecture"], r["chosen_by"], validation,
-                 str(r["n_folds"]), str(r["n_patients"])]
+                 folds_cell(r), str(r["n_patients"])]
         shown = shown_metrics(r["n_classes"])
         cells += [pooled_cell(r, "patient", m) if m in shown else "–" for m in TABLE_METRICS]
         v = r["preprint_accuracy"]
@@ -796,6 +902,12 @@ def write_summary(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         footnotes.insert(1, IMAGE_GROUPED_NOTE)
     if table["test"].str.startswith("external").any():
         footnotes.insert(1, EXTERNAL_NOTE)
+    if repeats_note(table):
+        footnotes[0] += (" With several trainings per fold (train.repeats), the validation figure is "
+                         "the mean (± sd) over every fold's trainings: the choice rests on the mean "
+                         "over the repeats, not on one training.")
+        after = footnotes.index(intervals_note(_n_boot(table))) + 1
+        footnotes[after:after] = repeats_note(table)
     footnotes = _with_split_notes(table, footnotes)
     if out_csv:
         atomic.write_csv(out_csv, table)
@@ -841,6 +953,9 @@ def leakage_table(pooled) -> pd.DataFrame:
     ``compared_with`` (``reference``; both as the tables label them), the difference with its
     paired bootstrap interval (PAIRING_NOTE), the ratio (empty when the reference is 0), the test
     patients and images of each and the patients shared, and whether both tested the same images.
+    With repeats: the means over the repeats, and the spread between the repeats of each repeat's
+    difference (``difference_repeats_{sd,min,max}``, repeat r of one protocol against repeat r of
+    the other, both independent trainings).
     """
     frame = pooled_frame(load_pooled(pooled))
     left_out = sorted(set(frame.loc[frame["grouping"] == "image", "task"]))
@@ -864,6 +979,7 @@ def leakage_table(pooled) -> pd.DataFrame:
                     a, b = ours[col], theirs[col]
                     low, high = _paired_interval(ours[f"{col}_draws"], theirs[f"{col}_draws"])
                     rows.append({
+                        **_difference_spread(ours, theirs, col),
                         "task": task, "architecture": arch, "level": level, "metric": metric,
                         "protocol": PROTOCOL_LABELS[protocol], "compared_with": PROTOCOL_LABELS[reference],
                         "value": a, "reference": b, "difference": a - b,
@@ -878,9 +994,22 @@ def leakage_table(pooled) -> pd.DataFrame:
     if not rows:
         LOG.warning("no task with a patient mapping ran patient-wise and under a leaky protocol: the leakage "
                     "table is empty")
-    table = pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
+    spread = [c for c in ("n_repeats", *(f"difference_repeats_{s}" for s in ("sd", "min", "max")))
+              if any(c in r for r in rows)]
+    table = pd.DataFrame(rows, columns=LEAKAGE_COLUMNS + spread)
     table.attrs["left_out"] = left_out
     return table
+
+
+def _difference_spread(leaky, honest, col: str) -> dict:
+    """n_repeats and the sd, min and max over the repeats of the difference of ``col`` (nothing for
+    one repeat, or when a repeat leaves the figure undefined)."""
+    a, b = (r.get(f"{col}_repeats_values") or () for r in (leaky, honest))
+    if len(a) < 2 or len(a) != len(b) or any(v is None for v in (*a, *b)):
+        return {}
+    d = np.array(a, dtype=np.float64) - np.array(b, dtype=np.float64)
+    return {"n_repeats": len(d), "difference_repeats_sd": float(np.std(d, ddof=1)),
+            "difference_repeats_min": float(d.min()), "difference_repeats_max": float(d.max())}
 
 
 def _paired_interval(leaky, honest) -> tuple[float, float]:
@@ -911,7 +1040,7 @@ def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         if not pd.isna(r["difference_ci_low"]):
             text += f" [{r['difference_ci_low']:+.3f}, {r['difference_ci_high']:+.3f}]"
             text += ZERO_WIDTH if r["difference_ci_low"] == r["difference_ci_high"] else ""
-        return text
+        return text + _spread_text(r, "difference", 3)
 
     rows, different = [], []
     for (task, arch, level, metric), g in table.groupby(["task", "architecture", "level", "metric"], sort=False):
@@ -941,6 +1070,7 @@ def write_leakage(table: pd.DataFrame, out_csv=None, out_md=None) -> None:
         "figure than the image-level split of the originals does. More than two classes: no "
         "sensitivity row (the macro sensitivity is the balanced accuracy).",
         PAIRING_NOTE,
+        *repeats_note(table),
     ]
     if different:
         footnotes.append("Image-level and patient-wise tested different images (some folds only) for: "

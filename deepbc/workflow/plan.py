@@ -7,10 +7,11 @@ layout is here too, once. rules/common.smk builds one ``Plan``; the rules ask it
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 from deepbc.data import datasets as datasets_config
-from deepbc.data.runs import SPLITS, parse_run
+from deepbc.data.runs import SPLITS, model_fold, parse_model_fold, parse_run, repeat_suffix
 from deepbc.workflow import config as wfconfig
 
 # --------------------------------------------------------------------------------------------
@@ -43,6 +44,7 @@ def shard_index(run: str, fold, split: str) -> str:
     return f"results/tfrecords/{run}/fold{fold}/{split}.json"
 
 
+# A model's ``fold`` below is a model fold: the fold, or a fold's repeat (deepbc.data.runs.model_fold).
 def model_dir(run: str, arch: str, fold) -> str:
     return f"results/models/{run}/{arch}/fold{fold}"
 
@@ -55,9 +57,20 @@ def metrics(run: str, arch: str, fold) -> str:
     return f"results/metrics/{run}/{arch}/fold{fold}.json"
 
 
-def pooled_metrics(run: str, arch: str) -> str:
-    """The figures of a run and architecture over all its test folds (deepbc.evaluation.pooled)."""
-    return f"results/metrics/{run}/{arch}/pooled.json"
+def pooled_metrics(run: str, arch: str, repeat: int = 0) -> str:
+    """The figures of a run and architecture's repeat over all its test folds (deepbc.evaluation.pooled)."""
+    return f"results/metrics/{run}/{arch}/pooled{repeat_suffix(repeat)}.json"
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The training seed of a fold's repeat: ``seed`` for repeat 0 (the model trained without
+    repeats, so that adding repeats retrains nothing); for repeat r > 0 the first four bytes of
+    sha256("{seed}/repeat{r}"), little-endian, modulo 2**31: a function of both, far from the
+    seeds next to ``seed`` (which another study might use), within every library's seed range."""
+    if repeat == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"{int(seed)}/repeat{int(repeat)}".encode("ascii")).digest()
+    return int.from_bytes(digest[:4], "little") % 2**31
 
 
 def predict_patient_options(run: str, arch: str, fold, folder: str) -> list[str]:
@@ -120,6 +133,8 @@ class Plan:
         self.config = config
         self.tasks = wfconfig.selected_tasks(config)
         self.runs = {name: self._run(name) for name in wfconfig.runs(config)}
+        # Each fold's trainings (train.repeats): the tables average over them.
+        self.repeats = list(range(config["train"]["repeats"]))
         self.archs = list(config["architectures"])
         # Each dataset entry with the breakhis_dir/tma_dir/tma_patients_csv shortcuts applied.
         self.dataset_specs = datasets_config.resolve(config)
@@ -157,27 +172,34 @@ class Plan:
     def _names(self, runs=None) -> list[str]:
         return [r if isinstance(r, str) else r.name for r in (self.runs.values() if runs is None else runs)]
 
-    def _each(self, pattern, runs=None, archs=None) -> list[str]:
+    # ``repeats``: which of each fold's repeats (default: all); ``pattern`` gets the model fold.
+    def _each(self, pattern, runs=None, archs=None, repeats=None) -> list[str]:
         chosen = [self.runs[name] for name in self._names(runs)]
-        return [pattern(run.name, arch, fold) for run in chosen for arch in (archs or self.archs) for fold in run.folds]
+        return [pattern(run.name, arch, model_fold(fold, repeat)) for run in chosen for arch in (archs or self.archs)
+                for fold in run.folds for repeat in (self.repeats if repeats is None else repeats)]
+
+    def train_seed(self, fold) -> int:
+        """The training seed of a model fold (``repeat_seed``)."""
+        return repeat_seed(self.config["seed"], parse_model_fold(fold)[1])
 
     def metrics_files(self, runs=None) -> list[str]:
         return self._each(metrics, runs)
 
     def pooled_files(self, runs=None) -> list[str]:
-        """The pooled metrics of each (run, architecture)."""
-        return [pooled_metrics(run, arch) for run in self._names(runs) for arch in self.archs]
+        """The pooled metrics of each (run, architecture, repeat)."""
+        return [pooled_metrics(run, arch, repeat) for run in self._names(runs) for arch in self.archs
+                for repeat in self.repeats]
 
     def split_audits(self, runs=None) -> list[str]:
         """The split audit JSON of each run (what its figures' titles say of the split)."""
         return [split_audit(run, "json") for run in self._names(runs)]
 
-    def predictions_files(self, runs=None, archs=None) -> list[str]:
-        return self._each(predictions, runs, archs)
+    def predictions_files(self, runs=None, archs=None, repeats=None) -> list[str]:
+        return self._each(predictions, runs, archs, repeats)
 
-    def model_files(self, name: str, runs=None, archs=None) -> list[str]:
+    def model_files(self, name: str, runs=None, archs=None, repeats=None) -> list[str]:
         """A file of each model (name: settings.json or training.csv)."""
-        return self._each(lambda run, arch, fold: f"{model_dir(run, arch, fold)}/{name}", runs, archs)
+        return self._each(lambda run, arch, fold: f"{model_dir(run, arch, fold)}/{name}", runs, archs, repeats)
 
     def model_fingerprints(self, runs) -> list[str]:
         return [self.model_fingerprint(r.name, arch) for r in runs for arch in self.archs]
@@ -201,7 +223,8 @@ class Plan:
         return self.model_files("settings.json")
 
     def exports(self) -> list[str]:
-        return self._each(lambda run, arch, fold: f"results/export/{run}/{arch}/fold{fold}")
+        """Repeat 0's models (a repeat's export can be asked for by its path)."""
+        return self._each(lambda run, arch, fold: f"results/export/{run}/{arch}/fold{fold}", repeats=[0])
 
     def tables(self) -> list[str]:
         files = [f"results/tables/{task}.{ext}" for task in self.tasks for ext in ("csv", "md", "tex")]
@@ -221,6 +244,8 @@ class Plan:
                  for ext in ("png", "pdf")]
         files += [f"results/figures/{kind}/{run}/{arch}.{ext}" for kind in ("confusion", "training")
                   for run in self.runs for arch in self.archs for ext in ("png", "pdf")]
-        files += self._each(lambda run, arch, fold: f"results/figures/gradcam/{run}/{arch}/fold{fold}.png")
+        # Every model's evaluation draws its Grad-CAM; the figures are repeat 0's.
+        files += self._each(lambda run, arch, fold: f"results/figures/gradcam/{run}/{arch}/fold{fold}.png",
+                            repeats=[0])
         return files
 
