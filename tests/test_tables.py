@@ -490,3 +490,9 @@ def test_every_table_says_which_split_made_it_and_which_validation_sets_lacked_a
         assert "predefined split, 4 patients on two sides" in text, name
         assert "benign_subtypes: split 0 (A, PT)" in text, name
         assert "used the validation loss over the classes present" in text, name
+
+
+def test_latex_keeps_braces_and_backslashes_of_the_notes():
+    """Notes naming paths such as results/metrics/{run}/... lost their braces in the .tex tables."""
+    assert tables._tex_escape(r"results/{run}/fold{k} a\b 50% x_y") == (
+        r"results/\{run\}/fold\{k\} a\textbackslash{}b 50\% x\_y")

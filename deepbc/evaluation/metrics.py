@@ -90,7 +90,6 @@ CALIBRATION_METRICS = ("ece", "brier")
 IMAGE_EXTRA = ("patient_recognition_rate",) + CALIBRATION_METRICS
 PATIENT_EXTRA = CALIBRATION_METRICS
 ECE_BINS = 15
-# The draws each magnification keeps (the magnification table's figures), per block.
 # The temperature is searched in [1/20, 20], on a log scale.
 TEMPERATURE_RANGE = (0.05, 20.0)
 # Predictions of a dataset without magnifications (folder datasets) carry this value.

@@ -639,8 +639,9 @@ def to_markdown(header: list[str], rows: list[list[str]], footnotes: list[str], 
 
 
 def _tex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-                 ("#", r"\#"), ("±", r"$\pm$"), ("–", "--"), ("×", r"$\times$"),
+    # Backslash first (the others add backslashes), braces before the replacements that write them.
+    for a, b in (("\\", "\x00"), ("{", r"\{"), ("}", r"\}"), ("\x00", r"\textbackslash{}"), ("&", r"\&"),
+                 ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("±", r"$\pm$"), ("–", "--"), ("×", r"$\times$"),
                  (ZERO_WIDTH, r"$\ddagger$")):
         text = text.replace(a, b)
     return text
