@@ -188,3 +188,35 @@ def test_stain_tiny():
     result = json.loads(proc.stdout)
     assert set(result["methods"]) == {"none", "macenko", "reinhard"}
     assert positive(*(v["ms_per_image_median"] for v in result["methods"].values()))
+
+
+def test_each_trainer_measurement_trains_afresh(tmp_path, monkeypatch):
+    """A repeat in the same folder must train again: the trainer does not retrain a model already
+    published with the same inputs, so a repeat would read the first measurement's curve."""
+    from deepbc.training import train
+
+    outs = []
+
+    def recording_train(train_json, val_json, out_dir, state_dir, arch, settings, seed, **kwargs):
+        assert not out_dir.exists(), "a measurement found the previous one's model"
+        outs.append(out_dir)
+        out_dir.mkdir(parents=True)
+        (out_dir / "training.csv").write_text("step,images_per_sec\n1,8.0\n2,8.0\n3,8.0\n")
+        return {"precision": "fp32"}
+
+    monkeypatch.setattr(train, "train", recording_train)
+    values = dict(training.SETTINGS, batch_size=4, max_number_of_steps=3, eval_every_steps=3, save_every_steps=3)
+    for _ in range(2):
+        training.trainer_rate(tmp_path, tmp_path, "resnet_small", values, 0, 1, warmup=1)
+    assert len(set(outs)) == 2
+
+
+@pytest.mark.slow
+def test_host_overhead_tiny(tmp_path):
+    r = run_bench("host_overhead.py", "--quick", tmp_path=tmp_path)
+    assert positive(r["trainer_steps_per_s"], r["bare_steps_per_s"], r["trainer_vs_bare"],
+                    r["predict_images_per_s"], r["bare_predict_images_per_s"], r["predict_vs_bare"])
+    assert set(r["ms_per_step"]) == {"trainer", "bare_train"} and set(r["ms_per_image"]) == {"predict", "bare_predict"}
+    assert r["trainer_overhead_ms"] == pytest.approx(r["ms_per_step"]["trainer"] - r["ms_per_step"]["bare_train"],
+                                                     abs=1e-3)
+    assert len(r["trainer_vs_bare_runs"]) == 1

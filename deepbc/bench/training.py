@@ -172,8 +172,11 @@ def trainer_rate(shard_dir: Path, tmp: Path, arch: str, values: dict, seed: int,
     from deepbc.training.settings import build
 
     settings = build(values, arch)
-    out = tmp / "trainer_model"
-    summary = train.train(shard_dir / "train.json", shard_dir / "val.json", out, tmp / "trainer_state", arch,
+    # A folder per measurement: in one already holding this model the trainer would not train again,
+    # and a repeat would read the first measurement's curve.
+    run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="trainer-"))
+    out = run_dir / "model"
+    summary = train.train(shard_dir / "train.json", shard_dir / "val.json", out, run_dir / "state", arch,
                           settings, seed, threads=threads)
     with (out / "training.csv").open() as fh:
         rows = list(csv.DictReader(fh))
