@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def test_killed_run_resumes_at_its_last_saved_step(shard_dir, tmp_path):
            "--train-index", str(shard_dir / "train.json"),
            "--val-index", str(shard_dir / "val.json"),
            "--arch", "resnet_small", "--settings-json", json.dumps(trainkit.settings_values(**steps)), "--out-dir", str(out),
-           "--state-dir", str(state), "--seed", "1", "--threads", "1", "--gpus", "0"]
+           "--state-dir", str(state), "--seed", "1", "--threads", "1", "--memory-mb", "1000", "--gpus", "0"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (state / "checkpoint").exists() and time.monotonic() < deadline:
@@ -164,6 +165,48 @@ def test_kept_weights_newer_than_the_restored_step_are_redone(shard_dir, referen
     assert (state / "best" / f"model.ckpt-{killed[0]}.index").exists()
     train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1, threads=1)
     assert_same_run(reference, out)
+
+
+def test_decoding_each_image_once_trains_the_same_model(shard_dir, reference, tmp_path, monkeypatch, caplog):
+    """The reference run (16 steps of 16 over 64 images: 4 epochs) decodes its training images once;
+    decoding them at every epoch, or keeping half of them on local disk beyond the memory budget,
+    gives the same curve and bit-identical weights: the same images in the same order with the
+    same augmentation keys."""
+    caplog.set_level(logging.INFO, logger="deepbc.training.train")
+    monkeypatch.setattr(train, "DECODED_SHARE", 0.15)  # of 1 MB: about half of the 64 decoded 40x40 images
+    train.train(*trainkit.indexes(shard_dir), tmp_path / "spilled", tmp_path / "s1", "resnet_small", SHORT, seed=1,
+                threads=1, memory_mb=1)
+    in_memory, on_disk = map(float, re.search(r"([\d.]+) MB in memory, ([\d.]+) MB on local disk", caplog.text).groups())
+    assert in_memory > 0 and on_disk > 0
+    assert_same_run(reference, tmp_path / "spilled")
+    monkeypatch.setattr(train, "decode_once", lambda *args: None)
+    train.train(*trainkit.indexes(shard_dir), tmp_path / "every_epoch", tmp_path / "s2", "resnet_small", SHORT,
+                seed=1, threads=1)
+    assert_same_run(reference, tmp_path / "every_epoch")
+
+
+def test_images_are_decoded_once_only_for_runs_that_read_them_again():
+    stages = [{"steps": 4}, {"steps": 4}]
+    assert train.decode_once(stages, 8, 64, None, "/spill") is None  # 64 images read once: nothing to keep
+    assert train.decode_once(stages, 8, 63, None, "/spill") == (None, "/spill")
+    assert train.decode_once(stages, 8, 63, 1000, "/spill") == (int(1000 * 2**20 * train.DECODED_SHARE), "/spill")
+
+
+def test_decoded_images_stay_out_of_checkpoints(shard_dir, tmp_path):
+    from deepbc.shards.reader import read_index
+    from deepbc.training import precision
+
+    train_json, val_json = trainkit.indexes(shard_dir)
+    g = train_graph.build(tf, "resnet_small", SHORT, 1, train_json, val_json, read_index(train_json),
+                          train.stage_plan(SHORT), None, 0, precision.Precision("fp32", ""),
+                          decode_once=(None, str(tmp_path)))
+    with tf.compat.v1.Session(graph=g.graph) as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        in_memory, on_disk = train_graph.start_input(sess, g)
+        assert in_memory >= 64 * 40 * 40 * 3 and on_disk == 0  # every training image, decoded
+        g.state_saver.save(sess, str(tmp_path / "state.ckpt"))
+    names = tf.train.load_checkpoint(str(tmp_path / "state.ckpt")).get_variable_to_shape_map()
+    assert names and all(n.startswith(("resnet_small/", "optimizer_", "global_step")) for n in names), sorted(names)
 
 
 @pytest.mark.slow

@@ -171,17 +171,29 @@ def _bare_train_step_ms(shard_dir: Path, arch: str, values: dict, seed: int, thr
     settings = build(values, arch)
     precision = precision_mod.for_this_machine(settings.precision)
     train_json = shard_dir / "train.json"
-    g = train_graph.build(tf, arch, settings, seed, train_json, shard_dir / "val.json", read_index(train_json),
-                          train.stage_plan(settings), None, first_record=0, precision=precision)
-    config = model_dir.session_config(tf, threads, precision, settings.xla)
-    with train.op_determinism(settings.deterministic), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
-        sess.run(tf.compat.v1.global_variables_initializer())
-        train_op, feed = g.train_ops[0], _stage_feed(g)
-        ends = []
-        for _ in range(settings.max_number_of_steps):
-            sess.run(train_op, feed_dict=feed)
-            ends.append(time.perf_counter())
+    index = read_index(train_json)
+    stages = train.stage_plan(settings)
+    with tempfile.TemporaryDirectory() as spill:
+        # The trainer's input, its images decoded once as the trainer decodes them (no memory bound).
+        decoded = train.decode_once(stages, settings.batch_size, index["count"], None, spill)
+        g = train_graph.build(tf, arch, settings, seed, train_json, shard_dir / "val.json", index, stages, None,
+                              first_record=0, precision=precision, decode_once=decoded)
+        config = model_dir.session_config(tf, threads, precision, settings.xla)
+        with train.op_determinism(settings.deterministic), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            train_graph.start_input(sess, g)
+            ends = _bare_steps(sess, g, settings.max_number_of_steps)
     return 1000 * settings.batch_size / training.steady_rate(ends, settings.batch_size, warmup)
+
+
+def _bare_steps(sess, g, steps: int) -> list[float]:
+    """The end times of ``steps`` runs of the first stage's train op, and nothing else."""
+    train_op, feed = g.train_ops[0], _stage_feed(g)
+    ends = []
+    for _ in range(steps):
+        sess.run(train_op, feed_dict=feed)
+        ends.append(time.perf_counter())
+    return ends
 
 
 def _stage_feed(g) -> dict | None:

@@ -36,6 +36,7 @@ import logging
 import math
 import random
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +55,9 @@ from deepbc.training.settings import TrainSettings, as_dict
 LOG = logging.getLogger("deepbc.training.train")
 
 INPUTS_FILE = "inputs.json"
+# The share of the job's memory (the train rule's mem_mb) the decoded training images may take;
+# the network, its activations and TensorFlow's own buffers need the rest.
+DECODED_SHARE = 0.5
 # Settings that change when states are saved, never what is computed: not part of the fingerprint.
 _SCHEDULE_ONLY = ("save_every_steps",)
 
@@ -222,12 +226,24 @@ class _Stages:
         return improved, stopped
 
 
+def decode_once(stages: list[dict], batch_size: int, train_count: int, memory_mb: int | None, spill_dir):
+    """``graph.build``'s ``decode_once`` for a run: (memory budget in bytes, ``spill_dir``) when the
+    run reads its training images more than once, else None (decoding them all first would cost
+    more than it saves). The decoded images get ``DECODED_SHARE`` of the job's memory (None: no
+    bound); the rest go to ``spill_dir`` (local disk)."""
+    if sum(s["steps"] for s in stages) * batch_size <= train_count:
+        return None
+    return (None if memory_mb is None else int(memory_mb * 2**20 * DECODED_SHARE)), str(spill_dir)
+
+
 def train(train_json, val_json, out_dir, state_dir, arch: str, settings: TrainSettings, seed: int,
-          checkpoint: str | None = None, threads: int = 0, log_every: int = 10) -> dict:
+          checkpoint: str | None = None, threads: int = 0, log_every: int = 10, memory_mb: int | None = None) -> dict:
     """Train ``arch`` on the shards of the ``train_json`` index, validating on those of ``val_json``;
     write the kept model to ``out_dir``.
 
     ``settings``: the TrainSettings (``deepbc.training.settings.build``: every value filled in and checked).
+    ``memory_mb``: the job's memory (the train rule's ``mem_mb``), which bounds the training images
+    kept decoded in memory (:func:`decode_once`); None: no bound.
 
     Returns the summary written to ``out_dir/settings.json``.
     """
@@ -258,15 +274,19 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: TrainSe
     start_step = _saved_step(tf, state_dir)
     history = model_dir.read_history(state_dir / model_dir.CURVE_FILE, start_step)
     _drop_best_after(state_dir, start_step)
+    # Where decoded images beyond the memory budget go: local disk (TMPDIR), removed after the session.
+    spill = tempfile.TemporaryDirectory(prefix="deepbc-decoded-")
+    decoded = decode_once(stages, settings.batch_size, train_index["count"], memory_mb, spill.name)
     g = train_graph.build(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
-                          first_record=start_step * settings.batch_size, precision=precision)
+                          first_record=start_step * settings.batch_size, precision=precision, decode_once=decoded)
     LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
              " starting at step %d%s", arch, train_json, len(train_index["class_names"]), train_index["count"],
              val_index["count"], sum(s["steps"] for s in stages), len(stages), start_step,
              ", deterministic" if settings.deterministic else "")
     config = model_dir.session_config(tf, threads, precision, settings.xla)
-    with op_determinism(settings.deterministic), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
+    with op_determinism(settings.deterministic), spill, tf.compat.v1.Session(graph=g.graph, config=config) as sess:
         _initialise(sess, tf, g, state_dir, start_step)
+        _start_input(sess, g)
         writer = tf.compat.v1.summary.FileWriter(str(out_dir.parent / f"{out_dir.name}.events"),
                                                  g.graph if start_step == 0 else None)
         try:
@@ -403,6 +423,14 @@ def _initialise(sess, tf, g: train_graph.Graph, state_dir: Path, start_step: int
     sess.run(tf.compat.v1.global_variables_initializer())
     if g.restore_init is not None:
         g.restore_init(sess)
+
+
+def _start_input(sess, g: train_graph.Graph) -> None:
+    start = time.monotonic()
+    sizes = train_graph.start_input(sess, g)
+    if sizes is not None:
+        LOG.info("decoded the training images once in %.1f s: %.1f MB in memory, %.1f MB on local disk",
+                 time.monotonic() - start, sizes[0] / 2**20, sizes[1] / 2**20)
 
 
 def _validate(sess, tf, g: train_graph.Graph) -> tuple[float, float]:
