@@ -25,6 +25,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="measure each variant this many times, interleaved")
     parser.add_argument("--variants", default=None, help="comma-separated subset of trainer, bare_train, predict, "
                                                           "bare_predict (default all)")
+    parser.add_argument("--input", choices=["memory", "shards"], default="memory",
+                        help="training batches: the first one repeated from memory (default), or the shards "
+                             "through the whole input pipeline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="where temporary shards go (default: the system's temp folder)")
     parser.add_argument("--quick", action="store_true",
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
                                predict_images=args.predict_images, threads=args.threads, seed=args.seed,
                                repeats=args.repeats, workdir=args.workdir,
                                variants=tuple(args.variants.split(",")) if args.variants else host_overhead.VARIANTS,
-                               one_process=args.quick)
+                               input_from=args.input, one_process=args.quick)
     common.emit("host_overhead", result)
     return 0
 
