@@ -39,6 +39,7 @@ VARIANTS = ("trainer", "bare_train", "predict", "bare_predict")
 # Where the training variants' batches come from: their first batch repeated from memory (the host's
 # own cost), or the shards through the trainer's whole input pipeline.
 INPUTS = ("memory", "shards")
+TRAINING = ("trainer", "bare_train")
 GOALS = {"trainer_overhead_ms": 2.0, "trainer_vs_bare": 0.9, "trainer_steps_per_s": 400}
 # Validation and state saving past the end of the run: the step loop alone is timed.
 NEVER = 10**9
@@ -104,7 +105,7 @@ def run(arch: str = TINY, image_size: int = 32, batch_size: int = 32, steps: int
         for repeat in range(repeats):
             for name in variants:
                 func, *args = jobs[name]
-                runs[name].append(call(_with_tiny, input_from if name.endswith("train") else "shards", func, *args))
+                runs[name].append(call(_with_tiny, input_from if name in TRAINING else "shards", func, *args))
                 LOG.info("%s (%d/%d): %.3f ms", name, repeat + 1, repeats, runs[name][-1])
     median = {k: statistics.median(v) for k, v in runs.items()}
     result = {"arch": arch, "input": input_from, "image_size": image_size, "batch_size": batch_size, "steps": steps, "warmup": warmup,
