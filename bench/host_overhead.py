@@ -23,8 +23,8 @@ def parse_args(argv=None):
     parser.add_argument("--predict-images", type=int, default=2048, help="images predicted (default 2048)")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow threads, as rule train gives (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="measure each variant this many times, interleaved")
-    parser.add_argument("--variants", default=None, help="comma-separated subset of trainer, bare_train, predict, "
-                                                          "bare_predict (default all)")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of trainer, bare_train, loop, "
+                                                          "predict, bare_predict (default all)")
     parser.add_argument("--input", choices=["memory", "shards"], default="memory",
                         help="training batches: the first one repeated from memory (default), or the shards "
                              "through the whole input pipeline")

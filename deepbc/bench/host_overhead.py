@@ -10,6 +10,11 @@ the caller does around it. Variants, each in a fresh process, interleaved over `
   timed); time per step from its training.csv (cumulative images/s at every step);
 - ``bare_train``: the same graph (``deepbc.training.graph.build``), session configuration and op
   determinism, ``sess.run(train_op)`` in a loop: the difference is what the trainer adds per step;
+- ``loop``: the trainer's step loop (``train._run_steps``) and the bare loop alternating in one
+  process on one graph, two blocks of each per repeat: the same comparison without the noise
+  between processes (on a shared 2-core machine it is of the order of the difference); also the
+  main thread's CPU time per step of each (``time.thread_time``), what the Python thread driving
+  the steps spends, which other processes' load hardly moves;
 - ``predict``: ``deepbc.evaluation.inference.predict_shards`` over a split (wall time of the call:
   graph, session, restore, the loop, the predictions table and its parquet);
 - ``bare_predict``: the same graph (``inference.prediction_graph``) built, restored and run in a
@@ -25,7 +30,9 @@ pipeline (images decoded once, augmentation at every step).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -35,11 +42,11 @@ from deepbc.bench import common, training
 
 LOG = logging.getLogger("deepbc.bench.host_overhead")
 TINY = "bench_1x1"
-VARIANTS = ("trainer", "bare_train", "predict", "bare_predict")
+VARIANTS = ("trainer", "bare_train", "loop", "predict", "bare_predict")
 # Where the training variants' batches come from: their first batch repeated from memory (the host's
 # own cost), or the shards through the trainer's whole input pipeline.
 INPUTS = ("memory", "shards")
-TRAINING = ("trainer", "bare_train")
+TRAINING = ("trainer", "bare_train", "loop")
 GOALS = {"trainer_overhead_ms": 2.0, "trainer_vs_bare": 0.9, "trainer_steps_per_s": 400}
 # Validation and state saving past the end of the run: the step loop alone is timed.
 NEVER = 10**9
@@ -99,6 +106,7 @@ def run(arch: str = TINY, image_size: int = 32, batch_size: int = 32, steps: int
         call(_train, shard_dir, tmp, model, arch, dict(settings, max_number_of_steps=2), seed, threads)
         jobs = {"trainer": (_trainer_step_ms, shard_dir, tmp, arch, settings, seed, threads, warmup),
                 "bare_train": (_bare_train_step_ms, shard_dir, arch, settings, seed, threads, warmup),
+                "loop": (_loop_and_bare_step_ms, shard_dir, arch, settings, seed, threads, warmup, 2),
                 "predict": (_predict_ms_per_image, model, shard_dir / "val.json", tmp, threads),
                 "bare_predict": (_bare_predict_ms_per_image, model, shard_dir / "val.json", threads)}
         runs = {name: [] for name in variants}
@@ -106,7 +114,8 @@ def run(arch: str = TINY, image_size: int = 32, batch_size: int = 32, steps: int
             for name in variants:
                 func, *args = jobs[name]
                 runs[name].append(call(_with_tiny, input_from if name in TRAINING else "shards", func, *args))
-                LOG.info("%s (%d/%d): %.3f ms", name, repeat + 1, repeats, runs[name][-1])
+                LOG.info("%s (%d/%d): %s ms", name, repeat + 1, repeats, runs[name][-1])
+    blocks = runs.pop("loop", [])
     median = {k: statistics.median(v) for k, v in runs.items()}
     result = {"arch": arch, "input": input_from, "image_size": image_size, "batch_size": batch_size, "steps": steps, "warmup": warmup,
               "images": images, "predict_images": predict_images, "threads": threads, "repeats": repeats,
@@ -121,6 +130,21 @@ def run(arch: str = TINY, image_size: int = 32, batch_size: int = 32, steps: int
         result["trainer_vs_bare_runs"] = [common.ratio(b, t) for t, b in pairs]
         result["trainer_steps_per_s"] = round(1000 / median["trainer"], 1)
         result["bare_steps_per_s"] = round(1000 / median["bare_train"], 1)
+    if blocks:
+        loop = [x for b in blocks for x in b["loop"]]
+        bare = [x for b in blocks for x in b["bare"]]
+        result["loop_ms_per_step"] = {"loop": round(statistics.median(loop), 4), "bare": round(statistics.median(bare), 4)}
+        result["loop_runs_ms"] = {"loop": [round(x, 4) for x in loop], "bare": [round(x, 4) for x in bare]}
+        result["loop_overhead_ms"] = round(statistics.median([a - b for a, b in zip(loop, bare)]), 4)
+        result["loop_overhead_ms_runs"] = [round(a - b, 4) for a, b in zip(loop, bare)]
+        result["loop_vs_bare"] = common.ratio(statistics.median(bare), statistics.median(loop))
+        result["loop_steps_per_s"] = round(1000 / statistics.median(loop), 1)
+        loop_cpu = [x for b in blocks for x in b["loop_cpu"]]
+        bare_cpu = [x for b in blocks for x in b["bare_cpu"]]
+        result["thread_cpu_ms_per_step"] = {"loop": round(statistics.median(loop_cpu), 4),
+                                            "bare": round(statistics.median(bare_cpu), 4)}
+        result["thread_cpu_runs_ms"] = {"loop": [round(x, 4) for x in loop_cpu], "bare": [round(x, 4) for x in bare_cpu]}
+        result["loop_thread_cpu_overhead_ms"] = round(statistics.median([a - b for a, b in zip(loop_cpu, bare_cpu)]), 4)
     if {"predict", "bare_predict"} <= set(runs):
         pairs = list(zip(runs["predict"], runs["bare_predict"]))
         result["predict_images_per_s"] = round(1000 / median["predict"], 1)
@@ -212,6 +236,66 @@ def _bare_train_step_ms(shard_dir: Path, arch: str, values: dict, seed: int, thr
             train_graph.start_input(sess, g)
             ends = _bare_steps(sess, g, settings.max_number_of_steps)
     return 1000 * settings.batch_size / training.steady_rate(ends, settings.batch_size, warmup)
+
+
+def _loop_and_bare_step_ms(shard_dir: Path, arch: str, values: dict, seed: int, threads: int, warmup: int,
+                           blocks: int) -> dict:
+    """The trainer's step loop (``train._run_steps``) and the bare loop on one graph and session,
+    alternating in ``blocks`` blocks of the run's steps: both see the same machine load, so their
+    difference is the loop's own cost, not the noise between processes. The loop's steps are timed
+    by its own curve (cumulative images/s at each step), which leaves out the validation and the
+    state saving it does after its last step."""
+    import tensorflow as tf
+
+    from deepbc.shards.reader import read_index
+    from deepbc.training import graph as train_graph
+    from deepbc.training import model_dir, train
+    from deepbc.training import precision as precision_mod
+    from deepbc.training.settings import build
+
+    settings = build(values, arch)
+    precision = precision_mod.for_this_machine(settings.precision)
+    train_json = shard_dir / "train.json"
+    index = read_index(train_json)
+    stages = train.stage_plan(settings)
+    batch, steps = settings.batch_size, settings.max_number_of_steps
+    out = {"loop": [], "bare": [], "loop_cpu": [], "bare_cpu": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        decoded = train.decode_once(stages, batch, index["count"], None, tmp)
+        g = train_graph.build(tf, arch, settings, seed, train_json, shard_dir / "val.json", index, stages, None,
+                              first_record=0, precision=precision, decode_once=decoded)
+        config = model_dir.session_config(tf, threads, precision, settings.xla)
+        with train.op_determinism(settings.deterministic), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            train_graph.start_input(sess, g)
+            writer = tf.compat.v1.summary.FileWriter(str(Path(tmp) / "events"))
+            for block in range(blocks):
+                history: list[dict] = []
+                cpu = time.thread_time()
+                with _without_last_step_extras(train):
+                    train._run_steps(sess, tf, g, stages, settings, Path(tmp) / f"state{block}", history, writer, 10)
+                out["loop_cpu"].append(1000 * (time.thread_time() - cpu) / steps)
+                ends = [r["step"] * batch / r["images_per_sec"] for r in history]
+                out["loop"].append(1000 * batch / training.steady_rate(ends, batch, warmup))
+                cpu = time.thread_time()
+                ends = _bare_steps(sess, g, steps)
+                out["bare_cpu"].append(1000 * (time.thread_time() - cpu) / steps)
+                out["bare"].append(1000 * batch / training.steady_rate(ends, batch, warmup))
+            writer.close()
+    return out
+
+
+@contextlib.contextmanager
+def _without_last_step_extras(train):
+    """The loop without the validation and state saving of its last step (validation and saving
+    are pushed past the end otherwise): its main thread's CPU time is then the steps' alone."""
+    validate, save_state = train._validate, train._save_state
+    train._validate = lambda *args: (math.nan, math.nan)
+    train._save_state = lambda *args: None
+    try:
+        yield
+    finally:
+        train._validate, train._save_state = validate, save_state
 
 
 def _bare_steps(sess, g, steps: int) -> list[float]:
