@@ -19,6 +19,7 @@ the rules read them at memory speed alike.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -37,9 +38,12 @@ TASK = {"dataset": "breakhis", "label": "tissue", "classes": ["benign", "maligna
 
 
 def listing(filelist: Path, every: int = 1) -> tuple[list[str], dict[str, str]]:
-    """Paths relative to ``BreaKHis_v1`` (every ``every``-th) and the duplicates' originals."""
+    """Paths relative to ``BreaKHis_v1`` (every ``every``-th) and the duplicates' originals, from the
+    archive's listing (gzipped if its name ends in .gz)."""
     prefix = "BreaKHis_v1/"
-    rels = [line.strip()[len(prefix):] for line in Path(filelist).read_text().splitlines()
+    filelist = Path(filelist)
+    text = gzip.decompress(filelist.read_bytes()).decode() if filelist.suffix == ".gz" else filelist.read_text()
+    rels = [line.strip()[len(prefix):] for line in text.splitlines()
             if line.strip().startswith(prefix)]
     rels = rels[::every]
     present = set(rels)
