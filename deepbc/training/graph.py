@@ -72,6 +72,7 @@ class Graph:
     accuracy: object
     summaries: object
     loss_scales: list  # per stage: its optimizer's current loss scale (float16 only), else None
+    step_values: list  # per stage: float32 [loss, accuracy, learning rate(, loss scale)], one fetch per step
     val_iter: object
     val_fetches: list
     state_saver: object
@@ -162,13 +163,18 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
             lr_tensors.append(lr)
             loss_scales.append(scale)
 
+        # What the curve records of each step, as one fetch: each fetched tensor costs the host time.
+        step_values = [tf.stack([tf.cast(t, tf.float32) for t in (loss, accuracy, lr)
+                                 + ((scale,) if scale is not None else ())])
+                       for lr, scale in zip(lr_tensors, loss_scales)]
         summaries = tf.compat.v1.summary.merge([tf.compat.v1.summary.scalar("loss", loss),
                                                 tf.compat.v1.summary.scalar("accuracy", accuracy)])
         restore_init = None
         if settings.init == "imagenet":
             restore_init = checkpoints.restore_fn(arch, checkpoint, spec.exclude_scopes)[0]
         return Graph(graph=graph, train_ops=train_ops, lr_tensors=lr_tensors, stage_start=stage_start,
-                     loss=loss, accuracy=accuracy, summaries=summaries, loss_scales=loss_scales, val_iter=val_iter,
+                     loss=loss, accuracy=accuracy, summaries=summaries, loss_scales=loss_scales,
+                     step_values=step_values, val_iter=val_iter,
                      val_fetches=val_fetches, state_saver=tf.compat.v1.train.Saver(max_to_keep=2),
                      best_saver=tf.compat.v1.train.Saver(var_list=model_vars, max_to_keep=None),
                      restore_init=restore_init, train_iter=train_iter,

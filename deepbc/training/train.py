@@ -326,20 +326,26 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
     for row in history:
         plan.update(row)
     step = history[-1]["step"] if history else 0
+    # One callable per (stage, with summaries): session.run would rebuild its fetch and feed
+    # handling at every step, which is most of what the host spends on a step of a small network.
+    steps = {}
+
+    def step_fn(stage_idx: int, write_summary: bool):
+        if (stage_idx, write_summary) not in steps:
+            fetches = [g.train_ops[stage_idx], g.step_values[stage_idx]]
+            if write_summary:  # the summary ops run only on the steps whose summaries are written
+                fetches.append(g.summaries)
+            steps[stage_idx, write_summary] = sess.make_callable(fetches, [g.stage_start])
+        return steps[stage_idx, write_summary]
+
     images_seen, t_start = 0, time.monotonic()
     while not plan.finished:
         stage, stage_idx = plan.current, plan.index
-        feed = {g.stage_start: plan.start}
         write_summary = (step + 1) % log_every == 0
-        fetches = {"train": g.train_ops[stage_idx], "loss": g.loss, "accuracy": g.accuracy,
-                   "lr": g.lr_tensors[stage_idx]}
-        if write_summary:  # the summary ops run only on the steps whose summaries are written
-            fetches["summaries"] = g.summaries
         loss_scale = g.loss_scales[stage_idx]
-        if loss_scale is not None:
-            fetches["loss_scale"] = loss_scale  # the scale this step's loss was multiplied by
-        values = sess.run(fetches, feed_dict=feed)
-        loss_v, acc_v, lr_v = values["loss"], values["accuracy"], values["lr"]
+        # loss, accuracy, learning rate (and the scale this step's loss was multiplied by)
+        values = step_fn(stage_idx, write_summary)(plan.start)
+        loss_v, acc_v, lr_v = values[1][:3]
         step += 1
         images_seen += batch_size
         rate = images_seen / max(time.monotonic() - t_start, 1e-9)
@@ -349,7 +355,7 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
                "learning_rate": float(lr_v), "images_per_sec": rate, "val_loss": math.nan,
                "val_accuracy": math.nan}
         if loss_scale is not None:
-            row[model_dir.LOSS_SCALE_FIELD] = float(values["loss_scale"])
+            row[model_dir.LOSS_SCALE_FIELD] = float(values[1][3])
         is_eval = step % settings.eval_every_steps == 0 or plan.is_last_step(step)
         if is_eval:
             row["val_loss"], row["val_accuracy"] = _validate(sess, tf, g)
@@ -359,7 +365,7 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
         if improved and settings.keep_best_by != "last":
             _save_best(sess, g, state_dir, step)
         if write_summary:
-            writer.add_summary(values["summaries"], step)
+            writer.add_summary(values[2], step)
         if step % log_every == 0 or is_eval:
             LOG.info("step %d/%d stage=%s loss=%.4f acc=%.3f lr=%.2e%s %.1f images/s ETA %s%s",
                      step, step + remaining, row["stage"], loss_v, acc_v, lr_v,
