@@ -114,8 +114,9 @@ def write_overlay(path: Path, data: Path, archs: list[str] | None, folds: list[i
 def command(workdir: Path, overlay: Path, cores: int, targets: list[str], *extra: str) -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(end_to_end.SNAKEFILE), "--directory", str(workdir),
-            "--cores", str(cores), *extra, *targets, "--configfile", str(PAPER), str(overlay)]
+    # Targets first: options taking several values (--quiet, --configfile) would take them.
+    return [sys.executable, "-m", "snakemake", *targets, "--snakefile", str(end_to_end.SNAKEFILE),
+            "--directory", str(workdir), "--cores", str(cores), *extra, "--configfile", str(PAPER), str(overlay)]
 
 
 def measure(workdir: Path, overlay: Path, cores: int, targets: list[str]) -> dict:
@@ -123,7 +124,7 @@ def measure(workdir: Path, overlay: Path, cores: int, targets: list[str]) -> dic
     env = end_to_end.job_environment()
     logs = workdir.parent / f"{workdir.name}.logs"
     logs.mkdir(exist_ok=True)
-    dry = common.timed_command(command(workdir, overlay, cores, targets, "-n", "--quiet"), env=env, log_path=logs / "dry.log")
+    dry = common.timed_command(command(workdir, overlay, cores, targets, "-n", "--quiet", "all"), env=env, log_path=logs / "dry.log")
     full = _run_with_own_cpu(command(workdir, overlay, cores, targets), env, logs / "full.log")
     noop = common.timed_command(command(workdir, overlay, cores, targets), env=env, log_path=logs / "noop.log")
     if "Nothing to be done" not in (logs / "noop.log").read_text(errors="replace"):
