@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Images/s of shard read + decode + preprocess + batch (the trainer's input pipeline) against
 decoding the same encoded images from memory with the same parallelism (the limit), against
-what the project's network consumes in training on this CPU, and with HED stain augmentation
-added (its cost). Prints one JSON line.
+what the project's network consumes in training on this CPU, with HED stain augmentation added
+(its cost), and with every image decoded once (the trainer's pipeline for runs that read their
+images more than once); the cores each needs per ~4,000 images/s. Prints one JSON line.
 
     .venv/bin/python bench/input_pipeline.py --images 128 --batches 150 --image-size 224
     .venv/bin/python bench/input_pipeline.py --images 4 --batches 2 --batch-size 2 --image-size 32 \

@@ -28,8 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=None,
                         help="comma-separated subset of trainer, trainer_mixed, trainer_mixed_xla, "
-                             "trainer_nondeterministic, in_memory, in_memory_mixed, keras, keras_mixed_bfloat16 "
-                             "(default all)")
+                             "trainer_nondeterministic, trainer_every_epoch, trainer_mixed_every_epoch, in_memory, "
+                             "in_memory_mixed, keras, keras_mixed_bfloat16 (default all)")
     parser.add_argument("--repeats", type=int, default=1, help="measure each variant this many times, interleaved")
     parser.add_argument("--workdir", help="where temporary shards go (default: the system's temp folder)")
     parser.add_argument("--quick", action="store_true",

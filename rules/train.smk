@@ -54,4 +54,5 @@ rule train:
         'python "$DEEPBC_WORKFLOW_DIR/{params.script}" --train-index {input.train_index:q}'
         " --val-index {input.val_index:q} --arch {wildcards.arch}"
         " --settings-json {params.settings:q} {params.checkpoint} --out-dir {params.out_dir:q}"
-        " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads} --log {log:q}"
+        " --state-dir {params.state_dir:q} --seed {params.seed} --threads {threads}"
+        " --memory-mb {resources.mem_mb} --log {log:q}"

@@ -46,18 +46,19 @@ def positive(*values) -> bool:
 def test_train_throughput_tiny(tmp_path):
     # The variants new with mixed precision (the others are the same functions at fp32). --quick
     # runs them all in one process (one TensorFlow import) with Keras' VGG16, quick to trace.
-    variants = ["trainer_mixed", "trainer_mixed_xla", "in_memory_mixed", "keras_mixed_bfloat16"]
+    variants = ["trainer_mixed", "trainer_mixed_xla", "trainer_mixed_every_epoch", "in_memory_mixed",
+                "keras_mixed_bfloat16"]
     r = run_bench("train_throughput.py", "--quick", "--variants", ",".join(variants), tmp_path=tmp_path)
     rates = r["images_per_s"]
     assert set(rates) == set(variants) and positive(*rates.values())
     pairs = [(a, b) for a, b in training.RATIOS if a in variants and b in variants]
-    assert len(pairs) == 3
+    assert len(pairs) == 5
     for a, b in pairs:
         assert r[f"{a}_vs_{b}"] == pytest.approx(rates[a] / rates[b], rel=0.01)
         assert len(r["ratio_runs"][f"{a}_vs_{b}"]) == 1  # one repeat
     mixed = precision.for_this_machine("mixed").name  # what mixed means on this machine
-    assert r["precision"] == {"trainer_mixed": mixed, "trainer_mixed_xla": mixed, "in_memory_mixed": mixed,
-                              "keras_mixed_bfloat16": "bf16"}
+    assert r["precision"] == {"trainer_mixed": mixed, "trainer_mixed_xla": mixed, "trainer_mixed_every_epoch": mixed,
+                              "in_memory_mixed": mixed, "keras_mixed_bfloat16": "bf16"}
 
 
 @pytest.mark.slow
@@ -65,9 +66,10 @@ def test_input_pipeline_tiny(tmp_path):
     r = run_bench("input_pipeline.py", "--images", 4, "--batches", 2, "--batch-size", 2, "--image-size", 32,
                   "--arch", "resnet_small", "--trainer-steps", 1, "--trainer-batch-size", 2, "--rounds", 1,
                   "--one-process", tmp_path=tmp_path)
-    assert set(r["images_per_s"]) == {"shards", "shards_hed", "memory", "trainer"}
-    assert positive(*r["images_per_s"].values(), r["shards_vs_memory"], r["shards_vs_trainer"], r["hed_vs_without"])
-    assert set(r["images_per_s_range"]) == {"shards", "shards_hed"}
+    assert set(r["images_per_s"]) == {"shards", "shards_hed", "decoded", "memory", "trainer"}
+    assert positive(*r["images_per_s"].values(), r["shards_vs_memory"], r["shards_vs_trainer"], r["hed_vs_without"],
+                    r["decoded_vs_shards"], *r["cores_per_4000"].values())
+    assert set(r["images_per_s_range"]) == {"shards", "shards_hed", "decoded"}
     assert r["shard_encoding"]["format"] == "jpeg"
 
 
@@ -141,12 +143,13 @@ def test_scaling_tiny(tmp_path):
 
 def test_rule_seconds_sums_benchmark_files(tmp_path):
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    for rel, s, rss in [("train/a/fold0.tsv", 2.5, 300), ("train/b/fold0.tsv", 1.5, 500), ("make_demo.tsv", 4, "NA")]:
+    for rel, s, rss, cpu in [("train/a/fold0.tsv", 2.5, 300, 2.25), ("train/b/fold0.tsv", 1.5, 500, 1.5),
+                             ("make_demo.tsv", 4, "NA", 3)]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(header + f"{s}\t0:00:0{int(s)}\t{rss}\t1\t1\t1\t0\t0\t50\t1\n")
+        (tmp_path / rel).write_text(header + f"{s}\t0:00:0{int(s)}\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n")
     assert end_to_end.rule_seconds(tmp_path) == {
-        "train": {"jobs": 2, "seconds": 4.0, "max_rss_mb": 500.0},
-        "make_demo": {"jobs": 1, "seconds": 4.0, "max_rss_mb": 0.0}}
+        "train": {"jobs": 2, "seconds": 4.0, "cpu_seconds": 3.75, "max_rss_mb": 500.0},
+        "make_demo": {"jobs": 1, "seconds": 4.0, "cpu_seconds": 3.0, "max_rss_mb": 0.0}}
 
 
 def test_benchmark_images_come_from_the_demo_painter():
@@ -188,3 +191,70 @@ def test_stain_tiny():
     result = json.loads(proc.stdout)
     assert set(result["methods"]) == {"none", "macenko", "reinhard"}
     assert positive(*(v["ms_per_image_median"] for v in result["methods"].values()))
+
+
+def test_each_trainer_measurement_trains_afresh(tmp_path, monkeypatch):
+    """A repeat in the same folder must train again: the trainer does not retrain a model already
+    published with the same inputs, so a repeat would read the first measurement's curve."""
+    from deepbc.training import train
+
+    outs = []
+
+    def recording_train(train_json, val_json, out_dir, state_dir, arch, settings, seed, **kwargs):
+        assert not out_dir.exists(), "a measurement found the previous one's model"
+        outs.append(out_dir)
+        out_dir.mkdir(parents=True)
+        (out_dir / "training.csv").write_text("step,images_per_sec\n1,8.0\n2,8.0\n3,8.0\n")
+        return {"precision": "fp32"}
+
+    monkeypatch.setattr(train, "train", recording_train)
+    values = dict(training.SETTINGS, batch_size=4, max_number_of_steps=3, eval_every_steps=3, save_every_steps=3)
+    for _ in range(2):
+        training.trainer_rate(tmp_path, tmp_path, "resnet_small", values, 0, 1, warmup=1)
+    assert len(set(outs)) == 2
+
+
+@pytest.mark.slow
+def test_host_overhead_tiny(tmp_path):
+    r = run_bench("host_overhead.py", "--quick", tmp_path=tmp_path)
+    assert positive(r["trainer_steps_per_s"], r["bare_steps_per_s"], r["trainer_vs_bare"],
+                    r["predict_images_per_s"], r["bare_predict_images_per_s"], r["predict_vs_bare"])
+    assert set(r["ms_per_step"]) == {"trainer", "bare_train"} and set(r["ms_per_image"]) == {"predict", "bare_predict"}
+    assert r["trainer_overhead_ms"] == pytest.approx(r["ms_per_step"]["trainer"] - r["ms_per_step"]["bare_train"],
+                                                     abs=1e-3)
+    assert len(r["trainer_vs_bare_runs"]) == 1
+    assert len(r["loop_runs_ms"]["loop"]) == len(r["loop_overhead_ms_runs"]) == 2  # two blocks each, alternating
+    assert positive(r["loop_steps_per_s"], r["loop_vs_bare"], *r["loop_ms_per_step"].values(),
+                    *r["thread_cpu_ms_per_step"].values())
+
+
+@pytest.mark.slow
+def test_parity_tiny(tmp_path):
+    r = run_bench("parity.py", "--quick", tmp_path=tmp_path)
+    assert r["runs"] == ["cancer_types"] and r["seeds"] == [1, 2]
+    assert [(x["seed"], x["requested"]) for x in r["results"]] == [(1, "fp32"), (1, "mixed"), (2, "fp32"), (2, "mixed")]
+    mixed = precision.for_this_machine("mixed").name
+    assert r["summary"]["cancer_types"]["computed_in"] == {"fp32": ["fp32"], "mixed": [mixed]}
+    loss = r["summary"]["cancer_types"]["val_loss_last"]
+    assert loss["mixed_minus_fp32"] == pytest.approx(loss["mixed"]["mean"] - loss["fp32"]["mean"], abs=1e-3)
+    assert len(loss["fp32"]["values"]) == 2 and positive(*loss["fp32"]["values"])
+
+
+@pytest.mark.slow
+def test_paper_rehearsal_tiny(tmp_path):
+    r = run_bench("paper_rehearsal.py", "--quick", tmp_path=tmp_path)
+    assert r["fractions"] == ["1/128", "1/64"] and r["targets"] == ["manifests"]
+    small, large = (r["images"][f] for f in r["fractions"])
+    assert small["breakhis"] < large["breakhis"] and small["tma"] <= large["tma"]
+    for run in r["runs"].values():
+        assert positive(run["seconds"], run["dry_run_seconds"], run["noop_seconds"], run["snakemake_cpu_seconds"])
+        assert set(run["rules"]) == {"check_dataset"} and run["jobs"] == 2  # BreakHis and the TMA folder set
+    assert set(r["growth_exponent"]) == {"check_dataset"}
+
+
+def test_growth_exponent_is_the_log_log_slope():
+    from deepbc.bench import rehearsal
+
+    assert rehearsal.exponent([1, 2, 4, 8], [3, 6, 12, 24]) == 1.0
+    assert rehearsal.exponent([1, 2, 4], [1, 4, 16]) == 2.0
+    assert rehearsal.exponent([1, 2], [0, 5]) is None  # a rule that took no time at one size

@@ -42,7 +42,7 @@ def _script(name, target, tmp_path, timeout="0.2"):
     args = {"train_model.py": ["--train-index", str(tmp_path / "no train.json"),
                                "--val-index", str(tmp_path / "no val.json"), "--arch", "resnet_small",
                                "--settings-json", json.dumps(trainkit.settings_values()), "--out-dir", str(tmp_path / "model"),
-                               "--state-dir", str(target), "--seed", "1", "--threads", "1"],
+                               "--state-dir", str(target), "--seed", "1", "--threads", "1", "--memory-mb", "1000"],
             "evaluate_model.py": ["--model-dir", str(tmp_path / "no model"), "--shard-index",
                                   str(tmp_path / "test.json"), "--out", str(target), "--val-shard-index",
                                   str(tmp_path / "val.json"), "--val-out", str(tmp_path / "val.parquet"),

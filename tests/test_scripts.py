@@ -113,7 +113,8 @@ def test_corrupt_shard_is_named_in_the_job_log(tmp_path):
                            "--train-index", str(shard_dir / "train.json"), "--val-index",
                            str(shard_dir / "val.json"), "--arch", "resnet_small", "--settings-json",
                            json.dumps(settings), "--out-dir", str(tmp_path / "model"), "--state-dir",
-                           str(tmp_path / "state"), "--seed", "1", "--threads", "1", "--gpus", "0", "--log", str(log)],
+                           str(tmp_path / "state"), "--seed", "1", "--threads", "1", "--memory-mb", "1000", "--gpus", "0",
+                           "--log", str(log)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1
     text = log.read_text()

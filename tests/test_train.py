@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def test_killed_run_resumes_at_its_last_saved_step(shard_dir, tmp_path):
            "--train-index", str(shard_dir / "train.json"),
            "--val-index", str(shard_dir / "val.json"),
            "--arch", "resnet_small", "--settings-json", json.dumps(trainkit.settings_values(**steps)), "--out-dir", str(out),
-           "--state-dir", str(state), "--seed", "1", "--threads", "1", "--gpus", "0"]
+           "--state-dir", str(state), "--seed", "1", "--threads", "1", "--memory-mb", "1000", "--gpus", "0"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (state / "checkpoint").exists() and time.monotonic() < deadline:
@@ -164,6 +165,48 @@ def test_kept_weights_newer_than_the_restored_step_are_redone(shard_dir, referen
     assert (state / "best" / f"model.ckpt-{killed[0]}.index").exists()
     train.train(*trainkit.indexes(shard_dir), out, state, "resnet_small", SHORT, seed=1, threads=1)
     assert_same_run(reference, out)
+
+
+def test_decoding_each_image_once_trains_the_same_model(shard_dir, reference, tmp_path, monkeypatch, caplog):
+    """The reference run (16 steps of 16 over 64 images: 4 epochs) decodes its training images once;
+    decoding them at every epoch, or keeping half of them on local disk beyond the memory budget,
+    gives the same curve and bit-identical weights: the same images in the same order with the
+    same augmentation keys."""
+    caplog.set_level(logging.INFO, logger="deepbc.training.train")
+    monkeypatch.setattr(train, "DECODED_SHARE", 0.15)  # of 1 MB: about half of the 64 decoded 40x40 images
+    train.train(*trainkit.indexes(shard_dir), tmp_path / "spilled", tmp_path / "s1", "resnet_small", SHORT, seed=1,
+                threads=1, memory_mb=1)
+    in_memory, on_disk = map(float, re.search(r"([\d.]+) MB in memory, ([\d.]+) MB on local disk", caplog.text).groups())
+    assert in_memory > 0 and on_disk > 0
+    assert_same_run(reference, tmp_path / "spilled")
+    monkeypatch.setattr(train, "decode_once", lambda *args: None)
+    train.train(*trainkit.indexes(shard_dir), tmp_path / "every_epoch", tmp_path / "s2", "resnet_small", SHORT,
+                seed=1, threads=1)
+    assert_same_run(reference, tmp_path / "every_epoch")
+
+
+def test_images_are_decoded_once_only_for_runs_that_read_them_again():
+    stages = [{"steps": 4}, {"steps": 4}]
+    assert train.decode_once(stages, 8, 64, None, "/spill") is None  # 64 images read once: nothing to keep
+    assert train.decode_once(stages, 8, 63, None, "/spill") == (None, "/spill")
+    assert train.decode_once(stages, 8, 63, 1000, "/spill") == (int(1000 * 2**20 * train.DECODED_SHARE), "/spill")
+
+
+def test_decoded_images_stay_out_of_checkpoints(shard_dir, tmp_path):
+    from deepbc.shards.reader import read_index
+    from deepbc.training import precision
+
+    train_json, val_json = trainkit.indexes(shard_dir)
+    g = train_graph.build(tf, "resnet_small", SHORT, 1, train_json, val_json, read_index(train_json),
+                          train.stage_plan(SHORT), None, 0, precision.Precision("fp32", ""),
+                          decode_once=(None, str(tmp_path)))
+    with tf.compat.v1.Session(graph=g.graph) as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        in_memory, on_disk = train_graph.start_input(sess, g)
+        assert in_memory >= 64 * 40 * 40 * 3 and on_disk == 0  # every training image, decoded
+        g.state_saver.save(sess, str(tmp_path / "state.ckpt"))
+    names = tf.train.load_checkpoint(str(tmp_path / "state.ckpt")).get_variable_to_shape_map()
+    assert names and all(n.startswith(("resnet_small/", "optimizer_", "global_step")) for n in names), sorted(names)
 
 
 @pytest.mark.slow
@@ -562,6 +605,64 @@ def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpo
     assert "precision: bf16 (CPU with avx512_bf16: oneDNN's bfloat16 rewrite)" in caplog.text
     dtypes = checkpoint_dtypes(out / "model.ckpt")
     assert dtypes and set(dtypes.values()) == {tf.float32}
+
+
+def test_bfloat16_training_stays_within_the_float32_seed_spread(shard_dir, reference, tmp_path, monkeypatch):
+    """bfloat16 parity at a small size, on the bfloat16 code path (oneDNN's rewrite; emulated where
+    the CPU lacks the flags): the validation losses and test probabilities of ``mixed`` differ from
+    float32's (same seed) by no more than another float32 seed's do (bench/parity.py measures the
+    demo's tasks, BENCHMARKS.md section 9)."""
+    from deepbc.training import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    bf16, other_seed = tmp_path / "bf16", tmp_path / "seed2"
+    summary = train.train(*trainkit.indexes(shard_dir), bf16, tmp_path / "s1", "resnet_small",
+                          dataclasses.replace(SHORT, precision="mixed"), seed=1, threads=1)
+    assert summary["precision"] == "bf16"
+    train.train(*trainkit.indexes(shard_dir), other_seed, tmp_path / "s2", "resnet_small", SHORT, seed=2, threads=1)
+
+    def val_losses(model):
+        return pd.read_csv(model / "training.csv")["val_loss"].dropna().to_numpy()
+
+    def malignant_probability(model):
+        df = inference.predict_shards(model, shard_dir / "test.json", model / "test.parquet", threads=1)
+        return df["prob_malignant"].to_numpy()
+
+    fp32 = val_losses(reference)
+    seed_spread = np.abs(val_losses(other_seed) - fp32).max()
+    assert np.abs(val_losses(bf16) - fp32).max() <= max(seed_spread, 0.05)
+    probability = malignant_probability(reference)
+    seed_spread = np.abs(malignant_probability(other_seed) - probability).mean()
+    assert np.abs(malignant_probability(bf16) - probability).mean() <= max(seed_spread, 0.02)
+
+
+def test_the_bfloat16_rewrite_keeps_the_loss_the_optimizer_and_batch_norm_statistics_in_float32(shard_dir):
+    """What oneDNN's bfloat16 rewrite converts in the training step, as the session runs it: the
+    convolutions and batch norm compute in bfloat16; the cross-entropy, the RMSProp updates of the
+    float32 variables and slots and the moving averages of the batch-norm statistics stay float32."""
+    from deepbc.shards.reader import read_index
+    from deepbc.training import model_dir, precision
+
+    bf16 = precision.Precision("bf16", "")
+    train_json, val_json = trainkit.indexes(shard_dir)
+    g = train_graph.build(tf, "resnet_small", SHORT, 1, train_json, val_json, read_index(train_json),
+                          train.stage_plan(SHORT), None, 0, bf16)
+    metadata = tf.compat.v1.RunMetadata()
+    with train.op_determinism(True), tf.compat.v1.Session(graph=g.graph, config=model_dir.session_config(tf, 1, bf16)) as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        train_graph.start_input(sess, g)
+        sess.run(g.train_ops[0], {g.stage_start: 0}, run_metadata=metadata,
+                 options=tf.compat.v1.RunOptions(output_partition_graphs=True))
+    dtypes, moving_averages = {}, set()
+    for node in (n for graph in metadata.partition_graphs for n in graph.node if "T" in n.attr):
+        dtype = tf.dtypes.as_dtype(node.attr["T"].type).name
+        dtypes.setdefault(node.op, set()).add(dtype)
+        if "AssignMovingAvg" in node.name:  # variable - (variable - batch statistic) * (1 - decay)
+            moving_averages.add(dtype)
+    assert any("Conv2D" in op and dtypes[op] == {"bfloat16"} for op in dtypes)  # the rewrite ran
+    assert dtypes["SparseSoftmaxCrossEntropyWithLogits"] == {"float32"}
+    assert dtypes["ResourceApplyRMSProp"] == {"float32"}
+    assert moving_averages == {"float32"}
 
 
 def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_stays_float32(

@@ -26,6 +26,9 @@ def arguments(p):
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--threads", type=cli.job_cpus, required=True,
                    help="threads (0: every CPU given; capped at the job's CPUs and SLURM's allocation)")
+    p.add_argument("--memory-mb", type=int, required=True,
+                   help="the job's memory (the rule's mem_mb): half of it may hold the training images decoded "
+                        "once, the rest go to local disk (TMPDIR)")
     gpu.add_arguments(p)
     locks.add_arguments(p)
 
@@ -47,7 +50,8 @@ def run(args):
 
         with shard_reader.naming_corrupt_shards([args.train_index, args.val_index]):
             train.train(args.train_index, args.val_index, args.out_dir, args.state_dir, args.arch,
-                        trained_with, seed=args.seed, checkpoint=checkpoint, threads=args.threads)
+                        trained_with, seed=args.seed, checkpoint=checkpoint, threads=args.threads,
+                        memory_mb=args.memory_mb)
 
 
 main = cli.script(__doc__, arguments, run)

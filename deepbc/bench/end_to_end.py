@@ -69,8 +69,8 @@ def run_once(workdir: Path, cores: int = 2, config: list[str] | None = None,
 
 
 def rule_seconds(benchmarks: Path) -> dict:
-    """Per rule: jobs, summed wall seconds and the largest max RSS, from the rules' benchmark TSVs."""
-    by_rule: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "max_rss_mb": 0.0})
+    """Per rule: jobs, summed wall and CPU seconds and the largest max RSS, from the rules' benchmark TSVs."""
+    by_rule: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "cpu_seconds": 0.0, "max_rss_mb": 0.0})
     for tsv in sorted(benchmarks.rglob("*.tsv")):
         rule = tsv.relative_to(benchmarks).parts[0].removesuffix(".tsv")
         with tsv.open() as fh:
@@ -78,6 +78,8 @@ def rule_seconds(benchmarks: Path) -> dict:
         entry = by_rule[rule]
         entry["jobs"] += 1
         entry["seconds"] = round(entry["seconds"] + float(row["s"]), 2)
+        if row.get("cpu_time", "NA") not in ("NA", "-", ""):
+            entry["cpu_seconds"] = round(entry["cpu_seconds"] + float(row["cpu_time"]), 2)
         rss = row.get("max_rss", "NA")
         if rss not in ("NA", "-", ""):
             entry["max_rss_mb"] = max(entry["max_rss_mb"], round(float(rss), 1))

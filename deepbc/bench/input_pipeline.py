@@ -9,7 +9,14 @@ the trainer consumes.
   bound from the training benchmark), at the same image and batch size;
 - ``shards_hed``: ``shards`` with HED stain augmentation added (``HED``, Tellez' "HED-light"),
   timed in ``rounds`` alternating with ``shards`` so that both see the same machine load; the
-  result gives each one's median and range over the rounds, and the cost of HED per image.
+  result gives each one's median and range over the rounds, and the cost of HED per image;
+- ``decoded``: the trainer's pipeline when a run reads its images more than once: every image
+  decoded once (``shard_reader.DecodedImages``, in memory; the fill is not timed), then the same
+  augmentation at every epoch; timed in the same rounds.
+
+``cores_per_4000`` is how many cores of this machine each pipeline needs to deliver ~4,000 images/s,
+what one H100 trains ResNet-50 at in mixed precision (BENCHMARKS.md 1b): 4,000 / (images/s per
+thread, the rate divided by ``parallel``).
 
 Each measurement runs in a fresh process; ``one_process`` (the smoke test's) runs the data
 preparation and all of them in one new interpreter: a check that they run, not a measurement.
@@ -55,6 +62,8 @@ def run(images: int = 128, batches: int = 150, batch_size: int = 32, image_size:
               # Per image, from the medians: 1/rate(with) - 1/rate(without).
               "hed_ms_per_image": round(1000 * (1 / rates["shards_hed"] - 1 / rates["shards"]), 3),
               "hed_vs_without": common.ratio(rates["shards_hed"], rates["shards"]),
+              "decoded_vs_shards": common.ratio(rates["decoded"], rates["shards"]),
+              "cores_per_4000": {k: round(4000 / (rates[k] / parallel), 1) for k in ("shards", "decoded", "memory")},
               "shards_vs_memory": common.ratio(rates["shards"], rates["memory"]),
               "goals": {"shards_vs_memory": 0.9, "shards_vs_trainer": 10}}
     if "trainer" in rates:
@@ -96,11 +105,21 @@ def _pipeline_rates(index_json: Path, arch: str, batch_size: int, image_size: in
                                               augment={"hed": HED})
     with_hed = shard_reader.make_dataset(index_json, batch_size=batch_size, is_training=True, preprocess_fn=hed_pre,
                                    image_size=image_size, seed=seed, num_parallel_calls=parallel, repeat=True)
+    with tempfile.TemporaryDirectory() as spill:
+        decoded = shard_reader.DecodedImages(index_json, pre, image_size, None, spill, num_parallel_calls=parallel)
+        from_decoded = shard_reader.make_dataset(index_json, batch_size=batch_size, is_training=True,
+                                                 preprocess_fn=pre, image_size=image_size, seed=seed,
+                                                 num_parallel_calls=parallel, repeat=True, decoded=decoded)
+        return _rates(from_memory, from_shards, with_hed, from_decoded, options, batches, batch_size, rounds)
+
+
+def _rates(from_memory, from_shards, with_hed, from_decoded, options, batches: int, batch_size: int,
+           rounds: int) -> dict:
     rates = {"memory": _images_per_s(from_memory.with_options(options), batches, batch_size)}
     LOG.info("memory: %.1f images/s", rates["memory"])
-    rounds_of = {"shards": [], "shards_hed": []}
+    rounds_of = {"shards": [], "shards_hed": [], "decoded": []}
     for _ in range(rounds):
-        for name, dataset in (("shards", from_shards), ("shards_hed", with_hed)):
+        for name, dataset in (("shards", from_shards), ("shards_hed", with_hed), ("decoded", from_decoded)):
             rounds_of[name].append(_images_per_s(dataset.with_options(options), batches, batch_size))
             LOG.info("%s: %.1f images/s", name, rounds_of[name][-1])
     for name, values in rounds_of.items():

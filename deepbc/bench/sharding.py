@@ -19,6 +19,7 @@ the rules read them at memory speed alike.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -37,9 +38,12 @@ TASK = {"dataset": "breakhis", "label": "tissue", "classes": ["benign", "maligna
 
 
 def listing(filelist: Path, every: int = 1) -> tuple[list[str], dict[str, str]]:
-    """Paths relative to ``BreaKHis_v1`` (every ``every``-th) and the duplicates' originals."""
+    """Paths relative to ``BreaKHis_v1`` (every ``every``-th) and the duplicates' originals, from the
+    archive's listing (gzipped if its name ends in .gz)."""
     prefix = "BreaKHis_v1/"
-    rels = [line.strip()[len(prefix):] for line in Path(filelist).read_text().splitlines()
+    filelist = Path(filelist)
+    text = gzip.decompress(filelist.read_bytes()).decode() if filelist.suffix == ".gz" else filelist.read_text()
+    rels = [line.strip()[len(prefix):] for line in text.splitlines()
             if line.strip().startswith(prefix)]
     rels = rels[::every]
     present = set(rels)
@@ -114,7 +118,8 @@ def measure_steps(tmp: Path, root: Path, count: int, source_bytes: int, workers:
             "make_splits.py", "--manifest", manifest, "--task", "benign_vs_malignant", "--task-json", json.dumps(TASK),
             "--protocol", "patient", "--splits-json",
             json.dumps({"k": PAPER_K, "val_fraction": 0.2, "exclude_label_conflicts": True}), "--seed", seed,
-            "--out", splits),
+            "--out", splits, *[a for part in ("json", "csv", "md")
+                               for a in (f"--audit-{part}", tmp / f"splits.audit.{part}")]),
     }
     for fmt in ("jpeg", "png"):
         # The dataset's store (every image encoded once), then fold 0's indexes over it.

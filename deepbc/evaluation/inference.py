@@ -18,15 +18,9 @@ from deepbc.training import model_dir as model_folder
 LOG = logging.getLogger("deepbc.evaluation.inference")
 
 
-def run_predictions(model_dir, build_inputs, total: int, batch_size: int, threads: int = 0, more_outputs=None):
-    """Run the network over the batches of ``build_inputs(preprocess_fn, image_size)``.
-
-    ``build_inputs`` returns a dataset of (images, metadata dict); yields (probabilities, metadata).
-    ``more_outputs(images, logits, end_points) -> dict of tensors``: run with each batch too, and
-    added to its metadata (deepbc.evaluation.gradcam's maps). The session is built as training builds it
-    (threads), but computes in float32 whatever the model was trained in (``precision.INFERENCE``), as
-    the SavedModel export does.
-    """
+def prediction_graph(model_dir, build_inputs, batch_size: int, threads: int = 0, more_outputs=None):
+    """The graph ``run_predictions`` runs: (graph, probabilities, metadata, saver, session config).
+    Arguments as for ``run_predictions``; bench/host_overhead.py loops over it bare."""
     import tensorflow as tf
 
     from deepbc.training import nets, precision, preprocessing
@@ -44,17 +38,32 @@ def run_predictions(model_dir, build_inputs, total: int, batch_size: int, thread
         if more_outputs:
             meta = {**meta, **more_outputs(images, logits, end_points)}
         saver = tf.compat.v1.train.Saver(var_list=model_folder.model_variables(tf, spec))
-        config = model_folder.session_config(tf, threads, precision.INFERENCE)
-        progress = Progress(total, "predicting", "images")
-        with tf.compat.v1.Session(graph=graph, config=config) as sess:
-            saver.restore(sess, model_folder.checkpoint_prefix(model_dir))
-            while True:
-                try:
-                    p, m = sess.run([probs, meta])
-                except tf.errors.OutOfRangeError:
-                    break
-                progress.update(len(p))
-                yield p, m
+    config = model_folder.session_config(tf, threads, precision.INFERENCE)
+    return graph, probs, meta, saver, config
+
+
+def run_predictions(model_dir, build_inputs, total: int, batch_size: int, threads: int = 0, more_outputs=None):
+    """Run the network over the batches of ``build_inputs(preprocess_fn, image_size, batch_size)``.
+
+    ``build_inputs`` returns a dataset of (images, metadata dict); yields (probabilities, metadata).
+    ``more_outputs(images, logits, end_points) -> dict of tensors``: run with each batch too, and
+    added to its metadata (deepbc.evaluation.gradcam's maps). The session is built as training builds it
+    (threads), but computes in float32 whatever the model was trained in (``precision.INFERENCE``), as
+    the SavedModel export does.
+    """
+    import tensorflow as tf
+
+    graph, probs, meta, saver, config = prediction_graph(model_dir, build_inputs, batch_size, threads, more_outputs)
+    progress = Progress(total, "predicting", "images")
+    with tf.compat.v1.Session(graph=graph, config=config) as sess:
+        saver.restore(sess, model_folder.checkpoint_prefix(model_dir))
+        while True:
+            try:
+                p, m = sess.run([probs, meta])
+            except tf.errors.OutOfRangeError:
+                break
+            progress.update(len(p))
+            yield p, m
 
 
 def frame(chunks, class_names) -> pd.DataFrame:
@@ -70,12 +79,24 @@ def frame(chunks, class_names) -> pd.DataFrame:
     return df
 
 
+def shard_inputs(shard_index):
+    """``build_inputs`` of ``run_predictions`` over a split's shards: every member once, with its
+    metadata and label index."""
+    from deepbc.shards import reader as shard_reader
+
+    def inputs(preprocess, image_size, batch):
+        ds = shard_reader.make_dataset(shard_index, batch_size=batch, is_training=False, preprocess_fn=preprocess,
+                                       image_size=image_size, repeat=False, with_metadata=True)
+        return ds.map(lambda images, labels, meta: (images, {**meta, "label_index": labels}))
+
+    return inputs
+
+
 def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threads: int = 0) -> pd.DataFrame:
     """Predict every image of a split (test, or validation for temperature scaling) and write the
     predictions parquet; its ``precision`` column says what the probabilities were computed in. An
     index of image copies (the augment-then-split protocol) gives a row per copy, with its ``copy``
     id after ``path`` (deepbc.data.runs.COPIES)."""
-    from deepbc.shards import reader as shard_reader
     from deepbc.training import precision
 
     index = json.loads(Path(shard_index).read_text())
@@ -84,12 +105,7 @@ def predict_shards(model_dir, shard_index, out_path, batch_size: int = 64, threa
         raise UserError(f"the model's classes {class_names} differ from the shards' {index['class_names']}",
                         str(shard_index), "evaluate a model on shards of the task it was trained on")
 
-    def inputs(preprocess, image_size, batch):
-        ds = shard_reader.make_dataset(shard_index, batch_size=batch, is_training=False, preprocess_fn=preprocess,
-                                 image_size=image_size, repeat=False, with_metadata=True)
-        return ds.map(lambda images, labels, meta: (images, {**meta, "label_index": labels}))
-
-    chunks = list(run_predictions(model_dir, inputs, index["count"], batch_size, threads))
+    chunks = list(run_predictions(model_dir, shard_inputs(shard_index), index["count"], batch_size, threads))
     df = frame(chunks, class_names).rename(columns={"filename": "path"})
     key = ["path", COPY] if COPY in df.columns else ["path"]
     columns = [*key, "patient", "magnification", "label", "label_index",

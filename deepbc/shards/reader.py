@@ -176,6 +176,19 @@ class _Members:
         # Only the record number is looked at: non-members are skipped before being parsed.
         return records.filter(lambda number, record: tf.gather(self.labels, number) >= 0)
 
+    def numbers(self, files, num_parallel_calls, deterministic: bool):
+        """The record numbers ``records`` would give for ``files``, in the same order, as 1-tuples,
+        without reading the shards: interleaving and filtering depend on the record counts only."""
+        import tensorflow as tf
+
+        def numbered(path, base, size):
+            return tf.data.Dataset.range(size).map(lambda i: base + i)
+
+        calls = num_parallel_calls if num_parallel_calls == tf.data.AUTOTUNE else min(num_parallel_calls, self.cycle)
+        numbers = files.interleave(numbered, cycle_length=self.cycle, num_parallel_calls=calls,
+                                   deterministic=deterministic)
+        return numbers.filter(lambda number: tf.gather(self.labels, number) >= 0).map(lambda number: (number,))
+
     def in_order(self, num_parallel_calls, deterministic: bool):
         import tensorflow as tf
 
@@ -207,10 +220,90 @@ def member_records(index_json_path):
         lambda number, record: (record, members.label(number, parse_example(record))))
 
 
+def _min_side(preprocess_fn, image_size: int) -> int | None:
+    """A preprocessing that says how large a source it needs lets JPEGs decode at a reduced scale."""
+    needs = getattr(preprocess_fn, "min_source_side", None)
+    return needs(image_size, image_size) if needs else None
+
+
+class DecodedImages:
+    """Every member of a training split decoded once per job, as ``make_dataset`` would decode it
+    (at the reduced JPEG scale its preprocessing allows), kept by record number: in memory up to
+    ``budget_bytes`` (None: no limit), the rest as files in ``spill_dir`` (local disk). Everything
+    random (crops, flips, rotations, colour) happens after it, in ``make_dataset``, so every epoch
+    still draws new augmentations, from the same keys as without it.
+
+    Run ``fill`` (a [bytes in memory, bytes on disk] tensor) once in the session before the
+    training iterator's initializer: it reads and decodes every member in index order, checking
+    each record against the index. The store is no variable: checkpoints do not hold it.
+    """
+
+    def __init__(self, index_json_path, preprocess_fn, image_size: int, budget_bytes: int | None, spill_dir,
+                 num_parallel_calls=None, deterministic: bool = True):
+        import tensorflow as tf
+
+        self.index_json_path = index_json_path
+        index = read_index(index_json_path)
+        members = _Members(index, index_json_path)
+        calls = tf.data.AUTOTUNE if num_parallel_calls is None else num_parallel_calls
+        image_format = index["encoding"]["format"]
+        min_side = _min_side(preprocess_fn, image_size)
+        self.spill_dir = str(spill_dir)
+        saveables = tf.compat.v1.get_collection_ref(tf.compat.v1.GraphKeys.SAVEABLE_OBJECTS)
+        saved = list(saveables)
+        self.table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.string, default_value="")
+        saveables[:] = saved  # a table registers itself for checkpoints: the decoded images stay out of them
+        budget = tf.constant(-1 if budget_bytes is None else int(budget_bytes), tf.int64)
+
+        def decoded(number, record):
+            features = parse_example(record)
+            checked = members.label(number, features)  # the record is the member the index lists
+            with tf.control_dependencies([checked]):
+                data = tf.io.serialize_tensor(decode(features, image_format, min_side))
+            return number, data, tf.cast(tf.strings.length(data), tf.int64)
+
+        def running_total(total, element):
+            number, data, size = element
+            total += size
+            return total, (number, data, size, (budget < 0) | (total <= budget))
+
+        def keep(number, data, size, in_memory):
+            def to_memory():
+                with tf.control_dependencies([self.table.insert(number[None], data[None])]):
+                    return tf.stack([size, tf.constant(0, tf.int64)])
+
+            def to_disk():
+                with tf.control_dependencies([tf.io.write_file(self._spilled(number), data)]):
+                    return tf.stack([tf.constant(0, tf.int64), size])
+
+            return tf.cond(in_memory, to_memory, to_disk)
+
+        # In index order, so the same images stay in memory whatever the parallelism.
+        stream = members.in_order(calls, True).map(decoded, num_parallel_calls=calls, deterministic=True)
+        stream = stream.scan(tf.constant(0, tf.int64), running_total)
+        stream = stream.map(keep, num_parallel_calls=calls, deterministic=deterministic)
+        self.fill = stream.reduce(tf.zeros([2], tf.int64), lambda total, sizes: total + sizes)
+
+    def _spilled(self, number):
+        import tensorflow as tf
+
+        return tf.strings.join([self.spill_dir, "/", tf.strings.as_string(number), ".tensor"])
+
+    def image(self, number):
+        """The decoded uint8 image of record ``number`` (after ``fill`` has run)."""
+        import tensorflow as tf
+
+        data = self.table.lookup(number)
+        data = tf.cond(tf.strings.length(data) > 0, lambda: data, lambda: tf.io.read_file(self._spilled(number)))
+        image = tf.io.parse_tensor(data, tf.uint8)
+        image.set_shape([None, None, 3])
+        return image
+
+
 def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess_fn=None, image_size: int = 224,
                  shuffle_buffer: int = 1024, seed: int = 0, num_parallel_calls=None,
                  repeat: bool = False, with_metadata: bool = False, first_record: int = 0,
-                 deterministic: bool = True):
+                 deterministic: bool = True, decoded: DecodedImages | None = None):
     """A tf.data pipeline over the shards of one index JSON.
 
     Yields ``(images, labels)`` batches (float images from ``preprocess_fn(image_uint8, image_size,
@@ -228,6 +321,9 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
     with its label from the index; the stream counts members only.
     Evaluation: the listed shards in index order (interleaved), every member once per pass.
     ``deterministic=False`` lets parallel stages deliver out of order (faster, not reproducible).
+    ``decoded`` (training only; a :class:`DecodedImages` of this index): images come from it, not
+    from the shards, which are then not read at all; the stream (order, augmentation keys) is the
+    same, and so are the batches. A dataset using it needs an initializable iterator.
     Works eagerly and in tf.compat.v1 graph mode (one-shot or initializable iterators).
     """
     import inspect
@@ -243,11 +339,11 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
     preprocess = preprocess_fn or default_preprocess
     takes_seed = "seed" in inspect.signature(preprocess).parameters
     image_format = index["encoding"]["format"]
-    # A preprocessing that says how large a source it needs lets JPEGs decode at a reduced scale.
-    needs = getattr(preprocess, "min_source_side", None)
-    min_side = needs(image_size, image_size) if needs else None
+    min_side = _min_side(preprocess, image_size)
     members = _Members(index, index_json_path)
     paths = index["paths"]
+    if decoded is not None and (not is_training or with_metadata or decoded.index_json_path != index_json_path):
+        raise ValueError("decoded images serve the training stream of their own index, without metadata")
 
     if is_training:
         def epoch_records(epoch):
@@ -255,10 +351,11 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
             files = tf.data.Dataset.from_tensor_slices((tf.gather(members.paths, order),
                                                         tf.gather(members.offsets, order),
                                                         tf.gather(members.sizes, order)))
-            # Shuffle serialized records, not decoded images: a tenth of the memory per buffered element.
+            # Shuffle serialized records (or record numbers), not decoded images: a tenth of the memory
+            # per buffered element.
             shuffle_seed = tf.random.stateless_uniform([], stream_key(seed, "shuffle", epoch), minval=None,
                                                        maxval=None, dtype=tf.int64)
-            records = members.records(files, calls, deterministic)
+            records = (members.numbers if decoded else members.records)(files, calls, deterministic)
             records = records.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
             return records.enumerate().map(
                 lambda i, element: (stream_key(seed, "augment", epoch * count + i), *element))
@@ -272,13 +369,14 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
         if repeat:
             records = records.repeat()
 
+    def preprocessed(image, element_seed):
+        if takes_seed:
+            return preprocess(image, image_size, image_size, seed=element_seed)
+        return preprocess(image, image_size, image_size)
+
     def load(element_seed, number, serialized):
         features = parse_example(serialized)
-        image = members.image(number, decode(features, image_format, min_side))
-        if takes_seed:
-            image = preprocess(image, image_size, image_size, seed=element_seed)
-        else:
-            image = preprocess(image, image_size, image_size)
+        image = preprocessed(members.image(number, decode(features, image_format, min_side)), element_seed)
         label = members.label(number, features)
         if with_metadata:
             copy = {} if members.copies is None else {"copy": tf.gather(members.copies, number)}
@@ -286,7 +384,10 @@ def make_dataset(index_json_path, batch_size: int, is_training: bool, preprocess
                                   "magnification": features["image/magnification"], **copy}
         return image, label
 
-    dataset = records.map(load, num_parallel_calls=calls, deterministic=deterministic)
+    def load_decoded(element_seed, number):
+        return preprocessed(members.image(number, decoded.image(number)), element_seed), tf.gather(members.labels, number)
+
+    dataset = records.map(load_decoded if decoded else load, num_parallel_calls=calls, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=is_training)
     return dataset.prefetch(autotune)
 

@@ -72,16 +72,29 @@ class Graph:
     accuracy: object
     summaries: object
     loss_scales: list  # per stage: its optimizer's current loss scale (float16 only), else None
+    step_values: list  # per stage: float32 [loss, accuracy, learning rate(, loss scale)], one fetch per step
     val_iter: object
     val_fetches: list
     state_saver: object
     best_saver: object
     restore_init: object
+    train_iter: object  # initializable: run its initializer after ``fill``
+    fill: object  # decodes the training images once (shard_reader.DecodedImages.fill), or None
+
+
+def start_input(sess, g: Graph):
+    """Fill the decoded images (if the run keeps them) and start the training stream; returns the
+    fill's [bytes in memory, bytes on disk], or None."""
+    sizes = sess.run(g.fill) if g.fill is not None else None
+    sess.run(g.train_iter.initializer)
+    return sizes
 
 
 def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint, first_record,
-          precision: precision_mod.Precision) -> Graph:
-    """The graph of a run whose input stream starts at record ``first_record`` (a resumed run's)."""
+          precision: precision_mod.Precision, decode_once: tuple | None = None) -> Graph:
+    """The graph of a run whose input stream starts at record ``first_record`` (a resumed run's).
+    ``decode_once``: (memory budget in bytes or None, spill folder) to decode each training image
+    once (shard_reader.DecodedImages), or None to decode it at every epoch."""
     from deepbc.shards import reader as shard_reader
     from deepbc.training import checkpoints, nets, preprocessing
 
@@ -100,12 +113,17 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         train_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=True,
                                                     augment=settings.augment)
         eval_pre = preprocessing.get_preprocessing(spec.preprocessing, is_training=False, augment=None)
+        decoded = None
+        if decode_once is not None:
+            decoded = shard_reader.DecodedImages(train_json, train_pre, image_size, *decode_once,
+                                                 deterministic=deterministic)
         train_ds = shard_reader.make_dataset(train_json, batch_size=batch_size, is_training=True,
-                                       preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
-                                       first_record=first_record, deterministic=deterministic)
+                                             preprocess_fn=train_pre, image_size=image_size, seed=seed, repeat=True,
+                                             first_record=first_record, deterministic=deterministic, decoded=decoded)
         val_ds = shard_reader.make_dataset(val_json, batch_size=batch_size, is_training=False,
                                      preprocess_fn=eval_pre, image_size=image_size, deterministic=deterministic)
-        images, labels = tf.compat.v1.data.make_one_shot_iterator(train_ds).get_next()
+        train_iter = tf.compat.v1.data.make_initializable_iterator(train_ds)
+        images, labels = train_iter.get_next()
         val_iter = tf.compat.v1.data.make_initializable_iterator(val_ds)
         val_images, val_labels = val_iter.get_next()
 
@@ -145,14 +163,20 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
             lr_tensors.append(lr)
             loss_scales.append(scale)
 
+        # What the curve records of each step, as one fetch: each fetched tensor costs the host time.
+        step_values = [tf.stack([tf.cast(t, tf.float32) for t in (loss, accuracy, lr)
+                                 + ((scale,) if scale is not None else ())])
+                       for lr, scale in zip(lr_tensors, loss_scales)]
         summaries = tf.compat.v1.summary.merge([tf.compat.v1.summary.scalar("loss", loss),
                                                 tf.compat.v1.summary.scalar("accuracy", accuracy)])
         restore_init = None
         if settings.init == "imagenet":
             restore_init = checkpoints.restore_fn(arch, checkpoint, spec.exclude_scopes)[0]
         return Graph(graph=graph, train_ops=train_ops, lr_tensors=lr_tensors, stage_start=stage_start,
-                     loss=loss, accuracy=accuracy, summaries=summaries, loss_scales=loss_scales, val_iter=val_iter,
+                     loss=loss, accuracy=accuracy, summaries=summaries, loss_scales=loss_scales,
+                     step_values=step_values, val_iter=val_iter,
                      val_fetches=val_fetches, state_saver=tf.compat.v1.train.Saver(max_to_keep=2),
                      best_saver=tf.compat.v1.train.Saver(var_list=model_vars, max_to_keep=None),
-                     restore_init=restore_init)
+                     restore_init=restore_init, train_iter=train_iter,
+                     fill=decoded.fill if decoded is not None else None)
 

@@ -36,6 +36,7 @@ import logging
 import math
 import random
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +57,9 @@ from deepbc.training.settings import TrainSettings, as_dict
 LOG = logging.getLogger("deepbc.training.train")
 
 INPUTS_FILE = "inputs.json"
+# The share of the job's memory (the train rule's mem_mb) the decoded training images may take;
+# the network, its activations and TensorFlow's own buffers need the rest.
+DECODED_SHARE = 0.5
 # Settings that change when states are saved, never what is computed: not part of the fingerprint.
 _SCHEDULE_ONLY = ("save_every_steps",)
 
@@ -232,12 +236,24 @@ class _Stages:
         return improved, stopped
 
 
+def decode_once(stages: list[dict], batch_size: int, train_count: int, memory_mb: int | None, spill_dir):
+    """``graph.build``'s ``decode_once`` for a run: (memory budget in bytes, ``spill_dir``) when the
+    run reads its training images more than once, else None (decoding them all first would cost
+    more than it saves). The decoded images get ``DECODED_SHARE`` of the job's memory (None: no
+    bound); the rest go to ``spill_dir`` (local disk)."""
+    if sum(s["steps"] for s in stages) * batch_size <= train_count:
+        return None
+    return (None if memory_mb is None else int(memory_mb * 2**20 * DECODED_SHARE)), str(spill_dir)
+
+
 def train(train_json, val_json, out_dir, state_dir, arch: str, settings: TrainSettings, seed: int,
-          checkpoint: str | None = None, threads: int = 0, log_every: int = 10) -> dict:
+          checkpoint: str | None = None, threads: int = 0, log_every: int = 10, memory_mb: int | None = None) -> dict:
     """Train ``arch`` on the shards of the ``train_json`` index, validating on those of ``val_json``;
     write the kept model to ``out_dir``.
 
     ``settings``: the TrainSettings (``deepbc.training.settings.build``: every value filled in and checked).
+    ``memory_mb``: the job's memory (the train rule's ``mem_mb``), which bounds the training images
+    kept decoded in memory (:func:`decode_once`); None: no bound.
 
     Returns the summary written to ``out_dir/settings.json``.
     """
@@ -268,15 +284,19 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: TrainSe
     start_step = _saved_step(tf, state_dir)
     history = model_dir.read_history(state_dir / model_dir.CURVE_FILE, start_step)
     _drop_best_after(state_dir, start_step)
+    # Where decoded images beyond the memory budget go: local disk (TMPDIR), removed after the session.
+    spill = tempfile.TemporaryDirectory(prefix="deepbc-decoded-")
+    decoded = decode_once(stages, settings.batch_size, train_index["count"], memory_mb, spill.name)
     g = train_graph.build(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
-                          first_record=start_step * settings.batch_size, precision=precision)
+                          first_record=start_step * settings.batch_size, precision=precision, decode_once=decoded)
     LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
              " starting at step %d%s", arch, train_json, len(train_index["class_names"]), train_index["count"],
              val_index["count"], sum(s["steps"] for s in stages), len(stages), start_step,
              ", deterministic" if settings.deterministic else "")
     config = model_dir.session_config(tf, threads, precision, settings.xla)
-    with op_determinism(settings.deterministic), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
+    with op_determinism(settings.deterministic), spill, tf.compat.v1.Session(graph=g.graph, config=config) as sess:
         _initialise(sess, tf, g, state_dir, start_step)
+        _start_input(sess, g)
         writer = tf.compat.v1.summary.FileWriter(str(out_dir.parent / f"{out_dir.name}.events"),
                                                  g.graph if start_step == 0 else None)
         try:
@@ -316,20 +336,26 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
     for row in history:
         plan.update(row)
     step = history[-1]["step"] if history else 0
+    # One callable per (stage, with summaries): session.run would rebuild its fetch and feed
+    # handling at every step, which is most of what the host spends on a step of a small network.
+    steps = {}
+
+    def step_fn(stage_idx: int, write_summary: bool):
+        if (stage_idx, write_summary) not in steps:
+            fetches = [g.train_ops[stage_idx], g.step_values[stage_idx]]
+            if write_summary:  # the summary ops run only on the steps whose summaries are written
+                fetches.append(g.summaries)
+            steps[stage_idx, write_summary] = sess.make_callable(fetches, [g.stage_start])
+        return steps[stage_idx, write_summary]
+
     images_seen, t_start = 0, time.monotonic()
     while not plan.finished:
         stage, stage_idx = plan.current, plan.index
-        feed = {g.stage_start: plan.start}
         write_summary = (step + 1) % log_every == 0
-        fetches = {"train": g.train_ops[stage_idx], "loss": g.loss, "accuracy": g.accuracy,
-                   "lr": g.lr_tensors[stage_idx]}
-        if write_summary:  # the summary ops run only on the steps whose summaries are written
-            fetches["summaries"] = g.summaries
         loss_scale = g.loss_scales[stage_idx]
-        if loss_scale is not None:
-            fetches["loss_scale"] = loss_scale  # the scale this step's loss was multiplied by
-        values = sess.run(fetches, feed_dict=feed)
-        loss_v, acc_v, lr_v = values["loss"], values["accuracy"], values["lr"]
+        # loss, accuracy, learning rate (and the scale this step's loss was multiplied by)
+        values = step_fn(stage_idx, write_summary)(plan.start)
+        loss_v, acc_v, lr_v = values[1][:3]
         step += 1
         images_seen += batch_size
         rate = images_seen / max(time.monotonic() - t_start, 1e-9)
@@ -339,7 +365,7 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
                "learning_rate": float(lr_v), "images_per_sec": rate, "val_loss": math.nan,
                "val_accuracy": math.nan}
         if loss_scale is not None:
-            row[model_dir.LOSS_SCALE_FIELD] = float(values["loss_scale"])
+            row[model_dir.LOSS_SCALE_FIELD] = float(values[1][3])
         is_eval = step % settings.eval_every_steps == 0 or plan.is_last_step(step)
         if is_eval:
             row["val_loss"], row["val_accuracy"] = _validate(sess, tf, g)
@@ -349,7 +375,7 @@ def _run_steps(sess, tf, g: train_graph.Graph, stages, settings, state_dir: Path
         if improved and settings.keep_best_by != "last":
             _save_best(sess, g, state_dir, step)
         if write_summary:
-            writer.add_summary(values["summaries"], step)
+            writer.add_summary(values[2], step)
         if step % log_every == 0 or is_eval:
             LOG.info("step %d/%d stage=%s loss=%.4f acc=%.3f lr=%.2e%s %.1f images/s ETA %s%s",
                      step, step + remaining, row["stage"], loss_v, acc_v, lr_v,
@@ -413,6 +439,14 @@ def _initialise(sess, tf, g: train_graph.Graph, state_dir: Path, start_step: int
     sess.run(tf.compat.v1.global_variables_initializer())
     if g.restore_init is not None:
         g.restore_init(sess)
+
+
+def _start_input(sess, g: train_graph.Graph) -> None:
+    start = time.monotonic()
+    sizes = train_graph.start_input(sess, g)
+    if sizes is not None:
+        LOG.info("decoded the training images once in %.1f s: %.1f MB in memory, %.1f MB on local disk",
+                 time.monotonic() - start, sizes[0] / 2**20, sizes[1] / 2**20)
 
 
 def _validate(sess, tf, g: train_graph.Graph) -> tuple[float, float]:
