@@ -160,7 +160,7 @@ def _job_args(name, tmp_path):
     return {"train_model": ["--train-index", missing, "--val-index", missing, "--arch", "resnet_small",
                             "--settings-json", json.dumps(trainkit.settings_values()),
                             "--out-dir", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"), "--seed", "1",
-                            "--threads", "1"],
+                            "--threads", "1", "--memory-mb", "1000"],
             "evaluate_model": ["--model-dir", missing, "--shard-index", missing, "--out", str(tmp_path / "out"),
                                "--val-shard-index", missing, "--val-out", str(tmp_path / "val out"), "--threads", "1",
                                "--gradcam-png", str(tmp_path / "gradcam.png"), "--classes", "a", "b", "--seed", "1",
@@ -347,8 +347,8 @@ def test_gpus_0_trains_on_the_cpu_without_complaint_and_records_it(tmp_path, mon
     code = run_main(trainkit.script("train_model").main, [
         "--train-index", str(shard_dir / "train.json"), "--val-index", str(shard_dir / "val.json"),
         "--arch", "resnet_small", "--settings-json", json.dumps(settings),
-        "--out-dir", str(out), "--state-dir", str(tmp_path / "state"), "--seed", "1", "--threads", "1", "--gpus", "0",
-        "--log", str(log)])
+        "--out-dir", str(out), "--state-dir", str(tmp_path / "state"), "--seed", "1", "--threads", "1", "--memory-mb", "1000",
+        "--gpus", "0", "--log", str(log)])
     text = log.read_text()
     complaints = [line for line in text.splitlines() if " ERROR " in line or (" WARNING " in line and "GPU" in line)]
     assert code == 0 and not complaints
