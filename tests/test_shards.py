@@ -614,11 +614,9 @@ def test_an_image_listed_twice_in_a_split_is_refused(dataset, tmp_path):
     assert "make_splits.py" in str(err.value)
 
 
-def test_image_copies_are_members_the_reader_turns(tmp_path):
-    """The augment-then-split protocol (issue 23.5): the store holds each image once; an index of
-    copies lists a store shard once per copy id of its members, and the reader turns each decoded
-    image by its member's copy (mirrored when copy >= 4, then copy % 4 quarter turns, as numpy's
-    fliplr and rot90), in evaluation and training alike; the metadata carries the copy id."""
+def _copies_written(tmp_path):
+    """Four 6x6 images (two classes) as augment-then-split copies, written as fold 0's indexes
+    under tmp_path/out: img0 and img1 tested, img2 validated, img3 trained on (its 8 copies)."""
     rng = np.random.default_rng(1)
     root, rows = tmp_path / "root", []
     for i in range(4):
@@ -632,6 +630,15 @@ def test_image_copies_are_members_the_reader_turns(tmp_path):
     table["split"] = table["path"].map(side).fillna("train")
     indexes = shard_writer.write_shards(table, 0, root, tmp_path / "out", seed=0,
                                         shards={"images_per_shard": 2, "format": "png"})
+    return root, table, indexes
+
+
+def test_image_copies_are_members_the_reader_turns(tmp_path):
+    """The augment-then-split protocol (issue 23.5): the store holds each image once; an index of
+    copies lists a store shard once per copy id of its members, and the reader turns each decoded
+    image by its member's copy (mirrored when copy >= 4, then copy % 4 quarter turns, as numpy's
+    fliplr and rot90), in evaluation and training alike; the metadata carries the copy id."""
+    root, table, indexes = _copies_written(tmp_path)
     store = records.read_store(tmp_path / "out" / "encoded" / "dataset" / "store.json")
     assert store["count"] == 4  # each image encoded once
     test = indexes["test"]
@@ -666,3 +673,33 @@ def test_image_copies_are_members_the_reader_turns(tmp_path):
     with pytest.raises(UserError, match="listed more than once in fold 0's test split"):
         shard_writer.write_split_indexes(pd.concat([table, table.iloc[:1]]), 0,
                                          tmp_path / "out" / "encoded" / "dataset" / "store.json", tmp_path / "again")
+
+
+def test_decoding_once_decodes_each_copied_image_once(tmp_path):
+    """The 8 copies of a training image share one decoded source (decoding them as 8 images would
+    take 8 times the memory, or the local disk, of a paper run); the batches are those of decoding
+    at every epoch, each copy turned likewise."""
+    import tensorflow as tf
+
+    _copies_written(tmp_path)
+    index = tmp_path / "out" / "train.json"
+
+    def as_is(image, h, w):
+        return image
+
+    every_epoch = [image.numpy()[0].tobytes() for image, _ in shard_reader.make_dataset(
+        index, batch_size=1, is_training=True, preprocess_fn=as_is, image_size=6, seed=0)]
+    graph = tf.Graph()
+    with graph.as_default():
+        decoded = shard_reader.DecodedImages(index, as_is, 6, 0, tmp_path / "spill")  # no memory: all on disk
+        batches = tf.compat.v1.data.make_initializable_iterator(shard_reader.make_dataset(
+            index, batch_size=1, is_training=True, preprocess_fn=as_is, image_size=6, seed=0, decoded=decoded))
+        image = batches.get_next()[0]
+    (tmp_path / "spill").mkdir()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        in_memory, on_disk = sess.run(decoded.fill)
+        sess.run(batches.initializer)
+        once = [sess.run(image)[0].tobytes() for _ in every_epoch]
+    assert len(list((tmp_path / "spill").iterdir())) == 1 and in_memory == 0
+    assert on_disk == len(tf.io.serialize_tensor(np.zeros((6, 6, 3), np.uint8)).numpy())
+    assert once == every_epoch and len(set(once)) == 8

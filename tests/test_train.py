@@ -1,6 +1,7 @@
 """Training: the small network learns; runs are bit-reproducible; a killed run resumes exactly where
 it stopped, unless its inputs changed; ImageNet stages, each with its own early stopping."""
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -10,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -179,17 +181,24 @@ def test_decoding_each_image_once_trains_the_same_model(shard_dir, reference, tm
     in_memory, on_disk = map(float, re.search(r"([\d.]+) MB in memory, ([\d.]+) MB on local disk", caplog.text).groups())
     assert in_memory > 0 and on_disk > 0
     assert_same_run(reference, tmp_path / "spilled")
-    monkeypatch.setattr(train, "decode_once", lambda *args: None)
     train.train(*trainkit.indexes(shard_dir), tmp_path / "every_epoch", tmp_path / "s2", "resnet_small", SHORT,
-                seed=1, threads=1)
+                seed=1, threads=1, decode_images_once=False)
     assert_same_run(reference, tmp_path / "every_epoch")
 
 
-def test_images_are_decoded_once_only_for_runs_that_read_them_again():
+def test_images_are_decoded_once_only_for_runs_that_read_them_again(tmp_path, monkeypatch):
+    """Only when the steps still to run read the training images more than once (a resumed run
+    near its end does not decode them all); the spill folder exists while the job runs, then not."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     stages = [{"steps": 4}, {"steps": 4}]
-    assert train.decode_once(stages, 8, 64, None, "/spill") is None  # 64 images read once: nothing to keep
-    assert train.decode_once(stages, 8, 63, None, "/spill") == (None, "/spill")
-    assert train.decode_once(stages, 8, 63, 1000, "/spill") == (int(1000 * 2**20 * train.DECODED_SHARE), "/spill")
+    with contextlib.ExitStack() as job:
+        assert train.decode_once(stages, 8, 64, 0, None, job) is None  # 64 images read once: nothing to keep
+        assert train.decode_once(stages, 8, 63, 1, None, job) is None  # resumed: 7 steps x 8 images left
+        assert list(tmp_path.iterdir()) == []
+        budget, spill = train.decode_once(stages, 8, 63, 0, 1000, job)
+        assert budget == int(1000 * 2**20 * train.DECODED_SHARE) and Path(spill).parent == tmp_path
+        assert train.decode_once(stages, 8, 63, 0, None, job)[0] is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_decoded_images_stay_out_of_checkpoints(shard_dir, tmp_path):
@@ -207,6 +216,24 @@ def test_decoded_images_stay_out_of_checkpoints(shard_dir, tmp_path):
         g.state_saver.save(sess, str(tmp_path / "state.ckpt"))
     names = tf.train.load_checkpoint(str(tmp_path / "state.ckpt")).get_variable_to_shape_map()
     assert names and all(n.startswith(("resnet_small/", "optimizer_", "global_step")) for n in names), sorted(names)
+
+
+def test_decoded_images_that_cannot_go_to_local_disk_stop_the_job_with_what_to_do(shard_dir, tmp_path):
+    """Local disk full (here: the spill folder under a file) is a UserError naming the folder, not
+    TensorFlow's bare error."""
+    from deepbc.jobs.errors import UserError
+    from deepbc.shards.reader import read_index
+    from deepbc.training import precision
+
+    (tmp_path / "a file").write_text("")
+    spill = tmp_path / "a file" / "spill"
+    train_json, val_json = trainkit.indexes(shard_dir)
+    g = train_graph.build(tf, "resnet_small", SHORT, 1, train_json, val_json, read_index(train_json),
+                          train.stage_plan(SHORT), None, 0, precision.Precision("fp32", ""),
+                          decode_once=(0, str(spill)))
+    with tf.compat.v1.Session(graph=g.graph) as sess, pytest.raises(UserError) as err:
+        train_graph.start_input(sess, g)
+    assert err.value.where == str(spill) and "TMPDIR" in err.value.fix
 
 
 @pytest.mark.slow

@@ -212,29 +212,8 @@ def _trainer_step_ms(shard_dir: Path, tmp: Path, arch: str, values: dict, seed: 
 
 
 def _bare_train_step_ms(shard_dir: Path, arch: str, values: dict, seed: int, threads: int, warmup: int) -> float:
-    import tensorflow as tf
-
-    from deepbc.shards.reader import read_index
-    from deepbc.training import graph as train_graph
-    from deepbc.training import model_dir, train
-    from deepbc.training import precision as precision_mod
-    from deepbc.training.settings import build
-
-    settings = build(values, arch)
-    precision = precision_mod.for_this_machine(settings.precision)
-    train_json = shard_dir / "train.json"
-    index = read_index(train_json)
-    stages = train.stage_plan(settings)
-    with tempfile.TemporaryDirectory() as spill:
-        # The trainer's input, its images decoded once as the trainer decodes them (no memory bound).
-        decoded = train.decode_once(stages, settings.batch_size, index["count"], None, spill)
-        g = train_graph.build(tf, arch, settings, seed, train_json, shard_dir / "val.json", index, stages, None,
-                              first_record=0, precision=precision, decode_once=decoded)
-        config = model_dir.session_config(tf, threads, precision, settings.xla)
-        with train.op_determinism(settings.deterministic), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
-            sess.run(tf.compat.v1.global_variables_initializer())
-            train_graph.start_input(sess, g)
-            ends = _bare_steps(sess, g, settings.max_number_of_steps)
+    with _training_session(shard_dir, arch, values, seed, threads) as (sess, g, settings, _):
+        ends = _bare_steps(sess, g, settings.max_number_of_steps)
     return 1000 * settings.batch_size / training.steady_rate(ends, settings.batch_size, warmup)
 
 
@@ -247,6 +226,35 @@ def _loop_and_bare_step_ms(shard_dir: Path, arch: str, values: dict, seed: int, 
     state saving it does after its last step."""
     import tensorflow as tf
 
+    from deepbc.training import train
+
+    out = {"loop": [], "bare": [], "loop_cpu": [], "bare_cpu": []}
+    with _training_session(shard_dir, arch, values, seed, threads) as (sess, g, settings, tmp):
+        batch, steps = settings.batch_size, settings.max_number_of_steps
+        stages = train.stage_plan(settings)
+        writer = tf.compat.v1.summary.FileWriter(str(tmp / "events"))
+        for block in range(blocks):
+            history: list[dict] = []
+            cpu = time.thread_time()
+            with _without_last_step_extras(train):
+                train._run_steps(sess, tf, g, stages, settings, tmp / f"state{block}", history, writer, 10)
+            out["loop_cpu"].append(1000 * (time.thread_time() - cpu) / steps)
+            ends = [r["step"] * batch / r["images_per_sec"] for r in history]
+            out["loop"].append(1000 * batch / training.steady_rate(ends, batch, warmup))
+            cpu = time.thread_time()
+            ends = _bare_steps(sess, g, steps)
+            out["bare_cpu"].append(1000 * (time.thread_time() - cpu) / steps)
+            out["bare"].append(1000 * batch / training.steady_rate(ends, batch, warmup))
+        writer.close()
+    return out
+
+
+@contextlib.contextmanager
+def _training_session(shard_dir: Path, arch: str, values: dict, seed: int, threads: int):
+    """The trainer's graph and session, built as ``train.train`` builds them, its input started (the
+    images decoded once, no memory bound): (session, graph, settings, a scratch folder)."""
+    import tensorflow as tf
+
     from deepbc.shards.reader import read_index
     from deepbc.training import graph as train_graph
     from deepbc.training import model_dir, train
@@ -258,31 +266,16 @@ def _loop_and_bare_step_ms(shard_dir: Path, arch: str, values: dict, seed: int, 
     train_json = shard_dir / "train.json"
     index = read_index(train_json)
     stages = train.stage_plan(settings)
-    batch, steps = settings.batch_size, settings.max_number_of_steps
-    out = {"loop": [], "bare": [], "loop_cpu": [], "bare_cpu": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        decoded = train.decode_once(stages, batch, index["count"], None, tmp)
+    with contextlib.ExitStack() as job:
+        decoded = train.decode_once(stages, settings.batch_size, index["count"], 0, None, job)
         g = train_graph.build(tf, arch, settings, seed, train_json, shard_dir / "val.json", index, stages, None,
                               first_record=0, precision=precision, decode_once=decoded)
         config = model_dir.session_config(tf, threads, precision, settings.xla)
+        tmp = Path(job.enter_context(tempfile.TemporaryDirectory()))
         with train.op_determinism(settings.deterministic), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             train_graph.start_input(sess, g)
-            writer = tf.compat.v1.summary.FileWriter(str(Path(tmp) / "events"))
-            for block in range(blocks):
-                history: list[dict] = []
-                cpu = time.thread_time()
-                with _without_last_step_extras(train):
-                    train._run_steps(sess, tf, g, stages, settings, Path(tmp) / f"state{block}", history, writer, 10)
-                out["loop_cpu"].append(1000 * (time.thread_time() - cpu) / steps)
-                ends = [r["step"] * batch / r["images_per_sec"] for r in history]
-                out["loop"].append(1000 * batch / training.steady_rate(ends, batch, warmup))
-                cpu = time.thread_time()
-                ends = _bare_steps(sess, g, steps)
-                out["bare_cpu"].append(1000 * (time.thread_time() - cpu) / steps)
-                out["bare"].append(1000 * batch / training.steady_rate(ends, batch, warmup))
-            writer.close()
-    return out
+            yield sess, g, settings, tmp
 
 
 @contextlib.contextmanager
@@ -308,9 +301,9 @@ def _bare_steps(sess, g, steps: int) -> list[float]:
     return ends
 
 
-def _stage_feed(g) -> dict | None:
-    """What the first stage's train op needs fed, if anything (the stage's first step)."""
-    return {g.stage_start: 0} if getattr(g, "stage_start", None) is not None else None
+def _stage_feed(g) -> dict:
+    """What the first stage's train op needs fed: the global step before its first step."""
+    return {g.stage_start: 0}
 
 
 def _predict_ms_per_image(model: Path, index: Path, tmp: Path, threads: int) -> float:

@@ -13,7 +13,7 @@ them):
 - ``trainer_nondeterministic``: ``deterministic: false`` (no op determinism, out-of-order
   tf.data): what bit-reproducibility costs;
 - ``trainer_every_epoch``, ``trainer_mixed_every_epoch``: the trainer decoding every image at
-  every epoch, as before it decoded each once per job (``train.decode_once`` off): what decoding
+  every epoch, as before it decoded each once per job (``train.train(decode_images_once=False)``): what decoding
   once buys, at each precision;
 - ``in_memory``, ``in_memory_mixed``: the same TF-Slim network, loss and optimizer, in the same
   session configuration (deepbc.training.model_dir.session_config), fed from preprocessed arrays already in
@@ -180,20 +180,13 @@ def trainer_rate(shard_dir: Path, tmp: Path, arch: str, values: dict, seed: int,
     from deepbc.training import train
     from deepbc.training.settings import build
 
-
     settings = build(values, arch)
     # A folder per measurement: in one already holding this model the trainer would not train again,
     # and a repeat would read the first measurement's curve.
     run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="trainer-"))
     out = run_dir / "model"
-    decoding = train.decode_once
-    if not decode_once:
-        train.decode_once = lambda *args: None
-    try:
-        summary = train.train(shard_dir / "train.json", shard_dir / "val.json", out, run_dir / "state", arch,
-                              settings, seed, threads=threads)
-    finally:
-        train.decode_once = decoding  # the --quick run's later variants share this process
+    summary = train.train(shard_dir / "train.json", shard_dir / "val.json", out, run_dir / "state", arch,
+                          settings, seed, threads=threads, decode_images_once=decode_once)
     with (out / "training.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     # The trainer logs cumulative images/s since its first step: elapsed = images seen / rate.

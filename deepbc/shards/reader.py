@@ -107,10 +107,12 @@ def stream_key(seed, use: str, counter):
     return tf.random.experimental.stateless_fold_in(base, tf.cast(counter, tf.int64))
 
 
-def _member_table(index: dict, where) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray | None]:
+def _member_table(index: dict, where) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Each listed shard's first record number, and for every record of the listed shards (numbered
-    through them in listed order) its label (-1: not a member), expected file name and copy id
-    (deepbc.data.runs.COPIES; None when no member is a copy: every image as stored)."""
+    through them in listed order) its label (-1: not a member), expected file name, copy id
+    (deepbc.data.runs.COPIES; None when no member is a copy: every image as stored) and source: the
+    number of the same stored record where its shard is first listed (a shard is listed once per
+    copy id, so the copies of one image are records of the same source)."""
     offsets = [0]
     for n in index["shard_records"][:-1]:
         offsets.append(offsets[-1] + int(n))
@@ -118,6 +120,12 @@ def _member_table(index: dict, where) -> tuple[list[int], np.ndarray, np.ndarray
     labels = np.full(total, -1, np.int64)
     names = np.full(total, b"", object)
     copies = np.zeros(total, np.int64)
+    sources = np.arange(total, dtype=np.int64)
+    first_listed = {}
+    for shard, path in enumerate(index["paths"]):
+        first = first_listed.setdefault(path, shard)
+        size = int(index["shard_records"][shard])
+        sources[offsets[shard]:offsets[shard] + size] = np.arange(offsets[first], offsets[first] + size)
     for shard, position, filename, label, *copy in index["members"]:
         if not 0 <= position < index["shard_records"][shard]:
             raise UserError(f"member {filename} is record {position} of a shard of {index['shard_records'][shard]}",
@@ -125,7 +133,7 @@ def _member_table(index: dict, where) -> tuple[list[int], np.ndarray, np.ndarray
         labels[offsets[shard] + position] = label
         names[offsets[shard] + position] = filename.encode()
         copies[offsets[shard] + position] = copy[0] if copy else 0
-    return offsets, labels, names, (copies if any(len(m) > 4 for m in index["members"]) else None)
+    return offsets, labels, names, (copies if any(len(m) > 4 for m in index["members"]) else None), sources
 
 
 def as_copy(image, copy):
@@ -144,7 +152,7 @@ class _Members:
     def __init__(self, index: dict, where):
         import tensorflow as tf
 
-        offsets, labels, names, copies = _member_table(index, where)
+        offsets, labels, names, copies, sources = _member_table(index, where)
         self.where = where
         self.copies = None if copies is None else tf.constant(copies)
         self.paths = tf.constant(index["paths"])
@@ -153,10 +161,30 @@ class _Members:
         self.labels = tf.constant(labels)
         self.names = tf.constant(names.astype(bytes))
         self.cycle = min(len(index["paths"]), 8)
+        # The stored records the members are copies of (themselves, without copies): what decoding
+        # once decodes, each once, from the shards as first listed.
+        members = labels >= 0
+        self.sources = tf.constant(sources)
+        needed = np.zeros(len(labels), bool)
+        needed[sources[members]] = True
+        source_names = np.full(len(labels), b"", object)
+        source_names[sources[members]] = names[members]
+        self.source_count = int(needed.sum())
+        self.source_needed = tf.constant(needed)
+        self.source_names = tf.constant(source_names.astype(bytes))
+        self.first_listed = [i for i, path in enumerate(index["paths"]) if index["paths"].index(path) == i]
 
-    def records(self, files, num_parallel_calls, deterministic: bool):
+    def _interleaved(self, files, per_file, num_parallel_calls, deterministic: bool):
+        import tensorflow as tf
+
+        # tf.data refuses more parallel calls than the cycle length (e.g. 2 threads over 1 shard).
+        calls = num_parallel_calls if num_parallel_calls == tf.data.AUTOTUNE else min(num_parallel_calls, self.cycle)
+        return files.interleave(per_file, cycle_length=self.cycle, num_parallel_calls=calls, deterministic=deterministic)
+
+    def records(self, files, num_parallel_calls, deterministic: bool, keep=None):
         """(record number, serialized record) of the members in ``files``, a dataset of (shard path,
-        number of its first record, its number of records) in the order to read them."""
+        number of its first record, its number of records) in the order to read them; ``keep``
+        (bool per record number): these records instead of the members."""
         import tensorflow as tf
 
         def numbered(path, base, size):
@@ -169,12 +197,10 @@ class _Members:
 
             return tf.data.TFRecordDataset(path).enumerate().map(number)
 
-        # tf.data refuses more parallel calls than the cycle length (e.g. 2 threads over 1 shard).
-        calls = num_parallel_calls if num_parallel_calls == tf.data.AUTOTUNE else min(num_parallel_calls, self.cycle)
-        records = files.interleave(numbered, cycle_length=self.cycle, num_parallel_calls=calls,
-                                   deterministic=deterministic)
+        records = self._interleaved(files, numbered, num_parallel_calls, deterministic)
         # Only the record number is looked at: non-members are skipped before being parsed.
-        return records.filter(lambda number, record: tf.gather(self.labels, number) >= 0)
+        keep = self.labels >= 0 if keep is None else keep
+        return records.filter(lambda number, record: tf.gather(keep, number))
 
     def numbers(self, files, num_parallel_calls, deterministic: bool):
         """The record numbers ``records`` would give for ``files``, in the same order, as 1-tuples,
@@ -184,9 +210,7 @@ class _Members:
         def numbered(path, base, size):
             return tf.data.Dataset.range(size).map(lambda i: base + i)
 
-        calls = num_parallel_calls if num_parallel_calls == tf.data.AUTOTUNE else min(num_parallel_calls, self.cycle)
-        numbers = files.interleave(numbered, cycle_length=self.cycle, num_parallel_calls=calls,
-                                   deterministic=deterministic)
+        numbers = self._interleaved(files, numbered, num_parallel_calls, deterministic)
         return numbers.filter(lambda number: tf.gather(self.labels, number) >= 0).map(lambda number: (number,))
 
     def in_order(self, num_parallel_calls, deterministic: bool):
@@ -194,6 +218,25 @@ class _Members:
 
         files = tf.data.Dataset.from_tensor_slices((self.paths, self.offsets, self.sizes))
         return self.records(files, num_parallel_calls, deterministic)
+
+    def sources_in_order(self, num_parallel_calls):
+        """(record number, serialized record) of each source (``sources``) once, in index order,
+        its file name checked against the index."""
+        import tensorflow as tf
+
+        first = self.first_listed
+        files = tf.data.Dataset.from_tensor_slices((tf.gather(self.paths, first), tf.gather(self.offsets, first),
+                                                    tf.gather(self.sizes, first)))
+
+        def checked(number, record):
+            name = parse_example(record)["image/filename"]
+            check = tf.debugging.assert_equal(name, tf.gather(self.source_names, number),
+                                              message=f"{STALE}: a store record is not the image {self.where} "
+                                                      "lists there")
+            with tf.control_dependencies([check]):
+                return number, tf.identity(record)
+
+        return self.records(files, num_parallel_calls, True, keep=self.source_needed).map(checked)
 
     def label(self, number, features):
         """The member's label, once its record's file name is checked against the index."""
@@ -229,13 +272,14 @@ def _min_side(preprocess_fn, image_size: int) -> int | None:
 class DecodedImages:
     """Every member of a training split decoded once per job, as ``make_dataset`` would decode it
     (at the reduced JPEG scale its preprocessing allows), kept by record number: in memory up to
-    ``budget_bytes`` (None: no limit), the rest as files in ``spill_dir`` (local disk). Everything
-    random (crops, flips, rotations, colour) happens after it, in ``make_dataset``, so every epoch
-    still draws new augmentations, from the same keys as without it.
+    ``budget_bytes`` (None: no limit), the rest as files in ``spill_dir`` (local disk). The copies
+    of an image (the augment-then-split protocol) share its one decoded source and are turned
+    after. Everything random (crops, flips, rotations, colour) happens after it, in
+    ``make_dataset``, so every epoch still draws new augmentations, from the same keys as without it.
 
     Run ``fill`` (a [bytes in memory, bytes on disk] tensor) once in the session before the
-    training iterator's initializer: it reads and decodes every member in index order, checking
-    each record against the index. The store is no variable: checkpoints do not hold it.
+    training iterator's initializer: it reads and decodes every source in index order, checking
+    each record against the index and that none is missing. The store is no variable: checkpoints do not hold it.
     """
 
     def __init__(self, index_json_path, preprocess_fn, image_size: int, budget_bytes: int | None, spill_dir,
@@ -256,10 +300,7 @@ class DecodedImages:
         budget = tf.constant(-1 if budget_bytes is None else int(budget_bytes), tf.int64)
 
         def decoded(number, record):
-            features = parse_example(record)
-            checked = members.label(number, features)  # the record is the member the index lists
-            with tf.control_dependencies([checked]):
-                data = tf.io.serialize_tensor(decode(features, image_format, min_side))
+            data = tf.io.serialize_tensor(decode(parse_example(record), image_format, min_side))
             return number, data, tf.cast(tf.strings.length(data), tf.int64)
 
         def running_total(total, element):
@@ -279,10 +320,16 @@ class DecodedImages:
             return tf.cond(in_memory, to_memory, to_disk)
 
         # In index order, so the same images stay in memory whatever the parallelism.
-        stream = members.in_order(calls, True).map(decoded, num_parallel_calls=calls, deterministic=True)
+        stream = members.sources_in_order(calls).map(decoded, num_parallel_calls=calls, deterministic=True)
         stream = stream.scan(tf.constant(0, tf.int64), running_total)
         stream = stream.map(keep, num_parallel_calls=calls, deterministic=deterministic)
-        self.fill = stream.reduce(tf.zeros([2], tf.int64), lambda total, sizes: total + sizes)
+        sizes = stream.reduce(tf.zeros([3], tf.int64), lambda total, sizes: total + tf.concat([sizes, [1]], 0))
+        # A shard with fewer records than the index says would leave members without an image.
+        check = tf.debugging.assert_equal(sizes[2], tf.constant(members.source_count, tf.int64),
+                                          message=f"{STALE}: a shard has fewer records than {index_json_path} lists")
+        with tf.control_dependencies([check]):
+            self.fill = tf.identity(sizes[:2])
+        self.sources = members.sources
 
     def _spilled(self, number):
         import tensorflow as tf
@@ -293,8 +340,9 @@ class DecodedImages:
         """The decoded uint8 image of record ``number`` (after ``fill`` has run)."""
         import tensorflow as tf
 
-        data = self.table.lookup(number)
-        data = tf.cond(tf.strings.length(data) > 0, lambda: data, lambda: tf.io.read_file(self._spilled(number)))
+        source = tf.gather(self.sources, number)  # the copies of an image share its decoded source
+        data = self.table.lookup(source)
+        data = tf.cond(tf.strings.length(data) > 0, lambda: data, lambda: tf.io.read_file(self._spilled(source)))
         image = tf.io.parse_tensor(data, tf.uint8)
         image.set_shape([None, None, 3])
         return image

@@ -5,6 +5,7 @@ training state and of the kept weights. deepbc.training.train runs it."""
 
 from dataclasses import dataclass
 
+from deepbc.jobs.errors import UserError
 from deepbc.training import model_dir
 from deepbc.training import precision as precision_mod
 
@@ -66,10 +67,7 @@ def train_step(tf, opt, loss, global_step, var_list, update_ops):
 class Graph:
     graph: object
     train_ops: list
-    lr_tensors: list
     stage_start: object  # placeholder: global step before the current stage's first step
-    loss: object
-    accuracy: object
     summaries: object
     loss_scales: list  # per stage: its optimizer's current loss scale (float16 only), else None
     step_values: list  # per stage: float32 [loss, accuracy, learning rate(, loss scale)], one fetch per step
@@ -80,12 +78,28 @@ class Graph:
     restore_init: object
     train_iter: object  # initializable: run its initializer after ``fill``
     fill: object  # decodes the training images once (shard_reader.DecodedImages.fill), or None
+    spill_dir: str | None  # where decoded images beyond the memory budget go
 
 
 def start_input(sess, g: Graph):
     """Fill the decoded images (if the run keeps them) and start the training stream; returns the
     fill's [bytes in memory, bytes on disk], or None."""
-    sizes = sess.run(g.fill) if g.fill is not None else None
+    import tensorflow as tf
+
+    sizes = None
+    if g.fill is not None:
+        try:
+            sizes = sess.run(g.fill)
+        except tf.errors.OpError as err:
+            # The fill's only file writes are the spilled images (the message names the path only
+            # down to the part that failed).
+            if "WriteFile" not in err.message:
+                raise
+            raise UserError(f"could not keep the decoded training images on local disk: "
+                            f"{err.message.splitlines()[0]}", g.spill_dir,
+                            "free space there or point TMPDIR at a larger local disk, or raise "
+                            "resources.train_mem_mb so that more of them stay in memory; then rerun the same "
+                            "snakemake command") from err
     sess.run(g.train_iter.initializer)
     return sizes
 
@@ -172,11 +186,11 @@ def build(tf, arch, settings, seed, train_json, val_json, train_index, stages, c
         restore_init = None
         if settings.init == "imagenet":
             restore_init = checkpoints.restore_fn(arch, checkpoint, spec.exclude_scopes)[0]
-        return Graph(graph=graph, train_ops=train_ops, lr_tensors=lr_tensors, stage_start=stage_start,
-                     loss=loss, accuracy=accuracy, summaries=summaries, loss_scales=loss_scales,
+        return Graph(graph=graph, train_ops=train_ops, stage_start=stage_start, summaries=summaries, loss_scales=loss_scales,
                      step_values=step_values, val_iter=val_iter,
                      val_fetches=val_fetches, state_saver=tf.compat.v1.train.Saver(max_to_keep=2),
                      best_saver=tf.compat.v1.train.Saver(var_list=model_vars, max_to_keep=None),
                      restore_init=restore_init, train_iter=train_iter,
-                     fill=decoded.fill if decoded is not None else None)
+                     fill=decoded.fill if decoded is not None else None,
+                     spill_dir=decoded.spill_dir if decoded is not None else None)
 

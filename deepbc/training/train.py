@@ -236,24 +236,28 @@ class _Stages:
         return improved, stopped
 
 
-def decode_once(stages: list[dict], batch_size: int, train_count: int, memory_mb: int | None, spill_dir):
-    """``graph.build``'s ``decode_once`` for a run: (memory budget in bytes, ``spill_dir``) when the
-    run reads its training images more than once, else None (decoding them all first would cost
-    more than it saves). The decoded images get ``DECODED_SHARE`` of the job's memory (None: no
-    bound); the rest go to ``spill_dir`` (local disk)."""
-    if sum(s["steps"] for s in stages) * batch_size <= train_count:
+def decode_once(stages: list[dict], batch_size: int, train_count: int, start_step: int, memory_mb: int | None,
+                job: contextlib.ExitStack):
+    """``graph.build``'s ``decode_once`` for a run: (memory budget in bytes, spill folder) when the
+    steps still to run read the training images more than once, else None (decoding them all first
+    would cost more than it saves). The decoded images get ``DECODED_SHARE`` of the job's memory
+    (None: no bound); the rest go to a folder on local disk (TMPDIR) that lives as long as ``job``."""
+    if (sum(s["steps"] for s in stages) - start_step) * batch_size <= train_count:
         return None
-    return (None if memory_mb is None else int(memory_mb * 2**20 * DECODED_SHARE)), str(spill_dir)
+    spill = job.enter_context(tempfile.TemporaryDirectory(prefix="deepbc-decoded-"))
+    return (None if memory_mb is None else int(memory_mb * 2**20 * DECODED_SHARE)), spill
 
 
 def train(train_json, val_json, out_dir, state_dir, arch: str, settings: TrainSettings, seed: int,
-          checkpoint: str | None = None, threads: int = 0, log_every: int = 10, memory_mb: int | None = None) -> dict:
+          checkpoint: str | None = None, threads: int = 0, log_every: int = 10, memory_mb: int | None = None,
+          decode_images_once: bool = True) -> dict:
     """Train ``arch`` on the shards of the ``train_json`` index, validating on those of ``val_json``;
     write the kept model to ``out_dir``.
 
     ``settings``: the TrainSettings (``deepbc.training.settings.build``: every value filled in and checked).
     ``memory_mb``: the job's memory (the train rule's ``mem_mb``), which bounds the training images
-    kept decoded in memory (:func:`decode_once`); None: no bound.
+    kept decoded in memory (:func:`decode_once`); None: no bound. ``decode_images_once=False``: decode
+    every training image at every epoch (what the trainer did before; the benchmarks compare).
 
     Returns the summary written to ``out_dir/settings.json``.
     """
@@ -284,27 +288,27 @@ def train(train_json, val_json, out_dir, state_dir, arch: str, settings: TrainSe
     start_step = _saved_step(tf, state_dir)
     history = model_dir.read_history(state_dir / model_dir.CURVE_FILE, start_step)
     _drop_best_after(state_dir, start_step)
-    # Where decoded images beyond the memory budget go: local disk (TMPDIR), removed after the session.
-    spill = tempfile.TemporaryDirectory(prefix="deepbc-decoded-")
-    decoded = decode_once(stages, settings.batch_size, train_index["count"], memory_mb, spill.name)
-    g = train_graph.build(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
-                          first_record=start_step * settings.batch_size, precision=precision, decode_once=decoded)
-    LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
-             " starting at step %d%s", arch, train_json, len(train_index["class_names"]), train_index["count"],
-             val_index["count"], sum(s["steps"] for s in stages), len(stages), start_step,
-             ", deterministic" if settings.deterministic else "")
-    config = model_dir.session_config(tf, threads, precision, settings.xla)
-    with op_determinism(settings.deterministic), spill, tf.compat.v1.Session(graph=g.graph, config=config) as sess:
-        _initialise(sess, tf, g, state_dir, start_step)
-        _start_input(sess, g)
-        writer = tf.compat.v1.summary.FileWriter(str(out_dir.parent / f"{out_dir.name}.events"),
-                                                 g.graph if start_step == 0 else None)
-        try:
-            _run_steps(sess, tf, g, stages, settings, state_dir, history, writer, log_every)
-        finally:
-            writer.close()
-        if settings.keep_best_by == "last":
-            _save_best(sess, g, state_dir, history[-1]["step"])
+    with contextlib.ExitStack() as job:
+        decoded = (decode_once(stages, settings.batch_size, train_index["count"], start_step, memory_mb, job)
+                   if decode_images_once else None)
+        g = train_graph.build(tf, arch, settings, seed, train_json, val_json, train_index, stages, checkpoint,
+                              first_record=start_step * settings.batch_size, precision=precision, decode_once=decoded)
+        LOG.info("training %s on %s: %d classes, %d train / %d val images, %d steps in %d stage(s),"
+                 " starting at step %d%s", arch, train_json, len(train_index["class_names"]), train_index["count"],
+                 val_index["count"], sum(s["steps"] for s in stages), len(stages), start_step,
+                 ", deterministic" if settings.deterministic else "")
+        config = model_dir.session_config(tf, threads, precision, settings.xla)
+        with op_determinism(settings.deterministic), tf.compat.v1.Session(graph=g.graph, config=config) as sess:
+            _initialise(sess, tf, g, state_dir, start_step)
+            _start_input(sess, g)
+            writer = tf.compat.v1.summary.FileWriter(str(out_dir.parent / f"{out_dir.name}.events"),
+                                                     g.graph if start_step == 0 else None)
+            try:
+                _run_steps(sess, tf, g, stages, settings, state_dir, history, writer, log_every)
+            finally:
+                writer.close()
+            if settings.keep_best_by == "last":
+                _save_best(sess, g, state_dir, history[-1]["step"])
 
     summary = {"arch": arch, "class_names": train_index["class_names"],
                "num_classes": len(train_index["class_names"]),
