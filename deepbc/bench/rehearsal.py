@@ -79,14 +79,16 @@ def make_data(root: Path, filelist: Path, fraction: int, workers: int) -> dict:
     breakhis = root / "breakhis" / "BreaKHis_v1"
     tma = root / "tma" / "images"
     patients = max(1, TMA_PATIENTS_PER_CLASS // fraction)
+    # Below one patient per class, fewer images per patient: the set keeps shrinking with the fraction.
+    per_patient = max(1, TMA_PATIENTS_PER_CLASS * TMA_IMAGES_PER_PATIENT // (fraction * patients))
     if not (root / "done").exists():
         shutil.rmtree(root, ignore_errors=True)
         common.write_he_images(breakhis, rels, seed=0, workers=workers, same_as=same_as)
         demo.make_tma_demo(tma, seed=0, image_size=TMA_SIZE, patients_per_class=patients,
-                           images_per_patient=TMA_IMAGES_PER_PATIENT, workers=workers,
+                           images_per_patient=per_patient, workers=workers,
                            patients_csv=root / "tma" / "patients.csv")
         (root / "done").write_text("")
-    return {"breakhis": len(rels), "tma": 4 * patients * TMA_IMAGES_PER_PATIENT}
+    return {"breakhis": len(rels), "tma": 4 * patients * per_patient}
 
 
 def write_overlay(path: Path, data: Path, archs: list[str] | None, folds: list[int] | None) -> Path:

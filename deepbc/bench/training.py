@@ -16,8 +16,9 @@ them):
   every epoch, as before it decoded each once per job (``train.train(decode_images_once=False)``): what decoding
   once buys, at each precision;
 - ``in_memory``, ``in_memory_mixed``: the same TF-Slim network, loss and optimizer, in the same
-  session configuration (deepbc.training.model_dir.session_config), fed from preprocessed arrays already in
-  memory: the trainer's upper bound at each precision, with no input pipeline at all;
+  session configuration (deepbc.training.model_dir.session_config) and op determinism, fed from
+  preprocessed arrays already in memory: the trainer's upper bound at each precision, with no
+  input pipeline at all;
 - ``keras``, ``keras_mixed_bfloat16``: ``keras.applications.ResNet50(weights=None)`` compiled with
   the same optimizer and trained with ``model.fit`` on the same preprocessed arrays, at float32 and
   under the ``mixed_bfloat16`` dtype policy: what a user would write instead.
@@ -198,7 +199,7 @@ def trainer_rate(shard_dir: Path, tmp: Path, arch: str, values: dict, seed: int,
 def in_memory_rate(arrays: Path, arch: str, values: dict, seed: int, threads: int, warmup: int) -> dict:
     import tensorflow as tf
 
-    from deepbc.training import model_dir, nets
+    from deepbc.training import model_dir, nets, train
     from deepbc.training import precision as precision_mod
     from deepbc.training.settings import build
 
@@ -225,7 +226,8 @@ def in_memory_rate(arrays: Path, arch: str, values: dict, seed: int, threads: in
             optimizer = precision_mod.wrap_optimizer(optimizer, chosen)
             train_op = optimizer.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step())
         config = model_dir.session_config(tf, threads, chosen, settings.xla)
-        with tf.compat.v1.Session(graph=graph, config=config) as sess:
+        # With the trainer's op determinism: what it costs (section 1a) is not the input's share.
+        with train.op_determinism(settings.deterministic), tf.compat.v1.Session(graph=graph, config=config) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             ends = []
             for _ in range(steps):
