@@ -307,6 +307,8 @@ def _stage_feed(g) -> dict:
 
 
 def _predict_ms_per_image(model: Path, index: Path, tmp: Path, threads: int) -> float:
+    import tensorflow  # noqa: F401  imported before the clock starts, as the bare loop has it
+
     from deepbc.evaluation import inference
 
     out = Path(tempfile.mkdtemp(dir=tmp)) / "predictions.parquet"
