@@ -22,6 +22,7 @@ seconds on log images; 1 is linear).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -66,6 +67,8 @@ def run(fractions=(8, 4, 2, 1), cores: int = 2, archs: list[str] | None = None, 
             LOG.info("1/%d: %s", fraction, images)
             results[fraction] = measure(tmp / f"wd_1_{fraction}", overlay, cores, targets or [])
             results[fraction]["images"] = images
+            # Each size as it ends: a run stopped before the largest still leaves the others.
+            LOG.info("1/%d measured: %s", fraction, json.dumps(results[fraction], sort_keys=True))
             shutil.rmtree(tmp / f"wd_1_{fraction}")
     return {**summarise(results, fractions, cores, archs, folds), "targets": list(targets or [])}
 
