@@ -618,8 +618,8 @@ def test_float16_loss_scale_is_read_before_the_step_updates_it():
 
 def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpoints(
         shard_dir, tmp_path, monkeypatch, caplog):
-    """On a CPU with bfloat16 instructions (pretended where this one has none: oneDNN's rewrite then
-    still runs, emulated), ``mixed`` trains in bfloat16, says so, and keeps float32 weights."""
+    """On a CPU with bfloat16 instructions (pretended where this one has none), ``mixed`` trains in
+    bfloat16, says so, and keeps float32 weights."""
     from deepbc.training import code_version, precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
@@ -634,11 +634,12 @@ def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpo
     assert dtypes and set(dtypes.values()) == {tf.float32}
 
 
+@trainkit.needs_onednn_bfloat16
 def test_bfloat16_training_stays_within_the_float32_seed_spread(shard_dir, reference, tmp_path, monkeypatch):
     """bfloat16 parity at a small size, on the bfloat16 code path (oneDNN's rewrite; emulated where
-    the CPU lacks the flags): the validation losses and test probabilities of ``mixed`` differ from
-    float32's (same seed) by no more than another float32 seed's do (bench/parity.py measures the
-    demo's tasks, BENCHMARKS.md section 9)."""
+    the CPU has AVX512F but not the bfloat16 flags; an AVX2-only CPU cannot run it): the validation
+    losses and test probabilities of ``mixed`` differ from float32's (same seed) by no more than
+    another float32 seed's do (bench/parity.py measures the demo's tasks, BENCHMARKS.md section 9)."""
     from deepbc.training import precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
@@ -663,6 +664,7 @@ def test_bfloat16_training_stays_within_the_float32_seed_spread(shard_dir, refer
     assert np.abs(malignant_probability(bf16) - probability).mean() <= max(seed_spread, 0.02)
 
 
+@trainkit.needs_onednn_bfloat16
 def test_the_bfloat16_rewrite_keeps_the_loss_the_optimizer_and_batch_norm_statistics_in_float32(shard_dir):
     """What oneDNN's bfloat16 rewrite converts in the training step, as the session runs it: the
     convolutions and batch norm compute in bfloat16; the cross-entropy, the RMSProp updates of the

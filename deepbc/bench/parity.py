@@ -34,6 +34,10 @@ def run(seeds=(1, 2, 3), runs: list[str] | None = None, steps: int | None = None
     from deepbc.training import precision
 
     flags = sorted(precision.cpu_flags() & set(precision.BF16_CPU_FLAGS))
+    if emulate and not precision.onednn_bfloat16():
+        # Pretending the flags would compare float32 with float32 and call it parity.
+        raise RuntimeError("--emulate: TensorFlow's oneDNN cannot compute bfloat16 on this CPU, not even emulated "
+                           "(it needs AVX512F); run the parity benchmark on a CPU with AVX512F")
     with tempfile.TemporaryDirectory(dir=workdir, prefix="parity-") as tmp:
         wd = Path(tmp) / "wd"
         config = demo_config()
@@ -51,6 +55,7 @@ def run(seeds=(1, 2, 3), runs: list[str] | None = None, steps: int | None = None
                         LOG.info("%s seed %d %s", name, seed, requested)
                         results.append(call(train_and_score, wd, name, seed, requested, steps, threads, emulate))
     return {"seeds": list(seeds), "runs": names, "threads": threads, "emulated": emulate,
+            "onednn_bfloat16": precision.onednn_bfloat16(),
             "cpu_bf16_flags": flags, "steps": steps, "results": results, "summary": summarise(results)}
 
 

@@ -57,6 +57,16 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
+def onednn_bfloat16() -> bool:
+    """Whether TensorFlow's oneDNN computes bfloat16 on this CPU at all: it needs AVX512F (without the
+    bfloat16 instructions it emulates them, slowly). Elsewhere (AVX2 only) Grappler skips the
+    bfloat16 rewrite without a word and the graph computes in float32."""
+    from tensorflow.python.framework import dtypes
+    from tensorflow.python.util import _pywrap_utils
+
+    return bool(_pywrap_utils.IsDataTypeSupportedByOneDNNOnThisCPU(dtypes.bfloat16))
+
+
 def resolve(requested: str, gpu_compute_capability: tuple[int, int] | None = None,
             flags: set[str] | None = None) -> Precision:
     """The precision a graph of setting ``requested`` computes in here. ``gpu_compute_capability``
