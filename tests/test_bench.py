@@ -142,15 +142,20 @@ def test_scaling_tiny(tmp_path):
     assert r["seconds_vs_base"]["2"] == pytest.approx(r["seconds"]["2"] / r["seconds"]["1"], rel=0.01)
 
 
-def test_rule_seconds_sums_benchmark_files(tmp_path):
-    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    for rel, s, rss, cpu in [("train/a/fold0.tsv", 2.5, 300, 2.25), ("train/b/fold0.tsv", 1.5, 500, 1.5),
-                             ("make_demo.tsv", 4, "NA", 3)]:
+def test_rule_seconds_sums_the_usage_lines_of_job_logs(tmp_path):
+    line = "2026-12-08 01:00:00 INFO job resources: wall {} s, CPU {} s (user 1.00, system 0.25), peak memory {} MB\n"
+    for rel, text in [("train/a/fold0.log", "started\n" + line.format(2.5, 2.25, 300.5)),
+                      # A retried job: both attempts' time counts, the larger peak.
+                      ("train/b/fold0.log", line.format(1.0, 0.5, 500) + "ERROR x\n" + line.format(0.5, 1.0, 100)),
+                      ("fit_stain.log", line.format(4, 3, 50))]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(header + f"{s}\t0:00:0{int(s)}\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n")
+        (tmp_path / rel).write_text(text)
     assert end_to_end.rule_seconds(tmp_path) == {
         "train": {"jobs": 2, "seconds": 4.0, "cpu_seconds": 3.75, "max_rss_mb": 500.0},
-        "make_demo": {"jobs": 1, "seconds": 4.0, "cpu_seconds": 3.0, "max_rss_mb": 0.0}}
+        "fit_stain": {"jobs": 1, "seconds": 4.0, "cpu_seconds": 3.0, "max_rss_mb": 50.0}}
+    (tmp_path / "train" / "c.log").write_text("started\n")
+    with pytest.raises(RuntimeError, match="c.log has no 'job resources' line"):
+        end_to_end.rule_seconds(tmp_path)
 
 
 def test_benchmark_images_come_from_the_demo_painter():
@@ -239,6 +244,16 @@ def test_parity_tiny(tmp_path):
     loss = r["summary"]["cancer_types"]["val_loss_last"]
     assert loss["mixed_minus_fp32"] == pytest.approx(loss["mixed"]["mean"] - loss["fp32"]["mean"], abs=1e-3)
     assert len(loss["fp32"]["values"]) == 2 and positive(*loss["fp32"]["values"])
+
+
+def test_parity_refuses_to_emulate_bfloat16_where_onednn_cannot(tmp_path, monkeypatch):
+    """On an AVX2-only CPU, --emulate compared float32 with float32 (Grappler skips the rewrite)."""
+    from deepbc.bench import parity
+
+    monkeypatch.setattr(precision, "onednn_bfloat16", lambda: False)
+    with pytest.raises(RuntimeError, match="cannot compute bfloat16 on this CPU"):
+        parity.run(emulate=True, workdir=str(tmp_path))
+    assert not any(tmp_path.iterdir())  # refused before any work
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from deepbc.jobs.logs import USAGE
 from tests import trainkit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,3 +214,14 @@ def test_config_section_option_names_what_is_wrong():
                        ('{"jpeg_quality": 101}', "101 is greater than the maximum of 100")]:
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(said)):
             parse(text)
+
+
+def test_a_job_log_ends_with_what_the_job_used(tmp_path):
+    log = tmp_path / "job.log"
+    # A real job script, failing on a bad argument: the usage line still ends its log.
+    subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / "make_splits.py"), "--bogus", "--log", str(log)],
+                   cwd=ROOT, check=False, capture_output=True)
+    lines = log.read_text().splitlines()
+    assert "bad command line" in log.read_text()
+    usage = USAGE.search(lines[-1])
+    assert usage and float(usage["wall"]) > 0 and float(usage["cpu"]) > 0 and float(usage["rss"]) > 10

@@ -16,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from deepbc.jobs.logs import USAGE
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 # Training saves its state every 10 steps in the demo run, so the interruption lands mid-training;
@@ -106,6 +108,10 @@ def test_default_target_ends_with_every_table_and_figure(demo_run):
     # The demo's dataset roots hold images only (its patients CSV lies outside): nothing is rejected.
     for dataset in ("tma", "breakhis"):
         assert pd.read_csv(results / "manifest" / f"{dataset}.rejects.csv").empty
+    # Every job's log says what the job used; the demo (benchmark_files: true) also has Snakemake's files.
+    job_logs = sorted((results / "logs").rglob("*.log"))
+    assert job_logs and all(USAGE.search(log.read_text()) for log in job_logs)
+    assert len(list((results / "benchmarks").rglob("*.tsv"))) == len(job_logs)
 
 
 @pytest.mark.slow

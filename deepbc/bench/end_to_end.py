@@ -3,12 +3,12 @@
 ``snakemake --cores N`` runs in a fresh working directory (``--directory``), exactly as a user
 runs it, with this repository's Snakefile. Wall time and the peak summed resident memory of the
 whole process tree (Snakemake and every job) are measured from outside; where the time goes comes
-from the rules' own ``benchmark:`` files, summed per rule.
+from the last line of each job's log (its wall and CPU time and peak memory, deepbc.jobs.logs.log_usage),
+summed per rule: unlike Snakemake's benchmark files, it costs Snakemake nothing.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from deepbc.bench import common
+from deepbc.jobs.logs import USAGE
 
 LOG = logging.getLogger("deepbc.bench.end_to_end")
 SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
@@ -63,26 +64,25 @@ def run_once(workdir: Path, cores: int = 2, config: list[str] | None = None,
         # Snakemake's own start-up, which a no-op rerun cannot go below.
         startup = common.timed_command([sys.executable, "-m", "snakemake", "--version"], env=env)
         result.update(noop_seconds=noop["seconds"], snakemake_startup_seconds=startup["seconds"])
-    per_rule = rule_seconds(workdir / "results" / "benchmarks")
+    per_rule = rule_seconds(workdir / "results" / "logs")
     return {**result, "jobs": sum(r["jobs"] for r in per_rule.values()), "images": dataset_images(workdir),
             "job_seconds_by_rule": per_rule}
 
 
-def rule_seconds(benchmarks: Path) -> dict:
-    """Per rule: jobs, summed wall and CPU seconds and the largest max RSS, from the rules' benchmark TSVs."""
+def rule_seconds(job_logs: Path) -> dict:
+    """Per rule (the first folder under results/logs/): jobs, summed wall and CPU seconds and the
+    largest peak memory, from the usage line each job's log ends with (every attempt's, when a job
+    was retried)."""
     by_rule: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "cpu_seconds": 0.0, "max_rss_mb": 0.0})
-    for tsv in sorted(benchmarks.rglob("*.tsv")):
-        rule = tsv.relative_to(benchmarks).parts[0].removesuffix(".tsv")
-        with tsv.open() as fh:
-            row = next(csv.DictReader(fh, delimiter="\t"))
-        entry = by_rule[rule]
+    for log in sorted(job_logs.rglob("*.log")):
+        usages = [m for m in map(USAGE.search, log.read_text(errors="replace").splitlines()) if m]
+        if not usages:
+            raise RuntimeError(f"{log} has no 'job resources' line: did its job end?")
+        entry = by_rule[log.relative_to(job_logs).parts[0].removesuffix(".log")]
         entry["jobs"] += 1
-        entry["seconds"] = round(entry["seconds"] + float(row["s"]), 2)
-        if row.get("cpu_time", "NA") not in ("NA", "-", ""):
-            entry["cpu_seconds"] = round(entry["cpu_seconds"] + float(row["cpu_time"]), 2)
-        rss = row.get("max_rss", "NA")
-        if rss not in ("NA", "-", ""):
-            entry["max_rss_mb"] = max(entry["max_rss_mb"], round(float(rss), 1))
+        entry["seconds"] = round(entry["seconds"] + sum(float(m["wall"]) for m in usages), 2)
+        entry["cpu_seconds"] = round(entry["cpu_seconds"] + sum(float(m["cpu"]) for m in usages), 2)
+        entry["max_rss_mb"] = max(entry["max_rss_mb"], *(float(m["rss"]) for m in usages))
     return dict(sorted(by_rule.items(), key=lambda kv: -kv[1]["seconds"]))
 
 

@@ -14,7 +14,8 @@ its smallest input of at least 32 px) and, when asked, the architectures and fol
 
 Measured per fraction, with ``snakemake --cores N`` from an empty results directory, as a user
 runs it: wall time, peak memory of the process tree, disk (results/), each rule's jobs, wall and
-CPU seconds (the rules' benchmark files), Snakemake's own CPU seconds (its main process, sampled
+CPU seconds (the usage line each job's log ends with; paper.yaml writes no benchmark files,
+whose sampling costs Snakemake CPU), Snakemake's own CPU seconds (its main process, sampled
 until it exits: DAG building, scheduling, output checks), the dry run's time (the DAG alone), and
 the no-op rerun. Across fractions: each rule's growth exponent in images (least squares of log CPU
 seconds on log images; 1 is linear).
@@ -134,7 +135,7 @@ def measure(workdir: Path, overlay: Path, cores: int, targets: list[str]) -> dic
     noop = common.timed_command(command(workdir, overlay, cores, targets), env=env, log_path=logs / "noop.log")
     if "Nothing to be done" not in (logs / "noop.log").read_text(errors="replace"):
         raise RuntimeError(f"the rerun found work to do: see {logs / 'noop.log'}")
-    per_rule = end_to_end.rule_seconds(workdir / "results" / "benchmarks")
+    per_rule = end_to_end.rule_seconds(workdir / "results" / "logs")
     disk = sum(p.stat().st_size for p in (workdir / "results").rglob("*") if p.is_file())
     return {"seconds": full["seconds"], "peak_rss_mb": full["peak_rss_mb"], "dry_run_seconds": dry["seconds"],
             "snakemake_cpu_seconds": full["own_cpu_seconds"], "noop_seconds": noop["seconds"],
