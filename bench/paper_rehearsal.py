@@ -27,7 +27,7 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", help="keep the generated datasets here and reuse them")
     parser.add_argument("--workdir", help="where the runs go (default: the system's temp folder)")
     parser.add_argument("--quick", action="store_true",
-                        help="a check, not a measurement: 1/128 and 1/64 up to the manifests")
+                        help="a check, not a measurement: 1/128 and 1/64 up to the manifests, small images")
     args = parser.parse_args(argv)
     if args.quick:
         args.fractions, args.targets = [128, 64], ["manifests"]
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     common.log_to_stderr()
     common.emit("paper_rehearsal", rehearsal.run(fractions=tuple(args.fractions), cores=args.cores, archs=args.archs,
                                                  folds=args.folds, workdir=args.workdir, data_dir=args.data_dir,
-                                                 targets=args.targets))
+                                                 targets=args.targets, small_images=args.quick))
     return 0
 
 

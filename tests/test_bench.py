@@ -260,6 +260,7 @@ def test_parity_refuses_to_emulate_bfloat16_where_onednn_cannot(tmp_path, monkey
 def test_paper_rehearsal_tiny(tmp_path):
     r = run_bench("paper_rehearsal.py", "--quick", tmp_path=tmp_path)
     assert r["fractions"] == ["1/128", "1/64"] and r["targets"] == ["manifests"]
+    assert r["image_sizes"] == {"breakhis": [46, 70], "tma": [32, 32]}
     small, large = (r["images"][f] for f in r["fractions"])
     assert small["breakhis"] < large["breakhis"] and small["tma"] <= large["tma"]
     for run in r["runs"].values():

@@ -22,10 +22,16 @@ import tensorflow as tf
 
 from deepbc.evaluation import inference
 from deepbc.training import graph as train_graph
-from deepbc.training import train
+from deepbc.training import precision, train
 from tests import trainkit
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests that need oneDNN's bfloat16 rewrite to run. It needs AVX512F (without the bfloat16
+# instructions it emulates them); on an AVX2-only CPU Grappler skips it silently, and such a test
+# would compare float32 with float32.
+needs_onednn_bfloat16 = pytest.mark.skipif(
+    not precision.onednn_bfloat16(),
+    reason="TensorFlow's oneDNN cannot compute bfloat16 on this CPU (AVX2 only; it needs AVX512F)")
 
 
 # Evaluations at 5, 10, 15, 16 (validation loss improves at 5 and 10); states saved at 4, 8, 12, 16.
@@ -203,7 +209,6 @@ def test_images_are_decoded_once_only_for_runs_that_read_them_again(tmp_path, mo
 
 def test_decoded_images_stay_out_of_checkpoints(shard_dir, tmp_path):
     from deepbc.shards.reader import read_index
-    from deepbc.training import precision
 
     train_json, val_json = trainkit.indexes(shard_dir)
     g = train_graph.build(tf, "resnet_small", SHORT, 1, train_json, val_json, read_index(train_json),
@@ -223,7 +228,6 @@ def test_decoded_images_that_cannot_go_to_local_disk_stop_the_job_with_what_to_d
     TensorFlow's bare error."""
     from deepbc.jobs.errors import UserError
     from deepbc.shards.reader import read_index
-    from deepbc.training import precision
 
     (tmp_path / "a file").write_text("")
     spill = tmp_path / "a file" / "spill"
@@ -601,7 +605,6 @@ def _ancestors(op) -> set:
 def test_float16_loss_scale_is_read_before_the_step_updates_it():
     """The scale fetched with a step must be the one that step used: its read runs before the
     step's update of the scale variable, not in an order the session chooses."""
-    from deepbc.training import precision
 
     with tf.Graph().as_default():
         w = tf.compat.v1.get_variable("w", initializer=1.0)
@@ -620,7 +623,7 @@ def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpo
         shard_dir, tmp_path, monkeypatch, caplog):
     """On a CPU with bfloat16 instructions (pretended where this one has none), ``mixed`` trains in
     bfloat16, says so, and keeps float32 weights."""
-    from deepbc.training import code_version, precision
+    from deepbc.training import code_version
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     caplog.set_level(logging.INFO, logger="deepbc")
@@ -634,13 +637,12 @@ def test_mixed_precision_on_a_bfloat16_cpu_is_recorded_and_keeps_float32_checkpo
     assert dtypes and set(dtypes.values()) == {tf.float32}
 
 
-@trainkit.needs_onednn_bfloat16
+@needs_onednn_bfloat16
 def test_bfloat16_training_stays_within_the_float32_seed_spread(shard_dir, reference, tmp_path, monkeypatch):
     """bfloat16 parity at a small size, on the bfloat16 code path (oneDNN's rewrite; emulated where
     the CPU has AVX512F but not the bfloat16 flags; an AVX2-only CPU cannot run it): the validation
     losses and test probabilities of ``mixed`` differ from float32's (same seed) by no more than
     another float32 seed's do (bench/parity.py measures the demo's tasks, BENCHMARKS.md section 9)."""
-    from deepbc.training import precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     bf16, other_seed = tmp_path / "bf16", tmp_path / "seed2"
@@ -664,13 +666,13 @@ def test_bfloat16_training_stays_within_the_float32_seed_spread(shard_dir, refer
     assert np.abs(malignant_probability(bf16) - probability).mean() <= max(seed_spread, 0.02)
 
 
-@trainkit.needs_onednn_bfloat16
+@needs_onednn_bfloat16
 def test_the_bfloat16_rewrite_keeps_the_loss_the_optimizer_and_batch_norm_statistics_in_float32(shard_dir):
     """What oneDNN's bfloat16 rewrite converts in the training step, as the session runs it: the
     convolutions and batch norm compute in bfloat16; the cross-entropy, the RMSProp updates of the
     float32 variables and slots and the moving averages of the batch-norm statistics stay float32."""
     from deepbc.shards.reader import read_index
-    from deepbc.training import model_dir, precision
+    from deepbc.training import model_dir
 
     bf16 = precision.Precision("bf16", "")
     train_json, val_json = trainkit.indexes(shard_dir)
@@ -700,7 +702,6 @@ def test_float16_training_logs_and_records_its_loss_scale_and_evaluation_stays_f
     the loss dynamically and the scale is logged and in training.csv. Without such a GPU the float16
     rewrite itself cannot run (Grappler skips it on a CPU), but the loss scaling, its variable and
     the reading of it can: that is what runs here. Evaluation computes in float32 all the same."""
-    from deepbc.training import precision
 
     monkeypatch.setattr(precision, "for_this_machine", lambda requested: precision.resolve(requested, (8, 0)))
     caplog.set_level(logging.INFO, logger="deepbc.training.train")
@@ -728,7 +729,7 @@ def test_a_bfloat16_trained_model_is_evaluated_in_float32_as_its_export_serves_i
     the same model's test probabilities depended on the evaluating machine. Both now compute in
     float32, and the predictions and the export say so."""
     from deepbc.shards import reader as shard_reader
-    from deepbc.training import export, precision
+    from deepbc.training import export
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     model = tmp_path / "model"

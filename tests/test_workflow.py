@@ -21,10 +21,11 @@ from deepbc.jobs.logs import USAGE
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 # Training saves its state every 10 steps in the demo run, so the interruption lands mid-training;
-# half the demo's steps: what the tests check does not need a learnt model.
+# half the demo's steps and a tenth of its bootstrap draws (most of a metrics job's time): what the
+# tests check needs neither a learnt model nor narrow intervals.
 STEPS = 30
 OFTEN_SAVED = (f"train:\n  defaults:\n    max_number_of_steps: {STEPS}\n    eval_every_steps: 15\n"
-               "    save_every_steps: 10\n")
+               "    save_every_steps: 10\nevaluation:\n  n_bootstrap: 100\n")
 
 
 def demo_args(workdir):

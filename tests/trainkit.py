@@ -5,19 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from PIL import Image
 
 from deepbc.shards import writer as shard_writer
-from deepbc.training import precision
 
 CLASSES = ["benign", "malignant"]
-# Tests that need oneDNN's bfloat16 rewrite to run. It needs AVX512F (without the bfloat16
-# instructions it emulates them); on an AVX2-only CPU Grappler skips it silently, and such a test
-# would compare float32 with float32.
-needs_onednn_bfloat16 = pytest.mark.skipif(
-    not precision.onednn_bfloat16(),
-    reason="TensorFlow's oneDNN cannot compute bfloat16 on this CPU (AVX2 only; it needs AVX512F)")
 
 
 def draw(rng, label: int, size: int = 40) -> np.ndarray:

@@ -43,7 +43,10 @@ PAPER = end_to_end.SNAKEFILE.parent / "config" / "paper.yaml"
 LISTING = end_to_end.SNAKEFILE.parent / "tests" / "data" / "breakhis" / "BreaKHis_v1_filelist.txt.gz"
 TMA_PATIENTS_PER_CLASS = 40
 TMA_IMAGES_PER_PATIENT = 40
-TMA_SIZE = (256, 256)
+# (height, width) of the generated images: BreakHis' own and a TMA core's; for the smoke test, a
+# tenth of BreakHis' sides and the demo painter's smallest TMA image.
+FULL_SIZES = {"breakhis": [common.BREAKHIS_HEIGHT, common.BREAKHIS_WIDTH], "tma": [256, 256]}
+SMALL_SIZES = {"breakhis": [46, 70], "tma": [32, 32]}
 TRAIN_STEPS = 2
 OVERLAY_TRAIN = {"init": "scratch", "batch_size": 8, "max_number_of_steps": TRAIN_STEPS, "stage2_steps": 0,
                  "eval_every_steps": TRAIN_STEPS, "save_every_steps": TRAIN_STEPS}
@@ -53,9 +56,10 @@ TRAINING_RULES = ("train",)
 
 def run(fractions=(8, 4, 2, 1), cores: int = 2, archs: list[str] | None = None, folds: list[int] | None = None,
         workdir: str | None = None, data_dir: str | None = None, filelist: Path | None = None,
-        targets: list[str] | None = None) -> dict:
+        targets: list[str] | None = None, small_images: bool = False) -> dict:
     """``fractions``: the dataset at 1/f of the study's size, for each f. ``data_dir``: keep the
-    generated datasets there and reuse them (the full size takes ~10 min to draw on 2 cores)."""
+    generated datasets there and reuse them (the full size takes ~10 min to draw on 2 cores).
+    ``small_images``: SMALL_SIZES (the smoke test, where drawing took most of the time)."""
     filelist = Path(filelist or LISTING)
     results = {}
     with tempfile.TemporaryDirectory(dir=workdir, prefix="rehearsal-") as tmp:
@@ -63,7 +67,7 @@ def run(fractions=(8, 4, 2, 1), cores: int = 2, archs: list[str] | None = None, 
         data_root = Path(data_dir) if data_dir else tmp / "data"
         for fraction in fractions:
             data = data_root / f"1_{fraction}"
-            images = make_data(data, filelist, fraction, cores)
+            images = make_data(data, filelist, fraction, cores, SMALL_SIZES if small_images else FULL_SIZES)
             overlay = write_overlay(tmp / f"overlay_1_{fraction}.yaml", data, archs, folds)
             LOG.info("1/%d: %s", fraction, images)
             results[fraction] = measure(tmp / f"wd_1_{fraction}", overlay, cores, targets or [])
@@ -71,12 +75,16 @@ def run(fractions=(8, 4, 2, 1), cores: int = 2, archs: list[str] | None = None, 
             # Each size as it ends: a run stopped before the largest still leaves the others.
             LOG.info("1/%d measured: %s", fraction, json.dumps(results[fraction], sort_keys=True))
             shutil.rmtree(tmp / f"wd_1_{fraction}")
-    return {**summarise(results, fractions, cores, archs, folds), "targets": list(targets or [])}
+    return {**summarise(results, fractions, cores, archs, folds), "targets": list(targets or []),
+            "image_sizes": SMALL_SIZES if small_images else FULL_SIZES}
 
 
-def make_data(root: Path, filelist: Path, fraction: int, workers: int) -> dict:
-    """The BreakHis-sized and TMA-sized datasets at 1/``fraction`` of the study's size under ``root``
-    (kept if already there); their image counts."""
+def make_data(root: Path, filelist: Path, fraction: int, workers: int, sizes: dict | None = None) -> dict:
+    """The BreakHis-sized and TMA-sized datasets at 1/``fraction`` of the study's size under ``root``,
+    images of ``sizes`` (height, width) (kept if already there at these sizes); their image counts."""
+    import json
+
+    sizes = sizes or FULL_SIZES
     from deepbc.data import demo
 
     rels, same_as = sharding.listing(filelist, fraction)
@@ -85,13 +93,14 @@ def make_data(root: Path, filelist: Path, fraction: int, workers: int) -> dict:
     patients = max(1, TMA_PATIENTS_PER_CLASS // fraction)
     # Below one patient per class, fewer images per patient: the set keeps shrinking with the fraction.
     per_patient = max(1, TMA_PATIENTS_PER_CLASS * TMA_IMAGES_PER_PATIENT // (fraction * patients))
-    if not (root / "done").exists():
+    done = root / "done"
+    if not done.exists() or done.read_text() != json.dumps(sizes, sort_keys=True):
         shutil.rmtree(root, ignore_errors=True)
-        common.write_he_images(breakhis, rels, seed=0, workers=workers, same_as=same_as)
-        demo.make_tma_demo(tma, seed=0, image_size=TMA_SIZE, patients_per_class=patients,
+        common.write_he_images(breakhis, rels, seed=0, workers=workers, same_as=same_as, size=tuple(sizes["breakhis"]))
+        demo.make_tma_demo(tma, seed=0, image_size=tuple(sizes["tma"]), patients_per_class=patients,
                            images_per_patient=per_patient, workers=workers,
                            patients_csv=root / "tma" / "patients.csv")
-        (root / "done").write_text("")
+        done.write_text(json.dumps(sizes, sort_keys=True))
     return {"breakhis": len(rels), "tma": 4 * patients * per_patient}
 
 
