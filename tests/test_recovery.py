@@ -27,7 +27,9 @@ from tests.test_workflow import ROOT, SNAKEMAKE, _env, planned_jobs, snakemake
 TINY = {"tasks": ["cancer_types"],
         "train": {"defaults": {"max_number_of_steps": 4, "eval_every_steps": 2, "save_every_steps": 2,
                                "batch_size": 8}},
-        "evaluation": {"n_bootstrap": 20}}
+        "evaluation": {"n_bootstrap": 20},
+        # Snakemake's sampling of every job, for files no test here reads.
+        "benchmark_files": False}
 MODEL = "results/models/cancer_types/resnet_small/fold0"
 METRICS = "results/metrics/cancer_types/resnet_small/fold0.json"
 TABLE = "results/tables/cancer_types.csv"
