@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Wall time and peak memory of the default workflow (``snakemake --cores 2`` on the embedded demo)
 from an empty results directory, then the time of a no-op rerun. Where the time went comes from
-the rules' benchmark files, summed per rule. Prints one JSON line.
+the usage line each job's log ends with, summed per rule. Prints one JSON line.
 
     .venv/bin/python bench/end_to_end.py --cores 2
     .venv/bin/python bench/end_to_end.py --config "tasks=[cancer_types]" "folds=[0]"   # a smaller run

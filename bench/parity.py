@@ -18,7 +18,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--emulate", action="store_true",
-                        help="pretend the CPU has bfloat16 instructions: oneDNN's rewrite runs in emulation")
+                        help="pretend the CPU has bfloat16 instructions: oneDNN's rewrite runs in emulation "
+                             "(needs AVX512F; refused on an AVX2-only CPU)")
     parser.add_argument("--workdir", help="where the demo's run goes (default: the system's temp folder)")
     parser.add_argument("--quick", action="store_true",
                         help="a check, not a measurement: one run (cancer_types), 2 seeds, 4 steps")

@@ -145,14 +145,14 @@ def test_scaling_tiny(tmp_path):
 def test_rule_seconds_sums_the_usage_lines_of_job_logs(tmp_path):
     line = "2026-12-08 01:00:00 INFO job resources: wall {} s, CPU {} s (user 1.00, system 0.25), peak memory {} MB\n"
     for rel, text in [("train/a/fold0.log", "started\n" + line.format(2.5, 2.25, 300.5)),
-                      # A retried job: both attempts' time counts, the larger peak.
+                      # Two runs appended to one log (a script run twice by hand): both count, the larger peak.
                       ("train/b/fold0.log", line.format(1.0, 0.5, 500) + "ERROR x\n" + line.format(0.5, 1.0, 100)),
                       ("fit_stain.log", line.format(4, 3, 50))]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     assert end_to_end.rule_seconds(tmp_path) == {
-        "train": {"jobs": 2, "seconds": 4.0, "cpu_seconds": 3.75, "max_rss_mb": 500.0},
-        "fit_stain": {"jobs": 1, "seconds": 4.0, "cpu_seconds": 3.0, "max_rss_mb": 50.0}}
+        "train": {"jobs": 2, "seconds": 4.0, "cpu_seconds": 3.75, "max_process_rss_mb": 500.0},
+        "fit_stain": {"jobs": 1, "seconds": 4.0, "cpu_seconds": 3.0, "max_process_rss_mb": 50.0}}
     (tmp_path / "train" / "c.log").write_text("started\n")
     with pytest.raises(RuntimeError, match="c.log has no 'job resources' line"):
         end_to_end.rule_seconds(tmp_path)

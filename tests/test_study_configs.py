@@ -62,7 +62,7 @@ def test_every_study_training_job_gets_the_networks_size_and_no_demo_value(tmp_p
     in underneath it: every ResNet and Inception trained at 64 px."""
     out = dry_run(tmp_path, "models", "--configfile", *(str(CONFIG / f) for f in files)).stdout
     jobs = trained_settings(out)
-    # benchmark_files: false: no job is sampled by Snakemake (the demo's jobs are: test_workflow_config).
+    # benchmark_files: false: no job is sampled by Snakemake (the demo's are: tests/test_workflow.py).
     assert "benchmark:" not in out and "train_model.py" in out
     study = validated_config(*files)
     def folds(task):

@@ -59,7 +59,8 @@ def demo_run(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("demo run")  # a space in the path, on purpose
     (workdir / "often_saved.yaml").write_text(OFTEN_SAVED)
-    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", *demo_args(workdir)]
+    # --verbose: the log shows each job selection (test_a_local_run_selects_jobs_when_one_ends).
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", "--verbose", *demo_args(workdir)]
     first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     state = workdir / "results" / "train_state"
     deadline = time.monotonic() + 600
@@ -113,6 +114,32 @@ def test_default_target_ends_with_every_table_and_figure(demo_run):
     job_logs = sorted((results / "logs").rglob("*.log"))
     assert job_logs and all(USAGE.search(log.read_text()) for log in job_logs)
     assert len(list((results / "benchmarks").rglob("*.tsv"))) == len(job_logs)
+
+
+def test_a_local_run_selects_jobs_when_one_ends(demo_run):
+    """Snakemake's default rate limiter (100 jobs/1 s) armed a 1 s timer at every job selection, so
+    each finished job added a selection per second while jobs waited for cores: a third of the CPU
+    outside training on the study's DAG. Without it (the Snakefile's onstart), a local run selects
+    jobs when one ends."""
+    workdir, _ = demo_run
+    runs = []  # the demo's two runs (the killed one and its rerun), not the later tests' small ones
+    for log in (workdir / ".snakemake" / "log").glob("*.snakemake.log"):
+        text = log.read_text()
+        jobs = sum(int(n) for n in re.findall(r"^Execute (\d+) jobs", text, flags=re.M))
+        if jobs > 20:
+            runs.append((text.count("Resources before job selection"), jobs))
+    assert runs and all(selections <= 2 * jobs + 5 for selections, jobs in runs), runs
+
+
+def test_only_snakemakes_default_rate_is_dropped():
+    from snakemake.settings.types import MaxJobsPerTimespan
+
+    from deepbc.workflow import config as wfconfig
+
+    assert wfconfig.default_rate_limit(MaxJobsPerTimespan.parse_choice("100/1s"))
+    assert not wfconfig.default_rate_limit(MaxJobsPerTimespan.parse_choice("10/1s"))
+    assert not wfconfig.default_rate_limit(MaxJobsPerTimespan.parse_choice("100/1m"))
+    assert not wfconfig.default_rate_limit(None)
 
 
 @pytest.mark.slow

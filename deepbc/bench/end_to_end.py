@@ -71,9 +71,11 @@ def run_once(workdir: Path, cores: int = 2, config: list[str] | None = None,
 
 def rule_seconds(job_logs: Path) -> dict:
     """Per rule (the first folder under results/logs/): jobs, summed wall and CPU seconds and the
-    largest peak memory, from the usage line each job's log ends with (every attempt's, when a job
-    was retried)."""
-    by_rule: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "seconds": 0.0, "cpu_seconds": 0.0, "max_rss_mb": 0.0})
+    largest peak memory of one job process, from the usage line each job's log ends with (one per
+    log: Snakemake deletes a job's log before each attempt; several, as a script run by hand
+    appends them, are summed)."""
+    by_rule: dict[str, dict] = defaultdict(
+        lambda: {"jobs": 0, "seconds": 0.0, "cpu_seconds": 0.0, "max_process_rss_mb": 0.0})
     for log in sorted(job_logs.rglob("*.log")):
         usages = [m for m in map(USAGE.search, log.read_text(errors="replace").splitlines()) if m]
         if not usages:
@@ -82,7 +84,7 @@ def rule_seconds(job_logs: Path) -> dict:
         entry["jobs"] += 1
         entry["seconds"] = round(entry["seconds"] + sum(float(m["wall"]) for m in usages), 2)
         entry["cpu_seconds"] = round(entry["cpu_seconds"] + sum(float(m["cpu"]) for m in usages), 2)
-        entry["max_rss_mb"] = max(entry["max_rss_mb"], *(float(m["rss"]) for m in usages))
+        entry["max_process_rss_mb"] = max(entry["max_process_rss_mb"], *(float(m["rss"]) for m in usages))
     return dict(sorted(by_rule.items(), key=lambda kv: -kv[1]["seconds"]))
 
 

@@ -12,7 +12,8 @@ standard deviations): within it, the precisions are not told apart by these seed
 
 Where the CPU has no bfloat16 instructions, ``mixed`` computes in float32 (the result says what
 each run computed in, and the CPU's flags); ``emulate`` then pretends the flags are there, so
-oneDNN's rewrite runs in emulation (slow, but the same arithmetic).
+oneDNN's rewrite runs in emulation (slow, but the same arithmetic) where the CPU has AVX512F; on an
+AVX2-only CPU oneDNN has no bfloat16 at all, and ``emulate`` is refused.
 """
 
 from __future__ import annotations

@@ -82,8 +82,6 @@ def run(fractions=(8, 4, 2, 1), cores: int = 2, archs: list[str] | None = None, 
 def make_data(root: Path, filelist: Path, fraction: int, workers: int, sizes: dict | None = None) -> dict:
     """The BreakHis-sized and TMA-sized datasets at 1/``fraction`` of the study's size under ``root``,
     images of ``sizes`` (height, width) (kept if already there at these sizes); their image counts."""
-    import json
-
     sizes = sizes or FULL_SIZES
     from deepbc.data import demo
 

@@ -51,8 +51,10 @@ def run(main) -> None:
     """Run a script's main on the command line and exit with its code (0, or 1 after logging why);
     its stderr goes to its log file, the console gets warnings, errors and progress (deepbc.jobs.logs).
     The log's last line is what the job used (logs.log_usage)."""
-    code = logs.run_main(functools.partial(main, script=True))
-    logs.log_usage()
+    try:
+        code = logs.run_main(functools.partial(main, script=True))
+    finally:  # also when interrupted
+        logs.log_usage()
     sys.exit(code)
 
 

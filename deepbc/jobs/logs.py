@@ -22,8 +22,6 @@ LOG = logging.getLogger("deepbc")
 # ``LOG.info(..., extra=PROGRESS)``: a progress line (step, rate, ETA), shown on the console too.
 PROGRESS = {"progress": True}
 CONSOLE_PROGRESS_EVERY = 30.0
-# A job script imports this module first: its wall time counts from here.
-_STARTED = time.monotonic()
 # The last line of every job's log (log_usage); deepbc.bench reads it instead of Snakemake's
 # benchmark files, whose sampling costs Snakemake CPU (config key benchmark_files).
 USAGE = re.compile(r"job resources: wall (?P<wall>[\d.]+) s, CPU (?P<cpu>[\d.]+) s "
@@ -117,11 +115,15 @@ def run_main(main, argv=None) -> int:
 
 
 def log_usage() -> str:
-    """Log what this job process (and the children it waited for) used: wall and CPU time, the
-    largest resident memory of one process. Free: the kernel counts it (getrusage)."""
+    """Log what this job process (and the children it waited for) used since it started: wall and
+    CPU time, and the peak resident memory of its largest process (not the sum over processes, as
+    Snakemake's benchmark files have it). Free: the kernel counts it (getrusage)."""
+    import psutil
+
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     user, system = own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
-    line = (f"job resources: wall {time.monotonic() - _STARTED:.2f} s, CPU {user + system:.2f} s "
+    wall = time.time() - psutil.Process().create_time()
+    line = (f"job resources: wall {wall:.2f} s, CPU {user + system:.2f} s "
             f"(user {user:.2f}, system {system:.2f}), peak memory {max(own.ru_maxrss, children.ru_maxrss) / 1024:.1f} MB")
     LOG.info("%s", line)
     return line

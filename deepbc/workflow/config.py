@@ -348,3 +348,9 @@ def check_store_shards(store_path) -> None:
     if missing:
         raise UserError(f"{len(missing)} shard(s) listed in this encoded store are missing, e.g. {missing[0]}",
                         str(store_path), rebuild_store(folder))
+
+
+def default_rate_limit(limit) -> bool:
+    """Whether Snakemake's --max-jobs-per-timespan is its default, 100 jobs per second (the Snakefile
+    drops it from local runs), not a rate the user gave."""
+    return limit is not None and (limit.max_jobs, limit.timespan) == (100, 1)
