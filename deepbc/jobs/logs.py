@@ -22,6 +22,7 @@ LOG = logging.getLogger("deepbc")
 # ``LOG.info(..., extra=PROGRESS)``: a progress line (step, rate, ETA), shown on the console too.
 PROGRESS = {"progress": True}
 CONSOLE_PROGRESS_EVERY = 30.0
+_IMPORTED = time.monotonic()
 # The last line of every job's log (log_usage); deepbc.bench reads it instead of Snakemake's
 # benchmark files, whose sampling costs Snakemake CPU (config key benchmark_files).
 USAGE = re.compile(r"job resources: wall (?P<wall>[\d.]+) s, CPU (?P<cpu>[\d.]+) s "
@@ -118,15 +119,25 @@ def log_usage() -> str:
     """Log what this job process (and the children it waited for) used since it started: wall and
     CPU time, and the peak resident memory of its largest process (not the sum over processes, as
     Snakemake's benchmark files have it). Free: the kernel counts it (getrusage)."""
-    import psutil
-
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     user, system = own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
-    wall = time.time() - psutil.Process().create_time()
-    line = (f"job resources: wall {wall:.2f} s, CPU {user + system:.2f} s "
+    line = (f"job resources: wall {_seconds_since_start():.2f} s, CPU {user + system:.2f} s "
             f"(user {user:.2f}, system {system:.2f}), peak memory {max(own.ru_maxrss, children.ru_maxrss) / 1024:.1f} MB")
     LOG.info("%s", line)
     return line
+
+
+def _seconds_since_start() -> float:
+    """Seconds since this process started, in clock ticks since boot (psutil's create_time adds the
+    boot time in whole seconds: up to 1 s off); where /proc is missing, since this module's import."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            start_ticks = int(fh.read().rpartition(")")[2].split()[19])  # field 22, starttime
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
 
 
 def _disk_full(err: Exception) -> bool:
