@@ -63,9 +63,8 @@ rule exports:
 
 # benchmark_files: false drops every rule's benchmark file, and with it Snakemake's sampling of each
 # job's processes (every 0.5 s for a job's first 15 s), a cost to its own CPU (BENCHMARKS.md section
-# 12). Snakemake has no switch for it (snakemake/snakemake#564);
-# a rule without a benchmark is one whose benchmark is None. Each job's log still ends with its time
-# and memory (deepbc.jobs.logs.log_usage).
+# 12). Snakemake has no switch for it (snakemake/snakemake#564): a rule without a benchmark is one
+# whose benchmark is None. Each job's log still ends with its time and memory (deepbc.jobs.logs.log_usage).
 if not config["benchmark_files"]:
     for workflow_rule in workflow.rules:
         workflow_rule._benchmark = None
