@@ -115,7 +115,7 @@ def run_main(main, argv=None) -> int:
     return 0
 
 
-def log_usage() -> str:
+def log_usage() -> None:
     """Log what this job process (and the children it waited for) used since it started: wall and
     CPU time, and the peak resident memory of its largest process (not the sum over processes, as
     Snakemake's benchmark files have it). Free: the kernel counts it (getrusage)."""
@@ -124,7 +124,6 @@ def log_usage() -> str:
     line = (f"job resources: wall {_seconds_since_start():.2f} s, CPU {user + system:.2f} s "
             f"(user {user:.2f}, system {system:.2f}), peak memory {max(own.ru_maxrss, children.ru_maxrss) / 1024:.1f} MB")
     LOG.info("%s", line)
-    return line
 
 
 def _seconds_since_start() -> float:
